@@ -1,0 +1,35 @@
+# Everything a fresh machine with Python 3.11 and make needs: `make run`, `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test bench figures config clean
+
+# The virtualenv is rebuilt whenever the declared dependencies change.
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] >= (3, 11) else "Python >= 3.11 is required, found " + sys.version.split()[0])'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $@
+
+run: $(STAMP)
+	$(BIN)/becomingone run
+
+# pytest exits 5 when it collected nothing; that is a broken suite, not a pass.
+test: $(STAMP)
+	@$(BIN)/python -m pytest; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.kernels --write docs/benchmarks.md
+
+figures: $(STAMP)
+	$(BIN)/python docs/figures/coherence_vs_jitter.py docs/figures/coherence_vs_jitter.png
+
+config: $(STAMP)
+	$(BIN)/becomingone config
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis

@@ -1,0 +1,134 @@
+"""Event time as exact int64 microseconds since the Unix epoch (SPEC section 2).
+
+Every comparison of times in BecomingONE (chains, lags, windows, grids,
+lateness) is integer arithmetic on microseconds, so a producer's float noise
+can never change which samples pair up.  This module is the one place where
+outside representations become microseconds:
+
+* float or int epoch seconds -> rounded to the nearest microsecond, whole and
+  fractional seconds split first (a float64 near 1.7e9 s resolves ~0.24 us, and
+  ``t * 1e6`` in one step would add its own rounding on top);
+* ISO-8601 strings with a zone (``"2025-11-26T00:00:00.125Z"``);
+* ``numpy.datetime64`` values and Arrow ``timestamp`` arrays of any unit.
+
+Durations from the config (seconds) are rounded to whole microseconds with
+:func:`duration_to_micros`.
+
+>>> to_micros([1764115200.125, 1764115200.135])
+array([1764115200125000, 1764115200135000])
+>>> int(to_micros("2025-11-26T00:00:00.125+00:00")[0])
+1764115200125000
+>>> duration_to_micros(0.01)
+10000
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from typing import Any
+
+import numpy as np
+
+MICROS_PER_SECOND = 1_000_000
+
+__all__ = [
+    "MICROS_PER_SECOND",
+    "duration_to_micros",
+    "micros_to_seconds",
+    "seconds_to_micros",
+    "to_micros",
+]
+
+
+def seconds_to_micros(seconds: Any) -> np.ndarray:
+    """Round epoch seconds (float or int array-like) to int64 microseconds.
+
+    The whole seconds are split off before scaling, so the result is the
+    microsecond nearest to the float's exact value (ties to even).
+
+    Raises:
+        ValueError: for NaN or infinite values, or values outside +-2.9e5 years.
+    """
+    arr = np.asarray(seconds)
+    if arr.dtype.kind in "iu":
+        return arr.astype(np.int64) * MICROS_PER_SECOND
+    arr = arr.astype(np.float64)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError("event time must be finite (got NaN or inf)")
+    if arr.size and np.max(np.abs(arr)) > 9.2e12:
+        raise ValueError("event time out of range: |t| must be below 9.2e12 seconds")
+    whole = np.floor(arr)
+    frac = arr - whole  # exact in float64: whole and arr share the exponent range
+    return whole.astype(np.int64) * MICROS_PER_SECOND + np.rint(frac * 1e6).astype(np.int64)
+
+
+def duration_to_micros(seconds: float) -> int:
+    """A config duration in seconds, rounded to whole microseconds."""
+    if not np.isfinite(seconds):
+        raise ValueError(f"duration must be finite, got {seconds!r}")
+    return int(seconds_to_micros(np.float64(seconds)))
+
+
+def micros_to_seconds(micros: Any) -> np.ndarray:
+    """int64 microseconds to float64 seconds (for display and values only)."""
+    return np.asarray(micros, dtype=np.int64) * 1e-6
+
+
+def _iso_to_micros(text: str) -> int:
+    try:
+        stamp = _dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ValueError(f"not an ISO-8601 time: {text!r}") from exc
+    if stamp.tzinfo is None:
+        raise ValueError(f"ISO-8601 time needs a zone (e.g. 'Z' or '+00:00'): {text!r}")
+    # Integer arithmetic from the epoch: no float on the way.
+    delta = stamp - _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
+    return (delta.days * 86_400 + delta.seconds) * MICROS_PER_SECOND + delta.microseconds
+
+
+def to_micros(t: Any) -> np.ndarray:
+    """Any supported event-time representation to an int64 microsecond array.
+
+    Args:
+        t: epoch seconds (float/int scalar or array-like), ISO-8601 string(s)
+            with a zone, ``numpy.datetime64`` array, or a pyarrow timestamp
+            array / chunked array.
+
+    Returns:
+        1-D (or 0-D for a scalar) ``int64`` array of microseconds since the epoch.
+    """
+    mod = type(t).__module__
+    if mod.startswith("pyarrow"):
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        typ = t.type
+        if pa.types.is_timestamp(typ):
+            if t.null_count:
+                raise ValueError("event time must not be null")
+            # cast to us (checked: refuses to truncate ns silently), then read as int64.
+            as_us = pc.cast(t, pa.timestamp("us", tz=typ.tz))
+            return np.asarray(as_us.cast(pa.int64()).to_numpy(zero_copy_only=False), dtype=np.int64)
+        return to_micros(t.to_numpy(zero_copy_only=False))
+    if isinstance(t, str):
+        return np.asarray(_iso_to_micros(t), dtype=np.int64)
+    if isinstance(t, _dt.datetime):
+        if t.tzinfo is None:
+            raise ValueError(f"datetime event time needs a zone: {t!r}")
+        return np.asarray(_iso_to_micros(t.isoformat()), dtype=np.int64)
+    arr = np.asarray(t)
+    if arr.dtype.kind == "M":
+        if np.any(np.isnat(arr)):
+            raise ValueError("event time must not be NaT")
+        unit = np.datetime_data(arr.dtype)[0]
+        if unit in ("ns", "ps", "fs", "as"):
+            # Round to the nearest microsecond rather than truncating.
+            ns = arr.astype("datetime64[ns]").astype(np.int64)
+            return (ns + 500) // 1000
+        return arr.astype("datetime64[us]").astype(np.int64)
+    if arr.dtype.kind in "OU":
+        flat = [_iso_to_micros(x) if isinstance(x, str) else int(seconds_to_micros(x)) for x in arr.ravel()]
+        return np.asarray(flat, dtype=np.int64).reshape(arr.shape)
+    if arr.dtype.kind not in "iuf":
+        raise ValueError(f"unsupported event-time dtype {arr.dtype}")
+    return seconds_to_micros(arr)
