@@ -1,0 +1,237 @@
+"""The Master: a pane-based window over lag products whose memory does not grow with the rate.
+
+The Master integrates the same sums as the Emissary (SPEC section 2 step 5)
+over a long window W (``master.tau_max``, default one hour) and reports them on
+its grid g = n * P (P = ``master.witness_interval``).  Holding an hour of
+samples at 10 kHz would take gigabytes per sensor, so it keeps one *pane* per
+emission interval instead (SPEC section 3): pane q holds the partial sums of
+the products with qP - P < t_k <= qP,
+
+    S_re, S_im, A  (float64, 24 bytes)  +  product count and first-product
+    offset (int32, 8 bytes)  =  32 bytes per pane,
+
+in a ring of K = W / P panes (W must be a whole multiple of P).  A window
+(g - W, g] with g on the grid is then exactly the union of the K newest panes,
+so the Master equals the exact sliding window at every grid point; it only
+gives up answering between grid points.
+
+The sum over closed panes is kept as a running total: a pane is added once
+when the next pane opens and subtracted once when it leaves the ring; the
+total is re-summed from the ring after K evictions, which bounds the rounding
+drift at amortised O(1) cost.  The first-product offset gives the exact
+oldest product time for the maturity rule (``master.min_span``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from operators.grid import WindowValues, check_advance
+from operators.lag import Products
+
+__all__ = ["MasterWindow"]
+
+_NONE = -(2 ** 62)  # "no pane" sentinel for head and oldest pane ids
+_NO_LIMIT = np.iinfo(np.int64).max
+
+# ist layout: [head pane id, oldest non-empty pane id, products in window,
+#              newest product t, panes evicted since the last re-sum]
+_HEAD, _OLDEST, _COUNT, _NEWEST, _EVICTED = 0, 1, 2, 3, 4
+
+
+@njit(cache=True, nogil=True)
+def _open_pane(q, n_panes, sre, sim, sa, cnt, first, ist, tot):
+    """Make pane ``q`` the head: close the old head, evict panes that leave (q - K, q]."""
+    head = ist[_HEAD]
+    if head == _NONE:
+        ist[_HEAD] = q
+        return
+    if q <= head:
+        return
+    s = head % n_panes
+    if q - head >= n_panes:
+        # The whole ring leaves the window: an exact reset.
+        sre[:] = 0.0
+        sim[:] = 0.0
+        sa[:] = 0.0
+        cnt[:] = 0
+        first[:] = 0
+        tot[0] = 0.0
+        tot[1] = 0.0
+        tot[2] = 0.0
+        ist[_COUNT] = 0
+        ist[_OLDEST] = _NONE
+        ist[_EVICTED] = 0
+        ist[_HEAD] = q
+        return
+    # Close the old head: from now on it is part of the running total.
+    tot[0] += sre[s]
+    tot[1] += sim[s]
+    tot[2] += sa[s]
+    for qid in range(head + 1, q + 1):
+        s = qid % n_panes  # this slot held pane qid - K, which now leaves the window
+        if cnt[s] > 0:
+            tot[0] -= sre[s]
+            tot[1] -= sim[s]
+            tot[2] -= sa[s]
+            ist[_COUNT] -= cnt[s]
+            ist[_EVICTED] += 1
+            sre[s] = 0.0
+            sim[s] = 0.0
+            sa[s] = 0.0
+            cnt[s] = 0
+            first[s] = 0
+    ist[_HEAD] = q
+    oldest = ist[_OLDEST]
+    if oldest != _NONE and oldest <= q - n_panes:
+        oldest = _NONE
+        for qid in range(q - n_panes + 1, q + 1):
+            if cnt[qid % n_panes] > 0:
+                oldest = qid
+                break
+        ist[_OLDEST] = oldest
+    if ist[_COUNT] == 0:
+        tot[0] = 0.0
+        tot[1] = 0.0
+        tot[2] = 0.0
+        ist[_EVICTED] = 0
+    elif ist[_EVICTED] >= n_panes:
+        tot[0] = 0.0
+        tot[1] = 0.0
+        tot[2] = 0.0
+        hs = q % n_panes
+        for k in range(n_panes):
+            if k != hs:
+                tot[0] += sre[k]
+                tot[1] += sim[k]
+                tot[2] += sa[k]
+        ist[_EVICTED] = 0
+
+
+@njit(cache=True, nogil=True)
+def _master_kernel(sre, sim, sa, cnt, first, ist, tot, pane, pt, pp, pdt, omega, grid,
+                   out_T, out_n, out_span):
+    n_panes = sre.shape[0]
+    n_prod = pt.shape[0]
+    n_grid = grid.shape[0]
+    i = 0
+    for q in range(n_grid + 1):
+        limit = grid[q] if q < n_grid else _NO_LIMIT
+        while i < n_prod and pt[i] <= limit:
+            tk = pt[i]
+            pid = -((-tk) // pane)  # ceil(t / P): pane (pid*P - P, pid*P]
+            _open_pane(pid, n_panes, sre, sim, sa, cnt, first, ist, tot)
+            s = pid % n_panes
+            ph = omega * (tk * 1e-6)
+            c = pp[i] * complex(math.cos(ph), math.sin(ph)) * pdt[i]
+            sre[s] += c.real
+            sim[s] += c.imag
+            sa[s] += abs(pp[i]) * pdt[i]
+            if cnt[s] == 0:
+                first[s] = tk - (pid * pane - pane)
+                if ist[_OLDEST] == _NONE:
+                    ist[_OLDEST] = pid
+            cnt[s] += 1
+            ist[_COUNT] += 1
+            ist[_NEWEST] = tk
+            i += 1
+        if q == n_grid:
+            break
+        gid = grid[q] // pane
+        _open_pane(gid, n_panes, sre, sim, sa, cnt, first, ist, tot)
+        hs = gid % n_panes
+        s_re = tot[0] + sre[hs]
+        s_im = tot[1] + sim[hs]
+        a_sum = tot[2] + sa[hs]
+        n = ist[_COUNT]
+        out_n[q] = n
+        if n > 0:
+            oq = ist[_OLDEST]
+            out_span[q] = ist[_NEWEST] - (oq * pane - pane + first[oq % n_panes])
+        else:
+            out_span[q] = 0
+        out_T[q] = complex(s_re, s_im) / a_sum if a_sum > 0.0 else 0j
+
+
+class MasterWindow:
+    """Pane-based long-window resonance with memory O(W / P), independent of sample rate.
+
+    Args:
+        window_us: window W in microseconds (``master.tau_max``).
+        pane_us: pane width P = emission interval in microseconds
+            (``master.witness_interval``); W must be a whole multiple of P.
+        omega: kernel angular frequency in rad/s (``kairos.omega``).
+
+    Grid points passed to :meth:`advance` must be multiples of P.  State is
+    plain arrays (32 bytes per pane), picklable for recovery.
+
+    >>> import numpy as np
+    >>> from operators.lag import Products
+    >>> master = MasterWindow(window_us=3_600_000_000, pane_us=100_000)
+    >>> master.state_bytes // master.n_panes
+    32
+    >>> t = np.arange(1, 101) * 10_000
+    >>> out = master.advance(Products(t, np.full(100, 1j), np.full(100, 0.01)), at=np.array([1_000_000]))
+    >>> round(float(out.coherence[0]), 12), int(out.n_products[0]), int(out.span_us[0])
+    (1.0, 100, 990000)
+    """
+
+    def __init__(self, window_us: int, pane_us: int, omega: float = 0.0) -> None:
+        if pane_us <= 0 or pane_us > np.iinfo(np.int32).max:
+            raise ValueError(f"pane width must be in (0, 2^31) us, got {pane_us}")
+        if window_us <= 0 or window_us % pane_us:
+            raise ValueError(
+                f"window ({window_us} us) must be a positive whole multiple of the pane width ({pane_us} us)"
+            )
+        self.window_us = int(window_us)
+        self.pane_us = int(pane_us)
+        self.omega = float(omega)
+        k = self.window_us // self.pane_us
+        self._sre = np.zeros(k, np.float64)
+        self._sim = np.zeros(k, np.float64)
+        self._sa = np.zeros(k, np.float64)
+        self._cnt = np.zeros(k, np.int32)
+        self._first = np.zeros(k, np.int32)
+        self._ist = np.array([_NONE, _NONE, 0, 0, 0], np.int64)
+        self._tot = np.zeros(3, np.float64)
+        self._last_product: int | None = None
+        self._last_at: int | None = None
+
+    @property
+    def n_panes(self) -> int:
+        """K = W / P, the number of panes in the ring."""
+        return int(self._sre.shape[0])
+
+    @property
+    def state_bytes(self) -> int:
+        """Bytes of numeric state held: fixed by W / P, not by the sample rate."""
+        arrays = (self._sre, self._sim, self._sa, self._cnt, self._first, self._ist, self._tot)
+        return int(sum(a.nbytes for a in arrays))
+
+    def advance(self, products: Products, at: np.ndarray) -> WindowValues:
+        """Integrate ``products`` and report the window at each grid point of ``at``.
+
+        Same contract as :meth:`operators.emissary.EmissaryWindow.advance`; in
+        addition every grid point must be a multiple of the pane width.
+        """
+        g = check_advance(products, at, self._last_product, self._last_at)
+        if g.size and np.any(g % self.pane_us):
+            bad = int(g[np.argmax(g % self.pane_us != 0)])
+            raise ValueError(f"grid point {bad} us is not a multiple of the pane width {self.pane_us} us")
+        out_T = np.empty(g.shape[0], np.complex128)
+        out_n = np.empty(g.shape[0], np.int64)
+        out_span = np.empty(g.shape[0], np.int64)
+        _master_kernel(self._sre, self._sim, self._sa, self._cnt, self._first, self._ist, self._tot,
+                       self.pane_us,
+                       np.ascontiguousarray(products.t, np.int64),
+                       np.ascontiguousarray(products.p, np.complex128),
+                       np.ascontiguousarray(products.dt, np.float64),
+                       self.omega, g, out_T, out_n, out_span)
+        if len(products):
+            self._last_product = int(products.t[-1])
+        if g.size:
+            self._last_at = int(g[-1])
+        return WindowValues(g, out_T, out_n, out_span)
