@@ -140,6 +140,11 @@ class EmissaryWindow:
         """Products currently held (those a future window can still contain)."""
         return int(self._ist[1] - self._ist[0])
 
+    @property
+    def last_emitted(self) -> int | None:
+        """The newest grid point reported so far (us), or None."""
+        return self._last_at
+
     def advance(self, products: Products, at: np.ndarray) -> WindowValues:
         """Integrate ``products`` and report the window at each grid point of ``at``.
 

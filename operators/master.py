@@ -211,6 +211,11 @@ class MasterWindow:
         arrays = (self._sre, self._sim, self._sa, self._cnt, self._first, self._ist, self._tot)
         return int(sum(a.nbytes for a in arrays))
 
+    @property
+    def last_emitted(self) -> int | None:
+        """The newest grid point reported so far (us), or None."""
+        return self._last_at
+
     def advance(self, products: Products, at: np.ndarray) -> WindowValues:
         """Integrate ``products`` and report the window at each grid point of ``at``.
 

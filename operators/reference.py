@@ -20,7 +20,7 @@ from operators.grid import WindowValues
 from operators.lag import Products, validate_samples
 from operators.params import KairosParams
 
-__all__ = ["chain_starts", "lag_products", "resonance", "unwrap", "window_values"]
+__all__ = ["chain_starts", "lag_partners", "lag_products", "resonance", "unwrap", "window_values", "wrap"]
 
 
 def chain_starts(t_us: np.ndarray, max_gap_us: int) -> np.ndarray:
@@ -50,6 +50,22 @@ def unwrap(phase: np.ndarray, starts: np.ndarray) -> np.ndarray:
     return unw
 
 
+def lag_partners(t_us: np.ndarray, params: KairosParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """j(k), m(k) and the chain start of every sample (SPEC section 2 steps 2-3).
+
+    A j or m below the chain start means "none".  Pure integer arithmetic on
+    microseconds: float noise in the producer's timestamps cannot move them.
+    """
+    t = np.asarray(t_us, dtype=np.int64)
+    idx = np.arange(t.shape[0])
+    cs = chain_starts(t, params.max_gap_us)
+    # j(k): latest earlier sample with t_k - t_j >= d (d = 0 -> k - 1).
+    j = np.minimum(np.searchsorted(t, t - params.velocity_span_us, side="right") - 1, idx - 1)
+    # m(k): latest sample with t_k - t_m >= tau.
+    m = np.searchsorted(t, t - params.tau_us, side="right") - 1
+    return j, m, cs
+
+
 def lag_products(t_us: np.ndarray, phase: np.ndarray, params: KairosParams) -> Products:
     """All lag products of one sensor's samples (SPEC section 2, steps 1-4).
 
@@ -64,11 +80,9 @@ def lag_products(t_us: np.ndarray, phase: np.ndarray, params: KairosParams) -> P
         return Products.empty()
     w = params.weight_vector(phi.shape[1])
     idx = np.arange(n)
-    cs = chain_starts(t, params.max_gap_us)
+    j, m, cs = lag_partners(t, params)
     unw = unwrap(phi, cs)
 
-    # j(k): latest earlier sample with t_k - t_j >= d (d = 0 -> k - 1).
-    j = np.minimum(np.searchsorted(t, t - params.velocity_span_us, side="right") - 1, idx - 1)
     has_v = j >= cs
     j_safe = np.where(has_v, j, idx)
     span_s = (t - t[j_safe]) * 1e-6
@@ -76,8 +90,7 @@ def lag_products(t_us: np.ndarray, phase: np.ndarray, params: KairosParams) -> P
         rate = (unw - unw[j_safe]) / span_s[:, None]
     v = np.where(has_v[:, None], 1j * rate * np.exp(1j * phi), 0)
 
-    # m(k): latest sample with t_k - t_m >= tau, in the same chain, before j(k).
-    m = np.searchsorted(t, t - params.tau_us, side="right") - 1
+    # A product needs both velocities, m in the chain, and disjoint spans (m < j).
     ok = has_v & (m >= cs) & (m < j)
     ok &= has_v[np.maximum(m, 0)]
     k = idx[ok]
