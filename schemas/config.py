@@ -452,23 +452,28 @@ class SyntheticSensor(_Section):
     """One generated sensor of the synthetic source.
 
     Kinds: ``steady`` a noiseless oscillator (coherent); ``drifting`` an
-    oscillator whose frequency drifts slowly; ``noise`` i.i.d. uniform random
-    phases (never coherent); ``switching`` alternates between coherent and
-    noisy stretches, so it collapses and dissipates.
+    oscillator whose phase random-walks (partial coherence); ``noise`` i.i.d.
+    uniform random phases (never coherent); ``switching`` coherent, then
+    noise, so it both collapses and dissipates.
     """
 
-    id: NonEmptyStr
+    name: NonEmptyStr
+    """Sensor id."""
     kind: SensorKind
-    cell: str | None = None
+    freq_hz: Annotated[Number, Field(gt=0.0)] = 1.0
+    """Oscillation frequency of the coherent kinds, Hz; below source.rate_hz / 2."""
     channels: Annotated[int, BeforeValidator(_reject_bool), Field(ge=1, le=1024)] = 1
+    """Phase channels C."""
+    cell: str | None = None
+    """Cell label carried on the samples and events."""
 
 
 def _default_sensors() -> tuple[SyntheticSensor, ...]:
     return (
-        SyntheticSensor(id="steady-1", kind="steady"),
-        SyntheticSensor(id="drift-1", kind="drifting"),
-        SyntheticSensor(id="noise-1", kind="noise"),
-        SyntheticSensor(id="switch-1", kind="switching"),
+        SyntheticSensor(name="steady-1", kind="steady"),
+        SyntheticSensor(name="drift-1", kind="drifting"),
+        SyntheticSensor(name="noise-1", kind="noise"),
+        SyntheticSensor(name="switch-1", kind="switching"),
     )
 
 
@@ -908,15 +913,28 @@ def _topics_distinct(c: Any) -> Iterator[tuple[str, str]]:
 
 
 @_rule("source.kind", "source.sensors")
-def _synthetic_sensor_ids_unique(c: Any) -> Iterator[tuple[str, str]]:
+def _synthetic_sensor_names_unique(c: Any) -> Iterator[tuple[str, str]]:
     if not isinstance(c.source, SyntheticSource):
         return
     seen: set[str] = set()
     for i, sensor in enumerate(c.source.sensors):
-        if sensor.id in seen:
-            path = f"source.sensors[{i}].id"
-            yield path, f"{path} ({sensor.id!r}) is used by an earlier sensor"
-        seen.add(sensor.id)
+        if sensor.name in seen:
+            path = f"source.sensors[{i}].name"
+            yield path, f"{path} ({sensor.name!r}) is used by an earlier sensor"
+        seen.add(sensor.name)
+
+
+@_rule("source.kind", "source.sensors", "source.rate_hz")
+def _synthetic_below_nyquist(c: Any) -> Iterator[tuple[str, str]]:
+    if not isinstance(c.source, SyntheticSource):
+        return
+    for i, sensor in enumerate(c.source.sensors):
+        if not sensor.freq_hz < c.source.rate_hz / 2:
+            path = f"source.sensors[{i}].freq_hz"
+            yield path, (
+                f"{path} ({_fmt(sensor.freq_hz)}) must be below half of source.rate_hz "
+                f"({_fmt(c.source.rate_hz)}), the Nyquist frequency"
+            )
 
 
 @_rule("source.kind", "source.rate_hz", "kairos.max_gap")
