@@ -1,0 +1,199 @@
+"""Arrow schemas of the archive datasets (SPEC section 5).
+
+The archive root (``memory.storage.path``) holds one directory per dataset,
+each hive-partitioned by the event time of its rows::
+
+    <root>/<dataset>/date=YYYY-MM-DD/hour=HH/<file>.arrow
+
+Conventions shared by every dataset:
+
+* time columns are ``timestamp[us, tz=UTC]`` (the exact int64 microseconds of
+  the pipeline, readable as times by any Arrow reader);
+* a complex value X is stored as two float64 columns ``X_re`` / ``X_im``;
+* ``sensor`` is never null, ``cell`` may be;
+* each schema carries metadata ``becomingone.dataset`` and
+  ``becomingone.schema_version`` so a file identifies itself.
+
+The partition columns ``date`` and ``hour`` live in the directory names only,
+not in the files.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+
+import pyarrow as pa
+
+__all__ = [
+    "COHERENCE_HISTORY",
+    "DATASETS",
+    "EVENTS",
+    "INPUT",
+    "MESH_SYNC",
+    "PARTITION_COLUMNS",
+    "PARTITION_SCHEMA",
+    "SCHEMA_VERSION",
+    "TEMPORAL_SIGNATURES",
+    "TIMESTAMP",
+    "WITNESSING_LOGS",
+    "dataset_schema",
+    "partition_dir",
+    "partition_values",
+]
+
+SCHEMA_VERSION = "1"
+
+#: The type of every time column: exact microseconds, UTC.
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+
+#: Hive partition columns, from the event time of each row.
+PARTITION_COLUMNS: tuple[str, str] = ("date", "hour")
+#: Types of the partition columns when a reader is told the partitioning
+#: (strings, so ``hour=07`` reads back as written).
+PARTITION_SCHEMA = pa.schema([pa.field("date", pa.string()), pa.field("hour", pa.string())])
+
+_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
+
+
+def _schema(name: str, *fields: pa.Field) -> pa.Schema:
+    return pa.schema(
+        list(fields),
+        metadata={"becomingone.dataset": name, "becomingone.schema_version": SCHEMA_VERSION},
+    )
+
+
+def _sensor() -> pa.Field:
+    return pa.field("sensor", pa.string(), nullable=False)
+
+
+def _cell() -> pa.Field:
+    return pa.field("cell", pa.string(), nullable=True)
+
+
+def _time(name: str = "t") -> pa.Field:
+    return pa.field(name, TIMESTAMP, nullable=False)
+
+
+def _f64(name: str, nullable: bool = False) -> pa.Field:
+    return pa.field(name, pa.float64(), nullable=nullable)
+
+
+def _complex(prefix: str) -> tuple[pa.Field, pa.Field]:
+    return _f64(f"{prefix}_re"), _f64(f"{prefix}_im")
+
+
+#: One row per sensor and transducer every memory.signature_interval of event
+#: time, on that grid: the transducer's T over its window ending at t.
+TEMPORAL_SIGNATURES = _schema(
+    "temporal_signatures",
+    _sensor(),
+    _cell(),
+    pa.field("transducer", pa.string(), nullable=False),  # "emissary" | "master"
+    _time(),
+    _f64("t_re"),
+    _f64("t_im"),
+    _f64("coherence"),  # |T|^2
+    pa.field("n_products", pa.int64(), nullable=False),  # products in the window
+)
+
+#: One row per sensor on the signature grid: both coherences, the sync and its state.
+COHERENCE_HISTORY = _schema(
+    "coherence_history",
+    _sensor(),
+    _time(),
+    _f64("coherence_master"),
+    _f64("coherence_emissary"),
+    _f64("coherence_sync"),
+    _f64("delta_phase"),  # ||T_master| - |T_emissary||
+    pa.field("state", pa.string(), nullable=False),  # "collapsed" | "dissipated"
+)
+
+#: Every witness record: layer, the event time it belongs to, its payload as
+#: JSON (the witness topic's payload, byte for byte) and the running digest.
+WITNESSING_LOGS = _schema(
+    "witnessing_logs",
+    pa.field("layer", pa.string(), nullable=False),  # micro | meso | macro | meta
+    _time(),
+    pa.field("sensor", pa.string(), nullable=True),  # meso and macro records
+    pa.field("payload", pa.string(), nullable=False),  # JSON object
+    pa.field("log_sha256", pa.string(), nullable=False),  # running digest including this record
+)
+
+#: Collapse and dissipate transitions (the collapse topic's messages).
+EVENTS = _schema(
+    "events",
+    pa.field("event_id", pa.string(), nullable=False),
+    pa.field("event", pa.string(), nullable=False),  # collapse | dissipate
+    pa.field("reason", pa.string(), nullable=True),  # coherence | phase | null
+    _sensor(),
+    _cell(),
+    _time(),
+    _f64("coherence_sync"),
+    *_complex("t_sync"),
+    *_complex("t_master"),
+    *_complex("t_emissary"),
+    _f64("delta_phase"),
+)
+
+#: The T_sync feed (the sync topic's messages).
+MESH_SYNC = _schema(
+    "mesh_sync",
+    pa.field("node", pa.string(), nullable=False),
+    _sensor(),
+    _cell(),
+    _time(),
+    *_complex("t_sync"),
+    _f64("coherence_sync"),
+    *_complex("t_master"),
+    *_complex("t_emissary"),
+    _f64("delta_phase"),
+    pa.field("state", pa.string(), nullable=False),
+    pa.field("mature", pa.bool_(), nullable=False),
+)
+
+#: Accepted raw samples (memory.archive_input): what `becomingone replay` reads.
+INPUT = _schema(
+    "input",
+    _sensor(),
+    _cell(),
+    _time(),
+    pa.field("phase", pa.list_(pa.float64()), nullable=False),  # radians, one per channel
+)
+
+#: Dataset directory name -> schema.
+DATASETS: dict[str, pa.Schema] = {
+    "temporal_signatures": TEMPORAL_SIGNATURES,
+    "coherence_history": COHERENCE_HISTORY,
+    "witnessing_logs": WITNESSING_LOGS,
+    "events": EVENTS,
+    "mesh_sync": MESH_SYNC,
+    "input": INPUT,
+}
+
+
+def dataset_schema(name: str) -> pa.Schema:
+    """The schema of dataset ``name``.
+
+    Raises:
+        KeyError: for an unknown dataset, naming the known ones.
+    """
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise KeyError(f"unknown archive dataset {name!r}; known: {', '.join(DATASETS)}") from None
+
+
+def partition_values(t_us: int) -> tuple[str, str]:
+    """(date, hour) partition values of an event time in microseconds (UTC).
+
+    >>> partition_values(1764115200125000)
+    ('2025-11-26', '00')
+    """
+    stamp = _EPOCH + _dt.timedelta(microseconds=int(t_us))
+    return stamp.strftime("%Y-%m-%d"), f"{stamp.hour:02d}"
+
+
+def partition_dir(t_us: int) -> str:
+    """The hive partition directory of an event time: ``date=YYYY-MM-DD/hour=HH``."""
+    date, hour = partition_values(t_us)
+    return f"date={date}/hour={hour}"
