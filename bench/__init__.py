@@ -1,0 +1,1 @@
+"""Benchmarks of the KAIROS kernels (``python -m bench.kernels``)."""
