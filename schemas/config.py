@@ -559,6 +559,12 @@ class FileSource(_Section):
         return data
 
 
+_SOURCE_KINDS: dict[str, type[_Section]] = {
+    "synthetic": SyntheticSource,
+    "kafka": KafkaSource,
+    "file": FileSource,
+}
+
 #: ``source``: one of the three kinds, chosen by ``source.kind``.
 Source = Annotated[Union[SyntheticSource, KafkaSource, FileSource], Field(discriminator="kind")]
 
@@ -1040,6 +1046,11 @@ _PLAIN_REASONS = {
 }
 
 
+def _too_short(err: Mapping[str, Any]) -> str:
+    n = (err.get("ctx") or {}).get("min_length", 1)
+    return f"must have at least {n} item{'s' if n != 1 else ''}"
+
+
 def _pydantic_problems(exc: ValidationError) -> tuple[list[tuple[str, str]], bool]:
     """(path, message) per error, and whether the cross-field rules ran."""
     problems: list[tuple[str, str]] = []
@@ -1056,6 +1067,12 @@ def _pydantic_problems(exc: ValidationError) -> tuple[list[tuple[str, str]], boo
             key = str(err["loc"][-1])
             if owner is BecomingOneSection and key in Config.model_fields:
                 hint = f" (sections are top level here: move {key!r} out of 'becomingone')"
+            elif owner in _SOURCE_KINDS.values() and key not in owner.model_fields and any(
+                key in other.model_fields for other in _SOURCE_KINDS.values()
+            ):
+                kinds = [k for k, other in _SOURCE_KINDS.items() if key in other.model_fields]
+                own = get_args(owner.model_fields["kind"].annotation)[0]
+                hint = f" (a key of source.kind {kinds[0]!r}, but source.kind is {own!r})"
             else:
                 hint = _suggestion(key, owner.model_fields if owner else ())
             problems.append((path, f"{path}: unknown key{hint}"))
@@ -1075,6 +1092,8 @@ def _pydantic_problems(exc: ValidationError) -> tuple[list[tuple[str, str]], boo
             reason = str(error)
         elif kind == "literal_error":
             reason = f"must be one of {err['ctx']['expected']}"
+        elif kind == "too_short":
+            reason = _too_short(err)
         elif kind in _PLAIN_REASONS:
             reason = _PLAIN_REASONS[kind]
         else:
@@ -1304,6 +1323,9 @@ def _env_overrides(
             except yaml.YAMLError as exc:
                 problems.append(f"{name}: value is not a YAML value ({getattr(exc, 'problem', exc)})")
                 continue
+        if path == ["source", "kind"] and isinstance(raw.get("source"), dict) and raw["source"].get("kind") != parsed:
+            # The file describes another kind of source: its keys do not apply.
+            raw["source"] = {}
         node = raw
         for key in path[:-1]:
             if not isinstance(node.get(key), dict):
