@@ -1,0 +1,313 @@
+"""Wire formats (input samples, output messages, dead letters) and archive schemas."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+
+import pyarrow as pa
+import pytest
+from pydantic import ValidationError
+
+from schemas.archive import (
+    DATASETS,
+    PARTITION_COLUMNS,
+    PARTITION_SCHEMA,
+    TIMESTAMP,
+    dataset_schema,
+    partition_dir,
+    partition_values,
+)
+from schemas.messages import (
+    WITNESS_LOG_GENESIS,
+    CollapseEvent,
+    DeadLetter,
+    DeadLetterReason,
+    InvalidSample,
+    MacroWitness,
+    MesoWitness,
+    MetaWitness,
+    MicroWitness,
+    PhaseSample,
+    SyncRecord,
+    WitnessRecord,
+    classify_sample,
+    collapse_event_id,
+    format_utc,
+    from_json_bytes,
+    parse_sample,
+    parse_utc,
+    to_json_bytes,
+    witness_log_digest,
+)
+
+T_US = 1_764_115_200_125_000  # 2025-11-26T00:00:00.125Z
+
+
+# --------------------------------------------------------------------------
+# Input samples.
+
+
+def test_parse_sample_float_seconds():
+    s = parse_sample(b'{"sensor": "pmu-7", "t": 1764115200.125, "phase": 1.23}')
+    assert s == PhaseSample(sensor="pmu-7", t_us=T_US, phase=(1.23,), cell=None)
+    assert s.channels == 1
+
+
+def test_parse_sample_channels_and_cell():
+    s = parse_sample('{"sensor": "pmu-7", "t": 1764115200.125, "phase": [1.23, -0.4], "cell": "c-3"}')
+    assert s.phase == (1.23, -0.4) and s.channels == 2 and s.cell == "c-3"
+
+
+@pytest.mark.parametrize(
+    "t",
+    [
+        "1764115200.125",  # JSON number
+        '"2025-11-26T00:00:00.125Z"',
+        '"2025-11-26T00:00:00.125+00:00"',
+        '"2025-11-26T01:00:00.125+01:00"',
+        '"2025-11-25T19:00:00.125-05:00"',
+    ],
+)
+def test_float_and_iso_times_are_equal(t):
+    assert parse_sample(f'{{"sensor": "a", "t": {t}, "phase": 0}}').t_us == T_US
+
+
+def test_float_time_is_rounded_to_the_nearest_microsecond():
+    # 1764115200.1234567 is not representable; the nearest microsecond is .123457.
+    assert parse_sample(b'{"sensor": "a", "t": 1764115200.1234567, "phase": 0}').t_us == 1_764_115_200_123_457
+    assert parse_sample(b'{"sensor": "a", "t": 1764115200, "phase": 0}').t_us == 1_764_115_200_000_000
+
+
+def test_extra_fields_are_ignored():
+    assert parse_sample(b'{"sensor": "a", "t": 1, "phase": 0, "quality": 3}').t_us == 1_000_000
+
+
+def test_sample_json_round_trip_is_exact():
+    for t_us in (T_US, T_US + 1, 1_764_115_200_999_999, 0, -1):
+        sample = PhaseSample("pmu-7", t_us, (0.5, -1.25), "c")
+        assert parse_sample(sample.to_json_bytes()) == sample
+
+
+BAD_SAMPLES = [
+    (b"not json", DeadLetterReason.MALFORMED),
+    (b"", DeadLetterReason.MALFORMED),
+    (b"\xff\xfe\x00", DeadLetterReason.MALFORMED),
+    (b"[1, 2, 3]", DeadLetterReason.MALFORMED),
+    (b'"a string"', DeadLetterReason.MALFORMED),
+    (b"[" * 100_000, DeadLetterReason.MALFORMED),
+    (b'{"t": 1, "phase": 0}', DeadLetterReason.SCHEMA),
+    (b'{"sensor": "a", "phase": 0}', DeadLetterReason.SCHEMA),
+    (b'{"sensor": "a", "t": 1}', DeadLetterReason.SCHEMA),
+    (b'{"sensor": 7, "t": 1, "phase": 0}', DeadLetterReason.SCHEMA),
+    (b'{"sensor": "", "t": 1, "phase": 0}', DeadLetterReason.SCHEMA),
+    (b'{"sensor": "a", "t": true, "phase": 0}', DeadLetterReason.SCHEMA),
+    (b'{"sensor": "a", "t": [1], "phase": 0}', DeadLetterReason.SCHEMA),
+    (b'{"sensor": "a", "t": "yesterday", "phase": 0}', DeadLetterReason.SCHEMA),
+    (b'{"sensor": "a", "t": "2025-11-26T00:00:00", "phase": 0}', DeadLetterReason.SCHEMA),  # no zone
+    (b'{"sensor": "a", "t": 1e13, "phase": 0}', DeadLetterReason.SCHEMA),
+    (b'{"sensor": "a", "t": 1, "phase": "1.2"}', DeadLetterReason.SCHEMA),
+    (b'{"sensor": "a", "t": 1, "phase": [1, "x"]}', DeadLetterReason.SCHEMA),
+    (b'{"sensor": "a", "t": 1, "phase": [1, [2]]}', DeadLetterReason.SCHEMA),
+    (b'{"sensor": "a", "t": 1, "phase": false}', DeadLetterReason.SCHEMA),
+    (b'{"sensor": "a", "t": 1, "phase": 0, "cell": 5}', DeadLetterReason.SCHEMA),
+    (b'{"sensor": "a", "t": NaN, "phase": 0}', DeadLetterReason.NAN),
+    (b'{"sensor": "a", "t": Infinity, "phase": 0}', DeadLetterReason.NAN),
+    (b'{"sensor": "a", "t": 1, "phase": NaN}', DeadLetterReason.NAN),
+    (b'{"sensor": "a", "t": 1, "phase": [0.1, -Infinity]}', DeadLetterReason.NAN),
+    (b'{"sensor": "a", "t": 1, "phase": 1e400}', DeadLetterReason.NAN),
+    (b'{"sensor": "a", "t": 1, "phase": []}', DeadLetterReason.CHANNELS),
+]
+
+
+@pytest.mark.parametrize(("value", "reason"), BAD_SAMPLES)
+def test_bad_input_maps_to_its_dead_letter_reason(value, reason):
+    assert classify_sample(value) is reason
+    with pytest.raises(InvalidSample) as info:
+        parse_sample(value)
+    assert info.value.reason is reason and info.value.detail
+
+
+def test_schema_wins_over_nan_and_nan_over_channels():
+    assert classify_sample(b'{"sensor": 1, "t": NaN, "phase": []}') is DeadLetterReason.SCHEMA
+    assert classify_sample(b'{"sensor": "a", "t": NaN, "phase": []}') is DeadLetterReason.NAN
+
+
+def test_too_large():
+    value = json.dumps({"sensor": "a", "t": 1, "phase": [0.0] * 100}).encode()
+    assert classify_sample(value, max_bytes=len(value)) is None
+    assert classify_sample(value, max_bytes=len(value) - 1) is DeadLetterReason.TOO_LARGE
+
+
+def test_good_sample_classifies_as_none():
+    assert classify_sample(b'{"sensor": "a", "t": 1, "phase": 0}') is None
+
+
+def test_all_eight_dead_letter_reasons():
+    assert {r.value for r in DeadLetterReason} == {
+        "malformed", "schema", "nan", "duplicate", "late", "future", "too_large", "channels",
+    }
+
+
+# --------------------------------------------------------------------------
+# Output messages.
+
+
+def test_utc_formatting_is_exact():
+    assert format_utc(T_US) == "2025-11-26T00:00:00.125000Z"
+    assert format_utc(0) == "1970-01-01T00:00:00.000000Z"
+    assert format_utc(-1) == "1969-12-31T23:59:59.999999Z"
+    assert parse_utc(format_utc(T_US + 1)) == T_US + 1
+
+
+def test_event_id_is_deterministic_sha256():
+    a = collapse_event_id("pmu-7", T_US, "collapse")
+    assert a == collapse_event_id("pmu-7", T_US, "collapse")
+    assert a == hashlib.sha256(b'["pmu-7",1764115200125000,"collapse"]').hexdigest()
+    assert len({a, collapse_event_id("pmu-7", T_US, "dissipate"), collapse_event_id("pmu-7", T_US + 1, "collapse"),
+                collapse_event_id("pmu-8", T_US, "collapse")}) == 4
+
+
+def test_collapse_event_fields_and_json():
+    e = CollapseEvent.create(event="collapse", sensor="pmu-7", cell="c", t_us=T_US,
+                             t_master=0.9 + 0.3j, t_emissary=0.7 + 0.1j)
+    obj = json.loads(to_json_bytes(e))
+    assert list(obj) == ["event_id", "event", "reason", "sensor", "cell", "t", "coherence_sync",
+                         "t_sync", "t_master", "t_emissary", "delta_phase"]
+    assert obj["event_id"] == collapse_event_id("pmu-7", T_US, "collapse")
+    assert obj["reason"] is None and obj["t"] == "2025-11-26T00:00:00.125000Z"
+    assert obj["t_sync"] == pytest.approx([0.8, 0.2])
+    assert obj["coherence_sync"] == pytest.approx(0.68)
+    assert obj["delta_phase"] == pytest.approx(abs(abs(0.9 + 0.3j) - abs(0.7 + 0.1j)))
+    assert e.t_us == T_US
+    assert from_json_bytes(CollapseEvent, to_json_bytes(e)) == e
+
+
+def test_collapse_event_rules():
+    kw = dict(sensor="a", t_us=T_US, t_master=1 + 0j, t_emissary=1 + 0j)
+    with pytest.raises(ValidationError):
+        CollapseEvent.create(event="collapse", reason="phase", **kw)
+    with pytest.raises(ValidationError):
+        CollapseEvent.create(event="dissipate", **kw)
+    assert CollapseEvent.create(event="dissipate", reason="coherence", **kw).reason == "coherence"
+    obj = json.loads(to_json_bytes(CollapseEvent.create(event="collapse", **kw)))
+    for field, bad in [("event", "explode"), ("t", "2025-11-26T00:00:00"), ("t_sync", [1.0]),
+                       ("event_id", "xyz"), ("extra", 1)]:
+        with pytest.raises(ValidationError):
+            CollapseEvent.model_validate({**obj, field: bad})
+
+
+def test_sync_record_round_trip():
+    r = SyncRecord(node="becomingone", sensor="a", t="2025-11-26T01:00:00.125+01:00", t_sync=(0.5, 0.5),
+                   coherence_sync=0.5, t_master=(1.0, 0.0), t_emissary=(0.0, 1.0), delta_phase=0.0,
+                   state="dissipated", mature=True)
+    assert r.t == "2025-11-26T00:00:00.125000Z" and r.t_us == T_US
+    assert from_json_bytes(SyncRecord, to_json_bytes(r)) == r
+
+
+def test_witness_records_per_layer():
+    event = CollapseEvent.create(event="collapse", sensor="a", t_us=T_US, t_master=1 + 0j, t_emissary=1 + 0j)
+    t = format_utc(T_US)
+    records = [
+        WitnessRecord(layer="micro", t=t, payload=MicroWitness(operator="lag", worker=0, items_in=10,
+                                                                items_out=9, drops=1, seconds=0.002)),
+        WitnessRecord(layer="meso", t=t, payload=MesoWitness(sensor="a", transducer="master", t_re=0.1,
+                                                              t_im=0.2, coherence=0.05, n_products=120)),
+        WitnessRecord(layer="macro", t=t, payload=MacroWitness(event=event, coherence_master=1.0,
+                                                                coherence_emissary=1.0, master_span=12.5)),
+    ]
+    digest = WITNESS_LOG_GENESIS
+    for r in records:
+        digest = witness_log_digest(digest, to_json_bytes(r))
+    records.append(WitnessRecord(layer="meta", t=t, payload=MetaWitness(
+        records={"micro": 1, "meso": 1, "macro": 1, "meta": 0}, log_sha256=digest)))
+    for r in records:
+        data = to_json_bytes(r)
+        assert json.loads(data)["layer"] == r.layer
+        assert from_json_bytes(WitnessRecord, data) == r
+
+
+def test_witness_payload_must_match_its_layer():
+    payload = {"operator": "lag", "worker": 0, "items_in": 1, "items_out": 1, "drops": 0, "seconds": 0.0}
+    assert WitnessRecord.model_validate({"layer": "micro", "t": format_utc(0), "payload": payload})
+    with pytest.raises(ValidationError):
+        WitnessRecord.model_validate({"layer": "meso", "t": format_utc(0), "payload": payload})
+
+
+def test_dead_letter_keeps_the_original_bytes():
+    raw = b"\x00\xffnot json"
+    d = DeadLetter.create(original=raw, reason="malformed", error="not JSON", topic="becomingone.phases",
+                          partition=3, offset=42, key=b"pmu-7")
+    obj = json.loads(to_json_bytes(d))
+    assert obj == {"reason": "malformed", "error": "not JSON", "topic": "becomingone.phases", "partition": 3,
+                   "offset": 42, "key": base64.b64encode(b"pmu-7").decode(), "original": base64.b64encode(raw).decode()}
+    back = from_json_bytes(DeadLetter, to_json_bytes(d))
+    assert back.original_bytes == raw and back.key_bytes == b"pmu-7" and back.reason is DeadLetterReason.MALFORMED
+    with pytest.raises(ValidationError):
+        DeadLetter.model_validate({**obj, "original": "not base64!"})
+    with pytest.raises(ValidationError):
+        DeadLetter.model_validate({**obj, "reason": "weird"})
+
+
+def test_dead_letter_from_an_invalid_sample():
+    value = b'{"sensor": "a", "t": 1, "phase": []}'
+    with pytest.raises(InvalidSample) as info:
+        parse_sample(value)
+    d = DeadLetter.create(original=value, reason=info.value.reason, error=info.value.detail)
+    assert d.reason == "channels" and d.original_bytes == value and d.topic is None
+
+
+# --------------------------------------------------------------------------
+# Archive schemas.
+
+
+def test_archive_datasets_and_columns():
+    assert set(DATASETS) == {"temporal_signatures", "coherence_history", "witnessing_logs", "events",
+                             "mesh_sync", "input"}
+    assert DATASETS["temporal_signatures"].names == ["sensor", "cell", "transducer", "t", "t_re", "t_im",
+                                                     "coherence", "n_products"]
+    assert DATASETS["coherence_history"].names == ["sensor", "t", "coherence_master", "coherence_emissary",
+                                                   "coherence_sync", "delta_phase", "state"]
+    assert DATASETS["input"].names == ["sensor", "cell", "t", "phase"]
+    assert dataset_schema("events") is DATASETS["events"]
+    with pytest.raises(KeyError, match="unknown archive dataset"):
+        dataset_schema("nope")
+
+
+def test_archive_types():
+    for name, schema in DATASETS.items():
+        assert schema.field("t").type == TIMESTAMP == pa.timestamp("us", tz="UTC"), name
+        assert not schema.field("t").nullable
+        for field in schema:
+            if field.name.endswith(("_re", "_im")):
+                assert field.type == pa.float64(), (name, field.name)
+        assert schema.metadata[b"becomingone.dataset"] == name.encode()
+        assert not set(PARTITION_COLUMNS) & set(schema.names)
+    assert DATASETS["input"].field("phase").type == pa.list_(pa.float64())
+    assert DATASETS["temporal_signatures"].field("n_products").type == pa.int64()
+    assert DATASETS["temporal_signatures"].field("cell").nullable
+    assert not DATASETS["events"].field("sensor").nullable
+    assert DATASETS["mesh_sync"].field("mature").type == pa.bool_()
+
+
+def test_archive_rows_from_messages_fit_the_schemas():
+    e = CollapseEvent.create(event="collapse", sensor="a", t_us=T_US, t_master=1 + 0j, t_emissary=0.5 + 0j)
+    row = {k: v for k, v in e.model_dump().items() if k not in ("t_sync", "t_master", "t_emissary")}
+    for name in ("t_sync", "t_master", "t_emissary"):
+        row[f"{name}_re"], row[f"{name}_im"] = getattr(e, name)
+    row["t"] = e.t_us
+    table = pa.Table.from_pylist([row], schema=DATASETS["events"])
+    assert table.column("t").cast(pa.int64()).to_pylist() == [T_US]
+    sample = parse_sample(b'{"sensor": "a", "t": 1764115200.125, "phase": [1, 2]}')
+    table = pa.Table.from_pylist([{"sensor": sample.sensor, "cell": sample.cell, "t": sample.t_us,
+                                   "phase": list(sample.phase)}], schema=DATASETS["input"])
+    assert table.num_rows == 1
+
+
+def test_partitions():
+    assert PARTITION_COLUMNS == ("date", "hour")
+    assert PARTITION_SCHEMA.names == ["date", "hour"]
+    assert partition_values(T_US) == ("2025-11-26", "00")
+    assert partition_dir(T_US + 13 * 3_600_000_000) == "date=2025-11-26/hour=13"
+    assert partition_dir(T_US - 1_000_000) == "date=2025-11-25/hour=23"
