@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import difflib
-import math
 import os
 import re
 import types

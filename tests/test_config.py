@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from schemas.config import (
     Config,
@@ -333,7 +334,7 @@ def test_file_format_from_suffix():
 
 def test_config_is_immutable():
     config = Config()
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         config.kairos.tau_scale = 2.0  # type: ignore[misc]
 
 
