@@ -57,29 +57,30 @@ class SyntheticSensor:
 def synthetic_batches(
     sensors: list[SyntheticSensor],
     *,
-    rate_hz: float,
-    duration_s: float,
+    period_us: int,
+    duration_us: int,
     start_us: int,
     seed: int = 0,
-    batch_s: float = 1.0,
+    batch_us: int = 1_000_000,
 ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
     """Yield ``(sensor, t_us, phase)`` batches, interleaved across sensors in event-time order.
 
     Args:
         sensors: the sensors to simulate.
-        rate_hz: samples per second per sensor (grid step rounded to whole us).
-        duration_s: event-time length of the run in seconds.
+        period_us: sampling period in microseconds (1e6 / rate).
+        duration_us: event-time length of the run in microseconds; samples at
+            start + k * period for k * period < duration.
         start_us: event time of the first sample, microseconds since the epoch.
-        seed: base seed; each sensor's generator is seeded from it and its name.
-        batch_s: event-time length of one batch in seconds.
+        seed: base seed; each sensor's generators are seeded from it and its name.
+        batch_us: event-time length of one batch in microseconds.
 
     ``phase`` has shape (n, C), radians wrapped into [-pi, pi).
     """
-    if rate_hz <= 0 or duration_s <= 0 or batch_s <= 0:
-        raise ValueError("rate_hz, duration_s and batch_s must be positive")
-    step_us = int(round(1e6 / rate_hz))
-    n_total = int(duration_s * 1e6) // step_us
-    per_batch = max(1, int(round(batch_s * 1e6)) // step_us)
+    if period_us <= 0 or duration_us <= 0 or batch_us <= 0:
+        raise ValueError("period_us, duration_us and batch_us must be positive")
+    step_us = int(period_us)
+    n_total = -(-int(duration_us) // step_us)  # ceil: every k with k * period < duration
+    per_batch = max(1, int(batch_us) // step_us)
     state = {}
     for s in sensors:
         # One generator per random component, so a batch's draws never depend

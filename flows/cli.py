@@ -15,7 +15,7 @@ __all__ = ["main"]
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from flows.resonance_demo import run_demo
+    from flows.offline import run_offline
     from schemas.config import ConfigError, load_config
 
     try:
@@ -23,7 +23,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"becomingone: invalid config:\n{exc}", file=sys.stderr)
         return 2
-    return run_demo(config, out=sys.stdout)
+    try:
+        run_offline(config, out=sys.stdout, progress=sys.stderr)
+    except ValueError as exc:
+        print(f"becomingone run: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -37,7 +42,7 @@ def cmd_config(args: argparse.Namespace) -> int:
     if args.check:
         print("config ok")
     else:
-        sys.stdout.write(config.to_yaml())
+        sys.stdout.write(config.to_yaml(redact_secrets=True))
     return 0
 
 

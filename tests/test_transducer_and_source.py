@@ -63,17 +63,17 @@ def test_transducers_emit_exact_windows_under_lateness():
         np.testing.assert_allclose(T, reference.window_values(want, 1.0, g, window).T, rtol=1e-9, atol=1e-12)
 
 
-def _collect(batch_s):
+def _collect(batch_us):
     sensors = [SyntheticSensor("a", "drifting", channels=2), SyntheticSensor("b", "switching")]
     parts = {}
-    for name, t, phase in synthetic_batches(sensors, rate_hz=100, duration_s=10, start_us=START,
-                                            seed=3, batch_s=batch_s):
+    for name, t, phase in synthetic_batches(sensors, period_us=10_000, duration_us=10_000_000,
+                                            start_us=START, seed=3, batch_us=batch_us):
         parts.setdefault(name, []).append((t, phase))
     return {k: (np.concatenate([x[0] for x in v]), np.concatenate([x[1] for x in v])) for k, v in parts.items()}
 
 
 def test_synthetic_source_is_deterministic_and_independent_of_batching():
-    a, b, c = _collect(1.0), _collect(0.37), _collect(1.0)
+    a, b, c = _collect(1_000_000), _collect(370_000), _collect(1_000_000)
     for name in a:
         assert np.array_equal(a[name][0], b[name][0])
         np.testing.assert_allclose(a[name][1], b[name][1], rtol=0, atol=1e-12)
