@@ -22,7 +22,7 @@ EMISSARY_I, MASTER_I = 10_000, 100_000  # witness intervals, us
 @st.composite
 def sensor_streams(draw):
     """Irregular multi-channel phase records with gaps, and parameters to match."""
-    n = draw(st.integers(2, 400))
+    n = draw(st.integers(30, 400) | st.integers(2, 30))
     channels = draw(st.integers(1, 3))
     seed = draw(st.integers(0, 2**32 - 1))
     rng = np.random.default_rng(seed)
@@ -40,9 +40,11 @@ def sensor_streams(draw):
         phase = 2 * np.pi * freq * ((t - t[0]) * 1e-6)[:, None]
         phase += rng.normal(0, 0.3, (n, channels)).cumsum(axis=0) * (kind == "walk")
         phase = np.mod(phase, 2 * np.pi) - np.pi * draw(st.booleans())
-    tau_us = int(draw(st.sampled_from([base_step * 3, 200_000, 1_000_000, 2_500_000])))
-    d_us = int(draw(st.sampled_from([0, 0, base_step, tau_us // 3, tau_us - 1])))
-    max_gap_us = int(draw(st.sampled_from([np.iinfo(np.int64).max, 50_000, 500_000, 2_000_000])))
+    # Lags from a few samples to half the record, so most examples have products;
+    # pauses (up to 3 s) are then both shorter and longer than the lag.
+    tau_us = int(base_step * n * draw(st.sampled_from([0.01, 0.05, 0.2, 0.5]))) + 2 * base_step
+    d_us = int(draw(st.sampled_from([0, 0, base_step, tau_us // 3, tau_us // 2, tau_us - 1])))
+    max_gap_us = int(draw(st.sampled_from([np.iinfo(np.int64).max, 3 * base_step, 10 * base_step, 2_000_000])))
     weights = draw(st.none() | st.lists(st.floats(0.0, 5.0), min_size=channels, max_size=channels)
                    .filter(lambda w: sum(w) > 0))
     omega = draw(st.sampled_from([0.0, 2.0, -7.5, 31.4]))
@@ -86,7 +88,7 @@ def _run_stream(t, phase, params, cuts):
     return Products.concat(products), join(em_out), join(ma_out)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(sensor_streams())
 def test_numba_equals_numpy_reference(stream):
     t, phase, params, cuts = stream
