@@ -224,7 +224,7 @@ def _concat_values(parts: list[WindowValues]) -> WindowValues:
     return WindowValues(*(np.concatenate([getattr(v, f) for v in parts]) for f in WindowValues._fields))
 
 
-def best_of_median(runs: Sequence[StreamingRun]) -> StreamingRun:
+def median_run(runs: Sequence[StreamingRun]) -> StreamingRun:
     """The run with the median end-to-end time (the machine may be shared: the median is robust)."""
     ordered = sorted(runs, key=lambda r: r.total_s)
     return ordered[(len(ordered) - 1) // 2]
@@ -511,7 +511,7 @@ def run_case(n: int, channels: int, repeats: int, naive_prefix: int) -> CaseResu
         reps = 1 if batch == 1 else (3 if batch == 10 else repeats)
         label = "whole record" if batch == 0 else f"{batch}"
         _progress(f"  Numba streaming path, batch {label}, {reps} pass(es)")
-        streaming[batch] = best_of_median([run_streaming(record, params, grids, batch)
+        streaming[batch] = median_run([run_streaming(record, params, grids, batch)
                                            for _ in range(reps)])
 
     _progress(f"  NumPy reference ({min(repeats, 3)} pass(es) of lag_products, "
