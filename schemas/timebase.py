@@ -11,6 +11,10 @@ outside representations become microseconds:
 * ISO-8601 strings with a zone (``"2025-11-26T00:00:00.125Z"``);
 * ``numpy.datetime64`` values and Arrow ``timestamp`` arrays of any unit.
 
+Sub-microsecond digits (ISO strings, nanosecond datetime64 and Arrow
+timestamps) round to the nearest microsecond, half up, so one instant gives
+the same microsecond in every representation.
+
 Durations from the config (seconds) are rounded to whole microseconds with
 :func:`duration_to_micros`.
 
@@ -25,6 +29,7 @@ array([1764115200125000, 1764115200135000])
 from __future__ import annotations
 
 import datetime as _dt
+import re
 from typing import Any
 
 import numpy as np
@@ -74,16 +79,28 @@ def micros_to_seconds(micros: Any) -> np.ndarray:
     return np.asarray(micros, dtype=np.int64) * 1e-6
 
 
+_FRACTION = re.compile(r"(?<=\d)[.,](\d+)")
+
+
 def _iso_to_micros(text: str) -> int:
+    # datetime parses at most microseconds; digits beyond the sixth round
+    # (half up) like every other representation, instead of being cut off.
+    body = text.strip().replace("Z", "+00:00").replace("z", "+00:00")
+    carry = 0
+    match = _FRACTION.search(body)
+    if match and len(match.group(1)) > 6:
+        digits = match.group(1)
+        carry = 1 if digits[6] >= "5" else 0
+        body = body[: match.start(1)] + digits[:6] + body[match.end(1):]
     try:
-        stamp = _dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+        stamp = _dt.datetime.fromisoformat(body)
     except ValueError as exc:
         raise ValueError(f"not an ISO-8601 time: {text!r}") from exc
     if stamp.tzinfo is None:
         raise ValueError(f"ISO-8601 time needs a zone (e.g. 'Z' or '+00:00'): {text!r}")
     # Integer arithmetic from the epoch: no float on the way.
     delta = stamp - _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
-    return (delta.days * 86_400 + delta.seconds) * MICROS_PER_SECOND + delta.microseconds
+    return (delta.days * 86_400 + delta.seconds) * MICROS_PER_SECOND + delta.microseconds + carry
 
 
 def to_micros(t: Any) -> np.ndarray:
@@ -106,9 +123,11 @@ def to_micros(t: Any) -> np.ndarray:
         if pa.types.is_timestamp(typ):
             if t.null_count:
                 raise ValueError("event time must not be null")
-            # cast to us (checked: refuses to truncate ns silently), then read as int64.
-            as_us = pc.cast(t, pa.timestamp("us", tz=typ.tz))
-            return np.asarray(as_us.cast(pa.int64()).to_numpy(zero_copy_only=False), dtype=np.int64)
+            raw = np.asarray(pc.cast(t, pa.int64()).to_numpy(zero_copy_only=False), dtype=np.int64)
+            scale = {"s": -1_000_000, "ms": -1_000, "us": 1, "ns": 1_000}[typ.unit]
+            if scale < 0:
+                return raw * -scale
+            return raw if scale == 1 else (raw + 500) // 1000  # ns: nearest us, half up
         return to_micros(t.to_numpy(zero_copy_only=False))
     if isinstance(t, str):
         return np.asarray(_iso_to_micros(t), dtype=np.int64)
@@ -122,7 +141,7 @@ def to_micros(t: Any) -> np.ndarray:
             raise ValueError("event time must not be NaT")
         unit = np.datetime_data(arr.dtype)[0]
         if unit in ("ns", "ps", "fs", "as"):
-            # Round to the nearest microsecond rather than truncating.
+            # Nearest microsecond, half up, as for Arrow and ISO input.
             ns = arr.astype("datetime64[ns]").astype(np.int64)
             return (ns + 500) // 1000
         return arr.astype("datetime64[us]").astype(np.int64)
