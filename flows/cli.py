@@ -14,14 +14,22 @@ from typing import Sequence
 __all__ = ["main"]
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from flows.offline import run_offline
+def _load_config(args: argparse.Namespace):
+    """The validated config, or None after printing every problem to stderr."""
     from schemas.config import ConfigError, load_config
 
     try:
-        config = load_config(args.config)
+        return load_config(args.config)
     except ConfigError as exc:
         print(f"becomingone: invalid config:\n{exc}", file=sys.stderr)
+        return None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from flows.offline import run_offline
+
+    config = _load_config(args)
+    if config is None:
         return 2
     try:
         run_offline(config, out=sys.stdout, progress=sys.stderr)
@@ -32,12 +40,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from schemas.config import ConfigError, load_config
-
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"becomingone: invalid config:\n{exc}", file=sys.stderr)
+    config = _load_config(args)
+    if config is None:
         return 2
     if args.check:
         print("config ok")

@@ -18,14 +18,12 @@ never on batch boundaries, so the values are bit-identical for any batching.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from numba import njit
 
 from operators.grid import WindowValues, check_advance
 from operators.history import live_copy, make_room
-from operators.lag import Products
+from operators.lag import Products, window_term
 
 __all__ = ["EmissaryWindow"]
 
@@ -77,9 +75,7 @@ def _emissary_kernel(bt, bc, ba, ist, fst, pt, pp, pdt, omega, window, grid,
             # No later grid point can see a product older than tk - W.
             lo, s_re, s_im, a_sum, evicted = _evict(bt, bc, ba, lo, hi, tk - window,
                                                     s_re, s_im, a_sum, evicted)
-            ph = omega * (tk * 1e-6)
-            c = pp[i] * complex(math.cos(ph), math.sin(ph)) * pdt[i]
-            a = abs(pp[i]) * pdt[i]
+            c, a = window_term(tk, pp[i], pdt[i], omega)
             bt[hi] = tk
             bc[hi] = c
             ba[hi] = a
@@ -113,7 +109,7 @@ class EmissaryWindow:
     next call.  State is plain arrays: it pickles with only the live window.
 
     >>> import numpy as np
-    >>> from operators.lag import Products
+    >>> from operators.lag import Products, window_term
     >>> em = EmissaryWindow(window_us=1_000_000)
     >>> t = np.arange(1, 201) * 10_000                   # products every 10 ms
     >>> p = np.full(200, 2.0 + 0j)

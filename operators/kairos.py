@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 from numba import njit
 
-from operators.lag import LagState, Products, validate_samples
+from operators.lag import LagState, Products, validate_samples, window_term
 from operators.params import KairosParams
 from schemas.timebase import to_micros
 
@@ -28,9 +28,9 @@ def _total_kernel(t, p, dt, omega):
     s = 0j
     a = 0.0
     for k in range(t.shape[0]):
-        ph = omega * (t[k] * 1e-6)
-        s += p[k] * complex(math.cos(ph), math.sin(ph)) * dt[k]
-        a += abs(p[k]) * dt[k]
+        c, w = window_term(t[k], p[k], dt[k], omega)
+        s += c
+        a += w
     return s, a
 
 

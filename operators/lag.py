@@ -35,7 +35,7 @@ from numba import njit
 from operators.history import live_copy, make_room
 from operators.params import KairosParams
 
-__all__ = ["LagState", "Products", "validate_samples"]
+__all__ = ["LagState", "Products", "validate_samples", "window_term"]
 
 _TWO_PI = 2.0 * math.pi
 
@@ -155,6 +155,20 @@ def _lag_kernel(t_buf, phi_buf, unw_buf, v_buf, hasv_buf, lo, hi, cs, jp, mp,
             out_dt[n_out] = (tk - t_buf[k - 1]) * 1e-6
             n_out += 1
     return n_out, cs, jp, mp
+
+
+@njit(cache=True, nogil=True)
+def window_term(tk, p, dt, omega):
+    """A product's terms of the window sums (SPEC section 2 step 5).
+
+    Returns (p exp(i omega t) dt, |p| dt) with t = tk * 1e-6 seconds since the
+    epoch; omega == 0 skips the rotation (exp(0) = 1 exactly, same result).
+    """
+    c = p * dt
+    if omega != 0.0:
+        ph = omega * (tk * 1e-6)
+        c = p * complex(math.cos(ph), math.sin(ph)) * dt
+    return c, abs(p) * dt
 
 
 class LagState:

@@ -24,13 +24,11 @@ oldest product time for the maturity rule (``master.min_span``).
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from numba import njit
 
 from operators.grid import WindowValues, check_advance
-from operators.lag import Products
+from operators.lag import Products, window_term
 
 __all__ = ["MasterWindow"]
 
@@ -125,11 +123,10 @@ def _master_kernel(sre, sim, sa, cnt, first, ist, tot, pane, pt, pp, pdt, omega,
             pid = -((-tk) // pane)  # ceil(t / P): pane (pid*P - P, pid*P]
             _open_pane(pid, n_panes, sre, sim, sa, cnt, first, ist, tot)
             s = pid % n_panes
-            ph = omega * (tk * 1e-6)
-            c = pp[i] * complex(math.cos(ph), math.sin(ph)) * pdt[i]
+            c, a = window_term(tk, pp[i], pdt[i], omega)
             sre[s] += c.real
             sim[s] += c.imag
-            sa[s] += abs(pp[i]) * pdt[i]
+            sa[s] += a
             if cnt[s] == 0:
                 first[s] = tk - (pid * pane - pane)
                 if ist[_OLDEST] == _NONE:
@@ -169,7 +166,7 @@ class MasterWindow:
     plain arrays (32 bytes per pane), picklable for recovery.
 
     >>> import numpy as np
-    >>> from operators.lag import Products
+    >>> from operators.lag import Products, window_term
     >>> master = MasterWindow(window_us=3_600_000_000, pane_us=100_000)
     >>> master.state_bytes // master.n_panes
     32
