@@ -1,0 +1,96 @@
+"""Accepted samples in columnar form: what the decoder hands the per-sensor operators.
+
+One :class:`SampleBatch` holds samples of ONE sensor from one or more input
+messages, as NumPy arrays, so the per-sensor operators and the Numba kernels
+work on whole arrays and never on per-sample Python objects.  Every row keeps
+where it came from (partition, offset, row within the message) and its
+original bytes, so a sample rejected later (``duplicate``, ``late``,
+``channels``) still reaches the dead-letter topic as it arrived.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["SampleBatch"]
+
+
+@dataclass
+class SampleBatch:
+    """Samples of one sensor, in arrival order (not necessarily time order).
+
+    Attributes:
+        sensor: sensor id.
+        t_us: int64 event times, microseconds since the epoch, shape (n,).
+        phase: float64 radians, shape (n, C); C fixed per sensor.
+        cell: the sensor's cell label (last one given), or None.
+        partition: int32 source partition per row (-1: not from Kafka).
+        offset: int64 source offset per row (-1: not from Kafka).
+        row: int32 row index inside the source message (0 for JSON messages).
+        raw: original bytes per row: the JSON message value, or the row as a
+            one-row Arrow IPC stream for Arrow batch messages.  May be None for
+            sources with no wire form (synthetic).
+    """
+
+    sensor: str
+    t_us: np.ndarray
+    phase: np.ndarray
+    cell: str | None = None
+    partition: np.ndarray = field(default_factory=lambda: np.empty(0, np.int32))
+    offset: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    row: np.ndarray = field(default_factory=lambda: np.empty(0, np.int32))
+    raw: list[bytes] | None = None
+
+    def __post_init__(self) -> None:
+        n = self.t_us.shape[0]
+        if self.phase.ndim != 2 or self.phase.shape[0] != n:
+            raise ValueError(f"phase must have shape (n, C) with n = {n}, got {self.phase.shape}")
+        for name, dtype in (("partition", np.int32), ("offset", np.int64), ("row", np.int32)):
+            arr = getattr(self, name)
+            if arr.shape[0] == 0 and n:
+                setattr(self, name, np.full(n, -1 if name != "row" else 0, dtype))
+            elif arr.shape[0] != n:
+                raise ValueError(f"{name} has {arr.shape[0]} rows, t_us has {n}")
+        if self.raw is not None and len(self.raw) != n:
+            raise ValueError(f"raw has {len(self.raw)} rows, t_us has {n}")
+
+    def __len__(self) -> int:
+        return int(self.t_us.shape[0])
+
+    @property
+    def channels(self) -> int:
+        return int(self.phase.shape[1])
+
+    def take(self, index: np.ndarray) -> "SampleBatch":
+        """The rows at ``index`` (integer or boolean array), same sensor and cell."""
+        idx = np.flatnonzero(index) if index.dtype == np.bool_ else index
+        return SampleBatch(
+            self.sensor, self.t_us[idx], self.phase[idx], self.cell,
+            self.partition[idx], self.offset[idx], self.row[idx],
+            None if self.raw is None else [self.raw[i] for i in idx],
+        )
+
+    @staticmethod
+    def concat(batches: "list[SampleBatch]") -> "SampleBatch":
+        """Rows of several batches of the same sensor, in the given order."""
+        if not batches:
+            raise ValueError("concat needs at least one batch")
+        first = batches[0]
+        if any(b.sensor != first.sensor for b in batches):
+            raise ValueError("concat of batches of different sensors")
+        cell = next((b.cell for b in reversed(batches) if b.cell is not None), None)
+        raw = None
+        if all(b.raw is not None for b in batches):
+            raw = [r for b in batches for r in b.raw]
+        return SampleBatch(
+            first.sensor,
+            np.concatenate([b.t_us for b in batches]),
+            np.concatenate([b.phase for b in batches]),
+            cell,
+            np.concatenate([b.partition for b in batches]),
+            np.concatenate([b.offset for b in batches]),
+            np.concatenate([b.row for b in batches]),
+            raw,
+        )
