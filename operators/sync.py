@@ -1,0 +1,175 @@
+"""The sync: join Emissary and Master by event time and decide collapse and dissipation.
+
+SPEC section 3.  For each Emissary grid point g of a sensor, with the Master
+state of the latest Master grid point G <= g:
+
+    T_sync      = (T_master + T_emissary) / 2
+    delta_phase = | |T_master| - |T_emissary| |
+
+and a two-state machine with hysteresis:
+
+* DISSIPATED -> COLLAPSED when the Master is mature (its products span at
+  least ``master.min_span``), |T_sync|^2 >= I_c and delta_phase < phase_threshold;
+* COLLAPSED -> DISSIPATED when |T_sync|^2 < I_c - hysteresis (reason
+  ``coherence``) or delta_phase >= phase_threshold (reason ``phase``).
+
+Emissary and Master values reach the sync as separate streams, and their
+relative arrival order is not defined.  So the join is by event time: an
+Emissary point g is decided only once the Master's watermark has reached g,
+because after that no Master grid point <= g can still arrive.  Until then
+it waits in a buffer.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+from numba import njit
+
+from operators.grid import WindowValues
+
+__all__ = ["COLLAPSE", "DISSIPATE_COHERENCE", "DISSIPATE_PHASE", "SyncState", "SyncValues"]
+
+NONE, COLLAPSE, DISSIPATE_COHERENCE, DISSIPATE_PHASE = 0, 1, 2, 3
+
+
+@njit(cache=True, nogil=True)
+def _hysteresis(coh, dphase, mature, threshold, hysteresis, phase_threshold, collapsed, out_state, out_event):
+    """Run the state machine over the points; returns the final state."""
+    for k in range(coh.shape[0]):
+        event = NONE
+        if collapsed:
+            if coh[k] < threshold - hysteresis:
+                collapsed = False
+                event = DISSIPATE_COHERENCE
+            elif dphase[k] >= phase_threshold:
+                collapsed = False
+                event = DISSIPATE_PHASE
+        elif mature[k] and coh[k] >= threshold and dphase[k] < phase_threshold:
+            collapsed = True
+            event = COLLAPSE
+        out_state[k] = collapsed
+        out_event[k] = event
+    return collapsed
+
+
+class SyncValues(NamedTuple):
+    """The sync at a run of Emissary grid points.
+
+    Attributes:
+        t: int64 grid points g (us).
+        T_master, T_emissary, T_sync: complex128.
+        coherence_sync: |T_sync|^2.
+        delta_phase: | |T_master| - |T_emissary| |.
+        mature: bool, Master mature at g.
+        collapsed: bool, state after g.
+        event: int8, NONE / COLLAPSE / DISSIPATE_COHERENCE / DISSIPATE_PHASE at g.
+    """
+
+    t: np.ndarray
+    T_master: np.ndarray
+    T_emissary: np.ndarray
+    T_sync: np.ndarray
+    coherence_sync: np.ndarray
+    delta_phase: np.ndarray
+    mature: np.ndarray
+    collapsed: np.ndarray
+    event: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.t.shape[0])
+
+
+def _empty_values() -> WindowValues:
+    return WindowValues(np.empty(0, np.int64), np.empty(0, np.complex128),
+                        np.empty(0, np.int64), np.empty(0, np.int64))
+
+
+def _cat(a: WindowValues, b: WindowValues) -> WindowValues:
+    return WindowValues(*(np.concatenate([x, y]) for x, y in zip(a, b)))
+
+
+def _tail(v: WindowValues, start: int) -> WindowValues:
+    return WindowValues(*(x[start:] for x in v))
+
+
+class SyncState:
+    """One sensor's sync: Emissary/Master join by event time plus the collapse state machine.
+
+    Args:
+        threshold: I_c (``kairos.coherence_threshold``).
+        hysteresis: ``sync.hysteresis``.
+        phase_threshold: ``sync.phase_threshold``.
+        min_span_us: ``master.min_span`` in microseconds.
+
+    >>> import numpy as np
+    >>> from operators.grid import WindowValues
+    >>> sync = SyncState(threshold=0.95, hysteresis=0.05, phase_threshold=0.1, min_span_us=10)
+    >>> em = WindowValues(np.array([10, 20]), np.array([1.0 + 0j, 0.5 + 0j]), np.array([5, 5]), np.array([9, 9]))
+    >>> ma = WindowValues(np.array([10]), np.array([0.99 + 0j]), np.array([50]), np.array([40]))
+    >>> out = sync.advance(em, ma, master_watermark=20)
+    >>> out.event.tolist()                      # collapse at 10, dissipate (coherence) at 20
+    [1, 2]
+    """
+
+    def __init__(self, threshold: float, hysteresis: float, phase_threshold: float, min_span_us: int) -> None:
+        self.threshold = float(threshold)
+        self.hysteresis = float(hysteresis)
+        self.phase_threshold = float(phase_threshold)
+        self.min_span_us = int(min_span_us)
+        self.collapsed = False
+        self._em = _empty_values()  # Emissary points waiting for the Master watermark
+        self._ma = _empty_values()  # Master points not yet superseded
+        # The Master state in force: latest Master point decided so far.
+        self._ma_T = 0j
+        self._ma_span = 0
+
+    @property
+    def waiting(self) -> int:
+        """Emissary grid points buffered until the Master's watermark reaches them."""
+        return len(self._em)
+
+    def advance(self, emissary: WindowValues, master: WindowValues, master_watermark: int | None) -> SyncValues:
+        """Add new Emissary and Master values; decide every Emissary point <= the Master watermark.
+
+        Args:
+            emissary: new Emissary values (time order, after earlier ones).
+            master: new Master values (time order, after earlier ones).
+            master_watermark: the Master's watermark (us); None means end of
+                input, so every buffered point is decided.
+        """
+        self._em = _cat(self._em, emissary)
+        self._ma = _cat(self._ma, master)
+        g = self._em.t
+        cut = g.shape[0] if master_watermark is None else int(np.searchsorted(g, master_watermark, side="right"))
+        now = WindowValues(*(x[:cut] for x in self._em))
+        self._em = _tail(self._em, cut)
+
+        # Master point in force at each g: the latest G <= g, else the one carried over.
+        idx = np.searchsorted(self._ma.t, now.t, side="right") - 1
+        has = idx >= 0
+        safe = np.where(has, idx, 0)
+        if self._ma.t.size:
+            T_master = np.where(has, self._ma.T[safe], self._ma_T)
+            span = np.where(has, self._ma.span_us[safe], self._ma_span)
+        else:
+            T_master = np.full(cut, self._ma_T, np.complex128)
+            span = np.full(cut, self._ma_span, np.int64)
+        # Keep only the Master points later decisions can still use.
+        if cut and self._ma.t.size:
+            last = int(idx[-1])
+            if last >= 0:
+                self._ma_T, self._ma_span = complex(self._ma.T[last]), int(self._ma.span_us[last])
+                self._ma = _tail(self._ma, last + 1)
+
+        T_em = now.T
+        T_sync = (T_master + T_em) / 2
+        coh = T_sync.real ** 2 + T_sync.imag ** 2
+        dphase = np.abs(np.abs(T_master) - np.abs(T_em))
+        mature = span >= self.min_span_us
+        state = np.empty(cut, np.bool_)
+        event = np.empty(cut, np.int8)
+        self.collapsed = bool(_hysteresis(coh, dphase, mature, self.threshold, self.hysteresis,
+                                          self.phase_threshold, self.collapsed, state, event))
+        return SyncValues(now.t, T_master, T_em, T_sync, coh, dphase, mature, state, event)
