@@ -1,0 +1,733 @@
+"""Decode and validate raw input messages into per-sensor sample batches (SPEC section 4).
+
+This is the stateless first step of the dataflow.  It takes the raw Kafka
+messages of one poll and returns one :class:`~operators.samples.SampleBatch`
+per sensor plus the dead letters of everything that cannot be a sample.
+Nothing here depends on earlier messages, so it may run on any worker; the
+checks that need a sensor's history (``duplicate``, ``late``, ``future``, a
+channel count that differs from earlier batches) belong to the per-sensor
+operators downstream.
+
+Two encodings, chosen by the ``content-type`` header:
+
+* JSON (no header, or ``application/json``): one sample per message, parsed
+  by :func:`schemas.messages.parse_sample` so the dead-letter reasons are the
+  same everywhere in the project.
+* Arrow IPC stream (``application/vnd.apache.arrow.stream``): any number of
+  rows of any number of sensors.  This is the fast path: columns become NumPy
+  arrays without copying where the layout allows, validation and grouping by
+  sensor are array operations, and no Python runs per row except for rows
+  that are dead-lettered.
+
+Reasons decided here: ``too_large`` (value longer than the limit, checked
+before anything is parsed), ``malformed`` (not JSON / not an object / not
+UTF-8 / not a readable IPC stream / unknown content type / no value),
+``schema`` (missing or mistyped field or column, null sensor or time, time out
+of range), ``nan`` (non-finite time or phase) and ``channels`` (empty phase
+list, or a channel count that differs from the one most of the sensor's rows
+in this call have).  When several apply to one row, the first in the order
+schema, nan, channels wins, as in :func:`schemas.messages.sample_from_object`.
+
+Original bytes of Arrow rows.  Serialising every row of a high-rate message
+just in case it is rejected later would cost more than the decoding itself,
+so batches built from Arrow rows carry ``raw = None``.  A downstream operator
+that rejects such a row rebuilds its bytes with :func:`arrow_row_bytes` (or
+:func:`original_row_bytes`) from the message value, found by the row's
+partition and offset; an operator that may reject rows must therefore keep a
+reference to the messages it has not finished with.  Rows rejected here get
+their one-row IPC stream directly.
+
+>>> msg = RawMessage(key=b"pmu-7", value=b'{"sensor": "pmu-7", "t": 1764115200.125, "phase": 1.23}',
+...                  topic="becomingone.phases", partition=0, offset=41)
+>>> out = decode_messages([msg])
+>>> out.batches[0].sensor, out.batches[0].t_us.tolist(), out.batches[0].phase.tolist()
+('pmu-7', [1764115200125000], [[1.23]])
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from operators.samples import SampleBatch
+from schemas.messages import DeadLetter, DeadLetterReason, InvalidSample, PhaseSample, parse_sample
+from schemas.timebase import to_micros
+
+__all__ = [
+    "ARROW_STREAM_CONTENT_TYPE",
+    "CONTENT_TYPE_HEADER",
+    "JSON_CONTENT_TYPE",
+    "Decoded",
+    "RawMessage",
+    "arrow_row_bytes",
+    "decode_messages",
+    "original_row_bytes",
+]
+
+CONTENT_TYPE_HEADER = "content-type"
+JSON_CONTENT_TYPE = "application/json"
+ARROW_STREAM_CONTENT_TYPE = "application/vnd.apache.arrow.stream"
+
+# Same limit as the JSON parser: |t| beyond this is not representable as
+# int64 microseconds (about +-2.9e5 years), so it is a schema error.
+_MAX_ABS_SECONDS = 9.2e12
+_PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
+
+# Row status codes of the Arrow path, in precedence order (lowest wins).
+_OK, _SCHEMA, _NAN, _CHANNELS = 0, 1, 2, 3
+_STATUS_REASON = {
+    _SCHEMA: DeadLetterReason.SCHEMA,
+    _NAN: DeadLetterReason.NAN,
+    _CHANNELS: DeadLetterReason.CHANNELS,
+}
+
+
+# --------------------------------------------------------------------------
+# Public types.
+
+
+@dataclass(frozen=True, slots=True)
+class RawMessage:
+    """One input message as the Kafka source delivers it.
+
+    Attributes:
+        key: message key (the sensor id by convention; not used for decoding).
+        value: message value, or None for a tombstone.
+        headers: Kafka headers as (name, value) pairs, or None.
+        topic: source topic (or file path for a file source).
+        partition: source partition, or None when not from Kafka.
+        offset: source offset (or row index in a file), or None.
+    """
+
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes | str | None]] | None = None
+    topic: str | None = None
+    partition: int | None = None
+    offset: int | None = None
+
+    @property
+    def content_type(self) -> str | None:
+        """The media type of the ``content-type`` header, lower case, without
+        parameters (``; charset=...``); None when there is no such header.
+        Header names are case-insensitive; the last such header wins."""
+        found: str | None = None
+        for name, value in self.headers or ():
+            if name.lower() != CONTENT_TYPE_HEADER:
+                continue
+            text = value.decode("utf-8", "replace") if isinstance(value, (bytes, bytearray)) else (value or "")
+            found = text.split(";", 1)[0].strip().lower() or None
+        return found
+
+
+@dataclass
+class Decoded:
+    """What one call of :func:`decode_messages` produced.
+
+    Attributes:
+        batches: one batch per sensor with accepted samples, in order of the
+            sensor's first accepted row; rows in arrival order (message order,
+            then row order inside a message).
+        dead: dead letters, one per rejected row (or per message when the
+            whole message is unreadable).
+        counts: number of dead letters per reason (reasons with none absent).
+        rows: rows seen: accepted rows plus dead letters.
+    """
+
+    batches: list[SampleBatch] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+    counts: dict[DeadLetterReason, int] = field(default_factory=dict)
+    rows: int = 0
+
+    @property
+    def accepted(self) -> int:
+        """Number of accepted rows over all batches."""
+        return sum(len(b) for b in self.batches)
+
+
+# --------------------------------------------------------------------------
+# Internal: the accepted-so-far rows of one Arrow message or of one run of
+# consecutive JSON messages, before rows of the whole call are grouped.
+
+
+@dataclass
+class _Part:
+    names: list[str]  # local sensor names; code indexes this
+    code: np.ndarray  # int32, local sensor code per row, -1 for rows already dead
+    t_us: np.ndarray  # int64
+    length: np.ndarray  # int64 channel count per row
+    flat: np.ndarray  # float64 phase values; row i is flat[start[i]:start[i] + length[i]]
+    start: np.ndarray | None  # int64; None when the phase is dense (see dense)
+    dense: np.ndarray | None  # (n, C) when every row has the same C: a view, no gather needed
+    cell_valid: np.ndarray  # bool per row
+    cell_at: Callable[[int], str]
+    partition: np.ndarray  # int32
+    offset: np.ndarray  # int64
+    row: np.ndarray  # int32
+    raw: list[bytes] | None  # per row (JSON) or None (Arrow)
+    original_at: Callable[[int], bytes]
+    message_at: Callable[[int], RawMessage]
+
+    def starts(self) -> np.ndarray:
+        if self.start is not None:
+            return self.start
+        width = self.dense.shape[1] if self.dense is not None else 0
+        return np.arange(self.code.shape[0], dtype=np.int64) * width
+
+
+def _dead_letter(message: RawMessage, original: bytes, reason: DeadLetterReason, error: str) -> DeadLetter:
+    # DeadLetter allows only non-negative partitions and offsets; -1 means
+    # "not from Kafka" in SampleBatch and None here.
+    partition = message.partition if message.partition is not None and message.partition >= 0 else None
+    offset = message.offset if message.offset is not None and message.offset >= 0 else None
+    return DeadLetter.create(
+        original=original, reason=reason, error=error, topic=message.topic,
+        partition=partition, offset=offset, key=message.key,
+    )
+
+
+def _origin(message: RawMessage) -> tuple[int, int]:
+    partition = -1 if message.partition is None else int(message.partition)
+    offset = -1 if message.offset is None else int(message.offset)
+    return partition, offset
+
+
+# --------------------------------------------------------------------------
+# JSON.
+
+
+def _json_part(messages: list[RawMessage], samples: list[PhaseSample]) -> _Part:
+    names: dict[str, int] = {}
+    code = np.fromiter((names.setdefault(s.sensor, len(names)) for s in samples), np.int32, len(samples))
+    length = np.fromiter((len(s.phase) for s in samples), np.int64, len(samples))
+    flat = np.fromiter((x for s in samples for x in s.phase), np.float64, int(length.sum()))
+    start = np.zeros(len(samples), np.int64)
+    np.cumsum(length[:-1], out=start[1:])
+    origins = np.array([_origin(m) for m in messages], dtype=np.int64).reshape(-1, 2)
+    cells = [s.cell for s in samples]
+    values = [bytes(m.value) for m in messages]  # type: ignore[arg-type]  # accepted => value present
+    return _Part(
+        names=list(names),
+        code=code,
+        t_us=np.fromiter((s.t_us for s in samples), np.int64, len(samples)),
+        length=length,
+        flat=flat,
+        start=start,
+        dense=None,
+        cell_valid=np.array([c is not None for c in cells], dtype=bool),
+        cell_at=cells.__getitem__,
+        partition=origins[:, 0].astype(np.int32),
+        offset=origins[:, 1],
+        row=np.zeros(len(samples), np.int32),
+        raw=values,
+        original_at=values.__getitem__,
+        message_at=messages.__getitem__,
+    )
+
+
+# --------------------------------------------------------------------------
+# Arrow IPC.
+
+
+class _WholeMessageError(Exception):
+    """The Arrow message as a whole cannot be used: one dead letter for all of it."""
+
+    def __init__(self, reason: DeadLetterReason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def _read_stream(value: bytes | bytearray | memoryview) -> pa.Table:
+    """All record batches of an IPC stream as one table (buffers stay in ``value``)."""
+    try:
+        with pa.ipc.open_stream(pa.py_buffer(value)) as reader:
+            table = reader.read_all()
+        # Full validation (offsets in range, UTF-8) before any kernel or NumPy
+        # gather touches the buffers: a corrupt producer must give a dead
+        # letter, not a crash of the worker.
+        table.validate(full=True)
+    except (pa.ArrowException, ValueError, OSError) as exc:
+        raise _WholeMessageError(DeadLetterReason.MALFORMED, f"not a readable Arrow IPC stream: {exc}") from None
+    return table
+
+
+def _one_row_stream(table: pa.Table, row: int) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table.slice(row, 1))
+    return sink.getvalue().to_pybytes()
+
+
+def arrow_row_bytes(message_value: bytes | bytearray | memoryview, row: int) -> bytes:
+    """Row ``row`` of an Arrow IPC stream message, as a one-row IPC stream.
+
+    Rows are numbered across all record batches of the stream, as in
+    ``SampleBatch.row``.  The result has the message's full schema (extra
+    columns included), so it is what the producer would have sent for that
+    row alone, and it decodes with :func:`decode_messages` like the original.
+
+    Raises:
+        ValueError: the value is not a readable IPC stream.
+        IndexError: ``row`` is outside the message.
+    """
+    try:
+        table = _read_stream(message_value)
+    except _WholeMessageError as exc:
+        raise ValueError(exc.detail) from None
+    if not 0 <= row < table.num_rows:
+        raise IndexError(f"row {row} outside a message of {table.num_rows} rows")
+    return _one_row_stream(table, row)
+
+
+def original_row_bytes(message: RawMessage, row: int) -> bytes:
+    """The original bytes of one row of a decoded message, for its dead letter:
+    the value itself for JSON, the one-row IPC stream for Arrow."""
+    if message.content_type == ARROW_STREAM_CONTENT_TYPE:
+        return arrow_row_bytes(message.value or b"", row)
+    if row != 0:
+        raise IndexError(f"a JSON message has one row, not row {row}")
+    return bytes(message.value or b"")
+
+
+def _is_text(typ: pa.DataType) -> bool:
+    return pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_string_view(typ)
+
+
+def _is_text_column(typ: pa.DataType) -> bool:
+    return _is_text(typ) or (pa.types.is_dictionary(typ) and _is_text(typ.value_type))
+
+
+def _is_number(typ: pa.DataType) -> bool:
+    # float16 has no NumPy-compatible cast in older pyarrow and carries ~3
+    # digits: a producer sending it is sending the wrong thing.
+    return pa.types.is_integer(typ) or pa.types.is_float32(typ) or pa.types.is_float64(typ)
+
+
+def _is_fixed_list(typ: pa.DataType) -> bool:
+    return pa.types.is_fixed_size_list(typ)
+
+
+def _is_var_list(typ: pa.DataType) -> bool:
+    return pa.types.is_list(typ) or pa.types.is_large_list(typ)
+
+
+def _check_schema(schema: pa.Schema) -> None:
+    """Whole-message ``schema`` errors: missing, duplicated or mistyped columns."""
+    for name in ("sensor", "t", "phase", "cell"):
+        count = schema.get_all_field_indices(name)
+        if len(count) > 1:
+            raise _WholeMessageError(DeadLetterReason.SCHEMA, f"column {name!r} appears {len(count)} times")
+        if not count and name != "cell":
+            raise _WholeMessageError(DeadLetterReason.SCHEMA, f"missing column {name!r}")
+    sensor = schema.field("sensor").type
+    if not _is_text_column(sensor):
+        raise _WholeMessageError(DeadLetterReason.SCHEMA, f"column 'sensor' must be utf8 (or a dictionary of it), not {sensor}")
+    t = schema.field("t").type
+    if not (pa.types.is_timestamp(t) or _is_number(t)):
+        raise _WholeMessageError(DeadLetterReason.SCHEMA, f"column 't' must be float64 seconds or a timestamp, not {t}")
+    phase = schema.field("phase").type
+    if not (_is_number(phase) or ((_is_var_list(phase) or _is_fixed_list(phase)) and _is_number(phase.value_type))):
+        raise _WholeMessageError(DeadLetterReason.SCHEMA, f"column 'phase' must be float64 or a list of float64, not {phase}")
+    if "cell" in schema.names:
+        cell = schema.field("cell").type
+        if not (_is_text_column(cell) or pa.types.is_null(cell)):
+            raise _WholeMessageError(DeadLetterReason.SCHEMA, f"column 'cell' must be utf8 or null, not {cell}")
+
+
+def _valid(arr: pa.Array) -> np.ndarray:
+    """Validity of ``arr`` as a bool array."""
+    if arr.null_count == 0:
+        return np.ones(len(arr), dtype=bool)
+    return arr.is_valid().to_numpy(zero_copy_only=False)
+
+
+def _float64(arr: pa.Array) -> np.ndarray:
+    """Values as float64, zero-copy when ``arr`` already is float64 without
+    nulls (null slots become NaN; callers mask them with :func:`_valid`)."""
+    if not pa.types.is_float64(arr.type):
+        arr = pc.cast(arr, pa.float64())
+    return arr.to_numpy(zero_copy_only=False)
+
+
+def _sensor_codes(column: pa.ChunkedArray) -> tuple[list[str], np.ndarray]:
+    """Group ids of the sensor column: (names, int32 code per row).
+
+    Code -1: null sensor, -2: empty string.  Each record batch is dictionary
+    encoded on its own (batches of one stream may carry different
+    dictionaries); only the dictionaries, not the rows, are walked in Python.
+    """
+    names: dict[str, int] = {}
+    codes = []
+    for chunk in column.chunks:
+        if pa.types.is_string_view(chunk.type):
+            chunk = chunk.cast(pa.string())
+        enc = chunk if pa.types.is_dictionary(chunk.type) else pc.dictionary_encode(chunk)
+        lookup = np.array(
+            [-1 if s is None else -2 if s == "" else names.setdefault(s, len(names)) for s in enc.dictionary.to_pylist()]
+            + [-1],  # slot for null indices
+            dtype=np.int32,
+        )
+        indices = enc.indices
+        if indices.null_count:
+            raw = indices.fill_null(0).to_numpy(zero_copy_only=False)
+            raw = np.where(_valid(indices), raw, len(lookup) - 1)
+        else:
+            raw = indices.to_numpy(zero_copy_only=False)
+        codes.append(lookup[raw])
+    if not codes:
+        return [], np.zeros(0, np.int32)
+    return list(names), _join(codes).astype(np.int32, copy=False)
+
+
+def _times(arr: pa.Array, status: np.ndarray, why: dict[int, str]) -> np.ndarray:
+    """int64 microseconds of the t column; rows with a bad time get a status."""
+    valid = _valid(arr)
+    typ = arr.type
+    if pa.types.is_timestamp(typ):
+        # Time zone or not, the stored values are UTC epoch counts.
+        raw = pc.cast(arr.fill_null(0) if arr.null_count else arr, pa.int64()).to_numpy(zero_copy_only=False)
+        limit = _MAX_ABS_SECONDS * _PER_SECOND[typ.unit]
+        out_of_range = valid & ((raw > limit) | (raw < -limit))
+        ok = valid & ~out_of_range
+        clean = np.where(ok, raw, 0) if not ok.all() else raw
+        t_us = to_micros(clean.view(f"datetime64[{typ.unit}]"))
+        nonfinite = np.zeros(len(raw), dtype=bool)
+    elif pa.types.is_integer(typ):
+        raw = (arr.fill_null(0) if arr.null_count else arr).to_numpy(zero_copy_only=False)
+        out_of_range = valid & ((raw > _MAX_ABS_SECONDS) | (raw < -_MAX_ABS_SECONDS))
+        ok = valid & ~out_of_range
+        t_us = to_micros(np.where(ok, raw, 0).astype(np.int64))
+        nonfinite = np.zeros(len(raw), dtype=bool)
+    else:
+        raw = _float64(arr)
+        nonfinite = valid & ~np.isfinite(raw)
+        out_of_range = valid & ~nonfinite & (np.abs(raw) > _MAX_ABS_SECONDS)
+        ok = valid & ~nonfinite & ~out_of_range
+        t_us = to_micros(np.where(ok, raw, 0.0) if not ok.all() else raw)
+    _mark(status, why, ~valid, _SCHEMA, "t is null")
+    _mark(status, why, out_of_range, _SCHEMA, "t is out of range for epoch seconds")
+    _mark(status, why, nonfinite, _NAN, "t is NaN or infinite")
+    return np.asarray(t_us, dtype=np.int64)
+
+
+def _phases(
+    arr: pa.Array, status: np.ndarray, why: dict[int, str]
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray]:
+    """Phase storage of the phase column: (flat values, row starts or None,
+    dense (n, C) view or None, channel count per row); bad rows get a status."""
+    n = len(arr)
+    valid = _valid(arr)
+    _mark(status, why, ~valid, _SCHEMA, "phase is null")
+    typ = arr.type
+    if _is_number(typ):
+        values = _float64(arr)
+        _mark(status, why, valid & ~np.isfinite(values), _NAN, "phase holds NaN or infinity")
+        dense = values.reshape(n, 1)
+        return values, None, dense, np.ones(n, np.int64)
+    if _is_fixed_list(typ):
+        width = typ.list_size
+        child = arr.values.slice(arr.offset * width, n * width)  # .values ignores the slice offset
+        values = _float64(child).reshape(n, width)
+        if child.null_count:
+            elem_null = ~_valid(child).reshape(n, width)
+            _mark(status, why, valid & elem_null.any(axis=1), _SCHEMA, "phase list holds null")
+        nonfinite = ~np.isfinite(values)
+        if nonfinite.any():  # a row-wise reduction only when some element is bad
+            _mark(status, why, valid & nonfinite.any(axis=1), _NAN, "phase holds NaN or infinity")
+        if width == 0:
+            _mark(status, why, valid, _CHANNELS, "phase is an empty list")
+        return values.reshape(-1), None, values, np.full(n, width, np.int64)
+    # list / large_list: the offsets index into the child values.
+    offsets = arr.offsets.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    start, length = offsets[:-1], np.diff(offsets)
+    child = arr.values
+    values = _float64(child)
+    lo, hi = int(offsets[0]), int(offsets[-1])
+    # Per-row "any bad element" through prefix sums: no per-row loop, and
+    # empty rows need no special case (unlike np.add.reduceat).
+    for bad, code, text in (
+        (~_valid(child.slice(lo, hi - lo)), _SCHEMA, "phase list holds null"),
+        (~np.isfinite(values[lo:hi]), _NAN, "phase holds NaN or infinity"),
+    ):
+        if not bad.any():
+            continue
+        csum = np.zeros(hi - lo + 1, np.int64)
+        np.cumsum(bad, out=csum[1:])
+        _mark(status, why, valid & (csum[offsets[1:] - lo] > csum[offsets[:-1] - lo]), code, text)
+    _mark(status, why, valid & (length == 0), _CHANNELS, "phase is an empty list")
+    if n and (length == length[0]).all() and hi - lo == n * int(length[0]):
+        # Every row has the same width and rows are packed: a dense view.
+        width = int(length[0])
+        dense = values[lo:hi].reshape(n, width)
+        return values, start, dense, length
+    return values, start, None, length
+
+
+def _mark(status: np.ndarray, why: dict[int, str], mask: np.ndarray, code: int, text: str) -> None:
+    """Give ``code`` to rows in ``mask`` whose status is not already a stronger reason."""
+    hit = mask & ((status == _OK) | (status > code))
+    if hit.any():
+        status[hit] = code
+        for i in np.flatnonzero(hit).tolist():  # only rejected rows: rare
+            why[i] = text
+
+
+def _arrow_part(message: RawMessage, value: bytes | bytearray | memoryview) -> tuple[_Part, list[DeadLetter]]:
+    table = _read_stream(value)
+    _check_schema(table.schema)
+    n = table.num_rows
+    status = np.zeros(n, np.int8)
+    why: dict[int, str] = {}
+
+    names, code = _sensor_codes(table.column("sensor"))
+    _mark(status, why, code == -1, _SCHEMA, "sensor is null")
+    _mark(status, why, code == -2, _SCHEMA, "sensor is an empty string")
+    t_us = _times(table.column("t").combine_chunks(), status, why)
+    flat, start, dense, length = _phases(table.column("phase").combine_chunks(), status, why)
+
+    if "cell" in table.schema.names:
+        cell_column = table.column("cell")
+        cell_valid = np.concatenate([_valid(c) for c in cell_column.chunks]) if cell_column.num_chunks else np.zeros(0, bool)
+        cell_at: Callable[[int], str] = lambda i: cell_column[i].as_py()  # noqa: E731
+    else:
+        cell_valid = np.zeros(n, dtype=bool)
+        cell_at = lambda i: ""  # noqa: E731  # never called: no valid cell
+
+    dead: list[DeadLetter] = []
+    rejected = np.flatnonzero(status)
+    for i in rejected.tolist():
+        reason = _STATUS_REASON[int(status[i])]
+        dead.append(_dead_letter(message, _one_row_stream(table, i), reason, f"row {i}: {why[i]}"))
+    if rejected.size:
+        code = np.where(status == _OK, code, -1).astype(np.int32)
+
+    partition, offset = _origin(message)
+    part = _Part(
+        names=names,
+        code=code,
+        t_us=t_us,
+        length=length,
+        flat=flat,
+        start=start,
+        dense=dense,
+        cell_valid=cell_valid,
+        cell_at=cell_at,
+        partition=np.full(n, partition, np.int32),
+        offset=np.full(n, offset, np.int64),
+        row=np.arange(n, dtype=np.int32),
+        raw=None,
+        original_at=lambda i: _one_row_stream(table, i),
+        message_at=lambda i: message,
+    )
+    return part, dead
+
+
+# --------------------------------------------------------------------------
+# The whole call: channel agreement per sensor, grouping, batches.
+
+
+def _join(arrays: list[np.ndarray]) -> np.ndarray:
+    # np.concatenate copies even a single array; the common call has one part.
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+
+
+def _majority_width(code: np.ndarray, length: np.ndarray, n_sensors: int) -> np.ndarray:
+    """Per sensor, the channel count most of its rows have (ties: the count
+    that arrived first).  ``code`` and ``length`` cover accepted rows only."""
+    chosen = np.full(n_sensors, -1, np.int64)
+    if code.size == 0:
+        return chosen
+    span = int(length.max()) + 1
+    key = code.astype(np.int64) * span + length
+    keys, first, counts = np.unique(key, return_index=True, return_counts=True)
+    sensor, width = keys // span, keys % span
+    best = np.lexsort((first, -counts, sensor))  # by sensor, most rows first, then earliest
+    sensor, width = sensor[best], width[best]
+    lead = np.ones(sensor.size, dtype=bool)
+    lead[1:] = sensor[1:] != sensor[:-1]
+    chosen[sensor[lead]] = width[lead]
+    return chosen
+
+
+def _batches(parts: list[_Part], out: Decoded) -> None:
+    names: dict[str, int] = {}
+    codes, part_of, local = [], [], []
+    for k, part in enumerate(parts):
+        lookup = np.array([names.setdefault(s, len(names)) for s in part.names] + [-1], dtype=np.int32)
+        # -1 (already dead) picks the last slot, which is -1 again.
+        codes.append(lookup[part.code])
+        part_of.append(np.full(part.code.shape[0], k, np.int32))
+        local.append(np.arange(part.code.shape[0], dtype=np.int64))
+    code = _join(codes)
+    length = _join([p.length for p in parts])
+    accepted = np.flatnonzero(code >= 0)
+    names_list = list(names)
+
+    # A sensor has one channel count; rows that disagree with the majority of
+    # the sensor's rows in this call are rejected as `channels`.
+    acc_length = length[accepted]
+    if acc_length.size and acc_length.min() != acc_length.max():
+        chosen = _majority_width(code[accepted], acc_length, len(names))
+        wrong = accepted[acc_length != chosen[code[accepted]]]
+        if wrong.size:
+            part_id, local_row = _join(part_of), _join(local)
+            for i in wrong.tolist():
+                part, r = parts[int(part_id[i])], int(local_row[i])
+                width = int(chosen[code[i]])
+                text = f"{int(length[i])} channels where sensor {names_list[code[i]]!r} has {width} in this batch"
+                if part.raw is None:
+                    text = f"row {int(part.row[r])}: {text}"
+                _add(out, _dead_letter(part.message_at(r), part.original_at(r), DeadLetterReason.CHANNELS, text))
+            keep = np.ones(code.shape[0], dtype=bool)
+            keep[wrong] = False
+            accepted = accepted[keep[accepted]]
+
+    out.rows += int(accepted.size)
+    if accepted.size == 0:
+        return
+
+    # Group rows by sensor; a stable sort keeps arrival order inside a sensor.
+    acc_code = code[accepted]
+    small = acc_code.astype(np.int16) if len(names) < 2**15 else acc_code  # radix sort for int16
+    order = accepted[np.argsort(small, kind="stable")]
+    sorted_code = code[order]
+    bounds = np.flatnonzero(sorted_code[1:] != sorted_code[:-1]) + 1
+    starts = np.concatenate(([0], bounds))
+    ends = np.concatenate((bounds, [order.size]))
+    identity = order.size == code.size and starts.size == 1  # one sensor, nothing rejected
+
+    t_us = _join([p.t_us for p in parts])
+    partition = _join([p.partition for p in parts])
+    offset = _join([p.offset for p in parts])
+    row = _join([p.row for p in parts])
+    cell_valid = _join([p.cell_valid for p in parts])
+    if not identity:
+        # np.take is markedly faster than fancy indexing for these gathers.
+        t_us, partition, offset, row, cell_valid = (
+            np.take(a, order, axis=0) for a in (t_us, partition, offset, row, cell_valid)
+        )
+
+    # Phase: one Arrow message with a scalar, fixed-size-list or uniformly
+    # long list column gathers whole rows of its (n, C) view; otherwise each
+    # sensor's rows are gathered from the flat values through their starts.
+    if len(parts) == 1 and parts[0].dense is not None:
+        dense = parts[0].dense
+        phase_all = dense if identity else np.take(dense, order, axis=0)
+        flat = start = None
+    else:
+        phase_all = None
+        flat = _join([p.flat for p in parts])
+        shift = np.cumsum([0] + [p.flat.shape[0] for p in parts[:-1]])
+        start = _join([p.starts() + s for p, s in zip(parts, shift)])
+
+    need_raw = any(p.raw is not None for p in parts)
+    if need_raw:
+        part_id, local_row = _join(part_of)[order], _join(local)[order]
+
+    batches = []
+    for b0, b1 in zip(starts.tolist(), ends.tolist()):
+        sensor_code = int(sorted_code[b0])
+        if phase_all is not None:
+            phase = phase_all[b0:b1]
+        else:
+            rows = order[b0:b1]
+            width = int(length[rows[0]])
+            phase = np.take(flat, start[rows][:, None] + np.arange(width))
+        raw = None
+        if need_raw and all(parts[k].raw is not None for k in np.unique(part_id[b0:b1]).tolist()):
+            raw = [parts[k].raw[r] for k, r in zip(part_id[b0:b1].tolist(), local_row[b0:b1].tolist())]
+        cell = None
+        with_cell = np.flatnonzero(cell_valid[b0:b1])
+        if with_cell.size:
+            last = int(order[b0 + with_cell[-1]])
+            k, r = _locate(parts, last)
+            cell = parts[k].cell_at(r)
+        batch = SampleBatch(
+            names_list[sensor_code], t_us[b0:b1], phase, cell, partition[b0:b1], offset[b0:b1], row[b0:b1], raw
+        )
+        batches.append((int(order[b0]), batch))
+    batches.sort(key=lambda item: item[0])  # order of the sensor's first accepted row
+    out.batches.extend(b for _, b in batches)
+
+
+def _locate(parts: list[_Part], index: int) -> tuple[int, int]:
+    """(part, row in part) of a row index over the concatenated parts."""
+    for k, part in enumerate(parts):
+        n = part.code.shape[0]
+        if index < n:
+            return k, index
+        index -= n
+    raise IndexError(index)
+
+
+def _add(out: Decoded, letter: DeadLetter) -> None:
+    out.dead.append(letter)
+    out.counts[letter.reason] = out.counts.get(letter.reason, 0) + 1
+    out.rows += 1
+
+
+def decode_messages(messages: Iterable[RawMessage], *, max_message_bytes: int | None = None) -> Decoded:
+    """Decode and validate raw messages into per-sensor batches and dead letters.
+
+    Args:
+        messages: the messages of one poll, in arrival order.
+        max_message_bytes: values longer than this are ``too_large`` whatever
+            their encoding (None: no limit).
+
+    Returns:
+        The batches (one per sensor), the dead letters and their counts.
+        Never raises for bad input: every message ends up as accepted rows or
+        dead letters (``accepted + len(dead) == rows``).
+    """
+    out = Decoded()
+    parts: list[_Part] = []
+    json_messages: list[RawMessage] = []
+    json_samples: list[PhaseSample] = []
+
+    def close_json_run() -> None:
+        # Consecutive JSON messages form one part, so parts stay in arrival order.
+        if json_samples:
+            parts.append(_json_part(list(json_messages), list(json_samples)))
+            json_messages.clear()
+            json_samples.clear()
+
+    for message in messages:
+        value = message.value
+        if value is None:
+            _add(out, _dead_letter(message, b"", DeadLetterReason.MALFORMED, "message has no value"))
+            continue
+        size = len(value) if not isinstance(value, memoryview) else value.nbytes
+        if max_message_bytes is not None and size > max_message_bytes:
+            _add(out, _dead_letter(message, bytes(value), DeadLetterReason.TOO_LARGE, f"{size} bytes, limit {max_message_bytes}"))
+            continue
+        content_type = message.content_type
+        if content_type is None or content_type == JSON_CONTENT_TYPE:
+            try:
+                sample = parse_sample(value)
+            except InvalidSample as exc:
+                _add(out, _dead_letter(message, bytes(value), exc.reason, exc.detail))
+                continue
+            json_messages.append(message)
+            json_samples.append(sample)
+        elif content_type == ARROW_STREAM_CONTENT_TYPE:
+            close_json_run()
+            try:
+                part, dead = _arrow_part(message, value)
+            except _WholeMessageError as exc:
+                _add(out, _dead_letter(message, bytes(value), exc.reason, exc.detail))
+                continue
+            for letter in dead:
+                _add(out, letter)
+            parts.append(part)
+        else:
+            _add(out, _dead_letter(message, bytes(value), DeadLetterReason.MALFORMED, f"unsupported content-type {content_type!r}"))
+    close_json_run()
+    if parts:
+        _batches(parts, out)
+    return out
