@@ -264,6 +264,17 @@ def test_arrow_dictionary_sensor_and_several_record_batches():
     assert got["c"].row.tolist() == [4]
 
 
+def test_arrow_string_view_columns():
+    table = pa.table({
+        "sensor": pa.array(["a", "b", "a"], pa.string_view()),
+        "t": [T0, T0, T0 + 1],
+        "phase": [0.0, 1.0, 2.0],
+        "cell": pa.array(["x", "y", None], pa.string_view()),
+    })
+    out = decode_messages([arrow_message(table)])
+    assert [(b.sensor, b.cell, len(b)) for b in out.batches] == [("a", "x", 2), ("b", "y", 1)]
+
+
 def test_arrow_large_utf8_sensor_and_dictionary_cell():
     table = pa.table({
         "sensor": pa.array(["a", "a"], pa.large_string()),
@@ -362,6 +373,7 @@ def test_arrow_times_out_of_range_are_schema_errors():
         (pa.table({"sensor": ["a"], "t": [T0]}), "missing column 'phase'"),
         (pa.table({"sensor": [1], "t": [T0], "phase": [0.0]}), "'sensor'"),
         (pa.table({"sensor": ["a"], "t": ["2025-11-26T00:00:00Z"], "phase": [0.0]}), "'t'"),
+        (pa.table({"sensor": ["a"], "t": pa.array([T0], pa.float32()), "phase": [0.0]}), "'t'"),  # ~2 min resolution
         (pa.table({"sensor": ["a"], "t": [T0], "phase": ["1.0"]}), "'phase'"),
         (pa.table({"sensor": ["a"], "t": [T0], "phase": [[["nested"]]]}), "'phase'"),
         (pa.table({"sensor": ["a"], "t": [T0], "phase": [0.0], "cell": [3]}), "'cell'"),
