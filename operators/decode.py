@@ -56,7 +56,7 @@ import pyarrow.compute as pc
 
 from operators.samples import SampleBatch
 from schemas.messages import DeadLetter, DeadLetterReason, InvalidSample, PhaseSample, parse_sample
-from schemas.timebase import to_micros
+from schemas.timebase import MAX_ABS_SECONDS, to_micros
 
 __all__ = [
     "ARROW_STREAM_CONTENT_TYPE",
@@ -75,7 +75,7 @@ ARROW_STREAM_CONTENT_TYPE = "application/vnd.apache.arrow.stream"
 
 # Same limit as the JSON parser: |t| beyond this is not representable as
 # int64 microseconds (about +-2.9e5 years), so it is a schema error.
-_MAX_ABS_SECONDS = 9.2e12
+_MAX_ABS_SECONDS = MAX_ABS_SECONDS
 _PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 
 # Row status codes of the Arrow path, in precedence order (lowest wins).

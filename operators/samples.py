@@ -4,8 +4,8 @@ One :class:`SampleBatch` holds samples of ONE sensor from one or more input
 messages, as NumPy arrays, so the per-sensor operators and the Numba kernels
 work on whole arrays and never on per-sample Python objects.  Every row keeps
 where it came from (partition, offset, row within the message) and its
-original bytes, so a sample rejected later (``duplicate``, ``late``,
-``channels``) still reaches the dead-letter topic as it arrived.
+origin, so a sample rejected later (``duplicate``, ``late``, ``channels``)
+still reaches the dead-letter topic with its original bytes.
 """
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ class SampleBatch:
         partition: int32 source partition per row (-1: not from Kafka).
         offset: int64 source offset per row (-1: not from Kafka).
         row: int32 row index inside the source message (0 for JSON messages).
-        raw: original bytes per row: the JSON message value, or the row as a
-            one-row Arrow IPC stream for Arrow batch messages.  May be None for
-            sources with no wire form (synthetic).
+        raw: original bytes per row (the JSON message value), or None when
+            the rows came from Arrow batch messages (re-serialise a rejected row
+            with :func:`operators.decode.original_row_bytes`, found by
+            partition/offset/row) or from a source with no wire form (synthetic).
     """
 
     sensor: str
@@ -44,6 +45,8 @@ class SampleBatch:
     raw: list[bytes] | None = None
 
     def __post_init__(self) -> None:
+        self.t_us = np.asarray(self.t_us, dtype=np.int64)
+        self.phase = np.asarray(self.phase, dtype=np.float64)
         n = self.t_us.shape[0]
         if self.phase.ndim != 2 or self.phase.shape[0] != n:
             raise ValueError(f"phase must have shape (n, C) with n = {n}, got {self.phase.shape}")

@@ -40,7 +40,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from schemas.timebase import MICROS_PER_SECOND, to_micros
+from schemas.timebase import MAX_ABS_SECONDS, MICROS_PER_SECOND, to_micros
 
 __all__ = [
     "WITNESS_LOG_GENESIS",
@@ -68,7 +68,7 @@ __all__ = [
 
 _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
 # |t| limit of the microsecond time base (int64 us is about +-2.9e5 years).
-_MAX_ABS_SECONDS = 9.2e12
+_MAX_ABS_SECONDS = MAX_ABS_SECONDS
 
 
 # --------------------------------------------------------------------------

@@ -36,7 +36,11 @@ import numpy as np
 
 MICROS_PER_SECOND = 1_000_000
 
+#: Largest |event time| in seconds: int64 microseconds overflow near 9.22e12 s.
+MAX_ABS_SECONDS = 9.2e12
+
 __all__ = [
+    "MAX_ABS_SECONDS",
     "MICROS_PER_SECOND",
     "duration_to_micros",
     "micros_to_seconds",
@@ -56,15 +60,21 @@ def seconds_to_micros(seconds: Any) -> np.ndarray:
     """
     arr = np.asarray(seconds)
     if arr.dtype.kind in "iu":
+        _check_range(arr, MAX_ABS_SECONDS)
         return arr.astype(np.int64) * MICROS_PER_SECOND
     arr = arr.astype(np.float64)
     if not np.all(np.isfinite(arr)):
         raise ValueError("event time must be finite (got NaN or inf)")
-    if arr.size and np.max(np.abs(arr)) > 9.2e12:
-        raise ValueError("event time out of range: |t| must be below 9.2e12 seconds")
+    _check_range(arr, MAX_ABS_SECONDS)
     whole = np.floor(arr)
     frac = arr - whole  # exact in float64: whole and arr share the exponent range
     return whole.astype(np.int64) * MICROS_PER_SECOND + np.rint(frac * 1e6).astype(np.int64)
+
+
+def _check_range(values: np.ndarray, limit: float) -> None:
+    # Checked before scaling: int64 arithmetic would wrap around silently.
+    if values.size and (np.max(values) > limit or np.min(values) < -limit):
+        raise ValueError(f"event time out of range: |t| must be below {MAX_ABS_SECONDS:g} seconds")
 
 
 def duration_to_micros(seconds: float) -> int:
@@ -126,6 +136,7 @@ def to_micros(t: Any) -> np.ndarray:
             raw = np.asarray(pc.cast(t, pa.int64()).to_numpy(zero_copy_only=False), dtype=np.int64)
             scale = {"s": -1_000_000, "ms": -1_000, "us": 1, "ns": 1_000}[typ.unit]
             if scale < 0:
+                _check_range(raw, MAX_ABS_SECONDS * MICROS_PER_SECOND / -scale)
                 return raw * -scale
             return raw if scale == 1 else (raw + 500) // 1000  # ns: nearest us, half up
         return to_micros(t.to_numpy(zero_copy_only=False))

@@ -61,3 +61,10 @@ def test_durations_round_to_whole_microseconds():
 def test_bad_times_are_rejected_with_a_reason(value, message):
     with pytest.raises(ValueError, match=message):
         to_micros(value)
+
+
+def test_integer_seconds_out_of_range_raise_instead_of_wrapping():
+    with pytest.raises(ValueError, match="out of range"):
+        to_micros(np.array([10**13]))
+    with pytest.raises(ValueError, match="out of range"):
+        to_micros(pa.array([10**13], pa.timestamp("s", tz="UTC")))
