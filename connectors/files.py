@@ -361,8 +361,10 @@ def _csv_batches(path: str, chunk_rows: int) -> Iterator[pa.RecordBatch]:
     columns = _check_columns(path, header or [])
     types = {"sensor": pa.string(), "cell": pa.string()}
     read = pcsv.ReadOptions(block_size=1 << 22)
-    # Empty cells are nulls, so an empty `cell` means "no cell".
-    convert = dict(include_columns=columns, strings_can_be_null=True)
+    # Only empty cells are nulls (an empty `cell` means "no cell"): pyarrow's
+    # default would also null "NA" (a fine sensor id) and "nan" (a NaN phase,
+    # which must be reported as such).
+    convert = dict(include_columns=columns, strings_can_be_null=True, null_values=[""])
     try:
         # pyarrow infers types from the first block only; integers there and a
         # fraction later would fail mid-file, so numbers are read as float64.
