@@ -11,8 +11,9 @@ Columns (JSON lines: fields)
 ``t``
     event time: epoch seconds (float or int), ISO-8601 text with a zone
     (``2025-01-01T00:00:00.125Z``, ``...+02:00``), or an Arrow timestamp with
-    a time zone.  Times become exact int64 microseconds (SPEC section 2).
-    Times without a zone are refused rather than guessed.
+    or without a zone (Parquet/Arrow: read as UTC, like the Kafka decoder).
+    Times become exact int64 microseconds (SPEC section 2).  ISO text
+    without a zone (CSV, JSON lines) is refused rather than guessed.
 ``phase``
     radians: a number (one channel) or a list of numbers.  In CSV a list is
     written as text, ``"[1.23, -0.4]"`` (brackets optional, ``,`` or ``;``
@@ -268,7 +269,10 @@ def read_phase_file(
         for start in range(0, batch.num_rows, chunk_rows):
             part = batch.slice(start, chunk_rows)
             if part.num_rows:
-                yield _to_columns(part, name, row)
+                # A typed timestamp column in Parquet/Arrow holds epoch counts:
+                # without a zone it is read as UTC, as the Kafka decoder does.
+                # In CSV and JSON lines it was zone-less text: refused.
+                yield _to_columns(part, name, row, naive_is_utc=fmt in ("parquet", "arrow"))
                 row += part.num_rows
 
 
@@ -478,11 +482,11 @@ def _jsonl_by_line(path: str) -> pa.Table:
 # Columns to PhaseColumns.
 
 
-def _to_columns(batch: pa.RecordBatch, path: str, first_row: int) -> PhaseColumns:
+def _to_columns(batch: pa.RecordBatch, path: str, first_row: int, *, naive_is_utc: bool) -> PhaseColumns:
     n = batch.num_rows
     names = batch.schema.names
     sensor = _text_column(batch.column(names.index("sensor")), path, "sensor", first_row, nullable=False)
-    t_us = _time_column(batch.column(names.index("t")), path, first_row)
+    t_us = _time_column(batch.column(names.index("t")), path, first_row, naive_is_utc=naive_is_utc)
     phase = _phase_column(batch.column(names.index("phase")), path, first_row)
     if "cell" in names:
         cell = _text_column(batch.column(names.index("cell")), path, "cell", first_row, nullable=True)
@@ -517,12 +521,12 @@ def _text_column(col: pa.Array, path: str, name: str, first_row: int, *, nullabl
     return col
 
 
-def _time_column(col: pa.Array, path: str, first_row: int) -> np.ndarray:
+def _time_column(col: pa.Array, path: str, first_row: int, *, naive_is_utc: bool) -> np.ndarray:
     typ = col.type
     _no_nulls(col, path, "t", first_row)
     try:
         if pa.types.is_timestamp(typ):
-            if typ.tz is None:
+            if typ.tz is None and not naive_is_utc:
                 raise PhaseFileError(
                     path,
                     f"column 't' is a timestamp without a time zone ({typ}); times must say their zone "

@@ -455,6 +455,15 @@ def test_reader_reads_an_arrow_stream_and_refuses_zoneless_times(tmp_path):
         list(read_phase_file(naive))
     assert info.value.column == "t"
 
+    # A zone-less Arrow timestamp column holds epoch counts: read as UTC, as the decoder does.
+    typed = tmp_path / "naive.arrows"
+    naive_table = pa.table({"sensor": ["a"], "t": pa.array([1764115200250000], pa.timestamp("us")),
+                            "phase": [1.0]})
+    with pa.ipc.new_stream(typed, naive_table.schema) as writer:
+        writer.write_table(naive_table)
+    (chunk,) = read_phase_file(typed, "arrow")
+    assert chunk.t_us.tolist() == [1764115200250000]
+
 
 def test_reader_chunks_keep_their_row_numbers(tmp_path):
     csv = tmp_path / "rows.csv"
