@@ -44,6 +44,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from schemas.config import FILE_FORMATS, FILE_SUFFIXES
 from schemas.timebase import seconds_to_micros, to_micros
 
 __all__ = [
@@ -57,23 +58,9 @@ __all__ = [
     "read_phase_file",
 ]
 
-#: Formats :func:`read_phase_file` reads (the names ``source.format`` uses).
-FILE_FORMATS: tuple[str, ...] = ("csv", "parquet", "arrow", "jsonl")
 #: Required columns, then the optional one.
 PHASE_COLUMNS: tuple[str, ...] = ("sensor", "t", "phase", "cell")
 _REQUIRED = ("sensor", "t", "phase")
-
-_SUFFIX_FORMATS = {
-    ".csv": "csv",
-    ".parquet": "parquet",
-    ".pq": "parquet",
-    ".arrow": "arrow",
-    ".ipc": "arrow",
-    ".feather": "arrow",
-    ".arrows": "arrow",
-    ".jsonl": "jsonl",
-    ".ndjson": "jsonl",
-}
 _PHASE_TYPE = pa.list_(pa.float64())
 
 
@@ -232,7 +219,7 @@ def file_format(path: str | os.PathLike[str], format: str | None = None) -> str:
         if format not in FILE_FORMATS:
             raise PhaseFileError(path, f"unknown format {format!r}; one of {', '.join(FILE_FORMATS)}")
         return format
-    guessed = _SUFFIX_FORMATS.get(Path(path).suffix.lower())
+    guessed = FILE_SUFFIXES.get(Path(path).suffix.lower())
     if guessed is None:
         raise PhaseFileError(
             path, f"cannot tell the format from the suffix; name it ({', '.join(FILE_FORMATS)})"

@@ -88,14 +88,16 @@ CONFIG_ENV = "BECOMINGONE_CONFIG"
 ENV_PREFIX = "BECOMINGONE__"
 
 WITNESS_LAYERS = ("micro", "meso", "macro", "meta")
-FILE_FORMATS = ("csv", "parquet", "arrow", "jsonl")
-_SUFFIX_FORMATS = {
+#: Phase file formats (``source.format``) and the suffixes that name them.
+FILE_FORMATS: tuple[str, ...] = ("csv", "parquet", "arrow", "jsonl")
+FILE_SUFFIXES: dict[str, str] = {
     ".csv": "csv",
     ".parquet": "parquet",
     ".pq": "parquet",
     ".arrow": "arrow",
     ".ipc": "arrow",
     ".feather": "arrow",
+    ".arrows": "arrow",
     ".jsonl": "jsonl",
     ".ndjson": "jsonl",
 }
@@ -552,7 +554,7 @@ class FileSource(_Section):
     @classmethod
     def _format_from_suffix(cls, data: Any) -> Any:
         if isinstance(data, Mapping) and data.get("format") is None and isinstance(data.get("path"), str):
-            guessed = _SUFFIX_FORMATS.get(Path(data["path"]).suffix.lower())
+            guessed = FILE_SUFFIXES.get(Path(data["path"]).suffix.lower())
             if guessed is not None:
                 data = {**data, "format": guessed}
         return data
