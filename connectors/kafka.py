@@ -47,10 +47,9 @@ from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic
 
 from connectors.files import PhaseColumns
 from schemas.config import KafkaSection
-from schemas.messages import PhaseSample
+from schemas.messages import ARROW_STREAM_CONTENT_TYPE, CONTENT_TYPE_HEADER, PhaseSample
 
 __all__ = [
-    "ARROW_CONTENT_TYPE",
     "MOCK_PARTITIONS",
     "PHASE_BATCH_SCHEMA",
     "MessageTooLarge",
@@ -69,8 +68,6 @@ __all__ = [
     "producer_settings",
 ]
 
-#: Content type header of an Arrow IPC stream message value (SPEC section 4).
-ARROW_CONTENT_TYPE = "application/vnd.apache.arrow.stream"
 #: Columns of an Arrow input message as this producer writes them.
 PHASE_BATCH_SCHEMA = pa.schema(
     [
@@ -649,7 +646,7 @@ class PhaseProducer:
         sensors = pc.unique(rows.sensor)
         key = sensors[0].as_py().encode("utf-8") if len(sensors) == 1 else None
         self._pace()
-        self._produce(key, value, [("content-type", ARROW_CONTENT_TYPE.encode("ascii"))], len(rows))
+        self._produce(key, value, [(CONTENT_TYPE_HEADER, ARROW_STREAM_CONTENT_TYPE.encode("ascii"))], len(rows))
 
     def _pace(self) -> None:
         if self.rate > 0 and self._started is not None:

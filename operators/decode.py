@@ -55,13 +55,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from operators.samples import SampleBatch
-from schemas.messages import DeadLetter, DeadLetterReason, InvalidSample, PhaseSample, parse_sample
+from schemas.messages import (
+    ARROW_STREAM_CONTENT_TYPE,
+    CONTENT_TYPE_HEADER,
+    JSON_CONTENT_TYPE,
+    DeadLetter,
+    DeadLetterReason,
+    InvalidSample,
+    PhaseSample,
+    parse_sample,
+)
 from schemas.timebase import MAX_ABS_SECONDS, to_micros
 
 __all__ = [
-    "ARROW_STREAM_CONTENT_TYPE",
-    "CONTENT_TYPE_HEADER",
-    "JSON_CONTENT_TYPE",
     "Decoded",
     "RawMessage",
     "arrow_row_bytes",
@@ -69,13 +75,6 @@ __all__ = [
     "original_row_bytes",
 ]
 
-CONTENT_TYPE_HEADER = "content-type"
-JSON_CONTENT_TYPE = "application/json"
-ARROW_STREAM_CONTENT_TYPE = "application/vnd.apache.arrow.stream"
-
-# Same limit as the JSON parser: |t| beyond this is not representable as
-# int64 microseconds (about +-2.9e5 years), so it is a schema error.
-_MAX_ABS_SECONDS = MAX_ABS_SECONDS
 _PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 
 # Row status codes of the Arrow path, in precedence order (lowest wins).
@@ -393,7 +392,7 @@ def _times(arr: pa.Array, status: np.ndarray, why: dict[int, str]) -> np.ndarray
     if pa.types.is_timestamp(typ):
         # Time zone or not, the stored values are UTC epoch counts.
         raw = pc.cast(arr.fill_null(0) if arr.null_count else arr, pa.int64()).to_numpy(zero_copy_only=False)
-        limit = _MAX_ABS_SECONDS * _PER_SECOND[typ.unit]
+        limit = MAX_ABS_SECONDS * _PER_SECOND[typ.unit]
         out_of_range = valid & ((raw > limit) | (raw < -limit))
         ok = valid & ~out_of_range
         clean = np.where(ok, raw, 0) if not ok.all() else raw
@@ -401,14 +400,14 @@ def _times(arr: pa.Array, status: np.ndarray, why: dict[int, str]) -> np.ndarray
         nonfinite = np.zeros(len(raw), dtype=bool)
     elif pa.types.is_integer(typ):
         raw = (arr.fill_null(0) if arr.null_count else arr).to_numpy(zero_copy_only=False)
-        out_of_range = valid & ((raw > _MAX_ABS_SECONDS) | (raw < -_MAX_ABS_SECONDS))
+        out_of_range = valid & ((raw > MAX_ABS_SECONDS) | (raw < -MAX_ABS_SECONDS))
         ok = valid & ~out_of_range
         t_us = to_micros(np.where(ok, raw, 0).astype(np.int64))
         nonfinite = np.zeros(len(raw), dtype=bool)
     else:
         raw = _float64(arr)
         nonfinite = valid & ~np.isfinite(raw)
-        out_of_range = valid & ~nonfinite & (np.abs(raw) > _MAX_ABS_SECONDS)
+        out_of_range = valid & ~nonfinite & (np.abs(raw) > MAX_ABS_SECONDS)
         ok = valid & ~nonfinite & ~out_of_range
         t_us = to_micros(np.where(ok, raw, 0.0) if not ok.all() else raw)
     _mark(status, why, ~valid, _SCHEMA, "t is null")

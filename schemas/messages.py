@@ -43,6 +43,9 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from schemas.timebase import MAX_ABS_SECONDS, MICROS_PER_SECOND, to_micros
 
 __all__ = [
+    "ARROW_STREAM_CONTENT_TYPE",
+    "CONTENT_TYPE_HEADER",
+    "JSON_CONTENT_TYPE",
     "WITNESS_LOG_GENESIS",
     "CollapseEvent",
     "DeadLetter",
@@ -68,7 +71,10 @@ __all__ = [
 
 _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
 # |t| limit of the microsecond time base (int64 us is about +-2.9e5 years).
-_MAX_ABS_SECONDS = MAX_ABS_SECONDS
+#: Kafka header naming a message value's encoding (SPEC section 4); no header means JSON.
+CONTENT_TYPE_HEADER = "content-type"
+JSON_CONTENT_TYPE = "application/json"
+ARROW_STREAM_CONTENT_TYPE = "application/vnd.apache.arrow.stream"
 
 
 # --------------------------------------------------------------------------
@@ -222,7 +228,7 @@ def sample_from_object(obj: Any) -> PhaseSample:
         raise InvalidSample(DeadLetterReason.SCHEMA, "field 't' must be epoch seconds or an ISO-8601 string")
     elif isinstance(t, float) and not math.isfinite(t):
         raise InvalidSample(DeadLetterReason.NAN, f"field 't' is {t!r}")
-    elif abs(t) > _MAX_ABS_SECONDS:
+    elif abs(t) > MAX_ABS_SECONDS:
         raise InvalidSample(DeadLetterReason.SCHEMA, f"field 't' ({t!r}) is out of range for epoch seconds")
 
     try:

@@ -28,7 +28,6 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
 from connectors.files import PhaseColumns, PhaseFileError, read_phase_file
 from connectors.kafka import (
-    ARROW_CONTENT_TYPE,
     PHASE_BATCH_SCHEMA,
     KafkaSetupError,
     KafkaUnreachable,
@@ -41,7 +40,7 @@ from connectors.kafka import (
 )
 from connectors.synthetic import SyntheticSensor, synthetic_batches
 from schemas.config import parse_config
-from schemas.messages import parse_sample
+from schemas.messages import ARROW_STREAM_CONTENT_TYPE, parse_sample
 
 BIN = Path(sys.executable).with_name("becomingone")
 WAIT = 30.0  # upper bound of any single wait below, seconds
@@ -210,7 +209,7 @@ def test_produce_parquet_as_arrow_batches(bootstrap, tmp_path):
     messages = _consume(bootstrap, topic, 3)
     rows = []
     for msg in messages:
-        assert dict(msg.headers())["content-type"] == ARROW_CONTENT_TYPE.encode()
+        assert dict(msg.headers())["content-type"] == ARROW_STREAM_CONTENT_TYPE.encode()
         batch = pa.ipc.open_stream(msg.value()).read_all()
         assert batch.schema.equals(PHASE_BATCH_SCHEMA)
         names = set(batch.column("sensor").to_pylist())

@@ -12,12 +12,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from operators.decode import (
-    ARROW_STREAM_CONTENT_TYPE,
     RawMessage,
     arrow_row_bytes,
     decode_messages,
     original_row_bytes,
 )
+from schemas.messages import ARROW_STREAM_CONTENT_TYPE
 from schemas.messages import DeadLetterReason as R
 from schemas.timebase import to_micros
 
