@@ -32,16 +32,21 @@ def _load_config(args: argparse.Namespace):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from flows.offline import run_offline
-
+    """The dataflow in this process until its input ends; progress on stderr, summary on stdout."""
     config = _load_config(args)
     if config is None:
         return 2
+    _log_to_stderr("becomingone run", level=logging.WARNING)
+    from flows.run import run_flow
+
     try:
-        run_offline(config, out=sys.stdout, progress=sys.stderr)
-    except ValueError as exc:
+        run_flow(config, workers=args.workers, out=sys.stdout, progress=sys.stderr)
+    except KeyboardInterrupt:
+        print("becomingone run: interrupted", file=sys.stderr)
+        return 130
+    except OSError as exc:
         print(f"becomingone run: {exc}", file=sys.stderr)
-        return 2
+        return 1
     return 0
 
 
@@ -409,8 +414,14 @@ def build_parser() -> argparse.ArgumentParser:
         "BECOMINGONE__SECTION__KEY environment variables override single keys"
     )
 
-    p = sub.add_parser("run", help="run the main job (no config: embedded default)")
+    p = sub.add_parser(
+        "run", help="run the main job (no config: embedded default)",
+        description="Run the dataflow in this process: live progress on stderr, a summary per sensor "
+        "on stdout. Exit 0 when the input ended, 1 when the run failed, 2 on a bad config, 130 on Ctrl-C.",
+    )
     p.add_argument("--config", metavar="FILE", default=None, help=config_help)
+    p.add_argument("--workers", type=_positive_int, default=1, metavar="N",
+                   help="Bytewax worker threads (default 1); the results do not depend on it")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("config", help="print the effective config (file + environment) as YAML")

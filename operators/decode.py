@@ -46,6 +46,7 @@ their one-row IPC stream directly.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -555,7 +556,7 @@ def _majority_width(code: np.ndarray, length: np.ndarray, n_sensors: int) -> np.
     return chosen
 
 
-def _batches(parts: list[_Part], out: Decoded) -> None:
+def _batches(parts: list[_Part], out: Decoded, ingested: float) -> None:
     names: dict[str, int] = {}
     codes, part_of, local = [], [], []
     for k, part in enumerate(parts):
@@ -648,12 +649,29 @@ def _batches(parts: list[_Part], out: Decoded) -> None:
             last = int(order[b0 + with_cell[-1]])
             k, r = _locate(parts, last)
             cell = parts[k].cell_at(r)
+        sources = None
+        if raw is None:
+            # Arrow rows: keep a reference to their messages for late dead letters.
+            part_ids = np.unique(part_id[b0:b1]).tolist() if need_raw else _part_ids(parts, order[b0:b1])
+            sources = {}
+            for k in part_ids:
+                if parts[k].raw is None and parts[k].code.shape[0]:
+                    message = parts[k].message_at(0)
+                    sources[_origin(message)] = message
+        topic = parts[int(_locate(parts, int(order[b0]))[0])].message_at(0).topic
         batch = SampleBatch(
-            names_list[sensor_code], t_us[b0:b1], phase, cell, partition[b0:b1], offset[b0:b1], row[b0:b1], raw
+            names_list[sensor_code], t_us[b0:b1], phase, cell, partition[b0:b1], offset[b0:b1], row[b0:b1], raw,
+            topic, sources or None, ingested,
         )
         batches.append((int(order[b0]), batch))
     batches.sort(key=lambda item: item[0])  # order of the sensor's first accepted row
     out.batches.extend(b for _, b in batches)
+
+
+def _part_ids(parts: list[_Part], rows: np.ndarray) -> list[int]:
+    """Which parts the concatenated row indices ``rows`` fall in."""
+    ends = np.cumsum([p.code.shape[0] for p in parts])
+    return np.unique(np.searchsorted(ends, rows, side="right")).tolist()
 
 
 def _locate(parts: list[_Part], index: int) -> tuple[int, int]:
@@ -672,13 +690,17 @@ def _add(out: Decoded, letter: DeadLetter) -> None:
     out.rows += 1
 
 
-def decode_messages(messages: Iterable[RawMessage], *, max_message_bytes: int | None = None) -> Decoded:
+def decode_messages(
+    messages: Iterable[RawMessage], *, max_message_bytes: int | None = None, ingested: float | None = None
+) -> Decoded:
     """Decode and validate raw messages into per-sensor batches and dead letters.
 
     Args:
         messages: the messages of one poll, in arrival order.
         max_message_bytes: values longer than this are ``too_large`` whatever
             their encoding (None: no limit).
+        ingested: wall-clock time (epoch seconds) stamped on the batches as
+            their ingest time; None: now.
 
     Returns:
         The batches (one per sensor), the dead letters and their counts.
@@ -729,5 +751,5 @@ def decode_messages(messages: Iterable[RawMessage], *, max_message_bytes: int | 
             _add(out, _dead_letter(message, bytes(value), DeadLetterReason.MALFORMED, f"unsupported content-type {content_type!r}"))
     close_json_run()
     if parts:
-        _batches(parts, out)
+        _batches(parts, out, time.time() if ingested is None else ingested)
     return out

@@ -10,7 +10,9 @@ still reaches the dead-letter topic with its original bytes.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -33,6 +35,13 @@ class SampleBatch:
             the rows came from Arrow batch messages (re-serialise a rejected row
             with :func:`operators.decode.original_row_bytes`, found by
             partition/offset/row) or from a source with no wire form (synthetic).
+        topic: the source topic (or file path) the rows came from, or None.
+        sources: the Arrow messages the rows came from, by (partition, offset),
+            so a row rejected later still yields its original bytes; None for
+            JSON rows (they carry ``raw``) and generated rows.  Only a
+            reference per message is kept, never a copy.
+        ingested: wall-clock time (epoch seconds) when the earliest row was
+            decoded; the start of the ingest-to-event latency.
     """
 
     sensor: str
@@ -43,6 +52,9 @@ class SampleBatch:
     offset: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
     row: np.ndarray = field(default_factory=lambda: np.empty(0, np.int32))
     raw: list[bytes] | None = None
+    topic: str | None = None
+    sources: dict[tuple[int, int], Any] | None = None
+    ingested: float = math.inf
 
     def __post_init__(self) -> None:
         self.t_us = np.asarray(self.t_us, dtype=np.int64)
@@ -73,6 +85,7 @@ class SampleBatch:
             self.sensor, self.t_us[idx], self.phase[idx], self.cell,
             self.partition[idx], self.offset[idx], self.row[idx],
             None if self.raw is None else [self.raw[i] for i in idx],
+            self.topic, self.sources, self.ingested,
         )
 
     @staticmethod
@@ -87,6 +100,11 @@ class SampleBatch:
         raw = None
         if all(b.raw is not None for b in batches):
             raw = [r for b in batches for r in b.raw]
+        sources: dict[tuple[int, int], Any] | None = None
+        for b in batches:
+            if b.sources:
+                sources = {**(sources or {}), **b.sources}
+        topic = next((b.topic for b in batches if b.topic is not None), None)
         return SampleBatch(
             first.sensor,
             np.concatenate([b.t_us for b in batches]),
@@ -96,4 +114,7 @@ class SampleBatch:
             np.concatenate([b.offset for b in batches]),
             np.concatenate([b.row for b in batches]),
             raw,
+            topic,
+            sources,
+            min(b.ingested for b in batches),
         )

@@ -65,6 +65,7 @@ class SyncValues(NamedTuple):
         mature: bool, Master mature at g.
         collapsed: bool, state after g.
         event: int8, NONE / COLLAPSE / DISSIPATE_COHERENCE / DISSIPATE_PHASE at g.
+        master_span_us: int64, newest minus oldest product time in the Master's window.
     """
 
     t: np.ndarray
@@ -76,6 +77,7 @@ class SyncValues(NamedTuple):
     mature: np.ndarray
     collapsed: np.ndarray
     event: np.ndarray
+    master_span_us: np.ndarray
 
     def __len__(self) -> int:
         return int(self.t.shape[0])
@@ -172,4 +174,5 @@ class SyncState:
         event = np.empty(cut, np.int8)
         self.collapsed = bool(_hysteresis(coh, dphase, mature, self.threshold, self.hysteresis,
                                           self.phase_threshold, self.collapsed, state, event))
-        return SyncValues(now.t, T_master, T_em, T_sync, coh, dphase, mature, state, event)
+        return SyncValues(now.t, T_master, T_em, T_sync, coh, dphase, mature, state, event,
+                          np.asarray(span, np.int64))

@@ -348,6 +348,10 @@ class MemorySection(_Section):
     """Archive the accepted raw samples in ``input/`` (what replay reads)."""
     signature_interval: PositiveSeconds = 1.0
     """Event-time grid of temporal_signatures and coherence_history, seconds."""
+    flush_rows: Annotated[int, BeforeValidator(_reject_bool), Field(ge=1)] = 100_000
+    """Write a dataset's buffered rows to a file once this many are waiting."""
+    flush_interval: PositiveSeconds = 5.0
+    """... or once the oldest buffered row has waited this long (checked when rows arrive), seconds."""
     storage: StorageSection = Field(default_factory=StorageSection)
 
     @property
@@ -403,6 +407,8 @@ class WitnessingSection(_Section):
     meso_interval: PositiveSeconds = 1.0
     """Meso sampling: a transducer emission is witnessed when its grid time is a
     multiple of this, seconds; a whole multiple of emissary.witness_interval."""
+    meta_every: Annotated[int, BeforeValidator(_reject_bool), Field(ge=1)] = 1000
+    """A meta record (the witness observing itself) after this many records, and at end of input."""
 
     @property
     def meso_interval_us(self) -> int:
@@ -540,6 +546,10 @@ class KafkaSource(_Section):
     """With no committed offset, start at the earliest offset (else the latest)."""
     max_message_bytes: Annotated[int, BeforeValidator(_reject_bool), Field(ge=1)] = 1_048_576
     """Larger message values go to the dead-letter topic as `too_large`, bytes."""
+    batch_size: Annotated[int, BeforeValidator(_reject_bool), Field(ge=1, le=1_000_000)] = 1000
+    """Messages taken per poll of a partition (larger: more throughput, more latency)."""
+    stop_at_end: bool = False
+    """Stop when the end of every partition is reached (finite runs, tests); false = tail the topic."""
 
 
 class FileSource(_Section):

@@ -42,95 +42,21 @@ from connectors.synthetic import SyntheticSensor, synthetic_batches
 from schemas.config import parse_config
 from schemas.messages import ARROW_STREAM_CONTENT_TYPE, parse_sample
 
-BIN = Path(sys.executable).with_name("becomingone")
-WAIT = 30.0  # upper bound of any single wait below, seconds
-
-
-def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("BECOMINGONE")}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start_broker(*args: str, stderr_path: Path) -> tuple[subprocess.Popen, str]:
-    """Start `becomingone broker`; return it and its bootstrap address (bounded wait)."""
-    err = open(stderr_path, "wb")
-    proc = subprocess.Popen(
-        [str(BIN), "broker", *args], stdout=subprocess.PIPE, stderr=err, env=_env(), text=True
-    )
-    err.close()
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        if not sel.select(timeout=WAIT):
-            _stop(proc)
-            pytest.fail(f"broker printed nothing within {WAIT} s: {stderr_path.read_text()}")
-    line = proc.stdout.readline()
-    if not line.startswith("bootstrap="):
-        _stop(proc)
-        pytest.fail(f"unexpected first line {line!r}: {stderr_path.read_text()}")
-    return proc, line.strip().removeprefix("bootstrap=")
-
-
-def _stop(proc: subprocess.Popen, signum: int = signal.SIGTERM) -> int:
-    """Signal the process and wait (bounded); kill it if it does not go."""
-    if proc.poll() is None:
-        proc.send_signal(signum)
-    try:
-        return proc.wait(timeout=WAIT)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=WAIT)
-        raise
-    finally:
-        if proc.stdout is not None:
-            proc.stdout.close()
-
-
-@pytest.fixture(scope="module")
-def bootstrap(tmp_path_factory) -> Iterator[str]:
-    log = tmp_path_factory.mktemp("broker") / "stderr.txt"
-    proc, address = _start_broker(stderr_path=log)
-    try:
-        yield address
-    finally:
-        assert _stop(proc) == 0, log.read_text()
+from tests.conftest import BIN, WAIT, clean_env, free_port, read_topic, start_broker, stop_process, unique_topic
 
 
 def _produce(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [str(BIN), "produce", *args], capture_output=True, text=True, env=_env(), timeout=timeout
+        [str(BIN), "produce", *args], capture_output=True, text=True, env=clean_env(), timeout=timeout
     )
 
 
-def _topic() -> str:
-    return f"test.phases.{uuid.uuid4().hex[:12]}"
-
-
-def _consume(bootstrap: str, topic: str, expected: int) -> list[Message]:
-    """Every message of ``topic`` (all partitions, from the start), in (partition, offset) order."""
-    consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": f"test-{uuid.uuid4().hex}", "enable.auto.commit": False}
-    )
-    try:
-        metadata = consumer.list_topics(topic, timeout=WAIT)
-        partitions = sorted(metadata.topics[topic].partitions)
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
-        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=WAIT)[1] for p in partitions}
-        assert sum(ends.values()) == expected, f"topic holds {sum(ends.values())} messages, expected {expected}"
-        got: list[Message] = []
-        deadline = time.monotonic() + WAIT
-        while len(got) < expected and time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is not None and msg.error() is None:
-                got.append(msg)
-        assert len(got) == expected, f"read {len(got)} of {expected} messages within {WAIT} s"
-        return sorted(got, key=lambda m: (m.partition(), m.offset()))
-    finally:
-        consumer.close()
+_topic = unique_topic
+_consume = read_topic
+_start_broker = start_broker
+_stop = stop_process
+_env = clean_env
+_free_port = free_port
 
 
 def _samples(messages: list[Message]) -> list[tuple[str, int, tuple[float, ...], str | None]]:

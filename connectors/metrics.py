@@ -1,0 +1,158 @@
+"""Prometheus metrics of the pipeline, its HTTP endpoint, and the per-sensor run ledger.
+
+Metrics live in prometheus-client's process-wide default registry, beside
+the Python process metrics and Bytewax's own Kafka consumer-lag gauge, so one
+scrape of ``http://<metrics.bind>:<metrics.port>/metrics`` shows them all:
+
+==========================================  =========  =====================================
+name                                        type       labels
+==========================================  =========  =====================================
+``becomingone_samples_total``               counter    ``result``: accepted, malformed,
+                                                       schema, nan, duplicate, late, future,
+                                                       too_large, channels
+``becomingone_transitions_total``           counter    ``event``: collapse, dissipate
+``becomingone_witness_records_total``       counter    ``layer``: micro, meso, macro, meta
+``becomingone_batch_seconds``               histogram  ``step``: decode, event_time,
+                                                       emissary, master, sync, witness
+``becomingone_event_latency_seconds``       histogram  (ingest of the samples to the event)
+``becomingone_active_sensors``              gauge      sensors with state in this process
+``becomingone_sensors_collapsed``           gauge      sensors in the collapsed state
+``becomingone_sensor_coherence_sync``       gauge      ``sensor``; only with
+                                                       ``metrics.per_sensor_labels``
+==========================================  =========  =====================================
+
+Every dataflow worker of a process updates the same metrics (they are
+thread-safe), so a scrape sees the process.  With several processes, each
+serves its own endpoint (see :func:`serve`).
+
+:class:`RunLedger` is what ``becomingone run`` shows: a live progress line
+and the closing table per sensor.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
+
+__all__ = ["PipelineMetrics", "RunLedger", "SensorLedger", "ledger", "metrics", "serve"]
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_BATCH_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class PipelineMetrics:
+    """The pipeline's metrics, registered once per process (use :func:`metrics`)."""
+
+    def __init__(self, registry=REGISTRY) -> None:
+        self.samples = Counter("becomingone_samples", "Input samples by result: accepted or a dead-letter reason",
+                               ["result"], registry=registry)
+        self.transitions = Counter("becomingone_transitions", "Collapse and dissipate transitions",
+                                   ["event"], registry=registry)
+        self.witness_records = Counter("becomingone_witness_records", "Witness records logged, by layer",
+                                       ["layer"], registry=registry)
+        self.batch_seconds = Histogram("becomingone_batch_seconds", "Wall-clock seconds per batch of a step",
+                                       ["step"], buckets=_BATCH_BUCKETS, registry=registry)
+        self.event_latency = Histogram("becomingone_event_latency_seconds",
+                                       "Seconds from decoding the samples to emitting the collapse event",
+                                       buckets=_LATENCY_BUCKETS, registry=registry)
+        self.active_sensors = Gauge("becomingone_active_sensors", "Sensors with state in this process",
+                                    registry=registry)
+        self.sensors_collapsed = Gauge("becomingone_sensors_collapsed", "Sensors in the collapsed state",
+                                       registry=registry)
+        self.sensor_coherence = Gauge("becomingone_sensor_coherence_sync",
+                                      "Latest |T_sync|^2 per sensor (metrics.per_sensor_labels)",
+                                      ["sensor"], registry=registry)
+        self.per_sensor_labels = False
+        # Pre-create the label values, so a scrape lists every series from the start.
+        for result in ("accepted", "malformed", "schema", "nan", "duplicate", "late", "future", "too_large",
+                       "channels"):
+            self.samples.labels(result)
+        for event in ("collapse", "dissipate"):
+            self.transitions.labels(event)
+        for layer in ("micro", "meso", "macro", "meta"):
+            self.witness_records.labels(layer)
+
+
+_lock = threading.Lock()
+_metrics: PipelineMetrics | None = None
+_servers: dict[tuple[str, int], object] = {}
+
+
+def metrics() -> PipelineMetrics:
+    """The process's :class:`PipelineMetrics` (created on first use)."""
+    global _metrics
+    with _lock:
+        if _metrics is None:
+            _metrics = PipelineMetrics()
+        return _metrics
+
+
+def serve(bind: str, port: int) -> bool:
+    """Serve the default registry at ``http://bind:port/metrics``; True if started now.
+
+    Idempotent per (bind, port) within a process.  Raises OSError (port in
+    use) with the address named.
+    """
+    with _lock:
+        if (bind, port) in _servers:
+            return False
+        try:
+            _servers[(bind, port)] = start_http_server(port, addr=bind)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot serve metrics on {bind}:{port}: {exc.strerror or exc}") from None
+        return True
+
+
+@dataclass
+class SensorLedger:
+    """One sensor's run so far."""
+
+    samples: int = 0
+    rejected: int = 0
+    collapses: int = 0
+    dissipations: int = 0
+    coherence_sync: float = float("nan")
+    collapsed: bool = False
+
+
+@dataclass
+class RunLedger:
+    """Per-sensor counts of this process's run, for the progress line and the summary."""
+
+    sensors: dict[str, SensorLedger] = field(default_factory=dict)
+    newest_watermark: int | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def sensor(self, name: str) -> SensorLedger:
+        with self._lock:
+            entry = self.sensors.get(name)
+            if entry is None:
+                entry = self.sensors[name] = SensorLedger()
+            return entry
+
+    def watermark(self, t_us: int) -> None:
+        with self._lock:
+            if self.newest_watermark is None or t_us > self.newest_watermark:
+                self.newest_watermark = t_us
+
+    def totals(self) -> tuple[int, int, int, int]:
+        """(samples accepted, rejected, collapses, dissipations) over all sensors."""
+        with self._lock:
+            rows = list(self.sensors.values())
+        return (sum(r.samples for r in rows), sum(r.rejected for r in rows),
+                sum(r.collapses for r in rows), sum(r.dissipations for r in rows))
+
+    def reset(self) -> None:
+        with self._lock:
+            self.sensors.clear()
+            self.newest_watermark = None
+
+
+_ledger = RunLedger()
+
+
+def ledger() -> RunLedger:
+    """The process's run ledger."""
+    return _ledger

@@ -1,0 +1,182 @@
+"""What leaves the dataflow: operator values as archive rows and topic messages.
+
+The per-sensor operators produce arrays (:class:`~operators.grid.WindowValues`,
+:class:`~operators.sync.SyncValues`, released samples).  This module turns
+them into the two output forms of SPEC sections 4 and 5:
+
+* :class:`ArchiveRows`: a columnar ``pyarrow.Table`` of one archive dataset,
+  built from whole arrays (no per-row Python for the high-volume datasets);
+* :class:`TopicRecord`: one Kafka message (topic role, key, JSON value).
+
+Both go to the sinks as they are; the dataflow never formats output anywhere
+else, so the topic and the archive always agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from operators.grid import WindowValues
+from operators.samples import SampleBatch
+from operators.sync import COLLAPSE, DISSIPATE_COHERENCE, SyncValues
+from operators.witness import LoggedRecord
+from schemas.archive import DATASETS, TIMESTAMP
+from schemas.messages import CollapseEvent, DeadLetter, SyncRecord, format_utc, to_json_bytes
+
+__all__ = [
+    "ArchiveRows",
+    "TopicRecord",
+    "collapse_events",
+    "dead_letter_records",
+    "events_rows",
+    "history_rows",
+    "input_rows",
+    "mesh_rows",
+    "on_grid",
+    "signature_rows",
+    "sync_records",
+    "witness_rows",
+]
+
+
+@dataclass(frozen=True)
+class ArchiveRows:
+    """Rows for archive dataset ``dataset`` (its schema from :mod:`schemas.archive`)."""
+
+    dataset: str
+    table: pa.Table
+
+
+@dataclass(frozen=True)
+class TopicRecord:
+    """One output message: ``role`` is collapse | witness | sync | dlq (``sink.topics``)."""
+
+    role: str
+    key: bytes | None
+    value: bytes
+
+
+def on_grid(t_us: np.ndarray, interval_us: int) -> np.ndarray:
+    """Mask of the times that are multiples of ``interval_us`` (epoch aligned)."""
+    return np.asarray(t_us, np.int64) % interval_us == 0
+
+
+def _table(dataset: str, columns: dict[str, pa.Array | np.ndarray | list]) -> pa.Table:
+    schema = DATASETS[dataset]
+    return pa.Table.from_arrays([pa.array(columns[f.name], f.type) if not isinstance(columns[f.name], pa.Array)
+                                 else columns[f.name] for f in schema], schema=schema)
+
+
+def _times(t_us: np.ndarray) -> pa.Array:
+    return pa.array(np.asarray(t_us, np.int64), pa.int64()).cast(TIMESTAMP)
+
+
+def _repeat(value: str | None, n: int) -> pa.Array:
+    return pa.array([value] * n, pa.string())
+
+
+def input_rows(batch: SampleBatch) -> ArchiveRows:
+    """The accepted samples of ``batch`` for ``input/`` (phase as list<float64>)."""
+    n = len(batch)
+    width = batch.channels
+    offsets = pa.array(np.arange(n + 1, dtype=np.int32) * width, pa.int32())
+    phase = pa.ListArray.from_arrays(offsets, pa.array(np.ascontiguousarray(batch.phase).reshape(-1), pa.float64()))
+    return ArchiveRows("input", _table("input", {
+        "sensor": _repeat(batch.sensor, n), "cell": _repeat(batch.cell, n), "t": _times(batch.t_us), "phase": phase,
+    }))
+
+
+def signature_rows(sensor: str, cell: str | None, transducer: str, values: WindowValues) -> ArchiveRows:
+    """``temporal_signatures/`` rows of a transducer's values."""
+    n = len(values)
+    return ArchiveRows("temporal_signatures", _table("temporal_signatures", {
+        "sensor": _repeat(sensor, n), "cell": _repeat(cell, n), "transducer": _repeat(transducer, n),
+        "t": _times(values.t), "t_re": values.T.real, "t_im": values.T.imag,
+        "coherence": values.coherence, "n_products": values.n_products,
+    }))
+
+
+def _state(collapsed: np.ndarray) -> pa.Array:
+    return pa.array(np.where(collapsed, "collapsed", "dissipated"), pa.string())
+
+
+def history_rows(sensor: str, sv: SyncValues) -> ArchiveRows:
+    """``coherence_history/`` rows of sync values."""
+    em, ma = sv.T_emissary, sv.T_master
+    return ArchiveRows("coherence_history", _table("coherence_history", {
+        "sensor": _repeat(sensor, len(sv)), "t": _times(sv.t),
+        "coherence_master": ma.real ** 2 + ma.imag ** 2, "coherence_emissary": em.real ** 2 + em.imag ** 2,
+        "coherence_sync": sv.coherence_sync, "delta_phase": sv.delta_phase, "state": _state(sv.collapsed),
+    }))
+
+
+def collapse_events(sensor: str, cell: str | None, sv: SyncValues) -> list[CollapseEvent]:
+    """The transitions among ``sv`` as collapse-topic events (few: one per transition)."""
+    out = []
+    for k in np.flatnonzero(sv.event).tolist():
+        code = int(sv.event[k])
+        out.append(CollapseEvent.create(
+            event="collapse" if code == COLLAPSE else "dissipate",
+            reason=None if code == COLLAPSE else ("coherence" if code == DISSIPATE_COHERENCE else "phase"),
+            sensor=sensor, cell=cell, t_us=int(sv.t[k]),
+            t_master=complex(sv.T_master[k]), t_emissary=complex(sv.T_emissary[k]),
+        ))
+    return out
+
+
+def events_rows(events: list[CollapseEvent]) -> ArchiveRows:
+    """``events/`` rows, field for field the collapse-topic messages."""
+    return ArchiveRows("events", _table("events", {
+        "event_id": [e.event_id for e in events], "event": [e.event for e in events],
+        "reason": [e.reason for e in events], "sensor": [e.sensor for e in events],
+        "cell": [e.cell for e in events], "t": _times(np.array([e.t_us for e in events], np.int64)),
+        "coherence_sync": [e.coherence_sync for e in events],
+        "t_sync_re": [e.t_sync[0] for e in events], "t_sync_im": [e.t_sync[1] for e in events],
+        "t_master_re": [e.t_master[0] for e in events], "t_master_im": [e.t_master[1] for e in events],
+        "t_emissary_re": [e.t_emissary[0] for e in events], "t_emissary_im": [e.t_emissary[1] for e in events],
+        "delta_phase": [e.delta_phase for e in events],
+    }))
+
+
+def sync_records(node: str, sensor: str, cell: str | None, sv: SyncValues) -> list[SyncRecord]:
+    """The sync-topic messages of ``sv`` (the caller picks the publish grid points)."""
+    out = []
+    for k in range(len(sv)):
+        ts, tm, te = complex(sv.T_sync[k]), complex(sv.T_master[k]), complex(sv.T_emissary[k])
+        out.append(SyncRecord(
+            node=node, sensor=sensor, cell=cell, t=format_utc(int(sv.t[k])),
+            t_sync=(ts.real, ts.imag), coherence_sync=float(sv.coherence_sync[k]),
+            t_master=(tm.real, tm.imag), t_emissary=(te.real, te.imag),
+            delta_phase=float(sv.delta_phase[k]),
+            state="collapsed" if sv.collapsed[k] else "dissipated", mature=bool(sv.mature[k]),
+        ))
+    return out
+
+
+def mesh_rows(node: str, sensor: str, cell: str | None, sv: SyncValues) -> ArchiveRows:
+    """``mesh_sync/`` rows: the sync feed, column for column."""
+    n = len(sv)
+    return ArchiveRows("mesh_sync", _table("mesh_sync", {
+        "node": _repeat(node, n), "sensor": _repeat(sensor, n), "cell": _repeat(cell, n), "t": _times(sv.t),
+        "t_sync_re": sv.T_sync.real, "t_sync_im": sv.T_sync.imag, "coherence_sync": sv.coherence_sync,
+        "t_master_re": sv.T_master.real, "t_master_im": sv.T_master.imag,
+        "t_emissary_re": sv.T_emissary.real, "t_emissary_im": sv.T_emissary.imag,
+        "delta_phase": sv.delta_phase, "state": _state(sv.collapsed), "mature": sv.mature,
+    }))
+
+
+def witness_rows(records: list[LoggedRecord]) -> ArchiveRows:
+    """``witnessing_logs/`` rows: ``payload`` is the witness-topic message value, byte for byte."""
+    return ArchiveRows("witnessing_logs", _table("witnessing_logs", {
+        "layer": [r.layer for r in records], "t": _times(np.array([r.t_us for r in records], np.int64)),
+        "sensor": [r.sensor for r in records], "payload": [r.value.decode("utf-8") for r in records],
+        "log_sha256": [r.digest for r in records],
+    }))
+
+
+def dead_letter_records(letters: list[DeadLetter]) -> list[TopicRecord]:
+    """Dead-letter-topic messages, keyed like the original message."""
+    return [TopicRecord("dlq", letter.key_bytes, to_json_bytes(letter)) for letter in letters]

@@ -1,0 +1,115 @@
+"""Shared test fixtures: the `becomingone broker` subprocess and reading topics back.
+
+Every wait is bounded by :data:`WAIT`; nothing is left running.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
+
+BIN = Path(sys.executable).with_name("becomingone")
+WAIT = 30.0  # upper bound of any single wait, seconds
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment without any BECOMINGONE* variable of the caller, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BECOMINGONE")}
+    env.update(extra)
+    return env
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_broker(*args: str, stderr_path: Path) -> tuple[subprocess.Popen, str]:
+    """Start `becomingone broker`; return it and its bootstrap address (bounded wait)."""
+    err = open(stderr_path, "wb")
+    proc = subprocess.Popen(
+        [str(BIN), "broker", *args], stdout=subprocess.PIPE, stderr=err, env=clean_env(), text=True
+    )
+    err.close()
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        if not sel.select(timeout=WAIT):
+            stop_process(proc)
+            pytest.fail(f"broker printed nothing within {WAIT} s: {stderr_path.read_text()}")
+    line = proc.stdout.readline()
+    if not line.startswith("bootstrap="):
+        stop_process(proc)
+        pytest.fail(f"unexpected first line {line!r}: {stderr_path.read_text()}")
+    return proc, line.strip().removeprefix("bootstrap=")
+
+
+def stop_process(proc: subprocess.Popen, signum: int = signal.SIGTERM) -> int:
+    """Signal the process and wait (bounded); kill it if it does not go."""
+    if proc.poll() is None:
+        proc.send_signal(signum)
+    try:
+        return proc.wait(timeout=WAIT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=WAIT)
+        raise
+    finally:
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+@pytest.fixture(scope="module")
+def bootstrap(tmp_path_factory) -> Iterator[str]:
+    """A `becomingone broker` subprocess for the test module; its bootstrap address."""
+    log = tmp_path_factory.mktemp("broker") / "stderr.txt"
+    proc, address = start_broker(stderr_path=log)
+    try:
+        yield address
+    finally:
+        assert stop_process(proc) == 0, log.read_text()
+
+
+def unique_topic(prefix: str = "test.phases") -> str:
+    return f"{prefix}.{uuid.uuid4().hex[:12]}"
+
+
+def read_topic(bootstrap: str, topic: str, expected: int | None = None) -> list[Message]:
+    """Every message of ``topic`` (all partitions, from the start), in (partition, offset) order.
+
+    ``expected``: the number of messages the topic must hold (None: whatever
+    its end offsets say).
+    """
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": f"test-{uuid.uuid4().hex}", "enable.auto.commit": False}
+    )
+    try:
+        metadata = consumer.list_topics(topic, timeout=WAIT)
+        partitions = sorted(metadata.topics[topic].partitions)
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=WAIT)[1] for p in partitions}
+        total = sum(ends.values())
+        if expected is not None:
+            assert total == expected, f"topic holds {total} messages, expected {expected}"
+        got: list[Message] = []
+        deadline = time.monotonic() + WAIT
+        while len(got) < total and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is not None and msg.error() is None:
+                got.append(msg)
+        assert len(got) == total, f"read {len(got)} of {total} messages of {topic} within {WAIT} s"
+        return sorted(got, key=lambda m: (m.partition(), m.offset()))
+    finally:
+        consumer.close()
