@@ -171,7 +171,7 @@ def mesh_rows(node: str, sensor: str, cell: str | None, sv: SyncValues) -> Archi
 def witness_rows(records: list[LoggedRecord]) -> ArchiveRows:
     """``witnessing_logs/`` rows: ``payload`` is the witness-topic message value, byte for byte."""
     return ArchiveRows("witnessing_logs", _table("witnessing_logs", {
-        "layer": [r.layer for r in records], "t": _times(np.array([r.t_us for r in records], np.int64)),
+        "seq": [r.seq for r in records], "layer": [r.layer for r in records], "t": _times(np.array([r.t_us for r in records], np.int64)),
         "sensor": [r.sensor for r in records], "payload": [r.value.decode("utf-8") for r in records],
         "log_sha256": [r.digest for r in records],
     }))

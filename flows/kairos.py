@@ -237,6 +237,8 @@ def _kafka_source(config: Config):
     settings.pop("logger", None)
     topics = [src.topic] + [getattr(config.sink.topics, r) for r in ("collapse", "witness", "sync", "dlq")]
 
+    group = settings.pop("group.id")
+
     class PhaseTopic(BytewaxKafkaSource):
         """Bytewax's Kafka source, creating the topics first where the broker allows it."""
 
@@ -245,11 +247,20 @@ def _kafka_source(config: Config):
             ensure_topics(admin, topics)
             return super().list_parts()
 
+        def build_part(self, step_id: str, for_part: str, resume_state: int | None):
+            # group.id names the consumers (offsets are Bytewax's, kept by its
+            # recovery); the admin client of list_parts must not get it.
+            plain = self._add_config
+            self._add_config = {**plain, "group.id": group}
+            try:
+                return super().build_part(step_id, for_part, resume_state)
+            finally:
+                self._add_config = plain
+
     return PhaseTopic(
         brokers=[bootstrap], topics=[src.topic], tail=not src.stop_at_end,
         starting_offset=OFFSET_BEGINNING if src.from_beginning else OFFSET_END,
-        add_config={k: v for k, v in settings.items() if k != "group.id"} | {"group.id": src.group_id},
-        batch_size=src.batch_size,
+        add_config=settings, batch_size=src.batch_size,
     )
 
 
@@ -264,6 +275,7 @@ class _Decode:
         src = config.source
         self.max_bytes = src.max_message_bytes if isinstance(src, KafkaSource) else None
         self.micro = config.witnessing.layer_enabled("micro")
+        self.max_future_us = config.sync.max_future_us
 
     def __call__(self, items: list[Any]) -> Iterable[Any]:
         started = time.perf_counter()
@@ -293,7 +305,9 @@ class _Decode:
         seconds = time.perf_counter() - started
         metrics().batch_seconds.labels("decode").observe(seconds)
         if self.micro:
-            newest = max((int(b.t_us.max()) for b in batches if len(b)), default=0)
+            # Newest event time seen, leaving out the times the intake will refuse as `future`.
+            limit = time.time_ns() // 1000 + self.max_future_us
+            newest = max((int(t.max()) for b in batches if (t := b.t_us[b.t_us <= limit]).size), default=0)
             out.append(WitnessEntry("micro", newest, None, MicroWitness(
                 operator="decode", worker=_worker(), items_in=len(messages) + len(ready), items_out=samples,
                 drops=drops, seconds=seconds)))
@@ -555,14 +569,13 @@ class _WitnessLogic(StatefulBatchLogic[WitnessEntry, Any, WitnessLog]):
         w = config.witnessing
         layers = tuple(layer for layer in ("micro", "meso", "macro", "meta") if w.layer_enabled(layer))
         if resume is None:
-            digest = None
-            self.archive = config.sink.archive and config.memory.witness_logs
-            if self.archive:
-                from connectors.archive import last_witness_digest
+            resume = WitnessLog(w.meta_every, enabled=layers)
+            if config.sink.archive and config.memory.witness_logs:
+                from connectors.archive import last_witness_record
 
-                digest = last_witness_digest(config.memory.root)
-            resume = WitnessLog(w.meta_every, digest) if digest else WitnessLog(w.meta_every)
-            resume.enabled = frozenset(layers)
+                last = last_witness_record(config.memory.root)
+                if last is not None:  # continue the archived log and its chain
+                    resume = WitnessLog(w.meta_every, last[1], seq=last[0] + 1, enabled=layers)
         self.log = resume
         self.archive = config.sink.archive and config.memory.witness_logs
         # One key for every witness record: one partition, so the topic keeps the log's order.

@@ -54,8 +54,9 @@ class WitnessEntry:
 
 @dataclass(frozen=True)
 class LoggedRecord:
-    """A record as logged: its wire bytes and the running digest including it."""
+    """A record as logged: its position, wire bytes and the running digest including it."""
 
+    seq: int
     layer: str
     t_us: int
     sensor: str | None
@@ -70,6 +71,7 @@ class WitnessLog:
         meta_every: emit a ``meta`` record after this many records (>= 1).
         digest: the digest to continue from (the last archived one when a
             run appends to an existing archive), default the genesis value.
+        seq: the position of the next record (continuing an archived log).
         enabled: layers that are logged; entries of other layers are dropped.
 
     >>> from schemas.messages import MicroWitness
@@ -82,12 +84,13 @@ class WitnessLog:
     {'micro': 2, 'meso': 0, 'macro': 0, 'meta': 1}
     """
 
-    def __init__(self, meta_every: int = 1000, digest: str = WITNESS_LOG_GENESIS,
+    def __init__(self, meta_every: int = 1000, digest: str = WITNESS_LOG_GENESIS, seq: int = 0,
                  enabled: tuple[str, ...] = _LAYERS) -> None:
         if meta_every < 1:
             raise ValueError(f"meta_every must be at least 1, got {meta_every}")
         self.meta_every = int(meta_every)
         self.digest = digest
+        self.seq = int(seq)
         self.enabled = frozenset(enabled)
         self.counts = {layer: 0 for layer in _LAYERS}
         self.newest_t: int | None = None
@@ -118,4 +121,5 @@ class WitnessLog:
         self.counts[entry.layer] += 1
         if self.newest_t is None or entry.t_us > self.newest_t:
             self.newest_t = entry.t_us
-        return LoggedRecord(entry.layer, entry.t_us, entry.sensor, value, self.digest)
+        self.seq += 1
+        return LoggedRecord(self.seq - 1, entry.layer, entry.t_us, entry.sensor, value, self.digest)

@@ -108,10 +108,13 @@ COHERENCE_HISTORY = _schema(
     pa.field("state", pa.string(), nullable=False),  # "collapsed" | "dissipated"
 )
 
-#: Every witness record: layer, the event time it belongs to, its payload as
-#: JSON (the witness topic's payload, byte for byte) and the running digest.
+#: Every witness record: its position in the log, layer, the event time it
+#: belongs to, the record as JSON (the witness topic's message value, byte for
+#: byte) and the running digest.  Rows are partitioned by event time like every
+#: dataset, so the log's order is ``seq``, not file order.
 WITNESSING_LOGS = _schema(
     "witnessing_logs",
+    pa.field("seq", pa.int64(), nullable=False),  # 0, 1, 2, ... over the whole log
     pa.field("layer", pa.string(), nullable=False),  # micro | meso | macro | meta
     _time(),
     pa.field("sensor", pa.string(), nullable=True),  # meso and macro records

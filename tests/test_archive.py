@@ -1,0 +1,467 @@
+"""The Arrow archive (SPEC section 5): layout, manifest chain, crash safety, idempotency, verify, sink."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pytest
+from bytewax import operators as op
+from bytewax.dataflow import Dataflow
+from bytewax.testing import TestingSource, cluster_main, run_main
+
+from connectors import archive
+from connectors.archive import (
+    GENESIS,
+    MANIFEST,
+    ArchiveError,
+    ArchiveSink,
+    ArchiveWriter,
+    last_witness_record,
+    open_dataset,
+    verify_archive,
+    verify_dataset,
+)
+from schemas.archive import DATASETS, PARTITION_SCHEMA, TIMESTAMP
+
+T0 = 1_764_115_200_000_000  # 2025-11-26T00:00:00Z
+SECOND = 1_000_000
+HOUR = 3600 * SECOND
+DAY = 24 * HOUR
+
+
+def rows(dataset: str, sensors: list[str], ts: list[int], **columns) -> pa.Table:
+    """A table of ``dataset``'s schema: the given sensors and times (int64 us cast
+    to TIMESTAMP), ``columns`` as given, every other column a filler value."""
+    schema = DATASETS[dataset]
+    n = len(ts)
+    data = {}
+    for i, field in enumerate(schema):
+        if field.name in columns:
+            data[field.name] = pa.array(columns[field.name], field.type)
+        elif field.name == "sensor":
+            data["sensor"] = pa.array(sensors, pa.string())
+        elif field.name == "t":
+            data["t"] = pa.array(ts, pa.int64()).cast(TIMESTAMP)
+        elif field.nullable:
+            data[field.name] = pa.nulls(n, field.type)
+        elif pa.types.is_string(field.type):
+            data[field.name] = pa.array([f"{field.name}-{k}" for k in range(n)], field.type)
+        elif pa.types.is_boolean(field.type):
+            data[field.name] = pa.array([k % 2 == 0 for k in range(n)], field.type)
+        elif pa.types.is_list(field.type):
+            data[field.name] = pa.array([[k * 0.5, i * 1.0] for k in range(n)], field.type)
+        else:
+            data[field.name] = pa.array([k + i for k in range(n)], pa.int64()).cast(field.type)
+    return pa.table(data, schema=schema)
+
+
+def manifest_lines(dataset_dir: Path) -> list[str]:
+    return (dataset_dir / MANIFEST).read_text("utf-8").splitlines()
+
+
+def read_dataset(dataset_dir: Path) -> pa.Table:
+    # The manifest is not an Arrow file; pyarrow skips only "."/"_" names by itself.
+    return ds.dataset(
+        dataset_dir, format="ipc", partitioning="hive", ignore_prefixes=[".", "_", MANIFEST]
+    ).to_table()
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# -- layout and manifest ----------------------------------------------------
+
+
+def test_rows_round_trip_through_hive_partitions(tmp_path):
+    # Two sensors over two hours of one date and one hour of the next, interleaved.
+    sensors = ["a", "b", "a", "b", "a", "b", "a"]
+    ts = [T0, T0 + 1, T0 + HOUR + 5, T0 + HOUR + 6, T0 + DAY, T0 + DAY + 7, T0 + DAY + 8]
+    table = rows("input", sensors, ts)
+    with ArchiveWriter(tmp_path, "input") as writer:
+        assert writer.write(table) == 7
+        assert writer.flush() == [
+            "date=2025-11-26/hour=00/part-00000000.arrow",
+            "date=2025-11-26/hour=01/part-00000001.arrow",
+            "date=2025-11-27/hour=00/part-00000002.arrow",
+        ]
+    assert (writer.rows_written, writer.files_written) == (7, 3)
+
+    back = read_dataset(tmp_path / "input")
+    assert back.num_rows == 7
+    data = back.select(DATASETS["input"].names).sort_by([("t", "ascending")])
+    assert data.equals(table.sort_by([("t", "ascending")]))
+
+    typed = open_dataset(tmp_path / "input").to_table()
+    assert typed.schema.field("hour").type == PARTITION_SCHEMA.field("hour").type
+    got = sorted(zip(typed["date"].to_pylist(), typed["hour"].to_pylist(), typed["sensor"].to_pylist()))
+    assert got == sorted(
+        [("2025-11-26", "00", "a"), ("2025-11-26", "00", "b"), ("2025-11-26", "01", "a"),
+         ("2025-11-26", "01", "b"), ("2025-11-27", "00", "a"), ("2025-11-27", "00", "b"),
+         ("2025-11-27", "00", "a")]
+    )
+
+    # Each file: the dataset schema with its metadata, rows in input order.
+    reader = pa.ipc.open_file(tmp_path / "input" / "date=2025-11-27/hour=00/part-00000002.arrow")
+    assert reader.schema.equals(DATASETS["input"], check_metadata=True)
+    assert reader.read_all()["t"].cast(pa.int64()).to_pylist() == [T0 + DAY, T0 + DAY + 7, T0 + DAY + 8]
+
+
+def test_manifest_lines_chain(tmp_path):
+    with ArchiveWriter(tmp_path, "events") as writer:
+        writer.write(rows("events", ["s", "s"], [T0, T0 + HOUR]))
+    with ArchiveWriter(tmp_path, "events") as writer:  # a second writer continues the chain
+        writer.write(rows("events", ["s"], [T0 + 2 * HOUR]))
+        assert writer.flush() == ["date=2025-11-26/hour=02/part-00000002.arrow"]
+
+    lines = manifest_lines(tmp_path / "events")
+    assert len(lines) == 3
+    prev = GENESIS
+    for text in lines:
+        entry = json.loads(text)
+        assert list(entry) == ["file", "rows", "sha256", "prev"]
+        assert text == json.dumps(entry, separators=(",", ":"))
+        file_bytes = (tmp_path / "events" / entry["file"]).read_bytes()
+        assert entry["sha256"] == hashlib.sha256(file_bytes).hexdigest()
+        assert entry["rows"] == 1
+        assert entry["prev"] == prev
+        prev = hashlib.sha256(text.encode()).hexdigest()
+    assert verify_dataset(tmp_path / "events") == []
+
+
+def test_flush_by_rows(tmp_path):
+    writer = ArchiveWriter(tmp_path, "input", flush_rows=5, clock=FakeClock())
+    writer.write(rows("input", ["a"] * 3, [T0 + k for k in range(3)]))
+    assert (writer.files_written, writer.buffered_rows) == (0, 3)
+    assert not (tmp_path / "input" / MANIFEST).exists()
+    writer.write(rows("input", ["a"] * 3, [T0 + k for k in range(3, 6)]))
+    assert (writer.files_written, writer.rows_written, writer.buffered_rows) == (1, 6, 0)
+
+
+def test_flush_by_clock(tmp_path):
+    clock = FakeClock()
+    writer = ArchiveWriter(tmp_path, "input", flush_rows=1000, flush_seconds=5.0, clock=clock)
+    writer.write(rows("input", ["a"], [T0]))
+    clock.now = 4.9
+    writer.write(rows("input", ["a"], [T0 + 1]))  # the oldest row has waited 4.9 s
+    assert writer.flush_if_due() == []
+    assert writer.buffered_rows == 2
+    clock.now = 5.0
+    assert writer.flush_if_due() == ["date=2025-11-26/hour=00/part-00000000.arrow"]
+    assert writer.rows_written == 2
+
+    # The wait counts from the oldest row buffered since that flush.
+    clock.now = 10.0
+    writer.write(rows("input", ["a"], [T0 + 2]))
+    clock.now = 14.0
+    writer.write(rows("input", ["a"], [T0 + 3]))
+    assert writer.buffered_rows == 2
+    clock.now = 15.0
+    writer.write(rows("input", ["a"], [T0 + 4]))  # a write checks the deadline too
+    assert (writer.buffered_rows, writer.rows_written, writer.files_written) == (0, 5, 2)
+
+
+def test_close_flushes_and_is_idempotent(tmp_path):
+    writer = ArchiveWriter(tmp_path, "input")
+    writer.write(rows("input", ["a"], [T0]))
+    writer.close()
+    writer.close()
+    assert writer.rows_written == 1
+    assert len(manifest_lines(tmp_path / "input")) == 1
+    with pytest.raises(ValueError, match="closed"):
+        writer.write(rows("input", ["a"], [T0 + 1]))
+
+
+# -- idempotency ------------------------------------------------------------
+
+
+def test_restart_with_the_same_input_writes_only_newer_rows(tmp_path):
+    first = rows("input", ["a", "b", "a", "b"], [T0, T0 + 1, T0 + 2, T0 + 3])
+    with ArchiveWriter(tmp_path, "input") as writer:
+        assert writer.write(first) == 4
+
+    again = rows("input", ["a", "b", "a", "b", "a", "c"], [T0, T0 + 1, T0 + 2, T0 + 3, T0 + 4, T0])
+    with ArchiveWriter(tmp_path, "input") as writer:
+        assert writer.high_water("a") == T0 + 2
+        assert writer.high_water("c") is None
+        assert writer.write(again) == 2  # a at T0 + 4 and the new sensor c
+        assert writer.write(again) == 0  # and once accepted, never twice
+    assert writer.rows_written == 2
+
+    back = read_dataset(tmp_path / "input").sort_by([("sensor", "ascending"), ("t", "ascending")])
+    got = list(zip(back["sensor"].to_pylist(), back["t"].cast(pa.int64()).to_pylist()))
+    assert got == [("a", T0), ("a", T0 + 2), ("a", T0 + 4), ("b", T0 + 1), ("b", T0 + 3), ("c", T0)]
+
+
+def test_temporal_signatures_dedup_by_sensor_and_transducer(tmp_path):
+    def sig(pairs):
+        sensors, transducers, ts = zip(*pairs)
+        return rows("temporal_signatures", list(sensors), list(ts), transducer=list(transducers))
+
+    with ArchiveWriter(tmp_path, "temporal_signatures") as writer:
+        writer.write(sig([("s", "emissary", T0), ("s", "master", T0), ("s", "emissary", T0 + SECOND)]))
+    with ArchiveWriter(tmp_path, "temporal_signatures") as writer:
+        accepted = writer.write(sig([
+            ("s", "emissary", T0 + SECOND),  # archived
+            ("s", "master", T0 + SECOND),  # new: master's high-water is T0
+            ("t", "emissary", T0),  # new sensor
+        ]))
+        assert accepted == 2
+    assert read_dataset(tmp_path / "temporal_signatures").num_rows == 5
+
+
+def test_witnessing_logs_are_never_deduplicated(tmp_path):
+    log = rows("witnessing_logs", ["s", "s"], [T0, T0 + 1])
+    with ArchiveWriter(tmp_path, "witnessing_logs") as writer:
+        assert writer.write(log) == 2
+    with ArchiveWriter(tmp_path, "witnessing_logs") as writer:
+        assert writer.write(log) == 2
+    assert read_dataset(tmp_path / "witnessing_logs").num_rows == 4
+
+
+def test_last_witness_record_is_the_largest_seq_not_the_last_file(tmp_path):
+    assert last_witness_record(tmp_path) is None
+    with ArchiveWriter(tmp_path, "witnessing_logs") as writer:
+        # seq 0, 1 in the later hour, seq 2, 3 in the earlier one: both go in
+        # one flush, and the earlier hour's file is written first.
+        writer.write(rows("witnessing_logs", [None] * 4, [T0 + HOUR, T0 + HOUR + 1, T0, T0 + 1],
+                          seq=[0, 1, 2, 3], log_sha256=["d1", "d2", "d3", "d4"]))
+    assert last_witness_record(tmp_path) == (3, "d4")
+
+
+# -- crash safety -----------------------------------------------------------
+
+
+def test_crash_between_manifest_and_rename_is_finished(tmp_path, monkeypatch):
+    directory = tmp_path / "input"
+    with ArchiveWriter(tmp_path, "input") as writer:
+        writer.write(rows("input", ["a"], [T0]))
+
+    crashed = ArchiveWriter(tmp_path, "input")
+    crashed.write(rows("input", ["a", "a"], [T0 + HOUR, T0 + HOUR + 1]))
+
+    def power_cut(*args):
+        raise OSError("power cut")
+
+    monkeypatch.setattr(archive.os, "replace", power_cut)
+    with pytest.raises(OSError, match="power cut"):
+        crashed.flush()
+    monkeypatch.undo()
+    assert crashed.buffered_rows == 0  # the manifest line committed those rows
+
+    final = directory / "date=2025-11-26/hour=01/part-00000001.arrow"
+    temp = directory / "date=2025-11-26/hour=01/.part-00000001.arrow.tmp"
+    assert not final.exists() and temp.exists()
+    assert len(manifest_lines(directory)) == 2
+    assert verify_dataset(directory) == [
+        "date=2025-11-26/hour=01/part-00000001.arrow: missing "
+        "(its complete temp file exists; opening a writer on the dataset finishes it)"
+    ]
+    # Readers skip the hidden temp file meanwhile.
+    assert read_dataset(directory).num_rows == 1
+    # A temp file of a write that never reached the manifest.
+    stray = directory / "date=2025-11-26/hour=00/.part-00000007.arrow.tmp"
+    stray.write_bytes(b"half a file")
+
+    with ArchiveWriter(tmp_path, "input") as writer:
+        assert final.exists() and not temp.exists() and not stray.exists()
+        assert writer.high_water("a") == T0 + HOUR + 1
+        writer.write(rows("input", ["a"], [T0 + HOUR + 2]))
+        assert writer.flush() == ["date=2025-11-26/hour=01/part-00000002.arrow"]
+    assert verify_dataset(directory) == []
+    assert read_dataset(directory).num_rows == 4
+
+
+def test_torn_manifest_line_is_cut(tmp_path):
+    directory = tmp_path / "input"
+    with ArchiveWriter(tmp_path, "input") as writer:
+        writer.write(rows("input", ["a"], [T0]))
+    # Crash during the append: half a line, its temp file never renamed.
+    with open(directory / MANIFEST, "ab") as f:
+        f.write(b'{"file":"date=2025-11-26/hour=00/part-0000')
+    (directory / "date=2025-11-26/hour=00/.part-00000001.arrow.tmp").write_bytes(b"rows never committed")
+    assert any("incomplete" in p for p in verify_dataset(directory))
+
+    with ArchiveWriter(tmp_path, "input") as writer:
+        writer.write(rows("input", ["a"], [T0 + 1]))
+        assert writer.flush() == ["date=2025-11-26/hour=00/part-00000001.arrow"]
+    assert len(manifest_lines(directory)) == 2
+    assert verify_dataset(directory) == []
+
+
+def test_missing_file_without_temp_refuses_to_open(tmp_path):
+    with ArchiveWriter(tmp_path, "events") as writer:
+        writer.write(rows("events", ["s"], [T0]))
+    (tmp_path / "events" / "date=2025-11-26/hour=00/part-00000000.arrow").unlink()
+    with pytest.raises(ArchiveError, match="becomingone memory verify"):
+        ArchiveWriter(tmp_path, "events")
+
+
+# -- verify -----------------------------------------------------------------
+
+
+@pytest.fixture
+def archived(tmp_path) -> Path:
+    """An input dataset of three files."""
+    with ArchiveWriter(tmp_path, "input") as writer:
+        writer.write(rows("input", ["a", "a", "a"], [T0, T0 + HOUR, T0 + DAY]))
+    with ArchiveWriter(tmp_path, "events") as writer:
+        writer.write(rows("events", ["a"], [T0]))
+    return tmp_path
+
+
+FILES = [
+    "date=2025-11-26/hour=00/part-00000000.arrow",
+    "date=2025-11-26/hour=01/part-00000001.arrow",
+    "date=2025-11-27/hour=00/part-00000002.arrow",
+]
+
+
+def test_verify_passes_an_intact_archive(archived):
+    assert verify_archive(archived) == {"events": [], "input": []}
+
+
+def test_verify_detects_a_changed_byte(archived):
+    path = archived / "input" / FILES[1]
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    problems = verify_dataset(archived / "input")
+    assert len(problems) == 1
+    assert problems[0].startswith(f"{FILES[1]}: changed")
+
+
+def test_verify_detects_a_deleted_file(archived):
+    (archived / "input" / FILES[2]).unlink()
+    assert verify_dataset(archived / "input") == [f"{FILES[2]}: missing"]
+
+
+def test_verify_detects_an_extra_file(archived):
+    extra = "date=2025-11-26/hour=00/part-00000099.arrow"
+    (archived / "input" / extra).write_bytes((archived / "input" / FILES[0]).read_bytes())
+    assert verify_dataset(archived / "input") == [f"{extra}: extra (not in {MANIFEST})"]
+    assert verify_archive(archived)["events"] == []
+
+
+def test_verify_detects_swapped_manifest_lines(archived):
+    manifest = archived / "input" / MANIFEST
+    lines = manifest.read_text().splitlines()
+    lines[0], lines[1] = lines[1], lines[0]
+    manifest.write_text("\n".join(lines) + "\n")
+    problems = verify_dataset(archived / "input")
+    assert problems and all("breaks the chain" in p for p in problems)
+    assert any(p.startswith(FILES[1]) for p in problems)
+
+
+def test_verify_detects_an_edited_line(archived):
+    manifest = archived / "input" / MANIFEST
+    lines = manifest.read_text().splitlines()
+    entry = json.loads(lines[0])
+    entry["rows"] = 2
+    lines[0] = json.dumps(entry, separators=(",", ":"))
+    manifest.write_text("\n".join(lines) + "\n")
+    problems = verify_dataset(archived / "input")
+    assert f"{FILES[0]}: changed (1 rows, manifest says 2)" in problems
+    assert any(p.startswith(FILES[1]) and "breaks the chain" in p for p in problems)
+
+
+# -- input checks -----------------------------------------------------------
+
+
+def test_bad_columns_are_named(tmp_path):
+    writer = ArchiveWriter(tmp_path, "coherence_history")
+    good = rows("coherence_history", ["s"], [T0])
+    bad_type = good.set_column(good.schema.get_field_index("coherence_sync"), "coherence_sync",
+                               pa.array(["high"]))
+    with pytest.raises(ValueError, match="'coherence_sync'"):
+        writer.write(bad_type)
+    with pytest.raises(ValueError, match="'state' is missing"):
+        writer.write(good.drop_columns(["state"]))
+    with pytest.raises(ValueError, match="'colour' is not in the schema"):
+        writer.write(good.append_column("colour", pa.array(["red"])))
+    with pytest.raises(ValueError, match="'sensor' has 1 null"):
+        writer.write(good.set_column(0, "sensor", pa.nulls(1, pa.string())))
+    t_ns = pa.array([T0 * 1000 + 1], pa.timestamp("ns", "UTC"))  # not a whole microsecond
+    lossy = good.set_column(good.schema.get_field_index("t"), "t", t_ns)
+    with pytest.raises(ValueError, match="'t'"):
+        writer.write(lossy)
+    assert writer.buffered_rows == 0
+
+
+def test_compatible_columns_are_cast_and_reordered(tmp_path):
+    good = rows("coherence_history", ["s"], [T0])
+    loose = pa.table({name: good[name] for name in reversed(good.column_names)})
+    loose = loose.set_column(loose.schema.get_field_index("t"), "t", pa.array([T0], pa.int64()))
+    with ArchiveWriter(tmp_path, "coherence_history") as writer:
+        assert writer.write(loose.to_batches()[0]) == 1
+    assert read_dataset(tmp_path / "coherence_history").select(good.column_names).equals(good)
+
+
+def test_unknown_dataset(tmp_path):
+    with pytest.raises(ValueError, match="known: temporal_signatures"):
+        ArchiveWriter(tmp_path, "nonsense")
+    with pytest.raises(ValueError, match="nonsense"):
+        ArchiveSink(tmp_path, ["input", "nonsense"])
+
+
+# -- Bytewax sink -----------------------------------------------------------
+
+
+def test_sink_partitions_are_sorted_dataset_names(tmp_path):
+    sink = ArchiveSink(tmp_path, ["mesh_sync", "events", "input"])
+    parts = sink.list_parts()
+    assert parts == ["events", "input", "mesh_sync"]
+    # Bytewax indexes the sorted set of all partitions with part_fn.
+    assert [sorted(parts)[sink.part_fn(p)] for p in parts] == parts
+    with pytest.raises(ValueError, match="not enabled"):
+        sink.part_fn("witnessing_logs")
+
+
+def _run_sink_flow(root: Path, items) -> None:
+    flow = Dataflow("archive_test")
+    stream = op.input("in", flow, TestingSource(items))
+    op.output("archive", stream, ArchiveSink(root, ["input", "events"], flush_rows=3))
+    run_main(flow)
+
+
+def test_sink_end_to_end(tmp_path):
+    items = [
+        ("input", rows("input", ["a", "b"], [T0, T0 + 1])),
+        ("events", rows("events", ["a"], [T0 + HOUR])),
+        ("input", rows("input", ["a", "b"], [T0 + HOUR, T0 + DAY])),
+        ("input", rows("input", ["c"], [T0 + 5])),
+    ]
+    _run_sink_flow(tmp_path, items)
+    assert verify_archive(tmp_path) == {"events": [], "input": []}
+    assert read_dataset(tmp_path / "input").num_rows == 5
+    assert read_dataset(tmp_path / "events").num_rows == 1
+    assert not (tmp_path / "mesh_sync").exists()
+
+    # Running the same input again archives nothing new.
+    before = manifest_lines(tmp_path / "input")
+    _run_sink_flow(tmp_path, items)
+    assert manifest_lines(tmp_path / "input") == before
+    assert read_dataset(tmp_path / "input").num_rows == 5
+
+
+def test_sink_with_several_workers_keeps_one_writer_per_dataset(tmp_path):
+    items = [("input", rows("input", [f"s{k}"], [T0 + k])) for k in range(12)]
+    items += [("events", rows("events", ["a"], [T0 + k])) for k in range(12)]
+    flow = Dataflow("archive_workers")
+    stream = op.input("in", flow, TestingSource(items))
+    op.output("archive", stream, ArchiveSink(tmp_path, ["input", "events"], flush_rows=4))
+    cluster_main(flow, addresses=[], proc_id=0, worker_count_per_proc=3)
+    # One writer per dataset: a gap-free chain of part-00000000, -01, -02 ...
+    assert verify_archive(tmp_path) == {"events": [], "input": []}
+    for name in ("input", "events"):
+        files = [json.loads(line)["file"] for line in manifest_lines(tmp_path / name)]
+        assert [f.rsplit("/", 1)[1] for f in files] == [f"part-{k:08d}.arrow" for k in range(len(files))]
+        assert read_dataset(tmp_path / name).num_rows == 12
