@@ -1,21 +1,18 @@
-"""`becomingone run` on the embedded default: real numbers, real exit codes."""
+"""`becomingone run` on the embedded default: the streaming flow, its summary, its archive, its exit codes."""
 
 from __future__ import annotations
 
-import os
+import collections
+
+from connectors.archive import open_dataset, verify_archive
+from tests.conftest import BIN, clean_env, free_port
+
 import subprocess
-import sys
-from pathlib import Path
-
-import pytest
-
-BIN = Path(sys.executable).with_name("becomingone")
 
 
-def _run(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("BECOMINGONE")}
-    full_env.update(env or {})
-    return subprocess.run([str(BIN), *args], capture_output=True, text=True, env=full_env, cwd=cwd, timeout=300)
+def _run(*args: str, env: dict | None = None, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN), *args], capture_output=True, text=True, env=clean_env(**(env or {})),
+                          cwd=cwd, timeout=300)
 
 
 def _table(stdout: str) -> dict[str, list[str]]:
@@ -27,21 +24,33 @@ def _table(stdout: str) -> dict[str, list[str]]:
     return rows
 
 
-def test_run_on_embedded_default_separates_coherent_from_noise(tmp_path):
-    proc = _run("run", cwd=tmp_path)
+def test_run_on_embedded_default_collapses_coherent_sensors_only(tmp_path):
+    proc = _run("run", cwd=tmp_path, env={"BECOMINGONE__METRICS__PORT": str(free_port())})
     assert proc.returncode == 0, proc.stderr
     rows = _table(proc.stdout)
     assert set(rows) == {"steady-1", "drift-1", "noise-1", "switch-1"}
-    master = {name: float(r[4]) for name, r in rows.items()}
-    emissary_last = {name: float(r[5]) for name, r in rows.items()}
-    assert master["steady-1"] > 0.99
-    assert master["noise-1"] < 0.01
-    assert 0.05 < master["drift-1"] < 0.95  # partly coherent: between the two
-    # The switching sensor is coherent first, noise at the end.
-    assert emissary_last["switch-1"] < 0.1
-    share_above = float(rows["switch-1"][7].rstrip("%"))
-    assert 40.0 < share_above < 60.0  # about half the run above I_c
+    assert all(r[2] == "12,000" and r[3] == "0" for r in rows.values())  # samples, rejected
+    collapses = {name: int(r[4]) for name, r in rows.items()}
+    dissipations = {name: int(r[5]) for name, r in rows.items()}
+    assert collapses["steady-1"] == 1 and dissipations["steady-1"] == 0
+    assert collapses["noise-1"] == 0
+    assert collapses["switch-1"] == 1 and dissipations["switch-1"] == 1
+    assert rows["steady-1"][7] == "collapsed" and rows["switch-1"][7] == "dissipated"
     assert "event time 100.0%" in proc.stderr  # progress reached the end
+
+    # The archive it wrote says the same, and verifies.
+    root = tmp_path / "becomingone-data"
+    assert verify_archive(root) == {name: [] for name in verify_archive(root)}
+    events = open_dataset(root / "events").to_table().to_pylist()
+    by_sensor = collections.defaultdict(list)
+    for e in events:
+        by_sensor[e["sensor"]].append(e)
+    assert [e["event"] for e in by_sensor["switch-1"]] == ["collapse", "dissipate"]
+    switch = by_sensor["switch-1"][1]["t"]
+    assert (switch.minute, switch.second) >= (1, 0)  # after the switch at 60 s of event time
+    assert "noise-1" not in by_sensor
+    assert open_dataset(root / "input").count_rows() == 48_000
+    assert not (root / "dead-letters").exists()  # nothing was rejected
 
 
 def test_run_rejects_a_bad_config_with_key_path_and_exit_2(tmp_path):
@@ -52,9 +61,28 @@ def test_run_rejects_a_bad_config_with_key_path_and_exit_2(tmp_path):
     assert "kairos.velocity_span (1.5) must be smaller than kairos.tau_scale (1.0)" in proc.stderr
 
 
-def test_run_refuses_a_source_it_cannot_run_yet(tmp_path):
-    cfg = tmp_path / "kafka.yaml"
-    cfg.write_text("source:\n  kind: kafka\nkafka:\n  bootstrap.servers: 127.0.0.1:9092\n")
+def test_run_names_a_metrics_port_in_use_and_exits_1(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = _run("run", cwd=tmp_path, env={"BECOMINGONE__METRICS__PORT": str(port)})
+    assert proc.returncode == 1
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in proc.stderr
+
+
+def test_run_from_a_file_source_dead_letters_bad_rows(tmp_path):
+    data = tmp_path / "samples.jsonl"
+    lines = [f'{{"sensor": "s1", "t": {1735689600 + k * 0.01:.2f}, "phase": {0.1 * k}}}' for k in range(300)]
+    lines.insert(100, '{"sensor": "s1", "t": 1735689600.505, "phase": 1.0}')  # late: behind the watermark
+    data.write_text("\n".join(lines) + "\n")
+    cfg = tmp_path / "file.yaml"
+    cfg.write_text(f"source:\n  kind: file\n  path: {data}\nmetrics:\n  enabled: false\n"
+                   f"memory:\n  storage:\n    path: {tmp_path / 'archive'}\n")
     proc = _run("run", "--config", str(cfg))
-    assert proc.returncode == 2
-    assert "source.kind is 'kafka'" in proc.stderr
+    assert proc.returncode == 0, proc.stderr
+    assert "300 samples accepted, 1 rejected" in proc.stdout
+    letters = (tmp_path / "archive" / "dead-letters" / "worker-0.jsonl").read_text().splitlines()
+    assert len(letters) == 1 and '"reason":"late"' in letters[0]
