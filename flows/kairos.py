@@ -276,6 +276,7 @@ class _Decode:
         self.max_bytes = src.max_message_bytes if isinstance(src, KafkaSource) else None
         self.micro = config.witnessing.layer_enabled("micro")
         self.max_future_us = config.sync.max_future_us
+        self.newest: int | None = None  # newest event time seen (the micro records' t)
 
     def __call__(self, items: list[Any]) -> Iterable[Any]:
         started = time.perf_counter()
@@ -298,17 +299,21 @@ class _Decode:
             for reason, n in decoded.counts.items():
                 m.samples.labels(str(reason)).inc(n)
             drops = len(decoded.dead)
-            samples = decoded.accepted
         else:
-            drops, samples = 0, sum(len(b) for b in ready)
+            drops = 0
+        samples = sum(len(b) for b in batches)
         out.extend((b.sensor, b) for b in batches)
         seconds = time.perf_counter() - started
         metrics().batch_seconds.labels("decode").observe(seconds)
         if self.micro:
             # Newest event time seen, leaving out the times the intake will refuse as `future`.
             limit = time.time_ns() // 1000 + self.max_future_us
-            newest = max((int(t.max()) for b in batches if (t := b.t_us[b.t_us <= limit]).size), default=0)
-            out.append(WitnessEntry("micro", newest, None, MicroWitness(
+            newest = max((int(t.max()) for b in batches if (t := b.t_us[b.t_us <= limit]).size), default=None)
+            if newest is not None:
+                self.newest = max(self.newest or newest, newest)
+            elif self.newest is None:  # nothing usable seen yet: the wall clock stands in
+                self.newest = time.time_ns() // 1000
+            out.append(WitnessEntry("micro", self.newest, None, MicroWitness(
                 operator="decode", worker=_worker(), items_in=len(messages) + len(ready), items_out=samples,
                 drops=drops, seconds=seconds)))
         return out
