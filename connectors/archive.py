@@ -740,8 +740,11 @@ class _ArchivePartition(StatefulSinkPartition[pa.Table, None]):
                 self.writer.write(table)
 
     def snapshot(self) -> None:
-        # The archive itself is the state: a resumed writer re-reads its
-        # high-water marks from disk, so there is nothing to snapshot.
+        # Bytewax snapshots (recovery on) at the end of an epoch it will not
+        # replay: buffered rows go to disk now, or a crash after the epoch
+        # would lose them.  The archive itself is the state: a resumed writer
+        # re-reads its high-water marks from disk.
+        self.writer.flush()
         return None
 
     def close(self) -> None:

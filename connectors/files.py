@@ -55,6 +55,8 @@ __all__ = [
     "check_phase_file",
     "count_file_rows",
     "file_format",
+    "phase_columns",
+    "phase_record_batches",
     "read_phase_file",
 ]
 
@@ -246,6 +248,29 @@ def read_phase_file(
     """
     fmt = file_format(path, format)
     name = os.fspath(path)
+    for part, row in phase_record_batches(name, fmt, chunk_rows=chunk_rows):
+        yield phase_columns(part, name, row, fmt)
+
+
+def phase_record_batches(
+    path: str | os.PathLike[str],
+    format: str | None = None,
+    *,
+    chunk_rows: int = 65_536,
+) -> Iterator[tuple[pa.RecordBatch, int]]:
+    """The file's rows as raw record batches (phase columns only, types as read), with
+    the index of each batch's first row; :func:`phase_columns` validates one.
+
+    Lets a reader that must not stop at a bad row (the dataflow's file
+    source) validate chunk by chunk and fall back to single rows where a
+    chunk fails.
+
+    Raises:
+        PhaseFileError: the file cannot be read at all (missing, not of its
+            format, a required column missing).
+    """
+    fmt = file_format(path, format)
+    name = os.fspath(path)
     if not os.path.exists(name):
         raise PhaseFileError(name, "no such file")
     if os.path.isdir(name):
@@ -256,11 +281,20 @@ def read_phase_file(
         for start in range(0, batch.num_rows, chunk_rows):
             part = batch.slice(start, chunk_rows)
             if part.num_rows:
-                # A typed timestamp column in Parquet/Arrow holds epoch counts:
-                # without a zone it is read as UTC, as the Kafka decoder does.
-                # In CSV and JSON lines it was zone-less text: refused.
-                yield _to_columns(part, name, row, naive_is_utc=fmt in ("parquet", "arrow"))
+                yield part, row
                 row += part.num_rows
+
+
+def phase_columns(batch: pa.RecordBatch, path: str | os.PathLike[str], first_row: int, format: str) -> PhaseColumns:
+    """One batch of :func:`phase_record_batches` as validated :class:`PhaseColumns`.
+
+    Raises:
+        PhaseFileError: naming the file, the row and the column at fault.
+    """
+    # A typed timestamp column in Parquet/Arrow holds epoch counts: without
+    # a zone it is read as UTC, as the Kafka decoder does.  In CSV and JSON
+    # lines it was zone-less text: refused.
+    return _to_columns(batch, os.fspath(path), first_row, naive_is_utc=format in ("parquet", "arrow"))
 
 
 def check_phase_file(path: str | os.PathLike[str], format: str | None = None) -> str:

@@ -43,6 +43,7 @@ from typing import Any, Literal
 import pyarrow as pa
 import pyarrow.compute as pc
 from confluent_kafka import KafkaError, KafkaException, Producer
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic
 
 from connectors.files import PhaseColumns
@@ -58,6 +59,8 @@ __all__ = [
     "MockBroker",
     "PhaseProducer",
     "TopicSetupError",
+    "DeliveryFailed",
+    "TopicSink",
     "admin_settings",
     "arrow_message",
     "arrow_record_batch",
@@ -103,6 +106,10 @@ class KafkaUnreachable(ConnectionError):
 
 class TopicSetupError(RuntimeError):
     """A topic could not be found or created."""
+
+
+class DeliveryFailed(RuntimeError):
+    """Output messages the cluster did not take (after librdkafka's own retries)."""
 
 
 class MessageTooLarge(ValueError):
@@ -688,3 +695,66 @@ class PhaseProducer:
         if force or now - self._last_progress >= self._progress_interval:
             self._last_progress = now
             self._on_progress(self)
+
+
+# --------------------------------------------------------------------------
+# The dataflow's output sink.
+
+
+class _TopicSinkPartition(StatelessSinkPartition[tuple[str, bytes | None, bytes]]):
+    def __init__(self, producer: Producer, timeout: float) -> None:
+        self._producer = producer
+        self._timeout = timeout
+        self._errors: list[str] = []
+
+    def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
+        if err is not None:
+            self._errors.append(f"{msg.topic()}: {err.str()}")
+
+    def write_batch(self, items: list[tuple[str, bytes | None, bytes]]) -> None:
+        for topic, key, value in items:
+            while True:
+                try:
+                    self._producer.produce(topic, value=value, key=key, on_delivery=self._on_delivery)
+                    break
+                except BufferError:  # local queue full: let deliveries make room
+                    self._producer.poll(0.1)
+            self._producer.poll(0)
+        # Every message of the batch is delivered (or failed) before the
+        # dataflow moves on: nothing is lost silently.
+        remaining = self._producer.flush(self._timeout)
+        if remaining:
+            self._errors.append(f"{remaining} message(s) not delivered within {self._timeout:g} s")
+        if self._errors:
+            errors, self._errors = self._errors, []
+            raise DeliveryFailed(f"{len(errors)} output message(s) failed; first: {errors[0]}")
+
+    def close(self) -> None:
+        self._producer.flush(self._timeout)
+
+
+class TopicSink(DynamicSink[tuple[str, bytes | None, bytes]]):
+    """A Bytewax sink for ``(topic, key, value)`` items, one producer per worker.
+
+    Unlike a fire-and-forget producer, each batch waits for its delivery
+    reports, and a failed delivery stops the dataflow with
+    :class:`DeliveryFailed` naming the topic and librdkafka's error.  Worker
+    0 first creates the ``topics`` where the cluster allows it.
+
+    Args:
+        settings: producer settings (:func:`producer_settings`).
+        topics: the output topics.
+        admin: admin client settings for creating them (None: ``settings``).
+    """
+
+    def __init__(self, settings: Mapping[str, Any], topics: Iterable[str], *,
+                 admin: Mapping[str, Any] | None = None) -> None:
+        self.settings = dict(settings)
+        self.topics = list(topics)
+        self.admin = dict(admin) if admin is not None else dict(settings)
+        self.timeout = float(self.settings.get("message.timeout.ms", 300_000)) / 1000.0 + 5.0
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _TopicSinkPartition:
+        if worker_index == 0:
+            ensure_topics(connect_admin(self.admin), self.topics)
+        return _TopicSinkPartition(Producer(dict(self.settings)), self.timeout)

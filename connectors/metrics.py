@@ -123,6 +123,7 @@ class RunLedger:
 
     sensors: dict[str, SensorLedger] = field(default_factory=dict)
     newest_watermark: int | None = None
+    decode_rejected: int = 0  # dead letters of the decode step (not attributed to a sensor)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def sensor(self, name: str) -> SensorLedger:
@@ -137,17 +138,22 @@ class RunLedger:
             if self.newest_watermark is None or t_us > self.newest_watermark:
                 self.newest_watermark = t_us
 
+    def rejected_at_decode(self, n: int) -> None:
+        with self._lock:
+            self.decode_rejected += n
+
     def totals(self) -> tuple[int, int, int, int]:
-        """(samples accepted, rejected, collapses, dissipations) over all sensors."""
+        """(samples accepted, dead letters, collapses, dissipations) over all sensors."""
         with self._lock:
             rows = list(self.sensors.values())
-        return (sum(r.samples for r in rows), sum(r.rejected for r in rows),
+        return (sum(r.samples for r in rows), self.decode_rejected + sum(r.rejected for r in rows),
                 sum(r.collapses for r in rows), sum(r.dissipations for r in rows))
 
     def reset(self) -> None:
         with self._lock:
             self.sensors.clear()
             self.newest_watermark = None
+            self.decode_rejected = 0
 
 
 _ledger = RunLedger()

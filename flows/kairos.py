@@ -83,7 +83,7 @@ from schemas.messages import (
     to_json_bytes,
 )
 
-__all__ = ["Emission", "build_flow", "kairos_params"]
+__all__ = ["Emission", "build_flow", "kairos_params", "request_stop"]
 
 log = logging.getLogger("becomingone.flow")
 
@@ -137,6 +137,38 @@ def _worker() -> int:
 # --------------------------------------------------------------------------
 # Sources.
 
+_stop = threading.Event()
+
+
+def request_stop() -> None:
+    """Make every source of this process end its input now (graceful stop).
+
+    The dataflow then drains as at end of input: pending samples and grid
+    points are flushed, the archive files are closed, nothing accepted is lost.
+    """
+    _stop.set()
+
+
+class _Stoppable(StatefulSourcePartition[Any, Any]):
+    """Wraps a source partition so that :func:`request_stop` ends it."""
+
+    def __init__(self, inner: StatefulSourcePartition[Any, Any]) -> None:
+        self.inner = inner
+
+    def next_batch(self) -> Iterable[Any]:
+        if _stop.is_set():
+            raise StopIteration
+        return self.inner.next_batch()
+
+    def next_awake(self):
+        return self.inner.next_awake()
+
+    def snapshot(self) -> Any:
+        return self.inner.snapshot()
+
+    def close(self) -> None:
+        self.inner.close()
+
 
 class _SyntheticPartition(StatefulSourcePartition[SampleBatch, int]):
     def __init__(self, source: SyntheticSource, resume: int | None) -> None:
@@ -179,34 +211,97 @@ class SyntheticSamples(FixedPartitionedSource[SampleBatch, int]):
     def list_parts(self) -> list[str]:
         return ["synthetic"]
 
-    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _SyntheticPartition:
-        return _SyntheticPartition(self.source, resume_state)
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _Stoppable:
+        return _Stoppable(_SyntheticPartition(self.source, resume_state))
 
 
 class _FilePartition(StatefulSourcePartition[RawMessage, int]):
-    def __init__(self, path: str, fmt: str | None, resume: int | None) -> None:
-        from connectors.files import read_phase_file
+    """A phase file as input messages; resume state: rows (lines) already emitted.
 
-        self._path = path
-        self._chunks = read_phase_file(path, fmt)
-        self._done = 0
-        for _ in range(resume or 0):
-            next(self._chunks)
-            self._done += 1
+    JSON lines: each line is one JSON input message (offset = line index), so
+    every bad line gets its own dead letter with its own bytes.  CSV,
+    Parquet, Arrow: each chunk that validates as a whole becomes one Arrow
+    IPC message (offset = the chunk's first row); a chunk with a bad row is
+    sent row by row as JSON samples (offset = the row), so only the bad rows
+    are dead-lettered and the file is read to its end.
+    """
+
+    _LINES_PER_BATCH = 4096
+
+    def __init__(self, path: str, fmt: str, resume: int | None) -> None:
+        from connectors.files import phase_record_batches
+
+        self._path, self._fmt = path, fmt
+        self._done = resume or 0
+        if fmt == "jsonl":
+            self._lines = self._read_lines()
+        else:
+            self._batches = phase_record_batches(path, fmt)
+
+    def _read_lines(self) -> Iterable[tuple[int, bytes]]:
+        with open(self._path, "rb") as f:
+            for index, line in enumerate(f):
+                if index >= self._done and line.strip():
+                    yield index, line.rstrip(b"\r\n")
 
     def next_batch(self) -> list[RawMessage]:
+        if self._fmt == "jsonl":
+            out = []
+            for index, line in self._lines:
+                out.append(RawMessage(None, line, None, self._path, None, index))
+                self._done = index + 1
+                if len(out) == self._LINES_PER_BATCH:
+                    break
+            if not out:
+                raise StopIteration
+            return out
+        while True:
+            batch, first = next(self._batches)
+            if first + batch.num_rows > self._done:
+                break
+        self._done = first + batch.num_rows
+        return self._messages(batch, first)
+
+    def _messages(self, batch, first: int) -> list[RawMessage]:
+        from connectors.files import PhaseFileError, phase_columns
         from connectors.kafka import arrow_message, arrow_record_batch
 
-        columns = next(self._chunks)
-        self._done += 1
-        # The same validation as Kafka input: the chunk becomes an Arrow IPC
-        # message whose offset is its first row in the file.
+        try:
+            columns = phase_columns(batch, self._path, first, self._fmt)
+        except PhaseFileError:
+            return [RawMessage(None, _row_json(row), None, self._path, None, first + i)
+                    for i, row in enumerate(batch.to_pylist())]
         value = arrow_message(arrow_record_batch(columns))
-        return [RawMessage(key=None, value=value, headers=[(CONTENT_TYPE_HEADER, ARROW_STREAM_CONTENT_TYPE)],
-                           topic=self._path, partition=None, offset=columns.first_row)]
+        return [RawMessage(None, value, [(CONTENT_TYPE_HEADER, ARROW_STREAM_CONTENT_TYPE)], self._path, None, first)]
 
     def snapshot(self) -> int:
         return self._done
+
+
+def _row_json(row: dict[str, Any]) -> bytes:
+    """A file row as a JSON input sample; values the decoder will refuse are kept as they are."""
+    import datetime as dt
+    import json
+
+    t = row.get("t")
+    if isinstance(t, dt.datetime):
+        t = (t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)).isoformat()
+    elif isinstance(t, str):  # CSV text: epoch seconds stay numbers, ISO text stays text
+        try:
+            t = float(t)
+        except ValueError:
+            pass
+    phase = row.get("phase")
+    if isinstance(phase, str):  # CSV list text such as "[0.5, -0.4]"
+        try:
+            parts = [float(x) for x in phase.strip().strip("[]").replace(";", ",").split(",") if x.strip()]
+            phase = parts[0] if len(parts) == 1 and "[" not in phase else parts
+        except ValueError:
+            pass
+    obj = {"sensor": row.get("sensor"), "t": t, "phase": phase}
+    if row.get("cell") is not None:
+        obj["cell"] = row["cell"]
+    return json.dumps(obj, default=str).encode("utf-8")
 
 
 class PhaseFile(FixedPartitionedSource[RawMessage, int]):
@@ -218,8 +313,11 @@ class PhaseFile(FixedPartitionedSource[RawMessage, int]):
     def list_parts(self) -> list[str]:
         return [f"file:{self.source.path}"]
 
-    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _FilePartition:
-        return _FilePartition(self.source.path, self.source.format, resume_state)
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _Stoppable:
+        from connectors.files import check_phase_file
+
+        return _Stoppable(_FilePartition(self.source.path, check_phase_file(self.source.path, self.source.format),
+                                         resume_state))
 
 
 def _kafka_source(config: Config):
@@ -253,7 +351,7 @@ def _kafka_source(config: Config):
             plain = self._add_config
             self._add_config = {**plain, "group.id": group}
             try:
-                return super().build_part(step_id, for_part, resume_state)
+                return _Stoppable(super().build_part(step_id, for_part, resume_state))
             finally:
                 self._add_config = plain
 
@@ -299,6 +397,7 @@ class _Decode:
             for reason, n in decoded.counts.items():
                 m.samples.labels(str(reason)).inc(n)
             drops = len(decoded.dead)
+            ledger().rejected_at_decode(drops)
         else:
             drops = 0
         samples = sum(len(b) for b in batches)
@@ -486,6 +585,8 @@ class _SyncLogic(StatefulBatchLogic[Emission, Any, _SyncMemory]):
         self.macro = config.witnessing.layer_enabled("macro")
         self.per_sensor = config.metrics.per_sensor_labels
         self.entry = ledger().sensor(resume.sensor) if resume.sensor else None
+        if resume.state.collapsed:  # resumed collapsed: the gauge counts this process's sensors
+            metrics().sensors_collapsed.inc()
 
     @property
     def sensor(self) -> str:
@@ -641,13 +742,13 @@ class DeadLetterFile(DynamicSink[bytes]):
 
 
 def _kafka_sink(config: Config):
-    from bytewax.connectors.kafka import KafkaSink
+    from connectors.kafka import TopicSink, admin_settings, producer_settings
 
-    from connectors.kafka import producer_settings
-
-    settings = producer_settings(config.kafka, client_id=config.becomingone.name)
-    bootstrap = settings.pop("bootstrap.servers")
-    return KafkaSink([bootstrap], None, add_config=settings)
+    name = config.becomingone.name
+    topics = config.sink.topics
+    return TopicSink(producer_settings(config.kafka, client_id=name),
+                      [getattr(topics, r) for r in ("collapse", "witness", "sync", "dlq")],
+                      admin=admin_settings(config.kafka, client_id=name))
 
 
 # --------------------------------------------------------------------------
@@ -732,11 +833,8 @@ def build_flow(config: Config, *, replay: bool = False, flow_id: str = "becoming
     topics_b = op.branch("topic_split", results, _is(TopicRecord))
     topic_records, archive_rows = topics_b.trues, topics_b.falses
     if config.kafka is not None:
-        from bytewax.connectors.kafka import KafkaSinkMessage
-
         names = config.sink.topics
-        messages = op.map("to_kafka", topic_records,
-                          lambda r: KafkaSinkMessage(r.key, r.value, topic=getattr(names, r.role)))
+        messages = op.map("to_kafka", topic_records, lambda r: (getattr(names, r.role), r.key, r.value))
         op.output("kafka", messages, _kafka_sink(config))
     else:
         letters = op.filter_map("dead_letters", topic_records, lambda r: r.value if r.role == "dlq" else None)

@@ -11,6 +11,7 @@ are this process's view.
 
 from __future__ import annotations
 
+import signal
 import sys
 import threading
 import time
@@ -19,7 +20,7 @@ from typing import TextIO
 from bytewax.run import cli_main
 
 from connectors.metrics import RunLedger, ledger, serve
-from flows.kairos import build_flow
+from flows.kairos import build_flow, request_stop
 from schemas.config import Config, SyntheticSource
 from schemas.messages import format_utc
 
@@ -67,6 +68,8 @@ class _Progress(threading.Thread):
 
 def _summary(book: RunLedger, config: Config, out: TextIO, seconds: float) -> None:
     kinds = {s.name: s.kind for s in config.source.sensors} if isinstance(config.source, SyntheticSource) else {}
+    # 'rejected' per sensor counts the event-time step's dead letters (duplicate,
+    # late, future, channels); the total line counts every dead letter.
     head = (f"{'sensor':<16} {'kind':<10} {'samples':>10} {'rejected':>9} {'collapses':>9} "
             f"{'dissipations':>12} {'coherence':>9}  state")
     out.write(head + "\n" + "-" * len(head) + "\n")
@@ -75,7 +78,7 @@ def _summary(book: RunLedger, config: Config, out: TextIO, seconds: float) -> No
         out.write(f"{name:<16} {kinds.get(name, '-'):<10} {r.samples:>10,} {r.rejected:>9,} {r.collapses:>9,} "
                   f"{r.dissipations:>12,} {r.coherence_sync:>9.4f}  {'collapsed' if r.collapsed else 'dissipated'}\n")
     accepted, rejected, collapses, dissipations = book.totals()
-    out.write(f"\n{accepted:,} samples accepted, {rejected:,} rejected, {collapses:,} collapse and "
+    out.write(f"\n{accepted:,} samples accepted, {rejected:,} rejected (dead letters), {collapses:,} collapse and "
               f"{dissipations:,} dissipate events in {seconds:.1f} s; coherence = |T_sync|^2 at the last "
               f"Emissary grid point, threshold I_c = {config.kairos.coherence_threshold}\n")
     if config.sink.archive:
@@ -97,16 +100,31 @@ def run_flow(config: Config, *, workers: int = 1, out: TextIO = sys.stdout, prog
     bar = _Progress(progress, book, config)
     started = time.monotonic()
     bar.start()
-    interrupted = False
+    interrupted = threading.Event()
+
+    def on_interrupt(signum, frame) -> None:
+        # First Ctrl-C: stop reading input and drain as at end of input, so
+        # the archive is complete; a second one stops at once.
+        if interrupted.is_set():
+            raise KeyboardInterrupt
+        interrupted.set()
+        request_stop()
+        progress.write("\nstopping: finishing what was read (Ctrl-C again to abort)\n")
+
+    previous = signal.signal(signal.SIGINT, on_interrupt) if _main_thread() else None
     try:
         cli_main(flow, workers_per_process=workers)
-    except KeyboardInterrupt:
-        interrupted = True
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
         bar.stop.set()
         bar.join()
         bar.write(final=True)
     _summary(book, config, out, time.monotonic() - started)
-    if interrupted:
+    if interrupted.is_set():
         raise KeyboardInterrupt
     return book
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()

@@ -83,6 +83,6 @@ def test_run_from_a_file_source_dead_letters_bad_rows(tmp_path):
                    f"memory:\n  storage:\n    path: {tmp_path / 'archive'}\n")
     proc = _run("run", "--config", str(cfg))
     assert proc.returncode == 0, proc.stderr
-    assert "300 samples accepted, 1 rejected" in proc.stdout
+    assert "300 samples accepted, 1 rejected (dead letters)" in proc.stdout
     letters = (tmp_path / "archive" / "dead-letters" / "worker-0.jsonl").read_text().splitlines()
     assert len(letters) == 1 and '"reason":"late"' in letters[0]
