@@ -36,18 +36,17 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import bytewax.operators as op
 import numpy as np
 from bytewax.dataflow import Dataflow, Stream
-from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from connectors.metrics import ledger, metrics, serve
+from flows.sources import PhaseFile, SyntheticSamples, kafka_source, request_stop
 from flows.emit import (
     ArchiveRows,
     TopicRecord,
@@ -66,7 +65,6 @@ from operators.decode import RawMessage, decode_messages
 from operators.emissary import EmissaryWindow
 from operators.grid import WindowValues
 from operators.intake import ProductBatch, SensorIntake
-from operators.lag import Products
 from operators.master import MasterWindow
 from operators.params import KairosParams
 from operators.samples import SampleBatch
@@ -75,15 +73,13 @@ from operators.transducer import Transducer
 from operators.witness import WitnessEntry, WitnessLog
 from schemas.config import Config, FileSource, KafkaSource, SyntheticSource, load_config
 from schemas.messages import (
-    ARROW_STREAM_CONTENT_TYPE,
-    CONTENT_TYPE_HEADER,
     MacroWitness,
     MesoWitness,
     MicroWitness,
     to_json_bytes,
 )
 
-__all__ = ["Emission", "build_flow", "kairos_params", "request_stop"]
+__all__ = ["Emission", "build_flow", "kairos_params", "request_stop"]  # request_stop: from flows.sources
 
 log = logging.getLogger("becomingone.flow")
 
@@ -132,234 +128,6 @@ def _worker() -> int:
     ident = threading.get_ident()
     with _worker_lock:
         return _worker_ids.setdefault(ident, len(_worker_ids))
-
-
-# --------------------------------------------------------------------------
-# Sources.
-
-_stop = threading.Event()
-
-
-def request_stop() -> None:
-    """Make every source of this process end its input now (graceful stop).
-
-    The dataflow then drains as at end of input: pending samples and grid
-    points are flushed, the archive files are closed, nothing accepted is lost.
-    """
-    _stop.set()
-
-
-class _Stoppable(StatefulSourcePartition[Any, Any]):
-    """Wraps a source partition so that :func:`request_stop` ends it."""
-
-    def __init__(self, inner: StatefulSourcePartition[Any, Any]) -> None:
-        self.inner = inner
-
-    def next_batch(self) -> Iterable[Any]:
-        if _stop.is_set():
-            raise StopIteration
-        return self.inner.next_batch()
-
-    def next_awake(self):
-        return self.inner.next_awake()
-
-    def snapshot(self) -> Any:
-        return self.inner.snapshot()
-
-    def close(self) -> None:
-        self.inner.close()
-
-
-class _SyntheticPartition(StatefulSourcePartition[SampleBatch, int]):
-    def __init__(self, source: SyntheticSource, resume: int | None) -> None:
-        from connectors.synthetic import SyntheticSensor, synthetic_batches
-
-        sensors = [SyntheticSensor(s.name, s.kind, freq_hz=s.freq_hz, channels=s.channels) for s in source.sensors]
-        self._cells = {s.name: s.cell for s in source.sensors}
-        self._batches = synthetic_batches(sensors, period_us=source.period_us, duration_us=source.duration_us,
-                                          start_us=source.start_us, seed=source.seed)
-        self._done = 0
-        self._per_round = len(sensors)
-        # Resume by regenerating: the generator is deterministic.
-        for _ in range(resume or 0):
-            next(self._batches)
-            self._done += 1
-
-    def next_batch(self) -> list[SampleBatch]:
-        out = []
-        for _ in range(self._per_round):
-            try:
-                name, t_us, phase = next(self._batches)
-            except StopIteration:
-                if not out:
-                    raise
-                break
-            self._done += 1
-            out.append(SampleBatch(name, t_us, phase, self._cells[name], topic=None, ingested=time.time()))
-        return out
-
-    def snapshot(self) -> int:
-        return self._done
-
-
-class SyntheticSamples(FixedPartitionedSource[SampleBatch, int]):
-    """The config's synthetic sensors as one input partition (already valid samples, no decode)."""
-
-    def __init__(self, source: SyntheticSource) -> None:
-        self.source = source
-
-    def list_parts(self) -> list[str]:
-        return ["synthetic"]
-
-    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _Stoppable:
-        return _Stoppable(_SyntheticPartition(self.source, resume_state))
-
-
-class _FilePartition(StatefulSourcePartition[RawMessage, int]):
-    """A phase file as input messages; resume state: rows (lines) already emitted.
-
-    JSON lines: each line is one JSON input message (offset = line index), so
-    every bad line gets its own dead letter with its own bytes.  CSV,
-    Parquet, Arrow: each chunk that validates as a whole becomes one Arrow
-    IPC message (offset = the chunk's first row); a chunk with a bad row is
-    sent row by row as JSON samples (offset = the row), so only the bad rows
-    are dead-lettered and the file is read to its end.
-    """
-
-    _LINES_PER_BATCH = 4096
-
-    def __init__(self, path: str, fmt: str, resume: int | None) -> None:
-        from connectors.files import phase_record_batches
-
-        self._path, self._fmt = path, fmt
-        self._done = resume or 0
-        if fmt == "jsonl":
-            self._lines = self._read_lines()
-        else:
-            self._batches = phase_record_batches(path, fmt)
-
-    def _read_lines(self) -> Iterable[tuple[int, bytes]]:
-        with open(self._path, "rb") as f:
-            for index, line in enumerate(f):
-                if index >= self._done and line.strip():
-                    yield index, line.rstrip(b"\r\n")
-
-    def next_batch(self) -> list[RawMessage]:
-        if self._fmt == "jsonl":
-            out = []
-            for index, line in self._lines:
-                out.append(RawMessage(None, line, None, self._path, None, index))
-                self._done = index + 1
-                if len(out) == self._LINES_PER_BATCH:
-                    break
-            if not out:
-                raise StopIteration
-            return out
-        while True:
-            batch, first = next(self._batches)
-            if first + batch.num_rows > self._done:
-                break
-        self._done = first + batch.num_rows
-        return self._messages(batch, first)
-
-    def _messages(self, batch, first: int) -> list[RawMessage]:
-        from connectors.files import PhaseFileError, phase_columns
-        from connectors.kafka import arrow_message, arrow_record_batch
-
-        try:
-            columns = phase_columns(batch, self._path, first, self._fmt)
-        except PhaseFileError:
-            return [RawMessage(None, _row_json(row), None, self._path, None, first + i)
-                    for i, row in enumerate(batch.to_pylist())]
-        value = arrow_message(arrow_record_batch(columns))
-        return [RawMessage(None, value, [(CONTENT_TYPE_HEADER, ARROW_STREAM_CONTENT_TYPE)], self._path, None, first)]
-
-    def snapshot(self) -> int:
-        return self._done
-
-
-def _row_json(row: dict[str, Any]) -> bytes:
-    """A file row as a JSON input sample; values the decoder will refuse are kept as they are."""
-    import datetime as dt
-    import json
-
-    t = row.get("t")
-    if isinstance(t, dt.datetime):
-        t = (t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)).isoformat()
-    elif isinstance(t, str):  # CSV text: epoch seconds stay numbers, ISO text stays text
-        try:
-            t = float(t)
-        except ValueError:
-            pass
-    phase = row.get("phase")
-    if isinstance(phase, str):  # CSV list text such as "[0.5, -0.4]"
-        try:
-            parts = [float(x) for x in phase.strip().strip("[]").replace(";", ",").split(",") if x.strip()]
-            phase = parts[0] if len(parts) == 1 and "[" not in phase else parts
-        except ValueError:
-            pass
-    obj = {"sensor": row.get("sensor"), "t": t, "phase": phase}
-    if row.get("cell") is not None:
-        obj["cell"] = row["cell"]
-    return json.dumps(obj, default=str).encode("utf-8")
-
-
-class PhaseFile(FixedPartitionedSource[RawMessage, int]):
-    """A CSV, Parquet, Arrow or JSON-lines file as one input partition."""
-
-    def __init__(self, source: FileSource) -> None:
-        self.source = source
-
-    def list_parts(self) -> list[str]:
-        return [f"file:{self.source.path}"]
-
-    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _Stoppable:
-        from connectors.files import check_phase_file
-
-        return _Stoppable(_FilePartition(self.source.path, check_phase_file(self.source.path, self.source.format),
-                                         resume_state))
-
-
-def _kafka_source(config: Config):
-    from bytewax.connectors.kafka import KafkaSource as BytewaxKafkaSource
-    from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
-
-    from connectors.kafka import admin_settings, connect_admin, consumer_settings, ensure_topics
-
-    src = config.source
-    assert isinstance(src, KafkaSource)
-    settings = consumer_settings(config.kafka, src.group_id, from_beginning=src.from_beginning,
-                                 client_id=config.becomingone.name)
-    bootstrap = settings.pop("bootstrap.servers")
-    settings.pop("auto.offset.reset", None)
-    settings.pop("logger", None)
-    topics = [src.topic] + [getattr(config.sink.topics, r) for r in ("collapse", "witness", "sync", "dlq")]
-
-    group = settings.pop("group.id")
-
-    class PhaseTopic(BytewaxKafkaSource):
-        """Bytewax's Kafka source, creating the topics first where the broker allows it."""
-
-        def list_parts(self) -> list[str]:
-            admin = connect_admin(admin_settings(config.kafka, client_id=config.becomingone.name))
-            ensure_topics(admin, topics)
-            return super().list_parts()
-
-        def build_part(self, step_id: str, for_part: str, resume_state: int | None):
-            # group.id names the consumers (offsets are Bytewax's, kept by its
-            # recovery); the admin client of list_parts must not get it.
-            plain = self._add_config
-            self._add_config = {**plain, "group.id": group}
-            try:
-                return _Stoppable(super().build_part(step_id, for_part, resume_state))
-            finally:
-                self._add_config = plain
-
-    return PhaseTopic(
-        brokers=[bootstrap], topics=[src.topic], tail=not src.stop_at_end,
-        starting_offset=OFFSET_BEGINNING if src.from_beginning else OFFSET_END,
-        add_config=settings, batch_size=src.batch_size,
-    )
 
 
 # --------------------------------------------------------------------------
@@ -804,7 +572,7 @@ def build_flow(config: Config, *, replay: bool = False, flow_id: str = "becoming
     elif isinstance(src, FileSource):
         source = PhaseFile(src)
     else:
-        source = _kafka_source(config)
+        source = kafka_source(config)
     raw = op.input("source", flow, source)
 
     decoded = op.flat_map_batch("decode", raw, _Decode(config))

@@ -32,7 +32,7 @@ from operators.event_time import EventTimeGate
 from operators.lag import LagState, Products
 from operators.params import KairosParams
 from operators.samples import SampleBatch
-from schemas.messages import DeadLetter, DeadLetterReason, PhaseSample
+from schemas.messages import DeadLetter, PhaseSample
 
 __all__ = ["IntakeResult", "ProductBatch", "SensorIntake", "dead_letters"]
 

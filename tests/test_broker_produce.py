@@ -9,22 +9,16 @@ left running.
 from __future__ import annotations
 
 import json
-import os
-import selectors
 import signal
 import socket
 import subprocess
-import sys
 import time
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
+from confluent_kafka import Message
 
 from connectors.files import PhaseColumns, PhaseFileError, read_phase_file
 from connectors.kafka import (

@@ -16,7 +16,6 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 import pyarrow as pa
 import pytest
 import yaml

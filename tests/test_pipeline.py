@@ -9,7 +9,6 @@ and the metrics endpoint (scraped over HTTP) are read back and checked.
 
 from __future__ import annotations
 
-import base64
 import collections
 import json
 import time
