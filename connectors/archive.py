@@ -1,9 +1,10 @@
-"""The Arrow archive: writer, checker and Bytewax sink (SPEC section 5).
+"""The Arrow archive: writer, checker, compaction and Bytewax sink (SPEC section 5).
 
 Layout under the archive root (``memory.storage.path``), one directory per
 dataset of :data:`schemas.archive.DATASETS`::
 
     <root>/<dataset>/MANIFEST.jsonl
+    <root>/<dataset>/.lock
     <root>/<dataset>/date=YYYY-MM-DD/hour=HH/part-00000000.arrow
     <root>/<dataset>/date=YYYY-MM-DD/hour=HH/part-00000001.arrow
     ...
@@ -11,12 +12,16 @@ dataset of :data:`schemas.archive.DATASETS`::
 * Files are Arrow IPC *files* (random access format) with the dataset's
   schema, metadata included; the partition of a row is the UTC date and hour
   of its event time ``t``.  The partition columns live in the directory names
-  only.  Readers take the ``.arrow`` files: a glob ``**/*.arrow`` (DuckDB,
-  Polars), or ``pyarrow.dataset`` told to skip the manifest, which is not an
-  Arrow file: ``ignore_prefixes=[".", "_", "MANIFEST.jsonl"]``, as
-  :func:`open_dataset` does.
-* ``part-{seq:08d}.arrow``: ``seq`` is the number of manifest lines before the
-  file's own line, so names are unique within a dataset and sort in write order.
+  only.  The manifest lists the committed files: :func:`manifest_files` and
+  :func:`open_dataset` read exactly those.  A glob ``**/*.arrow`` (DuckDB,
+  Polars) or ``pyarrow.dataset`` told to skip the manifest
+  (``ignore_prefixes=[".", "_", "MANIFEST.jsonl"]``) reads the same rows,
+  except during an interrupted compaction (below).
+* ``part-{N:08d}.arrow``: ``N`` is one more than the largest number the
+  manifest lists, so a name is never used twice within a dataset, even after
+  a compaction removed lines.  Names sort in the order the files were
+  created, which after a compaction is not manifest order (a merged file
+  takes its partition's first line).
 * ``MANIFEST.jsonl`` has one line per file, in write order, exactly::
 
       {"file":"date=2025-11-26/hour=00/part-00000000.arrow","rows":2,"sha256":"<hex>","prev":"<hex>"}
@@ -27,16 +32,27 @@ dataset of :data:`schemas.archive.DATASETS`::
   64 zeros on the first line).  The chain makes a changed, missing, extra or
   reordered file detectable: :func:`verify_dataset`, :func:`verify_archive`
   (``becomingone memory verify``).
+* ``.lock``: an :class:`ArchiveWriter` holds an exclusive ``flock`` on it for
+  its whole life, and :func:`compact_dataset` while it runs; a second one
+  gets :class:`ArchiveError`.  Readers do not lock.
 
 Crash safety: each file is written to a hidden temp file in its partition
 directory (``.part-00000003.arrow.tmp``; readers skip names starting with
 ``.``), flushed and fsynced; then its manifest line is appended and fsynced
 (this is the commit point: the rows are in the archive); then the temp file
 is renamed to its final name and the directory fsynced.  A writer opening the
-dataset finishes an interrupted rename (temp file whose SHA-256 matches the
-last manifest line), cuts a torn (newline-less) last manifest line and deletes
-every other ``.*.tmp`` file: rows without a complete manifest line were never
-committed.
+dataset (and a compaction starting) first finishes or undoes an interrupted
+compaction (journal ``.compaction.json``, see :func:`compact_dataset`), then
+cuts a torn (newline-less) last manifest line, finishes an interrupted rename
+(temp file whose SHA-256 matches its manifest line) and deletes every other
+``.*.tmp`` file: rows without a complete manifest line were never committed.
+
+Compaction (:func:`compact_dataset`, :func:`compact_archive`) merges each
+hour partition's files into one, keeping every row, the row order within a
+partition and a valid chain.  Its commit point is the atomic replacement of
+the manifest; between that and the deletion of the merged-away files, a
+reader that globs the ``.arrow`` files sees those partitions' rows twice,
+while :func:`open_dataset` does not.
 
 Idempotency: a restart that re-runs the same input must not duplicate rows.
 The writer keeps a high-water mark per row key, the largest ``t`` already
@@ -65,12 +81,15 @@ drops incoming rows with ``t <= high-water``.  Row keys (:data:`ROW_KEYS`):
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -83,14 +102,21 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from schemas.archive import DATASETS, PARTITION_SCHEMA, partition_dir
 
 __all__ = [
+    "COMPACTION_STEPS",
     "GENESIS",
+    "JOURNAL",
+    "LOCK",
     "MANIFEST",
     "READER_IGNORE_PREFIXES",
     "ROW_KEYS",
     "ArchiveError",
     "ArchiveSink",
     "ArchiveWriter",
+    "CompactionResult",
+    "compact_archive",
+    "compact_dataset",
     "last_witness_record",
+    "manifest_files",
     "open_dataset",
     "verify_archive",
     "verify_dataset",
@@ -101,6 +127,24 @@ MANIFEST = "MANIFEST.jsonl"
 #: ``prev`` of the first manifest line.
 GENESIS = "0" * 64
 _MANIFEST_KEYS = ("file", "rows", "sha256", "prev")
+#: Hidden file in every dataset directory that writers and compaction ``flock``.
+LOCK = ".lock"
+#: Hidden journal of a compaction in progress, in the dataset directory.
+JOURNAL = ".compaction.json"
+_JOURNAL_STAGING = ".compaction.json.tmp"
+_MANIFEST_STAGING = ".MANIFEST.jsonl.tmp"
+_JOURNAL_VERSION = 1
+#: The points of :func:`compact_dataset` at which its ``fault`` hook is called, in order.
+COMPACTION_STEPS = (
+    "merged-written",  # merged temp files written and fsynced; no journal yet
+    "journal-written",  # journal durable; the old manifest still stands
+    "manifest-staged",  # new manifest written to its hidden temp name
+    "manifest-replaced",  # commit point passed: the new manifest is in place
+    "renamed",  # merged temp files renamed to their final names
+    "retired-deleted",  # merged-away files deleted; the journal remains
+)
+_PART_NUMBER = re.compile(r"part-(\d+)")
+_MERGE_BATCH_ROWS = 1 << 16  # rows per record batch in a merged file
 
 #: Columns identifying a row's series for deduplication (empty: never deduplicated).
 ROW_KEYS: dict[str, tuple[str, ...]] = {
@@ -171,9 +215,8 @@ def _parse_line(text: str) -> dict[str, Any]:
         raise ValueError("not JSON") from None
     if not isinstance(entry, dict) or set(entry) != set(_MANIFEST_KEYS):
         raise ValueError(f"not an object with exactly the keys {', '.join(_MANIFEST_KEYS)}")
-    rel, rows = entry["file"], entry["rows"]
-    if not isinstance(rel, str) or not rel or rel.startswith("/") or ".." in rel.split("/"):
-        raise ValueError(f"bad file {rel!r} (must be a path inside the dataset directory)")
+    rows = entry["rows"]
+    _check_rel(entry["file"])
     if not isinstance(rows, int) or isinstance(rows, bool) or rows < 0:
         raise ValueError(f"bad rows {rows!r}")
     for key in ("sha256", "prev"):
@@ -206,6 +249,223 @@ def _t_micros(table: pa.Table) -> np.ndarray:
     return pc.cast(table.column("t"), pa.int64()).to_numpy()
 
 
+def _damaged(dataset_dir: Path, what: str) -> ArchiveError:
+    return ArchiveError(f"archive dataset {dataset_dir} is damaged: {what}; run `becomingone memory verify`")
+
+
+def _check_rel(rel: object) -> str:
+    """``rel`` if it is a relative path inside a dataset directory, else ValueError."""
+    if not isinstance(rel, str) or not rel or rel.startswith("/") or ".." in rel.split("/"):
+        raise ValueError(f"bad file {rel!r} (must be a path inside the dataset directory)")
+    return rel
+
+
+def _manifest_line(file: str, rows: int, sha256: str, prev: str) -> str:
+    return json.dumps({"file": file, "rows": rows, "sha256": sha256, "prev": prev}, separators=(",", ":"))
+
+
+def _next_part_number(entries: Iterable[dict[str, Any]]) -> int:
+    """One more than the largest ``part-N`` number the manifest lists (0 if none).
+
+    Compaction removes lines, so the line count could name an existing file;
+    the largest number never shrinks (a merged file takes a larger one), so
+    no number is used twice.
+    """
+    numbers = [int(m.group(1)) for e in entries if (m := _PART_NUMBER.match(e["file"].rsplit("/", 1)[-1]))]
+    return max(numbers) + 1 if numbers else 0
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+class _DatasetLock:
+    """An exclusive, non-blocking ``flock`` on ``<dataset>/.lock`` until :meth:`release`.
+
+    The kernel drops the lock when its process dies, so a crash never leaves
+    a dataset locked; a lock object dropped without release lets go when
+    collected.
+    """
+
+    def __init__(self, dataset_dir: Path) -> None:
+        self._fd: int | None = None
+        self._fd = os.open(dataset_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.release()
+            raise ArchiveError(
+                f"archive dataset {dataset_dir} is in use: another writer or a compaction has the "
+                "dataset open (only one may at a time)"
+            ) from None
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        """Let go of the lock; calling it again does nothing."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)  # closing the only descriptor releases the flock
+
+    def __del__(self) -> None:
+        self.release()
+
+
+# -- compaction journal and recovery -----------------------------------------
+
+
+def _read_journal(dataset_dir: Path) -> dict[str, Any] | None:
+    """The journal of an interrupted compaction, or None; ArchiveError if unreadable."""
+    path = dataset_dir / JOURNAL
+    try:
+        text = path.read_text("utf-8")
+    except FileNotFoundError:
+        return None
+    try:
+        journal = json.loads(text)
+        if not isinstance(journal, dict) or journal.get("version") != _JOURNAL_VERSION:
+            raise ValueError(f"not a version {_JOURNAL_VERSION} journal")
+        for key in ("old_manifest_sha256", "manifest_sha256"):
+            if not isinstance(journal.get(key), str):
+                raise ValueError(f"no {key}")
+        if not isinstance(journal.get("manifest"), str):
+            raise ValueError("no manifest text")
+        merged, retired = journal.get("merged"), journal.get("retired")
+        if not isinstance(merged, list) or not isinstance(retired, list):
+            raise ValueError("no merged or retired list")
+        for item in merged:
+            # Recovery renames and deletes what the journal names: only paths inside the dataset.
+            if not isinstance(item, dict) or not isinstance(item.get("sha256"), str):
+                raise ValueError(f"bad merged item {item!r}")
+            _check_rel(item.get("temp"))
+            _check_rel(item.get("file"))
+        for rel in retired:
+            _check_rel(rel)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise _damaged(dataset_dir, f"{JOURNAL} is unreadable ({exc})") from None
+    return journal
+
+
+def _finish_compaction(
+    dataset_dir: Path, journal: dict[str, Any], fault: Callable[[str], None]
+) -> None:
+    """Steps after the commit point, each idempotent: rename the merged temp files,
+    delete the retired files, delete the journal."""
+    touched: set[Path] = set()
+    for item in journal["merged"]:
+        temp, final = dataset_dir / item["temp"], dataset_dir / item["file"]
+        if temp.is_file():
+            os.replace(temp, final)
+            touched.add(final.parent)
+        elif not final.is_file():
+            raise _damaged(dataset_dir, f"{item['file']} (merged by a compaction) is missing")
+    for directory in sorted(touched):
+        _fsync_dir(directory)
+    fault("renamed")
+    touched.clear()
+    for rel in journal["retired"]:
+        retired = dataset_dir / rel
+        retired.unlink(missing_ok=True)
+        touched.add(retired.parent)
+    for directory in sorted(touched):
+        _fsync_dir(directory)
+    fault("retired-deleted")
+    (dataset_dir / JOURNAL).unlink(missing_ok=True)
+    _fsync_dir(dataset_dir)
+
+
+def _no_fault(step: str) -> None:
+    pass
+
+
+def _recover_compaction(dataset_dir: Path) -> str | None:
+    """Finish or undo an interrupted compaction.
+
+    Returns:
+        ``"rolled forward"`` (the new manifest was in place: its files are
+        completed), ``"rolled back"`` (the old manifest stood: the merged temp
+        files are deleted) or None (no journal).
+
+    Raises:
+        ArchiveError: the journal is unreadable, or the manifest is neither the
+            one before nor the one after the compaction (changed by something
+            that ignored the lock); nothing is touched then.
+    """
+    journal = _read_journal(dataset_dir)
+    if journal is None:
+        return None
+    manifest = dataset_dir / MANIFEST
+    current = _sha256_file(manifest) if manifest.exists() else None
+    if current == journal["manifest_sha256"]:
+        _finish_compaction(dataset_dir, journal, _no_fault)
+        return "rolled forward"
+    if current != journal["old_manifest_sha256"]:
+        raise _damaged(
+            dataset_dir,
+            f"{MANIFEST} is neither the manifest before nor the one after the compaction in {JOURNAL}",
+        )
+    for item in journal["merged"]:
+        (dataset_dir / item["temp"]).unlink(missing_ok=True)
+    (dataset_dir / _MANIFEST_STAGING).unlink(missing_ok=True)
+    # The journal goes last: until then a crash repeats this roll-back.
+    (dataset_dir / JOURNAL).unlink()
+    _fsync_dir(dataset_dir)
+    return "rolled back"
+
+
+def _recover_dataset(dataset_dir: Path) -> tuple[list[str], list[dict[str, Any]], int, str | None]:
+    """Bring a locked dataset directory to a committed state (module docstring).
+
+    Order matters: an interrupted compaction first (its pending temp files
+    must not be taken for strays), then a torn manifest line, interrupted
+    renames and stray ``.*.tmp`` files.
+
+    Returns:
+        (manifest lines, their parsed entries, manifest size in bytes,
+        what :func:`_recover_compaction` did).
+
+    Raises:
+        ArchiveError: an unreadable manifest line or journal, or a listed
+            file missing with no complete temp file.
+    """
+    recovered = _recover_compaction(dataset_dir)
+    manifest = dataset_dir / MANIFEST
+    lines: list[str] = []
+    entries: list[dict[str, Any]] = []
+    size = 0
+    if manifest.exists():
+        lines, size, torn = _read_manifest(manifest)
+        if torn:
+            # The append was cut short, so that file was never committed:
+            # drop the fragment; its temp file goes with the strays below.
+            with open(manifest, "r+b") as f:
+                f.truncate(size)
+                f.flush()
+                os.fsync(f.fileno())
+        for i, text in enumerate(lines, 1):
+            try:
+                entries.append(_parse_line(text))
+            except ValueError as exc:
+                raise _damaged(dataset_dir, f"{MANIFEST} line {i}: {exc}") from None
+        for entry in entries:
+            final = dataset_dir / entry["file"]
+            found = _committed_file(dataset_dir, entry)
+            if found is None:
+                raise _damaged(dataset_dir, f"{entry['file']} is listed in {MANIFEST} but missing")
+            if found != final:
+                # Crash between the manifest append and the rename: finish it.
+                os.replace(found, final)
+                _fsync_dir(final.parent)
+    for stray in dataset_dir.rglob(".*.tmp"):
+        if stray.is_file():
+            stray.unlink()
+    return lines, entries, size, recovered
+
+
 # -- writer ----------------------------------------------------------------
 
 
@@ -221,22 +481,28 @@ class ArchiveWriter:
             only: nothing runs in the background.
         clock: seconds, monotonic; injectable for tests.
 
-    Opening the writer recovers the directory (module docstring: finish an
-    interrupted rename, cut a torn manifest line, delete stray ``.*.tmp``
+    Opening the writer takes the dataset lock (an exclusive ``flock`` on
+    ``<dataset>/.lock``, held until :meth:`close`), recovers the directory
+    (module docstring: finish or undo an interrupted compaction, cut a torn
+    manifest line, finish an interrupted rename, delete stray ``.*.tmp``
     files) and reads the high-water mark of every row key from the listed
     files.  :meth:`write` buffers rows, dropping those at or below their key's
     high-water; :meth:`flush` writes one file per hive partition, each
     committed by its manifest line (write temp + fsync, append line + fsync,
-    rename + fsync the directory).
+    rename + fsync the directory).  A new file is numbered one above the
+    largest ``part-N`` the manifest lists.
 
     Exactly one writer per dataset directory may be open at a time (the
-    :class:`ArchiveSink` arranges that across a Bytewax cluster); a manifest
-    that grows under an open writer raises :class:`ArchiveError`.
+    :class:`ArchiveSink` arranges that across a Bytewax cluster); the lock
+    refuses a second one, and a manifest that grows under an open writer
+    (a writer that bypassed the lock) raises :class:`ArchiveError`.
 
     Raises:
         ValueError: unknown dataset or bad flush limits.
-        ArchiveError: a manifest line is unreadable, or a listed file is
-            missing with no complete temp file (run ``becomingone memory verify``).
+        ArchiveError: the dataset is locked by another writer or a compaction;
+            a manifest line or the compaction journal is unreadable; or a
+            listed file is missing with no complete temp file (run
+            ``becomingone memory verify``).
     """
 
     def __init__(
@@ -270,15 +536,22 @@ class ArchiveWriter:
         self._files_written = 0
         self._closed = False
 
-        self._seq = 0
+        self._next_part = 0  # number of the next file's name, part-NNNNNNNN
         self._prev = GENESIS
         self._manifest_size = 0
         self._high_water: dict[tuple[str, ...], int] = {}
 
         self.path.mkdir(parents=True, exist_ok=True)
-        entries = self._recover()
-        if self._keys:
-            self._read_high_water(entries)
+        self._lock = _DatasetLock(self.path)
+        try:
+            lines, entries, self._manifest_size, _ = _recover_dataset(self.path)
+            self._next_part = _next_part_number(entries)
+            self._prev = _line_hash(lines[-1]) if lines else GENESIS
+            if self._keys:
+                self._read_high_water(entries)
+        except BaseException:
+            self._lock.release()
+            raise
 
     # -- public --------------------------------------------------------
 
@@ -362,23 +635,28 @@ class ArchiveWriter:
         self._buffer, self._buffered, self._since = [], 0, None
         written: list[str] = []
         for start, end in zip(bounds[:-1], bounds[1:]):
-            seq_before = self._seq
+            committed_before = self._files_written
             try:
                 part = partition_dir(int(hours[start]) * _HOUR_US)
                 written.append(self._write_file(part, table.slice(start, end - start)))
             except BaseException:
                 # Rows whose manifest line was appended are committed; keep the rest.
-                rest = table.slice(end if self._seq > seq_before else start)
+                rest = table.slice(end if self._files_written > committed_before else start)
                 if rest.num_rows:
                     self._buffer, self._buffered, self._since = [rest], rest.num_rows, since
                 raise
         return written
 
     def close(self) -> None:
-        """Flush and refuse further writes; calling it again does nothing."""
+        """Flush, refuse further writes and release the dataset lock; calling it again does nothing.
+
+        If the flush fails the writer stays open (and locked) with the
+        uncommitted rows buffered, so that ``close`` can be tried again.
+        """
         if not self._closed:
             self.flush()
             self._closed = True
+            self._lock.release()
 
     def __enter__(self) -> "ArchiveWriter":
         return self
@@ -387,45 +665,6 @@ class ArchiveWriter:
         self.close()
 
     # -- internals -----------------------------------------------------
-
-    def _damaged(self, what: str) -> ArchiveError:
-        return ArchiveError(
-            f"archive dataset {self.path} is damaged: {what}; run `becomingone memory verify`"
-        )
-
-    def _recover(self) -> list[dict[str, Any]]:
-        """Bring the directory to a committed state; return the manifest entries."""
-        entries: list[dict[str, Any]] = []
-        if self._manifest.exists():
-            lines, size, torn = _read_manifest(self._manifest)
-            if torn:
-                # The append was cut short, so that file was never committed:
-                # drop the fragment; its temp file goes with the strays below.
-                with open(self._manifest, "r+b") as f:
-                    f.truncate(size)
-                    f.flush()
-                    os.fsync(f.fileno())
-            for i, text in enumerate(lines, 1):
-                try:
-                    entries.append(_parse_line(text))
-                except ValueError as exc:
-                    raise self._damaged(f"{MANIFEST} line {i}: {exc}") from None
-            for entry in entries:
-                final = self.path / entry["file"]
-                found = _committed_file(self.path, entry)
-                if found is None:
-                    raise self._damaged(f"{entry['file']} is listed in {MANIFEST} but missing")
-                if found != final:
-                    # Crash between the manifest append and the rename: finish it.
-                    os.replace(found, final)
-                    _fsync_dir(final.parent)
-            self._seq = len(lines)
-            self._prev = _line_hash(lines[-1]) if lines else GENESIS
-            self._manifest_size = size
-        for stray in self.path.rglob(".*.tmp"):
-            if stray.is_file():
-                stray.unlink()
-        return entries
 
     def _read_high_water(self, entries: list[dict[str, Any]]) -> None:
         keys = list(self._keys)
@@ -521,8 +760,7 @@ class ArchiveWriter:
 
     def _write_file(self, part_dir: str, rows: pa.Table) -> str:
         """Commit one file: temp + fsync, manifest line + fsync, rename + fsync dir."""
-        seq = self._seq
-        rel = f"{part_dir}/part-{seq:08d}.arrow"
+        rel = f"{part_dir}/part-{self._next_part:08d}.arrow"
         final = self.path / rel
         temp = _temp_path(final)
         self._makedirs(final.parent)
@@ -541,10 +779,7 @@ class ArchiveWriter:
                 f"{self._manifest} changed under this writer ({size} bytes, expected "
                 f"{self._manifest_size}): only one writer per dataset may be open"
             )
-        line = json.dumps(
-            {"file": rel, "rows": rows.num_rows, "sha256": digest, "prev": self._prev},
-            separators=(",", ":"),
-        )
+        line = _manifest_line(rel, rows.num_rows, digest, self._prev)
         encoded = (line + "\n").encode("utf-8")
         with open(self._manifest, "ab") as f:
             f.write(encoded)
@@ -553,7 +788,7 @@ class ArchiveWriter:
         if size == 0:
             _fsync_dir(self.path)  # the manifest itself may be new
         # Committed: from here on a crash is finished by the next writer's recovery.
-        self._seq += 1
+        self._next_part += 1
         self._prev = _line_hash(line)
         self._manifest_size = size + len(encoded)
         self._rows_written += rows.num_rows
@@ -571,18 +806,73 @@ class ArchiveWriter:
 READER_IGNORE_PREFIXES = (".", "_", MANIFEST)
 
 
-def open_dataset(path: str | os.PathLike[str]) -> ds.Dataset:
-    """``pyarrow.dataset`` over one dataset directory, ``date``/``hour`` as strings.
+def manifest_files(dataset_dir: str | os.PathLike[str]) -> list[Path]:
+    """The files holding a dataset's committed rows, in manifest order.
 
-    The manifest is not an Arrow file, and pyarrow skips only names starting
-    with ``.`` or ``_`` by default, so it is excluded here by name
-    (:data:`READER_IGNORE_PREFIXES`).
+    Each is ``Path(dataset_dir) / <file of its manifest line>``, or that
+    file's hidden temp name (``.part-N.arrow.tmp``) when the rows are
+    committed but not yet renamed (a crash, or a writer or compaction in
+    between): the temp file stands in if its SHA-256 matches the line.  Files
+    on disk that the manifest does not list (a compaction's retired files,
+    uncommitted temp files) are never returned.  A torn last line was never
+    committed and is ignored.  Final files are not hashed: use
+    :func:`verify_dataset` for that.
+
+    Returns:
+        The files, or ``[]`` when the directory has no manifest.
+
+    Raises:
+        ArchiveError: a manifest line is unreadable, or a listed file is
+            missing with no complete temp file.
     """
+    directory = Path(dataset_dir)
+    manifest = directory / MANIFEST
+    if not manifest.exists():
+        return []
+    lines, _, _ = _read_manifest(manifest)
+    files = []
+    for i, text in enumerate(lines, 1):
+        try:
+            entry = _parse_line(text)
+        except ValueError as exc:
+            raise _damaged(directory, f"{MANIFEST} line {i}: {exc}") from None
+        found = _committed_file(directory, entry)
+        if found is None and (directory / entry["file"]).is_file():
+            found = directory / entry["file"]  # renamed between the two looks
+        if found is None:
+            raise _damaged(directory, f"{entry['file']} is listed in {MANIFEST} but missing")
+        files.append(found)
+    return files
+
+
+def open_dataset(path: str | os.PathLike[str]) -> ds.Dataset:
+    """``pyarrow.dataset`` over the committed files of one dataset directory.
+
+    Reads exactly the files of :func:`manifest_files`, in manifest order, so
+    the rows are the manifest's, each once, even while an interrupted
+    compaction leaves merged-away files on disk.  ``date`` and ``hour`` are
+    string columns taken from the hive directory names.  With no file listed,
+    a directory named as a dataset of :data:`schemas.archive.DATASETS` gets
+    that dataset's schema (plus ``date``/``hour``); otherwise the schema is
+    read from the first file.
+
+    Raises:
+        FileNotFoundError: ``path`` is not a directory.
+        ArchiveError: as :func:`manifest_files`.
+    """
+    directory = Path(path)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"no archive dataset directory at {directory}")
+    files = manifest_files(directory)
+    schema = None
+    if not files and directory.name in DATASETS:
+        schema = pa.unify_schemas([DATASETS[directory.name], PARTITION_SCHEMA])
     return ds.dataset(
-        os.fspath(path),
+        [os.fspath(f) for f in files],
+        schema=schema,
         format="ipc",
         partitioning=ds.partitioning(PARTITION_SCHEMA, flavor="hive"),
-        ignore_prefixes=list(READER_IGNORE_PREFIXES),
+        partition_base_dir=os.fspath(directory),
     )
 
 
@@ -597,22 +887,8 @@ def last_witness_record(root: str | os.PathLike[str]) -> tuple[int, str] | None:
     Raises:
         ArchiveError: a listed file is missing or the manifest is unreadable.
     """
-    path = Path(root) / "witnessing_logs"
-    manifest = path / MANIFEST
-    if not manifest.exists():
-        return None
-    lines, _, _ = _read_manifest(manifest)  # a torn tail was never committed
     best: tuple[int, str] | None = None
-    for text in lines:
-        try:
-            entry = _parse_line(text)
-        except ValueError as exc:
-            raise ArchiveError(f"{manifest}: {exc}; run `becomingone memory verify`") from None
-        found = _committed_file(path, entry)
-        if found is None:
-            raise ArchiveError(
-                f"{path / entry['file']} is listed in {MANIFEST} but missing; run `becomingone memory verify`"
-            )
+    for found in manifest_files(Path(root) / "witnessing_logs"):
         with pa.memory_map(str(found)) as source:
             table = pa.ipc.open_file(source).read_all().select(["seq", "log_sha256"])
         if table.num_rows:
@@ -623,14 +899,18 @@ def last_witness_record(root: str | os.PathLike[str]) -> tuple[int, str] | None:
     return best
 
 
-def _check_file(dataset_dir: Path, entry: dict[str, Any]) -> list[str]:
+def _check_file(dataset_dir: Path, entry: dict[str, Any], pending: set[str]) -> list[str]:
+    """Problems of one listed file; a name in ``pending`` (a committed compaction's
+    merged file) may still be at its complete temp name."""
     rel = entry["file"]
     path = dataset_dir / rel
     if not path.is_file():
         found = _committed_file(dataset_dir, entry)
-        if found is not None:
+        if found is None:
+            return [f"{rel}: missing"]
+        if rel not in pending:
             return [f"{rel}: missing (its complete temp file exists; opening a writer on the dataset finishes it)"]
-        return [f"{rel}: missing"]
+        path = found
     reasons = []
     digest = _sha256_file(path)
     if digest != entry["sha256"]:
@@ -646,6 +926,32 @@ def _check_file(dataset_dir: Path, entry: dict[str, Any]) -> list[str]:
     return [f"{rel}: changed ({'; '.join(reasons)})"] if reasons else []
 
 
+def _committed_compaction(dataset_dir: Path) -> tuple[set[str], set[str], list[str]]:
+    """What an interrupted compaction past its commit point excuses in verification.
+
+    Returns:
+        (merged files that may still be at their temp names, retired files
+        that may still be on disk, problems with the journal itself).  Both
+        sets are empty without a journal or before the commit point (the old
+        manifest stands and the compaction's files are hidden temp files).
+    """
+    try:
+        journal = _read_journal(dataset_dir)
+    except ArchiveError:
+        return set(), set(), [f"{JOURNAL}: unreadable journal of an interrupted compaction"]
+    manifest = dataset_dir / MANIFEST
+    if journal is None or not manifest.exists():
+        return set(), set(), []
+    current = _sha256_file(manifest)
+    if current == journal["manifest_sha256"]:
+        return {item["file"] for item in journal["merged"]}, set(journal["retired"]), []
+    if current == journal["old_manifest_sha256"]:
+        return set(), set(), []
+    return set(), set(), [
+        f"{JOURNAL}: an interrupted compaction whose manifests (before and after) both differ from {MANIFEST}"
+    ]
+
+
 def verify_dataset(path: str | os.PathLike[str]) -> list[str]:
     """Check one dataset directory against its manifest; return the problems.
 
@@ -655,10 +961,17 @@ def verify_dataset(path: str | os.PathLike[str]) -> list[str]:
     a file listed twice, a missing file, a changed file (SHA-256 or row count
     differs, or unreadable) and an ``.arrow`` file not in the manifest (extra).
     Hidden names (``.``/``_``), which readers skip, are not checked.
+
+    An interrupted compaction (journal ``.compaction.json`` present) is not a
+    problem.  Before its commit point the old manifest stands and its files
+    are hidden.  After it, a merged file still at its temp name counts as
+    present when the temp file's SHA-256 matches, and the files it merged away
+    are not extra.  A journal that is unreadable, or that matches neither the
+    manifest before nor after its compaction, is a problem (``.compaction.json``).
     """
     path = Path(path)
     manifest = path / MANIFEST
-    problems: list[str] = []
+    pending, retired, problems = _committed_compaction(path)
     listed: set[str] = set()
     if manifest.exists():
         lines, _, torn = _read_manifest(manifest)
@@ -683,7 +996,7 @@ def verify_dataset(path: str | os.PathLike[str]) -> list[str]:
                 problems.append(f"{rel}: listed twice in {MANIFEST} (again on line {i})")
                 continue
             listed.add(rel)
-            problems.extend(_check_file(path, entry))
+            problems.extend(_check_file(path, entry, pending))
         if torn:
             problems.append(
                 f"{MANIFEST}: line {len(lines) + 1} is incomplete (an interrupted append; "
@@ -694,8 +1007,9 @@ def verify_dataset(path: str | os.PathLike[str]) -> list[str]:
         rel_path = file.relative_to(path)
         if any(part[:1] in (".", "_") for part in rel_path.parts) or not file.is_file():
             continue
-        if rel_path.as_posix() not in listed:
-            extras.append(f"{rel_path.as_posix()}: extra (not in {MANIFEST})")
+        rel = rel_path.as_posix()
+        if rel not in listed and rel not in retired:
+            extras.append(f"{rel}: extra (not in {MANIFEST})")
     if extras and not manifest.exists():
         problems.append(f"{MANIFEST}: missing")
     return problems + extras
@@ -710,14 +1024,263 @@ def verify_archive(root: str | os.PathLike[str]) -> dict[str, list[str]]:
     Raises:
         FileNotFoundError: ``root`` is not a directory.
     """
+    return {d.name: verify_dataset(d) for d in _dataset_dirs(root)}
+
+
+def _dataset_dirs(root: str | os.PathLike[str]) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"no archive directory at {root}")
-    return {
-        d.name: verify_dataset(d)
-        for d in sorted(root.iterdir())
-        if d.is_dir() and (d.name in DATASETS or (d / MANIFEST).exists())
+    return [
+        d for d in sorted(root.iterdir()) if d.is_dir() and (d.name in DATASETS or (d / MANIFEST).exists())
+    ]
+
+
+# -- compaction --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CompactionResult:
+    """What :func:`compact_dataset` did to one dataset directory.
+
+    Attributes:
+        path: the dataset directory.
+        files_before, files_after: manifest lines before and after.
+        rows_before, rows_after: rows the manifest lists before and after
+            (always equal: compaction keeps every row).
+        hours_merged: partitions whose files were merged into one.
+        recovered: what an earlier interrupted compaction found at the start
+            needed: ``"rolled forward"``, ``"rolled back"`` or None (nothing).
+    """
+
+    path: Path
+    files_before: int
+    files_after: int
+    rows_before: int
+    rows_after: int
+    hours_merged: int
+    recovered: str | None = None
+
+
+def _read_checked(dataset_dir: Path, entry: dict[str, Any]) -> tuple[pa.Schema, list[pa.RecordBatch]]:
+    """A listed file's schema and batches, after checking its SHA-256 and row count
+    against its manifest line (so compaction never launders a changed file into a
+    freshly hashed one); ArchiveError if they differ or it is unreadable."""
+    data = (dataset_dir / entry["file"]).read_bytes()
+    if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        raise _damaged(dataset_dir, f"{entry['file']} changed (its SHA-256 is not the manifest's)")
+    try:
+        # The batches keep ``data`` alive, so they may outlive this call.
+        reader = pa.ipc.open_file(pa.py_buffer(data))
+        batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
+    except pa.ArrowException as exc:
+        raise _damaged(dataset_dir, f"{entry['file']} is not a readable Arrow IPC file: {exc}") from None
+    rows = sum(batch.num_rows for batch in batches)
+    if rows != entry["rows"]:
+        raise _damaged(dataset_dir, f"{entry['file']} has {rows} rows, the manifest says {entry['rows']}")
+    return reader.schema, batches
+
+
+def _merge_into(dataset_dir: Path, group: list[dict[str, Any]], temp: Path) -> tuple[int, str]:
+    """Write the rows of the listed files ``group``, in order, into one Arrow IPC file
+    ``temp`` (the first file's schema), fsynced.
+
+    Returns:
+        (rows, hex SHA-256 of the written file).
+
+    Raises:
+        ArchiveError: a file is changed or unreadable (:func:`_read_checked`),
+            or its schema differs from the first file's.
+    """
+    schema, batches = _read_checked(dataset_dir, group[0])
+    pending: list[pa.RecordBatch] = []
+    pending_rows = 0
+    with open(temp, "wb") as raw:
+        writer = pa.ipc.new_file(raw, schema)
+        for index, entry in enumerate(group):
+            if index:
+                other, batches = _read_checked(dataset_dir, entry)
+                if not other.equals(schema, check_metadata=True):
+                    raise ArchiveError(
+                        f"cannot merge {entry['file']} in {dataset_dir}: its schema differs from "
+                        f"{group[0]['file']}'s"
+                    )
+            for batch in batches:
+                pending.append(batch)
+                pending_rows += batch.num_rows
+                # Small files' batches are joined: a few large batches read faster than many tiny ones.
+                if pending_rows >= _MERGE_BATCH_ROWS:
+                    writer.write_table(pa.Table.from_batches(pending, schema).combine_chunks())
+                    pending, pending_rows = [], 0
+        if pending:
+            writer.write_table(pa.Table.from_batches(pending, schema).combine_chunks())
+        writer.close()
+        raw.flush()
+        os.fsync(raw.fileno())
+    return sum(entry["rows"] for entry in group), _sha256_file(temp)
+
+
+def compact_dataset(
+    path: str | os.PathLike[str], *, fault: Callable[[str], None] | None = None
+) -> CompactionResult:
+    """Merge each hour partition's files into one file; keep every row, its order and the chain.
+
+    Under the dataset lock (:class:`ArchiveError` if a writer or another
+    compaction has the dataset open), after recovering the directory as a
+    writer does (which finishes or undoes an earlier interrupted compaction):
+
+    1. For each partition directory with more than one manifest line, its
+       files (checked against their lines) are written, in manifest order and
+       with their rows in order, into one hidden temp file
+       ``.part-N.arrow.tmp`` in that directory, fsynced.  ``N`` continues
+       above the largest number listed, so no name is used twice.
+    2. The journal ``.compaction.json`` (new manifest text and both manifests'
+       SHA-256, the merged files, the retired files) is written and fsynced.
+    3. The new manifest is written to ``.MANIFEST.jsonl.tmp``, fsynced and
+       renamed onto ``MANIFEST.jsonl`` (the commit point).  A merged file's
+       line takes the place of its partition's first line, the other lines
+       keep their order, and ``prev`` is recomputed from the first change on.
+    4. The temp files are renamed to their final names, the retired files
+       deleted, then the journal.
+
+    A crash anywhere loses nothing: before step 3 the old manifest stands and
+    recovery deletes the temp files; after it recovery completes step 4.  In
+    between, :func:`verify_dataset` passes and :func:`open_dataset` reads
+    every row once.  Readers that glob ``**/*.arrow`` instead of following
+    the manifest can see a partition's rows twice between the renames and
+    the deletions.
+
+    Args:
+        path: the dataset directory.
+        fault: called with each name of :data:`COMPACTION_STEPS` as that
+            step completes (tests raise there to simulate a crash).
+
+    Returns:
+        The counts; nothing is written when no partition has two files.
+
+    Raises:
+        FileNotFoundError: ``path`` is not a directory.
+        ArchiveError: the dataset is locked or damaged (an unreadable line or
+            journal, a broken chain, a listed file missing or changed).
+    """
+    dataset_dir = Path(path)
+    if not dataset_dir.is_dir():
+        raise FileNotFoundError(f"no archive dataset directory at {dataset_dir}")
+    step = fault or _no_fault
+    lock = _DatasetLock(dataset_dir)
+    try:
+        lines, entries, _, recovered = _recover_dataset(dataset_dir)
+        return _compact_locked(dataset_dir, lines, entries, recovered, step)
+    finally:
+        lock.release()
+
+
+def _compact_locked(
+    dataset_dir: Path,
+    lines: list[str],
+    entries: list[dict[str, Any]],
+    recovered: str | None,
+    fault: Callable[[str], None],
+) -> CompactionResult:
+    """:func:`compact_dataset` on a locked, recovered directory with these manifest lines."""
+    rows_before = sum(e["rows"] for e in entries)
+    # Recomputing prev would hide a tampered or reordered manifest: refuse instead.
+    prev = GENESIS
+    seen: set[str] = set()
+    for i, (text, entry) in enumerate(zip(lines, entries), 1):
+        if entry["prev"] != prev or entry["file"] in seen:
+            raise _damaged(dataset_dir, f"{MANIFEST} line {i} ({entry['file']}) breaks the chain or repeats a file")
+        prev = _line_hash(text)
+        seen.add(entry["file"])
+
+    groups: dict[str, list[int]] = {}
+    for i, entry in enumerate(entries):
+        groups.setdefault(entry["file"].rpartition("/")[0], []).append(i)
+    merging = [members for members in groups.values() if len(members) > 1]
+    if not merging:
+        return CompactionResult(dataset_dir, len(entries), len(entries), rows_before, rows_before, 0, recovered)
+
+    number = _next_part_number(entries)
+    replaced: dict[int, dict[str, Any]] = {}  # first line of a group -> the merged file's entry
+    merged: list[dict[str, Any]] = []
+    retired: list[str] = []
+    temps: list[Path] = []
+    try:
+        for members in merging:
+            part_dir = entries[members[0]]["file"].rpartition("/")[0]
+            rel = f"{part_dir}/part-{number:08d}.arrow" if part_dir else f"part-{number:08d}.arrow"
+            number += 1
+            temp = _temp_path(dataset_dir / rel)
+            temps.append(temp)
+            rows, digest = _merge_into(dataset_dir, [entries[i] for i in members], temp)
+            _fsync_dir(temp.parent)
+            replaced[members[0]] = {"file": rel, "rows": rows, "sha256": digest}
+            merged.append(
+                {"temp": temp.relative_to(dataset_dir).as_posix(), "file": rel, "sha256": digest, "rows": rows}
+            )
+            retired.extend(entries[i]["file"] for i in members)
+    except Exception:
+        # Nothing is committed yet: clean up now rather than at the next recovery.
+        for temp in temps:
+            temp.unlink(missing_ok=True)
+        raise
+    fault("merged-written")
+
+    dropped = {i for members in merging for i in members[1:]}
+    new_lines: list[str] = []
+    prev, changed = GENESIS, False
+    for i, (text, entry) in enumerate(zip(lines, entries)):
+        if i in dropped:
+            continue
+        if i in replaced:
+            entry, changed = replaced[i], True
+        if changed:
+            text = _manifest_line(entry["file"], entry["rows"], entry["sha256"], prev)
+        new_lines.append(text)
+        prev = _line_hash(text)
+    new_text = "".join(f"{line}\n" for line in new_lines)
+    rows_after = sum(json.loads(line)["rows"] for line in new_lines)
+
+    manifest = dataset_dir / MANIFEST
+    journal = {
+        "version": _JOURNAL_VERSION,
+        "old_manifest_sha256": _sha256_file(manifest),
+        "manifest_sha256": hashlib.sha256(new_text.encode("utf-8")).hexdigest(),
+        "merged": merged,
+        "retired": retired,
+        "manifest": new_text,
     }
+    # Staged and renamed, so a journal is either absent or complete.
+    _write_durably(dataset_dir / _JOURNAL_STAGING, json.dumps(journal, indent=1).encode("utf-8"))
+    os.replace(dataset_dir / _JOURNAL_STAGING, dataset_dir / JOURNAL)
+    _fsync_dir(dataset_dir)
+    fault("journal-written")
+
+    _write_durably(dataset_dir / _MANIFEST_STAGING, new_text.encode("utf-8"))
+    fault("manifest-staged")
+    os.replace(dataset_dir / _MANIFEST_STAGING, manifest)
+    _fsync_dir(dataset_dir)
+    fault("manifest-replaced")
+
+    _finish_compaction(dataset_dir, journal, fault)
+    return CompactionResult(
+        dataset_dir, len(entries), len(new_lines), rows_before, rows_after, len(merging), recovered
+    )
+
+
+def compact_archive(
+    root: str | os.PathLike[str], *, fault: Callable[[str], None] | None = None
+) -> dict[str, CompactionResult]:
+    """:func:`compact_dataset` over every dataset directory under ``root`` (as :func:`verify_archive`).
+
+    Datasets are compacted one after another, in name order; an error stops
+    at that dataset, leaving the ones before it compacted.
+
+    Raises:
+        FileNotFoundError: ``root`` is not a directory.
+        ArchiveError: as :func:`compact_dataset`.
+    """
+    return {d.name: compact_dataset(d, fault=fault) for d in _dataset_dirs(root)}
 
 
 # -- Bytewax sink ------------------------------------------------------------

@@ -495,6 +495,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long to wait for the cluster to answer at start (default 10)",
     )
     p.set_defaults(func=cmd_produce)
+
+    from flows.memory_commands import add_parsers
+
+    add_parsers(sub, config_help)
     return parser
 
 

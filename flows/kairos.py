@@ -550,12 +550,15 @@ def _is(kind: type) -> Any:
     return lambda item: isinstance(item, kind)
 
 
-def build_flow(config: Config, *, replay: bool = False, flow_id: str = "becomingone") -> Dataflow:
+def build_flow(config: Config, *, replay: bool = False, source: Any = None,
+               flow_id: str = "becomingone") -> Dataflow:
     """The dataflow of ``config``.
 
     Args:
         config: a validated config.
         replay: accept any event time (no ``future`` rejection), for replays.
+        source: a Bytewax source to read instead of ``config.source`` (for
+            example :class:`flows.sources.ArchiveInput`).
         flow_id: the Bytewax dataflow id (names recovery state).
 
     Nothing connects to Kafka or opens files until the flow runs.
@@ -567,8 +570,10 @@ def build_flow(config: Config, *, replay: bool = False, flow_id: str = "becoming
     """
     flow = Dataflow(flow_id)
     src = config.source
-    if isinstance(src, SyntheticSource):
-        source: Any = SyntheticSamples(src)
+    if source is not None:
+        pass
+    elif isinstance(src, SyntheticSource):
+        source = SyntheticSamples(src)
     elif isinstance(src, FileSource):
         source = PhaseFile(src)
     else:

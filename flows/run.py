@@ -15,7 +15,7 @@ import signal
 import sys
 import threading
 import time
-from typing import TextIO
+from typing import Any, TextIO
 
 from bytewax.run import cli_main
 
@@ -30,13 +30,14 @@ __all__ = ["run_flow"]
 class _Progress(threading.Thread):
     """One live line on a terminal; a line every ``period`` seconds otherwise."""
 
-    def __init__(self, stream: TextIO, book: RunLedger, config: Config) -> None:
+    def __init__(self, stream: TextIO, book: RunLedger, config: Config,
+                 span: tuple[int, int] | None = None) -> None:
         super().__init__(name="becomingone-progress", daemon=True)
         self.stream, self.book = stream, book
         self.tty = stream.isatty()
         self.period = 0.25 if self.tty else 5.0
         src = config.source
-        self.span = (src.start_us, src.duration_us) if isinstance(src, SyntheticSource) else None
+        self.span = span or ((src.start_us, src.duration_us) if isinstance(src, SyntheticSource) else None)
         self.started = time.monotonic()
         self.stop = threading.Event()
 
@@ -66,8 +67,10 @@ class _Progress(threading.Thread):
         self.stream.flush()
 
 
-def _summary(book: RunLedger, config: Config, out: TextIO, seconds: float) -> None:
+def _summary(book: RunLedger, config: Config, out: TextIO, seconds: float, replayed: bool = False) -> None:
     kinds = {s.name: s.kind for s in config.source.sensors} if isinstance(config.source, SyntheticSource) else {}
+    if replayed:
+        kinds = {}
     # 'rejected' per sensor counts the event-time step's dead letters (duplicate,
     # late, future, channels); the total line counts every dead letter.
     head = (f"{'sensor':<16} {'kind':<10} {'samples':>10} {'rejected':>9} {'collapses':>9} "
@@ -86,8 +89,11 @@ def _summary(book: RunLedger, config: Config, out: TextIO, seconds: float) -> No
 
 
 def run_flow(config: Config, *, workers: int = 1, out: TextIO = sys.stdout, progress: TextIO = sys.stderr,
-             replay: bool = False) -> RunLedger:
+             replay: bool = False, source: Any = None, span: tuple[int, int] | None = None) -> RunLedger:
     """Run the dataflow of ``config`` here until its input ends (or Ctrl-C); print the summary.
+
+    ``source`` replaces the config's source (see :func:`flows.kairos.build_flow`);
+    ``span`` = (first event time, duration) in us makes the progress line a share.
 
     Raises:
         OSError: the metrics port cannot be bound (the message names it).
@@ -96,8 +102,8 @@ def run_flow(config: Config, *, workers: int = 1, out: TextIO = sys.stdout, prog
         serve(config.metrics.bind, config.metrics.port)
     book = ledger()
     book.reset()
-    flow = build_flow(config, replay=replay)
-    bar = _Progress(progress, book, config)
+    flow = build_flow(config, replay=replay, source=source)
+    bar = _Progress(progress, book, config, span)
     started = time.monotonic()
     bar.start()
     interrupted = threading.Event()
@@ -120,7 +126,7 @@ def run_flow(config: Config, *, workers: int = 1, out: TextIO = sys.stdout, prog
         bar.stop.set()
         bar.join()
         bar.write(final=True)
-    _summary(book, config, out, time.monotonic() - started)
+    _summary(book, config, out, time.monotonic() - started, replayed=source is not None)
     if interrupted.is_set():
         raise KeyboardInterrupt
     return book

@@ -1,4 +1,5 @@
-"""The Arrow archive (SPEC section 5): layout, manifest chain, crash safety, idempotency, verify, sink."""
+"""The Arrow archive (SPEC section 5): layout, manifest chain, crash safety, idempotency, verify,
+lock, compaction, sink."""
 
 from __future__ import annotations
 
@@ -15,12 +16,18 @@ from bytewax.testing import TestingSource, cluster_main, run_main
 
 from connectors import archive
 from connectors.archive import (
+    COMPACTION_STEPS,
     GENESIS,
+    JOURNAL,
     MANIFEST,
     ArchiveError,
     ArchiveSink,
     ArchiveWriter,
+    CompactionResult,
+    compact_archive,
+    compact_dataset,
     last_witness_record,
+    manifest_files,
     open_dataset,
     verify_archive,
     verify_dataset,
@@ -256,6 +263,9 @@ def test_crash_between_manifest_and_rename_is_finished(tmp_path, monkeypatch):
         crashed.flush()
     monkeypatch.undo()
     assert crashed.buffered_rows == 0  # the manifest line committed those rows
+    # The crashed process would exit here, dropping its lock; nothing is
+    # buffered, so closing only releases the lock.
+    crashed.close()
 
     final = directory / "date=2025-11-26/hour=01/part-00000001.arrow"
     temp = directory / "date=2025-11-26/hour=01/.part-00000001.arrow.tmp"
@@ -371,6 +381,274 @@ def test_verify_detects_an_edited_line(archived):
     problems = verify_dataset(archived / "input")
     assert f"{FILES[0]}: changed (1 rows, manifest says 2)" in problems
     assert any(p.startswith(FILES[1]) and "breaks the chain" in p for p in problems)
+
+
+# -- lock, numbering and compaction -----------------------------------------
+
+#: Partition offsets of the small-file dataset: two hours of one date, one of the next.
+OFFSETS = [0, HOUR, DAY]
+FLUSHES = 4
+PARTS = [
+    ("2025-11-26", "00", "date=2025-11-26/hour=00"),
+    ("2025-11-26", "01", "date=2025-11-26/hour=01"),
+    ("2025-11-27", "00", "date=2025-11-27/hour=00"),
+]
+
+
+def flush_rows(k: int) -> pa.Table:
+    """Flush ``k``'s rows: sensor ``s{k}``, two rows in every partition, the later ``t``
+    first, so a result sorted by ``t`` would differ from the written order."""
+    ts = [T0 + offset + k * SECOND + j for offset in OFFSETS for j in (1, 0)]
+    return rows("input", [f"s{k}"] * len(ts), ts)
+
+
+def small_files(root: Path) -> Path:
+    """An ``input`` dataset of FLUSHES x 3 files: each flush writes one file per
+    partition, so a partition's files are interleaved with the others' in the manifest."""
+    with ArchiveWriter(root, "input") as writer:
+        for k in range(FLUSHES):
+            writer.write(flush_rows(k))
+            writer.flush()
+    return root / "input"
+
+
+def by_partition(dataset_dir: Path) -> dict[tuple[str, str], list[dict]]:
+    """The rows :func:`open_dataset` reads, per (date, hour), in read order."""
+    grouped: dict[tuple[str, str], list[dict]] = {}
+    for row in open_dataset(dataset_dir).to_table().to_pylist():
+        grouped.setdefault((row["date"], row["hour"]), []).append(row)
+    return grouped
+
+
+def arrow_files(dataset_dir: Path) -> list[str]:
+    """The visible ``.arrow`` files on disk (what a glob reader sees), relative, sorted."""
+    return sorted(
+        p.relative_to(dataset_dir).as_posix()
+        for p in dataset_dir.rglob("*.arrow")
+        if not any(part.startswith(".") for part in p.relative_to(dataset_dir).parts)
+    )
+
+
+def leftovers(dataset_dir: Path) -> list[str]:
+    """Temp files and a journal: what a finished compaction must not leave behind."""
+    found = [p.name for p in dataset_dir.rglob(".*.tmp")]
+    return found + ([JOURNAL] if (dataset_dir / JOURNAL).exists() else [])
+
+
+class Crash(Exception):
+    """Stands for the process dying at a compaction step."""
+
+
+def crash_at(step: str):
+    def fault(name: str) -> None:
+        if name == step:
+            raise Crash(name)
+
+    return fault
+
+
+def test_two_writers_on_one_dataset_are_refused(tmp_path):
+    with ArchiveWriter(tmp_path, "events"):
+        with pytest.raises(ArchiveError, match="another writer or a compaction has the dataset open"):
+            ArchiveWriter(tmp_path, "events")
+        ArchiveWriter(tmp_path, "input").close()  # each dataset has its own lock
+    ArchiveWriter(tmp_path, "events").close()  # close released it
+    assert (tmp_path / "events" / ".lock").exists()  # hidden: readers and verify skip it
+    assert verify_dataset(tmp_path / "events") == []
+
+
+def test_compaction_merges_each_hour_into_one_file(tmp_path):
+    directory = small_files(tmp_path)
+    before = by_partition(directory)
+    assert [len(before[d, h]) for d, h, _ in PARTS] == [2 * FLUSHES] * 3
+    assert len(manifest_lines(directory)) == 3 * FLUSHES
+
+    result = compact_dataset(directory)
+    assert result == CompactionResult(directory, 12, 3, 24, 24, 3, None)
+    # The largest listed number was 11: the merged files take 12, 13, 14, at
+    # the place of each partition's first line.
+    files = [json.loads(line)["file"] for line in manifest_lines(directory)]
+    assert files == [f"{part}/part-{12 + i:08d}.arrow" for i, (_, _, part) in enumerate(PARTS)]
+    assert arrow_files(directory) == sorted(files)
+    assert leftovers(directory) == []
+    assert verify_dataset(directory) == []
+    assert by_partition(directory) == before  # every row, in its order
+    assert read_dataset(directory).num_rows == 24  # a glob reader sees the same rows
+
+    # Nothing left to merge: the manifest is not touched.
+    manifest_before = (directory / MANIFEST).read_bytes()
+    assert compact_dataset(directory) == CompactionResult(directory, 3, 3, 24, 24, 0, None)
+    assert (directory / MANIFEST).read_bytes() == manifest_before
+
+    with ArchiveWriter(tmp_path, "input") as writer:
+        assert writer.high_water("s3") == T0 + DAY + 3 * SECOND + 1  # read from the merged files
+        assert writer.write(flush_rows(0)) == 0  # already archived, compacted or not
+        writer.write(rows("input", ["late"], [T0 + 5]))
+        assert writer.flush() == ["date=2025-11-26/hour=00/part-00000015.arrow"]  # above 14, not line count 3
+    assert verify_dataset(directory) == []
+
+    # The new file merges too: the first line changes, every later prev is recomputed.
+    result = compact_dataset(directory)
+    assert (result.files_before, result.files_after, result.hours_merged) == (4, 3, 1)
+    assert json.loads(manifest_lines(directory)[0])["file"] == "date=2025-11-26/hour=00/part-00000016.arrow"
+    assert verify_dataset(directory) == []
+    after = by_partition(directory)
+    assert after["2025-11-26", "00"][:-1] == before["2025-11-26", "00"]
+    assert after["2025-11-26", "00"][-1]["sensor"] == "late"
+
+
+def test_merged_small_batches_are_joined_up_to_a_limit(tmp_path, monkeypatch):
+    directory = small_files(tmp_path)
+    before = by_partition(directory)
+    monkeypatch.setattr(archive, "_MERGE_BATCH_ROWS", 3)
+    compact_dataset(directory)
+    # 8 rows per partition from four 2-row files: batches of 4, 4 (joined once 3 is reached).
+    for name in arrow_files(directory):
+        reader = pa.ipc.open_file(directory / name)
+        assert [reader.get_batch(i).num_rows for i in range(reader.num_record_batches)] == [4, 4]
+        assert reader.schema.equals(DATASETS["input"], check_metadata=True)
+    assert by_partition(directory) == before
+
+
+def test_compaction_while_a_writer_is_open_is_refused(tmp_path):
+    directory = small_files(tmp_path)
+    manifest_before = (directory / MANIFEST).read_bytes()
+    with ArchiveWriter(tmp_path, "input"):
+        with pytest.raises(ArchiveError, match="another writer or a compaction has the dataset open"):
+            compact_dataset(directory)
+    assert (directory / MANIFEST).read_bytes() == manifest_before
+    assert leftovers(directory) == []
+
+
+def test_a_writer_cannot_open_while_a_compaction_runs(tmp_path):
+    directory = small_files(tmp_path)
+    refused = []
+
+    def fault(step: str) -> None:
+        if step == "journal-written":
+            with pytest.raises(ArchiveError, match="another writer or a compaction") as info:
+                ArchiveWriter(tmp_path, "input")
+            refused.append(info.value)
+
+    assert compact_dataset(directory, fault=fault).hours_merged == 3
+    assert len(refused) == 1
+    assert verify_dataset(directory) == []
+
+
+@pytest.mark.parametrize("step", COMPACTION_STEPS)
+def test_compaction_interrupted_at_any_step_loses_nothing(tmp_path, step):
+    directory = small_files(tmp_path)
+    before = by_partition(directory)
+    with pytest.raises(Crash):
+        compact_dataset(directory, fault=crash_at(step))
+
+    # The crashed state: intact, and the manifest's readers see every row once.
+    assert verify_dataset(directory) == []
+    assert by_partition(directory) == before
+    committed = COMPACTION_STEPS.index(step) >= COMPACTION_STEPS.index("manifest-replaced")
+    assert len(manifest_lines(directory)) == (3 if committed else 12)
+    assert all(path.is_file() for path in manifest_files(directory))
+
+    # The next compaction recovers first, then finishes the job.
+    result = compact_dataset(directory)
+    journal_written = COMPACTION_STEPS.index(step) >= COMPACTION_STEPS.index("journal-written")
+    assert result.recovered == ("rolled forward" if committed else "rolled back" if journal_written else None)
+    assert result.hours_merged == (0 if committed else 3)
+    assert (result.files_after, result.rows_after) == (3, 24)
+    assert [f.rsplit("/", 1)[0] for f in arrow_files(directory)] == [part for _, _, part in PARTS]
+    assert leftovers(directory) == []
+    assert verify_dataset(directory) == []
+    assert by_partition(directory) == before
+
+
+@pytest.mark.parametrize("step", COMPACTION_STEPS)
+def test_a_writer_recovers_an_interrupted_compaction(tmp_path, step):
+    directory = small_files(tmp_path)
+    before = by_partition(directory)
+    with pytest.raises(Crash):
+        compact_dataset(directory, fault=crash_at(step))
+
+    committed = COMPACTION_STEPS.index(step) >= COMPACTION_STEPS.index("manifest-replaced")
+    with ArchiveWriter(tmp_path, "input") as writer:
+        assert leftovers(directory) == []
+        assert writer.write(flush_rows(FLUSHES - 1)) == 0  # high-water marks intact
+        writer.write(rows("input", ["late"], [T0 + 5]))
+    assert len(arrow_files(directory)) == (3 if committed else 12) + 1
+    assert verify_dataset(directory) == []
+    after = by_partition(directory)
+    after["2025-11-26", "00"] = [r for r in after["2025-11-26", "00"] if r["sensor"] != "late"]
+    assert after == before
+
+
+def test_manifest_files_resolve_a_pending_merged_file(tmp_path):
+    directory = small_files(tmp_path)
+    with pytest.raises(Crash):
+        compact_dataset(directory, fault=crash_at("manifest-replaced"))
+    # Committed but not renamed: the merged rows are in hidden temp files, and
+    # the merged-away files are still on disk next to them.
+    names = [path.relative_to(directory).as_posix() for path in manifest_files(directory)]
+    assert names == [f"{part}/.part-{12 + i:08d}.arrow.tmp" for i, (_, _, part) in enumerate(PARTS)]
+    assert len(arrow_files(directory)) == 12
+    assert open_dataset(directory).count_rows() == 24
+    assert verify_dataset(directory) == []
+
+    result = compact_dataset(directory, fault=crash_at("renamed"))  # recovery never calls fault
+    assert (result.recovered, result.hours_merged) == ("rolled forward", 0)
+    assert leftovers(directory) == []
+    assert len(arrow_files(directory)) == 3
+
+
+def test_compaction_refuses_a_changed_file_or_a_broken_chain(tmp_path):
+    directory = small_files(tmp_path)
+    manifest = directory / MANIFEST
+    first = directory / json.loads(manifest_lines(directory)[0])["file"]
+    original = first.read_bytes()
+    data = bytearray(original)
+    data[len(data) // 2] ^= 0x01
+    first.write_bytes(bytes(data))
+    with pytest.raises(ArchiveError, match="changed"):
+        compact_dataset(directory)
+    assert leftovers(directory) == [] and len(arrow_files(directory)) == 12
+    first.write_bytes(original)
+
+    lines = manifest_lines(directory)
+    lines[0], lines[1] = lines[1], lines[0]
+    manifest.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ArchiveError, match="breaks the chain"):
+        compact_dataset(directory)
+    assert manifest_lines(directory) == lines
+
+
+def test_an_unreadable_journal_stops_writers_and_is_reported(tmp_path):
+    directory = small_files(tmp_path)
+    (directory / JOURNAL).write_text("{not json")
+    with pytest.raises(ArchiveError, match="unreadable"):
+        ArchiveWriter(tmp_path, "input")
+    with pytest.raises(ArchiveError, match="unreadable"):
+        compact_dataset(directory)
+    assert verify_dataset(directory) == [f"{JOURNAL}: unreadable journal of an interrupted compaction"]
+
+
+def test_compact_archive_compacts_every_dataset(tmp_path):
+    small_files(tmp_path)
+    with ArchiveWriter(tmp_path, "events") as writer:
+        for k in range(3):
+            writer.write(rows("events", ["a"], [T0 + k]))
+            writer.flush()
+    results = compact_archive(tmp_path)
+    assert sorted(results) == ["events", "input"]
+    assert (results["events"].files_before, results["events"].files_after) == (3, 1)
+    assert (results["input"].files_before, results["input"].files_after) == (12, 3)
+    assert verify_archive(tmp_path) == {"events": [], "input": []}
+    with pytest.raises(FileNotFoundError):
+        compact_archive(tmp_path / "nowhere")
+
+
+def test_open_dataset_of_an_empty_dataset_has_its_columns(tmp_path):
+    ArchiveWriter(tmp_path, "events").close()
+    table = open_dataset(tmp_path / "events").to_table()
+    assert table.num_rows == 0
+    assert table.column_names == [*DATASETS["events"].names, "date", "hour"]
 
 
 # -- input checks -----------------------------------------------------------

@@ -1,0 +1,244 @@
+"""Temporal memory: ask the archive what a sensor's coherence was at any moment (SPEC section 5).
+
+:class:`TemporalMemory` reads an archive root written by the dataflow
+(``<root>/<dataset>/date=YYYY-MM-DD/hour=HH/part-NNNNNNNN.arrow``):
+
+* :meth:`TemporalMemory.retrieve` returns the rows of one dataset in a time
+  range, optionally for some sensors.  It opens only the files whose hour
+  partition overlaps the range (the partition is in the path, so nothing
+  else is read), and only files the dataset's ``MANIFEST.jsonl`` lists;
+* :meth:`TemporalMemory.reconstruct_coherence` returns the state in force at
+  a time t: the newest Master and Emissary signatures and coherence-history
+  row at or before t, and whether the sensor was collapsed (from the
+  newest collapse/dissipate event at or before t);
+* :meth:`TemporalMemory.verify` walks every manifest's hash chain.
+
+Times are epoch seconds (int or float), ISO-8601 text with a zone,
+``datetime`` objects or ``numpy.datetime64``; they become exact microseconds
+as everywhere in BecomingONE.  Ranges are inclusive at both ends.
+
+>>> memory = TemporalMemory("becomingone-data")                     # doctest: +SKIP
+>>> memory.retrieve("2025-01-01T00:00:10Z", "2025-01-01T00:01:10Z", sensors=["steady-1"])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from connectors.archive import manifest_files, verify_archive
+from schemas.archive import DATASETS
+from schemas.timebase import to_micros
+
+__all__ = ["Reconstruction", "SignatureState", "SyncSnapshot", "TemporalMemory", "as_micros"]
+
+_HOUR_US = 3_600_000_000
+_PARTITION = re.compile(r"date=(\d{4})-(\d{2})-(\d{2})/hour=(\d{2})/")
+_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
+
+
+def as_micros(t: Any) -> int:
+    """One time (epoch seconds, ISO-8601 with a zone, datetime, datetime64) in microseconds.
+
+    >>> as_micros("2025-01-01T00:00:01.5Z"), as_micros(1735689601.5)
+    (1735689601500000, 1735689601500000)
+    """
+    if isinstance(t, _dt.datetime):
+        if t.tzinfo is None:
+            raise ValueError(f"time {t.isoformat()} has no zone; give one (e.g. UTC)")
+        delta = t - _EPOCH
+        return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    if isinstance(t, str):
+        text = t.strip()
+        try:
+            t = float(text)  # epoch seconds given as text (command line)
+        except ValueError:
+            t = text
+    return int(np.asarray(to_micros(t)).reshape(-1)[0])
+
+
+def _hour_start(relative: str) -> int | None:
+    """Start (us) of the hour partition in a path ``date=.../hour=.../file``; None if not partitioned."""
+    m = _PARTITION.search(relative.replace(os.sep, "/"))
+    if m is None:
+        return None
+    y, mo, d, h = (int(x) for x in m.groups())
+    return as_micros(_dt.datetime(y, mo, d, h, tzinfo=_dt.timezone.utc))
+
+
+@dataclass(frozen=True)
+class SignatureState:
+    """A transducer's archived state: T over its window ending at ``t_us``."""
+
+    t_us: int
+    T: complex
+    coherence: float
+    n_products: int
+
+
+@dataclass(frozen=True)
+class SyncSnapshot:
+    """An archived coherence-history row: the sync at ``t_us``."""
+
+    t_us: int
+    coherence_master: float
+    coherence_emissary: float
+    coherence_sync: float
+    delta_phase: float
+    state: str
+
+
+@dataclass(frozen=True)
+class Reconstruction:
+    """What was in force for ``sensor`` at ``at_us``.
+
+    Attributes:
+        master, emissary: the newest signature at or before ``at_us`` (None: none archived).
+        sync: the newest coherence-history row at or before ``at_us``.
+        T_sync: (T_master + T_emissary) / 2 when both signatures are of the same grid time, else None.
+        collapsed: the sensor's state after its newest transition at or before ``at_us``
+            (False when it never collapsed).
+        last_event: that transition's ``events/`` row, or None.
+    """
+
+    sensor: str
+    at_us: int
+    master: SignatureState | None
+    emissary: SignatureState | None
+    sync: SyncSnapshot | None
+    T_sync: complex | None
+    collapsed: bool
+    last_event: dict[str, Any] | None
+
+
+class TemporalMemory:
+    """Read access to an archive root.
+
+    Args:
+        root: the archive root (``memory.storage.path``).
+
+    Attributes:
+        files_opened: files read so far (to show a query reads only what it needs).
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"no archive at {self.root}: not a directory")
+        self.files_opened = 0
+
+    def datasets(self) -> list[str]:
+        """The dataset directories present, in schema order."""
+        return [name for name in DATASETS if (self.root / name / "MANIFEST.jsonl").exists()]
+
+    def files(self, dataset: str, start_us: int | None = None, end_us: int | None = None) -> list[Path]:
+        """The dataset's committed files (manifest order) whose hour overlaps [start_us, end_us]."""
+        if dataset not in DATASETS:
+            raise ValueError(f"unknown dataset {dataset!r}; the archive has {', '.join(DATASETS)}")
+        directory = self.root / dataset
+        if not (directory / "MANIFEST.jsonl").exists():
+            return []
+        out = []
+        for path in manifest_files(directory):
+            hour = _hour_start(str(path.relative_to(directory)))
+            if hour is None:
+                out.append(path)
+            elif (end_us is None or hour <= end_us) and (start_us is None or hour + _HOUR_US > start_us):
+                out.append(path)
+        return out
+
+    def _read(self, path: Path) -> pa.Table:
+        self.files_opened += 1
+        with pa.memory_map(str(path)) as source:
+            return pa.ipc.open_file(source).read_all()
+
+    def retrieve(self, start: Any, end: Any, sensors: Iterable[str] | None = None,
+                 dataset: str = "coherence_history") -> pa.Table:
+        """Rows of ``dataset`` with start <= t <= end (and ``sensor`` in ``sensors``).
+
+        Rows come in archive order (manifest order, then row order);
+        ``witnessing_logs`` rows are sorted by ``seq``, the log's order.
+
+        Raises:
+            ValueError: unknown dataset, unreadable time, or start after end.
+        """
+        start_us, end_us = as_micros(start), as_micros(end)
+        if start_us > end_us:
+            raise ValueError(f"start ({start}) is after end ({end})")
+        wanted = None if sensors is None else pa.array(sorted(set(sensors)), pa.string())
+        parts = []
+        for path in self.files(dataset, start_us, end_us):
+            table = self._read(path)
+            t = table["t"].cast(pa.int64())
+            mask = pc.and_(pc.greater_equal(t, start_us), pc.less_equal(t, end_us))
+            if wanted is not None and "sensor" in table.column_names:
+                mask = pc.and_(mask, pc.is_in(table["sensor"], value_set=wanted))
+            parts.append(table.filter(mask))
+        schema = DATASETS[dataset]
+        table = pa.concat_tables(parts) if parts else schema.empty_table()
+        if dataset == "witnessing_logs":
+            table = table.sort_by("seq")
+        return table
+
+    def _newest(self, dataset: str, sensor: str, at_us: int, extra: dict[str, str] | None = None) -> dict | None:
+        """The newest row of ``sensor`` (and ``extra`` column values) with t <= at_us.
+
+        Hours are searched from the one holding ``at_us`` backwards, so a
+        recent answer opens only the files of a recent hour.
+        """
+        by_hour: dict[int | None, list[Path]] = {}
+        for path in self.files(dataset, None, at_us):
+            by_hour.setdefault(_hour_start(str(path.relative_to(self.root / dataset))), []).append(path)
+        for hour in sorted(by_hour, key=lambda h: -1 if h is None else h, reverse=True):
+            best = None
+            for path in by_hour[hour]:
+                table = self._read(path)
+                mask = pc.and_(pc.equal(table["sensor"], sensor), pc.less_equal(table["t"].cast(pa.int64()), at_us))
+                for column, value in (extra or {}).items():
+                    mask = pc.and_(mask, pc.equal(table[column], value))
+                rows = table.filter(mask)
+                if rows.num_rows:
+                    i = int(np.argmax(rows["t"].cast(pa.int64()).to_numpy()))
+                    row = rows.slice(i, 1).to_pylist()[0]
+                    if best is None or row["t"] > best["t"]:
+                        best = row
+            if best is not None:
+                return best
+        return None
+
+    def reconstruct_coherence(self, t: Any, sensor: str) -> Reconstruction:
+        """The Master, Emissary and sync state of ``sensor`` in force at ``t``, and its collapse state.
+
+        Between two archived signatures the earlier one is in force (a
+        signature is the window ending at its grid time).
+        """
+        at_us = as_micros(t)
+        states = {}
+        for transducer in ("master", "emissary"):
+            row = self._newest("temporal_signatures", sensor, at_us, {"transducer": transducer})
+            states[transducer] = None if row is None else SignatureState(
+                as_micros(row["t"]), complex(row["t_re"], row["t_im"]), row["coherence"], row["n_products"])
+        row = self._newest("coherence_history", sensor, at_us)
+        sync = None if row is None else SyncSnapshot(
+            as_micros(row["t"]), row["coherence_master"], row["coherence_emissary"], row["coherence_sync"],
+            row["delta_phase"], row["state"])
+        event = self._newest("events", sensor, at_us)
+        master, emissary = states["master"], states["emissary"]
+        T_sync = None
+        if master is not None and emissary is not None and master.t_us == emissary.t_us:
+            T_sync = (master.T + emissary.T) / 2
+        return Reconstruction(sensor, at_us, master, emissary, sync, T_sync,
+                              collapsed=event is not None and event["event"] == "collapse", last_event=event)
+
+    def verify(self) -> dict[str, list[str]]:
+        """Problems per dataset (empty lists: intact); see :func:`connectors.archive.verify_archive`."""
+        return verify_archive(self.root)

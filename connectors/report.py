@@ -1,0 +1,622 @@
+"""`becomingone report`: one PNG of coherence and collapse events from the archive (SPEC section 6).
+
+:func:`write_report` reads an archive root written by the dataflow (layout in
+``docs/archive.md``):
+
+* ``coherence_history/`` (required): one row per sensor and signature grid
+  point g with ``coherence_master``, ``coherence_emissary``,
+  ``coherence_sync`` (all \\|T\\|^2) and ``state``, the sync state *after* g;
+* ``events/`` (optional): the collapse and dissipate transitions;
+* ``input/`` (optional): the accepted samples, counted per sensor.
+
+and draws one figure: a panel per sensor on a shared UTC event-time axis
+(at most ``max_panels`` of them), and under the panels a summary table that
+lists every sensor.  :func:`summary_rows` returns the same table as data.
+
+Definitions used by the summary (per sensor, over the rows with
+``start_us <= t <= end_us``):
+
+* ``samples``: rows of ``input/``; None when the archive has no ``input/``;
+* ``collapses``, ``dissipations``: rows of ``events/`` with that ``event``;
+  None when the archive has no ``events/``;
+* ``collapsed_pct``: share of the sensor's coherence_history grid points
+  whose state is ``collapsed``, in percent.  Each grid point stands for one
+  ``memory.signature_interval`` of event time, so on an unbroken grid this
+  is the share of time collapsed; stretches without rows do not count;
+* ``mean_coherence_sync``, ``last_coherence_sync``: the mean and the newest
+  value of ``coherence_sync`` (dimensionless, 0..1).
+
+>>> result = write_report("becomingone-data")               # doctest: +SKIP
+>>> result.path, result.rows[0]["collapses"]                 # doctest: +SKIP
+(PosixPath('becomingone-data/report.png'), 1)
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypedDict
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+from matplotlib import dates as mdates
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import PolyCollection
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+
+from connectors.archive import open_dataset
+from schemas.archive import DATASETS, TIMESTAMP, partition_values
+
+__all__ = ["MAX_PANELS", "ReportResult", "SummaryRow", "summary_rows", "write_report"]
+
+#: Default cap on the number of sensor panels; the summary table lists every sensor.
+MAX_PANELS = 12
+
+_SECOND_US = 1_000_000
+_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
+
+# Figure geometry, inches (the figure is saved at _DPI dots per inch).
+_DPI = 100
+_WIDTH = 12.5
+_LEFT, _RIGHT = 0.8, 0.3
+_PANEL_H, _PANEL_GAP = 1.55, 0.42
+_AXIS_LABELS_H = 0.68  # tick labels and the x label under the last panel
+_TABLE_TITLE_H, _TABLE_ROW_H = 0.4, 0.25
+_BOTTOM = 0.3
+
+_SYNC_COLOR = "#1f5fa8"
+_MASTER_COLOR = "#e8892b"
+_EMISSARY_COLOR = "#3a9a4a"
+_COLLAPSED_COLOR = "#d62728"
+_THRESHOLD_COLOR = "#7a1c1c"
+_DISSIPATE_COLOR = "#6a3d9a"
+_MUTED = "#555555"
+
+
+class SummaryRow(TypedDict):
+    """One sensor's line of the summary table (definitions in the module docstring)."""
+
+    sensor: str
+    samples: int | None
+    collapses: int | None
+    dissipations: int | None
+    collapsed_pct: float
+    mean_coherence_sync: float
+    last_coherence_sync: float
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    """What :func:`write_report` wrote.
+
+    Attributes:
+        path: the PNG file.
+        sensors: every sensor in the summary table, in table order.
+        plotted: the sensors that got a panel (the first ``max_panels`` of ``sensors``).
+        rows: the summary, one :class:`SummaryRow` per sensor of ``sensors``.
+        start_us, end_us: event time of the first and last coherence_history
+            row reported, microseconds since the epoch (UTC).
+    """
+
+    path: Path
+    sensors: tuple[str, ...]
+    plotted: tuple[str, ...]
+    rows: list[SummaryRow]
+    start_us: int
+    end_us: int
+
+
+# -- reading the archive ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _History:
+    """coherence_history rows sorted by (sensor in report order, t); sensor i owns
+    rows ``bounds[i]:bounds[i + 1]``."""
+
+    sensors: tuple[str, ...]
+    bounds: np.ndarray
+    t_us: np.ndarray
+    master: np.ndarray
+    emissary: np.ndarray
+    sync: np.ndarray
+    collapsed: np.ndarray
+
+
+@dataclass(frozen=True)
+class _Events:
+    """events rows of the reported sensors: ``rank`` indexes ``_History.sensors``."""
+
+    rank: np.ndarray
+    t_us: np.ndarray
+    sync: np.ndarray
+    is_collapse: np.ndarray
+
+
+def _natural_key(name: str) -> tuple[tuple[int, int | str], ...]:
+    # "sensor-2" before "sensor-10": digit runs compare as numbers.
+    return tuple((0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", name) if part)
+
+
+def _utc_text(t_us: int) -> str:
+    """``YYYY-MM-DD HH:MM:SS[.ffffff]`` of an epoch time in microseconds, UTC."""
+    stamp = _EPOCH + _dt.timedelta(microseconds=int(t_us))
+    text = stamp.strftime("%Y-%m-%d %H:%M:%S")
+    return f"{text}.{stamp.microsecond:06d}".rstrip("0") if stamp.microsecond else text
+
+
+def _duration_text(us: int) -> str:
+    """A duration in microseconds as ``12.5 s``, ``3 min 20 s``, ``2 h 05 min`` or ``3 d 04 h``."""
+    seconds = us / _SECOND_US
+    if seconds < 60:
+        return f"{seconds:.3g} s"
+    s = int(round(seconds))
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    if s < 86_400:
+        return f"{s // 3600} h {s % 3600 // 60:02d} min"
+    return f"{s // 86_400} d {s % 86_400 // 3600:02d} h"
+
+
+def _range_filter(start_us: int | None, end_us: int | None) -> ds.Expression | None:
+    """Rows with start_us <= t <= end_us; the date/hour terms let pyarrow skip
+    whole partition directories instead of reading them."""
+    date, hour, t = ds.field("date"), ds.field("hour"), ds.field("t")
+    terms: list[ds.Expression] = []
+    if start_us is not None:
+        d0, h0 = partition_values(start_us)
+        terms += [(date > d0) | ((date == d0) & (hour >= h0)), t >= pa.scalar(start_us, TIMESTAMP)]
+    if end_us is not None:
+        d1, h1 = partition_values(end_us)
+        terms += [(date < d1) | ((date == d1) & (hour <= h1)), t <= pa.scalar(end_us, TIMESTAMP)]
+    if not terms:
+        return None
+    expr = terms[0]
+    for term in terms[1:]:
+        expr = expr & term
+    return expr
+
+
+def _scanner(
+    root: Path, dataset: str, columns: list[str], sensors: Sequence[str] | None, start_us: int | None,
+    end_us: int | None,
+) -> ds.Scanner | None:
+    """A scanner over ``columns`` of one dataset's rows in range; None if the archive has no such dataset."""
+    path = root / dataset
+    if not path.is_dir():
+        return None
+    dataset_ = open_dataset(path)
+    if not dataset_.files:
+        # An empty directory has no schema to filter on: stand in an empty dataset of the real one.
+        dataset_ = ds.dataset(DATASETS[dataset].empty_table())
+        return dataset_.scanner(columns=columns)
+    expr = _range_filter(start_us, end_us)
+    if sensors is not None:
+        by_sensor = ds.field("sensor").isin(list(sensors))
+        expr = by_sensor if expr is None else expr & by_sensor
+    return dataset_.scanner(columns=columns, filter=expr)
+
+
+def _ranks(column: pa.ChunkedArray | pa.Array, order: dict[str, int]) -> np.ndarray:
+    """Each row's sensor as its index in ``order`` (-1 for a sensor not in it).
+
+    Dictionary encoding turns the per-row string lookup into one lookup per
+    distinct sensor."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    encoded = pc.dictionary_encode(column)
+    lut = np.array([order.get(name, -1) for name in encoded.dictionary.to_pylist()] + [-1], dtype=np.int64)
+    return lut[encoded.indices.to_numpy(zero_copy_only=False)]
+
+
+def _range_text(start_us: int | None, end_us: int | None) -> str:
+    if start_us is None and end_us is None:
+        return ""
+    lo = _utc_text(start_us) if start_us is not None else "the start"
+    hi = _utc_text(end_us) if end_us is not None else "the end"
+    return f" between {lo} and {hi} UTC"
+
+
+def _read_history(
+    root: Path, sensors: Sequence[str] | None, start_us: int | None, end_us: int | None
+) -> _History:
+    columns = ["sensor", "t", "coherence_master", "coherence_emissary", "coherence_sync", "state"]
+    scanner = _scanner(root, "coherence_history", columns, sensors, start_us, end_us)
+    if scanner is None:
+        raise ValueError(
+            f"no coherence_history/ in {root}: not an archive root (memory.storage.path), "
+            "or the run had memory.coherence_history off"
+        )
+    table = scanner.to_table()
+    if table.num_rows == 0 and sensors is None:
+        raise ValueError(f"no coherence_history rows in {root}{_range_text(start_us, end_us)}: nothing to report")
+
+    present = pc.unique(table["sensor"]).to_pylist()
+    if sensors is None:
+        order = tuple(sorted(present, key=_natural_key))
+    else:
+        order = tuple(dict.fromkeys(sensors))  # the caller's order, repeats dropped
+        present_set = set(present)
+        missing = [s for s in order if s not in present_set]
+        if missing:
+            known_scanner = _scanner(root, "coherence_history", ["sensor"], None, start_us, end_us)
+            assert known_scanner is not None
+            known = sorted(pc.unique(known_scanner.to_table()["sensor"]).to_pylist(), key=_natural_key)
+            listed = ", ".join(known[:20]) + (f", ... ({len(known)} in all)" if len(known) > 20 else "")
+            raise ValueError(
+                f"unknown sensor(s) {', '.join(map(repr, missing))}: no coherence_history rows in {root}"
+                f"{_range_text(start_us, end_us)}; known: {listed or 'none'}"
+            )
+
+    rank = _ranks(table["sensor"], {name: i for i, name in enumerate(order)})
+    t_us = pc.cast(table["t"], pa.int64()).to_numpy()
+    sort = np.lexsort((t_us, rank))
+    rank = rank[sort]
+
+    def column(name: str) -> np.ndarray:
+        return table[name].to_numpy()[sort]
+
+    return _History(
+        sensors=order,
+        bounds=np.searchsorted(rank, np.arange(len(order) + 1)),
+        t_us=t_us[sort],
+        master=column("coherence_master"),
+        emissary=column("coherence_emissary"),
+        sync=column("coherence_sync"),
+        collapsed=pc.equal(table["state"], "collapsed").to_numpy()[sort],
+    )
+
+
+def _read_events(root: Path, history: _History, start_us: int | None, end_us: int | None) -> _Events | None:
+    scanner = _scanner(root, "events", ["sensor", "t", "event", "coherence_sync"], history.sensors, start_us, end_us)
+    if scanner is None:
+        return None
+    table = scanner.to_table()
+    rank = _ranks(table["sensor"], {name: i for i, name in enumerate(history.sensors)})
+    return _Events(
+        rank=rank,
+        t_us=pc.cast(table["t"], pa.int64()).to_numpy(),
+        sync=table["coherence_sync"].to_numpy(),
+        is_collapse=pc.equal(table["event"], "collapse").to_numpy(zero_copy_only=False),
+    )
+
+
+def _count_samples(root: Path, history: _History, start_us: int | None, end_us: int | None) -> np.ndarray | None:
+    """input rows per reported sensor, or None when the archive has no input/.
+
+    Counted batch by batch: input/ is the largest dataset (every accepted
+    sample), and only the sensor column is needed."""
+    scanner = _scanner(root, "input", ["sensor"], history.sensors, start_us, end_us)
+    if scanner is None:
+        return None
+    order = {name: i for i, name in enumerate(history.sensors)}
+    counts = np.zeros(len(history.sensors), dtype=np.int64)
+    for batch in scanner.to_batches():
+        if batch.num_rows == 0:
+            continue
+        tally = pc.value_counts(batch.column(0))
+        names = tally.field("values").to_pylist()
+        n = tally.field("counts").to_numpy()
+        for name, k in zip(names, n):
+            counts[order[name]] += k
+    return counts
+
+
+def _summarise(history: _History, events: _Events | None, samples: np.ndarray | None) -> list[SummaryRow]:
+    starts, ends = history.bounds[:-1], history.bounds[1:]
+    n_rows = ends - starts
+    # reduceat over the per-sensor row blocks; every reported sensor has >= 1 row.
+    collapsed_pct = 100.0 * np.add.reduceat(history.collapsed.astype(np.int64), starts) / n_rows
+    mean_sync = np.add.reduceat(history.sync, starts) / n_rows
+    last_sync = history.sync[ends - 1]
+    n = len(history.sensors)
+    collapses = dissipations = None
+    if events is not None:
+        collapses = np.bincount(events.rank[events.is_collapse], minlength=n)
+        dissipations = np.bincount(events.rank[~events.is_collapse], minlength=n)
+    rows: list[SummaryRow] = []
+    for i, sensor in enumerate(history.sensors):
+        rows.append(
+            SummaryRow(
+                sensor=sensor,
+                samples=None if samples is None else int(samples[i]),
+                collapses=None if collapses is None else int(collapses[i]),
+                dissipations=None if dissipations is None else int(dissipations[i]),
+                collapsed_pct=float(collapsed_pct[i]),
+                mean_coherence_sync=float(mean_sync[i]),
+                last_coherence_sync=float(last_sync[i]),
+            )
+        )
+    return rows
+
+
+def _load(
+    root: str | os.PathLike[str], sensors: Sequence[str] | None, start_us: int | None, end_us: int | None
+) -> tuple[Path, _History, _Events | None, list[SummaryRow]]:
+    path = Path(root)
+    if not path.is_dir():
+        raise FileNotFoundError(f"no archive directory at {path}")
+    if start_us is not None and end_us is not None and start_us > end_us:
+        raise ValueError(f"start ({_utc_text(start_us)}) is after end ({_utc_text(end_us)})")
+    if sensors is not None:
+        if isinstance(sensors, str):
+            sensors = [sensors]  # one id, not its characters
+        if not sensors:
+            raise ValueError("sensors is empty: give at least one sensor id, or None for all")
+    history = _read_history(path, sensors, start_us, end_us)
+    events = _read_events(path, history, start_us, end_us)
+    samples = _count_samples(path, history, start_us, end_us)
+    return path, history, events, _summarise(history, events, samples)
+
+
+def summary_rows(
+    root: str | os.PathLike[str],
+    *,
+    sensors: Sequence[str] | None = None,
+    start_us: int | None = None,
+    end_us: int | None = None,
+) -> list[SummaryRow]:
+    """The per-sensor summary of :func:`write_report`, without drawing anything.
+
+    Args:
+        root: the archive root (``memory.storage.path``).
+        sensors: sensor ids to report, in this order; None for every sensor
+            of coherence_history, in natural name order (``s-2`` before ``s-10``).
+        start_us, end_us: only rows with ``start_us <= t <= end_us``
+            (microseconds since the epoch, UTC); None leaves that end open.
+
+    Returns:
+        One :class:`SummaryRow` per sensor (definitions in the module docstring).
+
+    Raises:
+        FileNotFoundError: ``root`` is not a directory.
+        ValueError: no coherence_history rows (in the range), a sensor
+            without coherence_history rows (naming the known ones), an empty
+            ``sensors`` or ``start_us > end_us``.
+    """
+    return _load(root, sensors, start_us, end_us)[3]
+
+
+# -- drawing ------------------------------------------------------------------
+
+
+def _collapsed_spans(t_num: np.ndarray, collapsed: np.ndarray) -> np.ndarray:
+    """(start, end) date numbers of each run of collapsed grid points.
+
+    The state of a row holds *after* its grid point, so a run lasts until the
+    next row (the first one no longer collapsed), or ends at the last row."""
+    if not collapsed.any():
+        return np.empty((0, 2))
+    edges = np.diff(np.concatenate(([False], collapsed, [False])).astype(np.int8))
+    first = np.flatnonzero(edges == 1)
+    after_last = np.flatnonzero(edges == -1)  # index of the row after each run
+    end = t_num[np.minimum(after_last, len(t_num) - 1)]
+    return np.column_stack((t_num[first], end))
+
+
+def _draw_panel(
+    ax: Axes, sensor: str, row: SummaryRow, t_num: np.ndarray, history: _History, block: slice,
+    events: _Events | None, rank: int, threshold: float, hysteresis: float,
+) -> None:
+    spans = _collapsed_spans(t_num, history.collapsed[block])
+    if len(spans):
+        # One collection for all spans (a flapping sensor may have thousands),
+        # spanning the full height whatever the y limits.
+        verts = np.stack(
+            [np.column_stack((spans[:, 0], np.zeros(len(spans)))), np.column_stack((spans[:, 0], np.ones(len(spans)))),
+             np.column_stack((spans[:, 1], np.ones(len(spans)))), np.column_stack((spans[:, 1], np.zeros(len(spans))))],
+            axis=1,
+        )
+        ax.add_collection(
+            PolyCollection(verts, transform=ax.get_xaxis_transform(), facecolor=_COLLAPSED_COLOR, alpha=0.13,
+                           edgecolor="none", zorder=0.5)
+        )
+    ax.axhline(threshold, color=_THRESHOLD_COLOR, lw=0.9, zorder=1)
+    ax.axhline(threshold - hysteresis, color=_THRESHOLD_COLOR, lw=0.9, ls=(0, (4, 3)), zorder=1)
+    ax.plot(t_num, history.master[block], color=_MASTER_COLOR, lw=0.7, alpha=0.75, zorder=2)
+    ax.plot(t_num, history.emissary[block], color=_EMISSARY_COLOR, lw=0.7, alpha=0.75, zorder=2)
+    ax.plot(t_num, history.sync[block], color=_SYNC_COLOR, lw=1.5, zorder=3)
+    if events is not None:
+        mine = events.rank == rank
+        for is_collapse, marker, color in ((True, "^", _COLLAPSED_COLOR), (False, "v", _DISSIPATE_COLOR)):
+            pick = mine & (events.is_collapse == is_collapse)
+            if pick.any():
+                ax.scatter(mdates.date2num(events.t_us[pick].astype("datetime64[us]")), events.sync[pick],
+                           marker=marker, s=42, color=color, edgecolor="black", linewidth=0.6, zorder=4,
+                           clip_on=False)
+    ax.set_ylim(-0.02, 1.04)
+    ax.set_yticks([0.0, 0.25, 0.5, 0.75, 1.0])
+    ax.set_ylabel("|T|²")
+    ax.grid(axis="y", color="#dddddd", lw=0.6)
+    ax.grid(axis="x", color="#eeeeee", lw=0.6)
+    ax.set_title(sensor, loc="left", fontsize=10.5, fontweight="bold", pad=4)
+    counts = (
+        "" if row["collapses"] is None
+        else f"{row['collapses']} collapse{'s' * (row['collapses'] != 1)}, "
+        f"{row['dissipations']} dissipation{'s' * (row['dissipations'] != 1)}  ·  "
+    )
+    ax.set_title(
+        f"{counts}{row['collapsed_pct']:.1f} % collapsed  ·  last |T_sync|² {row['last_coherence_sync']:.3f}",
+        loc="right", fontsize=9, color=_MUTED, pad=4,
+    )
+
+
+def _cell_text(row: SummaryRow) -> list[str]:
+    def count(value: int | None) -> str:
+        return "-" if value is None else f"{value:,}"
+
+    return [
+        row["sensor"], count(row["samples"]), count(row["collapses"]), count(row["dissipations"]),
+        f"{row['collapsed_pct']:.1f}", f"{row['mean_coherence_sync']:.3f}", f"{row['last_coherence_sync']:.3f}",
+    ]
+
+
+def _draw_table(ax: Axes, rows: list[SummaryRow]) -> None:
+    ax.axis("off")
+    labels = ["sensor", "samples", "collapses", "dissipations", "collapsed (%)", "mean |T_sync|²", "last |T_sync|²"]
+    widths = [0.25, 0.13, 0.11, 0.11, 0.13, 0.135, 0.135]
+    table = ax.table(cellText=[_cell_text(r) for r in rows], colLabels=labels, colWidths=widths,
+                     bbox=[0.0, 0.0, 1.0, 1.0], cellLoc="right")
+    table.auto_set_font_size(False)
+    table.set_fontsize(9.5)
+    for (r, c), cell in table.get_celld().items():
+        cell.set_edgecolor("#c8c8c8")
+        cell.set_linewidth(0.6)
+        if c == 0:
+            cell.set_text_props(ha="left")
+            cell.PAD = 0.02
+        if r == 0:
+            cell.set_facecolor("#e9edf3")
+            cell.set_text_props(fontweight="bold")
+        elif r % 2 == 0:
+            cell.set_facecolor("#f7f7f7")
+
+
+def _legend_handles() -> list[Line2D | Patch]:
+    return [
+        Line2D([], [], color=_SYNC_COLOR, lw=1.5, label="|T_sync|²"),
+        Line2D([], [], color=_MASTER_COLOR, lw=0.9, alpha=0.8, label="|T_master|²"),
+        Line2D([], [], color=_EMISSARY_COLOR, lw=0.9, alpha=0.8, label="|T_emissary|²"),
+        Patch(facecolor=_COLLAPSED_COLOR, alpha=0.13, label="collapsed"),
+        Line2D([], [], color=_THRESHOLD_COLOR, lw=0.9, label="I_c"),
+        Line2D([], [], color=_THRESHOLD_COLOR, lw=0.9, ls=(0, (4, 3)), label="I_c − hysteresis"),
+        Line2D([], [], ls="none", marker="^", ms=7, color=_COLLAPSED_COLOR, mec="black", mew=0.6, label="collapse"),
+        Line2D([], [], ls="none", marker="v", ms=7, color=_DISSIPATE_COLOR, mec="black", mew=0.6, label="dissipate"),
+    ]
+
+
+def write_report(
+    root: str | os.PathLike[str],
+    out: str | os.PathLike[str] | None = None,
+    *,
+    threshold: float = 0.95,
+    hysteresis: float = 0.05,
+    sensors: Sequence[str] | None = None,
+    start_us: int | None = None,
+    end_us: int | None = None,
+    max_panels: int = MAX_PANELS,
+) -> ReportResult:
+    """Draw the archive's coherence and collapse events into one PNG.
+
+    The figure (drawn off-screen with matplotlib's Agg renderer, 100 dpi,
+    1250 px wide, as tall as its content) has:
+
+    * a title with the archive's name and the event-time range of the
+      reported coherence_history rows (UTC), the sensor count, I_c and the
+      hysteresis, and a legend;
+    * one panel per sensor (the first ``max_panels`` in table order; a note
+      says so when there are more), stacked on a shared UTC event-time axis:
+      ``coherence_sync`` as a bold line, ``coherence_master`` and
+      ``coherence_emissary`` as thin light lines, collapsed stretches shaded,
+      a solid line at ``threshold`` and a dashed one at
+      ``threshold - hysteresis``, collapse (▲) and dissipate (▼) events at
+      their ``coherence_sync``; y from 0 to 1, labelled \\|T\\|^2;
+    * the summary table of every reported sensor (:func:`summary_rows`).
+
+    Args:
+        root: the archive root (``memory.storage.path``).
+        out: the PNG to write (PNG whatever its suffix; parent directories
+            are created); None for ``<root>/report.png``.
+        threshold: I_c, ``kairos.coherence_threshold`` (0 < I_c <= 1).
+        hysteresis: ``sync.hysteresis`` (0 <= hysteresis < I_c).
+        sensors: sensor ids to report, in this order; None for every sensor
+            of coherence_history, in natural name order.
+        start_us, end_us: only rows with ``start_us <= t <= end_us``
+            (microseconds since the epoch, UTC); None leaves that end open.
+        max_panels: at most this many sensor panels (>= 1).
+
+    Returns:
+        A :class:`ReportResult`.
+
+    Raises:
+        FileNotFoundError: ``root`` is not a directory.
+        ValueError: no coherence_history rows (in the range), a sensor
+            without coherence_history rows (naming the known ones), an empty
+            ``sensors``, ``start_us > end_us``, or a bad threshold,
+            hysteresis or max_panels.
+    """
+    if not 0.0 < threshold <= 1.0:
+        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+    if not 0.0 <= hysteresis < threshold:
+        raise ValueError(f"hysteresis must be >= 0 and below threshold ({threshold}), got {hysteresis}")
+    if max_panels < 1:
+        raise ValueError(f"max_panels must be >= 1, got {max_panels}")
+    path, history, events, rows = _load(root, sensors, start_us, end_us)
+    out_path = path / "report.png" if out is None else Path(out)
+
+    n_sensors = len(history.sensors)
+    plotted = history.sensors[:max_panels]
+    capped = n_sensors > len(plotted)
+    t_first, t_last = int(history.t_us.min()), int(history.t_us.max())
+
+    # Lay the figure out in inches, top to bottom, so that panels and table
+    # rows keep their size whatever the number of sensors.
+    header_h = 1.25 + (0.3 if capped else 0.0)
+    panels_h = len(plotted) * _PANEL_H + (len(plotted) - 1) * _PANEL_GAP
+    table_h = (n_sensors + 1) * _TABLE_ROW_H
+    height = header_h + _PANEL_GAP + panels_h + _AXIS_LABELS_H + _TABLE_TITLE_H + table_h + _BOTTOM
+    fig = Figure(figsize=(_WIDTH, height), dpi=_DPI, facecolor="white")
+    FigureCanvasAgg(fig)
+
+    def box(top_in: float, h_in: float) -> list[float]:
+        """Axes rectangle (figure fractions) whose top edge is top_in inches below the figure's top."""
+        return [_LEFT / _WIDTH, 1.0 - (top_in + h_in) / height, 1.0 - (_LEFT + _RIGHT) / _WIDTH, h_in / height]
+
+    span = f"{_utc_text(t_first)} – {_utc_text(t_last)} UTC ({_duration_text(t_last - t_first)})"
+    fig.text(0.5, 1.0 - 0.22 / height, f"BecomingONE coherence report: {path.resolve().name}",
+             ha="center", va="top", fontsize=14, fontweight="bold")
+    fig.text(0.5, 1.0 - 0.55 / height,
+             f"{span}  ·  {n_sensors} sensor{'s' * (n_sensors != 1)}  ·  "
+             f"I_c = {threshold:g}, hysteresis {hysteresis:g} (dissipate below {threshold - hysteresis:g})",
+             ha="center", va="top", fontsize=10.5, color="#333333")
+    fig.legend(handles=_legend_handles(), loc="upper center", bbox_to_anchor=(0.5, 1.0 - 0.82 / height),
+               ncol=8, frameon=False, fontsize=9, handlelength=2.2, columnspacing=1.6)
+    if capped:
+        fig.text(0.5, 1.0 - 1.2 / height,
+                 f"Showing {len(plotted)} of {n_sensors} sensors (the first in table order); the table lists all. "
+                 "Choose the panels with sensors= (becomingone report --sensor ID).",
+                 ha="center", va="top", fontsize=9.5, style="italic", color="#8a4b00")
+
+    top = header_h + _PANEL_GAP
+    axes = []
+    for i, sensor in enumerate(plotted):
+        ax = fig.add_axes(box(top, _PANEL_H), sharex=axes[0] if axes else None)
+        block = slice(int(history.bounds[i]), int(history.bounds[i + 1]))
+        t_num = mdates.date2num(history.t_us[block].astype("datetime64[us]"))
+        _draw_panel(ax, sensor, rows[i], t_num, history, block, events, i, threshold, hysteresis)
+        axes.append(ax)
+        top += _PANEL_H + _PANEL_GAP
+    top -= _PANEL_GAP
+
+    lo, hi = (t_first, t_last) if t_last > t_first else (t_first - _SECOND_US, t_last + _SECOND_US)
+    pad = (hi - lo) // 100  # room for the event markers at the edges
+    axes[0].set_xlim(mdates.date2num(np.array([lo - pad, hi + pad], dtype="datetime64[us]")))
+    locator = mdates.AutoDateLocator(tz=_dt.timezone.utc, minticks=5, maxticks=12)
+    axes[-1].xaxis.set_major_locator(locator)
+    axes[-1].xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, tz=_dt.timezone.utc))
+    for ax in axes[:-1]:
+        ax.tick_params(labelbottom=False)
+    axes[-1].set_xlabel("event time (UTC)")
+
+    top += _AXIS_LABELS_H
+    fig.text(_LEFT / _WIDTH, 1.0 - (top + 0.12) / height, "Per-sensor summary", ha="left", va="top",
+             fontsize=11, fontweight="bold")
+    fig.text(1.0 - _RIGHT / _WIDTH, 1.0 - (top + 0.14) / height,
+             "collapsed (%): share of grid points in state collapsed  ·  samples: rows of input/  ·  "
+             "\"-\" = dataset not in the archive", ha="right", va="top", fontsize=8.5, color=_MUTED)
+    _draw_table(fig.add_axes(box(top + _TABLE_TITLE_H, table_h)), rows)
+
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path, format="png", dpi=_DPI, facecolor="white")
+    return ReportResult(
+        path=out_path, sensors=history.sensors, plotted=tuple(plotted), rows=rows, start_us=t_first, end_us=t_last
+    )
