@@ -311,3 +311,18 @@ def test_report_command_writes_a_png_and_prints_its_path(flow_archive, tmp_path)
     assert proc.stdout.strip().splitlines()[-1] == str(out)
     assert "sensor switch-1" in proc.stdout and "collapses 1" in proc.stdout
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000
+
+
+def test_replay_into_kafka_sends_every_archived_sample(flow_archive, bootstrap):
+    from tests.conftest import read_topic, unique_topic
+
+    root, _ = flow_archive
+    topic = unique_topic()
+    proc = _cli("replay", str(root), "--to-kafka", "--bootstrap", bootstrap, "--topic", topic, "--format", "json",
+                "--sensor", "switch-1", "--end", "2025-01-01T00:00:09.995Z")
+    assert proc.returncode == 0, proc.stderr
+    assert "replayed 1,000 samples" in proc.stdout
+    messages = read_topic(bootstrap, topic, expected=1000)
+    values = [json.loads(m.value()) for m in messages]
+    assert {v["sensor"] for v in values} == {"switch-1"}
+    assert {m.key() for m in messages} == {b"switch-1"}
