@@ -176,7 +176,26 @@ def test_master_memory_does_not_depend_on_sample_rate():
         # The lag history is bounded by tau, not by the run length.
         assert lag.retained <= rate * 1 + 2
     assert sizes[10] == sizes[10_000]
-    assert sizes[10] <= 36_000 * 32 + 256  # 32 bytes per 0.1 s pane for an hour
+    assert sizes[10] <= 36_000 * 28 + 256  # 28 bytes per 0.1 s pane for an hour
+    assert sizes[10] <= 2 ** 20  # at most 1 MiB per sensor
+
+
+def test_master_counts_stay_exact_past_the_packed_capacity():
+    # A 2^20 us pane leaves 11 bits of count (2047) in the packed word; 5,000
+    # products in one pane, arriving over two calls, widen the words once.
+    pane = 2 ** 20
+    master = MasterWindow(window_us=4 * pane, pane_us=pane)
+    packed = master.state_bytes
+    t = pane + np.arange(1, 5001) * 100
+    p = np.exp(1j * 0.01 * np.arange(5000))
+    prods = Products(t, p, np.full(5000, 1e-4))
+    master.advance(Products(t[:1500], p[:1500], prods.dt[:1500]), np.empty(0, np.int64))
+    out = master.advance(Products(t[1500:], p[1500:], prods.dt[1500:]), np.array([2 * pane]))
+    assert master.state_bytes == packed + 4 * 4  # one 8-byte word per pane instead of 4
+    ref = reference.window_values(prods, 0.0, np.array([2 * pane]), 4 * pane)
+    assert out.n_products.tolist() == ref.n_products.tolist() == [5000]
+    np.testing.assert_array_equal(out.span_us, ref.span_us)
+    np.testing.assert_allclose(out.T, ref.T, rtol=1e-12)
 
 
 @pytest.mark.parametrize(
