@@ -1303,10 +1303,11 @@ class _ArchivePartition(StatefulSinkPartition[pa.Table, None]):
                 self.writer.write(table)
 
     def snapshot(self) -> None:
-        # Bytewax snapshots (recovery on) at the end of an epoch it will not
-        # replay: buffered rows go to disk now, or a crash after the epoch
-        # would lose them.  The archive itself is the state: a resumed writer
-        # re-reads its high-water marks from disk.
+        # Bytewax snapshots at the end of every epoch (10 s by default, with or
+        # without recovery); with recovery that epoch is never replayed, so
+        # buffered rows go to disk now or a crash after it would lose them.
+        # The archive itself is the state: a resumed writer re-reads its
+        # high-water marks from disk.
         self.writer.flush()
         return None
 

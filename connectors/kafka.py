@@ -620,16 +620,20 @@ class PhaseProducer:
 
         Messages with no report by then count as failed.
         """
-        if self._pending_rows:
-            rows = PhaseColumns.concat(self._pending)
-            self._pending, self._pending_rows = [], 0
-            self._send_arrow(rows)
+        self.send_held()
         remaining = self._producer.flush(timeout)
         if remaining:
             self.failed += remaining
             if self.first_error is None:
                 self.first_error = f"{remaining} message(s) not delivered within {timeout:g} s"
         self._report_progress(force=True)
+
+    def send_held(self) -> None:
+        """Send the Arrow rows held back for a full batch now (paced senders call it per slice)."""
+        if self._pending_rows:
+            rows = PhaseColumns.concat(self._pending)
+            self._pending, self._pending_rows = [], 0
+            self._send_arrow(rows)
 
     @property
     def seconds(self) -> float:

@@ -106,7 +106,8 @@ class Reconstruction:
         sync: the newest coherence-history row at or before ``at_us``.
         T_sync: (T_master + T_emissary) / 2 when both signatures are of the same grid time, else None.
         collapsed: the sensor's state after its newest transition at or before ``at_us``
-            (False when it never collapsed).
+            (False when it never collapsed); from the coherence-history row's
+            state when the archive keeps no ``events/``.
         last_event: that transition's ``events/`` row, or None.
     """
 
@@ -232,12 +233,15 @@ class TemporalMemory:
             as_micros(row["t"]), row["coherence_master"], row["coherence_emissary"], row["coherence_sync"],
             row["delta_phase"], row["state"])
         event = self._newest("events", sensor, at_us)
+        if event is not None or "events" in self.datasets():
+            collapsed = event is not None and event["event"] == "collapse"
+        else:  # no events/ archived (memory.events false): the sync row's state, on its grid
+            collapsed = sync is not None and sync.state == "collapsed"
         master, emissary = states["master"], states["emissary"]
         T_sync = None
         if master is not None and emissary is not None and master.t_us == emissary.t_us:
             T_sync = (master.T + emissary.T) / 2
-        return Reconstruction(sensor, at_us, master, emissary, sync, T_sync,
-                              collapsed=event is not None and event["event"] == "collapse", last_event=event)
+        return Reconstruction(sensor, at_us, master, emissary, sync, T_sync, collapsed=collapsed, last_event=event)
 
     def verify(self) -> dict[str, list[str]]:
         """Problems per dataset (empty lists: intact); see :func:`connectors.archive.verify_archive`."""

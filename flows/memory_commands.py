@@ -19,6 +19,13 @@ from typing import Any
 __all__ = ["add_parsers"]
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _fail(command: str, message: str, code: int = 2) -> int:
     print(f"becomingone {command}: {message}", file=sys.stderr)
     return code
@@ -186,8 +193,9 @@ def cmd_memory_compact(args: argparse.Namespace) -> int:
     except ArchiveError as exc:
         return _fail("memory compact", str(exc), code=1)
     for dataset, result in results.items():
+        recovered = f" (an interrupted compaction was {result.recovered} first)" if result.recovered else ""
         print(f"{dataset}: {result.files_before:,} -> {result.files_after:,} files, "
-              f"{result.rows_before:,} rows kept, {result.hours_merged:,} hour(s) merged")
+              f"{result.rows_before:,} rows kept, {result.hours_merged:,} hour(s) merged{recovered}")
     return 0
 
 
@@ -288,13 +296,15 @@ def _replay_to_kafka(args, config, memory, start, end) -> int:
                 batches = part.next_batch()
             except StopIteration:
                 break
-            wait = part.due - time.monotonic() if args.speed > 0 else 0.0
-            if wait > 0:
-                time.sleep(wait)
+            if not batches:  # paced: the next slice is not due yet
+                time.sleep(min(max(part.due - time.monotonic(), 0.0), 0.25))
+                continue
             for batch in batches:
                 sender.send(PhaseColumns.from_numpy(batch.sensor, batch.t_us, batch.phase, batch.cell,
                                                     origin=str(args.archive)))
                 total += len(batch)
+            if args.speed > 0:
+                sender.send_held()  # a paced slice leaves now, not when a batch is full
             if time.monotonic() - last_line >= (0.25 if sys.stderr.isatty() else 5.0):
                 last_line = time.monotonic()
                 end_char = "\r" if sys.stderr.isatty() else "\n"
@@ -395,7 +405,7 @@ def add_parsers(sub, config_help: str) -> None:
     p.add_argument("--sensor", action="append", metavar="ID", help="only this sensor (repeatable)")
     p.add_argument("--speed", type=float, default=0.0, metavar="X",
                    help="event seconds per wall-clock second (1 = as recorded); 0 = as fast as possible (default)")
-    p.add_argument("--workers", type=int, default=1, metavar="N", help="Bytewax worker threads (default 1)")
+    p.add_argument("--workers", type=_positive_int, default=1, metavar="N", help="Bytewax worker threads (default 1)")
     g = p.add_argument_group("into Kafka")
     g.add_argument("--to-kafka", action="store_true", help="send to a topic instead of running the flow")
     g.add_argument("--topic", default=None, help="topic (default: source.topic, becomingone.phases)")

@@ -311,18 +311,20 @@ class _ArchivePartition(StatefulSourcePartition[SampleBatch, int]):
             self.pending.append(out)
 
     def next_batch(self) -> list[SampleBatch]:
+        """The next slice, or [] while it is not due yet (``speed`` > 0; see :attr:`due`)."""
         while not self.pending:
             if self.done >= len(self.files):
                 raise StopIteration
             self._load()
-        batch = self.pending.pop(0)
         if self.source.speed > 0:
-            first = min(int(b.t_us[0]) for b in batch)
+            first = min(int(b.t_us[0]) for b in self.pending[0])
             if self.t0 is None:
                 self.t0, self.wall0 = first, time.monotonic()
-            # The next slice is due when wall time has caught up with event time / speed.
+            # A slice is due when wall time has caught up with its event time / speed.
             self.due = self.wall0 + (first - self.t0) * 1e-6 / self.source.speed
-        return batch
+            if time.monotonic() < self.due:
+                return []
+        return self.pending.pop(0)
 
     def next_awake(self):
         import datetime as dt

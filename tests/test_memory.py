@@ -326,3 +326,21 @@ def test_replay_into_kafka_sends_every_archived_sample(flow_archive, bootstrap):
     values = [json.loads(m.value()) for m in messages]
     assert {v["sensor"] for v in values} == {"switch-1"}
     assert {m.key() for m in messages} == {b"switch-1"}
+
+
+def test_replay_source_holds_each_slice_until_its_event_time_is_due(flow_archive, monkeypatch):
+    import flows.sources as sources
+
+    root, _ = flow_archive
+    clock = [100.0]
+    monkeypatch.setattr(sources.time, "monotonic", lambda: clock[0])
+    part = sources._ArchivePartition(sources.ArchiveInput(str(root), speed=2.0), None)
+    first = part.next_batch()  # the first slice sets the origin and is due at once
+    assert first and min(int(b.t_us[0]) for b in first) == T0
+    assert part.next_batch() == []  # the slice of event second 1 is due 0.5 s later at speed 2
+    assert part.due == pytest.approx(100.5)
+    clock[0] = 100.49
+    assert part.next_batch() == []
+    clock[0] = 100.5
+    second = part.next_batch()
+    assert min(int(b.t_us[0]) for b in second) == T0 + SECOND
