@@ -742,8 +742,8 @@ class TopicSink(DynamicSink[tuple[str, bytes | None, bytes]]):
 
     Unlike a fire-and-forget producer, each batch waits for its delivery
     reports, and a failed delivery stops the dataflow with
-    :class:`DeliveryFailed` naming the topic and librdkafka's error.  Worker
-    0 first creates the ``topics`` where the cluster allows it.
+    :class:`DeliveryFailed` naming the topic and librdkafka's error.  Each
+    worker first creates the missing ``topics`` where the cluster allows it.
 
     Args:
         settings: producer settings (:func:`producer_settings`).
@@ -759,6 +759,7 @@ class TopicSink(DynamicSink[tuple[str, bytes | None, bytes]]):
         self.timeout = float(self.settings.get("message.timeout.ms", 300_000)) / 1000.0 + 5.0
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _TopicSinkPartition:
-        if worker_index == 0:
-            ensure_topics(connect_admin(self.admin), self.topics)
+        # Every worker, not only the first: none may produce before the topics
+        # exist, and "already exists" is fine.
+        ensure_topics(connect_admin(self.admin), self.topics)
         return _TopicSinkPartition(Producer(dict(self.settings)), self.timeout)

@@ -20,7 +20,8 @@ from typing import Any, TextIO
 from bytewax.run import cli_main
 
 from connectors.metrics import RunLedger, ledger, serve
-from flows.kairos import build_flow, request_stop
+from flows.kairos import build_flow
+from flows.sources import clear_stop_request, request_stop
 from schemas.config import Config, SyntheticSource
 from schemas.messages import format_utc
 
@@ -102,6 +103,7 @@ def run_flow(config: Config, *, workers: int = 1, out: TextIO = sys.stdout, prog
         serve(config.metrics.bind, config.metrics.port)
     book = ledger()
     book.reset()
+    clear_stop_request()  # an earlier run of this process may have been stopped
     flow = build_flow(config, replay=replay, source=source)
     bar = _Progress(progress, book, config, span)
     started = time.monotonic()

@@ -23,7 +23,7 @@ from operators.samples import SampleBatch
 from schemas.config import Config, FileSource, KafkaSource, SyntheticSource
 from schemas.messages import ARROW_STREAM_CONTENT_TYPE, CONTENT_TYPE_HEADER
 
-__all__ = ["ArchiveInput", "PhaseFile", "SyntheticSamples", "kafka_source", "request_stop"]
+__all__ = ["ArchiveInput", "PhaseFile", "SyntheticSamples", "clear_stop_request", "kafka_source", "request_stop"]
 
 
 # --------------------------------------------------------------------------
@@ -39,6 +39,11 @@ def request_stop() -> None:
     points are flushed, the archive files are closed, nothing accepted is lost.
     """
     _stop.set()
+
+
+def clear_stop_request() -> None:
+    """Let sources built from now on read again (a new run in the same process)."""
+    _stop.clear()
 
 
 class _Stoppable(StatefulSourcePartition[Any, Any]):

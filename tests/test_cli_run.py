@@ -86,3 +86,17 @@ def test_run_from_a_file_source_dead_letters_bad_rows(tmp_path):
     assert "300 samples accepted, 1 rejected (dead letters)" in proc.stdout
     letters = (tmp_path / "archive" / "dead-letters" / "worker-0.jsonl").read_text().splitlines()
     assert len(letters) == 1 and '"reason":"late"' in letters[0]
+
+
+def test_a_stopped_run_does_not_stop_the_next_one_in_the_same_process(tmp_path):
+    import io
+
+    from flows.run import run_flow
+    from flows.sources import request_stop
+    from schemas.config import parse_config
+
+    request_stop()  # as the first Ctrl-C of an earlier run would
+    config = parse_config({"source": {"kind": "synthetic", "duration": 5.0}, "sink": {"archive": False},
+                           "metrics": {"enabled": False}})
+    book = run_flow(config, out=io.StringIO(), progress=io.StringIO())
+    assert book.totals()[0] == 4 * 500
