@@ -17,23 +17,14 @@ import time
 from collections.abc import Iterator
 from typing import Sequence, TextIO
 
+from flows.arguments import config_or_report, positive_int
+
 __all__ = ["main"]
-
-
-def _load_config(args: argparse.Namespace):
-    """The validated config, or None after printing every problem to stderr."""
-    from schemas.config import ConfigError, load_config
-
-    try:
-        return load_config(args.config)
-    except ConfigError as exc:
-        print(f"becomingone: invalid config:\n{exc}", file=sys.stderr)
-        return None
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """The dataflow in this process until its input ends; progress on stderr, summary on stdout."""
-    config = _load_config(args)
+    config = config_or_report(args)
     if config is None:
         return 2
     _log_to_stderr("becomingone run", level=logging.WARNING)
@@ -51,7 +42,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    config = _load_config(args)
+    config = config_or_report(args)
     if config is None:
         return 2
     if args.check:
@@ -112,7 +103,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
     )
 
     _log_to_stderr("becomingone produce", level=logging.WARNING)
-    config = _load_config(args)
+    config = config_or_report(args)
     if config is None:
         return 2
     try:
@@ -367,13 +358,6 @@ def _log_to_stderr(name: str, level: int = logging.INFO) -> None:
     root.propagate = False
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def _non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -420,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
         "on stdout. Exit 0 when the input ended, 1 when the run failed, 2 on a bad config, 130 on Ctrl-C.",
     )
     p.add_argument("--config", metavar="FILE", default=None, help=config_help)
-    p.add_argument("--workers", type=_positive_int, default=1, metavar="N",
+    p.add_argument("--workers", type=positive_int, default=1, metavar="N",
                    help="Bytewax worker threads (default 1); the results do not depend on it")
     p.set_defaults(func=cmd_run)
 
@@ -436,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
         "'bootstrap=HOST:PORT' on stdout when it is ready, and run until SIGINT or SIGTERM. "
         "Topics are created on first use; data is kept in memory only.",
     )
-    p.add_argument("--brokers", type=_positive_int, default=1, metavar="N", help="number of brokers (default 1)")
+    p.add_argument("--brokers", type=positive_int, default=1, metavar="N", help="number of brokers (default 1)")
     p.add_argument(
         "--port", type=_port, default=None, metavar="PORT",
         help="fixed bootstrap port on 127.0.0.1 (default: the first broker's own, chosen by the system)",
@@ -477,13 +461,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="json: one message per sample (key = sensor); arrow: one Arrow IPC stream message per batch",
     )
     g.add_argument(
-        "--batch-rows", type=_positive_int, default=4096, metavar="N",
+        "--batch-rows", type=positive_int, default=4096, metavar="N",
         help="samples per Arrow message (default 4096; larger batches are split to fit message.max.bytes)",
     )
     g.add_argument("--rate", type=_rate, default=0.0, metavar="R", help="samples per second over all sensors (0 = as fast as possible)")
     g.add_argument("--limit", type=_non_negative_int, default=None, metavar="N", help="stop after N samples")
     g.add_argument(
-        "--partitions", type=_positive_int, default=1, metavar="N",
+        "--partitions", type=positive_int, default=1, metavar="N",
         help="partitions of the topic if it has to be created (default 1)",
     )
     g.add_argument(

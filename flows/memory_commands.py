@@ -16,29 +16,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from flows.arguments import config_or_report, positive_int
+
 __all__ = ["add_parsers"]
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def _fail(command: str, message: str, code: int = 2) -> int:
     print(f"becomingone {command}: {message}", file=sys.stderr)
     return code
-
-
-def _config(args: argparse.Namespace):
-    from schemas.config import ConfigError, load_config
-
-    try:
-        return load_config(args.config)
-    except ConfigError as exc:
-        print(f"becomingone: invalid config:\n{exc}", file=sys.stderr)
-        return None
 
 
 def _memory(args: argparse.Namespace, command: str):
@@ -47,7 +32,7 @@ def _memory(args: argparse.Namespace, command: str):
 
     root = args.archive
     if root is None:
-        config = _config(args)
+        config = config_or_report(args)
         if config is None:
             return None, 2
         root = config.memory.storage.path
@@ -207,7 +192,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from connectors.memory import TemporalMemory
     from flows.sources import ArchiveInput
 
-    config = _config(args)
+    config = config_or_report(args)
     if config is None:
         return 2
     try:
@@ -271,7 +256,7 @@ def _replay_to_kafka(args, config, memory, start, end) -> int:
         ensure_topics,
         producer_settings,
     )
-    from flows.sources import ArchiveInput, _ArchivePartition
+    from flows.sources import ArchiveInput, ArchiveSlices
     from schemas.config import KafkaSource
 
     topic = args.topic or (config.source.topic if isinstance(config.source, KafkaSource)
@@ -285,7 +270,7 @@ def _replay_to_kafka(args, config, memory, start, end) -> int:
     except (KafkaUnreachable, TopicSetupError) as exc:
         return _fail("replay", str(exc), code=1)
     sender = PhaseProducer(Producer(settings), topic, wire=args.format)
-    part = _ArchivePartition(ArchiveInput(str(args.archive), start_us=start, end_us=end, sensors=args.sensor,
+    part = ArchiveSlices(ArchiveInput(str(args.archive), start_us=start, end_us=end, sensors=args.sensor,
                                           speed=args.speed), None)
     total = 0
     started = time.monotonic()
@@ -328,7 +313,7 @@ def _replay_to_kafka(args, config, memory, start, end) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from connectors.report import write_report
 
-    config = _config(args)
+    config = config_or_report(args)
     if config is None:
         return 2
     try:
@@ -405,7 +390,7 @@ def add_parsers(sub, config_help: str) -> None:
     p.add_argument("--sensor", action="append", metavar="ID", help="only this sensor (repeatable)")
     p.add_argument("--speed", type=float, default=0.0, metavar="X",
                    help="event seconds per wall-clock second (1 = as recorded); 0 = as fast as possible (default)")
-    p.add_argument("--workers", type=_positive_int, default=1, metavar="N", help="Bytewax worker threads (default 1)")
+    p.add_argument("--workers", type=positive_int, default=1, metavar="N", help="Bytewax worker threads (default 1)")
     g = p.add_argument_group("into Kafka")
     g.add_argument("--to-kafka", action="store_true", help="send to a topic instead of running the flow")
     g.add_argument("--topic", default=None, help="topic (default: source.topic, becomingone.phases)")

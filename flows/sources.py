@@ -23,7 +23,7 @@ from operators.samples import SampleBatch
 from schemas.config import Config, FileSource, KafkaSource, SyntheticSource
 from schemas.messages import ARROW_STREAM_CONTENT_TYPE, CONTENT_TYPE_HEADER
 
-__all__ = ["ArchiveInput", "PhaseFile", "SyntheticSamples", "clear_stop_request", "kafka_source", "request_stop"]
+__all__ = ["ArchiveInput", "ArchiveSlices", "PhaseFile", "SyntheticSamples", "clear_stop_request", "kafka_source", "request_stop"]
 
 
 # --------------------------------------------------------------------------
@@ -260,7 +260,7 @@ def kafka_source(config: Config):
     )
 
 
-class _ArchivePartition(StatefulSourcePartition[SampleBatch, int]):
+class ArchiveSlices(StatefulSourcePartition[SampleBatch, int]):
     """The archived input rows of a time range, in slices of event time, paced by ``speed``.
 
     Resume state: files of the range fully emitted.
@@ -372,4 +372,4 @@ class ArchiveInput(FixedPartitionedSource[SampleBatch, int]):
         return [f"archive:{self.root}"]
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _Stoppable:
-        return _Stoppable(_ArchivePartition(self, resume_state))
+        return _Stoppable(ArchiveSlices(self, resume_state))

@@ -334,7 +334,7 @@ def test_replay_source_holds_each_slice_until_its_event_time_is_due(flow_archive
     root, _ = flow_archive
     clock = [100.0]
     monkeypatch.setattr(sources.time, "monotonic", lambda: clock[0])
-    part = sources._ArchivePartition(sources.ArchiveInput(str(root), speed=2.0), None)
+    part = sources.ArchiveSlices(sources.ArchiveInput(str(root), speed=2.0), None)
     first = part.next_batch()  # the first slice sets the origin and is due at once
     assert first and min(int(b.t_us[0]) for b in first) == T0
     assert part.next_batch() == []  # the slice of event second 1 is due 0.5 s later at speed 2

@@ -1,0 +1,32 @@
+"""What every ``becomingone`` command shares: loading the config, and argument types.
+
+Config problems are printed to stderr, one per line with the key path, and
+the command exits with 2; argument types raise ``argparse`` errors that name
+the value, so bad usage also exits with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+__all__ = ["config_or_report", "positive_int"]
+
+
+def config_or_report(args: argparse.Namespace):
+    """The validated config of ``args.config``, or None after printing every problem to stderr."""
+    from schemas.config import ConfigError, load_config
+
+    try:
+        return load_config(args.config)
+    except ConfigError as exc:
+        print(f"becomingone: invalid config:\n{exc}", file=sys.stderr)
+        return None
+
+
+def positive_int(text: str) -> int:
+    """An argument that must be a whole number >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
