@@ -46,7 +46,6 @@ from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from connectors.metrics import ledger, metrics, serve
-from flows.sources import PhaseFile, SyntheticSamples, kafka_source, request_stop
 from flows.emit import (
     ArchiveRows,
     TopicRecord,
@@ -61,6 +60,7 @@ from flows.emit import (
     sync_records,
     witness_rows,
 )
+from flows.sources import PhaseFile, SyntheticSamples, kafka_source, request_stop
 from operators.decode import RawMessage, decode_messages
 from operators.emissary import EmissaryWindow
 from operators.grid import WindowValues
