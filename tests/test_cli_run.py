@@ -100,3 +100,29 @@ def test_a_stopped_run_does_not_stop_the_next_one_in_the_same_process(tmp_path):
                            "metrics": {"enabled": False}})
     book = run_flow(config, out=io.StringIO(), progress=io.StringIO())
     assert book.totals()[0] == 4 * 500
+
+
+def test_a_rerun_on_the_same_input_adds_no_archive_rows_and_continues_the_witness_chain(tmp_path):
+    import io
+
+    from flows.run import run_flow
+    from schemas.config import parse_config
+    from schemas.messages import witness_log_digest
+
+    config = parse_config({"source": {"kind": "synthetic", "duration": 20.0}, "metrics": {"enabled": False},
+                           "memory": {"storage": {"path": str(tmp_path / "archive")}}})
+    root = tmp_path / "archive"
+    datasets = ("events", "input", "temporal_signatures", "coherence_history", "mesh_sync")
+    run_flow(config, out=io.StringIO(), progress=io.StringIO())
+    first = {d: open_dataset(root / d).to_table() for d in datasets}
+    log_1 = open_dataset(root / "witnessing_logs").to_table().sort_by("seq")
+    run_flow(config, out=io.StringIO(), progress=io.StringIO())  # a restart replaying the same input
+    for d in datasets:
+        assert open_dataset(root / d).to_table().equals(first[d]), d
+    assert verify_archive(root) == {name: [] for name in verify_archive(root)}
+    log_2 = open_dataset(root / "witnessing_logs").to_table().sort_by("seq")
+    assert log_2["seq"].to_pylist() == list(range(log_2.num_rows)) and log_2.num_rows > log_1.num_rows
+    # The second run's first record chains onto the first run's last digest.
+    n = log_1.num_rows
+    assert log_2["log_sha256"][n].as_py() == witness_log_digest(
+        log_1["log_sha256"][n - 1].as_py(), log_2["payload"][n].as_py().encode())
