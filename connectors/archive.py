@@ -165,7 +165,7 @@ class ArchiveError(RuntimeError):
     """The archive on disk is damaged in a way the writer will not guess around."""
 
 
-# -- helpers ---------------------------------------------------------------
+# -- manifest lines, hashes and files ----------------------------------------
 
 
 def _line_hash(text: str) -> str:
