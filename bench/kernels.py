@@ -217,11 +217,7 @@ def run_streaming(record: SensorRecord, params: KairosParams, grids: Grids, batc
         end = clock()
         window_s += end - t1
     return StreamingRun(batch, lag_s, window_s, end - begin, Products.concat(products),
-                        _concat_values(em_out), _concat_values(ma_out))
-
-
-def _concat_values(parts: list[WindowValues]) -> WindowValues:
-    return WindowValues(*(np.concatenate([getattr(v, f) for v in parts]) for f in WindowValues._fields))
+                        WindowValues.concat(em_out), WindowValues.concat(ma_out))
 
 
 def median_run(runs: Sequence[StreamingRun]) -> StreamingRun:

@@ -68,7 +68,7 @@ from operators.intake import ProductBatch, SensorIntake
 from operators.master import MasterWindow
 from operators.params import KairosParams
 from operators.samples import SampleBatch
-from operators.sync import SyncState, SyncValues
+from operators.sync import SyncState
 from operators.transducer import Transducer
 from operators.witness import WitnessEntry, WitnessLog
 from schemas.config import Config, FileSource, KafkaSource, SyntheticSource, load_config
@@ -281,7 +281,7 @@ class _TransducerLogic(StatefulBatchLogic[ProductBatch, Any, _TransducerMemory])
         if self.signatures:
             keep = on_grid(values.t, self.signature_us)
             if keep.any():
-                out.append(signature_rows(self.sensor, self.cell, self.kind, WindowValues(*(x[keep] for x in values))))
+                out.append(signature_rows(self.sensor, self.cell, self.kind, values.select(keep)))
         if self.meso:
             for k in np.flatnonzero(on_grid(values.t, self.meso_us)).tolist():
                 T = complex(values.T[k])
@@ -295,12 +295,8 @@ class _TransducerLogic(StatefulBatchLogic[ProductBatch, Any, _TransducerMemory])
         out: list[Any] = []
         for batch in values:
             self.sensor, self.cell = batch.sensor, batch.cell
-            if batch.watermark is None:  # end of input upstream: everything is final
-                pushed = self.transducer.push(batch.products, batch.sample_t, np.iinfo(np.int64).max)
-                rest = self.transducer.flush()
-                pushed = WindowValues(*(np.concatenate([a, b]) for a, b in zip(pushed, rest)))
-            else:
-                pushed = self.transducer.push(batch.products, batch.sample_t, batch.watermark)
+            # A watermark of None (end of input upstream) makes every grid point final.
+            pushed = self.transducer.push(batch.products, batch.sample_t, batch.watermark)
             out.extend(self._outputs(pushed, batch.watermark, batch.ingested))
         metrics().batch_seconds.labels(self.kind).observe(time.perf_counter() - started)
         return out, StatefulBatchLogic.RETAIN
@@ -310,19 +306,6 @@ class _TransducerLogic(StatefulBatchLogic[ProductBatch, Any, _TransducerMemory])
 
     def snapshot(self) -> _TransducerMemory:
         return _TransducerMemory(self.sensor, self.cell, self.transducer)
-
-
-def _empty_values() -> WindowValues:
-    return WindowValues(np.empty(0, np.int64), np.empty(0, np.complex128), np.empty(0, np.int64),
-                        np.empty(0, np.int64))
-
-
-def _cat(parts: list[WindowValues]) -> WindowValues:
-    if not parts:
-        return _empty_values()
-    if len(parts) == 1:
-        return parts[0]
-    return WindowValues(*(np.concatenate(x) for x in zip(*parts)))
 
 
 @dataclass
@@ -395,7 +378,7 @@ class _SyncLogic(StatefulBatchLogic[Emission, Any, _SyncMemory]):
             m.sensor_coherence.labels(self.sensor).set(self.entry.coherence_sync)
         publish = on_grid(sv.t, self.publish_us)
         if publish.any():
-            picked = SyncValues(*(x[publish] for x in sv))
+            picked = sv.select(publish)
             out.extend(TopicRecord("sync", self.sensor.encode("utf-8"), to_json_bytes(r))
                        for r in sync_records(self.node, self.sensor, mem.cell, picked))
             if self.mesh:
@@ -403,7 +386,7 @@ class _SyncLogic(StatefulBatchLogic[Emission, Any, _SyncMemory]):
         if self.history:
             keep = on_grid(sv.t, self.signature_us)
             if keep.any():
-                out.append(history_rows(self.sensor, SyncValues(*(x[keep] for x in sv))))
+                out.append(history_rows(self.sensor, sv.select(keep)))
         return out
 
     def on_batch(self, values: list[Emission]) -> tuple[Iterable[Any], bool]:
@@ -424,7 +407,7 @@ class _SyncLogic(StatefulBatchLogic[Emission, Any, _SyncMemory]):
                     self.mem.master_final = True
                 else:
                     self.mem.master_watermark = max(self.mem.master_watermark, e.watermark)
-        out = self._decide(_cat(em), _cat(ma), ingested)
+        out = self._decide(WindowValues.concat(em), WindowValues.concat(ma), ingested)
         metrics().batch_seconds.labels("sync").observe(time.perf_counter() - started)
         return out, StatefulBatchLogic.RETAIN
 
@@ -432,7 +415,7 @@ class _SyncLogic(StatefulBatchLogic[Emission, Any, _SyncMemory]):
         self.mem.master_final = True
         if self.entry is None:
             return [], StatefulBatchLogic.RETAIN
-        return self._decide(_empty_values(), _empty_values(), math.inf), StatefulBatchLogic.RETAIN
+        return self._decide(WindowValues.empty(), WindowValues.empty(), math.inf), StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> _SyncMemory:
         return self.mem

@@ -42,6 +42,24 @@ class WindowValues(NamedTuple):
     def __len__(self) -> int:
         return int(self.t.shape[0])
 
+    @classmethod
+    def empty(cls) -> "WindowValues":
+        """No grid points."""
+        return cls(np.empty(0, np.int64), np.empty(0, np.complex128), np.empty(0, np.int64), np.empty(0, np.int64))
+
+    @classmethod
+    def concat(cls, parts: "list[WindowValues]") -> "WindowValues":
+        """The grid points of ``parts`` one after the other."""
+        if not parts:
+            return cls.empty()
+        if len(parts) == 1:
+            return parts[0]
+        return cls(*(np.concatenate(column) for column in zip(*parts)))
+
+    def select(self, mask: np.ndarray) -> "WindowValues":
+        """The grid points where ``mask`` is true (or at an index array / slice)."""
+        return WindowValues(*(column[mask] for column in self))
+
 
 def emission_points(t_us: np.ndarray, interval_us: int) -> np.ndarray:
     """The grid points n * interval whose interval (g - I, g] holds a sample.

@@ -82,18 +82,9 @@ class SyncValues(NamedTuple):
     def __len__(self) -> int:
         return int(self.t.shape[0])
 
-
-def _empty_values() -> WindowValues:
-    return WindowValues(np.empty(0, np.int64), np.empty(0, np.complex128),
-                        np.empty(0, np.int64), np.empty(0, np.int64))
-
-
-def _cat(a: WindowValues, b: WindowValues) -> WindowValues:
-    return WindowValues(*(np.concatenate([x, y]) for x, y in zip(a, b)))
-
-
-def _tail(v: WindowValues, start: int) -> WindowValues:
-    return WindowValues(*(x[start:] for x in v))
+    def select(self, mask: np.ndarray) -> "SyncValues":
+        """The grid points where ``mask`` is true (or at an index array / slice)."""
+        return SyncValues(*(column[mask] for column in self))
 
 
 class SyncState:
@@ -121,8 +112,8 @@ class SyncState:
         self.phase_threshold = float(phase_threshold)
         self.min_span_us = int(min_span_us)
         self.collapsed = False
-        self._em = _empty_values()  # Emissary points waiting for the Master watermark
-        self._ma = _empty_values()  # Master points not yet superseded
+        self._em = WindowValues.empty()  # Emissary points waiting for the Master watermark
+        self._ma = WindowValues.empty()  # Master points not yet superseded
         # The Master state in force: latest Master point decided so far.
         self._ma_T = 0j
         self._ma_span = 0
@@ -141,12 +132,12 @@ class SyncState:
             master_watermark: the Master's watermark (us); None means end of
                 input, so every buffered point is decided.
         """
-        self._em = _cat(self._em, emissary)
-        self._ma = _cat(self._ma, master)
+        self._em = WindowValues.concat([self._em, emissary])
+        self._ma = WindowValues.concat([self._ma, master])
         g = self._em.t
         cut = g.shape[0] if master_watermark is None else int(np.searchsorted(g, master_watermark, side="right"))
-        now = WindowValues(*(x[:cut] for x in self._em))
-        self._em = _tail(self._em, cut)
+        now = self._em.select(slice(None, cut))
+        self._em = self._em.select(slice(cut, None))
 
         # Master point in force at each g: the latest G <= g, else the one carried over.
         idx = np.searchsorted(self._ma.t, now.t, side="right") - 1
@@ -163,7 +154,7 @@ class SyncState:
             last = int(idx[-1])
             if last >= 0:
                 self._ma_T, self._ma_span = complex(self._ma.T[last]), int(self._ma.span_us[last])
-                self._ma = _tail(self._ma, last + 1)
+                self._ma = self._ma.select(slice(last + 1, None))
 
         T_em = now.T
         T_sync = (T_master + T_em) / 2

@@ -53,22 +53,22 @@ class Transducer:
         """Grid points that have samples but are later than the watermark."""
         return self._pending
 
-    def push(self, products: Products, sample_t_us: np.ndarray, watermark_us: int) -> WindowValues:
+    def push(self, products: Products, sample_t_us: np.ndarray, watermark_us: int | None) -> WindowValues:
         """Integrate products; emit every due grid point <= ``watermark_us``.
 
         Args:
             products: the products of the samples just integrated (all <= watermark).
             sample_t_us: times of those samples (sorted); they make grid points due.
             watermark_us: the sensor's watermark; grid points up to it are final.
+                None: end of input, every due grid point is final.
         """
         due = emission_points(sample_t_us, self.interval_us)
         if self._pending.size:
             due = np.union1d(self._pending, due)
-        split = int(np.searchsorted(due, watermark_us, side="right"))
+        split = due.size if watermark_us is None else int(np.searchsorted(due, watermark_us, side="right"))
         self._pending = due[split:]
         return self.window.advance(products, due[:split])
 
     def flush(self) -> WindowValues:
         """End of input: emit every pending grid point."""
-        due, self._pending = self._pending, np.empty(0, np.int64)
-        return self.window.advance(Products.empty(), due)
+        return self.push(Products.empty(), np.empty(0, np.int64), None)
