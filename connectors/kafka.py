@@ -67,6 +67,7 @@ __all__ = [
     "connect_admin",
     "consumer_settings",
     "ensure_topics",
+    "produce_waiting",
     "json_messages",
     "producer_settings",
 ]
@@ -526,6 +527,19 @@ def json_messages(columns: PhaseColumns) -> Iterator[tuple[bytes, bytes]]:
 # The producer.
 
 
+def produce_waiting(producer: Producer, topic: str, **message: Any) -> None:
+    """``producer.produce``, waiting for deliveries to make room while the local queue is full.
+
+    Bounded: queued messages fail after ``message.timeout.ms``, which frees the queue.
+    """
+    while True:
+        try:
+            producer.produce(topic, **message)
+            return
+        except BufferError:
+            producer.poll(0.1)
+
+
 class PhaseProducer:
     """Send phase samples to a topic, paced, counting deliveries.
 
@@ -668,17 +682,8 @@ class PhaseProducer:
                 self._report_progress()
 
     def _produce(self, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]] | None, n: int) -> None:
-        while True:
-            try:
-                self._producer.produce(
-                    self.topic, value=value, key=key, headers=headers, on_delivery=self._on_delivery,
-                    **self._partition,
-                )
-                break
-            except BufferError:
-                # The local queue is full: wait for deliveries to make room.
-                # Bounded: queued messages fail after message.timeout.ms.
-                self._producer.poll(0.1)
+        produce_waiting(self._producer, self.topic, value=value, key=key, headers=headers,
+                        on_delivery=self._on_delivery, **self._partition)
         self.messages += 1
         self.samples += n
         self._producer.poll(0)
@@ -717,12 +722,7 @@ class _TopicSinkPartition(StatelessSinkPartition[tuple[str, bytes | None, bytes]
 
     def write_batch(self, items: list[tuple[str, bytes | None, bytes]]) -> None:
         for topic, key, value in items:
-            while True:
-                try:
-                    self._producer.produce(topic, value=value, key=key, on_delivery=self._on_delivery)
-                    break
-                except BufferError:  # local queue full: let deliveries make room
-                    self._producer.poll(0.1)
+            produce_waiting(self._producer, topic, value=value, key=key, on_delivery=self._on_delivery)
             self._producer.poll(0)
         # Every message of the batch is delivered (or failed) before the
         # dataflow moves on: nothing is lost silently.

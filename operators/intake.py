@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from operators.decode import arrow_row_bytes
+from operators.decode import original_row_bytes
 from operators.event_time import EventTimeGate
 from operators.lag import LagState, Products
 from operators.params import KairosParams
@@ -88,7 +88,7 @@ def _original(batch: SampleBatch, i: int) -> bytes:
     key = (int(batch.partition[i]), int(batch.offset[i]))
     message = batch.sources.get(key) if batch.sources else None
     if message is not None and message.value is not None:
-        return arrow_row_bytes(message.value, int(batch.row[i]))
+        return original_row_bytes(message, int(batch.row[i]))
     return PhaseSample(batch.sensor, int(batch.t_us[i]), tuple(batch.phase[i].tolist()), batch.cell).to_json_bytes()
 
 
