@@ -26,7 +26,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,6 @@ __all__ = ["Reconstruction", "SignatureState", "SyncSnapshot", "TemporalMemory",
 
 _HOUR_US = 3_600_000_000
 _PARTITION = re.compile(r"date=(\d{4})-(\d{2})-(\d{2})/hour=(\d{2})/")
-_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
 
 
 def as_micros(t: Any) -> int:
@@ -55,8 +54,7 @@ def as_micros(t: Any) -> int:
     if isinstance(t, _dt.datetime):
         if t.tzinfo is None:
             raise ValueError(f"time {t.isoformat()} has no zone; give one (e.g. UTC)")
-        delta = t - _EPOCH
-        return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+        t = t.isoformat()
     if isinstance(t, str):
         text = t.strip()
         try:
@@ -138,8 +136,8 @@ class TemporalMemory:
         self.files_opened = 0
 
     def datasets(self) -> list[str]:
-        """The dataset directories present, in schema order."""
-        return [name for name in DATASETS if (self.root / name / "MANIFEST.jsonl").exists()]
+        """The dataset directories present (possibly still without files), in schema order."""
+        return [name for name in DATASETS if (self.root / name).is_dir()]
 
     def files(self, dataset: str, start_us: int | None = None, end_us: int | None = None) -> list[Path]:
         """The dataset's committed files (manifest order) whose hour overlaps [start_us, end_us]."""
@@ -157,10 +155,34 @@ class TemporalMemory:
                 out.append(path)
         return out
 
-    def _read(self, path: Path) -> pa.Table:
+    def read_file(self, path: Path) -> pa.Table:
+        """One archive file, memory-mapped (counted in :attr:`files_opened`)."""
         self.files_opened += 1
         with pa.memory_map(str(path)) as source:
             return pa.ipc.open_file(source).read_all()
+
+    def scan(self, dataset: str, start_us: int | None = None, end_us: int | None = None,
+             sensors: Iterable[str] | None = None, columns: list[str] | None = None) -> Iterator[pa.Table]:
+        """Per file (manifest order), the rows with start_us <= t <= end_us and ``sensor`` in
+        ``sensors``, as ``columns`` (None: all).  None leaves a bound or a filter open.
+
+        One table per file keeps memory bounded for large datasets (``input/``).
+        """
+        wanted = None if sensors is None else pa.array(sorted(set(sensors)), pa.string())
+        for path in self.files(dataset, start_us, end_us):
+            table = self.read_file(path)
+            mask = None
+            t = table["t"].cast(pa.int64())
+            for bound, test in ((start_us, pc.greater_equal), (end_us, pc.less_equal)):
+                if bound is not None:
+                    term = test(t, bound)
+                    mask = term if mask is None else pc.and_(mask, term)
+            if wanted is not None and "sensor" in table.column_names:
+                term = pc.is_in(table["sensor"], value_set=wanted)
+                mask = term if mask is None else pc.and_(mask, term)
+            if mask is not None:
+                table = table.filter(mask)
+            yield table if columns is None else table.select(columns)
 
     def retrieve(self, start: Any, end: Any, sensors: Iterable[str] | None = None,
                  dataset: str = "coherence_history") -> pa.Table:
@@ -175,17 +197,8 @@ class TemporalMemory:
         start_us, end_us = as_micros(start), as_micros(end)
         if start_us > end_us:
             raise ValueError(f"start ({start}) is after end ({end})")
-        wanted = None if sensors is None else pa.array(sorted(set(sensors)), pa.string())
-        parts = []
-        for path in self.files(dataset, start_us, end_us):
-            table = self._read(path)
-            t = table["t"].cast(pa.int64())
-            mask = pc.and_(pc.greater_equal(t, start_us), pc.less_equal(t, end_us))
-            if wanted is not None and "sensor" in table.column_names:
-                mask = pc.and_(mask, pc.is_in(table["sensor"], value_set=wanted))
-            parts.append(table.filter(mask))
-        schema = DATASETS[dataset]
-        table = pa.concat_tables(parts) if parts else schema.empty_table()
+        parts = list(self.scan(dataset, start_us, end_us, sensors))
+        table = pa.concat_tables(parts) if parts else DATASETS[dataset].empty_table()
         if dataset == "witnessing_logs":
             table = table.sort_by("seq")
         return table
@@ -202,7 +215,7 @@ class TemporalMemory:
         for hour in sorted(by_hour, key=lambda h: -1 if h is None else h, reverse=True):
             best = None
             for path in by_hour[hour]:
-                table = self._read(path)
+                table = self.read_file(path)
                 mask = pc.and_(pc.equal(table["sensor"], sensor), pc.less_equal(table["t"].cast(pa.int64()), at_us))
                 for column, value in (extra or {}).items():
                     mask = pc.and_(mask, pc.equal(table[column], value))

@@ -44,7 +44,6 @@ from typing import TypedDict
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 from matplotlib import dates as mdates
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -53,8 +52,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from connectors.archive import open_dataset
-from schemas.archive import DATASETS, TIMESTAMP, partition_values
+from connectors.memory import TemporalMemory
+from schemas.archive import DATASETS
 
 __all__ = ["MAX_PANELS", "ReportResult", "SummaryRow", "summary_rows", "write_report"]
 
@@ -167,43 +166,13 @@ def _duration_text(us: int) -> str:
     return f"{s // 86_400} d {s % 86_400 // 3600:02d} h"
 
 
-def _range_filter(start_us: int | None, end_us: int | None) -> ds.Expression | None:
-    """Rows with start_us <= t <= end_us; the date/hour terms let pyarrow skip
-    whole partition directories instead of reading them."""
-    date, hour, t = ds.field("date"), ds.field("hour"), ds.field("t")
-    terms: list[ds.Expression] = []
-    if start_us is not None:
-        d0, h0 = partition_values(start_us)
-        terms += [(date > d0) | ((date == d0) & (hour >= h0)), t >= pa.scalar(start_us, TIMESTAMP)]
-    if end_us is not None:
-        d1, h1 = partition_values(end_us)
-        terms += [(date < d1) | ((date == d1) & (hour <= h1)), t <= pa.scalar(end_us, TIMESTAMP)]
-    if not terms:
+def _table(memory: TemporalMemory, dataset: str, columns: list[str], sensors: Sequence[str] | None,
+           start_us: int | None, end_us: int | None) -> pa.Table | None:
+    """``columns`` of one dataset's rows in range; None when the archive has no such dataset."""
+    if dataset not in memory.datasets():
         return None
-    expr = terms[0]
-    for term in terms[1:]:
-        expr = expr & term
-    return expr
-
-
-def _scanner(
-    root: Path, dataset: str, columns: list[str], sensors: Sequence[str] | None, start_us: int | None,
-    end_us: int | None,
-) -> ds.Scanner | None:
-    """A scanner over ``columns`` of one dataset's rows in range; None if the archive has no such dataset."""
-    path = root / dataset
-    if not path.is_dir():
-        return None
-    dataset_ = open_dataset(path)
-    if not dataset_.files:
-        # An empty directory has no schema to filter on: stand in an empty dataset of the real one.
-        dataset_ = ds.dataset(DATASETS[dataset].empty_table())
-        return dataset_.scanner(columns=columns)
-    expr = _range_filter(start_us, end_us)
-    if sensors is not None:
-        by_sensor = ds.field("sensor").isin(list(sensors))
-        expr = by_sensor if expr is None else expr & by_sensor
-    return dataset_.scanner(columns=columns, filter=expr)
+    parts = list(memory.scan(dataset, start_us, end_us, sensors, columns))
+    return pa.concat_tables(parts) if parts else DATASETS[dataset].empty_table().select(columns)
 
 
 def _ranks(column: pa.ChunkedArray | pa.Array, order: dict[str, int]) -> np.ndarray:
@@ -227,18 +196,17 @@ def _range_text(start_us: int | None, end_us: int | None) -> str:
 
 
 def _read_history(
-    root: Path, sensors: Sequence[str] | None, start_us: int | None, end_us: int | None
+    memory: TemporalMemory, sensors: Sequence[str] | None, start_us: int | None, end_us: int | None
 ) -> _History:
     columns = ["sensor", "t", "coherence_master", "coherence_emissary", "coherence_sync", "state"]
-    scanner = _scanner(root, "coherence_history", columns, sensors, start_us, end_us)
-    if scanner is None:
+    table = _table(memory, "coherence_history", columns, sensors, start_us, end_us)
+    if table is None:
         raise ValueError(
-            f"no coherence_history/ in {root}: not an archive root (memory.storage.path), "
+            f"no coherence_history/ in {memory.root}: not an archive root (memory.storage.path), "
             "or the run had memory.coherence_history off"
         )
-    table = scanner.to_table()
     if table.num_rows == 0 and sensors is None:
-        raise ValueError(f"no coherence_history rows in {root}{_range_text(start_us, end_us)}: nothing to report")
+        raise ValueError(f"no coherence_history rows in {memory.root}{_range_text(start_us, end_us)}: nothing to report")
 
     present = pc.unique(table["sensor"]).to_pylist()
     if sensors is None:
@@ -248,12 +216,11 @@ def _read_history(
         present_set = set(present)
         missing = [s for s in order if s not in present_set]
         if missing:
-            known_scanner = _scanner(root, "coherence_history", ["sensor"], None, start_us, end_us)
-            assert known_scanner is not None
-            known = sorted(pc.unique(known_scanner.to_table()["sensor"]).to_pylist(), key=_natural_key)
+            every = _table(memory, "coherence_history", ["sensor"], None, start_us, end_us)
+            known = sorted(pc.unique(every["sensor"]).to_pylist(), key=_natural_key)
             listed = ", ".join(known[:20]) + (f", ... ({len(known)} in all)" if len(known) > 20 else "")
             raise ValueError(
-                f"unknown sensor(s) {', '.join(map(repr, missing))}: no coherence_history rows in {root}"
+                f"unknown sensor(s) {', '.join(map(repr, missing))}: no coherence_history rows in {memory.root}"
                 f"{_range_text(start_us, end_us)}; known: {listed or 'none'}"
             )
 
@@ -276,11 +243,10 @@ def _read_history(
     )
 
 
-def _read_events(root: Path, history: _History, start_us: int | None, end_us: int | None) -> _Events | None:
-    scanner = _scanner(root, "events", ["sensor", "t", "event", "coherence_sync"], history.sensors, start_us, end_us)
-    if scanner is None:
+def _read_events(memory: TemporalMemory, history: _History, start_us: int | None, end_us: int | None) -> _Events | None:
+    table = _table(memory, "events", ["sensor", "t", "event", "coherence_sync"], history.sensors, start_us, end_us)
+    if table is None:
         return None
-    table = scanner.to_table()
     rank = _ranks(table["sensor"], {name: i for i, name in enumerate(history.sensors)})
     return _Events(
         rank=rank,
@@ -290,17 +256,16 @@ def _read_events(root: Path, history: _History, start_us: int | None, end_us: in
     )
 
 
-def _count_samples(root: Path, history: _History, start_us: int | None, end_us: int | None) -> np.ndarray | None:
+def _count_samples(memory: TemporalMemory, history: _History, start_us: int | None, end_us: int | None) -> np.ndarray | None:
     """input rows per reported sensor, or None when the archive has no input/.
 
     Counted batch by batch: input/ is the largest dataset (every accepted
     sample), and only the sensor column is needed."""
-    scanner = _scanner(root, "input", ["sensor"], history.sensors, start_us, end_us)
-    if scanner is None:
+    if "input" not in memory.datasets():
         return None
     order = {name: i for i, name in enumerate(history.sensors)}
     counts = np.zeros(len(history.sensors), dtype=np.int64)
-    for batch in scanner.to_batches():
+    for batch in memory.scan("input", start_us, end_us, history.sensors, ["sensor"]):
         if batch.num_rows == 0:
             continue
         tally = pc.value_counts(batch.column(0))
@@ -343,8 +308,6 @@ def _load(
     root: str | os.PathLike[str], sensors: Sequence[str] | None, start_us: int | None, end_us: int | None
 ) -> tuple[Path, _History, _Events | None, list[SummaryRow]]:
     path = Path(root)
-    if not path.is_dir():
-        raise FileNotFoundError(f"no archive directory at {path}")
     if start_us is not None and end_us is not None and start_us > end_us:
         raise ValueError(f"start ({_utc_text(start_us)}) is after end ({_utc_text(end_us)})")
     if sensors is not None:
@@ -352,9 +315,10 @@ def _load(
             sensors = [sensors]  # one id, not its characters
         if not sensors:
             raise ValueError("sensors is empty: give at least one sensor id, or None for all")
-    history = _read_history(path, sensors, start_us, end_us)
-    events = _read_events(path, history, start_us, end_us)
-    samples = _count_samples(path, history, start_us, end_us)
+    memory = TemporalMemory(path)
+    history = _read_history(memory, sensors, start_us, end_us)
+    events = _read_events(memory, history, start_us, end_us)
+    samples = _count_samples(memory, history, start_us, end_us)
     return path, history, events, _summarise(history, events, samples)
 
 

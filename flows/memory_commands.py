@@ -225,18 +225,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _input_span(memory, start: int | None, end: int | None) -> tuple[int, int] | None:
-    """(first, duration) of the archived input in range, from the files' t columns."""
+    """(first, duration) of the archived input in range, for the progress line."""
     import pyarrow.compute as pc
 
-    lo = hi = None
-    for path in memory.files("input", start, end):
-        t = memory._read(path)["t"].cast("int64")
-        if len(t):
-            a, b = pc.min(t).as_py(), pc.max(t).as_py()
-            lo, hi = (a if lo is None else min(lo, a)), (b if hi is None else max(hi, b))
-    if lo is None:
+    times = [table["t"].cast("int64") for table in memory.scan("input", start, end, columns=["t"])]
+    times = [t for t in times if len(t)]
+    if not times:
         return None
-    lo, hi = max(lo, start or lo), min(hi, end or hi)
+    lo, hi = min(pc.min(t).as_py() for t in times), max(pc.max(t).as_py() for t in times)
     return lo, max(hi - lo, 1)
 
 

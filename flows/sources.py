@@ -283,7 +283,7 @@ class ArchiveSlices(StatefulSourcePartition[SampleBatch, int]):
         import pyarrow as pa
         import pyarrow.compute as pc
 
-        table = self.memory._read(self.files[self.done])
+        table = self.memory.read_file(self.files[self.done])
         self.done += 1
         src = self.source
         t = table["t"].cast("int64")
