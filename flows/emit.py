@@ -75,7 +75,7 @@ def _times(t_us: np.ndarray) -> pa.Array:
 
 
 def _repeat(value: str | None, n: int) -> pa.Array:
-    return pa.array([value] * n, pa.string())
+    return pa.repeat(pa.scalar(value, pa.string()), n)
 
 
 def input_rows(batch: SampleBatch) -> ArchiveRows:
