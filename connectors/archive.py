@@ -81,6 +81,7 @@ drops incoming rows with ``t <= high-water``.  Row keys (:data:`ROW_KEYS`):
 
 from __future__ import annotations
 
+import collections
 import fcntl
 import hashlib
 import json
@@ -89,6 +90,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -1287,20 +1289,42 @@ def compact_archive(
 
 
 class _ArchivePartition(StatefulSinkPartition[pa.Table, None]):
-    """One dataset's writer inside the sink."""
+    """One dataset's writer inside the sink, run on a thread of its own.
+
+    Conforming, encoding, hashing and writing files mostly run outside the
+    GIL, so the writer thread overlaps them with the dataflow's computing.
+    The thread takes every call in order (one writer per dataset, as before);
+    at most ``_MAX_PENDING`` batches wait for it, so a slow disk slows the
+    flow down instead of filling memory.  ``snapshot`` and ``close`` wait for
+    everything handed over, and a writer error is raised in the flow at the
+    next batch, snapshot or close: nothing is dropped silently.
+    """
+
+    _MAX_PENDING = 4
 
     def __init__(self, writer: ArchiveWriter) -> None:
         self.writer = writer
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"archive-{writer.dataset}")
+        self._pending: collections.deque[Future[Any]] = collections.deque()
+
+    def _settle(self, keep: int) -> None:
+        """Wait until at most ``keep`` calls are pending; raise the first failure."""
+        while self._pending and (len(self._pending) > keep or self._pending[0].done()):
+            self._pending.popleft().result()
+
+    def _submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        self._settle(self._MAX_PENDING - 1)
+        self._pending.append(self._thread.submit(fn, *args))
 
     def write_batch(self, values: list[pa.Table]) -> None:
         tables = [v if isinstance(v, pa.Table) else pa.Table.from_batches([v]) for v in values]
         if not tables:
             return
         if all(t.schema.equals(tables[0].schema) for t in tables[1:]):
-            self.writer.write(pa.concat_tables(tables))
+            self._submit(self.writer.write, pa.concat_tables(tables))
         else:  # differently typed but castable inputs: conform one by one
             for table in tables:
-                self.writer.write(table)
+                self._submit(self.writer.write, table)
 
     def snapshot(self) -> None:
         # Bytewax snapshots at the end of every epoch (10 s by default, with or
@@ -1308,11 +1332,16 @@ class _ArchivePartition(StatefulSinkPartition[pa.Table, None]):
         # buffered rows go to disk now or a crash after it would lose them.
         # The archive itself is the state: a resumed writer re-reads its
         # high-water marks from disk.
-        self.writer.flush()
+        self._submit(self.writer.flush)
+        self._settle(0)
         return None
 
     def close(self) -> None:
-        self.writer.close()
+        try:
+            self._settle(0)
+        finally:
+            self._thread.shutdown(wait=True)
+            self.writer.close()
 
 
 class ArchiveSink(FixedPartitionedSink[pa.Table, None]):

@@ -14,6 +14,7 @@ else, so the topic and the archive always agree.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +29,8 @@ from schemas.messages import CollapseEvent, DeadLetter, SyncRecord, format_utc, 
 
 __all__ = [
     "ArchiveRows",
+    "SignaturePiece",
+    "SyncPiece",
     "TopicRecord",
     "collapse_events",
     "dead_letter_records",
@@ -78,24 +81,45 @@ def _repeat(value: str | None, n: int) -> pa.Array:
     return pa.repeat(pa.scalar(value, pa.string()), n)
 
 
-def input_rows(batch: SampleBatch) -> ArchiveRows:
-    """The accepted samples of ``batch`` for ``input/`` (phase as list<float64>)."""
-    n = len(batch)
-    width = batch.channels
-    offsets = pa.array(np.arange(n + 1, dtype=np.int32) * width, pa.int32())
-    phase = pa.ListArray.from_arrays(offsets, pa.array(np.ascontiguousarray(batch.phase).reshape(-1), pa.float64()))
+def _labels(names: Sequence[str | None], counts: Sequence[int]) -> pa.Array:
+    """A string column holding ``names[i]`` ``counts[i]`` times in a row (None: null).
+
+    One ``take`` from the distinct names, so the cost is per row in C++, not in Python.
+    """
+    counts = np.asarray(counts, np.int64)
+    if len(names) == 1:
+        return _repeat(names[0], int(counts[0]))
+    index = np.repeat(np.arange(len(names), dtype=np.int32), counts)
+    return pa.array(list(names), pa.string()).take(pa.array(index, pa.int32()))
+
+
+def input_rows(batches: Sequence[SampleBatch]) -> ArchiveRows:
+    """The accepted samples of ``batches`` (any sensors) for ``input/`` (phase as list<float64>)."""
+    counts = [len(b) for b in batches]
+    widths = np.repeat(np.array([b.channels for b in batches], np.int32), counts)
+    offsets = np.zeros(widths.shape[0] + 1, np.int32)
+    np.cumsum(widths, out=offsets[1:])
+    values = np.concatenate([np.ascontiguousarray(b.phase).reshape(-1) for b in batches])
+    phase = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(values, pa.float64()))
     return ArchiveRows("input", _table("input", {
-        "sensor": _repeat(batch.sensor, n), "cell": _repeat(batch.cell, n), "t": _times(batch.t_us), "phase": phase,
+        "sensor": _labels([b.sensor for b in batches], counts), "cell": _labels([b.cell for b in batches], counts),
+        "t": _times(np.concatenate([b.t_us for b in batches])), "phase": phase,
     }))
 
 
-def signature_rows(sensor: str, cell: str | None, transducer: str, values: WindowValues) -> ArchiveRows:
-    """``temporal_signatures/`` rows of a transducer's values."""
-    n = len(values)
+#: One transducer's values of one sensor: (sensor, cell, transducer, values).
+SignaturePiece = tuple[str, "str | None", str, WindowValues]
+
+
+def signature_rows(pieces: Sequence[SignaturePiece]) -> ArchiveRows:
+    """``temporal_signatures/`` rows of transducer values of any sensors."""
+    counts = [len(p[3]) for p in pieces]
+    T = np.concatenate([p[3].T for p in pieces])
     return ArchiveRows("temporal_signatures", _table("temporal_signatures", {
-        "sensor": _repeat(sensor, n), "cell": _repeat(cell, n), "transducer": _repeat(transducer, n),
-        "t": _times(values.t), "t_re": values.T.real, "t_im": values.T.imag,
-        "coherence": values.coherence, "n_products": values.n_products,
+        "sensor": _labels([p[0] for p in pieces], counts), "cell": _labels([p[1] for p in pieces], counts),
+        "transducer": _labels([p[2] for p in pieces], counts),
+        "t": _times(np.concatenate([p[3].t for p in pieces])), "t_re": T.real, "t_im": T.imag,
+        "coherence": T.real ** 2 + T.imag ** 2, "n_products": np.concatenate([p[3].n_products for p in pieces]),
     }))
 
 
@@ -103,11 +127,21 @@ def _state(collapsed: np.ndarray) -> pa.Array:
     return pa.array(np.where(collapsed, "collapsed", "dissipated"), pa.string())
 
 
-def history_rows(sensor: str, sv: SyncValues) -> ArchiveRows:
-    """``coherence_history/`` rows of sync values."""
+#: One sensor's sync values: (sensor, cell, values).
+SyncPiece = tuple[str, "str | None", SyncValues]
+
+
+def _sync_columns(pieces: Sequence[SyncPiece]) -> tuple[list[int], SyncValues]:
+    counts = [len(p[2]) for p in pieces]
+    return counts, SyncValues(*(np.concatenate(columns) for columns in zip(*(p[2] for p in pieces))))
+
+
+def history_rows(pieces: Sequence[SyncPiece]) -> ArchiveRows:
+    """``coherence_history/`` rows of sync values of any sensors."""
+    counts, sv = _sync_columns(pieces)
     em, ma = sv.T_emissary, sv.T_master
     return ArchiveRows("coherence_history", _table("coherence_history", {
-        "sensor": _repeat(sensor, len(sv)), "t": _times(sv.t),
+        "sensor": _labels([p[0] for p in pieces], counts), "t": _times(sv.t),
         "coherence_master": ma.real ** 2 + ma.imag ** 2, "coherence_emissary": em.real ** 2 + em.imag ** 2,
         "coherence_sync": sv.coherence_sync, "delta_phase": sv.delta_phase, "state": _state(sv.collapsed),
     }))
@@ -142,25 +176,31 @@ def events_rows(events: list[CollapseEvent]) -> ArchiveRows:
 
 
 def sync_records(node: str, sensor: str, cell: str | None, sv: SyncValues) -> list[SyncRecord]:
-    """The sync-topic messages of ``sv`` (the caller picks the publish grid points)."""
+    """The sync-topic messages of ``sv`` (the caller picks the publish grid points).
+
+    Built with ``model_construct``: every value comes from the operators'
+    arrays already in its wire type, so validating it again would only cost time.
+    """
     out = []
-    for k in range(len(sv)):
-        ts, tm, te = complex(sv.T_sync[k]), complex(sv.T_master[k]), complex(sv.T_emissary[k])
-        out.append(SyncRecord(
-            node=node, sensor=sensor, cell=cell, t=format_utc(int(sv.t[k])),
-            t_sync=(ts.real, ts.imag), coherence_sync=float(sv.coherence_sync[k]),
-            t_master=(tm.real, tm.imag), t_emissary=(te.real, te.imag),
-            delta_phase=float(sv.delta_phase[k]),
-            state="collapsed" if sv.collapsed[k] else "dissipated", mature=bool(sv.mature[k]),
+    columns = (sv.t.tolist(), sv.T_sync.real.tolist(), sv.T_sync.imag.tolist(), sv.coherence_sync.tolist(),
+               sv.T_master.real.tolist(), sv.T_master.imag.tolist(), sv.T_emissary.real.tolist(),
+               sv.T_emissary.imag.tolist(), sv.delta_phase.tolist(), sv.collapsed.tolist(), sv.mature.tolist())
+    for t, s_re, s_im, coh, m_re, m_im, e_re, e_im, dphase, collapsed, mature in zip(*columns):
+        out.append(SyncRecord.model_construct(
+            node=node, sensor=sensor, cell=cell, t=format_utc(t), t_sync=(s_re, s_im), coherence_sync=coh,
+            t_master=(m_re, m_im), t_emissary=(e_re, e_im), delta_phase=dphase,
+            state="collapsed" if collapsed else "dissipated", mature=mature,
         ))
     return out
 
 
-def mesh_rows(node: str, sensor: str, cell: str | None, sv: SyncValues) -> ArchiveRows:
-    """``mesh_sync/`` rows: the sync feed, column for column."""
+def mesh_rows(node: str, pieces: Sequence[SyncPiece]) -> ArchiveRows:
+    """``mesh_sync/`` rows: the sync feed of any sensors, column for column."""
+    counts, sv = _sync_columns(pieces)
     n = len(sv)
     return ArchiveRows("mesh_sync", _table("mesh_sync", {
-        "node": _repeat(node, n), "sensor": _repeat(sensor, n), "cell": _repeat(cell, n), "t": _times(sv.t),
+        "node": _repeat(node, n), "sensor": _labels([p[0] for p in pieces], counts),
+        "cell": _labels([p[1] for p in pieces], counts), "t": _times(sv.t),
         "t_sync_re": sv.T_sync.real, "t_sync_im": sv.T_sync.imag, "coherence_sync": sv.coherence_sync,
         "t_master_re": sv.T_master.real, "t_master_im": sv.T_master.imag,
         "t_emissary_re": sv.T_emissary.real, "t_emissary_im": sv.T_emissary.imag,

@@ -4,22 +4,27 @@
 
     source (kafka | file | synthetic)
       -> decode                 stateless, per batch: JSON / Arrow IPC -> per-sensor SampleBatches,
-      |                         bad rows -> dead letters
-      -> event_time   [sensor]  channel check, watermark, reorder, late/duplicate/future,
-      |                         lag products; the watermark travels with the products
-      +-> emissary    [sensor]  sliding window W = emissary.tau_max on its grid
-      +-> master      [sensor]  pane window W = master.tau_max on its grid
-      -> sync         [sensor]  join by event time (waits for the Master's watermark),
-      |                         collapse / dissipate with hysteresis
-      -> witness      [one key] the witness log: running SHA-256, meta records
+      |                         bad rows -> dead letters; batches grouped by key group
+      -> resonate  [key group]  per sensor (operators.resonator.Resonator):
+      |                           intake: channel check, watermark, reorder,
+      |                                   late / duplicate / future, lag products
+      |                           emissary: sliding window W = emissary.tau_max on its grid
+      |                           master:   pane window W = master.tau_max on its grid
+      |                           sync: join by event time, collapse / dissipate with hysteresis
+      |                         then the outputs of all its sensors as one Arrow table per dataset
+      -> witness   [one key]    the witness log: running SHA-256, meta records
       -> outputs: Kafka topics (collapse, witness, sync, dlq) and the Arrow archive
 
-Steps in brackets are ``op.stateful_batch`` keyed by sensor id: each sensor
-lives on one worker, and every value it produces depends only on its own
-samples and the config, never on batch sizes, worker count or the relative
-order of the emissary and master branches (the sync aligns them by event
-time).  That is what makes runs with 1 or 2 workers, or with any Kafka batch
-size, produce the same events and archive rows.
+Steps in brackets are ``op.stateful_batch``.  A sensor belongs to the key
+group ``crc32(sensor) % becomingone.key_groups``; the group is the unit Bytewax
+places on a worker, so each sensor lives on one worker, and a step is
+activated once per group with arrays of many sensors instead of once per
+sensor.  Every value a sensor produces depends only on its own samples and
+the config: its Emissary and Master are driven by its watermark in the same
+call, so the sync sees every Master grid point up to the watermark before it
+decides (the join by event time of SPEC section 3), never by arrival order.
+That is what makes runs with 1 or 2 workers, or with any Kafka batch size,
+produce the same events and archive rows.
 
 Run it the Bytewax way (config from ``$BECOMINGONE_CONFIG``)::
 
@@ -34,8 +39,8 @@ import logging
 import math
 import threading
 import time
+import zlib
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +53,8 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from connectors.metrics import ledger, metrics, serve
 from flows.emit import (
     ArchiveRows,
+    SignaturePiece,
+    SyncPiece,
     TopicRecord,
     collapse_events,
     dead_letter_records,
@@ -62,28 +69,26 @@ from flows.emit import (
 )
 from flows.sources import PhaseFile, SyntheticSamples, kafka_source, request_stop
 from operators.decode import RawMessage, decode_messages
-from operators.emissary import EmissaryWindow
 from operators.grid import WindowValues
-from operators.intake import ProductBatch, SensorIntake
-from operators.master import MasterWindow
 from operators.params import KairosParams
+from operators.resonator import Resonance, Resonator, ResonatorSettings
 from operators.samples import SampleBatch
-from operators.sync import SyncState
-from operators.transducer import Transducer
+from operators.sync import SyncValues
 from operators.witness import WitnessEntry, WitnessLog
 from schemas.config import Config, FileSource, KafkaSource, SyntheticSource, load_config
 from schemas.messages import (
+    CollapseEvent,
     MacroWitness,
     MesoWitness,
     MicroWitness,
     to_json_bytes,
 )
 
-__all__ = ["Emission", "build_flow", "kairos_params", "request_stop"]  # request_stop: from flows.sources
+__all__ = ["Decode", "build_engine_flow", "build_flow", "kairos_params", "key_group", "request_stop",
+           "resonator_settings"]  # request_stop: from flows.sources
 
 log = logging.getLogger("becomingone.flow")
 
-_NEVER = np.iinfo(np.int64).min  # "no watermark yet": nothing is final
 _WITNESS_KEY = "witness-log"
 
 
@@ -94,26 +99,6 @@ def kairos_params(config: Config) -> KairosParams:
         tau_us=k.tau_us, velocity_span_us=k.velocity_span_us, max_gap_us=k.max_gap_us, omega=k.omega,
         weights=None if k.channel_weights is None else tuple(k.channel_weights),
     )
-
-
-@dataclass
-class Emission:
-    """A transducer's values for one sensor, with the watermark they are final up to.
-
-    Attributes:
-        transducer: ``emissary`` or ``master``.
-        values: the window at the grid points that became final.
-        watermark: every grid point of this transducer up to here has been
-            emitted (us); None after end of input.
-        ingested: wall-clock epoch seconds the oldest underlying sample was decoded.
-    """
-
-    sensor: str
-    cell: str | None
-    transducer: str
-    values: WindowValues
-    watermark: int | None
-    ingested: float
 
 
 # --------------------------------------------------------------------------
@@ -134,10 +119,18 @@ def _worker() -> int:
 # Decode (stateless, per batch).
 
 
-class _Decode:
-    """Raw messages of one batch -> (sensor, SampleBatch) items, dead letters, a micro witness record."""
+class Decode:
+    """Raw messages of one batch -> (key group, [SampleBatch, ...]) items, dead letters,
+    a micro witness record.
+
+    Each sensor's samples of the batch are one :class:`SampleBatch`; the batches
+    are grouped by :func:`key_group`, so a downstream step is activated once per
+    key group, not once per sensor.
+    """
 
     def __init__(self, config: Config) -> None:
+        self.groups = config.becomingone.key_groups
+        self._group_of: dict[str, str] = {}
         src = config.source
         self.max_bytes = src.max_message_bytes if isinstance(src, KafkaSource) else None
         self.micro = config.witnessing.layer_enabled("micro")
@@ -169,7 +162,13 @@ class _Decode:
         else:
             drops = 0
         samples = sum(len(b) for b in batches)
-        out.extend((b.sensor, b) for b in batches)
+        grouped: dict[str, list[SampleBatch]] = {}
+        for b in batches:
+            group = self._group_of.get(b.sensor)
+            if group is None:
+                group = self._group_of[b.sensor] = key_group(b.sensor, self.groups)
+            grouped.setdefault(group, []).append(b)
+        out.extend(grouped.items())
         seconds = time.perf_counter() - started
         metrics().batch_seconds.labels("decode").observe(seconds)
         if self.micro:
@@ -187,238 +186,183 @@ class _Decode:
 
 
 # --------------------------------------------------------------------------
-# Per-sensor steps.
+# Key groups: the unit of per-sensor state.
 
 
-class _IntakeLogic(StatefulBatchLogic[SampleBatch, Any, SensorIntake]):
-    # Bytewax builds the logic without its key: the sensor is taken from the
-    # first batch (or from the snapshot on resume).
-    def __init__(self, config: Config, replay: bool, resume: SensorIntake | None) -> None:
+def key_group(sensor: str, groups: int) -> str:
+    """The key group a sensor's state lives in (stable across runs and processes).
+
+    >>> key_group("pmu-7", 64)
+    'group-35'
+    """
+    return f"group-{zlib.crc32(sensor.encode('utf-8')) % groups}"
+
+
+def resonator_settings(config: Config, *, replay: bool = False) -> ResonatorSettings:
+    """The per-sensor settings of ``config``; ``replay`` accepts any event time (no ``future``)."""
+    em, ma, sync = config.emissary, config.master, config.sync
+    return ResonatorSettings(
+        kairos_params(config), em.tau_max_us, em.witness_interval_us, ma.tau_max_us, ma.witness_interval_us,
+        config.kairos.coherence_threshold, sync.hysteresis, sync.phase_threshold, ma.min_span_us,
+        lateness_us=sync.lateness_us, max_future_us=None if replay else sync.max_future_us,
+    )
+
+
+class _ResonateLogic(StatefulBatchLogic[list[SampleBatch], Any, dict[str, Resonator]]):
+    """All sensors of one key group: one :class:`Resonator` each, outputs built across sensors.
+
+    Bytewax builds the logic without its key; the sensors come with the batches
+    (or from the snapshot on resume).
+    """
+
+    def __init__(self, config: Config, replay: bool, resume: dict[str, Resonator] | None) -> None:
         _start_metrics_once(config)
-        self.config, self.replay = config, replay
-        self.intake = resume
-        self.archive_input = config.sink.archive and config.memory.archive_input
-        self.entry = None if resume is None else ledger().sensor(resume.sensor)
-        metrics().active_sensors.inc()
-
-    def _for(self, sensor: str) -> SensorIntake:
-        if self.intake is None:
-            sync = self.config.sync
-            self.intake = SensorIntake(sensor, kairos_params(self.config), lateness_us=sync.lateness_us,
-                                       max_future_us=None if self.replay else sync.max_future_us)
-            self.entry = ledger().sensor(sensor)
-        return self.intake
-
-    def _emit(self, res, out: list[Any]) -> None:
-        m = metrics()
-        if res.dead:
-            out.extend(dead_letter_records(res.dead))
-            for reason in res.reasons:
-                m.samples.labels(reason).inc()
-            self.entry.rejected += len(res.dead)
-        if res.released is not None:
-            n = len(res.released)
-            m.samples.labels("accepted").inc(n)
-            self.entry.samples += n
-            if self.archive_input:
-                out.append(input_rows(res.released))
-        if res.batch is not None:
-            out.append(res.batch)
-            if res.batch.watermark is not None:
-                ledger().watermark(res.batch.watermark)
-
-    def on_batch(self, values: list[SampleBatch]) -> tuple[Iterable[Any], bool]:
-        started = time.perf_counter()
-        now_us = time.time_ns() // 1000
-        out: list[Any] = []
-        for batch in values:  # one at a time: batches may differ in channel count
-            self._emit(self._for(batch.sensor).push(batch, now_us), out)
-        metrics().batch_seconds.labels("event_time").observe(time.perf_counter() - started)
-        return out, StatefulBatchLogic.RETAIN
-
-    def on_eof(self) -> tuple[Iterable[Any], bool]:
-        out: list[Any] = []
-        if self.intake is not None:
-            self._emit(self.intake.flush(), out)
-        return out, StatefulBatchLogic.RETAIN
-
-    def snapshot(self) -> SensorIntake | None:
-        return self.intake
-
-
-@dataclass
-class _TransducerMemory:
-    sensor: str
-    cell: str | None
-    transducer: Transducer
-
-
-class _TransducerLogic(StatefulBatchLogic[ProductBatch, Any, _TransducerMemory]):
-    def __init__(self, kind: str, config: Config, resume: _TransducerMemory | None) -> None:
-        self.kind = kind
-        omega = config.kairos.omega
-        if resume is not None:
-            self.transducer = resume.transducer
-        elif kind == "emissary":
-            em = config.emissary
-            self.transducer = Transducer(EmissaryWindow(em.tau_max_us, omega), em.witness_interval_us)
-        else:
-            ma = config.master
-            self.transducer = Transducer(MasterWindow(ma.tau_max_us, ma.witness_interval_us, omega),
-                                         ma.witness_interval_us)
-        mem = config.memory
-        self.signatures = config.sink.archive and mem.temporal_signatures
-        self.signature_us = mem.signature_interval_us
-        self.meso = config.witnessing.layer_enabled("meso")
-        self.meso_us = config.witnessing.meso_interval_us
-        self.sensor = "" if resume is None else resume.sensor
-        self.cell: str | None = None if resume is None else resume.cell
-
-    def _outputs(self, values: WindowValues, watermark: int | None, ingested: float) -> list[Any]:
-        out: list[Any] = [Emission(self.sensor, self.cell, self.kind, values, watermark, ingested)]
-        if not len(values):
-            return out
-        if self.signatures:
-            keep = on_grid(values.t, self.signature_us)
-            if keep.any():
-                out.append(signature_rows(self.sensor, self.cell, self.kind, values.select(keep)))
-        if self.meso:
-            for k in np.flatnonzero(on_grid(values.t, self.meso_us)).tolist():
-                T = complex(values.T[k])
-                out.append(WitnessEntry("meso", int(values.t[k]), self.sensor, MesoWitness(
-                    sensor=self.sensor, cell=self.cell, transducer=self.kind, t_re=T.real, t_im=T.imag,
-                    coherence=abs(T) ** 2, n_products=int(values.n_products[k]))))
-        return out
-
-    def on_batch(self, values: list[ProductBatch]) -> tuple[Iterable[Any], bool]:
-        started = time.perf_counter()
-        out: list[Any] = []
-        for batch in values:
-            self.sensor, self.cell = batch.sensor, batch.cell
-            # A watermark of None (end of input upstream) makes every grid point final.
-            pushed = self.transducer.push(batch.products, batch.sample_t, batch.watermark)
-            out.extend(self._outputs(pushed, batch.watermark, batch.ingested))
-        metrics().batch_seconds.labels(self.kind).observe(time.perf_counter() - started)
-        return out, StatefulBatchLogic.RETAIN
-
-    def on_eof(self) -> tuple[Iterable[Any], bool]:
-        return self._outputs(self.transducer.flush(), None, math.inf), StatefulBatchLogic.RETAIN
-
-    def snapshot(self) -> _TransducerMemory:
-        return _TransducerMemory(self.sensor, self.cell, self.transducer)
-
-
-@dataclass
-class _SyncMemory:
-    """What the sync step snapshots: the join state plus the Master's in-band watermark."""
-
-    state: SyncState
-    master_watermark: int
-    master_final: bool
-    sensor: str = ""
-    cell: str | None = None
-
-
-class _SyncLogic(StatefulBatchLogic[Emission, Any, _SyncMemory]):
-    def __init__(self, config: Config, resume: _SyncMemory | None) -> None:
-        if resume is None:
-            resume = _SyncMemory(SyncState(config.kairos.coherence_threshold, config.sync.hysteresis,
-                                           config.sync.phase_threshold, config.master.min_span_us), _NEVER, False)
-        self.mem = resume
+        self.settings = resonator_settings(config, replay=replay)
+        self.resonators: dict[str, Resonator] = resume if resume is not None else {}
         self.node = config.becomingone.name
         mem, sink = config.memory, config.sink
-        self.archive = sink.archive
+        self.archive_input = sink.archive and mem.archive_input
+        self.signatures = sink.archive and mem.temporal_signatures
         self.history = sink.archive and mem.coherence_history
         self.events = sink.archive and mem.events
         self.mesh = sink.archive and mem.mesh_sync
         self.signature_us = mem.signature_interval_us
         self.publish_us = config.sync.publish_interval_us
+        self.meso = config.witnessing.layer_enabled("meso")
+        self.meso_us = config.witnessing.meso_interval_us
         self.macro = config.witnessing.layer_enabled("macro")
         self.per_sensor = config.metrics.per_sensor_labels
-        self.entry = ledger().sensor(resume.sensor) if resume.sensor else None
-        if resume.state.collapsed:  # resumed collapsed: the gauge counts this process's sensors
-            metrics().sensors_collapsed.inc()
-
-    @property
-    def sensor(self) -> str:
-        return self.mem.sensor
-
-    def _decide(self, em: WindowValues, ma: WindowValues, ingested: float) -> list[Any]:
-        mem = self.mem
-        wm = None if mem.master_final else mem.master_watermark
-        sv = mem.state.advance(em, ma, wm)
-        out: list[Any] = []
-        if not len(sv):
-            return out
         m = metrics()
-        events = collapse_events(self.sensor, mem.cell, sv)
-        if events:
-            latency = time.time() - ingested if math.isfinite(ingested) else None
-            for event, k in zip(events, np.flatnonzero(sv.event).tolist()):
-                out.append(TopicRecord("collapse", self.sensor.encode("utf-8"), to_json_bytes(event)))
-                m.transitions.labels(event.event).inc()
-                if event.event == "collapse":
-                    self.entry.collapses += 1
-                    m.sensors_collapsed.inc()
-                else:
-                    self.entry.dissipations += 1
-                    m.sensors_collapsed.dec()
-                if latency is not None:
-                    m.event_latency.observe(latency)
-                if self.macro:
-                    Tm, Te = complex(sv.T_master[k]), complex(sv.T_emissary[k])
-                    out.append(WitnessEntry("macro", event.t_us, self.sensor, MacroWitness(
-                        event=event, coherence_master=abs(Tm) ** 2, coherence_emissary=abs(Te) ** 2,
-                        master_span=int(sv.master_span_us[k]) * 1e-6)))
-            if self.events:
-                out.append(events_rows(events))
-        self.entry.coherence_sync = float(sv.coherence_sync[-1])
-        self.entry.collapsed = bool(sv.collapsed[-1])
-        if self.per_sensor:
-            m.sensor_coherence.labels(self.sensor).set(self.entry.coherence_sync)
-        publish = on_grid(sv.t, self.publish_us)
-        if publish.any():
-            picked = sv.select(publish)
-            out.extend(TopicRecord("sync", self.sensor.encode("utf-8"), to_json_bytes(r))
-                       for r in sync_records(self.node, self.sensor, mem.cell, picked))
-            if self.mesh:
-                out.append(mesh_rows(self.node, self.sensor, mem.cell, picked))
-        if self.history:
-            keep = on_grid(sv.t, self.signature_us)
-            if keep.any():
-                out.append(history_rows(self.sensor, sv.select(keep)))
-        return out
+        for r in self.resonators.values():  # resumed: the gauges count this process's sensors
+            m.active_sensors.inc()
+            if r.collapsed:
+                m.sensors_collapsed.inc()
 
-    def on_batch(self, values: list[Emission]) -> tuple[Iterable[Any], bool]:
+    def _resonator(self, sensor: str) -> Resonator:
+        r = self.resonators.get(sensor)
+        if r is None:
+            r = self.resonators[sensor] = Resonator(sensor, self.settings)
+            metrics().active_sensors.inc()
+        return r
+
+    def on_batch(self, values: list[list[SampleBatch]]) -> tuple[Iterable[Any], bool]:
         started = time.perf_counter()
-        em, ma = [], []
-        ingested = math.inf
-        if self.entry is None and values:
-            self.mem.sensor = values[0].sensor
-            self.entry = ledger().sensor(self.mem.sensor)
-        for e in values:
-            self.mem.cell = e.cell if e.cell is not None else self.mem.cell
-            ingested = min(ingested, e.ingested)
-            if e.transducer == "emissary":
-                em.append(e.values)
-            else:
-                ma.append(e.values)
-                if e.watermark is None:
-                    self.mem.master_final = True
-                else:
-                    self.mem.master_watermark = max(self.mem.master_watermark, e.watermark)
-        out = self._decide(WindowValues.concat(em), WindowValues.concat(ma), ingested)
-        metrics().batch_seconds.labels("sync").observe(time.perf_counter() - started)
+        now_us = time.time_ns() // 1000
+        # Batches of one sensor go in arrival order (they may differ in channel count).
+        steps = [(r, r.push(b, now_us)) for group in values for b in group
+                 for r in (self._resonator(b.sensor),)]
+        out = self._outputs(steps)
+        metrics().batch_seconds.labels("resonate").observe(time.perf_counter() - started)
         return out, StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[Iterable[Any], bool]:
-        self.mem.master_final = True
-        if self.entry is None:
-            return [], StatefulBatchLogic.RETAIN
-        return self._decide(WindowValues.empty(), WindowValues.empty(), math.inf), StatefulBatchLogic.RETAIN
+        steps = [(r, r.flush()) for _, r in sorted(self.resonators.items())]
+        return self._outputs(steps), StatefulBatchLogic.RETAIN
 
-    def snapshot(self) -> _SyncMemory:
-        return self.mem
+    def snapshot(self) -> dict[str, Resonator]:
+        return self.resonators
+
+    def _outputs(self, steps: list[tuple[Resonator, Resonance]]) -> list[Any]:
+        m, run = metrics(), ledger()
+        out: list[Any] = []
+        released: list[SampleBatch] = []
+        signatures: list[SignaturePiece] = []
+        history: list[SyncPiece] = []
+        mesh: list[SyncPiece] = []
+        events: list[CollapseEvent] = []
+        accepted = 0
+        rejected: dict[str, int] = {}
+        for r, res in steps:
+            entry = run.sensor(r.sensor)
+            if res.dead:
+                out.extend(dead_letter_records(res.dead))
+                for reason in res.reasons:
+                    rejected[reason] = rejected.get(reason, 0) + 1
+                entry.rejected += len(res.dead)
+            if res.released is not None:
+                n = len(res.released)
+                accepted += n
+                entry.samples += n
+                released.append(res.released)
+            if res.watermark is not None:
+                run.watermark(res.watermark)
+            for kind, values in (("emissary", res.emissary), ("master", res.master)):
+                if not len(values):
+                    continue
+                if self.signatures:
+                    keep = on_grid(values.t, self.signature_us)
+                    if keep.any():
+                        signatures.append((r.sensor, r.cell, kind, values.select(keep)))
+                if self.meso:
+                    out.extend(self._meso(r, kind, values))
+            sv = res.sync
+            if sv is None or not len(sv):
+                continue
+            if sv.event.any():
+                events.extend(self._transitions(r, sv, res.ingested, out))
+            entry.coherence_sync = float(sv.coherence_sync[-1])
+            entry.collapsed = bool(sv.collapsed[-1])
+            if self.per_sensor:
+                m.sensor_coherence.labels(r.sensor).set(entry.coherence_sync)
+            publish = on_grid(sv.t, self.publish_us)
+            if publish.any():
+                picked = sv.select(publish)
+                key = r.sensor.encode("utf-8")
+                out.extend(TopicRecord("sync", key, to_json_bytes(record))
+                           for record in sync_records(self.node, r.sensor, r.cell, picked))
+                mesh.append((r.sensor, r.cell, picked))
+            if self.history:
+                keep = on_grid(sv.t, self.signature_us)
+                if keep.any():
+                    history.append((r.sensor, r.cell, sv.select(keep)))
+        if accepted:
+            m.samples.labels("accepted").inc(accepted)
+        for reason, n in rejected.items():
+            m.samples.labels(reason).inc(n)
+        if released and self.archive_input:
+            out.append(input_rows(released))
+        if signatures:
+            out.append(signature_rows(signatures))
+        if history:
+            out.append(history_rows(history))
+        if mesh and self.mesh:
+            out.append(mesh_rows(self.node, mesh))
+        if events and self.events:
+            out.append(events_rows(events))
+        return out
+
+    def _meso(self, r: Resonator, kind: str, values: WindowValues) -> list[WitnessEntry]:
+        out = []
+        for k in np.flatnonzero(on_grid(values.t, self.meso_us)).tolist():
+            T = complex(values.T[k])
+            # model_construct: the values are already of their wire types (see emit.sync_records).
+            out.append(WitnessEntry("meso", int(values.t[k]), r.sensor, MesoWitness.model_construct(
+                sensor=r.sensor, cell=r.cell, transducer=kind, t_re=T.real, t_im=T.imag,
+                coherence=abs(T) ** 2, n_products=int(values.n_products[k]))))
+        return out
+
+    def _transitions(self, r: Resonator, sv: SyncValues, ingested: float, out: list[Any]) -> list[CollapseEvent]:
+        m, entry = metrics(), ledger().sensor(r.sensor)
+        events = collapse_events(r.sensor, r.cell, sv)
+        latency = time.time() - ingested if math.isfinite(ingested) else None
+        key = r.sensor.encode("utf-8")
+        for event, k in zip(events, np.flatnonzero(sv.event).tolist()):
+            out.append(TopicRecord("collapse", key, to_json_bytes(event)))
+            m.transitions.labels(event.event).inc()
+            if event.event == "collapse":
+                entry.collapses += 1
+                m.sensors_collapsed.inc()
+            else:
+                entry.dissipations += 1
+                m.sensors_collapsed.dec()
+            if latency is not None:
+                m.event_latency.observe(latency)
+            if self.macro:
+                Tm, Te = complex(sv.T_master[k]), complex(sv.T_emissary[k])
+                out.append(WitnessEntry("macro", event.t_us, r.sensor, MacroWitness(
+                    event=event, coherence_master=abs(Tm) ** 2, coherence_emissary=abs(Te) ** 2,
+                    master_span=int(sv.master_span_us[k]) * 1e-6)))
+        return events
 
 
 class _WitnessLogic(StatefulBatchLogic[WitnessEntry, Any, WitnessLog]):
@@ -533,6 +477,17 @@ def _is(kind: type) -> Any:
     return lambda item: isinstance(item, kind)
 
 
+def _source(config: Config, source: Any) -> Any:
+    src = config.source
+    if source is not None:
+        return source
+    if isinstance(src, SyntheticSource):
+        return SyntheticSamples(src)
+    if isinstance(src, FileSource):
+        return PhaseFile(src)
+    return kafka_source(config)
+
+
 def build_flow(config: Config, *, replay: bool = False, source: Any = None,
                flow_id: str = "becomingone") -> Dataflow:
     """The dataflow of ``config``.
@@ -552,35 +507,14 @@ def build_flow(config: Config, *, replay: bool = False, source: Any = None,
     'becomingone'
     """
     flow = Dataflow(flow_id)
-    src = config.source
-    if source is not None:
-        pass
-    elif isinstance(src, SyntheticSource):
-        source = SyntheticSamples(src)
-    elif isinstance(src, FileSource):
-        source = PhaseFile(src)
-    else:
-        source = kafka_source(config)
-    raw = op.input("source", flow, source)
+    raw = op.input("source", flow, _source(config, source))
 
-    decoded = op.flat_map_batch("decode", raw, _Decode(config))
+    decoded = op.flat_map_batch("decode", raw, Decode(config))
     keyed_samples, decode_out = _split("decode_split", decoded)
+    resonance = op.stateful_batch("resonate", keyed_samples, lambda resume: _ResonateLogic(config, replay, resume))
+    resonate_out = op.map("resonate_out", resonance, lambda kv: kv[1])
 
-    intake = op.stateful_batch("event_time", keyed_samples, lambda resume: _IntakeLogic(config, replay, resume))
-    products_b = op.branch("products", intake, lambda kv: isinstance(kv[1], ProductBatch))
-    products = products_b.trues
-    intake_out = op.map("event_time_out", products_b.falses, lambda kv: kv[1])
-
-    em = op.stateful_batch("emissary", products, lambda r: _TransducerLogic("emissary", config, r))
-    ma = op.stateful_batch("master", products, lambda r: _TransducerLogic("master", config, r))
-    emissions = op.merge("emissions", em, ma)
-    emissions_b = op.branch("emission_split", emissions, lambda kv: isinstance(kv[1], Emission))
-    transducer_out = op.map("transducer_out", emissions_b.falses, lambda kv: kv[1])
-
-    sync = op.stateful_batch("sync", emissions_b.trues, lambda r: _SyncLogic(config, r))
-    sync_out = op.map("sync_out", sync, lambda kv: kv[1])
-
-    everything = op.merge("outputs", decode_out, intake_out, transducer_out, sync_out)
+    everything = op.merge("outputs", decode_out, resonate_out)
     witness_b = op.branch("witness_split", everything, _is(WitnessEntry))
     witness_keyed = op.key_on("witness_key", witness_b.trues, lambda _: _WITNESS_KEY)
     witness = op.stateful_batch("witness", witness_keyed, lambda r: _WitnessLogic(config, r))
@@ -608,6 +542,45 @@ def build_flow(config: Config, *, replay: bool = False, source: Any = None,
                       lambda r: (r.dataset, r.table))
         op.output("archive", rows, ArchiveSink(mem.root, enabled, flush_rows=mem.flush_rows,
                                               flush_seconds=mem.flush_interval))
+    return flow
+
+
+class _Discard(DynamicSink[Any]):
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> StatelessSinkPartition[Any]:
+        class _Nothing(StatelessSinkPartition[Any]):
+            def write_batch(self, items: list[Any]) -> None:
+                pass
+
+        return _Nothing()
+
+
+class _CountLogic(StatefulBatchLogic[list[SampleBatch], Any, None]):
+    def __init__(self, config: Config) -> None:
+        _start_metrics_once(config)
+
+    def on_batch(self, values: list[list[SampleBatch]]) -> tuple[Iterable[Any], bool]:
+        metrics().samples.labels("decoded").inc(sum(len(b) for group in values for b in group))
+        return [], StatefulBatchLogic.RETAIN
+
+
+def build_engine_flow(config: Config, *, flow_id: str = "becomingone-engine") -> Dataflow:
+    """The engine ceiling: the source, :class:`Decode` and the key-group routing, nothing else.
+
+    What :func:`build_flow` costs before any per-sensor work: samples are read,
+    decoded and delivered to the worker owning their key group, where they are
+    only counted (``becomingone_samples_total{result="decoded"}``).  Used by the
+    pipeline benchmark as the upper bound of the full flow.
+
+    >>> from schemas.config import parse_config
+    >>> build_engine_flow(parse_config({"sink": {"archive": False}})).flow_id
+    'becomingone-engine'
+    """
+    flow = Dataflow(flow_id)
+    raw = op.input("source", flow, _source(config, None))
+    decoded = op.flat_map_batch("decode", raw, Decode(config))
+    keyed_samples, _ = _split("decode_split", decoded)
+    counted = op.stateful_batch("count", keyed_samples, lambda resume: _CountLogic(config))
+    op.output("discard", counted, _Discard())
     return flow
 
 

@@ -613,11 +613,12 @@ def _batches(parts: list[_Part], out: Decoded, ingested: float) -> None:
             np.take(a, order, axis=0) for a in (t_us, partition, offset, row, cell_valid)
         )
 
-    # Phase: one Arrow message with a scalar, fixed-size-list or uniformly
-    # long list column gathers whole rows of its (n, C) view; otherwise each
+    # Phase: Arrow messages with scalar, fixed-size-list or uniformly long
+    # list columns of one width gather whole rows of their (n, C) views; otherwise each
     # sensor's rows are gathered from the flat values through their starts.
-    if len(parts) == 1 and parts[0].dense is not None:
-        dense = parts[0].dense
+    widths = {p.dense.shape[1] if p.dense is not None else -1 for p in parts}
+    if len(widths) == 1 and -1 not in widths:  # every part has one (n, C) view of one width
+        dense = _join([p.dense for p in parts])
         phase_all = dense if identity else np.take(dense, order, axis=0)
         flat = start = None
     else:

@@ -147,6 +147,11 @@ class SensorIntake:
         self.cell: str | None = None
         self._last_watermark: int | None = None
 
+    @property
+    def watermark(self) -> int | None:
+        """The sensor's watermark as last handed on (us), or None before any."""
+        return self._last_watermark
+
     def push(self, batch: SampleBatch, now_us: int) -> IntakeResult:
         """Classify ``batch`` (arrival order); release and integrate what became final."""
         out = IntakeResult()

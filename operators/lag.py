@@ -168,7 +168,8 @@ def window_term(tk, p, dt, omega):
     if omega != 0.0:
         ph = omega * (tk * 1e-6)
         c = p * complex(math.cos(ph), math.sin(ph)) * dt
-    return c, abs(p) * dt
+    # |p| as sqrt(re^2 + im^2): hypot's overflow guard is not needed for rad^2/s^2 values.
+    return c, math.sqrt(p.real * p.real + p.imag * p.imag) * dt
 
 
 class LagState:

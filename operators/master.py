@@ -123,13 +123,19 @@ def _master_kernel(sre, sim, sa, meta, shift, ist, tot, pane, pt, pp, pdt, omega
     n_prod = pt.shape[0]
     n_grid = grid.shape[0]
     i = 0
+    # The open pane (pid*P - P, pid*P]: products inside it skip the division and the ring update.
+    pid = np.int64(_NONE)
+    pane_end = np.int64(_NONE)
+    s = 0
     for q in range(n_grid + 1):
         limit = grid[q] if q < n_grid else _NO_LIMIT
         while i < n_prod and pt[i] <= limit:
             tk = pt[i]
-            pid = -((-tk) // pane)  # ceil(t / P): pane (pid*P - P, pid*P]
-            _open_pane(pid, n_panes, sre, sim, sa, meta, shift, ist, tot)
-            s = pid % n_panes
+            if tk > pane_end or tk <= pane_end - pane:
+                pid = -((-tk) // pane)  # ceil(t / P)
+                pane_end = pid * pane
+                _open_pane(pid, n_panes, sre, sim, sa, meta, shift, ist, tot)
+                s = pid % n_panes
             c, a = window_term(tk, pp[i], pdt[i], omega)
             sre[s] += c.real
             sim[s] += c.imag
@@ -147,6 +153,7 @@ def _master_kernel(sre, sim, sa, meta, shift, ist, tot, pane, pt, pp, pdt, omega
             break
         gid = grid[q] // pane
         _open_pane(gid, n_panes, sre, sim, sa, meta, shift, ist, tot)
+        pane_end = np.int64(_NONE)  # the ring may have moved: look the next pane up again
         hs = gid % n_panes
         s_re = tot[0] + sre[hs]
         s_im = tot[1] + sim[hs]

@@ -64,7 +64,11 @@ class Transducer:
         """
         due = emission_points(sample_t_us, self.interval_us)
         if self._pending.size:
-            due = np.union1d(self._pending, due)
+            # Both sorted and unique; a plain join unless they overlap.
+            if due.size and self._pending[-1] < due[0]:
+                due = np.concatenate([self._pending, due])
+            else:
+                due = np.union1d(self._pending, due)
         split = due.size if watermark_us is None else int(np.searchsorted(due, watermark_us, side="right"))
         self._pending = due[split:]
         return self.window.advance(products, due[:split])

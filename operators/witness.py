@@ -115,7 +115,8 @@ class WitnessLog:
         return self._log(WitnessEntry("meta", self.newest_t or 0, None, payload))
 
     def _log(self, entry: WitnessEntry) -> LoggedRecord:
-        record = WitnessRecord(layer=entry.layer, t=format_utc(entry.t_us), payload=entry.payload)
+        # The payload was validated (or built from wire-typed values) upstream.
+        record = WitnessRecord.model_construct(layer=entry.layer, t=format_utc(entry.t_us), payload=entry.payload)
         value = to_json_bytes(record)
         self.digest = witness_log_digest(self.digest, value)
         self.counts[entry.layer] += 1
