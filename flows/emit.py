@@ -25,13 +25,14 @@ from operators.samples import SampleBatch
 from operators.sync import COLLAPSE, DISSIPATE_COHERENCE, SyncValues
 from operators.witness import LoggedRecord
 from schemas.archive import DATASETS, TIMESTAMP
-from schemas.messages import CollapseEvent, DeadLetter, SyncRecord, format_utc, to_json_bytes
+from schemas.messages import CollapseEvent, DeadLetter, sync_record_json, to_json_bytes
 
 __all__ = [
     "ArchiveRows",
     "SignaturePiece",
     "SyncPiece",
     "TopicRecord",
+    "TopicRecords",
     "collapse_events",
     "dead_letter_records",
     "events_rows",
@@ -40,7 +41,7 @@ __all__ = [
     "mesh_rows",
     "on_grid",
     "signature_rows",
-    "sync_records",
+    "sync_messages",
     "witness_rows",
 ]
 
@@ -60,6 +61,11 @@ class TopicRecord:
     role: str
     key: bytes | None
     value: bytes
+
+
+class TopicRecords(list):
+    """The output messages of one step's batch, moved through the dataflow as one item
+    (a Bytewax item costs Python calls at every step it passes; a message does not)."""
 
 
 def on_grid(t_us: np.ndarray, interval_us: int) -> np.ndarray:
@@ -175,23 +181,11 @@ def events_rows(events: list[CollapseEvent]) -> ArchiveRows:
     }))
 
 
-def sync_records(node: str, sensor: str, cell: str | None, sv: SyncValues) -> list[SyncRecord]:
-    """The sync-topic messages of ``sv`` (the caller picks the publish grid points).
-
-    Built with ``model_construct``: every value comes from the operators'
-    arrays already in its wire type, so validating it again would only cost time.
-    """
-    out = []
-    columns = (sv.t.tolist(), sv.T_sync.real.tolist(), sv.T_sync.imag.tolist(), sv.coherence_sync.tolist(),
-               sv.T_master.real.tolist(), sv.T_master.imag.tolist(), sv.T_emissary.real.tolist(),
-               sv.T_emissary.imag.tolist(), sv.delta_phase.tolist(), sv.collapsed.tolist(), sv.mature.tolist())
-    for t, s_re, s_im, coh, m_re, m_im, e_re, e_im, dphase, collapsed, mature in zip(*columns):
-        out.append(SyncRecord.model_construct(
-            node=node, sensor=sensor, cell=cell, t=format_utc(t), t_sync=(s_re, s_im), coherence_sync=coh,
-            t_master=(m_re, m_im), t_emissary=(e_re, e_im), delta_phase=dphase,
-            state="collapsed" if collapsed else "dissipated", mature=mature,
-        ))
-    return out
+def sync_messages(node: str, sensor: str, cell: str | None, sv: SyncValues) -> list[bytes]:
+    """The sync-topic message values of ``sv`` (the caller picks the publish grid points)."""
+    columns = (sv.t.tolist(), sv.T_sync.tolist(), sv.coherence_sync.tolist(), sv.T_master.tolist(),
+               sv.T_emissary.tolist(), sv.delta_phase.tolist(), sv.collapsed.tolist(), sv.mature.tolist())
+    return [sync_record_json(node, sensor, cell, *row) for row in zip(*columns)]
 
 
 def mesh_rows(node: str, pieces: Sequence[SyncPiece]) -> ArchiveRows:

@@ -35,6 +35,7 @@ or with ``becomingone run``, which adds a progress line and a summary.
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import threading
@@ -56,6 +57,7 @@ from flows.emit import (
     SignaturePiece,
     SyncPiece,
     TopicRecord,
+    TopicRecords,
     collapse_events,
     dead_letter_records,
     events_rows,
@@ -64,7 +66,7 @@ from flows.emit import (
     mesh_rows,
     on_grid,
     signature_rows,
-    sync_records,
+    sync_messages,
     witness_rows,
 )
 from flows.sources import PhaseFile, SyntheticSamples, kafka_source, request_stop
@@ -74,13 +76,13 @@ from operators.params import KairosParams
 from operators.resonator import Resonance, Resonator, ResonatorSettings
 from operators.samples import SampleBatch
 from operators.sync import SyncValues
-from operators.witness import WitnessEntry, WitnessLog
+from operators.witness import WitnessEntries, WitnessEntry, WitnessLog
 from schemas.config import Config, FileSource, KafkaSource, SyntheticSource, load_config
 from schemas.messages import (
     CollapseEvent,
     MacroWitness,
-    MesoWitness,
     MicroWitness,
+    meso_payload_json,
     to_json_bytes,
 )
 
@@ -113,6 +115,23 @@ def _worker() -> int:
     ident = threading.get_ident()
     with _worker_lock:
         return _worker_ids.setdefault(ident, len(_worker_ids))
+
+
+def _bundled(out: list[Any]) -> list[Any]:
+    """``out`` with its topic records and witness entries gathered into one item each."""
+    records, entries, rest = TopicRecords(), WitnessEntries(), []
+    for item in out:
+        if isinstance(item, TopicRecord):
+            records.append(item)
+        elif isinstance(item, WitnessEntry):
+            entries.append(item)
+        else:
+            rest.append(item)
+    if records:
+        rest.append(records)
+    if entries:
+        rest.append(entries)
+    return rest
 
 
 # --------------------------------------------------------------------------
@@ -182,7 +201,7 @@ class Decode:
             out.append(WitnessEntry("micro", self.newest, None, MicroWitness(
                 operator="decode", worker=_worker(), items_in=len(messages) + len(ready), items_out=samples,
                 drops=drops, seconds=seconds)))
-        return out
+        return _bundled(out)
 
 
 # --------------------------------------------------------------------------
@@ -251,13 +270,13 @@ class _ResonateLogic(StatefulBatchLogic[list[SampleBatch], Any, dict[str, Resona
         # Batches of one sensor go in arrival order (they may differ in channel count).
         steps = [(r, r.push(b, now_us)) for group in values for b in group
                  for r in (self._resonator(b.sensor),)]
-        out = self._outputs(steps)
+        out = _bundled(self._outputs(steps))
         metrics().batch_seconds.labels("resonate").observe(time.perf_counter() - started)
         return out, StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[Iterable[Any], bool]:
         steps = [(r, r.flush()) for _, r in sorted(self.resonators.items())]
-        return self._outputs(steps), StatefulBatchLogic.RETAIN
+        return _bundled(self._outputs(steps)), StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> dict[str, Resonator]:
         return self.resonators
@@ -308,8 +327,8 @@ class _ResonateLogic(StatefulBatchLogic[list[SampleBatch], Any, dict[str, Resona
             if publish.any():
                 picked = sv.select(publish)
                 key = r.sensor.encode("utf-8")
-                out.extend(TopicRecord("sync", key, to_json_bytes(record))
-                           for record in sync_records(self.node, r.sensor, r.cell, picked))
+                out.extend(TopicRecord("sync", key, value)
+                           for value in sync_messages(self.node, r.sensor, r.cell, picked))
                 mesh.append((r.sensor, r.cell, picked))
             if self.history:
                 keep = on_grid(sv.t, self.signature_us)
@@ -332,14 +351,13 @@ class _ResonateLogic(StatefulBatchLogic[list[SampleBatch], Any, dict[str, Resona
         return out
 
     def _meso(self, r: Resonator, kind: str, values: WindowValues) -> list[WitnessEntry]:
-        out = []
-        for k in np.flatnonzero(on_grid(values.t, self.meso_us)).tolist():
-            T = complex(values.T[k])
-            # model_construct: the values are already of their wire types (see emit.sync_records).
-            out.append(WitnessEntry("meso", int(values.t[k]), r.sensor, MesoWitness.model_construct(
-                sensor=r.sensor, cell=r.cell, transducer=kind, t_re=T.real, t_im=T.imag,
-                coherence=abs(T) ** 2, n_products=int(values.n_products[k]))))
-        return out
+        keep = np.flatnonzero(on_grid(values.t, self.meso_us))
+        if not keep.size:
+            return []
+        T = values.T[keep]
+        return [WitnessEntry("meso", t, r.sensor, meso_payload_json(r.sensor, r.cell, kind, re, im, n))
+                for t, re, im, n in zip(values.t[keep].tolist(), T.real.tolist(), T.imag.tolist(),
+                                        values.n_products[keep].tolist())]
 
     def _transitions(self, r: Resonator, sv: SyncValues, ingested: float, out: list[Any]) -> list[CollapseEvent]:
         m, entry = metrics(), ledger().sensor(r.sensor)
@@ -365,7 +383,7 @@ class _ResonateLogic(StatefulBatchLogic[list[SampleBatch], Any, dict[str, Resona
         return events
 
 
-class _WitnessLogic(StatefulBatchLogic[WitnessEntry, Any, WitnessLog]):
+class _WitnessLogic(StatefulBatchLogic[WitnessEntries, Any, WitnessLog]):
     def __init__(self, config: Config, resume: WitnessLog | None) -> None:
         w = config.witnessing
         layers = tuple(layer for layer in ("micro", "meso", "macro", "meta") if w.layer_enabled(layer))
@@ -384,16 +402,16 @@ class _WitnessLogic(StatefulBatchLogic[WitnessEntry, Any, WitnessLog]):
 
     def _out(self, records) -> list[Any]:
         m = metrics()
-        for r in records:
-            m.witness_records.labels(r.layer).inc()
-        out: list[Any] = [TopicRecord("witness", self.key, r.value) for r in records]
+        for layer, n in collections.Counter(r.layer for r in records).items():
+            m.witness_records.labels(layer).inc(n)
+        out: list[Any] = [TopicRecords(TopicRecord("witness", self.key, r.value) for r in records)]
         if self.archive and records:
             out.append(witness_rows(records))
         return out
 
-    def on_batch(self, values: list[WitnessEntry]) -> tuple[Iterable[Any], bool]:
+    def on_batch(self, values: list[WitnessEntries]) -> tuple[Iterable[Any], bool]:
         started = time.perf_counter()
-        out = self._out(self.log.append(values))
+        out = self._out(self.log.append([entry for bundle in values for entry in bundle]))
         metrics().batch_seconds.labels("witness").observe(time.perf_counter() - started)
         return out, StatefulBatchLogic.RETAIN
 
@@ -515,19 +533,21 @@ def build_flow(config: Config, *, replay: bool = False, source: Any = None,
     resonate_out = op.map("resonate_out", resonance, lambda kv: kv[1])
 
     everything = op.merge("outputs", decode_out, resonate_out)
-    witness_b = op.branch("witness_split", everything, _is(WitnessEntry))
+    witness_b = op.branch("witness_split", everything, _is(WitnessEntries))
     witness_keyed = op.key_on("witness_key", witness_b.trues, lambda _: _WITNESS_KEY)
     witness = op.stateful_batch("witness", witness_keyed, lambda r: _WitnessLogic(config, r))
     results = op.merge("results", witness_b.falses, op.map("witness_out", witness, lambda kv: kv[1]))
 
-    topics_b = op.branch("topic_split", results, _is(TopicRecord))
+    topics_b = op.branch("topic_split", results, _is(TopicRecords))
     topic_records, archive_rows = topics_b.trues, topics_b.falses
     if config.kafka is not None:
-        names = config.sink.topics
-        messages = op.map("to_kafka", topic_records, lambda r: (getattr(names, r.role), r.key, r.value))
+        names = {role: getattr(config.sink.topics, role) for role in ("collapse", "witness", "sync", "dlq")}
+        messages = op.flat_map("to_kafka", topic_records,
+                               lambda records: [(names[r.role], r.key, r.value) for r in records])
         op.output("kafka", messages, _kafka_sink(config))
     else:
-        letters = op.filter_map("dead_letters", topic_records, lambda r: r.value if r.role == "dlq" else None)
+        letters = op.flat_map("dead_letters", topic_records,
+                              lambda records: [r.value for r in records if r.role == "dlq"])
         op.output("dead_letter_file", letters, DeadLetterFile(config.memory.root))
 
     if config.sink.archive:

@@ -32,6 +32,8 @@ counts are always exact.  An hour of 0.1 s panes is 1,008,000 bytes
 
 from __future__ import annotations
 
+import mmap
+
 import numpy as np
 from numba import njit
 
@@ -41,6 +43,21 @@ from operators.lag import Products, window_term
 __all__ = ["MasterWindow"]
 
 _NONE = -(2 ** 62)  # "no pane" sentinel for head and oldest pane ids
+
+
+def _ring(k: int, meta_dtype: type) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Zeroed pane arrays (S_re, S_im, A float64; meta words) whose memory is only backed once written.
+
+    They are carved from one anonymous memory map: the operating system hands
+    out zero pages lazily, so a ring costs only the pages of the panes a sensor
+    has used so far (still at most its fixed size), and thousands of sensors
+    with short histories fit in memory.  ``np.zeros`` of this size may instead
+    come from the heap and be cleared byte by byte, all of it, at once.
+    """
+    words = np.dtype(meta_dtype).itemsize
+    buffer = mmap.mmap(-1, 3 * 8 * k + words * k)
+    sre, sim, sa = (np.frombuffer(buffer, np.float64, k, offset=i * 8 * k) for i in range(3))
+    return sre, sim, sa, np.frombuffer(buffer, meta_dtype, k, offset=3 * 8 * k)
 _NO_LIMIT = np.iinfo(np.int64).max
 
 # ist layout: [head pane id, oldest non-empty pane id, products in window,
@@ -202,12 +219,10 @@ class MasterWindow:
         self.pane_us = int(pane_us)
         self.omega = float(omega)
         k = self.window_us // self.pane_us
-        self._sre = np.zeros(k, np.float64)
-        self._sim = np.zeros(k, np.float64)
-        self._sa = np.zeros(k, np.float64)
-        # count << shift | first-product offset, one word per pane (see the module docstring)
+        # S_re, S_im, A per pane, and count << shift | first-product offset in one word
+        # per pane (see the module docstring).
         self._shift = max(1, self.pane_us.bit_length())
-        self._meta = np.zeros(k, np.uint32 if self._shift < 32 else np.uint64)
+        self._sre, self._sim, self._sa, self._meta = _ring(k, np.uint32 if self._shift < 32 else np.uint64)
         self._ist = np.array([_NONE, _NONE, 0, 0, 0], np.int64)
         self._tot = np.zeros(3, np.float64)
         self._last_product: int | None = None

@@ -24,13 +24,12 @@ from pydantic import BaseModel
 from schemas.messages import (
     WITNESS_LOG_GENESIS,
     MetaWitness,
-    WitnessRecord,
-    format_utc,
     to_json_bytes,
     witness_log_digest,
+    witness_record_json,
 )
 
-__all__ = ["LoggedRecord", "WitnessEntry", "WitnessLog"]
+__all__ = ["LoggedRecord", "WitnessEntries", "WitnessEntry", "WitnessLog"]
 
 _LAYERS = ("micro", "meso", "macro", "meta")
 
@@ -43,13 +42,18 @@ class WitnessEntry:
         layer: micro | meso | macro | meta.
         t_us: event time the record belongs to (us).
         sensor: the sensor (meso, macro), or None.
-        payload: the layer's payload model (:class:`~schemas.messages.MicroWitness` ...).
+        payload: the layer's payload model (:class:`~schemas.messages.MicroWitness` ...),
+            or that model already encoded as JSON bytes.
     """
 
     layer: str
     t_us: int
     sensor: str | None
-    payload: BaseModel
+    payload: BaseModel | bytes
+
+
+class WitnessEntries(list):
+    """The witness entries of one step's batch, moved through the dataflow as one item."""
 
 
 @dataclass(frozen=True)
@@ -115,9 +119,8 @@ class WitnessLog:
         return self._log(WitnessEntry("meta", self.newest_t or 0, None, payload))
 
     def _log(self, entry: WitnessEntry) -> LoggedRecord:
-        # The payload was validated (or built from wire-typed values) upstream.
-        record = WitnessRecord.model_construct(layer=entry.layer, t=format_utc(entry.t_us), payload=entry.payload)
-        value = to_json_bytes(record)
+        payload = entry.payload if isinstance(entry.payload, bytes) else to_json_bytes(entry.payload)
+        value = witness_record_json(entry.layer, entry.t_us, payload)
         self.digest = witness_log_digest(self.digest, value)
         self.counts[entry.layer] += 1
         if self.newest_t is None or entry.t_us > self.newest_t:

@@ -31,6 +31,7 @@ import base64
 import binascii
 import datetime as _dt
 import enum
+import functools
 import hashlib
 import json
 import math
@@ -62,14 +63,19 @@ __all__ = [
     "collapse_event_id",
     "format_utc",
     "from_json_bytes",
+    "json_text",
+    "meso_payload_json",
     "parse_sample",
     "parse_utc",
     "sample_from_object",
+    "sync_record_json",
     "to_json_bytes",
     "witness_log_digest",
+    "witness_record_json",
 ]
 
 _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
+_NAIVE_EPOCH = _dt.datetime(1970, 1, 1)
 # |t| limit of the microsecond time base (int64 us is about +-2.9e5 years).
 #: Kafka header naming a message value's encoding (SPEC section 4); no header means JSON.
 CONTENT_TYPE_HEADER = "content-type"
@@ -87,9 +93,15 @@ def format_utc(t_us: int) -> str:
     >>> format_utc(1764115200125000)
     '2025-11-26T00:00:00.125000Z'
     """
-    # timedelta holds whole microseconds exactly: no float on the way.
-    stamp = _EPOCH + _dt.timedelta(microseconds=int(t_us))
-    return stamp.isoformat(timespec="microseconds").replace("+00:00", "Z")
+    seconds, micros = divmod(int(t_us), MICROS_PER_SECOND)
+    return f"{_utc_second(seconds)}.{micros:06d}Z"
+
+
+@functools.lru_cache(maxsize=65_536)
+def _utc_second(seconds: int) -> str:
+    # Output records of one batch share few distinct seconds: format each once.
+    # timedelta holds whole seconds exactly: no float on the way.
+    return (_NAIVE_EPOCH + _dt.timedelta(seconds=seconds)).isoformat(timespec="seconds")
 
 
 def parse_utc(text: str) -> int:
@@ -292,6 +304,67 @@ class _Wire(BaseModel):
 
 
 M = TypeVar("M", bound=BaseModel)
+
+
+# --------------------------------------------------------------------------
+# Encoders for the high-volume output messages.
+#
+# Sync records and meso / witness records are written once per sensor and
+# publish interval: with thousands of sensors that is hundreds of thousands of
+# messages per second of event time.  Building them through pydantic costs
+# ~10 us each, so these write the same JSON objects (same fields, same order)
+# directly from values that are already of their wire types.  The models
+# above stay the schema: tests hold the encoders to them, and readers parse
+# with them.
+
+
+@functools.lru_cache(maxsize=65_536)
+def json_text(value: str | None) -> str:
+    """A JSON string literal, or ``null`` for None (non-ASCII kept as UTF-8).
+
+    Cached: the same few sensor ids, cells and node names recur in every message.
+    """
+    return "null" if value is None else json.dumps(value, ensure_ascii=False)
+
+
+def _finite(*values: float) -> None:
+    # repr() of a finite float is a valid JSON number; inf and nan are not.
+    if not all(map(math.isfinite, values)):
+        raise ValueError(f"{values!r} has a value with no JSON form")
+
+
+def meso_payload_json(sensor: str, cell: str | None, transducer: str, t_re: float, t_im: float,
+                      n_products: int) -> bytes:
+    """A :class:`MesoWitness` payload as JSON bytes (coherence = t_re^2 + t_im^2).
+
+    >>> meso_payload_json("s", None, "master", 0.5, 0.0, 7)
+    b'{"sensor":"s","cell":null,"transducer":"master","t_re":0.5,"t_im":0.0,"coherence":0.25,"n_products":7}'
+    """
+    _finite(t_re, t_im)
+    return (f'{{"sensor":{json_text(sensor)},"cell":{json_text(cell)},"transducer":"{transducer}",'
+            f'"t_re":{t_re!r},"t_im":{t_im!r},"coherence":{t_re * t_re + t_im * t_im!r},'
+            f'"n_products":{int(n_products)}}}').encode("utf-8")
+
+
+def sync_record_json(node: str, sensor: str, cell: str | None, t_us: int, t_sync: complex, coherence_sync: float,
+                     t_master: complex, t_emissary: complex, delta_phase: float, collapsed: bool,
+                     mature: bool) -> bytes:
+    """A :class:`SyncRecord` as JSON bytes, field for field."""
+    _finite(t_sync.real, t_sync.imag, coherence_sync, t_master.real, t_master.imag, t_emissary.real,
+            t_emissary.imag, delta_phase)
+    return (f'{{"node":{json_text(node)},"sensor":{json_text(sensor)},"cell":{json_text(cell)},'
+            f'"t":"{format_utc(t_us)}","t_sync":[{t_sync.real!r},{t_sync.imag!r}],'
+            f'"coherence_sync":{coherence_sync!r},'
+            f'"t_master":[{t_master.real!r},{t_master.imag!r}],'
+            f'"t_emissary":[{t_emissary.real!r},{t_emissary.imag!r}],'
+            f'"delta_phase":{delta_phase!r},"state":"{"collapsed" if collapsed else "dissipated"}",'
+            f'"mature":{"true" if mature else "false"}}}').encode("utf-8")
+
+
+def witness_record_json(layer: str, t_us: int, payload: bytes) -> bytes:
+    """A :class:`WitnessRecord` as JSON bytes around an already encoded payload."""
+    return b'{"layer":"%s","t":"%s","payload":%s}' % (layer.encode("ascii"), format_utc(t_us).encode("ascii"),
+                                                        payload)
 
 
 def to_json_bytes(message: BaseModel) -> bytes:

@@ -311,3 +311,48 @@ def test_partitions():
     assert partition_values(T_US) == ("2025-11-26", "00")
     assert partition_dir(T_US + 13 * 3_600_000_000) == "date=2025-11-26/hour=13"
     assert partition_dir(T_US - 1_000_000) == "date=2025-11-25/hour=23"
+
+
+# -- the direct encoders of the high-volume messages -------------------------
+
+_AWKWARD = ["pmu-7", 'quote"and\\slash', "ünïcode-φ", "tab\there"]
+_FLOATS = [0.0, -0.0, 1.0, 0.1, 1e-7, -3.5e-12, 123456789.123, 0.9999999999999999]
+
+
+@pytest.mark.parametrize("sensor", _AWKWARD)
+@pytest.mark.parametrize("cell", [None, "cell-1", "zürich"])
+def test_sync_record_json_is_the_models_message(sensor, cell):
+    from schemas.messages import sync_record_json
+
+    for i, x in enumerate(_FLOATS):
+        y = _FLOATS[-1 - i]
+        value = sync_record_json("node-1", sensor, cell, 1764115200000000 + i, complex(x, -y), abs(x),
+                                 complex(y, x), complex(-x, y), abs(y), i % 2 == 0, i % 3 == 0)
+        expected = SyncRecord(node="node-1", sensor=sensor, cell=cell, t=format_utc(1764115200000000 + i),
+                              t_sync=(x, -y), coherence_sync=abs(x), t_master=(y, x), t_emissary=(-x, y),
+                              delta_phase=abs(y), state="collapsed" if i % 2 == 0 else "dissipated",
+                              mature=i % 3 == 0)
+        parsed = from_json_bytes(SyncRecord, value)
+        assert parsed == expected
+        assert list(json.loads(value)) == list(json.loads(to_json_bytes(expected)))  # same fields, same order
+
+
+@pytest.mark.parametrize("sensor", _AWKWARD)
+def test_witness_record_json_around_a_meso_payload_is_the_models_record(sensor):
+    from schemas.messages import meso_payload_json, witness_record_json
+
+    for x in _FLOATS:
+        payload = meso_payload_json(sensor, None, "emissary", x, -x / 3, 42)
+        value = witness_record_json("meso", 1764115200123456, payload)
+        expected = WitnessRecord(layer="meso", t=format_utc(1764115200123456), payload=MesoWitness(
+            sensor=sensor, cell=None, transducer="emissary", t_re=x, t_im=-x / 3,
+            coherence=x * x + (x / 3) ** 2, n_products=42))
+        assert from_json_bytes(WitnessRecord, value) == expected
+        assert list(json.loads(value)["payload"]) == list(json.loads(to_json_bytes(expected))["payload"])
+
+
+def test_direct_encoders_refuse_non_finite_values():
+    from schemas.messages import meso_payload_json
+
+    with pytest.raises(ValueError, match="no JSON form"):
+        meso_payload_json("s", None, "master", float("nan"), 0.0, 1)
