@@ -630,6 +630,9 @@ def _batches(parts: list[_Part], out: Decoded, ingested: float) -> None:
     need_raw = any(p.raw is not None for p in parts)
     if need_raw:
         part_id, local_row = _join(part_of)[order], _join(local)[order]
+    else:
+        # Which messages each sensor's rows came from, for all sensors at once.
+        present = _presence(sorted_code, np.take(_join(part_of), order), len(names_list), len(parts))
 
     batches = []
     for b0, b1 in zip(starts.tolist(), ends.tolist()):
@@ -652,7 +655,7 @@ def _batches(parts: list[_Part], out: Decoded, ingested: float) -> None:
         sources = None
         if raw is None:
             # Arrow rows: keep a reference to their messages for late dead letters.
-            part_ids = np.unique(part_id[b0:b1]).tolist() if need_raw else _part_ids(parts, order[b0:b1])
+            part_ids = (np.unique(part_id[b0:b1]) if need_raw else present[sensor_code]).tolist()
             sources = {}
             for k in part_ids:
                 if parts[k].raw is None and parts[k].code.shape[0]:
@@ -668,10 +671,15 @@ def _batches(parts: list[_Part], out: Decoded, ingested: float) -> None:
     out.batches.extend(b for _, b in batches)
 
 
-def _part_ids(parts: list[_Part], rows: np.ndarray) -> list[int]:
-    """Which parts the concatenated row indices ``rows`` fall in."""
-    ends = np.cumsum([p.code.shape[0] for p in parts])
-    return np.unique(np.searchsorted(ends, rows, side="right")).tolist()
+def _presence(code: np.ndarray, part: np.ndarray, n_codes: int, n_parts: int) -> list[np.ndarray]:
+    """Per code, the sorted distinct parts its rows are in."""
+    if n_codes * n_parts <= 1 << 24:  # a bit matrix and one scatter
+        matrix = np.zeros((n_codes, n_parts), np.bool_)
+        matrix[code, part] = True
+        return [np.flatnonzero(row) for row in matrix]
+    pairs = np.unique(code.astype(np.int64) * n_parts + part)
+    cuts = np.searchsorted(pairs // n_parts, np.arange(1, n_codes))
+    return [chunk % n_parts for chunk in np.split(pairs, cuts)]
 
 
 def _locate(parts: list[_Part], index: int) -> tuple[int, int]:

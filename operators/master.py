@@ -55,7 +55,10 @@ def _ring(k: int, meta_dtype: type) -> tuple[np.ndarray, np.ndarray, np.ndarray,
     come from the heap and be cleared byte by byte, all of it, at once.
     """
     words = np.dtype(meta_dtype).itemsize
-    buffer = mmap.mmap(-1, 3 * 8 * k + words * k)
+    size = 3 * 8 * k + words * k
+    if size < 1 << 16:  # a few pages: the heap is cheaper than a map of its own
+        return np.zeros(k), np.zeros(k), np.zeros(k), np.zeros(k, meta_dtype)
+    buffer = mmap.mmap(-1, size)
     sre, sim, sa = (np.frombuffer(buffer, np.float64, k, offset=i * 8 * k) for i in range(3))
     return sre, sim, sa, np.frombuffer(buffer, meta_dtype, k, offset=3 * 8 * k)
 _NO_LIMIT = np.iinfo(np.int64).max

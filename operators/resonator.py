@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from operators.emissary import EmissaryWindow
+from operators.emissary import emissary_window
 from operators.grid import WindowValues
 from operators.intake import IntakeResult, SensorIntake
 from operators.master import MasterWindow
@@ -101,7 +101,8 @@ class Resonator:
         omega = s.params.omega
         self.sensor = sensor
         self.intake = SensorIntake(sensor, s.params, lateness_us=s.lateness_us, max_future_us=s.max_future_us)
-        self.emissary = Transducer(EmissaryWindow(s.emissary_window_us, omega), s.emissary_interval_us)
+        self.emissary = Transducer(emissary_window(s.emissary_window_us, s.emissary_interval_us, omega),
+                                   s.emissary_interval_us)
         self.master = Transducer(MasterWindow(s.master_window_us, s.master_interval_us, omega),
                                  s.master_interval_us)
         self.sync = SyncState(s.threshold, s.hysteresis, s.phase_threshold, s.min_span_us)
