@@ -12,8 +12,7 @@ name                                        type       labels
                                                        too_large, channels
 ``becomingone_transitions_total``           counter    ``event``: collapse, dissipate
 ``becomingone_witness_records_total``       counter    ``layer``: micro, meso, macro, meta
-``becomingone_batch_seconds``               histogram  ``step``: decode, event_time,
-                                                       emissary, master, sync, witness
+``becomingone_batch_seconds``               histogram  ``step``: decode, resonate, witness
 ``becomingone_event_latency_seconds``       histogram  (ingest of the samples to the event)
 ``becomingone_active_sensors``              gauge      sensors with state in this process
 ``becomingone_sensors_collapsed``           gauge      sensors in the collapsed state
