@@ -54,7 +54,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from operators.samples import SampleBatch
+from operators.samples import Origins, SampleBatch
 from schemas.messages import (
     ARROW_STREAM_CONTENT_TYPE,
     CONTENT_TYPE_HEADER,
@@ -471,6 +471,8 @@ def _phases(
 
 def _mark(status: np.ndarray, why: dict[int, str], mask: np.ndarray, code: int, text: str) -> None:
     """Give ``code`` to rows in ``mask`` whose status is not already a stronger reason."""
+    if not mask.any():  # the usual case: nothing to mark
+        return
     hit = mask & ((status == _OK) | (status > code))
     if hit.any():
         status[hit] = code
@@ -603,15 +605,15 @@ def _batches(parts: list[_Part], out: Decoded, ingested: float) -> None:
     identity = order.size == code.size and starts.size == 1  # one sensor, nothing rejected
 
     t_us = _join([p.t_us for p in parts])
-    partition = _join([p.partition for p in parts])
-    offset = _join([p.offset for p in parts])
-    row = _join([p.row for p in parts])
+    # Source positions are gathered only for rows rejected later (SampleBatch origins).
+    positions = (_join([p.partition for p in parts]), _join([p.offset for p in parts]), _join([p.row for p in parts]))
     cell_valid = _join([p.cell_valid for p in parts])
+    with_cells = bool(cell_valid.any())
     if not identity:
         # np.take is markedly faster than fancy indexing for these gathers.
-        t_us, partition, offset, row, cell_valid = (
-            np.take(a, order, axis=0) for a in (t_us, partition, offset, row, cell_valid)
-        )
+        t_us = np.take(t_us, order)
+        if with_cells:
+            cell_valid = np.take(cell_valid, order)
 
     # Phase: Arrow messages with scalar, fixed-size-list or uniformly long
     # list columns of one width gather whole rows of their (n, C) views; otherwise each
@@ -647,8 +649,8 @@ def _batches(parts: list[_Part], out: Decoded, ingested: float) -> None:
         if need_raw and all(parts[k].raw is not None for k in np.unique(part_id[b0:b1]).tolist()):
             raw = [parts[k].raw[r] for k, r in zip(part_id[b0:b1].tolist(), local_row[b0:b1].tolist())]
         cell = None
-        with_cell = np.flatnonzero(cell_valid[b0:b1])
-        if with_cell.size:
+        with_cell = np.flatnonzero(cell_valid[b0:b1]) if with_cells else ()
+        if len(with_cell):
             last = int(order[b0 + with_cell[-1]])
             k, r = _locate(parts, last)
             cell = parts[k].cell_at(r)
@@ -663,8 +665,8 @@ def _batches(parts: list[_Part], out: Decoded, ingested: float) -> None:
                     sources[_origin(message)] = message
         topic = parts[int(_locate(parts, int(order[b0]))[0])].message_at(0).topic
         batch = SampleBatch(
-            names_list[sensor_code], t_us[b0:b1], phase, cell, partition[b0:b1], offset[b0:b1], row[b0:b1], raw,
-            topic, sources or None, ingested,
+            names_list[sensor_code], t_us[b0:b1], phase, cell, raw=raw, topic=topic, sources=sources or None,
+            ingested=ingested, origins=Origins(order[b0:b1], *positions),
         )
         batches.append((int(order[b0]), batch))
     batches.sort(key=lambda item: item[0])  # order of the sensor's first accepted row

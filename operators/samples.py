@@ -11,15 +11,28 @@ still reaches the dead-letter topic with its original bytes.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-__all__ = ["SampleBatch"]
+__all__ = ["Origins", "SampleBatch"]
 
 
-@dataclass
+class Origins(NamedTuple):
+    """Where rows came from, for many batches at once: batch row i came from
+    ``partition[index[i]]``, ``offset[index[i]]``, ``row[index[i]]``.
+
+    The decoder builds these arrays once per call and hands each sensor's batch
+    only its ``index`` (a view): the positions are gathered only when a row is
+    rejected, which is rare, instead of for every row.
+    """
+
+    index: np.ndarray
+    partition: np.ndarray
+    offset: np.ndarray
+    row: np.ndarray
+
+
 class SampleBatch:
     """Samples of one sensor, in arrival order (not necessarily time order).
 
@@ -42,34 +55,73 @@ class SampleBatch:
             reference per message is kept, never a copy.
         ingested: wall-clock time (epoch seconds) when the earliest row was
             decoded; the start of the ingest-to-event latency.
+
+    ``partition``, ``offset`` and ``row`` may instead be given as ``origins``
+    (see :class:`Origins`); they are then gathered on first access.
     """
 
-    sensor: str
-    t_us: np.ndarray
-    phase: np.ndarray
-    cell: str | None = None
-    partition: np.ndarray = field(default_factory=lambda: np.empty(0, np.int32))
-    offset: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
-    row: np.ndarray = field(default_factory=lambda: np.empty(0, np.int32))
-    raw: list[bytes] | None = None
-    topic: str | None = None
-    sources: dict[tuple[int, int], Any] | None = None
-    ingested: float = math.inf
-
-    def __post_init__(self) -> None:
-        self.t_us = np.asarray(self.t_us, dtype=np.int64)
-        self.phase = np.asarray(self.phase, dtype=np.float64)
+    def __init__(self, sensor: str, t_us: np.ndarray, phase: np.ndarray, cell: str | None = None,
+                 partition: np.ndarray | None = None, offset: np.ndarray | None = None,
+                 row: np.ndarray | None = None, raw: list[bytes] | None = None, topic: str | None = None,
+                 sources: dict[tuple[int, int], Any] | None = None, ingested: float = math.inf, *,
+                 origins: Origins | None = None) -> None:
+        self.sensor = sensor
+        self.t_us = np.asarray(t_us, dtype=np.int64)
+        self.phase = np.asarray(phase, dtype=np.float64)
+        self.cell = cell
+        self.raw = raw
+        self.topic = topic
+        self.sources = sources
+        self.ingested = ingested
         n = self.t_us.shape[0]
         if self.phase.ndim != 2 or self.phase.shape[0] != n:
             raise ValueError(f"phase must have shape (n, C) with n = {n}, got {self.phase.shape}")
-        for name, dtype in (("partition", np.int32), ("offset", np.int64), ("row", np.int32)):
-            arr = getattr(self, name)
-            if arr.shape[0] == 0 and n:
-                setattr(self, name, np.full(n, -1 if name != "row" else 0, dtype))
-            elif arr.shape[0] != n:
-                raise ValueError(f"{name} has {arr.shape[0]} rows, t_us has {n}")
+        if origins is not None and origins.index.shape[0] != n:
+            raise ValueError(f"origins cover {origins.index.shape[0]} rows, t_us has {n}")
+        self._origins = origins
+        self._positions: dict[str, np.ndarray] = {}
+        for name, arr, dtype in (("partition", partition, np.int32), ("offset", offset, np.int64),
+                                 ("row", row, np.int32)):
+            if arr is None or (np.shape(arr)[0] == 0 and n):
+                if origins is None:
+                    self._positions[name] = np.full(n, -1 if name != "row" else 0, dtype)
+            elif np.shape(arr)[0] != n:
+                raise ValueError(f"{name} has {np.shape(arr)[0]} rows, t_us has {n}")
+            else:
+                self._positions[name] = np.asarray(arr, dtype)
         if self.raw is not None and len(self.raw) != n:
             raise ValueError(f"raw has {len(self.raw)} rows, t_us has {n}")
+
+    def _position(self, name: str) -> np.ndarray:
+        found = self._positions.get(name)
+        if found is None:
+            origins = self._origins
+            assert origins is not None
+            found = self._positions[name] = np.take(getattr(origins, name), origins.index)
+        return found
+
+    @property
+    def partition(self) -> np.ndarray:
+        return self._position("partition")
+
+    @property
+    def offset(self) -> np.ndarray:
+        return self._position("offset")
+
+    @property
+    def row(self) -> np.ndarray:
+        return self._position("row")
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A snapshot holds this batch's own positions, not the decoder's arrays for every batch.
+        for name in ("partition", "offset", "row"):
+            self._position(name)
+        state = self.__dict__.copy()
+        state["_origins"] = None
+        return state
+
+    def __repr__(self) -> str:
+        return f"SampleBatch(sensor={self.sensor!r}, rows={len(self)}, channels={self.channels}, cell={self.cell!r})"
 
     def __len__(self) -> int:
         return int(self.t_us.shape[0])
@@ -81,10 +133,15 @@ class SampleBatch:
     def take(self, index: np.ndarray) -> "SampleBatch":
         """The rows at ``index`` (integer or boolean array), same sensor and cell."""
         idx = np.flatnonzero(index) if index.dtype == np.bool_ else index
+        raw = None if self.raw is None else [self.raw[i] for i in idx]
+        if self._origins is not None and not self._positions:  # still lazy: stay lazy
+            o = self._origins
+            return SampleBatch(self.sensor, self.t_us[idx], self.phase[idx], self.cell, raw=raw, topic=self.topic,
+                               sources=self.sources, ingested=self.ingested,
+                               origins=Origins(o.index[idx], o.partition, o.offset, o.row))
         return SampleBatch(
             self.sensor, self.t_us[idx], self.phase[idx], self.cell,
-            self.partition[idx], self.offset[idx], self.row[idx],
-            None if self.raw is None else [self.raw[i] for i in idx],
+            self.partition[idx], self.offset[idx], self.row[idx], raw,
             self.topic, self.sources, self.ingested,
         )
 
