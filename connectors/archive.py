@@ -723,6 +723,9 @@ class ArchiveWriter:
     def _drop_archived(self, table: pa.Table) -> pa.Table:
         """Drop rows at or below their key's high-water; raise it with the rest."""
         t = _t_micros(table)
+        runs = self._key_runs(table)
+        if runs is not None:
+            return self._drop_archived_runs(table, t, *runs)
         # One integer code per row for its key: mixed-radix over each key
         # column's dictionary codes, so only the distinct keys touch Python.
         codes = np.zeros(table.num_rows, np.int64)
@@ -747,6 +750,34 @@ class ArchiveWriter:
         np.maximum.at(newest, row_key[keep], t[keep])
         for key, value in zip(keys, newest.tolist()):
             if value != _NO_ROWS:
+                self._high_water[key] = value
+        return table if keep.all() else table.filter(pa.array(keep))
+
+    def _key_runs(self, table: pa.Table) -> tuple[np.ndarray, list[tuple]] | None:
+        """(start of each run, its key) when rows come in runs of one key, as the
+        dataflow writes them (one sensor's rows together); None when runs are short."""
+        n = table.num_rows
+        change = np.zeros(n, np.bool_)
+        change[0] = True
+        for name in self._keys:
+            column = table.column(name).combine_chunks()
+            if column.null_count:
+                return None
+            change[1:] |= pc.not_equal(column.slice(1), column.slice(0, n - 1)).to_numpy(zero_copy_only=False)
+        starts = np.flatnonzero(change)
+        if starts.size * 8 > n:  # short runs: the dictionary path is cheaper
+            return None
+        index = pa.array(starts)
+        columns = [table.column(name).take(index).to_pylist() for name in self._keys]
+        return starts, list(zip(*columns))
+
+    def _drop_archived_runs(self, table: pa.Table, t: np.ndarray, starts: np.ndarray, keys: list[tuple]) -> pa.Table:
+        run_of = np.repeat(np.arange(starts.size), np.diff(np.append(starts, t.shape[0])))
+        high = np.array([self._high_water.get(k, _NO_ROWS) for k in keys], np.int64)
+        keep = t > high[run_of]
+        newest = np.maximum.reduceat(np.where(keep, t, _NO_ROWS), starts)
+        for key, value in zip(keys, newest.tolist()):
+            if value > self._high_water.get(key, _NO_ROWS):  # one key may form several runs
                 self._high_water[key] = value
         return table if keep.all() else table.filter(pa.array(keep))
 

@@ -743,3 +743,36 @@ def test_sink_with_several_workers_keeps_one_writer_per_dataset(tmp_path):
         files = [json.loads(line)["file"] for line in manifest_lines(tmp_path / name)]
         assert [f.rsplit("/", 1)[1] for f in files] == [f"part-{k:08d}.arrow" for k in range(len(files))]
         assert read_dataset(tmp_path / name).num_rows == 12
+
+
+@pytest.mark.parametrize("grouped", [True, False])
+def test_rows_at_or_below_their_keys_high_water_are_dropped_however_rows_are_ordered(tmp_path, grouped):
+    """The writer keeps exactly the rows newer than everything earlier calls accepted for
+    their sensor, whether a table holds long runs of one sensor (the dataflow's
+    tables) or interleaved sensors."""
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    writer = ArchiveWriter(tmp_path, "coherence_history", flush_rows=10**9, flush_seconds=1e9)
+    high: dict[str, int] = {}
+    for call in range(6):
+        sensors = [f"s{i}" for i in rng.integers(0, 5, 400)]
+        if grouped:
+            sensors.sort()
+        t = (1_764_115_200_000_000 + rng.integers(0, 200, len(sensors)) * 1000).tolist()
+        expected = sum(1 for s, ti in zip(sensors, t) if ti > high.get(s, -1))
+        newest: dict[str, int] = {}
+        for s, ti in zip(sensors, t):
+            if ti > high.get(s, -1):
+                newest[s] = max(newest.get(s, ti), ti)
+        high.update(newest)
+        n = len(sensors)
+        table = pa.table({
+            "sensor": sensors, "t": pa.array(t, pa.int64()).cast(TIMESTAMP),
+            "coherence_master": [0.5] * n, "coherence_emissary": [0.5] * n, "coherence_sync": [0.5] * n,
+            "delta_phase": [0.0] * n, "state": ["dissipated"] * n,
+        })
+        assert writer.write(table) == expected, f"call {call}"
+        for s, value in high.items():
+            assert writer.high_water(s) == value
+    writer.close()
