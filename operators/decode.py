@@ -46,6 +46,7 @@ their one-row IPC stream directly.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from numba import njit
 
 from operators.samples import Origins, SampleBatch
 from schemas.messages import (
@@ -396,7 +398,8 @@ def _times(arr: pa.Array, status: np.ndarray, why: dict[int, str]) -> np.ndarray
         out_of_range = valid & ((raw > limit) | (raw < -limit))
         ok = valid & ~out_of_range
         clean = np.where(ok, raw, 0) if not ok.all() else raw
-        t_us = to_micros(clean.view(f"datetime64[{typ.unit}]"))
+        # Microseconds already (the usual unit): nothing to convert.
+        t_us = clean if typ.unit == "us" else to_micros(clean.view(f"datetime64[{typ.unit}]"))
         nonfinite = np.zeros(len(raw), dtype=bool)
     elif pa.types.is_integer(typ):
         raw = (arr.fill_null(0) if arr.null_count else arr).to_numpy(zero_copy_only=False)
@@ -539,6 +542,27 @@ def _join(arrays: list[np.ndarray]) -> np.ndarray:
     return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
 
 
+@njit(cache=True, nogil=True)
+def _group_rows(code, n_codes):
+    """A counting sort of rows by code, arrival order kept within a code; rows with
+    code < 0 (rejected) are left out.  Returns (row order, start of each code's
+    rows in it; n_codes + 1 entries)."""
+    start = np.zeros(n_codes + 1, np.int64)
+    for c in code:
+        if c >= 0:
+            start[c + 1] += 1
+    for k in range(n_codes):
+        start[k + 1] += start[k]
+    fill = start[:n_codes].copy()
+    order = np.empty(start[n_codes], np.int64)
+    for i in range(code.shape[0]):
+        c = code[i]
+        if c >= 0:
+            order[fill[c]] = i
+            fill[c] += 1
+    return order, start
+
+
 def _majority_width(code: np.ndarray, length: np.ndarray, n_sensors: int) -> np.ndarray:
     """Per sensor, the channel count most of its rows have (ties: the count
     that arrived first).  ``code`` and ``length`` cover accepted rows only."""
@@ -559,54 +583,51 @@ def _majority_width(code: np.ndarray, length: np.ndarray, n_sensors: int) -> np.
 
 def _batches(parts: list[_Part], out: Decoded, ingested: float) -> None:
     names: dict[str, int] = {}
-    codes, part_of, local = [], [], []
+    codes, part_of = [], []
     for k, part in enumerate(parts):
         lookup = np.array([names.setdefault(s, len(names)) for s in part.names] + [-1], dtype=np.int32)
         # -1 (already dead) picks the last slot, which is -1 again.
         codes.append(lookup[part.code])
         part_of.append(np.full(part.code.shape[0], k, np.int32))
-        local.append(np.arange(part.code.shape[0], dtype=np.int64))
     code = _join(codes)
-    length = _join([p.length for p in parts])
-    accepted = np.flatnonzero(code >= 0)
     names_list = list(names)
 
     # A sensor has one channel count; rows that disagree with the majority of
-    # the sensor's rows in this call are rejected as `channels`.
-    acc_length = length[accepted]
-    if acc_length.size and acc_length.min() != acc_length.max():
-        chosen = _majority_width(code[accepted], acc_length, len(names))
-        wrong = accepted[acc_length != chosen[code[accepted]]]
-        if wrong.size:
-            part_id, local_row = _join(part_of), _join(local)
-            for i in wrong.tolist():
-                part, r = parts[int(part_id[i])], int(local_row[i])
-                width = int(chosen[code[i]])
-                text = f"{int(length[i])} channels where sensor {names_list[code[i]]!r} has {width} in this batch"
-                if part.raw is None:
-                    text = f"row {int(part.row[r])}: {text}"
-                _add(out, _dead_letter(part.message_at(r), part.original_at(r), DeadLetterReason.CHANNELS, text))
-            keep = np.ones(code.shape[0], dtype=bool)
-            keep[wrong] = False
-            accepted = accepted[keep[accepted]]
+    # the sensor's rows in this call are rejected as `channels`.  Parts that
+    # all hold one dense width cannot disagree: no per-row look needed.
+    widths = {p.dense.shape[1] if p.dense is not None else -1 for p in parts}
+    uniform = len(widths) == 1 and -1 not in widths
+    if not uniform:
+        length = _join([p.length for p in parts])
+        accepted = np.flatnonzero(code >= 0)
+        acc_length = length[accepted]
+        if acc_length.size and acc_length.min() != acc_length.max():
+            chosen = _majority_width(code[accepted], acc_length, len(names))
+            wrong = accepted[acc_length != chosen[code[accepted]]]
+            if wrong.size:
+                part_id, local_row = _join(part_of), _join([np.arange(p.code.shape[0]) for p in parts])
+                for i in wrong.tolist():
+                    part, r = parts[int(part_id[i])], int(local_row[i])
+                    width = int(chosen[code[i]])
+                    text = f"{int(length[i])} channels where sensor {names_list[code[i]]!r} has {width} in this batch"
+                    if part.raw is None:
+                        text = f"row {int(part.row[r])}: {text}"
+                    _add(out, _dead_letter(part.message_at(r), part.original_at(r), DeadLetterReason.CHANNELS, text))
+                code[wrong] = -1
 
-    out.rows += int(accepted.size)
-    if accepted.size == 0:
+    # Group rows by sensor, arrival order kept inside a sensor.
+    order, group_start = _group_rows(code, len(names_list))
+    out.rows += int(order.size)
+    if order.size == 0:
         return
-
-    # Group rows by sensor; a stable sort keeps arrival order inside a sensor.
-    acc_code = code[accepted]
-    small = acc_code.astype(np.int16) if len(names) < 2**15 else acc_code  # radix sort for int16
-    order = accepted[np.argsort(small, kind="stable")]
-    sorted_code = code[order]
-    bounds = np.flatnonzero(sorted_code[1:] != sorted_code[:-1]) + 1
-    starts = np.concatenate(([0], bounds))
-    ends = np.concatenate((bounds, [order.size]))
-    identity = order.size == code.size and starts.size == 1  # one sensor, nothing rejected
+    group_codes = np.flatnonzero(np.diff(group_start))
+    starts, ends = group_start[group_codes], group_start[group_codes + 1]
+    identity = order.size == code.size and group_codes.size == 1  # one sensor, nothing rejected
 
     t_us = _join([p.t_us for p in parts])
-    # Source positions are gathered only for rows rejected later (SampleBatch origins).
-    positions = (_join([p.partition for p in parts]), _join([p.offset for p in parts]), _join([p.row for p in parts]))
+    # Source positions are joined and gathered only for rows rejected later (SampleBatch origins).
+    positions = functools.cache(lambda: (_join([p.partition for p in parts]), _join([p.offset for p in parts]),
+                                         _join([p.row for p in parts])))
     cell_valid = _join([p.cell_valid for p in parts])
     with_cells = bool(cell_valid.any())
     if not identity:
@@ -618,8 +639,7 @@ def _batches(parts: list[_Part], out: Decoded, ingested: float) -> None:
     # Phase: Arrow messages with scalar, fixed-size-list or uniformly long
     # list columns of one width gather whole rows of their (n, C) views; otherwise each
     # sensor's rows are gathered from the flat values through their starts.
-    widths = {p.dense.shape[1] if p.dense is not None else -1 for p in parts}
-    if len(widths) == 1 and -1 not in widths:  # every part has one (n, C) view of one width
+    if uniform:  # every part has one (n, C) view of one width
         dense = _join([p.dense for p in parts])
         phase_all = dense if identity else np.take(dense, order, axis=0)
         flat = start = None
@@ -631,14 +651,18 @@ def _batches(parts: list[_Part], out: Decoded, ingested: float) -> None:
 
     need_raw = any(p.raw is not None for p in parts)
     if need_raw:
-        part_id, local_row = _join(part_of)[order], _join(local)[order]
+        part_id, local_row = _join(part_of)[order], _join([np.arange(p.code.shape[0]) for p in parts])[order]
     else:
         # Which messages each sensor's rows came from, for all sensors at once.
-        present = _presence(sorted_code, np.take(_join(part_of), order), len(names_list), len(parts))
+        part_of_row = _join(part_of)
+        if order.size == code.size:
+            present = _presence(code, part_of_row, len(names_list), len(parts))
+        else:
+            ok = code >= 0
+            present = _presence(code[ok], part_of_row[ok], len(names_list), len(parts))
 
     batches = []
-    for b0, b1 in zip(starts.tolist(), ends.tolist()):
-        sensor_code = int(sorted_code[b0])
+    for sensor_code, b0, b1 in zip(group_codes.tolist(), starts.tolist(), ends.tolist()):
         if phase_all is not None:
             phase = phase_all[b0:b1]
         else:
@@ -666,7 +690,7 @@ def _batches(parts: list[_Part], out: Decoded, ingested: float) -> None:
         topic = parts[int(_locate(parts, int(order[b0]))[0])].message_at(0).topic
         batch = SampleBatch(
             names_list[sensor_code], t_us[b0:b1], phase, cell, raw=raw, topic=topic, sources=sources or None,
-            ingested=ingested, origins=Origins(order[b0:b1], *positions),
+            ingested=ingested, origins=Origins(order[b0:b1], positions),
         )
         batches.append((int(order[b0]), batch))
     batches.sort(key=lambda item: item[0])  # order of the sensor's first accepted row

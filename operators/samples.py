@@ -11,6 +11,7 @@ still reaches the dead-letter topic with its original bytes.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -19,18 +20,18 @@ __all__ = ["Origins", "SampleBatch"]
 
 
 class Origins(NamedTuple):
-    """Where rows came from, for many batches at once: batch row i came from
+    """Where rows came from, for many batches at once: with
+    ``partition, offset, row = positions()``, batch row i came from
     ``partition[index[i]]``, ``offset[index[i]]``, ``row[index[i]]``.
 
-    The decoder builds these arrays once per call and hands each sensor's batch
-    only its ``index`` (a view): the positions are gathered only when a row is
-    rejected, which is rare, instead of for every row.
+    The decoder shares one ``positions`` (joined on first call) among all the
+    batches of a call and hands each sensor's batch only its ``index`` (a
+    view): positions are built and gathered only when a row is rejected,
+    which is rare, instead of for every row.
     """
 
     index: np.ndarray
-    partition: np.ndarray
-    offset: np.ndarray
-    row: np.ndarray
+    positions: Callable[[], tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
 class SampleBatch:
@@ -97,7 +98,8 @@ class SampleBatch:
         if found is None:
             origins = self._origins
             assert origins is not None
-            found = self._positions[name] = np.take(getattr(origins, name), origins.index)
+            column = origins.positions()[("partition", "offset", "row").index(name)]
+            found = self._positions[name] = np.take(column, origins.index)
         return found
 
     @property
@@ -138,7 +140,7 @@ class SampleBatch:
             o = self._origins
             return SampleBatch(self.sensor, self.t_us[idx], self.phase[idx], self.cell, raw=raw, topic=self.topic,
                                sources=self.sources, ingested=self.ingested,
-                               origins=Origins(o.index[idx], o.partition, o.offset, o.row))
+                               origins=Origins(o.index[idx], o.positions))
         return SampleBatch(
             self.sensor, self.t_us[idx], self.phase[idx], self.cell,
             self.partition[idx], self.offset[idx], self.row[idx], raw,
