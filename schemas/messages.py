@@ -41,7 +41,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from schemas.timebase import MAX_ABS_SECONDS, MICROS_PER_SECOND, to_micros
+from schemas.timebase import MAX_ABS_SECONDS, MICROS_PER_SECOND, number_to_micros, to_micros
 
 __all__ = [
     "ARROW_STREAM_CONTENT_TYPE",
@@ -252,7 +252,7 @@ def sample_from_object(obj: Any) -> PhaseSample:
     if not values:
         raise InvalidSample(DeadLetterReason.CHANNELS, "field 'phase' is an empty list")
     if t_us is None:
-        t_us = int(to_micros(t))
+        t_us = number_to_micros(t)  # finite and in range: checked above
     return PhaseSample(sensor=sensor, t_us=t_us, phase=values, cell=cell)
 
 

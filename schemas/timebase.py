@@ -29,6 +29,7 @@ array([1764115200125000, 1764115200135000])
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import re
 from typing import Any
 
@@ -44,6 +45,7 @@ __all__ = [
     "MICROS_PER_SECOND",
     "duration_to_micros",
     "micros_to_seconds",
+    "number_to_micros",
     "seconds_to_micros",
     "to_micros",
 ]
@@ -69,6 +71,19 @@ def seconds_to_micros(seconds: Any) -> np.ndarray:
     whole = np.floor(arr)
     frac = arr - whole  # exact in float64: whole and arr share the exponent range
     return whole.astype(np.int64) * MICROS_PER_SECOND + np.rint(frac * 1e6).astype(np.int64)
+
+
+def number_to_micros(seconds: int | float) -> int:
+    """:func:`seconds_to_micros` of one finite Python number in range, without NumPy
+    (the same rounding: whole seconds split off, the fraction rounded half to even).
+
+    >>> number_to_micros(1764115200.125), number_to_micros(-0.0000005), number_to_micros(3)
+    (1764115200125000, 0, 3000000)
+    """
+    if isinstance(seconds, int):
+        return seconds * MICROS_PER_SECOND
+    whole = math.floor(seconds)
+    return whole * MICROS_PER_SECOND + round((seconds - whole) * 1e6)
 
 
 def _check_range(values: np.ndarray, limit: float) -> None:
