@@ -125,8 +125,8 @@ class PhaseColumns:
         """One sensor's samples from arrays: ``t_us`` shape (n,), ``phase`` shape (n,) or (n, C).
 
         >>> cols = PhaseColumns.from_numpy("pmu-7", np.array([1, 2]), np.zeros((2, 3)))
-        >>> len(cols), cols.channels()
-        (2, 3)
+        >>> len(cols), cols.channels().tolist()
+        (2, [3, 3])
         """
         t = np.ascontiguousarray(t_us, dtype=np.int64)
         values = np.asarray(phase, dtype=np.float64)

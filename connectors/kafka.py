@@ -484,8 +484,8 @@ def arrow_record_batch(columns: PhaseColumns) -> pa.RecordBatch:
 
     >>> import numpy as np
     >>> cols = PhaseColumns.from_numpy("pmu-7", np.array([1_764_115_200_125_000]), np.array([1.23]))
-    >>> arrow_record_batch(cols).column("t")[0]
-    <pyarrow.TimestampScalar: '2025-11-26T00:00:00.125000+00:00'>
+    >>> arrow_record_batch(cols).column("t")[0].value      # microseconds since the epoch
+    1764115200125000
     """
     return pa.RecordBatch.from_arrays(
         [

@@ -129,7 +129,6 @@ class EmissaryWindow:
 
     >>> import numpy as np
     >>> from operators.lag import Products, window_term
-from operators.master import MasterWindow
     >>> em = EmissaryWindow(window_us=1_000_000)
     >>> t = np.arange(1, 201) * 10_000                   # products every 10 ms
     >>> p = np.full(200, 2.0 + 0j)

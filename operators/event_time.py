@@ -64,7 +64,7 @@ class EventTimeGate:
     >>> gate = EventTimeGate(lateness_us=20, max_future_us=None)
     >>> res = gate.push(SampleBatch("s", np.array([10, 30, 20, 30, 5]), np.zeros((5, 1))), now_us=0)
     >>> res.released.t_us.tolist(), res.reasons, res.watermark
-    ([5, 10], ['duplicate'], 10)
+    ([10], ['duplicate', 'late'], 10)
     """
 
     def __init__(self, lateness_us: int, max_future_us: int | None, dedup_horizon_us: int = 1_000_000) -> None:

@@ -20,7 +20,7 @@ Durations from the config (seconds) are rounded to whole microseconds with
 
 >>> to_micros([1764115200.125, 1764115200.135])
 array([1764115200125000, 1764115200135000])
->>> int(to_micros("2025-11-26T00:00:00.125+00:00")[0])
+>>> int(to_micros("2025-11-26T00:00:00.125+00:00"))
 1764115200125000
 >>> duration_to_micros(0.01)
 10000
