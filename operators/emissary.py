@@ -160,7 +160,7 @@ class EmissaryWindow:
         """The newest grid point reported so far (us), or None."""
         return self._last_at
 
-    def advance(self, products: Products, at: np.ndarray) -> WindowValues:
+    def advance(self, products: Products, at: np.ndarray, *, validate: bool = True) -> WindowValues:
         """Integrate ``products`` and report the window at each grid point of ``at``.
 
         Args:
@@ -172,7 +172,7 @@ class EmissaryWindow:
             The window values at ``at``; each includes exactly the products
             (earlier or in this batch) with g - W < t_k <= g.
         """
-        g = check_advance(products, at, self._last_product, self._last_at)
+        g = check_advance(products, at, self._last_product, self._last_at) if validate else at
         n = len(products)
         arrays = [self._t, self._c, self._a]
         shift = make_room(arrays, int(self._ist[0]), int(self._ist[1]), n)

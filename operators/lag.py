@@ -233,26 +233,31 @@ class LagState:
         self._jp -= shift
         self._mp -= shift
 
-    def push(self, t_us: np.ndarray, phase: np.ndarray) -> Products:
+    def push(self, t_us: np.ndarray, phase: np.ndarray, *, validate: bool = True) -> Products:
         """Append a batch and return the lag products it completes.
 
         Args:
             t_us: int64 event times in microseconds, strictly increasing and
                 later than every earlier sample of this state.
             phase: radians, shape (n,) or (n, C).
+            validate: check the above (False: the caller guarantees it, as the
+                event-time gate does, and passes (n, C) float64 phases).
 
         Raises:
             ValueError: bad shapes, non-finite phases, time not increasing, or a
                 channel count different from the state's.
         """
-        t, ph = validate_samples(t_us, phase)
+        if validate:
+            t, ph = validate_samples(t_us, phase)
+        else:
+            t, ph = t_us, phase
         if ph.shape[1] != self.channels:
             raise ValueError(f"sensor has {self.channels} channels, batch has {ph.shape[1]}")
         n = t.shape[0]
         if n == 0:
             return Products.empty()
         last = self.last_t
-        if last is not None and t[0] <= last:
+        if validate and last is not None and t[0] <= last:
             raise ValueError(
                 f"event time must be strictly increasing: batch starts at t = {t[0]} us, "
                 f"not after the previous sample at t = {last} us"

@@ -54,6 +54,35 @@ def _hysteresis(coh, dphase, mature, threshold, hysteresis, phase_threshold, col
     return collapsed
 
 
+@njit(cache=True, nogil=True)
+def _sync_kernel(g, em_T, ma_t, ma_T, ma_span, carried_T, carried_span, threshold, hysteresis, phase_threshold,
+                 min_span_us, collapsed, out_T_master, out_T_sync, out_coh, out_dphase, out_mature, out_state,
+                 out_event, out_span):
+    """Decide Emissary points ``g``: Master value in force (latest Master point <= g, else the
+    one carried over), T_sync, coherence, delta_phase, maturity, then the state machine.
+
+    Returns (Master points used up, the Master value and span now in force, the state).
+    """
+    j = 0  # Master points before j are <= the current g
+    T_in, span_in = carried_T, carried_span
+    for k in range(g.shape[0]):
+        while j < ma_t.shape[0] and ma_t[j] <= g[k]:
+            T_in = ma_T[j]
+            span_in = ma_span[j]
+            j += 1
+        te = em_T[k]
+        ts = (T_in + te) / 2
+        out_T_master[k] = T_in
+        out_T_sync[k] = ts
+        out_coh[k] = ts.real * ts.real + ts.imag * ts.imag
+        out_dphase[k] = abs(abs(T_in) - abs(te))
+        out_mature[k] = span_in >= min_span_us
+        out_span[k] = span_in
+    collapsed = _hysteresis(out_coh, out_dphase, out_mature, threshold, hysteresis, phase_threshold, collapsed,
+                            out_state, out_event)
+    return j, T_in, span_in, collapsed
+
+
 class SyncValues(NamedTuple):
     """The sync at a run of Emissary grid points.
 
@@ -132,38 +161,18 @@ class SyncState:
             master_watermark: the Master's watermark (us); None means end of
                 input, so every buffered point is decided.
         """
-        self._em = WindowValues.concat([self._em, emissary])
-        self._ma = WindowValues.concat([self._ma, master])
-        g = self._em.t
+        em = emissary if not len(self._em) else WindowValues.concat([self._em, emissary])
+        ma = master if not len(self._ma) else WindowValues.concat([self._ma, master])
+        g = em.t
         cut = g.shape[0] if master_watermark is None else int(np.searchsorted(g, master_watermark, side="right"))
-        now = self._em.select(slice(None, cut))
-        self._em = self._em.select(slice(cut, None))
-
-        # Master point in force at each g: the latest G <= g, else the one carried over.
-        idx = np.searchsorted(self._ma.t, now.t, side="right") - 1
-        has = idx >= 0
-        safe = np.where(has, idx, 0)
-        if self._ma.t.size:
-            T_master = np.where(has, self._ma.T[safe], self._ma_T)
-            span = np.where(has, self._ma.span_us[safe], self._ma_span)
-        else:
-            T_master = np.full(cut, self._ma_T, np.complex128)
-            span = np.full(cut, self._ma_span, np.int64)
+        self._em = em if cut == 0 else em.select(slice(cut, None))
+        out = SyncValues(g[:cut], np.empty(cut, np.complex128), em.T[:cut], np.empty(cut, np.complex128),
+                         np.empty(cut, np.float64), np.empty(cut, np.float64), np.empty(cut, np.bool_),
+                         np.empty(cut, np.bool_), np.empty(cut, np.int8), np.empty(cut, np.int64))
+        used, self._ma_T, self._ma_span, self.collapsed = _sync_kernel(
+            g[:cut], em.T, ma.t, ma.T, ma.span_us, self._ma_T, self._ma_span, self.threshold, self.hysteresis,
+            self.phase_threshold, self.min_span_us, self.collapsed, out.T_master, out.T_sync, out.coherence_sync,
+            out.delta_phase, out.mature, out.collapsed, out.event, out.master_span_us)
         # Keep only the Master points later decisions can still use.
-        if cut and self._ma.t.size:
-            last = int(idx[-1])
-            if last >= 0:
-                self._ma_T, self._ma_span = complex(self._ma.T[last]), int(self._ma.span_us[last])
-                self._ma = self._ma.select(slice(last + 1, None))
-
-        T_em = now.T
-        T_sync = (T_master + T_em) / 2
-        coh = T_sync.real ** 2 + T_sync.imag ** 2
-        dphase = np.abs(np.abs(T_master) - np.abs(T_em))
-        mature = span >= self.min_span_us
-        state = np.empty(cut, np.bool_)
-        event = np.empty(cut, np.int8)
-        self.collapsed = bool(_hysteresis(coh, dphase, mature, self.threshold, self.hysteresis,
-                                          self.phase_threshold, self.collapsed, state, event))
-        return SyncValues(now.t, T_master, T_em, T_sync, coh, dphase, mature, state, event,
-                          np.asarray(span, np.int64))
+        self._ma = ma if used == 0 else ma.select(slice(used, None))
+        return out

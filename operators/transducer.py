@@ -13,15 +13,47 @@ from __future__ import annotations
 from typing import Protocol
 
 import numpy as np
+from numba import njit
 
-from operators.grid import WindowValues, emission_points
+from operators.grid import WindowValues
 from operators.lag import Products
 
 __all__ = ["Transducer"]
 
 
+_ALL = np.iinfo(np.int64).max  # "no watermark": every due point is final
+
+
+@njit(cache=True, nogil=True)
+def _due_points(sample_t, interval, pending, watermark):
+    """The pending grid points merged with those of ``sample_t`` (sorted, unique:
+    ``emission_points`` of the samples), and how many are <= ``watermark``."""
+    out = np.empty(pending.shape[0] + sample_t.shape[0], np.int64)
+    n = 0
+    i = 0
+    last = np.int64(0)
+    for k in range(sample_t.shape[0] + 1):
+        if k < sample_t.shape[0]:
+            g = -((-sample_t[k]) // interval) * interval  # ceil to the grid, exact for negative t too
+        # Pending points before g (all of them after the last sample) go first.
+        while i < pending.shape[0] and (k == sample_t.shape[0] or pending[i] < g):
+            if n == 0 or pending[i] != last:
+                last = pending[i]
+                out[n] = last
+                n += 1
+            i += 1
+        if k < sample_t.shape[0] and (n == 0 or g != last):
+            last = g
+            out[n] = g
+            n += 1
+    split = 0
+    while split < n and out[split] <= watermark:
+        split += 1
+    return out[:n], split
+
+
 class _Window(Protocol):
-    def advance(self, products: Products, at: np.ndarray) -> WindowValues: ...
+    def advance(self, products: Products, at: np.ndarray, *, validate: bool = True) -> WindowValues: ...
 
 
 class Transducer:
@@ -62,16 +94,12 @@ class Transducer:
             watermark_us: the sensor's watermark; grid points up to it are final.
                 None: end of input, every due grid point is final.
         """
-        due = emission_points(sample_t_us, self.interval_us)
-        if self._pending.size:
-            # Both sorted and unique; a plain join unless they overlap.
-            if due.size and self._pending[-1] < due[0]:
-                due = np.concatenate([self._pending, due])
-            else:
-                due = np.union1d(self._pending, due)
-        split = due.size if watermark_us is None else int(np.searchsorted(due, watermark_us, side="right"))
+        limit = _ALL if watermark_us is None else watermark_us
+        due, split = _due_points(np.asarray(sample_t_us, np.int64), self.interval_us, self._pending, limit)
         self._pending = due[split:]
-        return self.window.advance(products, due[:split])
+        # Products come from LagState (strictly increasing, after earlier ones) and the
+        # grid points from emission_points: the window need not check them again.
+        return self.window.advance(products, due[:split], validate=False)
 
     def flush(self) -> WindowValues:
         """End of input: emit every pending grid point."""
