@@ -68,9 +68,19 @@ class TopicRecords(list):
     (a Bytewax item costs Python calls at every step it passes; a message does not)."""
 
 
-def on_grid(t_us: np.ndarray, interval_us: int) -> np.ndarray:
-    """Mask of the times that are multiples of ``interval_us`` (epoch aligned)."""
-    return np.asarray(t_us, np.int64) % interval_us == 0
+def on_grid(t_us: np.ndarray, interval_us: int) -> np.ndarray | None:
+    """Indices of the (sorted) times that are multiples of ``interval_us`` (epoch
+    aligned), or None when there are none.
+
+    >>> on_grid(np.array([10, 15, 20, 25]), 10).tolist(), on_grid(np.array([11, 19]), 10)
+    ([0, 2], None)
+    """
+    n = t_us.shape[0]
+    # Most calls cover less than one interval: decide that without touching the array.
+    if n == 0 or int(t_us[-1]) // interval_us * interval_us < int(t_us[0]):
+        return None
+    index = np.flatnonzero(t_us % interval_us == 0)
+    return index if index.size else None
 
 
 def _table(dataset: str, columns: dict[str, pa.Array | np.ndarray | list]) -> pa.Table:

@@ -310,7 +310,7 @@ class _ResonateLogic(StatefulBatchLogic[list[SampleBatch], Any, dict[str, Resona
                     continue
                 if self.signatures:
                     keep = on_grid(values.t, self.signature_us)
-                    if keep.any():
+                    if keep is not None:
                         signatures.append((r.sensor, r.cell, kind, values.select(keep)))
                 if self.meso:
                     out.extend(self._meso(r, kind, values))
@@ -324,7 +324,7 @@ class _ResonateLogic(StatefulBatchLogic[list[SampleBatch], Any, dict[str, Resona
             if self.per_sensor:
                 m.sensor_coherence.labels(r.sensor).set(entry.coherence_sync)
             publish = on_grid(sv.t, self.publish_us)
-            if publish.any():
+            if publish is not None:
                 picked = sv.select(publish)
                 key = r.sensor.encode("utf-8")
                 out.extend(TopicRecord("sync", key, value)
@@ -332,7 +332,7 @@ class _ResonateLogic(StatefulBatchLogic[list[SampleBatch], Any, dict[str, Resona
                 mesh.append((r.sensor, r.cell, picked))
             if self.history:
                 keep = on_grid(sv.t, self.signature_us)
-                if keep.any():
+                if keep is not None:
                     history.append((r.sensor, r.cell, sv.select(keep)))
         if accepted:
             m.samples.labels("accepted").inc(accepted)
@@ -351,8 +351,8 @@ class _ResonateLogic(StatefulBatchLogic[list[SampleBatch], Any, dict[str, Resona
         return out
 
     def _meso(self, r: Resonator, kind: str, values: WindowValues) -> list[WitnessEntry]:
-        keep = np.flatnonzero(on_grid(values.t, self.meso_us))
-        if not keep.size:
+        keep = on_grid(values.t, self.meso_us)
+        if keep is None:
             return []
         T = values.T[keep]
         return [WitnessEntry("meso", t, r.sensor, meso_payload_json(r.sensor, r.cell, kind, re, im, n))

@@ -75,7 +75,7 @@ class EventTimeGate:
         self.dedup_horizon_us = int(dedup_horizon_us)
         self._max_t = _NEG
         self._pending: SampleBatch | None = None  # sorted by time, all > watermark
-        self._recent = np.empty(0, np.int64)  # accepted & released times, sorted
+        self._recent_parts: list[np.ndarray] = []  # accepted & released times, sorted, joined when needed
 
     @property
     def watermark(self) -> int | None:
@@ -112,7 +112,8 @@ class EventTimeGate:
 
         # Duplicates: same t as an accepted sample (pending, recent, or an
         # earlier accepted row of this batch).
-        known = self._recent if self._pending is None else np.union1d(self._recent, self._pending.t_us)
+        recent = self._recent()
+        known = recent if self._pending is None else np.union1d(recent, self._pending.t_us)
         in_known = np.isin(t, known)
         candidates = ~future & ~old_or_equal & ~in_known
         cand_idx = np.flatnonzero(candidates)
@@ -178,8 +179,17 @@ class EventTimeGate:
         return released
 
     def _remember(self, times: np.ndarray) -> None:
+        # Joined and cut only now and then (or when a duplicate check needs them):
+        # in-order batches need nothing but the append.
+        self._recent_parts.append(times)
+        if len(self._recent_parts) >= 64:
+            self._recent()
+
+    def _recent(self) -> np.ndarray:
+        """Accepted times within dedup_horizon of the watermark (sorted; older ones may remain)."""
         keep_from = (self.watermark or 0) - self.dedup_horizon_us
-        # Both sorted, times all newer: cut each at keep_from, then join.
-        old = self._recent[np.searchsorted(self._recent, keep_from):]
-        new = times[np.searchsorted(times, keep_from):]
-        self._recent = np.concatenate([old, new]) if old.size else new
+        parts = self._recent_parts
+        joined = parts[0] if len(parts) == 1 else np.concatenate(parts) if parts else np.empty(0, np.int64)
+        joined = joined[np.searchsorted(joined, keep_from):]
+        self._recent_parts = [joined]
+        return joined
