@@ -1347,15 +1347,19 @@ class _ArchivePartition(StatefulSinkPartition[pa.Table, None]):
         self._settle(self._MAX_PENDING - 1)
         self._pending.append(self._thread.submit(fn, *args))
 
-    def write_batch(self, values: list[pa.Table]) -> None:
-        tables = [v if isinstance(v, pa.Table) else pa.Table.from_batches([v]) for v in values]
-        if not tables:
-            return
+    def write_batch(self, values: list[pa.Table | pa.RecordBatch | Callable[[], pa.Table]]) -> None:
+        if values:
+            self._submit(self._write, values)
+
+    def _write(self, values: list[pa.Table | pa.RecordBatch | Callable[[], pa.Table]]) -> None:
+        # On the writer thread: tables given as builders are built here.
+        tables = [v if isinstance(v, pa.Table) else pa.Table.from_batches([v]) if isinstance(v, pa.RecordBatch)
+                  else v() for v in values]
         if all(t.schema.equals(tables[0].schema) for t in tables[1:]):
-            self._submit(self.writer.write, pa.concat_tables(tables))
+            self.writer.write(pa.concat_tables(tables))
         else:  # differently typed but castable inputs: conform one by one
             for table in tables:
-                self._submit(self.writer.write, table)
+                self.writer.write(table)
 
     def snapshot(self) -> None:
         # Bytewax snapshots at the end of every epoch (10 s by default, with or
@@ -1377,6 +1381,10 @@ class _ArchivePartition(StatefulSinkPartition[pa.Table, None]):
 
 class ArchiveSink(FixedPartitionedSink[pa.Table, None]):
     """Bytewax sink writing ``(dataset_name, pa.Table)`` items into the archive.
+
+    The value may also be a picklable zero-argument callable returning the
+    table; it is called on the dataset's writer thread (see
+    :func:`flows.emit.deferred`).
 
     Each enabled dataset is one partition, so Bytewax runs exactly one
     :class:`ArchiveWriter` per dataset in the whole cluster (on the worker it

@@ -14,8 +14,10 @@ else, so the topic and the archive always agree.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -35,6 +37,7 @@ __all__ = [
     "TopicRecords",
     "collapse_events",
     "dead_letter_records",
+    "deferred",
     "events_rows",
     "history_rows",
     "input_rows",
@@ -48,10 +51,29 @@ __all__ = [
 
 @dataclass(frozen=True)
 class ArchiveRows:
-    """Rows for archive dataset ``dataset`` (its schema from :mod:`schemas.archive`)."""
+    """Rows for archive dataset ``dataset`` (its schema from :mod:`schemas.archive`).
+
+    ``table`` is the rows, or a picklable zero-argument callable that builds
+    them (see :func:`deferred`): the archive sink then builds the table on its
+    writer thread, off the dataflow's path.
+    """
 
     dataset: str
-    table: pa.Table
+    table: pa.Table | Callable[[], pa.Table]
+
+
+def deferred(builder: Callable[..., ArchiveRows], dataset: str, *args: Any) -> ArchiveRows:
+    """``builder(*args)``'s rows, to be built by the archive writer's thread.
+
+    >>> rows = deferred(history_rows, "coherence_history", [])
+    >>> rows.dataset, callable(rows.table)
+    ('coherence_history', True)
+    """
+    return ArchiveRows(dataset, functools.partial(_built_table, builder, args))
+
+
+def _built_table(builder: Callable[..., ArchiveRows], args: tuple[Any, ...]) -> pa.Table:
+    return builder(*args).table
 
 
 @dataclass(frozen=True)

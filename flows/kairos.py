@@ -60,6 +60,7 @@ from flows.emit import (
     TopicRecords,
     collapse_events,
     dead_letter_records,
+    deferred,
     events_rows,
     history_rows,
     input_rows,
@@ -211,8 +212,8 @@ class Decode:
 def key_group(sensor: str, groups: int) -> str:
     """The key group a sensor's state lives in (stable across runs and processes).
 
-    >>> key_group("pmu-7", 64)
-    'group-23'
+    >>> key_group("pmu-7", 16)
+    'group-7'
     """
     return f"group-{zlib.crc32(sensor.encode('utf-8')) % groups}"
 
@@ -338,14 +339,15 @@ class _ResonateLogic(StatefulBatchLogic[list[SampleBatch], Any, dict[str, Resona
             m.samples.labels("accepted").inc(accepted)
         for reason, n in rejected.items():
             m.samples.labels(reason).inc(n)
+        # Tables of the high-volume datasets are built on the archive's writer thread.
         if released and self.archive_input:
-            out.append(input_rows(released))
+            out.append(deferred(input_rows, "input", released))
         if signatures:
-            out.append(signature_rows(signatures))
+            out.append(deferred(signature_rows, "temporal_signatures", signatures))
         if history:
-            out.append(history_rows(history))
+            out.append(deferred(history_rows, "coherence_history", history))
         if mesh and self.mesh:
-            out.append(mesh_rows(self.node, mesh))
+            out.append(deferred(mesh_rows, "mesh_sync", self.node, mesh))
         if events and self.events:
             out.append(events_rows(events))
         return out
