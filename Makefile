@@ -22,8 +22,9 @@ test: $(STAMP)
 	@$(BIN)/python -m pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
+# The end-to-end benchmark (its own local broker) and the kernel benchmark, one report.
 bench: $(STAMP)
-	$(BIN)/python -m bench.kernels --write docs/benchmarks.md
+	$(BIN)/python -m bench.pipeline --write docs/benchmarks.md
 
 figures: $(STAMP)
 	$(BIN)/python docs/figures/coherence_vs_jitter.py docs/figures/coherence_vs_jitter.png
