@@ -584,6 +584,9 @@ class _CountLogic(StatefulBatchLogic[list[SampleBatch], Any, None]):
         metrics().samples.labels("decoded").inc(sum(len(b) for group in values for b in group))
         return [], StatefulBatchLogic.RETAIN
 
+    def snapshot(self) -> None:
+        return None
+
 
 def build_engine_flow(config: Config, *, flow_id: str = "becomingone-engine") -> Dataflow:
     """The engine ceiling: the source, :class:`Decode` and the key-group routing, nothing else.

@@ -70,6 +70,8 @@ def test_consumer_children_count_every_sample(bootstrap, tmp_path, tiny):
     messages = arrow_messages(tiny, 1_000_000)
     io = harness.run("io", tiny, messages)
     assert io.samples == TINY.samples and io.messages == messages.messages
+    engine = harness.run("engine", tiny, messages)
+    assert engine.samples == TINY.samples and engine.results == {"decoded": TINY.samples}
     full = harness.run("full", tiny, messages)
     assert full.samples == TINY.samples and full.results == {"accepted": TINY.samples}
     assert full.scraped == full.results
