@@ -77,6 +77,7 @@ import os
 import pickle
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -1945,6 +1946,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return child_main(args.child)
     if args.json_seconds <= 0 or args.naive_prefix < 10 or args.naive_sensors < 1:
         parser.error("need --json-seconds > 0, --naive-prefix >= 10, --naive-sensors >= 1")
+    # Stopped from outside: unwind, so the broker and the running child are stopped too.
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     result = run_all(args)
     print(render_stdout(result))
     _progress(f"done in {result.elapsed_s / 60:.1f} min")
