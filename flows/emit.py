@@ -40,6 +40,7 @@ __all__ = [
     "deferred",
     "events_rows",
     "history_rows",
+    "input_pieces",
     "input_rows",
     "mesh_rows",
     "on_grid",
@@ -131,17 +132,26 @@ def _labels(names: Sequence[str | None], counts: Sequence[int]) -> pa.Array:
     return pa.array(list(names), pa.string()).take(pa.array(index, pa.int32()))
 
 
-def input_rows(batches: Sequence[SampleBatch]) -> ArchiveRows:
-    """The accepted samples of ``batches`` (any sensors) for ``input/`` (phase as list<float64>)."""
-    counts = [len(b) for b in batches]
-    widths = np.repeat(np.array([b.channels for b in batches], np.int32), counts)
+#: One sensor's accepted samples: (sensor, cell, t_us (n,), phase (n, C)).
+InputPiece = tuple[str, "str | None", np.ndarray, np.ndarray]
+
+
+def input_pieces(batches: Sequence[SampleBatch]) -> list[InputPiece]:
+    """Just the arrays of ``batches`` that ``input/`` keeps (not their source messages)."""
+    return [(b.sensor, b.cell, b.t_us, b.phase) for b in batches]
+
+
+def input_rows(pieces: Sequence[InputPiece]) -> ArchiveRows:
+    """Accepted samples of any sensors for ``input/`` (phase as list<float64>)."""
+    counts = [p[2].shape[0] for p in pieces]
+    widths = np.repeat(np.array([p[3].shape[1] for p in pieces], np.int32), counts)
     offsets = np.zeros(widths.shape[0] + 1, np.int32)
     np.cumsum(widths, out=offsets[1:])
-    values = np.concatenate([np.ascontiguousarray(b.phase).reshape(-1) for b in batches])
+    values = np.concatenate([np.ascontiguousarray(p[3]).reshape(-1) for p in pieces])
     phase = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(values, pa.float64()))
     return ArchiveRows("input", _table("input", {
-        "sensor": _labels([b.sensor for b in batches], counts), "cell": _labels([b.cell for b in batches], counts),
-        "t": _times(np.concatenate([b.t_us for b in batches])), "phase": phase,
+        "sensor": _labels([p[0] for p in pieces], counts), "cell": _labels([p[1] for p in pieces], counts),
+        "t": _times(np.concatenate([p[2] for p in pieces])), "phase": phase,
     }))
 
 

@@ -63,6 +63,7 @@ from flows.emit import (
     deferred,
     events_rows,
     history_rows,
+    input_pieces,
     input_rows,
     mesh_rows,
     on_grid,
@@ -341,7 +342,8 @@ class _ResonateLogic(StatefulBatchLogic[list[SampleBatch], Any, dict[str, Resona
             m.samples.labels(reason).inc(n)
         # Tables of the high-volume datasets are built on the archive's writer thread.
         if released and self.archive_input:
-            out.append(deferred(input_rows, "input", released))
+            # Only the arrays travel: a batch also references its source messages.
+            out.append(deferred(input_rows, "input", input_pieces(released)))
         if signatures:
             out.append(deferred(signature_rows, "temporal_signatures", signatures))
         if history:
