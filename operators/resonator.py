@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import numpy as np
 
 from operators.emissary import emissary_window
 from operators.grid import WindowValues
