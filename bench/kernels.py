@@ -146,7 +146,7 @@ class Grids:
 
 
 @contextmanager
-def _no_gc() -> Iterator[None]:
+def no_gc() -> Iterator[None]:
     """Keep the cyclic garbage collector from landing inside a timed region."""
     was_enabled = gc.isenabled()
     gc.collect()
@@ -158,7 +158,8 @@ def _no_gc() -> Iterator[None]:
             gc.enable()
 
 
-def _progress(message: str) -> None:
+def progress(message: str) -> None:
+    """One progress line on stderr (the tables go to stdout)."""
     print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
@@ -201,7 +202,7 @@ def run_streaming(record: SensorRecord, params: KairosParams, grids: Grids, batc
     clock = time.perf_counter
     lag_s = window_s = 0.0
     em_lo = ma_lo = 0
-    with _no_gc():
+    with no_gc():
         begin = clock()
         for b, a in enumerate(starts):
             t0 = clock()
@@ -264,7 +265,7 @@ def _strided_subset(grid: np.ndarray, points: int) -> np.ndarray:
 def run_reference(record: SensorRecord, params: KairosParams, grids: Grids, repeats: int) -> ReferenceRun:
     clock = time.perf_counter
     lag_times = []
-    with _no_gc():
+    with no_gc():
         for _ in range(repeats):
             t0 = clock()
             products = reference.lag_products(record.t_us, record.phase, params)
@@ -407,13 +408,13 @@ def run_naive(record: SensorRecord, params: KairosParams, prefix: int, repeats: 
     """
     n_total = record.n
     prefix = min(prefix, n_total)
-    with _no_gc():
+    with no_gc():
         prefix_s, block_n, block_s, last_T = _naive_loop(record, params, prefix)
         probe_sizes = sorted({s for s in NAIVE_PROBE_SIZES if prefix < s < n_total} | {n_total}) \
             if prefix < n_total else []
         probe_s = []
         for size in probe_sizes:
-            _progress(f"  naive step cost at a history of {size:,} samples")
+            progress(f"  naive step cost at a history of {size:,} samples")
             probe_s.append(_probe_step_cost(record, params, size, repeats))
         # Method check on the prefix, where the true total is known.
         check_from = max(NAIVE_BLOCK, (prefix // 5) // NAIVE_BLOCK * NAIVE_BLOCK)
@@ -495,10 +496,10 @@ def run_case(n: int, channels: int, repeats: int, naive_prefix: int) -> CaseResu
     params = kairos_params()
     record = sensor_record(n, channels)
     grids = Grids.of(record)
-    _progress(f"{channels} channel(s): {n:,} samples, {grids.emissary.shape[0]:,} Emissary and "
+    progress(f"{channels} channel(s): {n:,} samples, {grids.emissary.shape[0]:,} Emissary and "
               f"{grids.master.shape[0]:,} Master grid points")
 
-    _progress("  Numba warm-up pass (JIT compile or cache load, not timed in the results)")
+    progress("  Numba warm-up pass (JIT compile or cache load, not timed in the results)")
     t0 = time.perf_counter()
     run_streaming(record.prefix(min(n, 5_000)), params, Grids.of(record.prefix(min(n, 5_000))),
                   HEADLINE_BATCH)
@@ -509,15 +510,15 @@ def run_case(n: int, channels: int, repeats: int, naive_prefix: int) -> CaseResu
         # Per-sample pushes are slow enough that one pass is a long, stable measurement.
         reps = 1 if batch == 1 else (3 if batch == 10 else repeats)
         label = "whole record" if batch == 0 else f"{batch}"
-        _progress(f"  Numba streaming path, batch {label}, {reps} pass(es)")
+        progress(f"  Numba streaming path, batch {label}, {reps} pass(es)")
         streaming[batch] = median_run([run_streaming(record, params, grids, batch)
                                            for _ in range(reps)])
 
-    _progress(f"  NumPy reference ({min(repeats, 3)} pass(es) of lag_products, "
+    progress(f"  NumPy reference ({min(repeats, 3)} pass(es) of lag_products, "
               "window_values on a grid subset)")
     ref = run_reference(record, params, grids, repeats=min(repeats, 3))
 
-    _progress(f"  naive per-sample recompute over the first {min(naive_prefix, n):,} samples")
+    progress(f"  naive per-sample recompute over the first {min(naive_prefix, n):,} samples")
     naive = run_naive(record, params, naive_prefix, repeats=3)
 
     headline = streaming[HEADLINE_BATCH]
@@ -838,10 +839,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("need --samples >= 2000, --naive-samples >= 1, --repeats >= 1")
 
     begin = time.perf_counter()
-    _progress(machine_description())
+    progress(machine_description())
     cases = [run_case(args.samples, c, args.repeats, args.naive_samples) for c in args.channels]
     elapsed = time.perf_counter() - begin
-    _progress(f"done in {elapsed:.0f} s")
+    progress(f"done in {elapsed:.0f} s")
 
     bad = [c for c in cases if not c.agreement.worst <= AGREEMENT_TOLERANCE]
     print(render_stdout(cases))
@@ -857,7 +858,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             command += " " + " ".join(extra)
         with open(args.write, "w", encoding="utf-8") as fh:
             fh.write(render_markdown(cases, command, elapsed))
-        _progress(f"wrote {args.write}")
+        progress(f"wrote {args.write}")
     return 0
 
 

@@ -69,7 +69,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import gc
 import json
 import math
 import mmap
@@ -85,13 +84,14 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+
+from bench.kernels import no_gc, progress
 
 if TYPE_CHECKING:
     from bench.kernels import SensorRecord
@@ -176,10 +176,6 @@ WORKLOADS = (
     WorkloadSpec("w1", 100, 1_000, 60, tuple(float(f) for f in range(1, 10)), seed=20251126),
     WorkloadSpec("w2", 10_000, 10, 60, tuple(round(0.2 + 0.1 * k, 1) for k in range(9)), seed=20251127),
 )
-
-
-def _progress(message: str) -> None:
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
 # --- data -----------------------------------------------------------------------------------
@@ -955,7 +951,7 @@ class ConsumerHarness:
                         f"this run is invalid\n{_tail(log_path)}")
                 if now - last_report > 5.0:
                     last_report = now
-                    _progress(f"  {label}: {consumed:,} of {messages.samples:,} samples "
+                    progress(f"  {label}: {consumed:,} of {messages.samples:,} samples "
                               f"({consumed / messages.samples:.0%}), {feed.produced_samples:,} produced")
                 time.sleep(BOARD_POLL_S)
             if child.returncode != 0:
@@ -977,7 +973,7 @@ class ConsumerHarness:
             idle_s=float(result.get("idle_s", math.nan)), starved_s=starved, lead_limit=limit)
         self._check(label, run, messages, feed)
         shutil.rmtree(self.scratch / f"archive-{topic.rsplit('.', 1)[-1]}", ignore_errors=True)
-        _progress(f"  {label}: {run.samples:,} samples in {run.seconds:.2f} s = {_si(run.rate)} samples/s "
+        progress(f"  {label}: {run.samples:,} samples in {run.seconds:.2f} s = {_si(run.rate)} samples/s "
                   f"(first sample after {run.first_sample_s:.2f} s), peak RSS {run.peak_rss_bytes / 2**20:.0f} MiB")
         return run
 
@@ -1007,18 +1003,6 @@ def _tail(path: Path, lines: int = 40) -> str:
 
 
 # --- stage 4: compute ceiling ---------------------------------------------------------------
-
-
-@contextmanager
-def _no_gc() -> Iterator[None]:
-    was = gc.isenabled()
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
 
 
 @dataclass
@@ -1085,7 +1069,7 @@ def compute_ceiling(workload: Workload, config: Any) -> ComputeRun:
     chain.run(workload.t_us[:5_000], workload.phase[0, :5_000, None])     # warm-up: Numba cache load
     outs = []
     products = 0
-    with _no_gc():
+    with no_gc():
         begin = time.perf_counter()
         for i in range(workload.spec.sensors):
             n, values = chain.run(workload.t_us, workload.phase[i][:, None])
@@ -1388,14 +1372,14 @@ def run_workload(harness: ConsumerHarness, spec: WorkloadSpec, config: Any, *, w
     A stage that fails (a child error, lost data, events that differ from
     stage 4's) gives no number: it is added to ``failures`` and the run goes on.
     """
-    _progress(f"{spec.key}: generating {spec.label} for {spec.duration_s} s ({spec.samples:,} samples)")
+    progress(f"{spec.key}: generating {spec.label} for {spec.duration_s} s ({spec.samples:,} samples)")
     workload = generate_workload(spec)
     offline: dict[float, tuple[ComputeRun, NaiveRun]] = {}
     out: dict[str, WireResult] = {}
     for wire in wires:
         part = workload.head(json_seconds) if wire == "json" else workload
         messages = arrow_messages(part, ARROW_SLICE_US) if wire == "arrow" else json_messages(part)
-        _progress(f"{spec.key} {wire}: {part.span_s:g} s of event time, {part.samples:,} samples in "
+        progress(f"{spec.key} {wire}: {part.span_s:g} s of event time, {part.samples:,} samples in "
                   f"{messages.messages:,} messages ({messages.nbytes / 1e6:,.0f} MB); the producer stays at most "
                   f"{messages.lead_limit():,} samples ahead")
         runs: dict[str, ConsumerRun] = {}
@@ -1404,18 +1388,18 @@ def run_workload(harness: ConsumerHarness, spec: WorkloadSpec, config: Any, *, w
                 runs[stage] = measure(harness, stage, part, messages)
             except RuntimeError as exc:     # no number for this stage; the others still count
                 failures.append(Failure(f"{spec.key} {wire} {stage}", str(exc)))
-                _progress(f"  FAILED: {failures[-1].what}: {failures[-1].headline}")
+                progress(f"  FAILED: {failures[-1].what}: {failures[-1].headline}")
         sizes = (messages.messages, messages.nbytes)
         del messages
         if part.span_s not in offline:
-            _progress(f"{spec.key}: compute ceiling over {part.span_s:g} s (operators offline, in memory)")
+            progress(f"{spec.key}: compute ceiling over {part.span_s:g} s (operators offline, in memory)")
             compute = compute_ceiling(part, config)
-            _progress(f"  {spec.key} compute: {part.samples:,} samples in {compute.seconds:.2f} s = "
+            progress(f"  {spec.key} compute: {part.samples:,} samples in {compute.seconds:.2f} s = "
                       f"{_si(compute.rate)} samples/s; {compute.collapses:,} collapses, "
                       f"{compute.dissipations:,} dissipations")
             # A sensor longer than the prefix is extrapolated (one is enough); short ones run whole.
             sensors = 1 if part.t_us.shape[0] > naive_prefix else naive_sensors
-            _progress(f"{spec.key}: naive per-sample recompute over {part.span_s:g} s on {sensors} sensor(s)")
+            progress(f"{spec.key}: naive per-sample recompute over {part.span_s:g} s on {sensors} sensor(s)")
             offline[part.span_s] = (compute, naive_estimate(part, config, prefix=naive_prefix, sensors=sensors))
         compute, naive = offline[part.span_s]
         if "full" in runs:
@@ -1423,7 +1407,7 @@ def run_workload(harness: ConsumerHarness, spec: WorkloadSpec, config: Any, *, w
                 check_events(f"{spec.key} {wire}", runs["full"], compute)
             except RuntimeError as exc:
                 failures.append(Failure(f"{spec.key} {wire} full: events", str(exc)))
-                _progress(f"  FAILED: {failures[-1].what}: {failures[-1].headline}")
+                progress(f"  FAILED: {failures[-1].what}: {failures[-1].headline}")
         out[wire] = WireResult(wire, part.span_s, part.samples, *sizes, runs, compute, naive)
     kinds = {k: workload.kinds.count(k) for k in dict.fromkeys(workload.kinds)}
     return WorkloadResult(spec, kinds, out)
@@ -1451,36 +1435,36 @@ def run_all(args: argparse.Namespace) -> BenchResult:
         raise RuntimeError(f"the mock broker makes {MOCK_PARTITIONS} partitions, this benchmark assumes {PARTITIONS}")
     begin = time.perf_counter()
     machine = machine_description()
-    _progress(machine)
+    progress(machine)
     config = parse_config({"sink": {"archive": False}}, source="the config defaults")
     scratch = Path(tempfile.mkdtemp(prefix="becomingone-bench-"))
     latency = None
     failures: list[Failure] = []
     try:
         with LocalBroker(scratch / "broker.log") as broker:
-            _progress(f"broker at {broker.bootstrap}")
+            progress(f"broker at {broker.bootstrap}")
             harness = ConsumerHarness(broker.bootstrap, scratch)
             results = [run_workload(harness, s, config, wires=args.wires, json_seconds=args.json_seconds,
                                     naive_prefix=args.naive_prefix, naive_sensors=args.naive_sensors,
                                     failures=failures)
                        for s in WORKLOADS if s.key in args.workloads]
             if not args.skip_latency:
-                _progress(f"latency: {WORKLOADS[0].label}, Arrow, paced at {LATENCY_RATE:,} samples/s for "
+                progress(f"latency: {WORKLOADS[0].label}, Arrow, paced at {LATENCY_RATE:,} samples/s for "
                           f"{WORKLOADS[0].duration_s} s")
                 try:
                     latency = latency_run(harness, generate_workload(WORKLOADS[0]))
-                    _progress(f"  latency: {len(latency.latencies_s)} events, p50 {_ms(latency.percentile(50))}, "
+                    progress(f"  latency: {len(latency.latencies_s)} events, p50 {_ms(latency.percentile(50))}, "
                               f"p99 {_ms(latency.percentile(99))}")
                 except RuntimeError as exc:
                     failures.append(Failure("latency run", str(exc)))
-                    _progress(f"  FAILED: latency run: {failures[-1].headline}")
+                    progress(f"  FAILED: latency run: {failures[-1].headline}")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    _progress("Master state per sensor at 10 Hz and 10 kHz")
+    progress("Master state per sensor at 10 Hz and 10 kHz")
     master = [master_state(config, 10, 3_700), master_state(config, 10_000, 120)]
     cases = []
     if not args.skip_kernels:
-        _progress("kernel benchmark (bench.kernels)")
+        progress("kernel benchmark (bench.kernels)")
         cases = [kernels.run_case(100_000, c, 5, 5_000) for c in (1, 3)]
         bad = [c for c in cases if not c.agreement.worst <= kernels.AGREEMENT_TOLERANCE]
         if bad:
@@ -1952,16 +1936,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     result = run_all(args)
     print(render_stdout(result))
-    _progress(f"done in {result.elapsed_s / 60:.1f} min")
+    progress(f"done in {result.elapsed_s / 60:.1f} min")
     if args.write:
         command = "python -m bench.pipeline --write " + args.write   # MAKE_COMMAND with the default path
         extra = [a for a in (argv if argv is not None else sys.argv[1:]) if a not in ("--write", args.write)]
         if extra:
             command += " " + " ".join(extra)
         Path(args.write).write_text(render_markdown(result, _scrub(command)), encoding="utf-8")
-        _progress(f"wrote {args.write}")
+        progress(f"wrote {args.write}")
     if result.failures:
-        _progress(f"{len(result.failures)} measurement(s) failed: " + "; ".join(f.what for f in result.failures))
+        progress(f"{len(result.failures)} measurement(s) failed: " + "; ".join(f.what for f in result.failures))
         return 1
     return 0
 

@@ -615,3 +615,13 @@ def test_arbitrary_bytes_never_raise(value, arrow):
     msg = arrow_message(value) if arrow else json_message(value)
     out = decode_messages([msg])
     assert out.accepted + len(out.dead) == out.rows >= 1
+
+
+@pytest.mark.parametrize("n_parts", [5, 1 << 28])  # a bit matrix; too many cells for one
+def test_presence_lists_the_parts_of_each_code(n_parts):
+    from operators import decode
+
+    rng = np.random.default_rng(5)
+    code, part = rng.integers(0, 4, 50), rng.integers(0, 5, 50)  # code 4 never occurs
+    got = decode._presence(code, part, 5, n_parts)
+    assert [g.tolist() for g in got] == [sorted(set(part[code == c].tolist())) for c in range(5)]

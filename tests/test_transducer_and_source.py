@@ -86,3 +86,21 @@ def test_synthetic_source_is_deterministic_and_independent_of_batching():
 def test_synthetic_rejects_unknown_kind():
     with pytest.raises(ValueError, match="unknown synthetic sensor kind 'sine'"):
         SyntheticSensor("x", "sine")
+
+
+def test_due_points_kernel_equals_emission_points_merged_with_pending():
+    """The transducer's Numba merge of pending and new grid points, held to the NumPy
+    statement: union of ``emission_points`` and the pending points, split at the watermark."""
+    from operators.grid import emission_points
+    from operators.transducer import _due_points
+
+    rng = np.random.default_rng(3)
+    for _ in range(5_000):
+        t = np.sort(rng.choice(np.arange(-60, 200), rng.integers(0, 8), replace=False)).astype(np.int64)
+        interval = int(rng.integers(1, 25))
+        pending = np.unique(rng.integers(-3, 12, rng.integers(0, 4)) * interval).astype(np.int64)
+        watermark = int(rng.integers(-70, 220))
+        due = np.union1d(pending, emission_points(t, interval)) if pending.size else emission_points(t, interval)
+        got, split = _due_points(t, interval, pending, watermark)
+        assert got.tolist() == due.tolist()
+        assert split == int(np.searchsorted(due, watermark, side="right"))
