@@ -115,6 +115,7 @@ __all__ = [
     "ArchiveSink",
     "ArchiveWriter",
     "CompactionResult",
+    "PendingRows",
     "compact_archive",
     "compact_dataset",
     "last_witness_record",
@@ -1319,24 +1320,84 @@ def compact_archive(
 # -- Bytewax sink ------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class PendingRows:
+    """Rows of one dataset not built yet: ``builder(*args, pieces)`` returns their table.
+
+    A dataflow step hands these to :class:`ArchiveSink` instead of a table, so
+    the table is built on the dataset's writer thread.  Pending rows that
+    follow each other with the same ``builder`` and ``args`` are *joined* there
+    (their ``pieces`` concatenated, order kept), so the rows of many small
+    batches become one table and cost one build and one conform.
+
+    ``builder`` must be a module-level function (picklable) and build a table
+    whose rows are those of the pieces in order.
+
+    >>> def ints(name, pieces):
+    ...     return pa.table({name: [x for piece in pieces for x in piece]})
+    >>> a, b = PendingRows(ints, ("n",), [[1, 2]]), PendingRows(ints, ("n",), [[3]])
+    >>> a.joins(b), a.join(b)()["n"].to_pylist()
+    (True, [1, 2, 3])
+    """
+
+    builder: Callable[..., pa.Table]
+    args: tuple[Any, ...]
+    pieces: list[Any]
+
+    def __call__(self) -> pa.Table:
+        return self.builder(*self.args, self.pieces)
+
+    def joins(self, other: object) -> bool:
+        """True when ``other`` builds rows the same way (same builder, equal args)."""
+        return (isinstance(other, PendingRows) and other.builder is self.builder
+                and (other.args is self.args or other.args == self.args))
+
+    def join(self, other: "PendingRows") -> "PendingRows":
+        """These rows followed by ``other``'s (which must :meth:`joins` them)."""
+        return PendingRows(self.builder, self.args, [*self.pieces, *other.pieces])
+
+
+def _joined(values: list[Any]) -> list[Any]:
+    """``values`` with runs of joinable :class:`PendingRows` joined into one each."""
+    out: list[Any] = []
+    for v in values:
+        if out and isinstance(v, PendingRows) and isinstance(out[-1], PendingRows) and out[-1].joins(v):
+            out[-1] = out[-1].join(v)
+        else:
+            out.append(v)
+    return out
+
+
 class _ArchivePartition(StatefulSinkPartition[pa.Table, None]):
     """One dataset's writer inside the sink, run on a thread of its own.
 
     Conforming, encoding, hashing and writing files mostly run outside the
     GIL, so the writer thread overlaps them with the dataflow's computing.
-    The thread takes every call in order (one writer per dataset, as before);
-    at most ``_MAX_PENDING`` batches wait for it, so a slow disk slows the
-    flow down instead of filling memory.  ``snapshot`` and ``close`` wait for
-    everything handed over, and a writer error is raised in the flow at the
-    next batch, snapshot or close: nothing is dropped silently.
+    Batches go into an inbox; the thread takes everything in it at once, in
+    order, so while it is busy the batches that arrive gather and are written
+    (and their :class:`PendingRows` built) together: many small batches cost
+    one table, not one each.  At most ``_MAX_WAITING`` values wait in the
+    inbox, so a slow disk slows the flow down instead of filling memory.
+    ``snapshot`` and ``close`` wait for everything handed over, and a writer
+    error is raised in the flow at the next batch, snapshot or close: nothing
+    is dropped silently.
     """
 
-    _MAX_PENDING = 4
+    _MAX_WAITING = 1024
 
-    def __init__(self, writer: ArchiveWriter) -> None:
+    def __init__(self, writer: ArchiveWriter,
+                 siblings: Callable[[], list["_ArchivePartition"]] | None = None) -> None:
         self.writer = writer
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"archive-{writer.dataset}")
         self._pending: collections.deque[Future[Any]] = collections.deque()
+        self._inbox: collections.deque[Any] = collections.deque()  # appends and pops are thread-safe
+        # The other datasets' partitions of this process: a snapshot starts their
+        # flushes too, so the epoch's flushes run side by side, not one after another.
+        self._siblings = siblings or (lambda: [self])
+        self._flush_lock = threading.Lock()
+        self._flush: tuple[int, Future[Any]] | None = None   # (batches handed over before it, future)
+        self._handed = 0
+        self._closed = False
 
     def _settle(self, keep: int) -> None:
         """Wait until at most ``keep`` calls are pending; raise the first failure."""
@@ -1344,36 +1405,77 @@ class _ArchivePartition(StatefulSinkPartition[pa.Table, None]):
             self._pending.popleft().result()
 
     def _submit(self, fn: Callable[..., Any], *args: Any) -> None:
-        self._settle(self._MAX_PENDING - 1)
+        self._settle(1)
         self._pending.append(self._thread.submit(fn, *args))
 
     def write_batch(self, values: list[pa.Table | pa.RecordBatch | Callable[[], pa.Table]]) -> None:
+        if not values:
+            return
+        self._inbox.extend(values)
+        self._handed += 1
+        self._settle(2)
+        # A drain that has not started yet will take these values too.
+        if not self._pending or self._pending[-1].running() or self._pending[-1].done():
+            self._pending.append(self._thread.submit(self._drain))
+        if len(self._inbox) >= self._MAX_WAITING:
+            self._settle(0)
+
+    def _drain(self) -> None:
+        values = []
+        while self._inbox:
+            values.append(self._inbox.popleft())
         if values:
-            self._submit(self._write, values)
+            self._write(values)
 
     def _write(self, values: list[pa.Table | pa.RecordBatch | Callable[[], pa.Table]]) -> None:
         # On the writer thread: tables given as builders are built here.
         tables = [v if isinstance(v, pa.Table) else pa.Table.from_batches([v]) if isinstance(v, pa.RecordBatch)
-                  else v() for v in values]
+                  else v() for v in _joined(values)]
         if all(t.schema.equals(tables[0].schema) for t in tables[1:]):
             self.writer.write(pa.concat_tables(tables))
         else:  # differently typed but castable inputs: conform one by one
             for table in tables:
                 self.writer.write(table)
 
+    def _drain_and_flush(self) -> None:
+        self._drain()
+        self.writer.flush()
+
+    def start_flush(self) -> None:
+        """Start writing everything handed over so far to disk, unless a flush that
+        covers it has started already; :meth:`snapshot` waits for it."""
+        with self._flush_lock:
+            if self._closed:
+                return
+            if self._flush is None or self._flush[0] < self._handed:
+                self._flush = (self._handed, self._thread.submit(self._drain_and_flush))
+
     def snapshot(self) -> None:
         # Bytewax snapshots at the end of every epoch (10 s by default, with or
         # without recovery); with recovery that epoch is never replayed, so
         # buffered rows go to disk now or a crash after it would lose them.
         # The archive itself is the state: a resumed writer re-reads its
-        # high-water marks from disk.
-        self._submit(self.writer.flush)
+        # high-water marks from disk.  Bytewax takes the datasets' snapshots one
+        # after another: the first one starts every dataset's flush.
+        for part in self._siblings():
+            part.start_flush()
+        self.start_flush()  # covers batches handed over since a sibling started it
+        with self._flush_lock:
+            flush, self._flush = self._flush, None
+        assert flush is not None
         self._settle(0)
+        flush[1].result()
         return None
 
     def close(self) -> None:
+        with self._flush_lock:
+            self._closed = True
+            flush, self._flush = self._flush, None
         try:
+            self._submit(self._drain)
             self._settle(0)
+            if flush is not None:
+                flush[1].result()
         finally:
             self._thread.shutdown(wait=True)
             self.writer.close()
@@ -1383,8 +1485,8 @@ class ArchiveSink(FixedPartitionedSink[pa.Table, None]):
     """Bytewax sink writing ``(dataset_name, pa.Table)`` items into the archive.
 
     The value may also be a picklable zero-argument callable returning the
-    table; it is called on the dataset's writer thread (see
-    :func:`flows.emit.deferred`).
+    table, such as :class:`PendingRows`; it is called on the dataset's writer
+    thread (see :func:`flows.emit.deferred`).
 
     Each enabled dataset is one partition, so Bytewax runs exactly one
     :class:`ArchiveWriter` per dataset in the whole cluster (on the worker it
@@ -1443,6 +1545,10 @@ class ArchiveSink(FixedPartitionedSink[pa.Table, None]):
         self.__dict__.update(state)
         self._init_runtime()
 
+    def _partitions(self) -> list[_ArchivePartition]:
+        with self._lock:
+            return list(self._open.values())
+
     def list_parts(self) -> list[str]:
         """The enabled dataset names, sorted (every worker can write every dataset)."""
         return list(self._parts)
@@ -1467,6 +1573,6 @@ class ArchiveSink(FixedPartitionedSink[pa.Table, None]):
             writer = ArchiveWriter(
                 self.root, for_part, flush_rows=self.flush_rows, flush_seconds=self.flush_seconds
             )
-            part = _ArchivePartition(writer)
+            part = _ArchivePartition(writer, self._partitions)
             self._open[for_part] = part
             return part

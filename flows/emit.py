@@ -14,7 +14,6 @@ else, so the topic and the archive always agree.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from connectors.archive import PendingRows
 from operators.grid import WindowValues
 from operators.samples import SampleBatch
 from operators.sync import COLLAPSE, DISSIPATE_COHERENCE, SyncValues
@@ -66,14 +66,20 @@ class ArchiveRows:
 def deferred(builder: Callable[..., ArchiveRows], dataset: str, *args: Any) -> ArchiveRows:
     """``builder(*args)``'s rows, to be built by the archive writer's thread.
 
+    The last argument is the list of pieces (one per sensor); the archive
+    joins the pieces of consecutive deferred rows with the same builder and
+    other arguments, and builds one table for all of them
+    (:class:`connectors.archive.PendingRows`).
+
     >>> rows = deferred(history_rows, "coherence_history", [])
     >>> rows.dataset, callable(rows.table)
     ('coherence_history', True)
     """
-    return ArchiveRows(dataset, functools.partial(_built_table, builder, args))
+    *fixed, pieces = args
+    return ArchiveRows(dataset, PendingRows(_built_table, (builder, *fixed), list(pieces)))
 
 
-def _built_table(builder: Callable[..., ArchiveRows], args: tuple[Any, ...]) -> pa.Table:
+def _built_table(builder: Callable[..., ArchiveRows], *args: Any) -> pa.Table:
     return builder(*args).table
 
 

@@ -776,3 +776,66 @@ def test_rows_at_or_below_their_keys_high_water_are_dropped_however_rows_are_ord
         for s, value in high.items():
             assert writer.high_water(s) == value
     writer.close()
+
+
+_builds: list[int] = []
+
+
+def _input_rows(label: str, pieces: list[tuple[str, int]]) -> pa.Table:
+    """Builder of PendingRows in the tests: one input row per (sensor, t) piece."""
+    _builds.append(len(pieces))
+    return rows("input", [f"{label}{s}" for s, _ in pieces], [t for _, t in pieces])
+
+
+def test_pending_rows_join_only_runs_with_the_same_builder_and_args():
+    a = archive.PendingRows(_input_rows, ("x",), [("a", 1)])
+    b = archive.PendingRows(_input_rows, ("x",), [("b", 2)])
+    other = archive.PendingRows(_input_rows, ("y",), [("c", 3)])
+    table = rows("input", ["d"], [T0])
+    joined = archive._joined([a, b, other, table, a, a])
+    assert [v.pieces if isinstance(v, archive.PendingRows) else "table" for v in joined] == [
+        [("a", 1), ("b", 2)], [("c", 3)], "table", [("a", 1), ("a", 1)]]
+
+
+def test_many_small_pending_batches_are_archived_in_order(tmp_path):
+    """Batches that gather while the writer thread is busy are built as one table;
+    the archive holds every row once, in the order handed over."""
+    _builds.clear()
+    sink = ArchiveSink(tmp_path, ["input"], flush_rows=10**9, flush_seconds=1e9)
+    part = sink.build_part("archive", "input", None)
+    expected = []
+    for k in range(2000):
+        sensor = f"s{k % 7}"
+        expected.append(("x" + sensor, T0 + k))
+        value: object = archive.PendingRows(_input_rows, ("x",), [(sensor, T0 + k)])
+        if k % 500 == 499:  # a plain table now and then: order still holds across it
+            value = rows("input", ["x" + sensor], [T0 + k])
+        part.write_batch([value])
+    part.close()
+    table = read_dataset(tmp_path / "input")
+    got = list(zip(table["sensor"].to_pylist(), [int(v) for v in table["t"].cast(pa.int64()).to_pylist()]))
+    assert got == expected
+    assert verify_archive(tmp_path) == {"input": []}
+    assert sum(_builds) == 2000 - 4 and len(_builds) <= 2000 - 4
+
+
+def test_a_snapshot_makes_every_row_handed_over_durable_and_starts_the_other_datasets(tmp_path):
+    """Each dataset's snapshot returns only once the rows handed to it are committed;
+    the first snapshot of an epoch has started the others' flushes already."""
+    sink = ArchiveSink(tmp_path, ["input", "events"], flush_rows=10**9, flush_seconds=1e9)
+    inputs = sink.build_part("archive", "input", None)
+    events = sink.build_part("archive", "events", None)
+    for k in range(50):
+        inputs.write_batch([archive.PendingRows(_input_rows, ("x",), [("a", T0 + k)])])
+        events.write_batch([rows("events", ["a"], [T0 + k])])
+    inputs.snapshot()
+    assert read_dataset(tmp_path / "input").num_rows == 50
+    assert events._flush is not None  # started by the input snapshot
+    inputs.write_batch([archive.PendingRows(_input_rows, ("x",), [("a", T0 + 50)])])
+    events.snapshot()
+    assert read_dataset(tmp_path / "events").num_rows == 50
+    inputs.snapshot()  # the started flush did not cover the newest batch: a new one does
+    assert read_dataset(tmp_path / "input").num_rows == 51
+    inputs.close()
+    events.close()
+    assert verify_archive(tmp_path) == {"events": [], "input": []}
