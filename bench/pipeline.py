@@ -548,6 +548,8 @@ def _child_plain_consumer(spec: dict[str, Any], board: ProgressBoard) -> dict[st
         time.sleep(BOARD_POLL_S)
     begin = time.perf_counter()
     consumer = Consumer(settings)
+    # The leader known before assign(): otherwise librdkafka's first offset lookup waits 500 ms.
+    consumer.list_topics(spec["topic"], timeout=10)
     consumer.assign([TopicPartition(spec["topic"], p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
     samples = messages = 0
     first: float | None = None

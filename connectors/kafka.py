@@ -38,11 +38,13 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import TimeoutError as FutureTimeout
+from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
 from confluent_kafka import KafkaError, KafkaException, Producer
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic
 
@@ -61,6 +63,7 @@ __all__ = [
     "TopicSetupError",
     "DeliveryFailed",
     "TopicSink",
+    "TopicSource",
     "admin_settings",
     "arrow_message",
     "arrow_record_batch",
@@ -763,3 +766,132 @@ class TopicSink(DynamicSink[tuple[str, bytes | None, bytes]]):
         # exist, and "already exists" is fine.
         ensure_topics(connect_admin(self.admin), self.topics)
         return _TopicSinkPartition(Producer(dict(self.settings)), self.timeout)
+
+
+# --------------------------------------------------------------------------
+# Source: one consumer per partition that never blocks the worker.
+
+#: After a poll that found nothing, a partition is polled again this much later.
+IDLE_POLL = timedelta(milliseconds=1)
+
+
+class _TopicPartitionReader(StatefulSourcePartition[Any, int]):
+    """One partition of a topic, read from an offset Bytewax keeps (its recovery state).
+
+    A poll takes what the client has fetched already and returns at once: a
+    partition with nothing waiting must not hold up the worker, which also
+    polls the other partitions and runs every step of the flow.  When a poll
+    finds nothing, :meth:`next_awake` asks to be polled again after
+    :data:`IDLE_POLL` instead.
+    """
+
+    def __init__(self, settings: dict[str, Any], topic: str, partition: int, offset: int, batch_size: int,
+                 tail: bool) -> None:
+        from confluent_kafka import Consumer, TopicPartition
+
+        self._consumer = Consumer({**settings, "enable.auto.commit": False, "enable.partition.eof": not tail})
+        # Know the partition's leader before the assignment: assigned without it,
+        # librdkafka retries the first offset lookup only after 500 ms.
+        try:
+            self._consumer.list_topics(topic, timeout=10)
+        except KafkaException as exc:
+            self._consumer.close()
+            raise TopicSetupError(f"no metadata for Kafka topic {topic!r} within 10 s: {exc.args[0].str()}") from None
+        self._consumer.assign([TopicPartition(topic, partition, offset)])
+        self._topic, self._partition = topic, partition
+        self._offset = offset
+        self._batch_size = batch_size
+        self._eof = False
+        self._awake: datetime | None = None
+
+    def next_batch(self) -> list[Any]:
+        from bytewax.connectors.kafka import KafkaSourceMessage
+
+        if self._eof:
+            raise StopIteration
+        batch = []
+        for msg in self._consumer.consume(self._batch_size, 0):
+            error = msg.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    self._eof = True  # end the partition after this batch
+                    break
+                raise RuntimeError(f"error consuming from Kafka topic {self._topic!r} partition "
+                                   f"{self._partition}: {error}")
+            batch.append(KafkaSourceMessage(
+                key=msg.key(), value=msg.value(), topic=self._topic, headers=msg.headers() or [],
+                latency=msg.latency(), offset=msg.offset(), partition=self._partition, timestamp=msg.timestamp()))
+        if batch:
+            self._offset = batch[-1].offset + 1  # resume after the last message taken
+        self._awake = None if batch or self._eof else datetime.now(timezone.utc) + IDLE_POLL
+        return batch
+
+    def next_awake(self) -> datetime | None:
+        return self._awake
+
+    def snapshot(self) -> int:
+        return self._offset
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+class TopicSource(FixedPartitionedSource[Any, int]):
+    """Bytewax source over every partition of ``topic``: one consumer per partition,
+    assigned (no consumer-group rebalancing), offsets kept by Bytewax's recovery.
+
+    Emits ``bytewax.connectors.kafka.KafkaSourceMessage`` items.  Unlike
+    Bytewax's own ``KafkaSource``, whose polls wait up to a millisecond for
+    ``batch_size`` messages each, a poll here never waits (see
+    :class:`_TopicPartitionReader`): with several partitions those waits
+    came one after another on the worker, before any message was processed.
+
+    Args:
+        settings: consumer settings (``bootstrap.servers`` included; ``group.id``
+            names the consumers only).
+        topic: the topic.
+        starting_offset: ``OFFSET_BEGINNING`` or ``OFFSET_END``, when there is no
+            resume state.
+        batch_size: at most this many messages per poll of a partition.
+        tail: keep waiting for new messages at the end (False: a partition ends
+            at its end).
+        admin: admin-client settings for listing the partitions (default: the
+            ``bootstrap.servers`` of ``settings``).
+        create_topics: topics to create first where the broker allows it
+            (:func:`ensure_topics`).
+
+    >>> from confluent_kafka import OFFSET_BEGINNING
+    >>> TopicSource({"bootstrap.servers": "localhost:9092"}, "phases", OFFSET_BEGINNING, 100).topic
+    'phases'
+    """
+
+    def __init__(self, settings: Mapping[str, Any], topic: str, starting_offset: int, batch_size: int, *,
+                 tail: bool = True, admin: Mapping[str, Any] | None = None,
+                 create_topics: Iterable[str] = ()) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.settings = dict(settings)
+        self.topic = topic
+        self.starting_offset = starting_offset
+        self.batch_size = batch_size
+        self.tail = tail
+        self.admin = dict(admin) if admin is not None else {"bootstrap.servers": self.settings["bootstrap.servers"]}
+        self.create_topics = list(create_topics)
+
+    def list_parts(self) -> list[str]:
+        client = connect_admin(self.admin)
+        if self.create_topics:
+            ensure_topics(client, self.create_topics)
+        metadata = _metadata(client, 10.0, self.topic)
+        found = metadata.topics.get(self.topic)
+        if found is None or found.error is not None:
+            raise TopicSetupError(f"cannot list the partitions of Kafka topic {self.topic!r}: "
+                                  f"{found.error if found is not None else 'no such topic'}")
+        return [f"{p}-{self.topic}" for p in sorted(found.partitions)]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _TopicPartitionReader:
+        index, topic = for_part.split("-", 1)
+        if topic != self.topic:
+            raise ValueError(f"resume state is for Kafka topic {topic!r}, this source reads {self.topic!r}")
+        offset = self.starting_offset if resume_state is None else resume_state
+        return _TopicPartitionReader(self.settings, topic, int(index), offset, self.batch_size, self.tail)

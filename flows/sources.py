@@ -218,46 +218,29 @@ class PhaseFile(FixedPartitionedSource[RawMessage, int]):
 
 
 def kafka_source(config: Config):
-    """Bytewax's Kafka source over ``source.topic``, with the config's client settings."""
-    from bytewax.connectors.kafka import KafkaSource as BytewaxKafkaSource
+    """The Kafka source over ``source.topic`` (:class:`connectors.kafka.TopicSource`),
+    with the config's client settings; it creates the flow's topics first where
+    the broker allows it."""
     from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
 
-    from connectors.kafka import admin_settings, connect_admin, consumer_settings, ensure_topics
+    from connectors.kafka import TopicSource, admin_settings, consumer_settings
 
     src = config.source
     assert isinstance(src, KafkaSource)
+    # group.id names the consumers; offsets are Bytewax's, kept by its recovery.
     settings = consumer_settings(config.kafka, src.group_id, from_beginning=src.from_beginning,
                                  client_id=config.becomingone.name)
-    bootstrap = settings.pop("bootstrap.servers")
-    settings.pop("auto.offset.reset", None)
+    settings.pop("auto.offset.reset", None)  # the start is starting_offset or Bytewax's resume state
     settings.pop("logger", None)
     topics = [src.topic] + [getattr(config.sink.topics, r) for r in ("collapse", "witness", "sync", "dlq")]
 
-    group = settings.pop("group.id")
+    class PhaseTopic(TopicSource):
+        def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _Stoppable:
+            return _Stoppable(super().build_part(step_id, for_part, resume_state))
 
-    class PhaseTopic(BytewaxKafkaSource):
-        """Bytewax's Kafka source, creating the topics first where the broker allows it."""
-
-        def list_parts(self) -> list[str]:
-            admin = connect_admin(admin_settings(config.kafka, client_id=config.becomingone.name))
-            ensure_topics(admin, topics)
-            return super().list_parts()
-
-        def build_part(self, step_id: str, for_part: str, resume_state: int | None):
-            # group.id names the consumers (offsets are Bytewax's, kept by its
-            # recovery); the admin client of list_parts must not get it.
-            plain = self._add_config
-            self._add_config = {**plain, "group.id": group}
-            try:
-                return _Stoppable(super().build_part(step_id, for_part, resume_state))
-            finally:
-                self._add_config = plain
-
-    return PhaseTopic(
-        brokers=[bootstrap], topics=[src.topic], tail=not src.stop_at_end,
-        starting_offset=OFFSET_BEGINNING if src.from_beginning else OFFSET_END,
-        add_config=settings, batch_size=src.batch_size,
-    )
+    return PhaseTopic(settings, src.topic, OFFSET_BEGINNING if src.from_beginning else OFFSET_END, src.batch_size,
+                      tail=not src.stop_at_end, admin=admin_settings(config.kafka, client_id=config.becomingone.name),
+                      create_topics=topics)
 
 
 class ArchiveSlices(StatefulSourcePartition[SampleBatch, int]):
