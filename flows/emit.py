@@ -27,7 +27,7 @@ from operators.samples import SampleBatch
 from operators.sync import COLLAPSE, DISSIPATE_COHERENCE, SyncValues
 from operators.witness import LoggedRecord
 from schemas.archive import DATASETS, TIMESTAMP
-from schemas.messages import CollapseEvent, DeadLetter, sync_record_json, to_json_bytes
+from schemas.messages import CollapseEvent, DeadLetter, sync_records_json, to_json_bytes
 
 __all__ = [
     "ArchiveRows",
@@ -83,7 +83,7 @@ def _built_table(builder: Callable[..., ArchiveRows], *args: Any) -> pa.Table:
     return builder(*args).table
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # one per output record: a frozen init costs 4x
 class TopicRecord:
     """One output message: ``role`` is collapse | witness | sync | dlq (``sink.topics``)."""
 
@@ -231,9 +231,8 @@ def events_rows(events: list[CollapseEvent]) -> ArchiveRows:
 
 def sync_messages(node: str, sensor: str, cell: str | None, sv: SyncValues) -> list[bytes]:
     """The sync-topic message values of ``sv`` (the caller picks the publish grid points)."""
-    columns = (sv.t.tolist(), sv.T_sync.tolist(), sv.coherence_sync.tolist(), sv.T_master.tolist(),
-               sv.T_emissary.tolist(), sv.delta_phase.tolist(), sv.collapsed.tolist(), sv.mature.tolist())
-    return [sync_record_json(node, sensor, cell, *row) for row in zip(*columns)]
+    return sync_records_json(node, sensor, cell, sv.t, sv.T_sync, sv.coherence_sync, sv.T_master, sv.T_emissary,
+                             sv.delta_phase, sv.collapsed, sv.mature)
 
 
 def mesh_rows(node: str, pieces: Sequence[SyncPiece]) -> ArchiveRows:

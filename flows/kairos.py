@@ -85,7 +85,7 @@ from schemas.messages import (
     CollapseEvent,
     MacroWitness,
     MicroWitness,
-    meso_payload_json,
+    meso_payloads_json,
     to_json_bytes,
 )
 
@@ -271,6 +271,8 @@ class _ResonateLogic(StatefulBatchLogic[list[SampleBatch], Any, dict[str, Resona
         self.publish_us = config.sync.publish_interval_us
         self.meso = config.witnessing.layer_enabled("meso")
         self.meso_us = config.witnessing.meso_interval_us
+        self.same_meso = self.meso_us == self.signature_us
+        self.same_history = self.signature_us == self.publish_us
         self.macro = config.witnessing.layer_enabled("macro")
         self.per_sensor = config.metrics.per_sensor_labels
         m = metrics()
@@ -330,12 +332,14 @@ class _ResonateLogic(StatefulBatchLogic[list[SampleBatch], Any, dict[str, Resona
             for kind, values in (("emissary", res.emissary), ("master", res.master)):
                 if not len(values):
                     continue
-                if self.signatures:
-                    keep = on_grid(values.t, self.signature_us)
-                    if keep is not None:
-                        signatures.append((r.sensor, r.cell, kind, values.select(keep)))
+                # The same intervals (all 1 s by default) give the same grid points: look once.
+                at_signature = on_grid(values.t, self.signature_us) if self.signatures or self.same_meso else None
+                if self.signatures and at_signature is not None:
+                    signatures.append((r.sensor, r.cell, kind, values.select(at_signature)))
                 if self.meso:
-                    out.extend(self._meso(r, kind, values))
+                    at_meso = at_signature if self.same_meso else on_grid(values.t, self.meso_us)
+                    if at_meso is not None:
+                        out.extend(self._meso(r, kind, values, at_meso))
             sv = res.sync
             if sv is None or not len(sv):
                 continue
@@ -346,16 +350,15 @@ class _ResonateLogic(StatefulBatchLogic[list[SampleBatch], Any, dict[str, Resona
             if self.per_sensor:
                 m.sensor_coherence.labels(r.sensor).set(entry.coherence_sync)
             publish = on_grid(sv.t, self.publish_us)
+            at_history = (publish if self.same_history else on_grid(sv.t, self.signature_us)) if self.history else None
             if publish is not None:
                 picked = sv.select(publish)
                 key = r.sensor.encode("utf-8")
                 out.extend(TopicRecord("sync", key, value)
                            for value in sync_messages(self.node, r.sensor, r.cell, picked))
                 mesh.append((r.sensor, r.cell, picked))
-            if self.history:
-                keep = on_grid(sv.t, self.signature_us)
-                if keep is not None:
-                    history.append((r.sensor, r.cell, sv.select(keep)))
+            if at_history is not None:
+                history.append((r.sensor, r.cell, picked if self.same_history else sv.select(at_history)))
         if accepted:
             m.samples.labels("accepted").inc(accepted)
         for reason, n in rejected.items():
@@ -374,14 +377,11 @@ class _ResonateLogic(StatefulBatchLogic[list[SampleBatch], Any, dict[str, Resona
             out.append(events_rows(events))
         return out
 
-    def _meso(self, r: Resonator, kind: str, values: WindowValues) -> list[WitnessEntry]:
-        keep = on_grid(values.t, self.meso_us)
-        if keep is None:
-            return []
+    def _meso(self, r: Resonator, kind: str, values: WindowValues, keep: np.ndarray) -> list[WitnessEntry]:
         T = values.T[keep]
-        return [WitnessEntry("meso", t, r.sensor, meso_payload_json(r.sensor, r.cell, kind, re, im, n))
-                for t, re, im, n in zip(values.t[keep].tolist(), T.real.tolist(), T.imag.tolist(),
-                                        values.n_products[keep].tolist())]
+        payloads = meso_payloads_json(r.sensor, r.cell, kind, T.real, T.imag, values.n_products[keep])
+        sensor = r.sensor
+        return [WitnessEntry("meso", t, sensor, payload) for t, payload in zip(values.t[keep].tolist(), payloads)]
 
     def _transitions(self, r: Resonator, sv: SyncValues, ingested: float, out: list[Any]) -> list[CollapseEvent]:
         m, entry = metrics(), ledger().sensor(r.sensor)

@@ -34,7 +34,7 @@ __all__ = ["LoggedRecord", "WitnessEntries", "WitnessEntry", "WitnessLog"]
 _LAYERS = ("micro", "meso", "macro", "meta")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # one per output record: a frozen init costs 4x
 class WitnessEntry:
     """A witness observation on its way to the log.
 
@@ -56,7 +56,7 @@ class WitnessEntries(list):
     """The witness entries of one step's batch, moved through the dataflow as one item."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # one per output record: a frozen init costs 4x
 class LoggedRecord:
     """A record as logged: its position, wire bytes and the running digest including it."""
 

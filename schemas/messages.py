@@ -39,6 +39,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypeVar
 
+import numpy as np
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from schemas.timebase import MAX_ABS_SECONDS, MICROS_PER_SECOND, number_to_micros, to_micros
@@ -65,10 +66,12 @@ __all__ = [
     "from_json_bytes",
     "json_text",
     "meso_payload_json",
+    "meso_payloads_json",
     "parse_sample",
     "parse_utc",
     "sample_from_object",
     "sync_record_json",
+    "sync_records_json",
     "to_json_bytes",
     "witness_log_digest",
     "witness_record_json",
@@ -93,8 +96,17 @@ def format_utc(t_us: int) -> str:
     >>> format_utc(1764115200125000)
     '2025-11-26T00:00:00.125000Z'
     """
-    seconds, micros = divmod(int(t_us), MICROS_PER_SECOND)
-    return f"{_utc_second(seconds)}.{micros:06d}Z"
+    text = _UTC_TEXT.get(t_us)
+    if text is None:
+        # Output records share their grid times across sensors: each is formatted once.
+        if len(_UTC_TEXT) >= 65_536:
+            _UTC_TEXT.clear()
+        seconds, micros = divmod(int(t_us), MICROS_PER_SECOND)
+        text = _UTC_TEXT[int(t_us)] = f"{_utc_second(seconds)}.{micros:06d}Z"
+    return text
+
+
+_UTC_TEXT: dict[int, str] = {}
 
 
 @functools.lru_cache(maxsize=65_536)
@@ -344,6 +356,41 @@ def meso_payload_json(sensor: str, cell: str | None, transducer: str, t_re: floa
     return (f'{{"sensor":{json_text(sensor)},"cell":{json_text(cell)},"transducer":"{transducer}",'
             f'"t_re":{t_re!r},"t_im":{t_im!r},"coherence":{t_re * t_re + t_im * t_im!r},'
             f'"n_products":{int(n_products)}}}').encode("utf-8")
+
+
+def _all_finite(what: str, *columns: np.ndarray) -> None:
+    for column in columns:
+        if not np.isfinite(column).all():
+            raise ValueError(f"{what}: a value with no JSON form (NaN or infinite) in {column!r}")
+
+
+def meso_payloads_json(sensor: str, cell: str | None, transducer: str, t_re: np.ndarray, t_im: np.ndarray,
+                       n_products: np.ndarray) -> list[bytes]:
+    """:func:`meso_payload_json` of many grid points of one sensor, byte for byte.
+
+    >>> meso_payloads_json("s", None, "master", np.array([0.5]), np.array([0.0]), np.array([7]))
+    [b'{"sensor":"s","cell":null,"transducer":"master","t_re":0.5,"t_im":0.0,"coherence":0.25,"n_products":7}']
+    """
+    _all_finite("meso payload", t_re, t_im)
+    head = f'{{"sensor":{json_text(sensor)},"cell":{json_text(cell)},"transducer":"{transducer}","t_re":'
+    return [f'{head}{re!r},"t_im":{im!r},"coherence":{re * re + im * im!r},"n_products":{n}}}'.encode("utf-8")
+            for re, im, n in zip(t_re.tolist(), t_im.tolist(), np.asarray(n_products, np.int64).tolist())]
+
+
+def sync_records_json(node: str, sensor: str, cell: str | None, t_us: np.ndarray, t_sync: np.ndarray,
+                      coherence_sync: np.ndarray, t_master: np.ndarray, t_emissary: np.ndarray,
+                      delta_phase: np.ndarray, collapsed: np.ndarray, mature: np.ndarray) -> list[bytes]:
+    """:func:`sync_record_json` of many grid points of one sensor (arrays), byte for byte."""
+    _all_finite("sync record", t_sync, coherence_sync, t_master, t_emissary, delta_phase)
+    head = f'{{"node":{json_text(node)},"sensor":{json_text(sensor)},"cell":{json_text(cell)},"t":"'
+    return [
+        (f'{head}{format_utc(t)}","t_sync":[{ts.real!r},{ts.imag!r}],"coherence_sync":{c!r},'
+         f'"t_master":[{tm.real!r},{tm.imag!r}],"t_emissary":[{te.real!r},{te.imag!r}],'
+         f'"delta_phase":{d!r},"state":"{"collapsed" if k else "dissipated"}",'
+         f'"mature":{"true" if m else "false"}}}').encode("utf-8")
+        for t, ts, c, tm, te, d, k, m in zip(t_us.tolist(), t_sync.tolist(), coherence_sync.tolist(),
+                                             t_master.tolist(), t_emissary.tolist(), delta_phase.tolist(),
+                                             collapsed.tolist(), mature.tolist())]
 
 
 def sync_record_json(node: str, sensor: str, cell: str | None, t_us: int, t_sync: complex, coherence_sync: float,

@@ -356,3 +356,38 @@ def test_direct_encoders_refuse_non_finite_values():
 
     with pytest.raises(ValueError, match="no JSON form"):
         meso_payload_json("s", None, "master", float("nan"), 0.0, 1)
+
+
+@pytest.mark.parametrize("cell", [None, "zürich"])
+def test_batch_encoders_write_the_single_encoders_bytes(cell):
+    """The per-sensor batch encoders the dataflow uses give, record for record, the
+    bytes of the single-record encoders (which the tests above hold to the models)."""
+    import numpy as np
+
+    from schemas.messages import meso_payload_json, meso_payloads_json, sync_record_json, sync_records_json
+
+    x = np.array(_FLOATS)
+    y = x[::-1].copy()
+    n = len(x)
+    t = 1764115200000000 + np.arange(n, dtype=np.int64) * 10_000
+    collapsed, mature = np.arange(n) % 2 == 0, np.arange(n) % 3 == 0
+
+    def pairs(re, im):  # complex values keeping the sign of a zero part
+        out = np.empty(n, np.complex128)
+        out.real, out.imag = re, im
+        return out
+
+    xs, ys = x.tolist(), y.tolist()
+    for sensor in _AWKWARD:
+        assert meso_payloads_json(sensor, cell, "master", x, -y, np.arange(n)) == [
+            meso_payload_json(sensor, cell, "master", a, -b, k) for k, (a, b) in enumerate(zip(xs, ys))]
+        assert sync_records_json("node-1", sensor, cell, t, pairs(x, -y), np.abs(x), pairs(y, x), pairs(-x, y),
+                                 np.abs(y), collapsed, mature) == [
+            sync_record_json("node-1", sensor, cell, int(t[i]), complex(xs[i], -ys[i]), abs(xs[i]),
+                             complex(ys[i], xs[i]), complex(-xs[i], ys[i]), abs(ys[i]), bool(collapsed[i]),
+                             bool(mature[i])) for i in range(n)]
+    with pytest.raises(ValueError, match="no JSON form"):
+        meso_payloads_json("s", None, "master", np.array([0.5, np.inf]), np.zeros(2), np.ones(2))
+    with pytest.raises(ValueError, match="no JSON form"):
+        sync_records_json("n", "s", None, t[:1], np.array([np.nan + 0j]), np.ones(1), np.ones(1, complex),
+                          np.ones(1, complex), np.zeros(1), collapsed[:1], mature[:1])
