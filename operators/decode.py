@@ -393,7 +393,8 @@ def _times(arr: pa.Array, status: np.ndarray, why: dict[int, str]) -> np.ndarray
     typ = arr.type
     if pa.types.is_timestamp(typ):
         # Time zone or not, the stored values are UTC epoch counts.
-        raw = pc.cast(arr.fill_null(0) if arr.null_count else arr, pa.int64()).to_numpy(zero_copy_only=False)
+        # The same 64-bit values reinterpreted (a view, not a compute cast).
+        raw = (arr.fill_null(0) if arr.null_count else arr).view(pa.int64()).to_numpy(zero_copy_only=False)
         limit = MAX_ABS_SECONDS * _PER_SECOND[typ.unit]
         out_of_range = valid & ((raw > limit) | (raw < -limit))
         ok = valid & ~out_of_range
@@ -650,19 +651,23 @@ def _batches(parts: list[_Part], out: Decoded, ingested: float) -> None:
         start = _join([p.starts() + s for p, s in zip(parts, shift)])
 
     need_raw = any(p.raw is not None for p in parts)
+    part_of_row = _join(part_of)
     if need_raw:
-        part_id, local_row = _join(part_of)[order], _join([np.arange(p.code.shape[0]) for p in parts])[order]
+        part_id, local_row = part_of_row[order], _join([np.arange(p.code.shape[0]) for p in parts])[order]
     else:
         # Which messages each sensor's rows came from, for all sensors at once.
-        part_of_row = _join(part_of)
-        if order.size == code.size:
-            present = _presence(code, part_of_row, len(names_list), len(parts))
-        else:
-            ok = code >= 0
-            present = _presence(code[ok], part_of_row[ok], len(names_list), len(parts))
+        ok = slice(None) if order.size == code.size else code >= 0
+        present = _presence(code[ok], part_of_row[ok], len(names_list), len(parts))
+    # Per message, once: its topic and its (partition, offset) -> message entry.
+    part_topic = [p.message_at(0).topic if p.code.shape[0] else None for p in parts]
+    part_source = [(_origin(p.message_at(0)), p.message_at(0)) if p.raw is None and p.code.shape[0] else None
+                   for p in parts]
+    # Sensors whose rows come from the same messages share one (read-only) sources dict.
+    shared_sources: dict[tuple[int, ...], dict[tuple[int, int], Any]] = {}
+    first_part = part_of_row[order[starts]].tolist()
 
     batches = []
-    for sensor_code, b0, b1 in zip(group_codes.tolist(), starts.tolist(), ends.tolist()):
+    for sensor_code, b0, b1, first in zip(group_codes.tolist(), starts.tolist(), ends.tolist(), first_part):
         if phase_all is not None:
             phase = phase_all[b0:b1]
         else:
@@ -681,15 +686,13 @@ def _batches(parts: list[_Part], out: Decoded, ingested: float) -> None:
         sources = None
         if raw is None:
             # Arrow rows: keep a reference to their messages for late dead letters.
-            part_ids = (np.unique(part_id[b0:b1]) if need_raw else present[sensor_code]).tolist()
-            sources = {}
-            for k in part_ids:
-                if parts[k].raw is None and parts[k].code.shape[0]:
-                    message = parts[k].message_at(0)
-                    sources[_origin(message)] = message
-        topic = parts[int(_locate(parts, int(order[b0]))[0])].message_at(0).topic
+            part_ids = tuple((np.unique(part_id[b0:b1]) if need_raw else present[sensor_code]).tolist())
+            sources = shared_sources.get(part_ids)
+            if sources is None:
+                sources = shared_sources[part_ids] = dict(e for k in part_ids if (e := part_source[k]) is not None)
         batch = SampleBatch(
-            names_list[sensor_code], t_us[b0:b1], phase, cell, raw=raw, topic=topic, sources=sources or None,
+            names_list[sensor_code], t_us[b0:b1], phase, cell, raw=raw, topic=part_topic[first],
+            sources=sources or None,
             ingested=ingested, origins=Origins(order[b0:b1], positions),
         )
         batches.append((int(order[b0]), batch))
@@ -699,13 +702,19 @@ def _batches(parts: list[_Part], out: Decoded, ingested: float) -> None:
 
 def _presence(code: np.ndarray, part: np.ndarray, n_codes: int, n_parts: int) -> list[np.ndarray]:
     """Per code, the sorted distinct parts its rows are in."""
+    if n_parts == 1:  # one message: every code is in it
+        return [_ONLY_PART] * n_codes
     if n_codes * n_parts <= 1 << 24:  # a bit matrix and one scatter
         matrix = np.zeros((n_codes, n_parts), np.bool_)
         matrix[code, part] = True
-        return [np.flatnonzero(row) for row in matrix]
+        rows, cols = np.nonzero(matrix)
+        return np.split(cols, np.searchsorted(rows, np.arange(1, n_codes)))
     pairs = np.unique(code.astype(np.int64) * n_parts + part)
     cuts = np.searchsorted(pairs // n_parts, np.arange(1, n_codes))
     return [chunk % n_parts for chunk in np.split(pairs, cuts)]
+
+
+_ONLY_PART = np.zeros(1, np.int64)
 
 
 def _locate(parts: list[_Part], index: int) -> tuple[int, int]:
