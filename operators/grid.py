@@ -44,8 +44,8 @@ class WindowValues(NamedTuple):
 
     @classmethod
     def empty(cls) -> "WindowValues":
-        """No grid points."""
-        return cls(np.empty(0, np.int64), np.empty(0, np.complex128), np.empty(0, np.int64), np.empty(0, np.int64))
+        """No grid points (one shared, read-only instance)."""
+        return _NO_VALUES
 
     @classmethod
     def concat(cls, parts: "list[WindowValues]") -> "WindowValues":
@@ -110,3 +110,14 @@ def check_advance(products: "Products", at: np.ndarray, last_product: int | None
         if last_at is not None and pt[0] <= last_at:
             raise ValueError(f"product at {pt[0]} us is not after the last emitted grid point ({last_at} us)")
     return g
+
+
+def _read_only(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+    for a in arrays:
+        a.flags.writeable = False
+    return arrays
+
+
+# Most calls of a transducer emit nothing: they share this value instead of allocating one each.
+_NO_VALUES = WindowValues(*_read_only(np.empty(0, np.int64), np.empty(0, np.complex128), np.empty(0, np.int64),
+                                      np.empty(0, np.int64)))

@@ -62,6 +62,9 @@ def _ring(k: int, meta_dtype: type) -> tuple[np.ndarray, np.ndarray, np.ndarray,
     sre, sim, sa = (np.frombuffer(buffer, np.float64, k, offset=i * 8 * k) for i in range(3))
     return sre, sim, sa, np.frombuffer(buffer, meta_dtype, k, offset=3 * 8 * k)
 _NO_LIMIT = np.iinfo(np.int64).max
+_NO_VALUES = WindowValues.empty()
+# Zero-length (so never written) but writable: what the kernel gets when no grid point is due.
+_NO_OUTPUT = (np.empty(0, np.int64), np.empty(0, np.complex128), np.empty(0, np.int64), np.empty(0, np.int64))
 
 # ist layout: [head pane id, oldest non-empty pane id, products in window,
 #              newest product t, panes evicted since the last re-sum]
@@ -249,11 +252,11 @@ class MasterWindow:
 
     def _fit_counts(self, t_us: np.ndarray) -> None:
         """Widen the pane words once, before any pane's count could outgrow its bits."""
-        if self._meta.dtype == np.uint64 or not len(t_us):
+        if self._shift == 32 or not t_us.shape[0]:  # 64-bit words already, or nothing new
             return
         capacity = (2 ** 32 - 1) >> self._shift
         head = int(self._ist[_HEAD])
-        held = 0 if head == _NONE else int(self._meta[head % self.n_panes]) >> self._shift
+        held = 0 if head == _NONE else int(self._meta[head % self._meta.shape[0]]) >> self._shift
         # New products go to the head pane or later ones, so no count can exceed
         # held + n: the common case needs no look at the times at all.
         if held + len(t_us) <= capacity:
@@ -286,9 +289,12 @@ class MasterWindow:
             bad = int(g[np.argmax(g % self.pane_us != 0)])
             raise ValueError(f"grid point {bad} us is not a multiple of the pane width {self.pane_us} us")
         self._fit_counts(products.t)
-        out_T = np.empty(g.shape[0], np.complex128)
-        out_n = np.empty(g.shape[0], np.int64)
-        out_span = np.empty(g.shape[0], np.int64)
+        if g.shape[0]:
+            out_T = np.empty(g.shape[0], np.complex128)
+            out_n = np.empty(g.shape[0], np.int64)
+            out_span = np.empty(g.shape[0], np.int64)
+        else:  # most calls reach no grid point: nothing to allocate
+            g, out_T, out_n, out_span = _NO_OUTPUT
         if validate:
             products = Products(np.ascontiguousarray(products.t, np.int64),
                                 np.ascontiguousarray(products.p, np.complex128),
@@ -297,6 +303,7 @@ class MasterWindow:
                        self.pane_us, products.t, products.p, products.dt, self.omega, g, out_T, out_n, out_span)
         if len(products):
             self._last_product = int(products.t[-1])
-        if g.size:
-            self._last_at = int(g[-1])
+        if not g.shape[0]:
+            return _NO_VALUES
+        self._last_at = int(g[-1])
         return WindowValues(g, out_T, out_n, out_span)

@@ -32,6 +32,8 @@ from schemas.messages import DeadLetter
 
 __all__ = ["Resonance", "Resonator", "ResonatorSettings"]
 
+_NO_VALUES = WindowValues.empty()
+
 
 @dataclass(frozen=True)
 class ResonatorSettings:
@@ -51,7 +53,7 @@ class ResonatorSettings:
     max_future_us: int | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class Resonance:
     """What one call of a resonator produced.
 
@@ -135,14 +137,12 @@ class Resonator:
         return self._run(self.intake.flush())
 
     def _run(self, step: IntakeResult) -> Resonance:
-        out = Resonance(dead=step.dead, reasons=step.reasons, released=step.released)
         b = step.batch
         if b is None:
-            out.watermark = self.intake.watermark
-            return out
-        out.watermark, out.ingested = b.watermark, b.ingested
-        out.emissary = self.emissary.push(b.products, b.sample_t, b.watermark)
-        out.master = self.master.push(b.products, b.sample_t, b.watermark)
+            return Resonance(step.dead, step.reasons, step.released, _NO_VALUES, _NO_VALUES, None,
+                             self.intake.watermark)
+        emissary = self.emissary.push(b.products, b.sample_t, b.watermark)
+        master = self.master.push(b.products, b.sample_t, b.watermark)
         # Every Master point <= the watermark exists now: decide the Emissary points up to it.
-        out.sync = self.sync.advance(out.emissary, out.master, b.watermark)
-        return out
+        sync = self.sync.advance(emissary, master, b.watermark)
+        return Resonance(step.dead, step.reasons, step.released, emissary, master, sync, b.watermark, b.ingested)

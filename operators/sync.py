@@ -116,6 +116,18 @@ class SyncValues(NamedTuple):
         return SyncValues(*(column[mask] for column in self))
 
 
+def _empty(dtype: type) -> np.ndarray:
+    a = np.empty(0, dtype)
+    a.flags.writeable = False
+    return a
+
+
+# A call that decides no grid point returns this (shared, read-only) instead of new arrays.
+_NO_DECISIONS = SyncValues(_empty(np.int64), _empty(np.complex128), _empty(np.complex128), _empty(np.complex128),
+                           _empty(np.float64), _empty(np.float64), _empty(np.bool_), _empty(np.bool_),
+                           _empty(np.int8), _empty(np.int64))
+
+
 class SyncState:
     """One sensor's sync: Emissary/Master join by event time plus the collapse state machine.
 
@@ -165,7 +177,10 @@ class SyncState:
         ma = master if not len(self._ma) else WindowValues.concat([self._ma, master])
         g = em.t
         cut = g.shape[0] if master_watermark is None else int(np.searchsorted(g, master_watermark, side="right"))
-        self._em = em if cut == 0 else em.select(slice(cut, None))
+        if cut == 0:  # nothing to decide yet: keep what came, decide nothing
+            self._em, self._ma = em, ma
+            return _NO_DECISIONS
+        self._em = em.select(slice(cut, None))
         out = SyncValues(g[:cut], np.empty(cut, np.complex128), em.T[:cut], np.empty(cut, np.complex128),
                          np.empty(cut, np.float64), np.empty(cut, np.float64), np.empty(cut, np.bool_),
                          np.empty(cut, np.bool_), np.empty(cut, np.int8), np.empty(cut, np.int64))
