@@ -122,6 +122,10 @@ BATCH_OVERHEAD_BYTES = 100            # Kafka record batch framing, for the lead
 STALL_S = 60.0                        # no progress for this long: the run is broken
 READY_TIMEOUT_S = 300.0               # child start-up (imports, Numba cache load, flow build)
 BOARD_POLL_S = 0.001
+# The flow child's count watcher: it reads the metrics in the flow's process and
+# takes the GIL each time, so it looks only every 10 ms (at 1 ms it took about
+# an eighth of the flow's thread); the time marks are that much coarser.
+WATCH_POLL_S = 0.01
 
 # Consumer tuning shared by every measured consumer (the plain one and the flows).
 # fetch.wait.max.ms: the mock broker holds an unfilled fetch this long; at the
@@ -501,7 +505,7 @@ def _child_flow(spec: dict[str, Any], board: ProgressBoard) -> dict[str, Any]:
                 marks["all_counted"] = time.perf_counter()
                 request_stop()
                 return
-            time.sleep(BOARD_POLL_S)
+            time.sleep(WATCH_POLL_S)
 
     board[ProgressBoard.READY] = 1
     while not board[ProgressBoard.GO]:

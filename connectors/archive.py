@@ -249,7 +249,9 @@ def _ipc_bytes(table: pa.Table, schema: pa.Schema) -> pa.Buffer:
 
 
 def _t_micros(table: pa.Table) -> np.ndarray:
-    return pc.cast(table.column("t"), pa.int64()).to_numpy()
+    # The timestamps' int64 values as they are (a view, not a compute cast).
+    return np.concatenate([c.view(pa.int64()).to_numpy(zero_copy_only=False) for c in table.column("t").chunks]
+                          or [np.empty(0, np.int64)])
 
 
 def _damaged(dataset_dir: Path, what: str) -> ArchiveError:
@@ -1384,6 +1386,12 @@ class _ArchivePartition(StatefulSinkPartition[pa.Table, None]):
     """
 
     _MAX_WAITING = 1024
+    # The thread is handed the inbox once this many batches wait or the oldest has
+    # waited this long (checked as batches arrive; snapshots and close hand it
+    # over at once): a drain has a fixed cost, and a flow of small batches would
+    # otherwise pay it hundreds of times a second.
+    _DRAIN_BATCHES = 64
+    _DRAIN_SECONDS = 0.1
 
     def __init__(self, writer: ArchiveWriter,
                  siblings: Callable[[], list["_ArchivePartition"]] | None = None) -> None:
@@ -1398,6 +1406,7 @@ class _ArchivePartition(StatefulSinkPartition[pa.Table, None]):
         self._flush: tuple[int, Future[Any]] | None = None   # (batches handed over before it, future)
         self._handed = 0
         self._closed = False
+        self._waiting_since: float | None = None
 
     def _settle(self, keep: int) -> None:
         """Wait until at most ``keep`` calls are pending; raise the first failure."""
@@ -1414,6 +1423,12 @@ class _ArchivePartition(StatefulSinkPartition[pa.Table, None]):
         self._inbox.extend(values)
         self._handed += 1
         self._settle(2)
+        now = time.monotonic()
+        if self._waiting_since is None:
+            self._waiting_since = now
+        if len(self._inbox) < self._DRAIN_BATCHES and now - self._waiting_since < self._DRAIN_SECONDS:
+            return
+        self._waiting_since = None
         # A drain that has not started yet will take these values too.
         if not self._pending or self._pending[-1].running() or self._pending[-1].done():
             self._pending.append(self._thread.submit(self._drain))

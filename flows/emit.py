@@ -119,7 +119,8 @@ def _table(dataset: str, columns: dict[str, pa.Array | np.ndarray | list]) -> pa
 
 
 def _times(t_us: np.ndarray) -> pa.Array:
-    return pa.array(np.asarray(t_us, np.int64), pa.int64()).cast(TIMESTAMP)
+    # Microseconds since the epoch are the timestamp's values: a view, not a cast.
+    return pa.array(np.asarray(t_us, np.int64), pa.int64()).view(TIMESTAMP)
 
 
 def _repeat(value: str | None, n: int) -> pa.Array:
@@ -129,11 +130,24 @@ def _repeat(value: str | None, n: int) -> pa.Array:
 def _labels(names: Sequence[str | None], counts: Sequence[int]) -> pa.Array:
     """A string column holding ``names[i]`` ``counts[i]`` times in a row (None: null).
 
-    One ``take`` from the distinct names, so the cost is per row in C++, not in Python.
+    Built from the names' bytes (or one ``take`` when some are null), so the
+    cost is per row in C++, not in Python.
     """
     counts = np.asarray(counts, np.int64)
     if len(names) == 1:
         return _repeat(names[0], int(counts[0]))
+    if all(name is not None for name in names):
+        # The column's buffers directly: each name's bytes repeated, offsets by cumsum.
+        encoded = [name.encode("utf-8") for name in names]
+        lengths = np.repeat(np.array([len(b) for b in encoded], np.int64), counts)
+        offsets = np.zeros(lengths.shape[0] + 1, np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        if offsets[-1] < 2 ** 31:
+            data = b"".join(b * int(c) for b, c in zip(encoded, counts.tolist()))
+            return pa.StringArray.from_buffers(lengths.shape[0], pa.py_buffer(offsets.astype(np.int32)),
+                                               pa.py_buffer(data))
+    if all(name is None for name in names):
+        return pa.nulls(int(counts.sum()), pa.string())
     index = np.repeat(np.arange(len(names), dtype=np.int32), counts)
     return pa.array(list(names), pa.string()).take(pa.array(index, pa.int32()))
 
