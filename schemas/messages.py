@@ -358,10 +358,14 @@ def meso_payload_json(sensor: str, cell: str | None, transducer: str, t_re: floa
             f'"n_products":{int(n_products)}}}').encode("utf-8")
 
 
-def _all_finite(what: str, *columns: np.ndarray) -> None:
-    for column in columns:
-        if not np.isfinite(column).all():
-            raise ValueError(f"{what}: a value with no JSON form (NaN or infinite) in {column!r}")
+def _check_finite(what: str, arrays: tuple[np.ndarray, ...], values: tuple[list, ...]) -> None:
+    """ValueError unless every number is finite: ``values`` are ``arrays`` as lists."""
+    if arrays[0].shape[0] > 8:  # one NumPy pass per column pays off past a few values
+        ok = all(bool(np.isfinite(a).all()) for a in arrays)
+    else:  # most calls carry one grid point: look at the Python numbers
+        ok = all(math.isfinite(x.real) and math.isfinite(x.imag) for column in values for x in column)
+    if not ok:
+        raise ValueError(f"{what}: a value with no JSON form (NaN or infinite)")
 
 
 def meso_payloads_json(sensor: str, cell: str | None, transducer: str, t_re: np.ndarray, t_im: np.ndarray,
@@ -371,26 +375,27 @@ def meso_payloads_json(sensor: str, cell: str | None, transducer: str, t_re: np.
     >>> meso_payloads_json("s", None, "master", np.array([0.5]), np.array([0.0]), np.array([7]))
     [b'{"sensor":"s","cell":null,"transducer":"master","t_re":0.5,"t_im":0.0,"coherence":0.25,"n_products":7}']
     """
-    _all_finite("meso payload", t_re, t_im)
+    res, ims = t_re.tolist(), t_im.tolist()
+    _check_finite("meso payload", (t_re, t_im), (res, ims))
     head = f'{{"sensor":{json_text(sensor)},"cell":{json_text(cell)},"transducer":"{transducer}","t_re":'
     return [f'{head}{re!r},"t_im":{im!r},"coherence":{re * re + im * im!r},"n_products":{n}}}'.encode("utf-8")
-            for re, im, n in zip(t_re.tolist(), t_im.tolist(), np.asarray(n_products, np.int64).tolist())]
+            for re, im, n in zip(res, ims, np.asarray(n_products, np.int64).tolist())]
 
 
 def sync_records_json(node: str, sensor: str, cell: str | None, t_us: np.ndarray, t_sync: np.ndarray,
                       coherence_sync: np.ndarray, t_master: np.ndarray, t_emissary: np.ndarray,
                       delta_phase: np.ndarray, collapsed: np.ndarray, mature: np.ndarray) -> list[bytes]:
     """:func:`sync_record_json` of many grid points of one sensor (arrays), byte for byte."""
-    _all_finite("sync record", t_sync, coherence_sync, t_master, t_emissary, delta_phase)
+    numbers = (t_sync, coherence_sync, t_master, t_emissary, delta_phase)
+    lists = tuple(a.tolist() for a in numbers)
+    _check_finite("sync record", numbers, lists)
     head = f'{{"node":{json_text(node)},"sensor":{json_text(sensor)},"cell":{json_text(cell)},"t":"'
     return [
         (f'{head}{format_utc(t)}","t_sync":[{ts.real!r},{ts.imag!r}],"coherence_sync":{c!r},'
          f'"t_master":[{tm.real!r},{tm.imag!r}],"t_emissary":[{te.real!r},{te.imag!r}],'
          f'"delta_phase":{d!r},"state":"{"collapsed" if k else "dissipated"}",'
          f'"mature":{"true" if m else "false"}}}').encode("utf-8")
-        for t, ts, c, tm, te, d, k, m in zip(t_us.tolist(), t_sync.tolist(), coherence_sync.tolist(),
-                                             t_master.tolist(), t_emissary.tolist(), delta_phase.tolist(),
-                                             collapsed.tolist(), mature.tolist())]
+        for t, ts, c, tm, te, d, k, m in zip(t_us.tolist(), *lists, collapsed.tolist(), mature.tolist())]
 
 
 def sync_record_json(node: str, sensor: str, cell: str | None, t_us: int, t_sync: complex, coherence_sync: float,
