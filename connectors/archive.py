@@ -801,7 +801,8 @@ class ArchiveWriter:
         temp = _temp_path(final)
         self._makedirs(final.parent)
 
-        data = _ipc_bytes(rows.combine_chunks(), self.schema)
+        # A few record batches per file are fine for readers; joining them is a full copy.
+        data = _ipc_bytes(rows if rows.column(0).num_chunks <= 16 else rows.combine_chunks(), self.schema)
         digest = hashlib.sha256(data).hexdigest()
         with open(temp, "wb") as f:
             f.write(data)
