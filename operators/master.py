@@ -307,3 +307,32 @@ class MasterWindow:
             return _NO_VALUES
         self._last_at = int(g[-1])
         return WindowValues(g, out_T, out_n, out_span)
+
+    def _live_slots(self) -> np.ndarray:
+        """Ring slots of panes oldest..head: every other slot is all zeros."""
+        head, oldest = int(self._ist[_HEAD]), int(self._ist[_OLDEST])
+        if head == _NONE:
+            return np.empty(0, np.int64)
+        first = head if oldest == _NONE else oldest
+        return np.arange(first, head + 1, dtype=np.int64) % self._meta.shape[0]
+
+    def __getstate__(self) -> dict:
+        # A snapshot holds the panes from the oldest one with products to the head,
+        # not the whole ring: a sensor an hour old pickles its ~1 MB, a young one little.
+        state = self.__dict__.copy()
+        slots = self._live_slots()
+        state["_ring_panes"] = self._meta.shape[0]
+        state["_meta_dtype"] = self._meta.dtype.str
+        for name in ("_sre", "_sim", "_sa", "_meta"):
+            state[name] = getattr(self, name)[slots]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        k = state.pop("_ring_panes")
+        dtype = np.dtype(state.pop("_meta_dtype"))
+        live = {name: state.pop(name) for name in ("_sre", "_sim", "_sa", "_meta")}
+        self.__dict__.update(state)
+        self._sre, self._sim, self._sa, self._meta = _ring(k, dtype.type)
+        slots = self._live_slots()
+        for name, values in live.items():
+            getattr(self, name)[slots] = values

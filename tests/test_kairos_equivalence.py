@@ -144,3 +144,24 @@ def test_state_survives_pickling_mid_stream():
     assert np.array_equal(got_T, straight[1][1])
     # The snapshot holds only the live history (about tau of samples), not the run.
     assert lag.retained <= 120
+
+
+def test_a_pickled_master_holds_only_its_live_panes_and_continues_exactly():
+    """A young sensor's Master snapshot is small (not the whole hour's ring), and a
+    Master restored from it reports exactly what the original does from then on."""
+    t = np.arange(1, 30_001, dtype=np.int64) * 1_000          # 30 s at 1 kHz
+    phase = np.mod(2 * np.pi * 3.0 * t * 1e-6, 2 * np.pi)
+    params = KairosParams.from_seconds(1.0, velocity_span=0.1, omega=2.0)
+    lag = LagState(params, channels=1)
+    master = MasterWindow(3_600_000_000, MASTER_I, omega=2.0)
+    first, rest = lag.push(t[:20_000], phase[:20_000, None]), lag.push(t[20_000:], phase[20_000:, None])
+    master.advance(first, emission_points(t[:20_000], MASTER_I))
+    blob = pickle.dumps(master)
+    assert len(blob) < master.state_bytes // 20              # 20 s of panes, not 3600 s
+    restored = pickle.loads(blob)
+    grid = emission_points(t[20_000:], MASTER_I)
+    grid = grid[grid > master.last_emitted]
+    a, b = master.advance(rest, grid), restored.advance(rest, grid)
+    assert np.array_equal(a.T, b.T) and np.array_equal(a.n_products, b.n_products)
+    assert np.array_equal(a.span_us, b.span_us)
+    assert restored.state_bytes == master.state_bytes
