@@ -43,7 +43,7 @@ from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic
@@ -804,25 +804,22 @@ class _TopicPartitionReader(StatefulSourcePartition[Any, int]):
         self._eof = False
         self._awake: datetime | None = None
 
-    def next_batch(self) -> list[Any]:
-        from bytewax.connectors.kafka import KafkaSourceMessage
-
+    def next_batch(self) -> list[Message]:
         if self._eof:
             raise StopIteration
-        batch = []
-        for msg in self._consumer.consume(self._batch_size, 0):
+        batch = self._consumer.consume(self._batch_size, 0)
+        # Errors are rare: look at each message's error, touch nothing else.
+        for i, msg in enumerate(batch):
             error = msg.error()
             if error is not None:
-                if error.code() == KafkaError._PARTITION_EOF:
-                    self._eof = True  # end the partition after this batch
-                    break
-                raise RuntimeError(f"error consuming from Kafka topic {self._topic!r} partition "
-                                   f"{self._partition}: {error}")
-            batch.append(KafkaSourceMessage(
-                key=msg.key(), value=msg.value(), topic=self._topic, headers=msg.headers() or [],
-                latency=msg.latency(), offset=msg.offset(), partition=self._partition, timestamp=msg.timestamp()))
+                if error.code() != KafkaError._PARTITION_EOF:
+                    raise RuntimeError(f"error consuming from Kafka topic {self._topic!r} partition "
+                                       f"{self._partition}: {error}")
+                self._eof = True  # end the partition after the messages before it
+                batch = batch[:i]
+                break
         if batch:
-            self._offset = batch[-1].offset + 1  # resume after the last message taken
+            self._offset = batch[-1].offset() + 1  # resume after the last message taken
         self._awake = None if batch or self._eof else datetime.now(timezone.utc) + IDLE_POLL
         return batch
 
@@ -840,7 +837,10 @@ class TopicSource(FixedPartitionedSource[Any, int]):
     """Bytewax source over every partition of ``topic``: one consumer per partition,
     assigned (no consumer-group rebalancing), offsets kept by Bytewax's recovery.
 
-    Emits ``bytewax.connectors.kafka.KafkaSourceMessage`` items.  Unlike
+    Emits the client's ``confluent_kafka.Message`` objects as they come (no
+    copy per message; they cannot be pickled, so the step after the source
+    turns them into its own values on the same worker, as a Bytewax
+    ``map`` or ``flat_map_batch`` does).  Unlike
     Bytewax's own ``KafkaSource``, whose polls wait up to a millisecond for
     ``batch_size`` messages each, a poll here never waits (see
     :class:`_TopicPartitionReader`): with several partitions those waits

@@ -49,6 +49,7 @@ from typing import Any
 import bytewax.operators as op
 import numpy as np
 from bytewax.dataflow import Dataflow, Stream
+from confluent_kafka import Message as KafkaMessage
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
@@ -165,6 +166,9 @@ class Decode:
         for item in items:
             if isinstance(item, SampleBatch):
                 ready.append(item)
+            elif isinstance(item, KafkaMessage):  # connectors.kafka.TopicSource
+                messages.append(RawMessage(item.key(), item.value(), item.headers(), item.topic(), item.partition(),
+                                           item.offset()))
             elif isinstance(item, RawMessage):
                 messages.append(item)
             else:  # bytewax's KafkaSourceMessage

@@ -37,14 +37,14 @@ def test_each_partition_is_read_from_its_resume_offset_to_its_end():
 
         resumed = source.build_part("in", f"1-{topic}", 2)  # recovery state: the next offset is 2
         messages = _drain(resumed)
-        assert [(m.value, m.offset, m.partition, m.topic) for m in messages] == [
+        assert [(m.value(), m.offset(), m.partition(), m.topic()) for m in messages] == [
             (f"m{i}".encode(), i, 1, topic) for i in range(2, 5)]
-        assert messages[0].headers == [("h", b"v")] and messages[0].key == b"k"
+        assert messages[0].headers() == [("h", b"v")] and messages[0].key() == b"k"
         assert resumed.snapshot() == 5
         resumed.close()
 
         fresh = source.build_part("in", f"1-{topic}", None)
-        assert [m.offset for m in _drain(fresh)] == list(range(5))
+        assert [m.offset() for m in _drain(fresh)] == list(range(5))
         fresh.close()
         empty = source.build_part("in", f"0-{topic}", None)
         assert _drain(empty) == [] and empty.snapshot() == OFFSET_BEGINNING
@@ -68,5 +68,5 @@ def test_a_poll_with_nothing_new_returns_at_once_and_asks_to_be_polled_again_soo
         while not got and time.monotonic() < end:
             got = part.next_batch()
             time.sleep(0.001)
-        assert [m.value for m in got] == [b"late"] and part.next_awake() is None
+        assert [m.value() for m in got] == [b"late"] and part.next_awake() is None
         part.close()
