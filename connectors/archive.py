@@ -515,7 +515,7 @@ class ArchiveWriter:
         root: str | os.PathLike[str],
         dataset: str,
         *,
-        flush_rows: int = 1_000_000,
+        flush_rows: int = 100_000,
         flush_seconds: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -1529,7 +1529,7 @@ class ArchiveSink(FixedPartitionedSink[pa.Table, None]):
         root: str | os.PathLike[str],
         datasets: Iterable[str],
         *,
-        flush_rows: int = 1_000_000,
+        flush_rows: int = 100_000,
         flush_seconds: float = 5.0,
     ) -> None:
         names = sorted(set(datasets))

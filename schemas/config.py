@@ -353,7 +353,7 @@ class MemorySection(_Section):
     """Archive the accepted raw samples in ``input/`` (what replay reads)."""
     signature_interval: PositiveSeconds = 1.0
     """Event-time grid of temporal_signatures and coherence_history, seconds."""
-    flush_rows: Annotated[int, BeforeValidator(_reject_bool), Field(ge=1)] = 1_000_000
+    flush_rows: Annotated[int, BeforeValidator(_reject_bool), Field(ge=1)] = 100_000
     """Write a dataset's buffered rows to a file once this many are waiting."""
     flush_interval: PositiveSeconds = 5.0
     """... or once the oldest buffered row has waited this long (checked when rows arrive), seconds."""
