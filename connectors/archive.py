@@ -579,12 +579,16 @@ class ArchiveWriter:
         """The largest archived or accepted ``t`` (int64 us) of a row key, or None."""
         return self._high_water.get(tuple(key))
 
-    def write(self, rows: pa.Table | pa.RecordBatch) -> int:
+    def write(self, rows: pa.Table | pa.RecordBatch, *,
+              key_runs: tuple[np.ndarray, list[tuple]] | None = None) -> int:
         """Buffer rows of this dataset; flush if a limit is reached.
 
         ``rows`` must have exactly the dataset's columns (any order); a column
         of another type is cast when the cast is lossless (e.g. int64
-        microseconds to ``TIMESTAMP``).
+        microseconds to ``TIMESTAMP``).  ``key_runs`` = (first row of each run,
+        its key) may tell where the rows' keys (:data:`ROW_KEYS`) change, when
+        the caller built the rows run by run and knows: the rows are then not
+        compared to find them.
 
         Returns:
             The number of rows accepted: rows at or below their key's
@@ -598,7 +602,10 @@ class ArchiveWriter:
             raise ValueError(f"ArchiveWriter for {self.dataset!r} is closed")
         table = self._conform(rows)
         if self._keys and table.num_rows:
-            table = self._drop_archived(table)
+            if key_runs is not None:
+                table = self._drop_archived_runs(table, _t_micros(table), *key_runs)
+            else:
+                table = self._drop_archived(table)
         n = table.num_rows
         if n:
             if not self._buffer:
@@ -1346,18 +1353,31 @@ class PendingRows:
     builder: Callable[..., pa.Table]
     args: tuple[Any, ...]
     pieces: list[Any]
+    #: Optional ``runs(pieces) -> (rows per piece, key per piece)``: each piece's
+    #: rows share one row key (:data:`ROW_KEYS`), so the writer need not look.
+    runs: Callable[[list[Any]], tuple[list[int], list[tuple]]] | None = None
 
     def __call__(self) -> pa.Table:
         return self.builder(*self.args, self.pieces)
 
+    def key_runs(self) -> tuple[np.ndarray, list[tuple]] | None:
+        """(first row of each piece with rows, its key), or None without ``runs``."""
+        if self.runs is None:
+            return None
+        counts, keys = self.runs(self.pieces)
+        sizes = np.asarray(counts, np.int64)
+        starts = np.concatenate(([0], np.cumsum(sizes)[:-1])) if sizes.size else sizes
+        keep = sizes > 0
+        return starts[keep], [k for k, n in zip(keys, counts) if n > 0]
+
     def joins(self, other: object) -> bool:
         """True when ``other`` builds rows the same way (same builder, equal args)."""
-        return (isinstance(other, PendingRows) and other.builder is self.builder
+        return (isinstance(other, PendingRows) and other.builder is self.builder and other.runs is self.runs
                 and (other.args is self.args or other.args == self.args))
 
     def join(self, other: "PendingRows") -> "PendingRows":
         """These rows followed by ``other``'s (which must :meth:`joins` them)."""
-        return PendingRows(self.builder, self.args, [*self.pieces, *other.pieces])
+        return PendingRows(self.builder, self.args, [*self.pieces, *other.pieces], self.runs)
 
 
 def _joined(values: list[Any]) -> list[Any]:
@@ -1445,9 +1465,12 @@ class _ArchivePartition(StatefulSinkPartition[pa.Table, None]):
 
     def _write(self, values: list[pa.Table | pa.RecordBatch | Callable[[], pa.Table]]) -> None:
         # On the writer thread: tables given as builders are built here.
+        joined = _joined(values)
         tables = [v if isinstance(v, pa.Table) else pa.Table.from_batches([v]) if isinstance(v, pa.RecordBatch)
-                  else v() for v in _joined(values)]
-        if all(t.schema.equals(tables[0].schema) for t in tables[1:]):
+                  else v() for v in joined]
+        if len(joined) == 1 and isinstance(joined[0], PendingRows):
+            self.writer.write(tables[0], key_runs=joined[0].key_runs())
+        elif all(t.schema.equals(tables[0].schema) for t in tables[1:]):
             self.writer.write(pa.concat_tables(tables))
         else:  # differently typed but castable inputs: conform one by one
             for table in tables:

@@ -40,6 +40,7 @@ __all__ = [
     "deferred",
     "events_rows",
     "history_rows",
+    "input_key_runs",
     "input_pieces",
     "input_rows",
     "mesh_rows",
@@ -63,20 +64,23 @@ class ArchiveRows:
     table: pa.Table | Callable[[], pa.Table]
 
 
-def deferred(builder: Callable[..., ArchiveRows], dataset: str, *args: Any) -> ArchiveRows:
+def deferred(builder: Callable[..., ArchiveRows], dataset: str, *args: Any,
+             runs: Callable[[list[Any]], tuple[list[int], list[tuple]]] | None = None) -> ArchiveRows:
     """``builder(*args)``'s rows, to be built by the archive writer's thread.
 
     The last argument is the list of pieces (one per sensor); the archive
     joins the pieces of consecutive deferred rows with the same builder and
     other arguments, and builds one table for all of them
-    (:class:`connectors.archive.PendingRows`).
+    (:class:`connectors.archive.PendingRows`).  ``runs`` tells the archive
+    each piece's row count and row key, so it need not compare the rows to
+    find them (:func:`input_key_runs`).
 
     >>> rows = deferred(history_rows, "coherence_history", [])
     >>> rows.dataset, callable(rows.table)
     ('coherence_history', True)
     """
     *fixed, pieces = args
-    return ArchiveRows(dataset, PendingRows(_built_table, (builder, *fixed), list(pieces)))
+    return ArchiveRows(dataset, PendingRows(_built_table, (builder, *fixed), list(pieces), runs))
 
 
 def _built_table(builder: Callable[..., ArchiveRows], *args: Any) -> pa.Table:
@@ -159,6 +163,15 @@ InputPiece = tuple[str, "str | None", np.ndarray, np.ndarray]
 def input_pieces(batches: Sequence[SampleBatch]) -> list[InputPiece]:
     """Just the arrays of ``batches`` that ``input/`` keeps (not their source messages)."""
     return [(b.sensor, b.cell, b.t_us, b.phase) for b in batches]
+
+
+def input_key_runs(pieces: Sequence[InputPiece]) -> tuple[list[int], list[tuple[str]]]:
+    """Rows and row key (the sensor) of each piece of :func:`input_rows`, in order.
+
+    >>> input_key_runs([("a", None, np.arange(3), np.zeros((3, 1))), ("b", None, np.arange(2), np.zeros((2, 1)))])
+    ([3, 2], [('a',), ('b',)])
+    """
+    return [p[2].shape[0] for p in pieces], [(p[0],) for p in pieces]
 
 
 def input_rows(pieces: Sequence[InputPiece]) -> ArchiveRows:

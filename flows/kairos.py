@@ -65,6 +65,7 @@ from flows.emit import (
     deferred,
     events_rows,
     history_rows,
+    input_key_runs,
     input_pieces,
     input_rows,
     mesh_rows,
@@ -380,7 +381,7 @@ class _ResonateLogic(StatefulBatchLogic[list[SampleBatch], Any, dict[str, Resona
         # Tables of the high-volume datasets are built on the archive's writer thread.
         if released and self.archive_input:
             # Only the arrays travel: a batch also references its source messages.
-            out.append(deferred(input_rows, "input", input_pieces(released)))
+            out.append(deferred(input_rows, "input", input_pieces(released), runs=input_key_runs))
         if signatures:
             out.append(deferred(signature_rows, "temporal_signatures", signatures))
         if history:

@@ -839,3 +839,25 @@ def test_a_snapshot_makes_every_row_handed_over_durable_and_starts_the_other_dat
     inputs.close()
     events.close()
     assert verify_archive(tmp_path) == {"events": [], "input": []}
+
+
+def _input_runs(pieces: list[tuple[str, int]]) -> tuple[list[int], list[tuple[str]]]:
+    return [1] * len(pieces), [(f"x{s}",) for s, _ in pieces]
+
+
+def test_rows_whose_builder_tells_their_key_runs_are_deduplicated_exactly_like_compared_rows(tmp_path):
+    """Pending rows that say where their row keys change (PendingRows.runs) keep
+    exactly the rows a writer comparing them would keep, on a restart too."""
+    pieces = [(f"{k % 3}", T0 + k // 2) for k in range(40)]  # repeats: some rows at or below high-water
+    kept = {}
+    for name, runs in (("told", _input_runs), ("compared", None)):
+        writer = ArchiveWriter(tmp_path / name, "input", flush_rows=10**9, flush_seconds=1e9)
+        writer.write(rows("input", ["xa", "x0", "x1"], [T0 + 5, T0 + 3, T0 + 30]))  # archived before
+        part = archive._ArchivePartition(writer)
+        part._write([archive.PendingRows(_input_rows, ("x",), pieces, runs)])
+        table = pa.concat_tables(writer._buffer)
+        kept[name] = (table["sensor"].to_pylist(), table["t"].cast(pa.int64()).to_pylist(),
+                      {s: writer.high_water(s) for s in ("x0", "x1", "x2")})
+        part.close()
+    assert kept["told"] == kept["compared"]
+    assert kept["told"][2]["x1"] == T0 + 30  # nothing newer came for x1
