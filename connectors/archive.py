@@ -802,7 +802,7 @@ class ArchiveWriter:
             _fsync_dir(d.parent)
 
     def _write_file(self, part_dir: str, rows: pa.Table) -> str:
-        """Commit one file: temp + fsync, manifest line + fsync, rename + fsync dir."""
+        """Commit one file: temp + fsync + fsync dir, manifest line + fsync, rename + fsync dir."""
         rel = f"{part_dir}/part-{self._next_part:08d}.arrow"
         final = self.path / rel
         temp = _temp_path(final)
@@ -815,6 +815,9 @@ class ArchiveWriter:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        # The temp file's name must be durable before the manifest line commits it:
+        # recovery finishes a commit from the temp file, so it must find one.
+        _fsync_dir(temp.parent)
 
         size = self._manifest.stat().st_size if self._manifest.exists() else 0
         if size != self._manifest_size:
