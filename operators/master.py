@@ -328,6 +328,9 @@ class MasterWindow:
         return state
 
     def __setstate__(self, state: dict) -> None:
+        if "_ring_panes" not in state:  # a snapshot of the whole ring (earlier versions)
+            self.__dict__.update(state)
+            return
         k = state.pop("_ring_panes")
         dtype = np.dtype(state.pop("_meta_dtype"))
         live = {name: state.pop(name) for name in ("_sre", "_sim", "_sa", "_meta")}
