@@ -15,7 +15,7 @@ import numpy as np
 if TYPE_CHECKING:
     from operators.lag import Products
 
-__all__ = ["WindowValues", "check_advance", "emission_points"]
+__all__ = ["WindowValues", "check_advance", "emission_points", "no_rows"]
 
 
 class WindowValues(NamedTuple):
@@ -112,12 +112,12 @@ def check_advance(products: "Products", at: np.ndarray, last_product: int | None
     return g
 
 
-def _read_only(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
-    for a in arrays:
-        a.flags.writeable = False
-    return arrays
+def no_rows(dtype: type) -> np.ndarray:
+    """A zero-length, read-only array: shared by the values of calls that produce nothing."""
+    a = np.empty(0, dtype)
+    a.flags.writeable = False
+    return a
 
 
 # Most calls of a transducer emit nothing: they share this value instead of allocating one each.
-_NO_VALUES = WindowValues(*_read_only(np.empty(0, np.int64), np.empty(0, np.complex128), np.empty(0, np.int64),
-                                      np.empty(0, np.int64)))
+_NO_VALUES = WindowValues(no_rows(np.int64), no_rows(np.complex128), no_rows(np.int64), no_rows(np.int64))

@@ -27,7 +27,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
-from operators.grid import WindowValues
+from operators.grid import WindowValues, no_rows
 
 __all__ = ["COLLAPSE", "DISSIPATE_COHERENCE", "DISSIPATE_PHASE", "SyncState", "SyncValues"]
 
@@ -116,16 +116,10 @@ class SyncValues(NamedTuple):
         return SyncValues(*(column[mask] for column in self))
 
 
-def _empty(dtype: type) -> np.ndarray:
-    a = np.empty(0, dtype)
-    a.flags.writeable = False
-    return a
-
-
 # A call that decides no grid point returns this (shared, read-only) instead of new arrays.
-_NO_DECISIONS = SyncValues(_empty(np.int64), _empty(np.complex128), _empty(np.complex128), _empty(np.complex128),
-                           _empty(np.float64), _empty(np.float64), _empty(np.bool_), _empty(np.bool_),
-                           _empty(np.int8), _empty(np.int64))
+_NO_DECISIONS = SyncValues(no_rows(np.int64), no_rows(np.complex128), no_rows(np.complex128),
+                           no_rows(np.complex128), no_rows(np.float64), no_rows(np.float64), no_rows(np.bool_),
+                           no_rows(np.bool_), no_rows(np.int8), no_rows(np.int64))
 
 
 class SyncState:

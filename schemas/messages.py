@@ -65,12 +65,10 @@ __all__ = [
     "format_utc",
     "from_json_bytes",
     "json_text",
-    "meso_payload_json",
     "meso_payloads_json",
     "parse_sample",
     "parse_utc",
     "sample_from_object",
-    "sync_record_json",
     "sync_records_json",
     "to_json_bytes",
     "witness_log_digest",
@@ -339,25 +337,6 @@ def json_text(value: str | None) -> str:
     return "null" if value is None else json.dumps(value, ensure_ascii=False)
 
 
-def _finite(*values: float) -> None:
-    # repr() of a finite float is a valid JSON number; inf and nan are not.
-    if not all(map(math.isfinite, values)):
-        raise ValueError(f"{values!r} has a value with no JSON form")
-
-
-def meso_payload_json(sensor: str, cell: str | None, transducer: str, t_re: float, t_im: float,
-                      n_products: int) -> bytes:
-    """A :class:`MesoWitness` payload as JSON bytes (coherence = t_re^2 + t_im^2).
-
-    >>> meso_payload_json("s", None, "master", 0.5, 0.0, 7)
-    b'{"sensor":"s","cell":null,"transducer":"master","t_re":0.5,"t_im":0.0,"coherence":0.25,"n_products":7}'
-    """
-    _finite(t_re, t_im)
-    return (f'{{"sensor":{json_text(sensor)},"cell":{json_text(cell)},"transducer":"{transducer}",'
-            f'"t_re":{t_re!r},"t_im":{t_im!r},"coherence":{t_re * t_re + t_im * t_im!r},'
-            f'"n_products":{int(n_products)}}}').encode("utf-8")
-
-
 def _check_finite(what: str, arrays: tuple[np.ndarray, ...], values: tuple[list, ...]) -> None:
     """ValueError unless every number is finite: ``values`` are ``arrays`` as lists."""
     if arrays[0].shape[0] > 8:  # one NumPy pass per column pays off past a few values
@@ -370,7 +349,8 @@ def _check_finite(what: str, arrays: tuple[np.ndarray, ...], values: tuple[list,
 
 def meso_payloads_json(sensor: str, cell: str | None, transducer: str, t_re: np.ndarray, t_im: np.ndarray,
                        n_products: np.ndarray) -> list[bytes]:
-    """:func:`meso_payload_json` of many grid points of one sensor, byte for byte.
+    """:class:`MesoWitness` payloads of grid points of one sensor as JSON bytes
+    (coherence = t_re^2 + t_im^2); ValueError for a NaN or infinite value.
 
     >>> meso_payloads_json("s", None, "master", np.array([0.5]), np.array([0.0]), np.array([7]))
     [b'{"sensor":"s","cell":null,"transducer":"master","t_re":0.5,"t_im":0.0,"coherence":0.25,"n_products":7}']
@@ -385,7 +365,8 @@ def meso_payloads_json(sensor: str, cell: str | None, transducer: str, t_re: np.
 def sync_records_json(node: str, sensor: str, cell: str | None, t_us: np.ndarray, t_sync: np.ndarray,
                       coherence_sync: np.ndarray, t_master: np.ndarray, t_emissary: np.ndarray,
                       delta_phase: np.ndarray, collapsed: np.ndarray, mature: np.ndarray) -> list[bytes]:
-    """:func:`sync_record_json` of many grid points of one sensor (arrays), byte for byte."""
+    """:class:`SyncRecord` messages of grid points of one sensor as JSON bytes, field for
+    field; ValueError for a NaN or infinite value."""
     numbers = (t_sync, coherence_sync, t_master, t_emissary, delta_phase)
     lists = tuple(a.tolist() for a in numbers)
     _check_finite("sync record", numbers, lists)
@@ -396,21 +377,6 @@ def sync_records_json(node: str, sensor: str, cell: str | None, t_us: np.ndarray
          f'"delta_phase":{d!r},"state":"{"collapsed" if k else "dissipated"}",'
          f'"mature":{"true" if m else "false"}}}').encode("utf-8")
         for t, ts, c, tm, te, d, k, m in zip(t_us.tolist(), *lists, collapsed.tolist(), mature.tolist())]
-
-
-def sync_record_json(node: str, sensor: str, cell: str | None, t_us: int, t_sync: complex, coherence_sync: float,
-                     t_master: complex, t_emissary: complex, delta_phase: float, collapsed: bool,
-                     mature: bool) -> bytes:
-    """A :class:`SyncRecord` as JSON bytes, field for field."""
-    _finite(t_sync.real, t_sync.imag, coherence_sync, t_master.real, t_master.imag, t_emissary.real,
-            t_emissary.imag, delta_phase)
-    return (f'{{"node":{json_text(node)},"sensor":{json_text(sensor)},"cell":{json_text(cell)},'
-            f'"t":"{format_utc(t_us)}","t_sync":[{t_sync.real!r},{t_sync.imag!r}],'
-            f'"coherence_sync":{coherence_sync!r},'
-            f'"t_master":[{t_master.real!r},{t_master.imag!r}],'
-            f'"t_emissary":[{t_emissary.real!r},{t_emissary.imag!r}],'
-            f'"delta_phase":{delta_phase!r},"state":"{"collapsed" if collapsed else "dissipated"}",'
-            f'"mature":{"true" if mature else "false"}}}').encode("utf-8")
 
 
 def witness_record_json(layer: str, t_us: int, payload: bytes) -> bytes:

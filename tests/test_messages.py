@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 
+import numpy as np
 import pyarrow as pa
 import pytest
 from pydantic import ValidationError
@@ -319,75 +320,66 @@ _AWKWARD = ["pmu-7", 'quote"and\\slash', "ünïcode-φ", "tab\there"]
 _FLOATS = [0.0, -0.0, 1.0, 0.1, 1e-7, -3.5e-12, 123456789.123, 0.9999999999999999]
 
 
+def _complex(re: np.ndarray, im: np.ndarray) -> np.ndarray:
+    """Complex values keeping the sign of a zero part (``re + 1j * im`` would not)."""
+    out = np.empty(re.shape[0], np.complex128)
+    out.real, out.imag = re, im
+    return out
+
+
+# Up to 8 values the encoders check finiteness on the Python numbers, beyond that with NumPy.
+@pytest.mark.parametrize("n", [1, len(_FLOATS), 3 * len(_FLOATS)])
 @pytest.mark.parametrize("sensor", _AWKWARD)
 @pytest.mark.parametrize("cell", [None, "cell-1", "zürich"])
-def test_sync_record_json_is_the_models_message(sensor, cell):
-    from schemas.messages import sync_record_json
+def test_sync_records_json_are_the_models_messages(sensor, cell, n):
+    from schemas.messages import sync_records_json
 
-    for i, x in enumerate(_FLOATS):
-        y = _FLOATS[-1 - i]
-        value = sync_record_json("node-1", sensor, cell, 1764115200000000 + i, complex(x, -y), abs(x),
-                                 complex(y, x), complex(-x, y), abs(y), i % 2 == 0, i % 3 == 0)
-        expected = SyncRecord(node="node-1", sensor=sensor, cell=cell, t=format_utc(1764115200000000 + i),
-                              t_sync=(x, -y), coherence_sync=abs(x), t_master=(y, x), t_emissary=(-x, y),
-                              delta_phase=abs(y), state="collapsed" if i % 2 == 0 else "dissipated",
+    x = np.resize(np.array(_FLOATS), n)
+    y = x[::-1].copy()
+    t = 1764115200000000 + np.arange(n, dtype=np.int64)
+    collapsed, mature = np.arange(n) % 2 == 0, np.arange(n) % 3 == 0
+    values = sync_records_json("node-1", sensor, cell, t, _complex(x, -y), np.abs(x), _complex(y, x),
+                               _complex(-x, y), np.abs(y), collapsed, mature)
+    assert len(values) == n
+    for i, value in enumerate(values):
+        xi, yi = float(x[i]), float(y[i])
+        expected = SyncRecord(node="node-1", sensor=sensor, cell=cell, t=format_utc(int(t[i])),
+                              t_sync=(xi, -yi), coherence_sync=abs(xi), t_master=(yi, xi), t_emissary=(-xi, yi),
+                              delta_phase=abs(yi), state="collapsed" if i % 2 == 0 else "dissipated",
                               mature=i % 3 == 0)
         parsed = from_json_bytes(SyncRecord, value)
         assert parsed == expected
         assert list(json.loads(value)) == list(json.loads(to_json_bytes(expected)))  # same fields, same order
 
 
+@pytest.mark.parametrize("n", [1, len(_FLOATS), 3 * len(_FLOATS)])
 @pytest.mark.parametrize("sensor", _AWKWARD)
-def test_witness_record_json_around_a_meso_payload_is_the_models_record(sensor):
-    from schemas.messages import meso_payload_json, witness_record_json
+def test_witness_record_json_around_meso_payloads_is_the_models_record(sensor, n):
+    from schemas.messages import meso_payloads_json, witness_record_json
 
-    for x in _FLOATS:
-        payload = meso_payload_json(sensor, None, "emissary", x, -x / 3, 42)
+    x = np.resize(np.array(_FLOATS), n)
+    payloads = meso_payloads_json(sensor, None, "emissary", x, -x / 3, np.full(n, 42))
+    assert len(payloads) == n
+    for xi, payload in zip(x.tolist(), payloads):
         value = witness_record_json("meso", 1764115200123456, payload)
         expected = WitnessRecord(layer="meso", t=format_utc(1764115200123456), payload=MesoWitness(
-            sensor=sensor, cell=None, transducer="emissary", t_re=x, t_im=-x / 3,
-            coherence=x * x + (x / 3) ** 2, n_products=42))
+            sensor=sensor, cell=None, transducer="emissary", t_re=xi, t_im=-xi / 3,
+            coherence=xi * xi + (xi / 3) ** 2, n_products=42))
         assert from_json_bytes(WitnessRecord, value) == expected
         assert list(json.loads(value)["payload"]) == list(json.loads(to_json_bytes(expected))["payload"])
 
 
-def test_direct_encoders_refuse_non_finite_values():
-    from schemas.messages import meso_payload_json
+@pytest.mark.parametrize("n", [1, 20])
+def test_direct_encoders_refuse_non_finite_values(n):
+    from schemas.messages import meso_payloads_json, sync_records_json
 
+    bad = np.ones(n)
+    bad[-1] = np.nan
     with pytest.raises(ValueError, match="no JSON form"):
-        meso_payload_json("s", None, "master", float("nan"), 0.0, 1)
-
-
-@pytest.mark.parametrize("cell", [None, "zürich"])
-def test_batch_encoders_write_the_single_encoders_bytes(cell):
-    """The per-sensor batch encoders the dataflow uses give, record for record, the
-    bytes of the single-record encoders (which the tests above hold to the models)."""
-    import numpy as np
-
-    from schemas.messages import meso_payload_json, meso_payloads_json, sync_record_json, sync_records_json
-
-    x = np.array(_FLOATS)
-    y = x[::-1].copy()
-    n = len(x)
-    t = 1764115200000000 + np.arange(n, dtype=np.int64) * 10_000
-    collapsed, mature = np.arange(n) % 2 == 0, np.arange(n) % 3 == 0
-
-    def pairs(re, im):  # complex values keeping the sign of a zero part
-        out = np.empty(n, np.complex128)
-        out.real, out.imag = re, im
-        return out
-
-    xs, ys = x.tolist(), y.tolist()
-    for sensor in _AWKWARD:
-        assert meso_payloads_json(sensor, cell, "master", x, -y, np.arange(n)) == [
-            meso_payload_json(sensor, cell, "master", a, -b, k) for k, (a, b) in enumerate(zip(xs, ys))]
-        assert sync_records_json("node-1", sensor, cell, t, pairs(x, -y), np.abs(x), pairs(y, x), pairs(-x, y),
-                                 np.abs(y), collapsed, mature) == [
-            sync_record_json("node-1", sensor, cell, int(t[i]), complex(xs[i], -ys[i]), abs(xs[i]),
-                             complex(ys[i], xs[i]), complex(-xs[i], ys[i]), abs(ys[i]), bool(collapsed[i]),
-                             bool(mature[i])) for i in range(n)]
+        meso_payloads_json("s", None, "master", bad, np.zeros(n), np.ones(n))
     with pytest.raises(ValueError, match="no JSON form"):
-        meso_payloads_json("s", None, "master", np.array([0.5, np.inf]), np.zeros(2), np.ones(2))
+        meso_payloads_json("s", None, "master", np.zeros(n), np.where(bad == 1, 0.0, np.inf), np.ones(n))
+    ok, flags = np.ones(n), np.ones(n, bool)
     with pytest.raises(ValueError, match="no JSON form"):
-        sync_records_json("n", "s", None, t[:1], np.array([np.nan + 0j]), np.ones(1), np.ones(1, complex),
-                          np.ones(1, complex), np.zeros(1), collapsed[:1], mature[:1])
+        sync_records_json("n", "s", None, np.arange(n), _complex(ok, bad), ok, _complex(ok, ok), _complex(ok, ok),
+                          ok, flags, flags)
