@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -31,8 +31,8 @@ from schemas.messages import CollapseEvent, DeadLetter, sync_records_json, to_js
 
 __all__ = [
     "ArchiveRows",
-    "SignaturePiece",
-    "SyncPiece",
+    "SignatureBlock",
+    "SyncBlock",
     "TopicRecord",
     "TopicRecords",
     "collapse_events",
@@ -45,6 +45,7 @@ __all__ = [
     "input_rows",
     "mesh_rows",
     "on_grid",
+    "picked_runs",
     "signature_rows",
     "sync_messages",
     "witness_rows",
@@ -102,18 +103,30 @@ class TopicRecords(list):
 
 
 def on_grid(t_us: np.ndarray, interval_us: int) -> np.ndarray | None:
-    """Indices of the (sorted) times that are multiples of ``interval_us`` (epoch
-    aligned), or None when there are none.
+    """Indices of the times that are multiples of ``interval_us`` (epoch aligned),
+    or None when there are none.  The times may be in any order (runs of several sensors).
 
     >>> on_grid(np.array([10, 15, 20, 25]), 10).tolist(), on_grid(np.array([11, 19]), 10)
     ([0, 2], None)
     """
-    n = t_us.shape[0]
-    # Most calls cover less than one interval: decide that without touching the array.
-    if n == 0 or int(t_us[-1]) // interval_us * interval_us < int(t_us[0]):
-        return None
     index = np.flatnonzero(t_us % interval_us == 0)
     return index if index.size else None
+
+
+def picked_runs(counts: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Which runs the rows ``index`` fall in, for rows in runs of ``counts[i]`` rows each.
+
+    Returns (the runs that hold any of the rows, how many of the rows each holds);
+    ``index`` is sorted.
+
+    >>> runs, kept = picked_runs(np.array([3, 2, 4]), np.array([0, 2, 6, 8]))
+    >>> runs.tolist(), kept.tolist()
+    ([0, 2], [2, 2])
+    """
+    run = np.searchsorted(np.cumsum(counts), index, side="right")
+    kept = np.bincount(run, minlength=counts.shape[0])
+    runs = np.flatnonzero(kept)
+    return runs, kept[runs]
 
 
 def _table(dataset: str, columns: dict[str, pa.Array | np.ndarray | list]) -> pa.Table:
@@ -188,19 +201,29 @@ def input_rows(pieces: Sequence[InputPiece]) -> ArchiveRows:
     }))
 
 
-#: One transducer's values of one sensor: (sensor, cell, transducer, values).
-SignaturePiece = tuple[str, "str | None", str, WindowValues]
+class SignatureBlock(NamedTuple):
+    """Transducer values of several sensors, in runs: the ``counts[i]`` rows of
+    ``values`` after the earlier runs are of ``sensors[i]`` (cell ``cells[i]``)
+    and transducer ``transducers[i]``."""
+
+    sensors: list[str]
+    cells: list[str | None]
+    transducers: list[str]
+    counts: list[int]
+    values: WindowValues
 
 
-def signature_rows(pieces: Sequence[SignaturePiece]) -> ArchiveRows:
+def signature_rows(blocks: Sequence[SignatureBlock]) -> ArchiveRows:
     """``temporal_signatures/`` rows of transducer values of any sensors."""
-    counts = [len(p[3]) for p in pieces]
-    T = np.concatenate([p[3].T for p in pieces])
+    counts = [n for b in blocks for n in b.counts]
+    values = WindowValues.concat([b.values for b in blocks])
+    T = values.T
     return ArchiveRows("temporal_signatures", _table("temporal_signatures", {
-        "sensor": _labels([p[0] for p in pieces], counts), "cell": _labels([p[1] for p in pieces], counts),
-        "transducer": _labels([p[2] for p in pieces], counts),
-        "t": _times(np.concatenate([p[3].t for p in pieces])), "t_re": T.real, "t_im": T.imag,
-        "coherence": T.real ** 2 + T.imag ** 2, "n_products": np.concatenate([p[3].n_products for p in pieces]),
+        "sensor": _labels([s for b in blocks for s in b.sensors], counts),
+        "cell": _labels([c for b in blocks for c in b.cells], counts),
+        "transducer": _labels([k for b in blocks for k in b.transducers], counts),
+        "t": _times(values.t), "t_re": T.real, "t_im": T.imag,
+        "coherence": T.real ** 2 + T.imag ** 2, "n_products": values.n_products,
     }))
 
 
@@ -208,21 +231,29 @@ def _state(collapsed: np.ndarray) -> pa.Array:
     return pa.array(np.where(collapsed, "collapsed", "dissipated"), pa.string())
 
 
-#: One sensor's sync values: (sensor, cell, values).
-SyncPiece = tuple[str, "str | None", SyncValues]
+class SyncBlock(NamedTuple):
+    """Sync values of several sensors, in runs: the ``counts[i]`` rows of
+    ``values`` after the earlier runs are of ``sensors[i]`` (cell ``cells[i]``)."""
+
+    sensors: list[str]
+    cells: list[str | None]
+    counts: list[int]
+    values: SyncValues
 
 
-def _sync_columns(pieces: Sequence[SyncPiece]) -> tuple[list[int], SyncValues]:
-    counts = [len(p[2]) for p in pieces]
-    return counts, SyncValues(*(np.concatenate(columns) for columns in zip(*(p[2] for p in pieces))))
+def _sync_columns(blocks: Sequence[SyncBlock]) -> tuple[list[int], SyncValues]:
+    counts = [n for b in blocks for n in b.counts]
+    if len(blocks) == 1:
+        return counts, blocks[0].values
+    return counts, SyncValues(*(np.concatenate(columns) for columns in zip(*(b.values for b in blocks))))
 
 
-def history_rows(pieces: Sequence[SyncPiece]) -> ArchiveRows:
+def history_rows(blocks: Sequence[SyncBlock]) -> ArchiveRows:
     """``coherence_history/`` rows of sync values of any sensors."""
-    counts, sv = _sync_columns(pieces)
+    counts, sv = _sync_columns(blocks)
     em, ma = sv.T_emissary, sv.T_master
     return ArchiveRows("coherence_history", _table("coherence_history", {
-        "sensor": _labels([p[0] for p in pieces], counts), "t": _times(sv.t),
+        "sensor": _labels([s for b in blocks for s in b.sensors], counts), "t": _times(sv.t),
         "coherence_master": ma.real ** 2 + ma.imag ** 2, "coherence_emissary": em.real ** 2 + em.imag ** 2,
         "coherence_sync": sv.coherence_sync, "delta_phase": sv.delta_phase, "state": _state(sv.collapsed),
     }))
@@ -256,19 +287,20 @@ def events_rows(events: list[CollapseEvent]) -> ArchiveRows:
     }))
 
 
-def sync_messages(node: str, sensor: str, cell: str | None, sv: SyncValues) -> list[bytes]:
-    """The sync-topic message values of ``sv`` (the caller picks the publish grid points)."""
-    return sync_records_json(node, sensor, cell, sv.t, sv.T_sync, sv.coherence_sync, sv.T_master, sv.T_emissary,
-                             sv.delta_phase, sv.collapsed, sv.mature)
+def sync_messages(node: str, block: SyncBlock) -> list[bytes]:
+    """The sync-topic message values of ``block`` (the caller picks the publish grid points)."""
+    sv = block.values
+    return sync_records_json(node, block.sensors, block.cells, block.counts, sv.t, sv.T_sync, sv.coherence_sync,
+                             sv.T_master, sv.T_emissary, sv.delta_phase, sv.collapsed, sv.mature)
 
 
-def mesh_rows(node: str, pieces: Sequence[SyncPiece]) -> ArchiveRows:
+def mesh_rows(node: str, blocks: Sequence[SyncBlock]) -> ArchiveRows:
     """``mesh_sync/`` rows: the sync feed of any sensors, column for column."""
-    counts, sv = _sync_columns(pieces)
+    counts, sv = _sync_columns(blocks)
     n = len(sv)
     return ArchiveRows("mesh_sync", _table("mesh_sync", {
-        "node": _repeat(node, n), "sensor": _labels([p[0] for p in pieces], counts),
-        "cell": _labels([p[1] for p in pieces], counts), "t": _times(sv.t),
+        "node": _repeat(node, n), "sensor": _labels([s for b in blocks for s in b.sensors], counts),
+        "cell": _labels([c for b in blocks for c in b.cells], counts), "t": _times(sv.t),
         "t_sync_re": sv.T_sync.real, "t_sync_im": sv.T_sync.imag, "coherence_sync": sv.coherence_sync,
         "t_master_re": sv.T_master.real, "t_master_im": sv.T_master.imag,
         "t_emissary_re": sv.T_emissary.real, "t_emissary_im": sv.T_emissary.imag,

@@ -53,11 +53,11 @@ from confluent_kafka import Message as KafkaMessage
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
-from connectors.metrics import ledger, metrics, serve
+from connectors.metrics import SensorLedger, ledger, metrics, serve
 from flows.emit import (
     ArchiveRows,
-    SignaturePiece,
-    SyncPiece,
+    SignatureBlock,
+    SyncBlock,
     TopicRecord,
     TopicRecords,
     collapse_events,
@@ -70,6 +70,7 @@ from flows.emit import (
     input_rows,
     mesh_rows,
     on_grid,
+    picked_runs,
     signature_rows,
     sync_messages,
     witness_rows,
@@ -88,6 +89,7 @@ from schemas.messages import (
     MacroWitness,
     MicroWitness,
     meso_payloads_json,
+    per_row,
     to_json_bytes,
 )
 
@@ -324,12 +326,13 @@ class _ResonateLogic(StatefulBatchLogic[list[SampleBatch], Any, dict[str, Resona
         m, run = metrics(), ledger()
         out: list[Any] = []
         released: list[SampleBatch] = []
-        signatures: list[SignaturePiece] = []
-        history: list[SyncPiece] = []
-        mesh: list[SyncPiece] = []
-        events: list[CollapseEvent] = []
+        # The grid values of every sensor, in runs (one per sensor and transducer), go out together
+        # below: their topic messages and archive rows are built across sensors, not per sensor.
+        windows: list[tuple[Resonator, str, WindowValues]] = []
+        syncs: list[tuple[Resonator, SyncValues, float, SensorLedger]] = []
         accepted = 0
         rejected: dict[str, int] = {}
+        newest: int | None = None
         for r, res in steps:
             entry = run.sensor(r.sensor)
             if res.dead:
@@ -342,61 +345,91 @@ class _ResonateLogic(StatefulBatchLogic[list[SampleBatch], Any, dict[str, Resona
                 accepted += n
                 entry.samples += n
                 released.append(res.released)
-            if res.watermark is not None:
-                run.watermark(res.watermark)
-            for kind, values in (("emissary", res.emissary), ("master", res.master)):
-                if not len(values):
-                    continue
-                # The same intervals (all 1 s by default) give the same grid points: look once.
-                at_signature = on_grid(values.t, self.signature_us) if self.signatures or self.same_meso else None
-                if self.signatures and at_signature is not None:
-                    signatures.append((r.sensor, r.cell, kind, values.select(at_signature)))
-                if self.meso:
-                    at_meso = at_signature if self.same_meso else on_grid(values.t, self.meso_us)
-                    if at_meso is not None:
-                        out.extend(self._meso(r, kind, values, at_meso))
+            if res.watermark is not None and (newest is None or res.watermark > newest):
+                newest = res.watermark
+            if len(res.emissary):
+                windows.append((r, "emissary", res.emissary))
+            if len(res.master):
+                windows.append((r, "master", res.master))
             sv = res.sync
-            if sv is None or not len(sv):
-                continue
-            if sv.event.any():
-                events.extend(self._transitions(r, sv, res.ingested, out))
-            entry.coherence_sync = float(sv.coherence_sync[-1])
-            entry.collapsed = bool(sv.collapsed[-1])
-            if self.per_sensor:
-                m.sensor_coherence.labels(r.sensor).set(entry.coherence_sync)
-            publish = on_grid(sv.t, self.publish_us)
-            at_history = (publish if self.same_history else on_grid(sv.t, self.signature_us)) if self.history else None
-            if publish is not None:
-                picked = sv.select(publish)
-                key = r.sensor.encode("utf-8")
-                out.extend(TopicRecord("sync", key, value)
-                           for value in sync_messages(self.node, r.sensor, r.cell, picked))
-                mesh.append((r.sensor, r.cell, picked))
-            if at_history is not None:
-                history.append((r.sensor, r.cell, picked if self.same_history else sv.select(at_history)))
+            if sv is not None and len(sv):
+                syncs.append((r, sv, res.ingested, entry))
+        if newest is not None:
+            run.watermark(newest)
         if accepted:
             m.samples.labels("accepted").inc(accepted)
         for reason, n in rejected.items():
             m.samples.labels(reason).inc(n)
+        signatures = self._window_outputs(windows, out) if windows else None
+        history, mesh, events = self._sync_outputs(syncs, out) if syncs else (None, None, [])
         # Tables of the high-volume datasets are built on the archive's writer thread.
         if released and self.archive_input:
             # Only the arrays travel: a batch also references its source messages.
             out.append(deferred(input_rows, "input", input_pieces(released), runs=input_key_runs))
-        if signatures:
-            out.append(deferred(signature_rows, "temporal_signatures", signatures))
-        if history:
-            out.append(deferred(history_rows, "coherence_history", history))
-        if mesh and self.mesh:
-            out.append(deferred(mesh_rows, "mesh_sync", self.node, mesh))
+        if signatures is not None:
+            out.append(deferred(signature_rows, "temporal_signatures", [signatures]))
+        if history is not None:
+            out.append(deferred(history_rows, "coherence_history", [history]))
+        if mesh is not None and self.mesh:
+            out.append(deferred(mesh_rows, "mesh_sync", self.node, [mesh]))
         if events and self.events:
             out.append(events_rows(events))
         return out
 
-    def _meso(self, r: Resonator, kind: str, values: WindowValues, keep: np.ndarray) -> list[WitnessEntry]:
-        T = values.T[keep]
-        payloads = meso_payloads_json(r.sensor, r.cell, kind, T.real, T.imag, values.n_products[keep])
-        sensor = r.sensor
-        return [WitnessEntry("meso", t, sensor, payload) for t, payload in zip(values.t[keep].tolist(), payloads)]
+    def _window_outputs(self, windows: list[tuple[Resonator, str, WindowValues]],
+                        out: list[Any]) -> SignatureBlock | None:
+        """Meso witness entries (into ``out``); the signature rows of the transducers' values."""
+        if not (self.signatures or self.meso):
+            return None
+        counts = np.array([len(v) for _, _, v in windows], np.int64)
+        t = np.concatenate([v.t for _, _, v in windows])
+        at_signature = on_grid(t, self.signature_us) if self.signatures or self.same_meso else None
+        signatures = None
+        if self.signatures and at_signature is not None:
+            signatures = _window_block(windows, counts, at_signature)
+        if self.meso:
+            at_meso = at_signature if self.same_meso else on_grid(t, self.meso_us)
+            if at_meso is not None:
+                block = signatures if self.same_meso and signatures is not None else \
+                    _window_block(windows, counts, at_meso)
+                T = block.values.T
+                payloads = meso_payloads_json(block.sensors, block.cells, block.transducers, block.counts,
+                                              T.real, T.imag, block.values.n_products)
+                out.extend(WitnessEntry("meso", g, sensor, payload) for g, sensor, payload in zip(
+                    block.values.t.tolist(), per_row(block.sensors, block.counts), payloads))
+        return signatures
+
+    def _sync_outputs(self, syncs: list[tuple[Resonator, SyncValues, float, SensorLedger]], out: list[Any]
+                      ) -> tuple[SyncBlock | None, SyncBlock | None, list[CollapseEvent]]:
+        """Collapse and sync messages (into ``out``); the history and mesh rows, the events."""
+        m = metrics()
+        counts = np.array([len(sv) for _, sv, _, _ in syncs], np.int64)
+        sv = SyncValues(*(np.concatenate(column) for column in zip(*(s for _, s, _, _ in syncs))))
+        ends = np.cumsum(counts)
+        last = ends - 1
+        for (r, _, _, entry), coherence, collapsed in zip(syncs, sv.coherence_sync[last].tolist(),
+                                                           sv.collapsed[last].tolist()):
+            entry.coherence_sync = coherence
+            entry.collapsed = collapsed
+            if self.per_sensor:
+                m.sensor_coherence.labels(r.sensor).set(coherence)
+        events: list[CollapseEvent] = []
+        changed = np.flatnonzero(sv.event)
+        if changed.size:  # few: a transition is one sensor's event
+            for i in np.unique(np.searchsorted(ends, changed, side="right")).tolist():
+                r, values, ingested, _ = syncs[i]
+                events.extend(self._transitions(r, values, ingested, out))
+        publish = on_grid(sv.t, self.publish_us)
+        at_history = (publish if self.same_history else on_grid(sv.t, self.signature_us)) if self.history else None
+        published = history = None
+        if publish is not None:
+            runs, published = _sync_block(syncs, counts, sv, publish)
+            keys = per_row([syncs[i][0].sensor.encode("utf-8") for i in runs.tolist()], published.counts)
+            out.extend(TopicRecord("sync", key, value)
+                       for key, value in zip(keys, sync_messages(self.node, published)))
+        if at_history is not None:
+            history = published if self.same_history else _sync_block(syncs, counts, sv, at_history)[1]
+        return history, published, events
 
     def _transitions(self, r: Resonator, sv: SyncValues, ingested: float, out: list[Any]) -> list[CollapseEvent]:
         m, entry = metrics(), ledger().sensor(r.sensor)
@@ -420,6 +453,24 @@ class _ResonateLogic(StatefulBatchLogic[list[SampleBatch], Any, dict[str, Resona
                     event=event, coherence_master=abs(Tm) ** 2, coherence_emissary=abs(Te) ** 2,
                     master_span=int(sv.master_span_us[k]) * 1e-6)))
         return events
+
+
+def _window_block(windows: list[tuple[Resonator, str, WindowValues]], counts: np.ndarray,
+                  index: np.ndarray) -> SignatureBlock:
+    """The rows ``index`` of the runs ``windows`` (``counts`` rows each) as one block."""
+    runs, kept = picked_runs(counts, index)
+    picked = [windows[i] for i in runs.tolist()]
+    values = WindowValues(*(np.concatenate(column)[index] for column in zip(*(v for _, _, v in windows))))
+    return SignatureBlock([r.sensor for r, _, _ in picked], [r.cell for r, _, _ in picked],
+                          [kind for _, kind, _ in picked], kept.tolist(), values)
+
+
+def _sync_block(syncs: list[tuple[Resonator, SyncValues, float, SensorLedger]], counts: np.ndarray,
+                sv: SyncValues, index: np.ndarray) -> tuple[np.ndarray, SyncBlock]:
+    """(the runs kept, the rows ``index`` of ``sv`` as one block); ``sv`` is the runs of ``syncs``."""
+    runs, kept = picked_runs(counts, index)
+    sensors = [syncs[i][0] for i in runs.tolist()]
+    return runs, SyncBlock([r.sensor for r in sensors], [r.cell for r in sensors], kept.tolist(), sv.select(index))
 
 
 class _WitnessLogic(StatefulBatchLogic[WitnessEntries, Any, WitnessLog]):

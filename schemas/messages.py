@@ -35,7 +35,7 @@ import functools
 import hashlib
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -67,6 +67,7 @@ __all__ = [
     "json_text",
     "meso_payloads_json",
     "parse_sample",
+    "per_row",
     "parse_utc",
     "sample_from_object",
     "sync_records_json",
@@ -314,6 +315,7 @@ class _Wire(BaseModel):
 
 
 M = TypeVar("M", bound=BaseModel)
+L = TypeVar("L")  # a label of rows
 
 
 # --------------------------------------------------------------------------
@@ -347,36 +349,58 @@ def _check_finite(what: str, arrays: tuple[np.ndarray, ...], values: tuple[list,
         raise ValueError(f"{what}: a value with no JSON form (NaN or infinite)")
 
 
-def meso_payloads_json(sensor: str, cell: str | None, transducer: str, t_re: np.ndarray, t_im: np.ndarray,
-                       n_products: np.ndarray) -> list[bytes]:
-    """:class:`MesoWitness` payloads of grid points of one sensor as JSON bytes
-    (coherence = t_re^2 + t_im^2); ValueError for a NaN or infinite value.
+def per_row(labels: Sequence[L], counts: Sequence[int]) -> list[L]:
+    """``labels[i]`` repeated ``counts[i]`` times, in order: a label of each row of runs.
 
-    >>> meso_payloads_json("s", None, "master", np.array([0.5]), np.array([0.0]), np.array([7]))
+    >>> per_row(["a", "b", "c"], [2, 0, 1])
+    ['a', 'a', 'c']
+    """
+    if len(labels) == 1:
+        return [labels[0]] * int(counts[0])
+    return [label for label, n in zip(labels, counts) for _ in range(n)]
+
+
+def meso_payloads_json(sensors: Sequence[str], cells: Sequence[str | None], transducers: Sequence[str],
+                       counts: Sequence[int], t_re: np.ndarray, t_im: np.ndarray,
+                       n_products: np.ndarray) -> list[bytes]:
+    """:class:`MesoWitness` payloads of grid points as JSON bytes (coherence = t_re^2 + t_im^2).
+
+    The rows come in runs: the ``counts[i]`` rows after the earlier runs are of
+    ``sensors[i]`` (cell ``cells[i]``) and transducer ``transducers[i]``, so one
+    call encodes the values of many sensors.  ValueError for a NaN or infinite value.
+
+    >>> meso_payloads_json(["s"], [None], ["master"], [1], np.array([0.5]), np.array([0.0]), np.array([7]))
     [b'{"sensor":"s","cell":null,"transducer":"master","t_re":0.5,"t_im":0.0,"coherence":0.25,"n_products":7}']
     """
     res, ims = t_re.tolist(), t_im.tolist()
     _check_finite("meso payload", (t_re, t_im), (res, ims))
-    head = f'{{"sensor":{json_text(sensor)},"cell":{json_text(cell)},"transducer":"{transducer}","t_re":'
+    heads = per_row([f'{{"sensor":{json_text(sensor)},"cell":{json_text(cell)},"transducer":"{transducer}","t_re":'
+                      for sensor, cell, transducer in zip(sensors, cells, transducers)], counts)
     return [f'{head}{re!r},"t_im":{im!r},"coherence":{re * re + im * im!r},"n_products":{n}}}'.encode("utf-8")
-            for re, im, n in zip(res, ims, np.asarray(n_products, np.int64).tolist())]
+            for head, re, im, n in zip(heads, res, ims, np.asarray(n_products, np.int64).tolist())]
 
 
-def sync_records_json(node: str, sensor: str, cell: str | None, t_us: np.ndarray, t_sync: np.ndarray,
-                      coherence_sync: np.ndarray, t_master: np.ndarray, t_emissary: np.ndarray,
-                      delta_phase: np.ndarray, collapsed: np.ndarray, mature: np.ndarray) -> list[bytes]:
-    """:class:`SyncRecord` messages of grid points of one sensor as JSON bytes, field for
-    field; ValueError for a NaN or infinite value."""
+def sync_records_json(node: str, sensors: Sequence[str], cells: Sequence[str | None], counts: Sequence[int],
+                      t_us: np.ndarray, t_sync: np.ndarray, coherence_sync: np.ndarray, t_master: np.ndarray,
+                      t_emissary: np.ndarray, delta_phase: np.ndarray, collapsed: np.ndarray,
+                      mature: np.ndarray) -> list[bytes]:
+    """:class:`SyncRecord` messages of grid points as JSON bytes, field for field.
+
+    The rows come in runs: the ``counts[i]`` rows after the earlier runs are of
+    ``sensors[i]`` (cell ``cells[i]``).  ValueError for a NaN or infinite value.
+    """
     numbers = (t_sync, coherence_sync, t_master, t_emissary, delta_phase)
     lists = tuple(a.tolist() for a in numbers)
     _check_finite("sync record", numbers, lists)
-    head = f'{{"node":{json_text(node)},"sensor":{json_text(sensor)},"cell":{json_text(cell)},"t":"'
+    heads = per_row([f'{{"node":{json_text(node)},"sensor":{json_text(sensor)},"cell":{json_text(cell)},"t":"'
+                      for sensor, cell in zip(sensors, cells)], counts)
     return [
         (f'{head}{format_utc(t)}","t_sync":[{ts.real!r},{ts.imag!r}],"coherence_sync":{c!r},'
          f'"t_master":[{tm.real!r},{tm.imag!r}],"t_emissary":[{te.real!r},{te.imag!r}],'
          f'"delta_phase":{d!r},"state":"{"collapsed" if k else "dissipated"}",'
          f'"mature":{"true" if m else "false"}}}').encode("utf-8")
-        for t, ts, c, tm, te, d, k, m in zip(t_us.tolist(), *lists, collapsed.tolist(), mature.tolist())]
+        for head, t, ts, c, tm, te, d, k, m in zip(heads, t_us.tolist(), *lists, collapsed.tolist(),
+                                                   mature.tolist())]
 
 
 def witness_record_json(layer: str, t_us: int, payload: bytes) -> bytes:

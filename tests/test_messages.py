@@ -338,7 +338,7 @@ def test_sync_records_json_are_the_models_messages(sensor, cell, n):
     y = x[::-1].copy()
     t = 1764115200000000 + np.arange(n, dtype=np.int64)
     collapsed, mature = np.arange(n) % 2 == 0, np.arange(n) % 3 == 0
-    values = sync_records_json("node-1", sensor, cell, t, _complex(x, -y), np.abs(x), _complex(y, x),
+    values = sync_records_json("node-1", [sensor], [cell], [n], t, _complex(x, -y), np.abs(x), _complex(y, x),
                                _complex(-x, y), np.abs(y), collapsed, mature)
     assert len(values) == n
     for i, value in enumerate(values):
@@ -358,7 +358,7 @@ def test_witness_record_json_around_meso_payloads_is_the_models_record(sensor, n
     from schemas.messages import meso_payloads_json, witness_record_json
 
     x = np.resize(np.array(_FLOATS), n)
-    payloads = meso_payloads_json(sensor, None, "emissary", x, -x / 3, np.full(n, 42))
+    payloads = meso_payloads_json([sensor], [None], ["emissary"], [n], x, -x / 3, np.full(n, 42))
     assert len(payloads) == n
     for xi, payload in zip(x.tolist(), payloads):
         value = witness_record_json("meso", 1764115200123456, payload)
@@ -369,6 +369,23 @@ def test_witness_record_json_around_meso_payloads_is_the_models_record(sensor, n
         assert list(json.loads(value)["payload"]) == list(json.loads(to_json_bytes(expected))["payload"])
 
 
+def test_direct_encoders_label_each_run_of_rows_with_its_sensor():
+    from schemas.messages import meso_payloads_json, sync_records_json
+
+    sensors, cells, counts = ["a", "b", "c"], [None, "x", "cell-c"], [2, 0, 3]
+    x = np.linspace(0.1, 0.5, 5)
+    t = 1764115200000000 + np.arange(5, dtype=np.int64)
+    flags = np.zeros(5, bool)
+    sync = [json.loads(v) for v in sync_records_json("node-1", sensors, cells, counts, t, _complex(x, x), x,
+                                                     _complex(x, x), _complex(x, x), x, flags, flags)]
+    assert [(r["sensor"], r["cell"]) for r in sync] == [("a", None)] * 2 + [("c", "cell-c")] * 3
+    assert [r["t_sync"][0] for r in sync] == x.tolist()  # rows stay in order
+    meso = [json.loads(v) for v in meso_payloads_json(sensors, cells, ["emissary", "master", "master"], counts,
+                                                      x, -x, np.arange(5))]
+    assert [(r["sensor"], r["transducer"], r["n_products"]) for r in meso] == [
+        ("a", "emissary", 0), ("a", "emissary", 1), ("c", "master", 2), ("c", "master", 3), ("c", "master", 4)]
+
+
 @pytest.mark.parametrize("n", [1, 20])
 def test_direct_encoders_refuse_non_finite_values(n):
     from schemas.messages import meso_payloads_json, sync_records_json
@@ -376,10 +393,11 @@ def test_direct_encoders_refuse_non_finite_values(n):
     bad = np.ones(n)
     bad[-1] = np.nan
     with pytest.raises(ValueError, match="no JSON form"):
-        meso_payloads_json("s", None, "master", bad, np.zeros(n), np.ones(n))
+        meso_payloads_json(["s"], [None], ["master"], [n], bad, np.zeros(n), np.ones(n))
     with pytest.raises(ValueError, match="no JSON form"):
-        meso_payloads_json("s", None, "master", np.zeros(n), np.where(bad == 1, 0.0, np.inf), np.ones(n))
+        meso_payloads_json(["s"], [None], ["master"], [n], np.zeros(n), np.where(bad == 1, 0.0, np.inf),
+                           np.ones(n))
     ok, flags = np.ones(n), np.ones(n, bool)
     with pytest.raises(ValueError, match="no JSON form"):
-        sync_records_json("n", "s", None, np.arange(n), _complex(ok, bad), ok, _complex(ok, ok), _complex(ok, ok),
-                          ok, flags, flags)
+        sync_records_json("n", ["s"], [None], [n], np.arange(n), _complex(ok, bad), ok, _complex(ok, ok),
+                          _complex(ok, ok), ok, flags, flags)
