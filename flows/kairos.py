@@ -79,7 +79,7 @@ from flows.sources import PhaseFile, SyntheticSamples, kafka_source, request_sto
 from operators.decode import RawMessage, decode_messages
 from operators.grid import WindowValues
 from operators.params import KairosParams
-from operators.resonator import Resonance, Resonator, ResonatorSettings
+from operators.resonator import GridRows, Resonance, Resonator, ResonatorSettings
 from operators.samples import SampleBatch
 from operators.sync import SyncValues
 from operators.witness import WitnessEntries, WitnessEntry, WitnessLog
@@ -308,28 +308,32 @@ class _ResonateLogic(StatefulBatchLogic[list[SampleBatch], Any, dict[str, Resona
     def on_batch(self, values: list[list[SampleBatch]]) -> tuple[Iterable[Any], bool]:
         started = time.perf_counter()
         now_us = time.time_ns() // 1000
+        # Each sample makes at most one grid point of each transducer due (plus one pending each).
+        rows = GridRows(sum(len(b) + 2 for group in values for b in group))
         # Batches of one sensor go in arrival order (they may differ in channel count).
-        steps = [(r, r.push(b, now_us)) for group in values for b in group
+        steps = [(r, r.push(b, now_us, rows)) for group in values for b in group
                  for r in (self._resonator(b.sensor),)]
-        out = _bundled(self._outputs(steps))
+        out = _bundled(self._outputs(steps, rows))
         metrics().batch_seconds.labels("resonate").observe(time.perf_counter() - started)
         return out, StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[Iterable[Any], bool]:
-        steps = [(r, r.flush()) for _, r in sorted(self.resonators.items())]
-        return _bundled(self._outputs(steps)), StatefulBatchLogic.RETAIN
+        rows = GridRows()
+        steps = [(r, r.flush(rows)) for _, r in sorted(self.resonators.items())]
+        return _bundled(self._outputs(steps, rows)), StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> dict[str, Resonator]:
         return self.resonators
 
-    def _outputs(self, steps: list[tuple[Resonator, Resonance]]) -> list[Any]:
+    def _outputs(self, steps: list[tuple[Resonator, Resonance]], rows: GridRows) -> list[Any]:
         m, run = metrics(), ledger()
         out: list[Any] = []
         released: list[SampleBatch] = []
-        # The grid values of every sensor, in runs (one per sensor and transducer), go out together
-        # below: their topic messages and archive rows are built across sensors, not per sensor.
-        windows: list[tuple[Resonator, str, WindowValues]] = []
-        syncs: list[tuple[Resonator, SyncValues, float, SensorLedger]] = []
+        # Every call wrote its grid values to `rows`, one run after the other: the topic
+        # messages and archive rows of all the sensors are built from those columns at once.
+        emissary_runs: list[tuple[Resonator, Resonance, SensorLedger]] = []
+        master_runs: list[Resonator] = []
+        master_counts: list[int] = []
         accepted = 0
         rejected: dict[str, int] = {}
         newest: int | None = None
@@ -347,27 +351,34 @@ class _ResonateLogic(StatefulBatchLogic[list[SampleBatch], Any, dict[str, Resona
                 released.append(res.released)
             if res.watermark is not None and (newest is None or res.watermark > newest):
                 newest = res.watermark
-            if len(res.emissary):
-                windows.append((r, "emissary", res.emissary))
-            if len(res.master):
-                windows.append((r, "master", res.master))
-            sv = res.sync
-            if sv is not None and len(sv):
-                syncs.append((r, sv, res.ingested, entry))
+            if res.emissary_count:
+                emissary_runs.append((r, res, entry))
+            if res.master_count:
+                master_runs.append(r)
+                master_counts.append(res.master_count)
         if newest is not None:
             run.watermark(newest)
         if accepted:
             m.samples.labels("accepted").inc(accepted)
         for reason, n in rejected.items():
             m.samples.labels(reason).inc(n)
-        signatures = self._window_outputs(windows, out) if windows else None
-        history, mesh, events = self._sync_outputs(syncs, out) if syncs else (None, None, [])
+        signatures: list[SignatureBlock] = []
+        history = mesh = None
+        events: list[CollapseEvent] = []
+        if emissary_runs:
+            counts = np.array([res.emissary_count for _, res, _ in emissary_runs], np.int64)
+            signatures.extend(self._window_outputs("emissary", [r for r, _, _ in emissary_runs], counts,
+                                                   rows.emissary, out))
+            history, mesh, events = self._sync_outputs(emissary_runs, counts, rows.sync, out)
+        if master_runs:
+            signatures.extend(self._window_outputs("master", master_runs, np.array(master_counts, np.int64),
+                                                   rows.master, out))
         # Tables of the high-volume datasets are built on the archive's writer thread.
         if released and self.archive_input:
             # Only the arrays travel: a batch also references its source messages.
             out.append(deferred(input_rows, "input", input_pieces(released), runs=input_key_runs))
-        if signatures is not None:
-            out.append(deferred(signature_rows, "temporal_signatures", [signatures]))
+        if signatures:
+            out.append(deferred(signature_rows, "temporal_signatures", signatures))
         if history is not None:
             out.append(deferred(history_rows, "coherence_history", [history]))
         if mesh is not None and self.mesh:
@@ -376,39 +387,38 @@ class _ResonateLogic(StatefulBatchLogic[list[SampleBatch], Any, dict[str, Resona
             out.append(events_rows(events))
         return out
 
-    def _window_outputs(self, windows: list[tuple[Resonator, str, WindowValues]],
-                        out: list[Any]) -> SignatureBlock | None:
-        """Meso witness entries (into ``out``); the signature rows of the transducers' values."""
+    def _window_outputs(self, kind: str, resonators: list[Resonator], counts: np.ndarray, values: WindowValues,
+                        out: list[Any]) -> list[SignatureBlock]:
+        """Meso witness entries (into ``out``) and signature rows of one transducer's values,
+        ``counts[i]`` rows of ``resonators[i]`` after the other."""
         if not (self.signatures or self.meso):
-            return None
-        counts = np.array([len(v) for _, _, v in windows], np.int64)
-        t = np.concatenate([v.t for _, _, v in windows])
-        at_signature = on_grid(t, self.signature_us) if self.signatures or self.same_meso else None
+            return []
+        at_signature = on_grid(values.t, self.signature_us) if self.signatures or self.same_meso else None
         signatures = None
         if self.signatures and at_signature is not None:
-            signatures = _window_block(windows, counts, at_signature)
+            signatures = _window_block(kind, resonators, counts, values, at_signature)
         if self.meso:
-            at_meso = at_signature if self.same_meso else on_grid(t, self.meso_us)
+            at_meso = at_signature if self.same_meso else on_grid(values.t, self.meso_us)
             if at_meso is not None:
                 block = signatures if self.same_meso and signatures is not None else \
-                    _window_block(windows, counts, at_meso)
+                    _window_block(kind, resonators, counts, values, at_meso)
                 T = block.values.T
                 payloads = meso_payloads_json(block.sensors, block.cells, block.transducers, block.counts,
                                               T.real, T.imag, block.values.n_products)
                 out.extend(WitnessEntry("meso", g, sensor, payload) for g, sensor, payload in zip(
                     block.values.t.tolist(), per_row(block.sensors, block.counts), payloads))
-        return signatures
+        return [] if signatures is None else [signatures]
 
-    def _sync_outputs(self, syncs: list[tuple[Resonator, SyncValues, float, SensorLedger]], out: list[Any]
+    def _sync_outputs(self, runs: list[tuple[Resonator, Resonance, SensorLedger]], counts: np.ndarray,
+                      sv: SyncValues, out: list[Any]
                       ) -> tuple[SyncBlock | None, SyncBlock | None, list[CollapseEvent]]:
-        """Collapse and sync messages (into ``out``); the history and mesh rows, the events."""
+        """Collapse and sync messages (into ``out``); the history and mesh rows, the events.
+        ``sv`` holds ``counts[i]`` rows of ``runs[i]`` after the other."""
         m = metrics()
-        counts = np.array([len(sv) for _, sv, _, _ in syncs], np.int64)
-        sv = SyncValues(*(np.concatenate(column) for column in zip(*(s for _, s, _, _ in syncs))))
         ends = np.cumsum(counts)
         last = ends - 1
-        for (r, _, _, entry), coherence, collapsed in zip(syncs, sv.coherence_sync[last].tolist(),
-                                                           sv.collapsed[last].tolist()):
+        for (r, _, entry), coherence, collapsed in zip(runs, sv.coherence_sync[last].tolist(),
+                                                        sv.collapsed[last].tolist()):
             entry.coherence_sync = coherence
             entry.collapsed = collapsed
             if self.per_sensor:
@@ -417,18 +427,19 @@ class _ResonateLogic(StatefulBatchLogic[list[SampleBatch], Any, dict[str, Resona
         changed = np.flatnonzero(sv.event)
         if changed.size:  # few: a transition is one sensor's event
             for i in np.unique(np.searchsorted(ends, changed, side="right")).tolist():
-                r, values, ingested, _ = syncs[i]
-                events.extend(self._transitions(r, values, ingested, out))
+                r, res, _ = runs[i]
+                events.extend(self._transitions(r, res.sync, res.ingested, out))
         publish = on_grid(sv.t, self.publish_us)
         at_history = (publish if self.same_history else on_grid(sv.t, self.signature_us)) if self.history else None
+        resonators = [r for r, _, _ in runs]
         published = history = None
         if publish is not None:
-            runs, published = _sync_block(syncs, counts, sv, publish)
-            keys = per_row([syncs[i][0].sensor.encode("utf-8") for i in runs.tolist()], published.counts)
+            published = _sync_block(resonators, counts, sv, publish)
+            keys = per_row([sensor.encode("utf-8") for sensor in published.sensors], published.counts)
             out.extend(TopicRecord("sync", key, value)
                        for key, value in zip(keys, sync_messages(self.node, published)))
         if at_history is not None:
-            history = published if self.same_history else _sync_block(syncs, counts, sv, at_history)[1]
+            history = published if self.same_history else _sync_block(resonators, counts, sv, at_history)
         return history, published, events
 
     def _transitions(self, r: Resonator, sv: SyncValues, ingested: float, out: list[Any]) -> list[CollapseEvent]:
@@ -455,22 +466,20 @@ class _ResonateLogic(StatefulBatchLogic[list[SampleBatch], Any, dict[str, Resona
         return events
 
 
-def _window_block(windows: list[tuple[Resonator, str, WindowValues]], counts: np.ndarray,
+def _window_block(kind: str, resonators: list[Resonator], counts: np.ndarray, values: WindowValues,
                   index: np.ndarray) -> SignatureBlock:
-    """The rows ``index`` of the runs ``windows`` (``counts`` rows each) as one block."""
+    """The rows ``index`` of ``values`` (``counts[i]`` rows of ``resonators[i]`` after the other) as one block."""
     runs, kept = picked_runs(counts, index)
-    picked = [windows[i] for i in runs.tolist()]
-    values = WindowValues(*(np.concatenate(column)[index] for column in zip(*(v for _, _, v in windows))))
-    return SignatureBlock([r.sensor for r, _, _ in picked], [r.cell for r, _, _ in picked],
-                          [kind for _, kind, _ in picked], kept.tolist(), values)
+    picked = [resonators[i] for i in runs.tolist()]
+    return SignatureBlock([r.sensor for r in picked], [r.cell for r in picked], [kind] * len(picked), kept.tolist(),
+                          values.select(index))
 
 
-def _sync_block(syncs: list[tuple[Resonator, SyncValues, float, SensorLedger]], counts: np.ndarray,
-                sv: SyncValues, index: np.ndarray) -> tuple[np.ndarray, SyncBlock]:
-    """(the runs kept, the rows ``index`` of ``sv`` as one block); ``sv`` is the runs of ``syncs``."""
+def _sync_block(resonators: list[Resonator], counts: np.ndarray, sv: SyncValues, index: np.ndarray) -> SyncBlock:
+    """The rows ``index`` of ``sv`` (``counts[i]`` rows of ``resonators[i]`` after the other) as one block."""
     runs, kept = picked_runs(counts, index)
-    sensors = [syncs[i][0] for i in runs.tolist()]
-    return runs, SyncBlock([r.sensor for r in sensors], [r.cell for r in sensors], kept.tolist(), sv.select(index))
+    picked = [resonators[i] for i in runs.tolist()]
+    return SyncBlock([r.sensor for r in picked], [r.cell for r in picked], kept.tolist(), sv.select(index))
 
 
 class _WitnessLogic(StatefulBatchLogic[WitnessEntries, Any, WitnessLog]):
