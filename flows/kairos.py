@@ -396,12 +396,12 @@ class _ResonateLogic(StatefulBatchLogic[list[SampleBatch], Any, dict[str, Resona
         at_signature = on_grid(values.t, self.signature_us) if self.signatures or self.same_meso else None
         signatures = None
         if self.signatures and at_signature is not None:
-            signatures = _window_block(kind, resonators, counts, values, at_signature)
+            signatures = _signature_block(kind, resonators, counts, values, at_signature)
         if self.meso:
             at_meso = at_signature if self.same_meso else on_grid(values.t, self.meso_us)
             if at_meso is not None:
                 block = signatures if self.same_meso and signatures is not None else \
-                    _window_block(kind, resonators, counts, values, at_meso)
+                    _signature_block(kind, resonators, counts, values, at_meso)
                 T = block.values.T
                 payloads = meso_payloads_json(block.sensors, block.cells, block.transducers, block.counts,
                                               T.real, T.imag, block.values.n_products)
@@ -466,20 +466,25 @@ class _ResonateLogic(StatefulBatchLogic[list[SampleBatch], Any, dict[str, Resona
         return events
 
 
-def _window_block(kind: str, resonators: list[Resonator], counts: np.ndarray, values: WindowValues,
-                  index: np.ndarray) -> SignatureBlock:
-    """The rows ``index`` of ``values`` (``counts[i]`` rows of ``resonators[i]`` after the other) as one block."""
-    runs, kept = picked_runs(counts, index)
-    picked = [resonators[i] for i in runs.tolist()]
-    return SignatureBlock([r.sensor for r in picked], [r.cell for r in picked], [kind] * len(picked), kept.tolist(),
+def _signature_block(kind: str, resonators: list[Resonator], counts: np.ndarray, values: WindowValues,
+                     index: np.ndarray) -> SignatureBlock:
+    """The rows ``index`` of one transducer's ``values`` as one block."""
+    picked, kept = _picked(resonators, counts, index)
+    return SignatureBlock([r.sensor for r in picked], [r.cell for r in picked], [kind] * len(picked), kept,
                           values.select(index))
 
 
 def _sync_block(resonators: list[Resonator], counts: np.ndarray, sv: SyncValues, index: np.ndarray) -> SyncBlock:
-    """The rows ``index`` of ``sv`` (``counts[i]`` rows of ``resonators[i]`` after the other) as one block."""
+    """The rows ``index`` of ``sv`` as one block."""
+    picked, kept = _picked(resonators, counts, index)
+    return SyncBlock([r.sensor for r in picked], [r.cell for r in picked], kept, sv.select(index))
+
+
+def _picked(resonators: list[Resonator], counts: np.ndarray, index: np.ndarray) -> tuple[list[Resonator], list[int]]:
+    """Of rows in runs (``counts[i]`` rows of ``resonators[i]`` after the other): the resonators
+    that own any of the rows ``index``, and how many of those rows each owns."""
     runs, kept = picked_runs(counts, index)
-    picked = [resonators[i] for i in runs.tolist()]
-    return SyncBlock([r.sensor for r in picked], [r.cell for r in picked], kept.tolist(), sv.select(index))
+    return [resonators[i] for i in runs.tolist()], kept.tolist()
 
 
 class _WitnessLogic(StatefulBatchLogic[WitnessEntries, Any, WitnessLog]):
