@@ -724,9 +724,12 @@ class _TopicSinkPartition(StatelessSinkPartition[tuple[str, bytes | None, bytes]
             self._errors.append(f"{msg.topic()}: {err.str()}")
 
     def write_batch(self, items: list[tuple[str, bytes | None, bytes]]) -> None:
+        produce, report = self._producer.produce, self._on_delivery
         for topic, key, value in items:
-            produce_waiting(self._producer, topic, value=value, key=key, on_delivery=self._on_delivery)
-            self._producer.poll(0)
+            try:
+                produce(topic, value, key, on_delivery=report)
+            except BufferError:  # the local queue is full: wait for deliveries to make room
+                produce_waiting(self._producer, topic, value=value, key=key, on_delivery=report)
         # Every message of the batch is delivered (or failed) before the
         # dataflow moves on: nothing is lost silently.
         remaining = self._producer.flush(self._timeout)
@@ -765,7 +768,9 @@ class TopicSink(DynamicSink[tuple[str, bytes | None, bytes]]):
         # Every worker, not only the first: none may produce before the topics
         # exist, and "already exists" is fine.
         ensure_topics(connect_admin(self.admin), self.topics)
-        return _TopicSinkPartition(Producer(dict(self.settings)), self.timeout)
+        # Only failures are reported: a Python callback per delivered message cost more
+        # than producing it, and the flush at the end of each batch waits for all of them.
+        return _TopicSinkPartition(Producer({**self.settings, "delivery.report.only.error": True}), self.timeout)
 
 
 # --------------------------------------------------------------------------
