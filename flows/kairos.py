@@ -384,7 +384,7 @@ class _ResonateLogic(StatefulBatchLogic[list[SampleBatch], Any, dict[str, Resona
         if mesh is not None and self.mesh:
             out.append(deferred(mesh_rows, "mesh_sync", self.node, [mesh]))
         if events and self.events:
-            out.append(events_rows(events))
+            out.append(deferred(events_rows, "events", events))
         return out
 
     def _window_outputs(self, kind: str, resonators: list[Resonator], counts: np.ndarray, values: WindowValues,
@@ -445,24 +445,33 @@ class _ResonateLogic(StatefulBatchLogic[list[SampleBatch], Any, dict[str, Resona
     def _transitions(self, r: Resonator, sv: SyncValues, ingested: float, out: list[Any]) -> list[CollapseEvent]:
         m, entry = metrics(), ledger().sensor(r.sensor)
         events = collapse_events(r.sensor, r.cell, sv)
-        latency = time.time() - ingested if math.isfinite(ingested) else None
         key = r.sensor.encode("utf-8")
-        for event, k in zip(events, np.flatnonzero(sv.event).tolist()):
+        changed = np.flatnonzero(sv.event).tolist()
+        collapses = 0
+        for event, k in zip(events, changed):
             out.append(TopicRecord("collapse", key, to_json_bytes(event)))
-            m.transitions.labels(event.event).inc()
             if event.event == "collapse":
-                entry.collapses += 1
-                m.sensors_collapsed.inc()
-            else:
-                entry.dissipations += 1
-                m.sensors_collapsed.dec()
-            if latency is not None:
-                m.event_latency.observe(latency)
+                collapses += 1
             if self.macro:
                 Tm, Te = complex(sv.T_master[k]), complex(sv.T_emissary[k])
-                out.append(WitnessEntry("macro", event.t_us, r.sensor, MacroWitness(
+                out.append(WitnessEntry("macro", int(sv.t[k]), r.sensor, MacroWitness(
                     event=event, coherence_master=abs(Tm) ** 2, coherence_emissary=abs(Te) ** 2,
                     master_span=int(sv.master_span_us[k]) * 1e-6)))
+        # Counted once per sensor and batch: a burst of transitions (every steady sensor
+        # maturing at once) is where the latency of events is measured.
+        dissipations = len(events) - collapses
+        entry.collapses += collapses
+        entry.dissipations += dissipations
+        if collapses:
+            m.transitions.labels("collapse").inc(collapses)
+        if dissipations:
+            m.transitions.labels("dissipate").inc(dissipations)
+        if collapses != dissipations:
+            m.sensors_collapsed.inc(collapses - dissipations)
+        if math.isfinite(ingested):
+            latency = time.time() - ingested
+            for _ in events:
+                m.event_latency.observe(latency)
         return events
 
 
