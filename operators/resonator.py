@@ -34,7 +34,7 @@ from operators.intake import IntakeResult, ProductBatch, SensorIntake
 from operators.master import MasterWindow, _master_kernel
 from operators.params import KairosParams
 from operators.samples import SampleBatch
-from operators.sync import _NO_DECISIONS, SyncState, SyncValues, _sync_kernel
+from operators.sync import SyncState, SyncValues, _sync_kernel
 from operators.transducer import _ALL, Transducer, _due_points
 from schemas.messages import DeadLetter
 
@@ -266,7 +266,7 @@ class Resonance:
     def sync(self) -> SyncValues:
         """The sync at the Emissary points decided now (events included)."""
         if not self.emissary_count:
-            return _NO_DECISIONS
+            return SyncValues.empty()
         return self.rows.sync_values(self.emissary_start, self.emissary_start + self.emissary_count)
 
 

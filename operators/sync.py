@@ -111,6 +111,15 @@ class SyncValues(NamedTuple):
     def __len__(self) -> int:
         return int(self.t.shape[0])
 
+    @classmethod
+    def empty(cls) -> "SyncValues":
+        """No decided points (one shared, read-only instance).
+
+        >>> len(SyncValues.empty()), SyncValues.empty().event.dtype.name
+        (0, 'int8')
+        """
+        return _NO_DECISIONS
+
     def select(self, mask: np.ndarray) -> "SyncValues":
         """The grid points where ``mask`` is true (or at an index array / slice)."""
         return SyncValues(*(column[mask] for column in self))
