@@ -386,7 +386,7 @@ def test_direct_encoders_label_each_run_of_rows_with_its_sensor():
         ("a", "emissary", 0), ("a", "emissary", 1), ("c", "master", 2), ("c", "master", 3), ("c", "master", 4)]
 
 
-@pytest.mark.parametrize("n", [1, 20])
+@pytest.mark.parametrize("n", [1, 20, 100])  # Python numbers, NumPy check, Arrow texts
 def test_direct_encoders_refuse_non_finite_values(n):
     from schemas.messages import meso_payloads_json, sync_records_json
 
@@ -401,3 +401,45 @@ def test_direct_encoders_refuse_non_finite_values(n):
     with pytest.raises(ValueError, match="no JSON form"):
         sync_records_json("n", ["s"], [None], [n], np.arange(n), _complex(ok, bad), ok, _complex(ok, ok),
                           _complex(ok, ok), ok, flags, flags)
+
+
+def test_float_texts_are_pythons_repr_at_every_magnitude():
+    from schemas.messages import float_texts
+
+    rng = np.random.default_rng(11)
+    x = np.concatenate([
+        rng.normal(size=20_000) * 10.0 ** rng.integers(-320, 300, 20_000),  # every notation of both
+        rng.uniform(-1, 1, 20_000),  # the usual magnitudes of T, coherence and phase
+        rng.integers(-10**6, 10**6, 2_000).astype(float),  # integral: Arrow writes no ".0"
+        np.array([0.0, -0.0, 1e-4, -1e-4, np.nextafter(1e-4, 0), 1e10, np.nextafter(1e10, 0), 1e16,
+                  np.nextafter(1e16, 0), 5e-324, 1.7976931348623157e308, 2.2250738585072014e-308]),
+        np.frombuffer(rng.bytes(8 * 20_000), np.float64),  # any bit pattern
+    ])
+    x = x[np.isfinite(x)]
+    assert float_texts(x).to_pylist() == [repr(v) for v in x.tolist()]
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-6, 1e12])
+def test_direct_encoders_write_the_same_bytes_row_by_row_and_column_by_column(monkeypatch, scale):
+    import schemas.messages as messages
+
+    rng = np.random.default_rng(5)
+    sensors = [_AWKWARD[i % len(_AWKWARD)] + str(i) for i in range(40)]
+    cells = [None if i % 3 else "zürich" for i in range(40)]
+    counts = rng.integers(0, 6, 40)
+    counts[0] = 0  # a run with no rows
+    n = int(counts.sum())
+    assert n >= messages._COLUMNAR_ROWS
+    x, y = rng.normal(size=n) * scale, rng.normal(size=n)
+    x[::7] = np.round(x[::7])  # integral values and zeros
+    t = 1764115200000000 + np.sort(rng.integers(0, 3_000_000, n))  # times shared between rows
+    flags = rng.random((2, n)) < 0.5
+
+    def encoded():
+        return (messages.meso_payloads_json(sensors, cells, ["master"] * 40, counts, x, y, np.arange(n)),
+                messages.sync_records_json("node-ü", sensors, cells, counts, t, _complex(x, y), x * x,
+                                           _complex(y, x), _complex(-x, -y), np.abs(y), flags[0], flags[1]))
+
+    columnar = encoded()
+    monkeypatch.setattr(messages, "_COLUMNAR_ROWS", n + 1)
+    assert encoded() == columnar
