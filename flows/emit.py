@@ -25,7 +25,7 @@ from connectors.archive import PendingRows
 from operators.grid import WindowValues
 from operators.samples import SampleBatch
 from operators.sync import COLLAPSE, DISSIPATE_COHERENCE, SyncValues
-from operators.witness import LoggedRecord
+from operators.witness import LoggedRecords
 from schemas.archive import DATASETS, TIMESTAMP
 from schemas.messages import CollapseEvent, DeadLetter, sync_records_json, to_json_bytes
 
@@ -308,13 +308,30 @@ def mesh_rows(node: str, blocks: Sequence[SyncBlock]) -> ArchiveRows:
     }))
 
 
-def witness_rows(records: list[LoggedRecord]) -> ArchiveRows:
-    """``witnessing_logs/`` rows: ``payload`` is the witness-topic message value, byte for byte."""
+def witness_rows(pieces: list[LoggedRecords]) -> ArchiveRows:
+    """``witnessing_logs/`` rows of logged records: ``payload`` is the witness-topic message value,
+    byte for byte, ``log_sha256`` the running digest after the record as hex."""
+    digests = np.frombuffer(b"".join(d for p in pieces for d in p.digests), np.uint8)
     return ArchiveRows("witnessing_logs", _table("witnessing_logs", {
-        "seq": [r.seq for r in records], "layer": [r.layer for r in records], "t": _times(np.array([r.t_us for r in records], np.int64)),
-        "sensor": [r.sensor for r in records], "payload": [r.value.decode("utf-8") for r in records],
-        "log_sha256": [r.digest for r in records],
+        "seq": np.concatenate([np.arange(p.seq, p.seq + len(p), dtype=np.int64) for p in pieces]) if pieces
+        else np.zeros(0, np.int64),
+        "layer": [layer for p in pieces for layer in p.layers],
+        "t": _times(np.array([t for p in pieces for t in p.t_us], np.int64)),
+        "sensor": [sensor for p in pieces for sensor in p.sensors],
+        "payload": pa.array([v for p in pieces for v in p.values], pa.binary()).cast(pa.string()),
+        "log_sha256": _hex_texts(digests.reshape(-1, 32)),
     }))
+
+
+_HEX_PAIRS = np.array([f"{i:02x}".encode("ascii") for i in range(256)], "S2")
+
+
+def _hex_texts(rows: np.ndarray) -> pa.StringArray:
+    """Each row of bytes (an ``(n, k)`` uint8 array) as lower-case hex text of 2k characters."""
+    n, k = rows.shape
+    text = _HEX_PAIRS[rows].tobytes()  # row after row, two characters per byte
+    offsets = np.arange(n + 1, dtype=np.int32) * (2 * k)
+    return pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(text)])
 
 
 def dead_letter_records(letters: list[DeadLetter]) -> list[TopicRecord]:

@@ -82,13 +82,13 @@ from operators.params import KairosParams
 from operators.resonator import GridRows, Resonance, Resonator, ResonatorSettings
 from operators.samples import SampleBatch
 from operators.sync import SyncValues
-from operators.witness import WitnessEntries, WitnessEntry, WitnessLog
+from operators.witness import LoggedRecords, WitnessBlock, WitnessEntries, WitnessEntry, WitnessLog
 from schemas.config import Config, FileSource, KafkaSource, SyntheticSource, load_config
 from schemas.messages import (
     CollapseEvent,
     MacroWitness,
     MicroWitness,
-    meso_payloads_json,
+    meso_records_json,
     per_row,
     to_json_bytes,
 )
@@ -130,7 +130,7 @@ def _bundled(out: list[Any]) -> list[Any]:
     for item in out:
         if isinstance(item, TopicRecord):
             records.append(item)
-        elif isinstance(item, WitnessEntry):
+        elif isinstance(item, (WitnessEntry, WitnessBlock)):
             entries.append(item)
         else:
             rest.append(item)
@@ -402,11 +402,10 @@ class _ResonateLogic(StatefulBatchLogic[list[SampleBatch], Any, dict[str, Resona
             if at_meso is not None:
                 block = signatures if self.same_meso and signatures is not None else \
                     _signature_block(kind, resonators, counts, values, at_meso)
-                T = block.values.T
-                payloads = meso_payloads_json(block.sensors, block.cells, block.transducers, block.counts,
-                                              T.real, T.imag, block.values.n_products)
-                out.extend(WitnessEntry("meso", g, sensor, payload) for g, sensor, payload in zip(
-                    block.values.t.tolist(), per_row(block.sensors, block.counts), payloads))
+                T, t = block.values.T, block.values.t
+                records = meso_records_json(block.sensors, block.cells, block.transducers, block.counts, t, T.real,
+                                            T.imag, block.values.n_products)
+                out.append(WitnessBlock("meso", t.tolist(), per_row(block.sensors, block.counts), records))
         return [] if signatures is None else [signatures]
 
     def _sync_outputs(self, runs: list[tuple[Resonator, Resonance, SensorLedger]], counts: np.ndarray,
@@ -513,23 +512,23 @@ class _WitnessLogic(StatefulBatchLogic[WitnessEntries, Any, WitnessLog]):
         # One key for every witness record: one partition, so the topic keeps the log's order.
         self.key = config.becomingone.name.encode("utf-8")
 
-    def _out(self, records) -> list[Any]:
+    def _out(self, records: LoggedRecords) -> list[Any]:
         m = metrics()
-        for layer, n in collections.Counter(r.layer for r in records).items():
+        for layer, n in collections.Counter(records.layers).items():
             m.witness_records.labels(layer).inc(n)
-        out: list[Any] = [TopicRecords(TopicRecord("witness", self.key, r.value) for r in records)]
+        out: list[Any] = [TopicRecords(TopicRecord("witness", self.key, value) for value in records.values)]
         if self.archive and records:
-            out.append(witness_rows(records))
+            out.append(deferred(witness_rows, "witnessing_logs", [records]))
         return out
 
     def on_batch(self, values: list[WitnessEntries]) -> tuple[Iterable[Any], bool]:
         started = time.perf_counter()
-        out = self._out(self.log.append([entry for bundle in values for entry in bundle]))
+        out = self._out(self.log.append(entry for bundle in values for entry in bundle))
         metrics().batch_seconds.labels("witness").observe(time.perf_counter() - started)
         return out, StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[Iterable[Any], bool]:
-        records = [self.log.observe()] if "meta" in self.log.enabled else []
+        records = self.log.observe() if "meta" in self.log.enabled else self.log.append([])
         return self._out(records), StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> WitnessLog:

@@ -17,6 +17,8 @@ before it; that record enters the log and the digest like any other.
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from pydantic import BaseModel
@@ -25,11 +27,10 @@ from schemas.messages import (
     WITNESS_LOG_GENESIS,
     MetaWitness,
     to_json_bytes,
-    witness_log_digest,
     witness_record_json,
 )
 
-__all__ = ["LoggedRecord", "WitnessEntries", "WitnessEntry", "WitnessLog"]
+__all__ = ["LoggedRecord", "LoggedRecords", "WitnessBlock", "WitnessEntries", "WitnessEntry", "WitnessLog"]
 
 _LAYERS = ("micro", "meso", "macro", "meta")
 
@@ -52,11 +53,33 @@ class WitnessEntry:
     payload: BaseModel | bytes
 
 
+@dataclass(slots=True)
+class WitnessBlock:
+    """Many records of one layer on their way to the log, already encoded.
+
+    The high-volume layer (``meso``: every sensor's sampled emissions) is
+    encoded column by column (:func:`schemas.messages.meso_records_json`)
+    and logged without an object per record.
+
+    Attributes:
+        layer: micro | meso | macro | meta.
+        t_us: each record's event time (us).
+        sensors: each record's sensor, or None.
+        values: each record's witness-topic value, a whole
+            :class:`~schemas.messages.WitnessRecord` as JSON bytes.
+    """
+
+    layer: str
+    t_us: list[int]
+    sensors: list[str | None]
+    values: list[bytes]
+
+
 class WitnessEntries(list):
-    """The witness entries of one step's batch, moved through the dataflow as one item."""
+    """The witness entries and blocks of one step's batch, moved through the dataflow as one item."""
 
 
-@dataclass(slots=True)  # one per output record: a frozen init costs 4x
+@dataclass(slots=True)
 class LoggedRecord:
     """A record as logged: its position, wire bytes and the running digest including it."""
 
@@ -66,6 +89,34 @@ class LoggedRecord:
     sensor: str | None
     value: bytes
     digest: str
+
+
+@dataclass(slots=True)
+class LoggedRecords:
+    """Records as logged, column by column; iterating gives each as a :class:`LoggedRecord`.
+
+    Attributes:
+        seq: the position of the first record (the others follow it one by one).
+        layers, t_us, sensors, values: each record's layer, event time,
+            sensor and witness-topic value.
+        digests: the running SHA-256 after each record, 32 raw bytes
+            (``digest.hex()`` is the ``log_sha256`` text).
+    """
+
+    seq: int
+    layers: list[str]
+    t_us: list[int]
+    sensors: list[str | None]
+    values: list[bytes]
+    digests: list[bytes]
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __iter__(self) -> Iterator[LoggedRecord]:
+        for i, (layer, t, sensor, value, digest) in enumerate(zip(self.layers, self.t_us, self.sensors, self.values,
+                                                                   self.digests)):
+            yield LoggedRecord(self.seq + i, layer, t, sensor, value, digest.hex())
 
 
 class WitnessLog:
@@ -100,30 +151,61 @@ class WitnessLog:
         self.newest_t: int | None = None
         self._since_meta = 0
 
-    def append(self, entries: list[WitnessEntry]) -> list[LoggedRecord]:
+    def append(self, entries: Iterable[WitnessEntry | WitnessBlock]) -> LoggedRecords:
         """Log ``entries`` in order; returns them as logged, with any meta records due."""
-        out: list[LoggedRecord] = []
+        out = LoggedRecords(self.seq, [], [], [], [], [])
         for entry in entries:
             if entry.layer not in self.enabled:
                 continue
-            out.append(self._log(entry))
-            self._since_meta += 1
-            if self._since_meta >= self.meta_every and "meta" in self.enabled:
-                out.append(self.observe())
+            if isinstance(entry, WitnessBlock):
+                self._log(out, entry.layer, entry.t_us, entry.sensors, entry.values)
+            else:
+                payload = entry.payload if isinstance(entry.payload, bytes) else to_json_bytes(entry.payload)
+                self._log(out, entry.layer, [entry.t_us], [entry.sensor],
+                          [witness_record_json(entry.layer, entry.t_us, payload)])
         return out
 
-    def observe(self) -> LoggedRecord:
+    def observe(self) -> LoggedRecords:
         """A ``meta`` record now: counts per layer and the digest before it."""
-        payload = MetaWitness(records=dict(self.counts), log_sha256=self.digest)
-        self._since_meta = 0
-        return self._log(WitnessEntry("meta", self.newest_t or 0, None, payload))
+        out = LoggedRecords(self.seq, [], [], [], [], [])
+        self._observe(out)
+        return out
 
-    def _log(self, entry: WitnessEntry) -> LoggedRecord:
-        payload = entry.payload if isinstance(entry.payload, bytes) else to_json_bytes(entry.payload)
-        value = witness_record_json(entry.layer, entry.t_us, payload)
-        self.digest = witness_log_digest(self.digest, value)
-        self.counts[entry.layer] += 1
-        if self.newest_t is None or entry.t_us > self.newest_t:
-            self.newest_t = entry.t_us
-        self.seq += 1
-        return LoggedRecord(self.seq - 1, entry.layer, entry.t_us, entry.sensor, value, self.digest)
+    def _observe(self, out: LoggedRecords) -> None:
+        payload = to_json_bytes(MetaWitness(records=dict(self.counts), log_sha256=self.digest))
+        t = self.newest_t or 0
+        self._since_meta = 0
+        self._chain(out, "meta", [t], [None], [witness_record_json("meta", t, payload)])
+
+    def _log(self, out: LoggedRecords, layer: str, t_us: list[int], sensors: list[str | None],
+             values: list[bytes]) -> None:
+        """Log records of one layer, a meta record after every ``meta_every`` of them."""
+        start, n = 0, len(values)
+        while start < n:
+            take = n - start
+            if "meta" in self.enabled:
+                take = min(take, max(1, self.meta_every - self._since_meta))
+            stop = start + take
+            self._chain(out, layer, t_us[start:stop], sensors[start:stop], values[start:stop])
+            self._since_meta += take
+            start = stop
+            if self._since_meta >= self.meta_every and "meta" in self.enabled:
+                self._observe(out)
+
+    def _chain(self, out: LoggedRecords, layer: str, t_us: list[int], sensors: list[str | None],
+               values: list[bytes]) -> None:
+        """Append records to ``out`` and to the running digest."""
+        digest, sha256, digests = bytes.fromhex(self.digest), hashlib.sha256, out.digests
+        for value in values:  # a chain: each digest needs the one before
+            digest = sha256(digest + value).digest()
+            digests.append(digest)
+        self.digest = digest.hex()
+        out.layers.extend([layer] * len(values))
+        out.t_us.extend(t_us)
+        out.sensors.extend(sensors)
+        out.values.extend(values)
+        self.counts[layer] += len(values)
+        newest = max(t_us)
+        if self.newest_t is None or newest > self.newest_t:
+            self.newest_t = newest
+        self.seq += len(values)

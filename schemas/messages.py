@@ -68,7 +68,7 @@ __all__ = [
     "format_utc",
     "from_json_bytes",
     "json_text",
-    "meso_payloads_json",
+    "meso_records_json",
     "parse_sample",
     "per_row",
     "parse_utc",
@@ -363,17 +363,22 @@ def per_row(labels: Sequence[L], counts: Sequence[int]) -> list[L]:
     return [label for label, n in zip(labels, counts) for _ in range(n)]
 
 
-def meso_payloads_json(sensors: Sequence[str], cells: Sequence[str | None], transducers: Sequence[str],
-                       counts: Sequence[int], t_re: np.ndarray, t_im: np.ndarray,
-                       n_products: np.ndarray) -> list[bytes]:
-    """:class:`MesoWitness` payloads of grid points as JSON bytes (coherence = t_re^2 + t_im^2).
+def meso_records_json(sensors: Sequence[str], cells: Sequence[str | None], transducers: Sequence[str],
+                      counts: Sequence[int], t_us: np.ndarray, t_re: np.ndarray, t_im: np.ndarray,
+                      n_products: np.ndarray) -> list[bytes]:
+    """``meso`` :class:`WitnessRecord` messages of grid points as JSON bytes: each
+    :class:`MesoWitness` payload (coherence = t_re^2 + t_im^2) in its record at ``t_us``.
 
     The rows come in runs: the ``counts[i]`` rows after the earlier runs are of
     ``sensors[i]`` (cell ``cells[i]``) and transducer ``transducers[i]``, so one
     call encodes the values of many sensors.  ValueError for a NaN or infinite value.
 
-    >>> meso_payloads_json(["s"], [None], ["master"], [1], np.array([0.5]), np.array([0.0]), np.array([7]))
-    [b'{"sensor":"s","cell":null,"transducer":"master","t_re":0.5,"t_im":0.0,"coherence":0.25,"n_products":7}']
+    >>> record, = meso_records_json(["s"], [None], ["master"], [1], np.array([0]), np.array([0.5]),
+    ...                             np.array([0.0]), np.array([7]))
+    >>> record[:61]
+    b'{"layer":"meso","t":"1970-01-01T00:00:00.000000Z","payload":{'
+    >>> json.loads(record)["payload"]
+    {'sensor': 's', 'cell': None, 'transducer': 'master', 't_re': 0.5, 't_im': 0.0, 'coherence': 0.25, 'n_products': 7}
     """
     heads = [f'{{"sensor":{json_text(sensor)},"cell":{json_text(cell)},"transducer":"{transducer}","t_re":'
              for sensor, cell, transducer in zip(sensors, cells, transducers)]
@@ -381,13 +386,15 @@ def meso_payloads_json(sensors: Sequence[str], cells: Sequence[str | None], tran
     n_products = np.asarray(n_products, np.int64)
     if t_re.shape[0] >= _COLUMNAR_ROWS:
         _check_finite("meso payload", (t_re, t_im), ())
-        return _joined(_run_labels(heads, counts), float_texts(t_re), ',"t_im":', float_texts(t_im),
-                       ',"coherence":', float_texts(coherence), ',"n_products":', pa.array(n_products).cast(pa.string()),
-                       "}")
+        return _joined('{"layer":"meso","t":"', utc_texts(t_us), '","payload":', _run_labels(heads, counts),
+                       float_texts(t_re), ',"t_im":', float_texts(t_im), ',"coherence":', float_texts(coherence),
+                       ',"n_products":', pa.array(n_products).cast(pa.string()), "}}")
     res, ims = t_re.tolist(), t_im.tolist()
     _check_finite("meso payload", (t_re, t_im), (res, ims))
-    return [f'{head}{re!r},"t_im":{im!r},"coherence":{c!r},"n_products":{n}}}'.encode("utf-8")
-            for head, re, im, c, n in zip(per_row(heads, counts), res, ims, coherence.tolist(), n_products.tolist())]
+    return [witness_record_json("meso", t, f'{head}{re!r},"t_im":{im!r},"coherence":{c!r},"n_products":{n}}}'
+                                .encode("utf-8"))
+            for head, t, re, im, c, n in zip(per_row(heads, counts), np.asarray(t_us, np.int64).tolist(), res, ims,
+                                             coherence.tolist(), n_products.tolist())]
 
 
 def sync_records_json(node: str, sensors: Sequence[str], cells: Sequence[str | None], counts: Sequence[int],

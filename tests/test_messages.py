@@ -352,25 +352,26 @@ def test_sync_records_json_are_the_models_messages(sensor, cell, n):
         assert list(json.loads(value)) == list(json.loads(to_json_bytes(expected)))  # same fields, same order
 
 
-@pytest.mark.parametrize("n", [1, len(_FLOATS), 3 * len(_FLOATS)])
+@pytest.mark.parametrize("n", [1, len(_FLOATS), 3 * len(_FLOATS), 70])  # 70: built column by column
 @pytest.mark.parametrize("sensor", _AWKWARD)
-def test_witness_record_json_around_meso_payloads_is_the_models_record(sensor, n):
-    from schemas.messages import meso_payloads_json, witness_record_json
+def test_meso_records_json_are_the_models_records(sensor, n):
+    from schemas.messages import meso_records_json
 
     x = np.resize(np.array(_FLOATS), n)
-    payloads = meso_payloads_json([sensor], [None], ["emissary"], [n], x, -x / 3, np.full(n, 42))
-    assert len(payloads) == n
-    for xi, payload in zip(x.tolist(), payloads):
-        value = witness_record_json("meso", 1764115200123456, payload)
-        expected = WitnessRecord(layer="meso", t=format_utc(1764115200123456), payload=MesoWitness(
+    t = 1764115200123456 + 10_000 * np.arange(n, dtype=np.int64)
+    values = meso_records_json([sensor], [None], ["emissary"], [n], t, x, -x / 3, np.full(n, 42))
+    assert len(values) == n
+    for ti, xi, value in zip(t.tolist(), x.tolist(), values):
+        expected = WitnessRecord(layer="meso", t=format_utc(ti), payload=MesoWitness(
             sensor=sensor, cell=None, transducer="emissary", t_re=xi, t_im=-xi / 3,
             coherence=xi * xi + (xi / 3) ** 2, n_products=42))
         assert from_json_bytes(WitnessRecord, value) == expected
+        assert list(json.loads(value)) == list(json.loads(to_json_bytes(expected)))
         assert list(json.loads(value)["payload"]) == list(json.loads(to_json_bytes(expected))["payload"])
 
 
 def test_direct_encoders_label_each_run_of_rows_with_its_sensor():
-    from schemas.messages import meso_payloads_json, sync_records_json
+    from schemas.messages import meso_records_json, sync_records_json
 
     sensors, cells, counts = ["a", "b", "c"], [None, "x", "cell-c"], [2, 0, 3]
     x = np.linspace(0.1, 0.5, 5)
@@ -380,23 +381,23 @@ def test_direct_encoders_label_each_run_of_rows_with_its_sensor():
                                                      _complex(x, x), _complex(x, x), x, flags, flags)]
     assert [(r["sensor"], r["cell"]) for r in sync] == [("a", None)] * 2 + [("c", "cell-c")] * 3
     assert [r["t_sync"][0] for r in sync] == x.tolist()  # rows stay in order
-    meso = [json.loads(v) for v in meso_payloads_json(sensors, cells, ["emissary", "master", "master"], counts,
-                                                      x, -x, np.arange(5))]
+    meso = [json.loads(v)["payload"] for v in meso_records_json(sensors, cells, ["emissary", "master", "master"],
+                                                                 counts, t, x, -x, np.arange(5))]
     assert [(r["sensor"], r["transducer"], r["n_products"]) for r in meso] == [
         ("a", "emissary", 0), ("a", "emissary", 1), ("c", "master", 2), ("c", "master", 3), ("c", "master", 4)]
 
 
 @pytest.mark.parametrize("n", [1, 20, 100])  # Python numbers, NumPy check, Arrow texts
 def test_direct_encoders_refuse_non_finite_values(n):
-    from schemas.messages import meso_payloads_json, sync_records_json
+    from schemas.messages import meso_records_json, sync_records_json
 
     bad = np.ones(n)
     bad[-1] = np.nan
     with pytest.raises(ValueError, match="no JSON form"):
-        meso_payloads_json(["s"], [None], ["master"], [n], bad, np.zeros(n), np.ones(n))
+        meso_records_json(["s"], [None], ["master"], [n], np.arange(n), bad, np.zeros(n), np.ones(n))
     with pytest.raises(ValueError, match="no JSON form"):
-        meso_payloads_json(["s"], [None], ["master"], [n], np.zeros(n), np.where(bad == 1, 0.0, np.inf),
-                           np.ones(n))
+        meso_records_json(["s"], [None], ["master"], [n], np.arange(n), np.zeros(n),
+                          np.where(bad == 1, 0.0, np.inf), np.ones(n))
     ok, flags = np.ones(n), np.ones(n, bool)
     with pytest.raises(ValueError, match="no JSON form"):
         sync_records_json("n", ["s"], [None], [n], np.arange(n), _complex(ok, bad), ok, _complex(ok, ok),
@@ -436,7 +437,7 @@ def test_direct_encoders_write_the_same_bytes_row_by_row_and_column_by_column(mo
     flags = rng.random((2, n)) < 0.5
 
     def encoded():
-        return (messages.meso_payloads_json(sensors, cells, ["master"] * 40, counts, x, y, np.arange(n)),
+        return (messages.meso_records_json(sensors, cells, ["master"] * 40, counts, t, x, y, np.arange(n)),
                 messages.sync_records_json("node-ü", sensors, cells, counts, t, _complex(x, y), x * x,
                                            _complex(y, x), _complex(-x, -y), np.abs(y), flags[0], flags[1]))
 

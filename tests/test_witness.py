@@ -1,0 +1,97 @@
+"""The witness log: blocks of encoded records log exactly like the same records one by one."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+
+from flows.emit import witness_rows
+from operators.witness import LoggedRecords, WitnessBlock, WitnessEntry, WitnessLog
+from schemas.messages import (
+    WITNESS_LOG_GENESIS,
+    MicroWitness,
+    meso_records_json,
+    witness_log_digest,
+)
+
+T0 = 1764115200000000
+
+
+def _meso(n: int, t0: int = T0) -> tuple[list[int], list[str], list[bytes]]:
+    sensors = [f"s{i % 3}" for i in range(n)]
+    t = t0 + 1_000_000 * np.arange(n, dtype=np.int64)
+    values = [meso_records_json([s], [None], ["master"], [1], t[i:i + 1], np.array([0.1 * i]), np.array([-0.5]),
+                                np.array([i]))[0] for i, s in enumerate(sensors)]
+    return t.tolist(), sensors, values
+
+
+def _micro(t: int) -> WitnessEntry:
+    return WitnessEntry("micro", t, None, MicroWitness(operator="decode", worker=0, items_in=1, items_out=1, drops=0,
+                                                       seconds=0.5))
+
+
+def _rows(records: LoggedRecords) -> list[tuple]:
+    return [(r.seq, r.layer, r.t_us, r.sensor, r.value, r.digest) for r in records]
+
+
+@pytest.mark.parametrize("meta_every", [1, 3, 4, 1000])
+def test_a_block_logs_like_its_records_one_by_one(meta_every):
+    t, sensors, values = _meso(10)
+    one_by_one, blocked = WitnessLog(meta_every), WitnessLog(meta_every)
+    # Entries carry payloads that the log wraps; a block carries whole records.
+    payloads = [v[v.index(b'"payload":') + len(b'"payload":'):-1] for v in values]
+    a = one_by_one.append([_micro(T0)] + [WitnessEntry("meso", ti, s, p) for ti, s, p in zip(t, sensors, payloads)]
+                          + [_micro(T0 + 1)])
+    b = blocked.append([_micro(T0), WitnessBlock("meso", t, sensors, values), _micro(T0 + 1)])
+    assert _rows(b) == _rows(a)
+    assert vars(blocked) == vars(one_by_one)
+    layers = [r.layer for r in b]
+    assert layers.count("meta") == 12 // meta_every  # a meta record after every meta_every others
+    assert [r.layer for r in b if r.layer != "meta"] == ["micro"] + ["meso"] * 10 + ["micro"]
+
+
+def test_the_digests_are_the_documented_chain_and_the_archive_rows_hold_them():
+    t, sensors, values = _meso(7)
+    log = WitnessLog(meta_every=5)
+    first = log.append([WitnessBlock("meso", t[:4], sensors[:4], values[:4])])
+    second = log.append([WitnessBlock("meso", t[4:], sensors[4:], values[4:])])
+    digest, seq = WITNESS_LOG_GENESIS, 0
+    for record in list(first) + list(second):
+        digest = witness_log_digest(digest, record.value)
+        assert (record.seq, record.digest) == (seq, digest)
+        seq += 1
+    assert log.digest == digest and log.seq == seq == 8  # 7 meso and one meta
+    table = witness_rows([first, second]).table
+    assert table["seq"].to_pylist() == list(range(8))
+    assert table["log_sha256"].to_pylist() == [r.digest for r in list(first) + list(second)]
+    assert table["payload"].to_pylist() == [r.value.decode() for r in list(first) + list(second)]
+    assert table["sensor"].to_pylist() == sensors[:5] + [None] + sensors[5:]
+
+
+def test_meta_records_count_the_layers_and_hold_the_digest_before_them():
+    t, sensors, values = _meso(3)
+    log = WitnessLog(meta_every=3)
+    records = list(log.append([WitnessBlock("meso", t, sensors, values)]))
+    meta = records[-1]
+    assert meta.layer == "meta" and meta.t_us == t[-1]
+    assert b'"records":{"micro":0,"meso":3,"macro":0,"meta":0}' in meta.value
+    assert f'"log_sha256":"{records[-2].digest}"'.encode() in meta.value
+
+
+def test_disabled_layers_and_empty_blocks_log_nothing():
+    t, sensors, values = _meso(3)
+    log = WitnessLog(meta_every=2, enabled=("micro",))
+    assert len(log.append([WitnessBlock("meso", t, sensors, values), WitnessBlock("micro", [], [], [])])) == 0
+    assert (log.seq, log.digest) == (0, WITNESS_LOG_GENESIS)
+    assert len(witness_rows([log.append([])]).table) == 0
+
+
+def test_a_pickled_log_continues_its_chain():
+    t, sensors, values = _meso(6)
+    log = WitnessLog(meta_every=4)
+    log.append([WitnessBlock("meso", t[:3], sensors[:3], values[:3])])
+    restored = pickle.loads(pickle.dumps(log))
+    assert _rows(restored.append([WitnessBlock("meso", t[3:], sensors[3:], values[3:])])) == \
+        _rows(log.append([WitnessBlock("meso", t[3:], sensors[3:], values[3:])]))
