@@ -36,8 +36,9 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
@@ -62,6 +63,7 @@ __all__ = [
     "PhaseProducer",
     "TopicSetupError",
     "DeliveryFailed",
+    "TopicMessages",
     "TopicSink",
     "TopicSource",
     "admin_settings",
@@ -713,9 +715,26 @@ class PhaseProducer:
 # The dataflow's output sink.
 
 
-class _TopicSinkPartition(StatelessSinkPartition[tuple[str, bytes | None, bytes]]):
-    def __init__(self, producer: Producer, timeout: float) -> None:
-        self._producer = producer
+@dataclass(frozen=True, slots=True)
+class TopicMessages:
+    """Many messages for one topic as one :class:`TopicSink` item: message i is
+    ``keys[i]`` (bytes or None) and ``values[i]``, in order.
+
+    One item instead of a ``(topic, key, value)`` tuple per message: a
+    dataflow item costs Python calls at every step it passes.
+    """
+
+    topic: str
+    keys: Sequence[bytes | None]
+    values: Sequence[bytes]
+
+
+class _TopicSinkPartition(StatelessSinkPartition["tuple[str, bytes | None, bytes] | TopicMessages"]):
+    def __init__(self, settings: Mapping[str, Any], timeout: float) -> None:
+        # Only failures are reported: a Python callback per delivered message cost more
+        # than producing it, and the flush at the end of each batch waits for all of them.
+        # One callback for the producer: none is passed per message.
+        self._producer = Producer({**settings, "delivery.report.only.error": True, "on_delivery": self._on_delivery})
         self._timeout = timeout
         self._errors: list[str] = []
 
@@ -723,13 +742,13 @@ class _TopicSinkPartition(StatelessSinkPartition[tuple[str, bytes | None, bytes]
         if err is not None:
             self._errors.append(f"{msg.topic()}: {err.str()}")
 
-    def write_batch(self, items: list[tuple[str, bytes | None, bytes]]) -> None:
-        produce, report = self._producer.produce, self._on_delivery
-        for topic, key, value in items:
-            try:
-                produce(topic, value, key, on_delivery=report)
-            except BufferError:  # the local queue is full: wait for deliveries to make room
-                produce_waiting(self._producer, topic, value=value, key=key, on_delivery=report)
+    def write_batch(self, items: list[tuple[str, bytes | None, bytes] | TopicMessages]) -> None:
+        for item in items:
+            if type(item) is TopicMessages:
+                self._produce(item.topic, item.keys, item.values)
+            else:
+                topic, key, value = item
+                self._produce(topic, (key,), (value,))
         # Every message of the batch is delivered (or failed) before the
         # dataflow moves on: nothing is lost silently.
         remaining = self._producer.flush(self._timeout)
@@ -739,12 +758,25 @@ class _TopicSinkPartition(StatelessSinkPartition[tuple[str, bytes | None, bytes]
             errors, self._errors = self._errors, []
             raise DeliveryFailed(f"{len(errors)} output message(s) failed; first: {errors[0]}")
 
+    def _produce(self, topic: str, keys: Sequence[bytes | None], values: Sequence[bytes]) -> None:
+        produce = self._producer.produce
+        for key, value in zip(keys, values, strict=True):
+            while True:
+                try:
+                    produce(topic, value, key)
+                    break
+                except BufferError:
+                    # The local queue is full: wait for deliveries.  Not poll(): with
+                    # reports for failures only, it would sleep its whole timeout.
+                    self._producer.flush(0.1)
+
     def close(self) -> None:
         self._producer.flush(self._timeout)
 
 
-class TopicSink(DynamicSink[tuple[str, bytes | None, bytes]]):
-    """A Bytewax sink for ``(topic, key, value)`` items, one producer per worker.
+class TopicSink(DynamicSink["tuple[str, bytes | None, bytes] | TopicMessages"]):
+    """A Bytewax sink for ``(topic, key, value)`` items (or :class:`TopicMessages`
+    for many messages of one topic), one producer per worker.
 
     Unlike a fire-and-forget producer, each batch waits for its delivery
     reports, and a failed delivery stops the dataflow with
@@ -768,9 +800,7 @@ class TopicSink(DynamicSink[tuple[str, bytes | None, bytes]]):
         # Every worker, not only the first: none may produce before the topics
         # exist, and "already exists" is fine.
         ensure_topics(connect_admin(self.admin), self.topics)
-        # Only failures are reported: a Python callback per delivered message cost more
-        # than producing it, and the flush at the end of each batch waits for all of them.
-        return _TopicSinkPartition(Producer({**self.settings, "delivery.report.only.error": True}), self.timeout)
+        return _TopicSinkPartition(self.settings, self.timeout)
 
 
 # --------------------------------------------------------------------------

@@ -6,7 +6,8 @@ them into the two output forms of SPEC sections 4 and 5:
 
 * :class:`ArchiveRows`: a columnar ``pyarrow.Table`` of one archive dataset,
   built from whole arrays (no per-row Python for the high-volume datasets);
-* :class:`TopicRecord`: one Kafka message (topic role, key, JSON value).
+* :class:`TopicRecord`: one Kafka message (topic role, key, JSON value), or
+  :class:`TopicBlock`: many messages of one topic role.
 
 Both go to the sinks as they are; the dataflow never formats output anywhere
 else, so the topic and the archive always agree.
@@ -33,6 +34,7 @@ __all__ = [
     "ArchiveRows",
     "SignatureBlock",
     "SyncBlock",
+    "TopicBlock",
     "TopicRecord",
     "TopicRecords",
     "collapse_events",
@@ -97,9 +99,19 @@ class TopicRecord:
     value: bytes
 
 
+@dataclass(slots=True)
+class TopicBlock:
+    """Many output messages of one topic role: message i is ``keys[i]``, ``values[i]``."""
+
+    role: str
+    keys: list[bytes | None]
+    values: list[bytes]
+
+
 class TopicRecords(list):
-    """The output messages of one step's batch, moved through the dataflow as one item
-    (a Bytewax item costs Python calls at every step it passes; a message does not)."""
+    """The output messages of one step's batch (:class:`TopicRecord` and :class:`TopicBlock`
+    items), moved through the dataflow as one item (a Bytewax item costs Python calls
+    at every step it passes; a message does not)."""
 
 
 def on_grid(t_us: np.ndarray, interval_us: int) -> np.ndarray | None:

@@ -58,6 +58,7 @@ from flows.emit import (
     ArchiveRows,
     SignatureBlock,
     SyncBlock,
+    TopicBlock,
     TopicRecord,
     TopicRecords,
     collapse_events,
@@ -128,7 +129,7 @@ def _bundled(out: list[Any]) -> list[Any]:
     """``out`` with its topic records and witness entries gathered into one item each."""
     records, entries, rest = TopicRecords(), WitnessEntries(), []
     for item in out:
-        if isinstance(item, TopicRecord):
+        if isinstance(item, (TopicRecord, TopicBlock)):
             records.append(item)
         elif isinstance(item, (WitnessEntry, WitnessBlock)):
             entries.append(item)
@@ -435,8 +436,7 @@ class _ResonateLogic(StatefulBatchLogic[list[SampleBatch], Any, dict[str, Resona
         if publish is not None:
             published = _sync_block(resonators, counts, sv, publish)
             keys = per_row([sensor.encode("utf-8") for sensor in published.sensors], published.counts)
-            out.extend(TopicRecord("sync", key, value)
-                       for key, value in zip(keys, sync_messages(self.node, published)))
+            out.append(TopicBlock("sync", keys, sync_messages(self.node, published)))
         if at_history is not None:
             history = published if self.same_history else _sync_block(resonators, counts, sv, at_history)
         return history, published, events
@@ -516,7 +516,7 @@ class _WitnessLogic(StatefulBatchLogic[WitnessEntries, Any, WitnessLog]):
         m = metrics()
         for layer, n in collections.Counter(records.layers).items():
             m.witness_records.labels(layer).inc(n)
-        out: list[Any] = [TopicRecords(TopicRecord("witness", self.key, value) for value in records.values)]
+        out: list[Any] = [TopicRecords([TopicBlock("witness", [self.key] * len(records), records.values)])]
         if self.archive and records:
             out.append(deferred(witness_rows, "witnessing_logs", [records]))
         return out
@@ -655,13 +655,17 @@ def build_flow(config: Config, *, replay: bool = False, source: Any = None,
     topics_b = op.branch("topic_split", results, _is(TopicRecords))
     topic_records, archive_rows = topics_b.trues, topics_b.falses
     if config.kafka is not None:
+        from connectors.kafka import TopicMessages
+
         names = {role: getattr(config.sink.topics, role) for role in ("collapse", "witness", "sync", "dlq")}
-        messages = op.flat_map("to_kafka", topic_records,
-                               lambda records: [(names[r.role], r.key, r.value) for r in records])
+        messages = op.flat_map("to_kafka", topic_records, lambda records: [
+            TopicMessages(names[r.role], r.keys, r.values) if type(r) is TopicBlock else (names[r.role], r.key, r.value)
+            for r in records])
         op.output("kafka", messages, _kafka_sink(config))
     else:
-        letters = op.flat_map("dead_letters", topic_records,
-                              lambda records: [r.value for r in records if r.role == "dlq"])
+        letters = op.flat_map("dead_letters", topic_records, lambda records: [
+            value for r in records if r.role == "dlq"
+            for value in (r.values if type(r) is TopicBlock else (r.value,))])
         op.output("dead_letter_file", letters, DeadLetterFile(config.memory.root))
 
     if config.sink.archive:
