@@ -44,6 +44,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from schemas.float_text import float_texts
 from schemas.timebase import MAX_ABS_SECONDS, MICROS_PER_SECOND, number_to_micros, to_micros
 
 __all__ = [
@@ -64,7 +65,6 @@ __all__ = [
     "WitnessRecord",
     "classify_sample",
     "collapse_event_id",
-    "float_texts",
     "format_utc",
     "from_json_bytes",
     "json_text",
@@ -433,35 +433,6 @@ def sync_records_json(node: str, sensors: Sequence[str], cells: Sequence[str | N
 # From this many rows on, the encoders above build their texts column by column in
 # Arrow: each compute call costs a few microseconds, each row in Python about one.
 _COLUMNAR_ROWS = 64
-
-
-def float_texts(values: np.ndarray) -> pa.StringArray:
-    """``repr(v)`` of every float64 ``v`` (Python's shortest round-trip text), as one Arrow array.
-
-    Arrow's cast to string writes the same shortest round-trip digits as
-    Python's ``repr`` in another notation: no ``.0`` on integral values, and
-    exponents outside 1e-6 <= |v| < 1e10 where Python's are outside
-    1e-4 <= |v| < 1e16.  Where both write a plain decimal (zero, or
-    1e-4 <= |v| < 1e10) Arrow's text is kept, with ``.0`` added to integral
-    values; other values are formatted by ``repr`` one by one (none of the
-    pipeline's usual magnitudes).  Non-finite values come out as Arrow writes
-    them: callers refuse them first.  The tests hold this to ``repr`` over
-    every magnitude, so a change of Arrow's notation cannot pass unseen.
-
-    >>> float_texts(np.array([0.5, 1.0, -0.0, 2.5e-05, 1e16])).to_pylist()
-    ['0.5', '1.0', '-0.0', '2.5e-05', '1e+16']
-    """
-    x = np.ascontiguousarray(values, np.float64)
-    text = pa.array(x).cast(pa.string())
-    size = np.abs(x)
-    decimal = ((size >= 1e-4) & (size < 1e10)) | (x == 0.0)
-    integral = decimal & (x == np.trunc(x))
-    if integral.any():
-        text = pc.if_else(pa.array(integral), pc.binary_join_element_wise(text, ".0", ""), text)
-    other = np.flatnonzero(~decimal)
-    if other.size:
-        text = pc.replace_with_mask(text, pa.array(~decimal), pa.array([repr(v) for v in x[other].tolist()]))
-    return text
 
 
 def utc_texts(t_us: np.ndarray) -> pa.StringArray:

@@ -405,7 +405,7 @@ def test_direct_encoders_refuse_non_finite_values(n):
 
 
 def test_float_texts_are_pythons_repr_at_every_magnitude():
-    from schemas.messages import float_texts
+    from schemas.float_text import float_texts
 
     rng = np.random.default_rng(11)
     x = np.concatenate([
@@ -418,6 +418,10 @@ def test_float_texts_are_pythons_repr_at_every_magnitude():
     ])
     x = x[np.isfinite(x)]
     assert float_texts(x).to_pylist() == [repr(v) for v in x.tolist()]
+    assert float_texts(x[1:]).to_pylist() == [repr(v) for v in x[1:].tolist()]  # a view starting mid-array
+    assert float_texts(np.zeros(0)).to_pylist() == []
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        float_texts(np.array([1.0, np.inf]))
 
 
 @pytest.mark.parametrize("scale", [1.0, 1e-6, 1e12])
