@@ -240,6 +240,8 @@ def resonator_settings(config: Config, *, replay: bool = False) -> ResonatorSett
 
 _collector_tuned = threading.Event()
 
+#: Young-generation collections wait for this many new container objects (Python's default: 700).
+YOUNG_COLLECTION_AFTER = 10_000
 #: Full collections wait for this many collections of the middle generation (Python's default: 10).
 FULL_COLLECTION_EVERY = 100
 
@@ -255,15 +257,19 @@ def _tune_garbage_collector() -> None:
     values waiting for the next batch): with 10,000 sensors the default
     thresholds ran a full collection every few hundred milliseconds, each
     walking a million objects, a fifth of the flow's time.  Full collections
-    now wait for :data:`FULL_COLLECTION_EVERY` middle-generation ones; the
-    young generations are collected as usual.
+    now wait for :data:`FULL_COLLECTION_EVERY` middle-generation ones.  A
+    batch's own objects (lists, samples, records) die with the batch; a young
+    collection every 700 of them caught each in mid-batch and moved it on
+    to the middle generation, 1,800 young and 170 middle collections in a
+    20 s run of 10,000 sensors (1.0 s).  Young collections now wait for
+    :data:`YOUNG_COLLECTION_AFTER` new objects (0.6 s in that run).
     """
     if not _collector_tuned.is_set():
         _collector_tuned.set()
         gc.collect()
         gc.freeze()
-        young, middle, _ = gc.get_threshold()
-        gc.set_threshold(young, middle, FULL_COLLECTION_EVERY)
+        _, middle, _ = gc.get_threshold()
+        gc.set_threshold(YOUNG_COLLECTION_AFTER, middle, FULL_COLLECTION_EVERY)
 
 
 class _ResonateLogic(StatefulBatchLogic[list[SampleBatch], Any, dict[str, Resonator]]):
