@@ -15,12 +15,15 @@ else, so the topic and the archive always agree.
 
 from __future__ import annotations
 
+import binascii
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from connectors.archive import PendingRows
 from operators.grid import WindowValues
@@ -240,7 +243,8 @@ def signature_rows(blocks: Sequence[SignatureBlock]) -> ArchiveRows:
 
 
 def _state(collapsed: np.ndarray) -> pa.Array:
-    return pa.array(np.where(collapsed, "collapsed", "dissipated"), pa.string())
+    # In Arrow: a NumPy array of texts would be converted one by one.
+    return pc.if_else(pa.array(np.asarray(collapsed, bool)), "collapsed", "dissipated")
 
 
 class SyncBlock(NamedTuple):
@@ -323,27 +327,18 @@ def mesh_rows(node: str, blocks: Sequence[SyncBlock]) -> ArchiveRows:
 def witness_rows(pieces: list[LoggedRecords]) -> ArchiveRows:
     """``witnessing_logs/`` rows of logged records: ``payload`` is the witness-topic message value,
     byte for byte, ``log_sha256`` the running digest after the record as hex."""
-    digests = np.frombuffer(b"".join(d for p in pieces for d in p.digests), np.uint8)
+    def column(name: str) -> list[Any]:
+        return list(itertools.chain.from_iterable(getattr(p, name) for p in pieces))
+
+    n = sum(len(p) for p in pieces)
+    seq = np.concatenate([np.arange(p.seq, p.seq + len(p), dtype=np.int64) for p in pieces] or [np.zeros(0, np.int64)])
+    digests = binascii.hexlify(b"".join(column("digests")))  # 64 characters per record
     return ArchiveRows("witnessing_logs", _table("witnessing_logs", {
-        "seq": np.concatenate([np.arange(p.seq, p.seq + len(p), dtype=np.int64) for p in pieces]) if pieces
-        else np.zeros(0, np.int64),
-        "layer": [layer for p in pieces for layer in p.layers],
-        "t": _times(np.array([t for p in pieces for t in p.t_us], np.int64)),
-        "sensor": [sensor for p in pieces for sensor in p.sensors],
-        "payload": pa.array([v for p in pieces for v in p.values], pa.binary()).cast(pa.string()),
-        "log_sha256": _hex_texts(digests.reshape(-1, 32)),
+        "seq": seq, "layer": column("layers"), "t": _times(np.array(column("t_us"), np.int64)),
+        "sensor": column("sensors"), "payload": pa.array(column("values"), pa.binary()).cast(pa.string()),
+        "log_sha256": pa.Array.from_buffers(pa.string(), n, [
+            None, pa.py_buffer(np.arange(n + 1, dtype=np.int32) * 64), pa.py_buffer(digests)]),
     }))
-
-
-_HEX_PAIRS = np.array([f"{i:02x}".encode("ascii") for i in range(256)], "S2")
-
-
-def _hex_texts(rows: np.ndarray) -> pa.StringArray:
-    """Each row of bytes (an ``(n, k)`` uint8 array) as lower-case hex text of 2k characters."""
-    n, k = rows.shape
-    text = _HEX_PAIRS[rows].tobytes()  # row after row, two characters per byte
-    offsets = np.arange(n + 1, dtype=np.int32) * (2 * k)
-    return pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(text)])
 
 
 def dead_letter_records(letters: list[DeadLetter]) -> list[TopicRecord]:
