@@ -126,7 +126,7 @@ class SampleBatch:
         return f"SampleBatch(sensor={self.sensor!r}, rows={len(self)}, channels={self.channels}, cell={self.cell!r})"
 
     def __len__(self) -> int:
-        return int(self.t_us.shape[0])
+        return len(self.t_us)  # called several times per batch: the cheapest form
 
     @property
     def channels(self) -> int:
