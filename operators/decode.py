@@ -159,7 +159,7 @@ class Decoded:
 
 @dataclass
 class _Part:
-    names: list[str]  # local sensor names; code indexes this
+    names: pa.StringArray  # local sensor names; code indexes this
     code: np.ndarray  # int32, local sensor code per row, -1 for rows already dead
     t_us: np.ndarray  # int64
     length: np.ndarray  # int64 channel count per row
@@ -214,7 +214,7 @@ def _json_part(messages: list[RawMessage], samples: list[PhaseSample]) -> _Part:
     cells = [s.cell for s in samples]
     values = [bytes(m.value) for m in messages]  # type: ignore[arg-type]  # accepted => value present
     return _Part(
-        names=list(names),
+        names=pa.array(list(names), pa.string()),
         code=code,
         t_us=np.fromiter((s.t_us for s in samples), np.int64, len(samples)),
         length=length,
@@ -358,34 +358,33 @@ def _float64(arr: pa.Array) -> np.ndarray:
     return arr.to_numpy(zero_copy_only=False)
 
 
-def _sensor_codes(column: pa.ChunkedArray) -> tuple[list[str], np.ndarray]:
-    """Group ids of the sensor column: (names, int32 code per row).
+def _sensor_codes(column: pa.ChunkedArray) -> tuple[pa.StringArray, np.ndarray]:
+    """Group ids of the sensor column: (names, int32 code per row into names).
 
-    Code -1: null sensor, -2: empty string.  Each record batch is dictionary
-    encoded on its own (batches of one stream may carry different
-    dictionaries); only the dictionaries, not the rows, are walked in Python.
+    Code -1: null sensor, -2: empty string.  The column is dictionary encoded
+    in Arrow (record batches of one stream may carry different dictionaries:
+    they are unified first), so no name becomes a Python object here.
     """
-    names: dict[str, int] = {}
-    codes = []
-    for chunk in column.chunks:
-        if pa.types.is_string_view(chunk.type):
-            chunk = chunk.cast(pa.string())
-        enc = chunk if pa.types.is_dictionary(chunk.type) else pc.dictionary_encode(chunk)
-        lookup = np.array(
-            [-1 if s is None else -2 if s == "" else names.setdefault(s, len(names)) for s in enc.dictionary.to_pylist()]
-            + [-1],  # slot for null indices
-            dtype=np.int32,
-        )
-        indices = enc.indices
-        if indices.null_count:
-            raw = indices.fill_null(0).to_numpy(zero_copy_only=False)
-            raw = np.where(_valid(indices), raw, len(lookup) - 1)
-        else:
-            raw = indices.to_numpy(zero_copy_only=False)
-        codes.append(lookup[raw])
-    if not codes:
-        return [], np.zeros(0, np.int32)
-    return list(names), _join(codes).astype(np.int32, copy=False)
+    chunks = [c.cast(pa.string()) if pa.types.is_string_view(c.type) else c for c in column.chunks]
+    if not chunks:
+        return pa.array([], pa.string()), np.zeros(0, np.int32)
+    if all(pa.types.is_dictionary(c.type) for c in chunks):
+        enc = pa.chunked_array(chunks).unify_dictionaries()
+        dictionary = enc.chunk(0).dictionary
+        indices = pa.chunked_array([c.indices for c in enc.chunks]).combine_chunks()
+    else:
+        enc = pc.dictionary_encode(pa.chunked_array(
+            [c.dictionary_decode() if pa.types.is_dictionary(c.type) else c for c in chunks]).combine_chunks())
+        dictionary, indices = enc.dictionary, enc.indices
+    dictionary = dictionary.cast(pa.string())
+    lookup = np.arange(len(dictionary) + 1, dtype=np.int32)
+    lookup[:-1][_valid(dictionary) & (pc.binary_length(dictionary).fill_null(1).to_numpy(zero_copy_only=False) == 0)] = -2
+    lookup[:-1][~_valid(dictionary)] = -1
+    lookup[-1] = -1  # slot for null indices
+    raw = indices.to_numpy(zero_copy_only=False) if not indices.null_count else \
+        np.where(_valid(indices), indices.fill_null(0).to_numpy(zero_copy_only=False), len(lookup) - 1)
+    # A null in the dictionary is a name no accepted row has (its rows are dead): "" keeps the array null-free.
+    return dictionary.fill_null(""), lookup[raw]
 
 
 def _times(arr: pa.Array, status: np.ndarray, why: dict[int, str]) -> np.ndarray:
@@ -584,15 +583,26 @@ def _majority_width(code: np.ndarray, length: np.ndarray, n_sensors: int) -> np.
 
 
 def _batches(parts: list[_Part], out: Decoded, ingested: float) -> None:
-    names: dict[str, int] = {}
+    # One code per distinct sensor over all parts, found in Arrow: the parts' names
+    # are joined and encoded once, so only the distinct names become Python strings.
+    if len(parts) == 1:
+        names = parts[0].names
+        global_code = np.arange(len(names), dtype=np.int32)
+    else:
+        enc = pc.dictionary_encode(pa.concat_arrays([p.names for p in parts]))
+        names = enc.dictionary
+        global_code = enc.indices.to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
+    names_list = names.to_pylist()
     codes, part_of = [], []
+    first = 0
     for k, part in enumerate(parts):
-        lookup = np.array([names.setdefault(s, len(names)) for s in part.names] + [-1], dtype=np.int32)
-        # -1 (already dead) picks the last slot, which is -1 again.
+        lookup = np.empty(len(part.names) + 1, np.int32)
+        lookup[:-1] = global_code[first:first + len(part.names)]
+        lookup[-1] = -1  # -1 (already dead) picks the last slot, which is -1 again
+        first += len(part.names)
         codes.append(lookup[part.code])
         part_of.append(np.full(part.code.shape[0], k, np.int32))
     code = _join(codes)
-    names_list = list(names)
 
     # A sensor has one channel count; rows that disagree with the majority of
     # the sensor's rows in this call are rejected as `channels`.  Parts that

@@ -264,6 +264,23 @@ def test_arrow_dictionary_sensor_and_several_record_batches():
     assert got["c"].row.tolist() == [4]
 
 
+def test_sensor_names_unify_across_messages_and_dictionaries_with_null_and_empty_names():
+    # A dictionary may hold null and "" itself; rows pointing there are dead, other
+    # messages (Arrow and JSON) name the same sensors and land in the same batches.
+    first = pa.table({
+        "sensor": pa.DictionaryArray.from_arrays(pa.array([0, 1, 2, 3, 0], pa.int8()), pa.array(["b", None, "", "a"])),
+        "t": [T0, T0, T0, T0, T0 + 1],
+        "phase": [0.0, 1.0, 2.0, 3.0, 4.0],
+    })
+    second = pa.table({"sensor": ["a", "c", "b"], "t": [T0 + 1, T0, T0 + 2], "phase": [5.0, 6.0, 7.0]})
+    out = decode_messages([arrow_message(first, offset=1), json_message({"sensor": "c", "t": T0 + 1, "phase": 8.0}),
+                           arrow_message(second, offset=3)])
+    assert out.rows == 9 and out.accepted == 7
+    assert sorted(letter.reason for letter in out.dead) == [R.SCHEMA, R.SCHEMA]
+    assert [(b.sensor, b.phase[:, 0].tolist()) for b in out.batches] == [
+        ("b", [0.0, 4.0, 7.0]), ("a", [3.0, 5.0]), ("c", [8.0, 6.0])]
+
+
 def test_arrow_string_view_columns():
     table = pa.table({
         "sensor": pa.array(["a", "b", "a"], pa.string_view()),
