@@ -378,7 +378,8 @@ def _sensor_codes(column: pa.ChunkedArray) -> tuple[pa.StringArray, np.ndarray]:
         dictionary, indices = enc.dictionary, enc.indices
     dictionary = dictionary.cast(pa.string())
     lookup = np.arange(len(dictionary) + 1, dtype=np.int32)
-    lookup[:-1][_valid(dictionary) & (pc.binary_length(dictionary).fill_null(1).to_numpy(zero_copy_only=False) == 0)] = -2
+    empty = pc.binary_length(dictionary).fill_null(1).to_numpy(zero_copy_only=False) == 0
+    lookup[:-1][empty] = -2
     lookup[:-1][~_valid(dictionary)] = -1
     lookup[-1] = -1  # slot for null indices
     raw = indices.to_numpy(zero_copy_only=False) if not indices.null_count else \

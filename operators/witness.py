@@ -4,7 +4,8 @@ Witness records come from everywhere in the dataflow: ``micro`` (per batch
 of a step), ``meso`` (sampled transducer emissions), ``macro`` (the sync
 snapshot at each collapse event).  :class:`WitnessLog` puts them in one
 order, serialises each to the bytes that go on the witness topic and into
-``witnessing_logs/``, and keeps
+``witnessing_logs/`` (a :class:`WitnessBlock` of ``meso`` records arrives
+serialised), and keeps
 
     digest_k = sha256(bytes.fromhex(digest_{k-1}) + record_k),
     digest_0 = 64 zeros (:data:`schemas.messages.WITNESS_LOG_GENESIS`),
@@ -195,6 +196,7 @@ class WitnessLog:
     def _chain(self, out: LoggedRecords, layer: str, t_us: list[int], sensors: list[str | None],
                values: list[bytes]) -> None:
         """Append records to ``out`` and to the running digest."""
+        # schemas.messages.witness_log_digest, on the raw 32 bytes instead of hex text.
         digest, sha256, digests = bytes.fromhex(self.digest), hashlib.sha256, out.digests
         for value in values:  # a chain: each digest needs the one before
             digest = sha256(digest + value).digest()
