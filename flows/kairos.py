@@ -204,7 +204,9 @@ class Decode:
         if self.micro:
             # Newest event time seen, leaving out the times the intake will refuse as `future`.
             limit = time.time_ns() // 1000 + self.max_future_us
-            newest = max((int(t.max()) for b in batches if (t := b.t_us[b.t_us <= limit]).size), default=None)
+            times = np.concatenate([b.t_us for b in batches]) if batches else np.empty(0, np.int64)
+            usable = times[times <= limit]  # one pass over all sensors' rows, not one per sensor
+            newest = int(usable.max()) if usable.size else None
             if newest is not None:
                 self.newest = max(self.newest or newest, newest)
             elif self.newest is None:  # nothing usable seen yet: the wall clock stands in

@@ -95,3 +95,27 @@ def test_a_pickled_log_continues_its_chain():
     restored = pickle.loads(pickle.dumps(log))
     assert _rows(restored.append([WitnessBlock("meso", t[3:], sensors[3:], values[3:])])) == \
         _rows(log.append([WitnessBlock("meso", t[3:], sensors[3:], values[3:])]))
+
+
+def test_decodes_micro_record_has_the_newest_event_time_that_is_not_in_the_future():
+    import json
+    import time
+
+    from flows.kairos import Decode
+    from operators.decode import RawMessage
+    from operators.witness import WitnessEntries
+    from schemas.config import parse_config
+
+    decode = Decode(parse_config({"sink": {"archive": False}, "metrics": {"enabled": False}}))
+    now_s = float(int(time.time()))  # whole seconds: exact in JSON and in microseconds
+
+    def micro_t(*times: float) -> int:
+        messages = [RawMessage(b"k", json.dumps({"sensor": f"s{i}", "t": t, "phase": 0.5}).encode())
+                    for i, t in enumerate(times)]
+        entries = [e for item in decode(messages) if isinstance(item, WitnessEntries) for e in item]
+        (micro,) = [e for e in entries if e.layer == "micro"]
+        return micro.t_us
+
+    # The sample an hour ahead is refused later as `future`: it does not move the record's time.
+    assert micro_t(now_s - 10, now_s - 5, now_s + 3600) == int(now_s - 5) * 1_000_000
+    assert micro_t(now_s + 3600) == int(now_s - 5) * 1_000_000  # nothing usable: the newest so far
