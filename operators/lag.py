@@ -224,6 +224,8 @@ class LagState:
         return self._hi - self._lo
 
     def _make_room(self, n_new: int) -> None:
+        if self._hi + n_new <= self._t.shape[0]:
+            return  # the usual call: room at the end already
         arrays = [self._t, self._phi, self._unw, self._v, self._hasv]
         shift = make_room(arrays, self._lo, self._hi, n_new)
         self._t, self._phi, self._unw, self._v, self._hasv = arrays
@@ -256,8 +258,8 @@ class LagState:
         n = t.shape[0]
         if n == 0:
             return Products.empty()
-        last = self.last_t
-        if validate and last is not None and t[0] <= last:
+        last = self.last_t if validate else None
+        if last is not None and t[0] <= last:
             raise ValueError(
                 f"event time must be strictly increasing: batch starts at t = {t[0]} us, "
                 f"not after the previous sample at t = {last} us"
