@@ -766,8 +766,10 @@ class _TopicSinkPartition(StatelessSinkPartition["tuple[str, bytes | None, bytes
                     produce(topic, value, key)
                     break
                 except BufferError:
-                    # The local queue is full: wait for deliveries.  Not poll(): with
-                    # reports for failures only, it would sleep its whole timeout.
+                    # The local queue is full: wait for deliveries.  Not poll(): with reports
+                    # for failures only it has no event to wake it, and waited about 20 ms
+                    # (the linger) each time on the local broker; flush() returns as soon as
+                    # the queue has drained (under 1 ms there).
                     self._producer.flush(0.1)
 
     def close(self) -> None:
