@@ -196,6 +196,8 @@ class WitnessLog:
     def _chain(self, out: LoggedRecords, layer: str, t_us: list[int], sensors: list[str | None],
                values: list[bytes]) -> None:
         """Append records to ``out`` and to the running digest."""
+        if not values:
+            return
         # schemas.messages.witness_log_digest, on the raw 32 bytes instead of hex text.
         digest, sha256, digests = bytes.fromhex(self.digest), hashlib.sha256, out.digests
         for value in values:  # a chain: each digest needs the one before

@@ -447,9 +447,19 @@ def _run_labels(labels: list[str], counts: Sequence[int]) -> pa.StringArray:
     return pa.array(labels, pa.string()).take(pa.array(runs))
 
 
+#: Rows joined at a time: the texts of one join stay far below the 2 GiB that
+#: Arrow's 32-bit string offsets allow (a sync message is about 400 bytes).
+_JOIN_ROWS = 1 << 20
+
+
 def _joined(*parts: pa.Array | str) -> list[bytes]:
     """The row-wise concatenation of ``parts`` (arrays, or text common to every row), as UTF-8 bytes."""
-    return pc.binary_join_element_wise(*parts, "").cast(pa.binary()).to_pylist()
+    n = next(len(part) for part in parts if not isinstance(part, str))
+    out: list[bytes] = []
+    for start in range(0, n, _JOIN_ROWS):
+        rows = [part if isinstance(part, str) else part.slice(start, _JOIN_ROWS) for part in parts]
+        out.extend(pc.binary_join_element_wise(*rows, "").cast(pa.binary()).to_pylist())
+    return out
 
 
 def witness_record_json(layer: str, t_us: int, payload: bytes) -> bytes:

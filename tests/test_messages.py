@@ -446,5 +446,7 @@ def test_direct_encoders_write_the_same_bytes_row_by_row_and_column_by_column(mo
                                            _complex(y, x), _complex(-x, -y), np.abs(y), flags[0], flags[1]))
 
     columnar = encoded()
+    monkeypatch.setattr(messages, "_JOIN_ROWS", 7)  # joined a few rows at a time: the same bytes
+    assert encoded() == columnar
     monkeypatch.setattr(messages, "_COLUMNAR_ROWS", n + 1)
     assert encoded() == columnar
