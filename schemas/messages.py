@@ -35,7 +35,7 @@ import functools
 import hashlib
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -386,9 +386,11 @@ def meso_records_json(sensors: Sequence[str], cells: Sequence[str | None], trans
     n_products = np.asarray(n_products, np.int64)
     if t_re.shape[0] >= _COLUMNAR_ROWS:
         _check_finite("meso payload", (t_re, t_im), ())
-        return _joined('{"layer":"meso","t":"', utc_texts(t_us), '","payload":', _run_labels(heads, counts),
-                       float_texts(t_re), ',"t_im":', float_texts(t_im), ',"coherence":', float_texts(coherence),
-                       ',"n_products":', pa.array(n_products).cast(pa.string()), "}}")
+        head, run = pa.array(heads, pa.string()), _run_of_rows(counts)
+        return _joined(t_re.shape[0], lambda r: (
+            '{"layer":"meso","t":"', utc_texts(t_us[r]), '","payload":', head.take(run[r]), float_texts(t_re[r]),
+            ',"t_im":', float_texts(t_im[r]), ',"coherence":', float_texts(coherence[r]), ',"n_products":',
+            pa.array(n_products[r]).cast(pa.string()), "}}"))
     res, ims = t_re.tolist(), t_im.tolist()
     _check_finite("meso payload", (t_re, t_im), (res, ims))
     return [witness_record_json("meso", t, f'{head}{re!r},"t_im":{im!r},"coherence":{c!r},"n_products":{n}}}'
@@ -411,14 +413,15 @@ def sync_records_json(node: str, sensors: Sequence[str], cells: Sequence[str | N
              for sensor, cell in zip(sensors, cells)]
     if t_us.shape[0] >= _COLUMNAR_ROWS:
         _check_finite("sync record", numbers, ())
-        states = pc.if_else(pa.array(np.asarray(collapsed, bool)), "collapsed", "dissipated")
-        matures = pc.if_else(pa.array(np.asarray(mature, bool)), "true", "false")
-        return _joined(_run_labels(heads, counts), utc_texts(t_us), '","t_sync":[', float_texts(t_sync.real), ",",
-                       float_texts(t_sync.imag), '],"coherence_sync":', float_texts(coherence_sync),
-                       ',"t_master":[', float_texts(t_master.real), ",", float_texts(t_master.imag),
-                       '],"t_emissary":[', float_texts(t_emissary.real), ",", float_texts(t_emissary.imag),
-                       '],"delta_phase":', float_texts(delta_phase), ',"state":"', states, '","mature":', matures,
-                       "}")
+        head, run = pa.array(heads, pa.string()), _run_of_rows(counts)
+        collapsed, mature = np.asarray(collapsed, bool), np.asarray(mature, bool)
+        return _joined(t_us.shape[0], lambda r: (
+            head.take(run[r]), utc_texts(t_us[r]), '","t_sync":[', float_texts(t_sync.real[r]), ",",
+            float_texts(t_sync.imag[r]), '],"coherence_sync":', float_texts(coherence_sync[r]), ',"t_master":[',
+            float_texts(t_master.real[r]), ",", float_texts(t_master.imag[r]), '],"t_emissary":[',
+            float_texts(t_emissary.real[r]), ",", float_texts(t_emissary.imag[r]), '],"delta_phase":',
+            float_texts(delta_phase[r]), ',"state":"', pc.if_else(pa.array(collapsed[r]), "collapsed", "dissipated"),
+            '","mature":', pc.if_else(pa.array(mature[r]), "true", "false"), "}"))
     lists = tuple(a.tolist() for a in numbers)
     _check_finite("sync record", numbers, lists)
     return [
@@ -441,24 +444,23 @@ def utc_texts(t_us: np.ndarray) -> pa.StringArray:
     return pa.array([format_utc(t) for t in distinct.tolist()], pa.string()).take(pa.array(index))
 
 
-def _run_labels(labels: list[str], counts: Sequence[int]) -> pa.StringArray:
-    """``labels[i]`` for each of the ``counts[i]`` rows of run i, as one Arrow array."""
-    runs = np.repeat(np.arange(len(labels)), np.asarray(counts, np.int64))
-    return pa.array(labels, pa.string()).take(pa.array(runs))
+def _run_of_rows(counts: Sequence[int]) -> np.ndarray:
+    """The run index of each row of runs of ``counts[i]`` rows."""
+    return np.repeat(np.arange(len(counts)), np.asarray(counts, np.int64))
 
 
-#: Rows joined at a time: the texts of one join stay far below the 2 GiB that
+#: Rows encoded at a time: the texts of one join stay far below the 2 GiB that
 #: Arrow's 32-bit string offsets allow (a sync message is about 400 bytes).
 _JOIN_ROWS = 1 << 20
 
 
-def _joined(*parts: pa.Array | str) -> list[bytes]:
-    """The row-wise concatenation of ``parts`` (arrays, or text common to every row), as UTF-8 bytes."""
-    n = next(len(part) for part in parts if not isinstance(part, str))
+def _joined(n: int, parts: Callable[[slice], tuple[pa.Array | str, ...]]) -> list[bytes]:
+    """Messages of ``n`` rows as UTF-8 bytes: ``parts(rows)`` gives the columns of a range of
+    rows (arrays, or text common to every row), concatenated row by row."""
     out: list[bytes] = []
     for start in range(0, n, _JOIN_ROWS):
-        rows = [part if isinstance(part, str) else part.slice(start, _JOIN_ROWS) for part in parts]
-        out.extend(pc.binary_join_element_wise(*rows, "").cast(pa.binary()).to_pylist())
+        rows = slice(start, min(n, start + _JOIN_ROWS))
+        out.extend(pc.binary_join_element_wise(*parts(rows), "").cast(pa.binary()).to_pylist())
     return out
 
 
