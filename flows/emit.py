@@ -23,7 +23,6 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from connectors.archive import PendingRows
 from operators.grid import WindowValues
@@ -31,7 +30,7 @@ from operators.samples import SampleBatch
 from operators.sync import COLLAPSE, DISSIPATE_COHERENCE, SyncValues
 from operators.witness import LoggedRecords
 from schemas.archive import DATASETS, TIMESTAMP
-from schemas.messages import CollapseEvent, DeadLetter, sync_records_json, to_json_bytes
+from schemas.messages import CollapseEvent, DeadLetter, state_texts, sync_records_json, to_json_bytes
 
 __all__ = [
     "ArchiveRows",
@@ -242,11 +241,6 @@ def signature_rows(blocks: Sequence[SignatureBlock]) -> ArchiveRows:
     }))
 
 
-def _state(collapsed: np.ndarray) -> pa.Array:
-    # In Arrow: a NumPy array of texts would be converted one by one.
-    return pc.if_else(pa.array(np.asarray(collapsed, bool)), "collapsed", "dissipated")
-
-
 class SyncBlock(NamedTuple):
     """Sync values of several sensors, in runs: the ``counts[i]`` rows of
     ``values`` after the earlier runs are of ``sensors[i]`` (cell ``cells[i]``)."""
@@ -271,7 +265,7 @@ def history_rows(blocks: Sequence[SyncBlock]) -> ArchiveRows:
     return ArchiveRows("coherence_history", _table("coherence_history", {
         "sensor": _labels([s for b in blocks for s in b.sensors], counts), "t": _times(sv.t),
         "coherence_master": ma.real ** 2 + ma.imag ** 2, "coherence_emissary": em.real ** 2 + em.imag ** 2,
-        "coherence_sync": sv.coherence_sync, "delta_phase": sv.delta_phase, "state": _state(sv.collapsed),
+        "coherence_sync": sv.coherence_sync, "delta_phase": sv.delta_phase, "state": state_texts(sv.collapsed),
     }))
 
 
@@ -320,7 +314,7 @@ def mesh_rows(node: str, blocks: Sequence[SyncBlock]) -> ArchiveRows:
         "t_sync_re": sv.T_sync.real, "t_sync_im": sv.T_sync.imag, "coherence_sync": sv.coherence_sync,
         "t_master_re": sv.T_master.real, "t_master_im": sv.T_master.imag,
         "t_emissary_re": sv.T_emissary.real, "t_emissary_im": sv.T_emissary.imag,
-        "delta_phase": sv.delta_phase, "state": _state(sv.collapsed), "mature": sv.mature,
+        "delta_phase": sv.delta_phase, "state": state_texts(sv.collapsed), "mature": sv.mature,
     }))
 
 

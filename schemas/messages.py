@@ -73,6 +73,7 @@ __all__ = [
     "per_row",
     "parse_utc",
     "sample_from_object",
+    "state_texts",
     "sync_records_json",
     "to_json_bytes",
     "witness_log_digest",
@@ -420,7 +421,7 @@ def sync_records_json(node: str, sensors: Sequence[str], cells: Sequence[str | N
             float_texts(t_sync.imag[r]), '],"coherence_sync":', float_texts(coherence_sync[r]), ',"t_master":[',
             float_texts(t_master.real[r]), ",", float_texts(t_master.imag[r]), '],"t_emissary":[',
             float_texts(t_emissary.real[r]), ",", float_texts(t_emissary.imag[r]), '],"delta_phase":',
-            float_texts(delta_phase[r]), ',"state":"', pc.if_else(pa.array(collapsed[r]), "collapsed", "dissipated"),
+            float_texts(delta_phase[r]), ',"state":"', state_texts(collapsed[r]),
             '","mature":', pc.if_else(pa.array(mature[r]), "true", "false"), "}"))
     lists = tuple(a.tolist() for a in numbers)
     _check_finite("sync record", numbers, lists)
@@ -442,6 +443,15 @@ def utc_texts(t_us: np.ndarray) -> pa.StringArray:
     """:func:`format_utc` of every time, as one Arrow array; each distinct time is formatted once."""
     distinct, index = np.unique(np.asarray(t_us, np.int64), return_inverse=True)
     return pa.array([format_utc(t) for t in distinct.tolist()], pa.string()).take(pa.array(index))
+
+
+def state_texts(collapsed: np.ndarray) -> pa.StringArray:
+    """The sync state of each row as text (``collapsed`` or ``dissipated``), as one Arrow array.
+
+    >>> state_texts(np.array([True, False])).to_pylist()
+    ['collapsed', 'dissipated']
+    """
+    return pc.if_else(pa.array(np.asarray(collapsed, bool)), "collapsed", "dissipated")
 
 
 def _run_of_rows(counts: Sequence[int]) -> np.ndarray:
