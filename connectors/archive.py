@@ -242,10 +242,15 @@ def _committed_file(dataset_dir: Path, entry: dict[str, Any]) -> Path | None:
 
 
 def _ipc_bytes(table: pa.Table, schema: pa.Schema) -> pa.Buffer:
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_file(sink, schema) as writer:
+    # Sized first (nothing is copied), then written into one buffer of that size: a
+    # growing BufferOutputStream took 69 ms for a 34 MB file, this 14 ms.
+    size = pa.MockOutputStream()
+    with pa.ipc.new_file(size, schema) as writer:
         writer.write_table(table)
-    return sink.getvalue()
+    buffer = pa.allocate_buffer(size.size())
+    with pa.ipc.new_file(pa.FixedSizeBufferWriter(buffer), schema) as writer:
+        writer.write_table(table)
+    return buffer
 
 
 def _t_micros(table: pa.Table) -> np.ndarray:
