@@ -50,7 +50,9 @@ __all__ = [
     "mesh_rows",
     "on_grid",
     "picked_runs",
+    "signature_key_runs",
     "signature_rows",
+    "sync_key_runs",
     "sync_messages",
     "witness_rows",
 ]
@@ -227,6 +229,12 @@ class SignatureBlock(NamedTuple):
     values: WindowValues
 
 
+def signature_key_runs(blocks: Sequence[SignatureBlock]) -> tuple[list[int], list[tuple[str, str]]]:
+    """Rows and row key (sensor, transducer) of each run of :func:`signature_rows`, in order."""
+    return ([n for b in blocks for n in b.counts],
+            [(s, k) for b in blocks for s, k in zip(b.sensors, b.transducers)])
+
+
 def signature_rows(blocks: Sequence[SignatureBlock]) -> ArchiveRows:
     """``temporal_signatures/`` rows of transducer values of any sensors."""
     counts = [n for b in blocks for n in b.counts]
@@ -256,6 +264,11 @@ def _sync_columns(blocks: Sequence[SyncBlock]) -> tuple[list[int], SyncValues]:
     if len(blocks) == 1:
         return counts, blocks[0].values
     return counts, SyncValues(*(np.concatenate(columns) for columns in zip(*(b.values for b in blocks))))
+
+
+def sync_key_runs(blocks: Sequence[SyncBlock]) -> tuple[list[int], list[tuple[str]]]:
+    """Rows and row key (the sensor) of each run of :func:`history_rows` and :func:`mesh_rows`, in order."""
+    return [n for b in blocks for n in b.counts], [(s,) for b in blocks for s in b.sensors]
 
 
 def history_rows(blocks: Sequence[SyncBlock]) -> ArchiveRows:
@@ -329,7 +342,8 @@ def witness_rows(pieces: list[LoggedRecords]) -> ArchiveRows:
     digests = binascii.hexlify(b"".join(column("digests")))  # 64 characters per record
     return ArchiveRows("witnessing_logs", _table("witnessing_logs", {
         "seq": seq, "layer": column("layers"), "t": _times(np.array(column("t_us"), np.int64)),
-        "sensor": column("sensors"), "payload": pa.array(column("values"), pa.binary()).cast(pa.string()),
+        # The payloads are this process's own JSON (UTF-8 by construction): viewed as text, not validated.
+        "sensor": column("sensors"), "payload": pa.array(column("values"), pa.binary()).view(pa.string()),
         "log_sha256": pa.Array.from_buffers(pa.string(), n, [
             None, pa.py_buffer(np.arange(n + 1, dtype=np.int32) * 64), pa.py_buffer(digests)]),
     }))

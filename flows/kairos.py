@@ -72,7 +72,9 @@ from flows.emit import (
     mesh_rows,
     on_grid,
     picked_runs,
+    signature_key_runs,
     signature_rows,
+    sync_key_runs,
     sync_messages,
     witness_rows,
 )
@@ -387,11 +389,11 @@ class _ResonateLogic(StatefulBatchLogic[list[SampleBatch], Any, dict[str, Resona
             # Only the arrays travel: a batch also references its source messages.
             out.append(deferred(input_rows, "input", input_pieces(released), runs=input_key_runs))
         if signatures:
-            out.append(deferred(signature_rows, "temporal_signatures", signatures))
+            out.append(deferred(signature_rows, "temporal_signatures", signatures, runs=signature_key_runs))
         if history is not None:
-            out.append(deferred(history_rows, "coherence_history", [history]))
+            out.append(deferred(history_rows, "coherence_history", [history], runs=sync_key_runs))
         if mesh is not None and self.mesh:
-            out.append(deferred(mesh_rows, "mesh_sync", self.node, [mesh]))
+            out.append(deferred(mesh_rows, "mesh_sync", self.node, [mesh], runs=sync_key_runs))
         if events and self.events:
             out.append(deferred(events_rows, "events", events))
         return out
