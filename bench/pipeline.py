@@ -486,7 +486,8 @@ def _child_flow(spec: dict[str, Any], board: ProgressBoard) -> dict[str, Any]:
 
     config = parse_config(spec["config"], source="bench")
     warm_s = _warm_up(config)
-    flow = build_flow(config) if spec["stage"] == "full" else build_engine_flow(config)
+    # run_main below runs it without recovery, as `becomingone run` does.
+    flow = build_flow(config, recovery=False) if spec["stage"] == "full" else build_engine_flow(config)
     counter = SampleCounter()
     baseline = counter.by_result()
     base_total = sum(baseline.values())
@@ -1836,7 +1837,9 @@ def render_markdown(res: BenchResult, command: str) -> str:
         "nothing with it.",
         "- **2. engine ceiling**: `flows.kairos.build_engine_flow`: the Kafka source, the pipeline's decode step "
         "and key-group routing, and a step that only counts the decoded samples.",
-        "- **3. full pipeline**: `flows.kairos.build_flow`: decode, per-sensor event time and lag products, "
+        "- **3. full pipeline**: `flows.kairos.build_flow` (`recovery=False`, as `becomingone run` builds it: "
+        "no Bytewax recovery, so epoch snapshots do not wait for the archive): decode, per-sensor event time and "
+        "lag products, "
         "Emissary, Master, sync, the collapse, witness, sync and dead-letter topics, the Arrow archive (every "
         "dataset, input included) in a temporary directory, and the metrics endpoint; `source.batch_size` "
         f"{SOURCE_BATCH['arrow']} (Arrow) and {SOURCE_BATCH['json']:,} (JSON) messages per poll of a partition. "

@@ -629,7 +629,7 @@ def _source(config: Config, source: Any) -> Any:
 
 
 def build_flow(config: Config, *, replay: bool = False, source: Any = None,
-               flow_id: str = "becomingone") -> Dataflow:
+               flow_id: str = "becomingone", recovery: bool = True) -> Dataflow:
     """The dataflow of ``config``.
 
     Args:
@@ -638,6 +638,10 @@ def build_flow(config: Config, *, replay: bool = False, source: Any = None,
         source: a Bytewax source to read instead of ``config.source`` (for
             example :class:`flows.sources.ArchiveInput`).
         flow_id: the Bytewax dataflow id (names recovery state).
+        recovery: False when the flow will run without Bytewax recovery (as
+            ``becomingone run`` runs it): the archive's epoch snapshots then
+            start writing its buffered rows without the flow waiting for them.
+            True (the default) keeps every snapshot durable.
 
     Nothing connects to Kafka or opens files until the flow runs.
 
@@ -689,7 +693,7 @@ def build_flow(config: Config, *, replay: bool = False, source: Any = None,
         rows = op.map("archive_rows", op.filter("archive_only", archive_rows, _is(ArchiveRows)),
                       lambda r: (r.dataset, r.table))
         op.output("archive", rows, ArchiveSink(mem.root, enabled, flush_rows=mem.flush_rows,
-                                              flush_seconds=mem.flush_interval))
+                                              flush_seconds=mem.flush_interval, durable_snapshots=recovery))
     return flow
 
 

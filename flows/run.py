@@ -104,7 +104,7 @@ def run_flow(config: Config, *, workers: int = 1, out: TextIO = sys.stdout, prog
     book = ledger()
     book.reset()
     clear_stop_request()  # an earlier run of this process may have been stopped
-    flow = build_flow(config, replay=replay, source=source)
+    flow = build_flow(config, replay=replay, source=source, recovery=False)  # cli_main below: no recovery
     bar = _Progress(progress, book, config, span)
     started = time.monotonic()
     bar.start()

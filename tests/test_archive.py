@@ -841,6 +841,53 @@ def test_a_snapshot_makes_every_row_handed_over_durable_and_starts_the_other_dat
     assert verify_archive(tmp_path) == {"events": [], "input": []}
 
 
+def test_without_recovery_a_snapshot_starts_writing_and_returns_without_waiting(tmp_path, monkeypatch):
+    """durable_snapshots=False: the snapshot hands the rows to the writer thread and
+    returns while they are still being written; closing waits for all of them."""
+    import threading
+
+    sink = ArchiveSink(tmp_path, ["input"], flush_rows=10**9, flush_seconds=1e9, durable_snapshots=False)
+    part = sink.build_part("archive", "input", None)
+    release, flushed = threading.Event(), threading.Event()
+    flush = part.writer.flush
+
+    def held_flush():
+        release.wait(60)  # bounded only so that a snapshot that waits fails instead of hanging
+        written = flush()
+        flushed.set()
+        return written
+
+    monkeypatch.setattr(part.writer, "flush", held_flush)
+    for k in range(20):
+        part.write_batch([archive.PendingRows(_input_rows, ("x",), [("a", T0 + k)])])
+    part.snapshot()
+    assert not flushed.is_set()  # returned while its flush was held
+    assert not (tmp_path / "input" / "MANIFEST.jsonl").exists()
+    release.set()
+    part.close()
+    assert read_dataset(tmp_path / "input").num_rows == 20
+    assert verify_archive(tmp_path) == {"input": []}
+
+
+def test_without_recovery_a_failed_snapshot_write_is_raised_by_the_flow_s_next_call(tmp_path, monkeypatch):
+    sink = ArchiveSink(tmp_path, ["input"], flush_rows=10**9, flush_seconds=1e9, durable_snapshots=False)
+    part = sink.build_part("archive", "input", None)
+    flush, failures = part.writer.flush, [OSError("No space left on device")]
+
+    def failing_once():
+        if failures:
+            raise failures.pop()
+        return flush()
+
+    monkeypatch.setattr(part.writer, "flush", failing_once)
+    part.write_batch([rows("input", ["a"], [T0])])
+    part.snapshot()
+    with pytest.raises(OSError, match="No space left"):
+        part.close()
+    # The rows stayed buffered and were written as the writer closed.
+    assert read_dataset(tmp_path / "input").num_rows == 1
+
+
 def _input_runs(pieces: list[tuple[str, int]]) -> tuple[list[int], list[tuple[str]]]:
     return [1] * len(pieces), [(f"x{s}",) for s, _ in pieces]
 
