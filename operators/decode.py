@@ -68,7 +68,7 @@ from schemas.messages import (
     PhaseSample,
     parse_sample,
 )
-from schemas.timebase import MAX_ABS_SECONDS, to_micros
+from schemas.timebase import MAX_ABS_SECONDS, MAX_ABS_WHOLE_SECONDS, RANGE_TEXT, to_micros, unit_limit
 
 __all__ = [
     "Decoded",
@@ -78,7 +78,6 @@ __all__ = [
     "original_row_bytes",
 ]
 
-_PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 
 # Row status codes of the Arrow path, in precedence order (lowest wins).
 _OK, _SCHEMA, _NAN, _CHANNELS = 0, 1, 2, 3
@@ -396,7 +395,7 @@ def _times(arr: pa.Array, status: np.ndarray, why: dict[int, str]) -> np.ndarray
         # Time zone or not, the stored values are UTC epoch counts.
         # The same 64-bit values reinterpreted (a view, not a compute cast).
         raw = (arr.fill_null(0) if arr.null_count else arr).view(pa.int64()).to_numpy(zero_copy_only=False)
-        limit = MAX_ABS_SECONDS * _PER_SECOND[typ.unit]
+        limit = unit_limit(typ.unit)
         out_of_range = valid & ((raw > limit) | (raw < -limit))
         ok = valid & ~out_of_range
         clean = np.where(ok, raw, 0) if not ok.all() else raw
@@ -405,7 +404,7 @@ def _times(arr: pa.Array, status: np.ndarray, why: dict[int, str]) -> np.ndarray
         nonfinite = np.zeros(len(raw), dtype=bool)
     elif pa.types.is_integer(typ):
         raw = (arr.fill_null(0) if arr.null_count else arr).to_numpy(zero_copy_only=False)
-        out_of_range = valid & ((raw > MAX_ABS_SECONDS) | (raw < -MAX_ABS_SECONDS))
+        out_of_range = valid & ((raw > MAX_ABS_WHOLE_SECONDS) | (raw < -MAX_ABS_WHOLE_SECONDS))
         ok = valid & ~out_of_range
         t_us = to_micros(np.where(ok, raw, 0).astype(np.int64))
         nonfinite = np.zeros(len(raw), dtype=bool)
@@ -416,7 +415,7 @@ def _times(arr: pa.Array, status: np.ndarray, why: dict[int, str]) -> np.ndarray
         ok = valid & ~nonfinite & ~out_of_range
         t_us = to_micros(np.where(ok, raw, 0.0) if not ok.all() else raw)
     _mark(status, why, ~valid, _SCHEMA, "t is null")
-    _mark(status, why, out_of_range, _SCHEMA, "t is out of range for epoch seconds")
+    _mark(status, why, out_of_range, _SCHEMA, f"t is out of range: {RANGE_TEXT}")
     _mark(status, why, nonfinite, _NAN, "t is NaN or infinite")
     return np.asarray(t_us, dtype=np.int64)
 

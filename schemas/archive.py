@@ -193,7 +193,8 @@ def partition_values(t_us: int) -> tuple[str, str]:
     ('2025-11-26', '00')
     """
     stamp = _EPOCH + _dt.timedelta(microseconds=int(t_us))
-    return stamp.strftime("%Y-%m-%d"), f"{stamp.hour:02d}"
+    # Not strftime("%Y"): it does not pad years below 1000 on every platform.
+    return f"{stamp.year:04d}-{stamp.month:02d}-{stamp.day:02d}", f"{stamp.hour:02d}"
 
 
 def partition_dir(t_us: int) -> str:

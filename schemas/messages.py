@@ -45,7 +45,14 @@ import pyarrow.compute as pc
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from schemas.float_text import float_texts
-from schemas.timebase import MAX_ABS_SECONDS, MICROS_PER_SECOND, number_to_micros, to_micros
+from schemas.timebase import (
+    MAX_ABS_SECONDS,
+    MAX_ABS_WHOLE_SECONDS,
+    MICROS_PER_SECOND,
+    RANGE_TEXT,
+    number_to_micros,
+    to_micros,
+)
 
 __all__ = [
     "ARROW_STREAM_CONTENT_TYPE",
@@ -255,8 +262,8 @@ def sample_from_object(obj: Any) -> PhaseSample:
         raise InvalidSample(DeadLetterReason.SCHEMA, "field 't' must be epoch seconds or an ISO-8601 string")
     elif isinstance(t, float) and not math.isfinite(t):
         raise InvalidSample(DeadLetterReason.NAN, f"field 't' is {t!r}")
-    elif abs(t) > MAX_ABS_SECONDS:
-        raise InvalidSample(DeadLetterReason.SCHEMA, f"field 't' ({t!r}) is out of range for epoch seconds")
+    elif abs(t) > (MAX_ABS_WHOLE_SECONDS if isinstance(t, int) else MAX_ABS_SECONDS):
+        raise InvalidSample(DeadLetterReason.SCHEMA, f"field 't' ({t!r}) is out of range: {RANGE_TEXT}")
 
     try:
         values = tuple(float(x) for x in (phase if isinstance(phase, list) else [phase]))

@@ -37,12 +37,24 @@ import numpy as np
 
 MICROS_PER_SECOND = 1_000_000
 
-#: Largest |event time| in seconds: int64 microseconds overflow near 9.22e12 s.
-MAX_ABS_SECONDS = 9.2e12
+#: The event-time range in microseconds: what an Arrow ``timestamp[ns]`` holds
+#: (1677-09-21T00:12:43.145225Z to 2262-04-11T23:47:16.854775Z).  A time outside
+#: it cannot be archived, partitioned or formatted by every reader, so it is a
+#: ``schema`` dead letter at decode (SPEC section 4).
+MAX_T_US = (2**63 - 1) // 1000
+MIN_T_US = -MAX_T_US
+#: Largest |event time| in float seconds: one microsecond inside the range, so that
+#: the rounding of any float up to it stays in the range (float64 resolves ~2 us there).
+MAX_ABS_SECONDS = (MAX_T_US - 1) / 1e6
+#: Largest |event time| in whole (integer) seconds.
+MAX_ABS_WHOLE_SECONDS = MAX_T_US // 1_000_000
 
 __all__ = [
     "MAX_ABS_SECONDS",
+    "MAX_ABS_WHOLE_SECONDS",
+    "MAX_T_US",
     "MICROS_PER_SECOND",
+    "MIN_T_US",
     "duration_to_micros",
     "micros_to_seconds",
     "number_to_micros",
@@ -58,11 +70,12 @@ def seconds_to_micros(seconds: Any) -> np.ndarray:
     microsecond nearest to the float's exact value (ties to even).
 
     Raises:
-        ValueError: for NaN or infinite values, or values outside +-2.9e5 years.
+        ValueError: for NaN or infinite values, or values outside the event-time
+            range (:data:`MIN_T_US` to :data:`MAX_T_US`, years 1677 to 2262).
     """
     arr = np.asarray(seconds)
     if arr.dtype.kind in "iu":
-        _check_range(arr, MAX_ABS_SECONDS)
+        _check_range(arr, MAX_ABS_WHOLE_SECONDS)
         return arr.astype(np.int64) * MICROS_PER_SECOND
     arr = arr.astype(np.float64)
     if not np.all(np.isfinite(arr)):
@@ -89,7 +102,22 @@ def number_to_micros(seconds: int | float) -> int:
 def _check_range(values: np.ndarray, limit: float) -> None:
     # Checked before scaling: int64 arithmetic would wrap around silently.
     if values.size and (np.max(values) > limit or np.min(values) < -limit):
-        raise ValueError(f"event time out of range: |t| must be below {MAX_ABS_SECONDS:g} seconds")
+        raise ValueError(f"event time out of range: {RANGE_TEXT}")
+
+
+#: The event-time range as a person reads it, for error messages.
+RANGE_TEXT = "it must lie between 1677-09-21T00:12:43.145225Z and 2262-04-11T23:47:16.854775Z"
+
+
+def micros_in_range(t_us: Any) -> np.ndarray | bool:
+    """True where ``t_us`` (int microseconds) lies in the event-time range.
+
+    >>> micros_in_range(np.array([0, MAX_T_US, MAX_T_US + 1]))
+    array([ True,  True, False])
+    """
+    arr = np.asarray(t_us)
+    ok = (arr >= MIN_T_US) & (arr <= MAX_T_US)
+    return bool(ok) if arr.ndim == 0 else ok
 
 
 def duration_to_micros(seconds: float) -> int:
@@ -125,7 +153,22 @@ def _iso_to_micros(text: str) -> int:
         raise ValueError(f"ISO-8601 time needs a zone (e.g. 'Z' or '+00:00'): {text!r}")
     # Integer arithmetic from the epoch: no float on the way.
     delta = stamp - _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
-    return (delta.days * 86_400 + delta.seconds) * MICROS_PER_SECOND + delta.microseconds + carry
+    t_us = (delta.days * 86_400 + delta.seconds) * MICROS_PER_SECOND + delta.microseconds + carry
+    if not MIN_T_US <= t_us <= MAX_T_US:
+        raise ValueError(f"event time {text!r} out of range: {RANGE_TEXT}")
+    return t_us
+
+
+_NANOS_PER_UNIT = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
+
+
+def unit_limit(unit: str) -> int:
+    """Largest |value| of a timestamp in ``unit`` (s, ms, us, ns) inside the event-time range.
+
+    >>> unit_limit("s"), unit_limit("ns")
+    (9223372036, 9223372036854775000)
+    """
+    return MAX_T_US * 1000 // _NANOS_PER_UNIT[unit]
 
 
 def to_micros(t: Any) -> np.ndarray:
@@ -149,9 +192,9 @@ def to_micros(t: Any) -> np.ndarray:
             if t.null_count:
                 raise ValueError("event time must not be null")
             raw = np.asarray(pc.cast(t, pa.int64()).to_numpy(zero_copy_only=False), dtype=np.int64)
+            _check_range(raw, unit_limit(typ.unit))
             scale = {"s": -1_000_000, "ms": -1_000, "us": 1, "ns": 1_000}[typ.unit]
             if scale < 0:
-                _check_range(raw, MAX_ABS_SECONDS * MICROS_PER_SECOND / -scale)
                 return raw * -scale
             return raw if scale == 1 else (raw + 500) // 1000  # ns: nearest us, half up
         return to_micros(t.to_numpy(zero_copy_only=False))
@@ -166,6 +209,8 @@ def to_micros(t: Any) -> np.ndarray:
         if np.any(np.isnat(arr)):
             raise ValueError("event time must not be NaT")
         unit = np.datetime_data(arr.dtype)[0]
+        if unit in _NANOS_PER_UNIT:
+            _check_range(arr.astype(np.int64), unit_limit(unit))
         if unit in ("ns", "ps", "fs", "as"):
             # Nearest microsecond, half up, as for Arrow and ISO input.
             ns = arr.astype("datetime64[ns]").astype(np.int64)

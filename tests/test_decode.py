@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -17,9 +18,10 @@ from operators.decode import (
     decode_messages,
     original_row_bytes,
 )
-from schemas.messages import ARROW_STREAM_CONTENT_TYPE
+from schemas.archive import partition_dir, partition_values
+from schemas.messages import ARROW_STREAM_CONTENT_TYPE, format_utc
 from schemas.messages import DeadLetterReason as R
-from schemas.timebase import to_micros
+from schemas.timebase import MAX_T_US, MIN_T_US, to_micros, unit_limit
 
 T0 = 1_764_115_200.125  # 2025-11-26T00:00:00.125Z
 T0_US = 1_764_115_200_125_000
@@ -373,6 +375,61 @@ def test_arrow_integer_and_float32_values_are_widened():
     assert decode_messages([arrow_message(f32)]).batches[0].phase.tolist() == [[0.5]]
 
 
+# Event times are bounded by what an Arrow timestamp[ns] holds (SPEC section 4):
+# 1677-09-21T00:12:43.145225Z to 2262-04-11T23:47:16.854775Z.
+_POISON_JSON_TIMES = [-1e11, 1e10, 9_300_000_000, -(10**11), "0001-01-01T00:00:00Z", "9999-12-31T23:59:59Z",
+                      "1677-09-21T00:12:43.145224Z", "2262-04-11T23:47:16.854776Z"]
+_EDGE_JSON_TIMES = ["1677-09-21T00:12:43.145225Z", "2262-04-11T23:47:16.854775Z", 9_223_372_036, -9_223_372_036]
+
+
+@pytest.mark.parametrize("t", _POISON_JSON_TIMES)
+def test_json_times_beyond_timestamp_ns_are_schema_errors(t):
+    out = decode_messages([json_message({"sensor": "a", "t": T0, "phase": 0.0}),
+                           json_message({"sensor": "a", "t": t, "phase": 0.0}, offset=1)])
+    assert out.accepted == 1 and reasons(out) == [R.SCHEMA]
+    assert "2262-04-11" in out.dead[0].error
+
+
+@pytest.mark.parametrize("t", _EDGE_JSON_TIMES)
+def test_json_times_at_the_edges_of_the_range_are_accepted(t):
+    out = decode_messages([json_message({"sensor": "a", "t": t, "phase": 0.0})])
+    assert out.accepted == 1 and not out.dead
+    (t_us,) = out.batches[0].t_us.tolist()
+    assert MIN_T_US <= t_us <= MAX_T_US
+    # Every accepted time has a partition directory with a 4-digit year and a UTC text.
+    assert re.fullmatch(r"date=\d{4}-\d{2}-\d{2}/hour=\d{2}", partition_dir(t_us))
+    assert format_utc(t_us).endswith("Z")
+
+
+@pytest.mark.parametrize("unit", ["s", "ms", "us"])
+def test_arrow_timestamps_beyond_timestamp_ns_are_schema_errors(unit):
+    per_second = {"s": 1, "ms": 1_000, "us": 1_000_000}[unit]
+    table = pa.table({
+        "sensor": ["a"] * 4,
+        "t": pa.array([1_764_115_200 * per_second, -100_000_000_000 * per_second, 10_000_000_000 * per_second,
+                       unit_limit(unit)], pa.timestamp(unit)),
+        "phase": [0.0] * 4,
+    })
+    out = decode_messages([arrow_message(table)])
+    assert out.accepted == 2 and reasons(out) == [R.SCHEMA, R.SCHEMA]
+    assert sorted(b for batch in out.batches for b in batch.t_us.tolist())[-1] <= MAX_T_US
+
+
+def test_arrow_float_and_integer_seconds_beyond_timestamp_ns_are_schema_errors():
+    floats = pa.table({"sensor": ["a"] * 3, "t": [T0, -1e11, 9.3e9], "phase": [0.0] * 3})
+    ints = pa.table({"sensor": ["a"] * 3, "t": pa.array([1_764_115_200, -10**11, 9_223_372_037], pa.int64()),
+                     "phase": [0.0] * 3})
+    for table in (floats, ints):
+        out = decode_messages([arrow_message(table)])
+        assert out.accepted == 1 and reasons(out) == [R.SCHEMA, R.SCHEMA]
+
+
+def test_partition_years_are_four_digits():
+    assert partition_dir(MIN_T_US) == "date=1677-09-21/hour=00"
+    assert partition_dir(MAX_T_US) == "date=2262-04-11/hour=23"
+    assert partition_values(-61_000_000_000 * 1_000_000)[0] == "0036-12-26"  # below year 1000: padded
+
+
 def test_arrow_times_out_of_range_are_schema_errors():
     table = pa.table({
         "sensor": ["a", "a", "a"],
@@ -542,7 +599,8 @@ def test_content_type_header_parsing():
 # Property: random mixes of good and bad rows.
 
 _GOOD_T = st.floats(min_value=1.6e9, max_value=1.9e9, allow_nan=False)
-_T = st.one_of(_GOOD_T, _GOOD_T, _GOOD_T, st.sampled_from([math.nan, math.inf, -math.inf, None, 1e13, -1e13]))
+_T = st.one_of(_GOOD_T, _GOOD_T, _GOOD_T,
+               st.sampled_from([math.nan, math.inf, -math.inf, None, 1e13, -1e13, -1e11, 9.3e9]))
 _X = st.one_of(st.floats(-1e6, 1e6), st.floats(-1e6, 1e6), st.sampled_from([math.nan, math.inf, None]))
 _ANY_ROW = st.fixed_dictionaries({
     "sensor": st.sampled_from(["a", "b", "c", None, ""]),
