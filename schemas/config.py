@@ -53,6 +53,7 @@ from schemas.timebase import duration_to_micros, to_micros
 __all__ = [
     "CONFIG_ENV",
     "ENV_PREFIX",
+    "MAX_CONFIG_NODES",
     "BecomingOneSection",
     "Config",
     "ConfigError",
@@ -86,6 +87,9 @@ __all__ = [
 CONFIG_ENV = "BECOMINGONE_CONFIG"
 #: Prefix of per-key overrides: ``BECOMINGONE__KAIROS__TAU_SCALE=2.0``.
 ENV_PREFIX = "BECOMINGONE__"
+#: A config (or an override's value) may expand into at most this many YAML
+#: nodes, an alias counted at every use: alias bombs are refused before they grow.
+MAX_CONFIG_NODES = 100_000
 
 WITNESS_LAYERS = ("micro", "meso", "macro", "meta")
 #: Phase file formats (``source.format``) and the suffixes that name them.
@@ -1228,15 +1232,56 @@ class _ConfigLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+def _bounded_data(loader: yaml.SafeLoader, limit: int = MAX_CONFIG_NODES) -> Any:
+    """The document of ``loader``, built only once its aliases are known to expand into at most ``limit`` nodes.
+
+    Raises:
+        ValueError: the document expands beyond ``limit`` nodes, or an alias refers to a node containing it.
+        RecursionError: nesting deeper than Python's recursion limit.
+        yaml.YAMLError: not YAML.
+    """
+    root = loader.get_single_node()  # aliases are shared nodes here: composing does not expand them
+    if root is None:
+        return None
+    sizes: dict[int, int] = {}  # node id -> nodes once expanded
+    open_ids: set[int] = set()  # nodes whose children are being counted
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        children = node.value if isinstance(node, yaml.SequenceNode) else (
+            [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else [])
+        if children_done:
+            open_ids.discard(key)
+            sizes[key] = total = 1 + sum(sizes[id(child)] for child in children)
+            if total > limit:
+                raise ValueError(
+                    f"expands into more than {limit:,} YAML nodes (aliases counted at every use); "
+                    "a config has a few hundred"
+                )
+        elif key in open_ids:
+            mark = node.start_mark
+            raise ValueError(f"holds an alias to a node that contains it (line {mark.line + 1}, column {mark.column + 1})")
+        elif key not in sizes:
+            open_ids.add(key)
+            stack.append((node, True))
+            stack.extend((child, False) for child in children)
+    return loader.construct_document(root)
+
+
 def _parse_yaml(text: str, source: str) -> dict[str, Any]:
     loader = _ConfigLoader(text)
     try:
-        data = loader.get_single_data()
+        data = _bounded_data(loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError([f"invalid YAML{where}: {problem}"], source) from None
+    except ValueError as exc:
+        raise ConfigError([str(exc)], source) from None
+    except RecursionError:
+        raise ConfigError(["invalid YAML: nested too deeply"], source) from None
     finally:
         loader.dispose()
     if loader.duplicates:
@@ -1335,9 +1380,15 @@ def _env_overrides(
             parsed: Any = value
         else:
             try:
-                parsed = yaml.safe_load(value) if value.strip() else None
+                parsed = _bounded_data(yaml.SafeLoader(value)) if value.strip() else None
             except yaml.YAMLError as exc:
                 problems.append(f"{name}: value is not a YAML value ({getattr(exc, 'problem', exc)})")
+                continue
+            except ValueError as exc:
+                problems.append(f"{name}: the value {exc}")
+                continue
+            except RecursionError:
+                problems.append(f"{name}: the value is nested too deeply")
                 continue
         if path == ["source", "kind"] and isinstance(raw.get("source"), dict) and raw["source"].get("kind") != parsed:
             # The file describes another kind of source: its keys do not apply.
