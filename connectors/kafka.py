@@ -50,6 +50,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic
 
 from connectors.files import PhaseColumns
+from connectors.metrics import metrics
 from schemas.config import KafkaSection
 from schemas.messages import ARROW_STREAM_CONTENT_TYPE, CONTENT_TYPE_HEADER, PhaseSample
 
@@ -729,18 +730,46 @@ class TopicMessages:
     values: Sequence[bytes]
 
 
+#: A smaller stand-in for a message its topic refused (None: nothing left to drop).
+Shrink = Callable[[bytes], "bytes | None"]
+
+
 class _TopicSinkPartition(StatelessSinkPartition["tuple[str, bytes | None, bytes] | TopicMessages"]):
-    def __init__(self, settings: Mapping[str, Any], timeout: float) -> None:
+    def __init__(self, settings: Mapping[str, Any], timeout: float, shrink: Mapping[str, Shrink]) -> None:
         # Only failures are reported: a Python callback per delivered message cost more
         # than producing it, and the flush at the end of each batch waits for all of them.
         # One callback for the producer: none is passed per message.
         self._producer = Producer({**settings, "delivery.report.only.error": True, "on_delivery": self._on_delivery})
         self._timeout = timeout
         self._errors: list[str] = []
+        self._shrink = dict(shrink)
+        self._refused: list[tuple[str, bytes, str]] = []
 
     def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
         if err is not None:
-            self._errors.append(f"{msg.topic()}: {err.str()}")
+            if msg.topic() in self._shrink:
+                self._refused.append((msg.topic(), msg.value(), err.str()))
+            else:
+                self._errors.append(f"{msg.topic()}: {err.str()}")
+
+    def _resend_refused(self) -> None:
+        """Messages of a topic with a stand-in (the dead letters) never stop the flow: a refused one
+        is sent again as its smaller stand-in, and one refused again is logged and dropped."""
+        m = metrics()
+        while self._refused:
+            refused, self._refused = self._refused, []
+            for topic, value, why in refused:
+                smaller = self._shrink[topic](value) if value is not None else None
+                if smaller is None:
+                    m.dead_letter_refusals.labels("dropped").inc()
+                    log.error("topic %s refused a record again (%s); dropped: %s", topic, why,
+                              (value or b"")[:300].decode("utf-8", "replace"))
+                    continue
+                m.dead_letter_refusals.labels("resent_without_original").inc()
+                log.warning("topic %s refused a record of %d bytes (%s); sent again without the original bytes",
+                            topic, len(value), why)
+                self._produce(topic, (None,), (smaller,))
+            self._producer.flush(self._timeout)
 
     def write_batch(self, items: list[tuple[str, bytes | None, bytes] | TopicMessages]) -> None:
         for item in items:
@@ -754,6 +783,7 @@ class _TopicSinkPartition(StatelessSinkPartition["tuple[str, bytes | None, bytes
         remaining = self._producer.flush(self._timeout)
         if remaining:
             self._errors.append(f"{remaining} message(s) not delivered within {self._timeout:g} s")
+        self._resend_refused()
         if self._errors:
             errors, self._errors = self._errors, []
             raise DeliveryFailed(f"{len(errors)} output message(s) failed; first: {errors[0]}")
@@ -764,6 +794,11 @@ class _TopicSinkPartition(StatelessSinkPartition["tuple[str, bytes | None, bytes
             while True:
                 try:
                     produce(topic, value, key)
+                    break
+                except KafkaException as exc:  # refused before queueing, e.g. above message.max.bytes
+                    if topic not in self._shrink:
+                        raise
+                    self._refused.append((topic, value, exc.args[0].str()))
                     break
                 except BufferError:
                     # The local queue is full: wait for deliveries.  Not poll(): with reports
@@ -785,24 +820,32 @@ class TopicSink(DynamicSink["tuple[str, bytes | None, bytes] | TopicMessages"]):
     :class:`DeliveryFailed` naming the topic and librdkafka's error.  Each
     worker first creates the missing ``topics`` where the cluster allows it.
 
+    Messages of a topic in ``shrink`` never stop the dataflow: one the
+    topic refuses (too large, say) is sent again as ``shrink[topic](value)``
+    without a key; one refused again, or with no stand-in, is logged and
+    counted (``becomingone_dead_letter_refusals_total``).  The flow gives the
+    dead-letter topic :func:`schemas.messages.without_original`.
+
     Args:
         settings: producer settings (:func:`producer_settings`).
         topics: the output topics.
         admin: admin client settings for creating them (None: ``settings``).
+        shrink: per topic, the smaller stand-in of a refused message.
     """
 
     def __init__(self, settings: Mapping[str, Any], topics: Iterable[str], *,
-                 admin: Mapping[str, Any] | None = None) -> None:
+                 admin: Mapping[str, Any] | None = None, shrink: Mapping[str, Shrink] | None = None) -> None:
         self.settings = dict(settings)
         self.topics = list(topics)
         self.admin = dict(admin) if admin is not None else dict(settings)
+        self.shrink = dict(shrink or {})
         self.timeout = float(self.settings.get("message.timeout.ms", 300_000)) / 1000.0 + 5.0
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _TopicSinkPartition:
         # Every worker, not only the first: none may produce before the topics
         # exist, and "already exists" is fine.
         ensure_topics(connect_admin(self.admin), self.topics)
-        return _TopicSinkPartition(self.settings, self.timeout)
+        return _TopicSinkPartition(self.settings, self.timeout, self.shrink)
 
 
 # --------------------------------------------------------------------------

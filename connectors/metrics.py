@@ -63,6 +63,9 @@ class PipelineMetrics:
         self.sensor_coherence = Gauge("becomingone_sensor_coherence_sync",
                                       "Latest |T_sync|^2 per sensor (metrics.per_sensor_labels)",
                                       ["sensor"], registry=registry)
+        self.dead_letter_refusals = Counter(
+            "becomingone_dead_letter_refusals", "Dead letters the topic refused: resent without the original "
+            "bytes, or dropped (and logged) when refused again", ["outcome"], registry=registry)
         self.per_sensor_labels = False
         # Pre-create the label values, so a scrape lists every series from the start.
         for result in ("accepted", "malformed", "schema", "nan", "duplicate", "late", "future", "too_large",
@@ -70,6 +73,8 @@ class PipelineMetrics:
             self.samples.labels(result)
         for event in ("collapse", "dissipate"):
             self.transitions.labels(event)
+        for outcome in ("resent_without_original", "dropped"):
+            self.dead_letter_refusals.labels(outcome)
         for layer in ("micro", "meso", "macro", "meta"):
             self.witness_records.labels(layer)
 

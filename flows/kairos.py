@@ -79,6 +79,7 @@ from flows.emit import (
     witness_rows,
 )
 from flows.sources import PhaseFile, SyntheticSamples, kafka_source, request_stop
+from operators.dead_letters import DeadLetterBudget
 from operators.decode import RawMessage, decode_messages
 from operators.grid import WindowValues
 from operators.params import KairosParams
@@ -89,11 +90,14 @@ from operators.witness import LoggedRecords, WitnessBlock, WitnessEntries, Witne
 from schemas.config import Config, FileSource, KafkaSource, SyntheticSource, load_config
 from schemas.messages import (
     CollapseEvent,
+    MAX_DEAD_LETTERS_PER_MESSAGE,
+    DeadLetterLimits,
     MacroWitness,
     MicroWitness,
     meso_records_json,
     per_row,
     to_json_bytes,
+    without_original,
 )
 
 __all__ = ["Decode", "build_engine_flow", "build_flow", "kairos_params", "key_group", "request_stop",
@@ -162,6 +166,7 @@ class Decode:
         self._group_of: dict[str, str] = {}
         src = config.source
         self.max_bytes = src.max_message_bytes if isinstance(src, KafkaSource) else None
+        self.limits = dead_letter_limits(config)
         self.micro = config.witnessing.layer_enabled("micro")
         self.max_future_us = config.sync.max_future_us
         self.newest: int | None = None  # newest event time seen (the micro records' t)
@@ -183,13 +188,13 @@ class Decode:
         batches = list(ready)
         out: list[Any] = []
         if messages:
-            decoded = decode_messages(messages, max_message_bytes=self.max_bytes)
+            decoded = decode_messages(messages, max_message_bytes=self.max_bytes, limits=self.limits)
             batches.extend(decoded.batches)
             out.extend(dead_letter_records(decoded.dead))
             m = metrics()
             for reason, n in decoded.counts.items():
                 m.samples.labels(str(reason)).inc(n)
-            drops = len(decoded.dead)
+            drops = sum(decoded.counts.values())
             ledger().rejected_at_decode(drops)
         else:
             drops = 0
@@ -230,6 +235,13 @@ def key_group(sensor: str, groups: int) -> str:
     'group-7'
     """
     return f"group-{zlib.crc32(sensor.encode('utf-8')) % groups}"
+
+
+def dead_letter_limits(config: Config) -> DeadLetterLimits:
+    """The dead-letter bounds of ``config`` (``sink.dlq_max_original_bytes``,
+    ``source.max_dead_letters_per_message`` of a Kafka source)."""
+    per_message = getattr(config.source, "max_dead_letters_per_message", MAX_DEAD_LETTERS_PER_MESSAGE)
+    return DeadLetterLimits(max_original_bytes=config.sink.dlq_max_original_bytes, max_per_message=per_message)
 
 
 def resonator_settings(config: Config, *, replay: bool = False) -> ResonatorSettings:
@@ -287,6 +299,7 @@ class _ResonateLogic(StatefulBatchLogic[list[SampleBatch], Any, dict[str, Resona
         _start_metrics_once(config)
         _tune_garbage_collector()  # done already when the flow came from build_flow
         self.settings = resonator_settings(config, replay=replay)
+        self.limits = dead_letter_limits(config)
         self.resonators: dict[str, Resonator] = resume if resume is not None else {}
         self.node = config.becomingone.name
         mem, sink = config.memory, config.sink
@@ -321,10 +334,15 @@ class _ResonateLogic(StatefulBatchLogic[list[SampleBatch], Any, dict[str, Resona
         now_us = time.time_ns() // 1000
         # Each sample makes at most one grid point of each transducer due (plus one pending each).
         rows = GridRows(sum(len(b) + 2 for group in values for b in group))
+        budget = DeadLetterBudget(self.limits)  # one allowance per input message over all sensors of the call
         # Batches of one sensor go in arrival order (they may differ in channel count).
-        steps = [(r, r.push(b, now_us, rows)) for group in values for b in group
+        steps = [(r, r.push(b, now_us, rows, budget)) for group in values for b in group
                  for r in (self._resonator(b.sensor),)]
-        out = _bundled(self._outputs(steps, rows))
+        outputs = self._outputs(steps, rows)
+        summaries = budget.summaries()
+        if summaries:
+            outputs.extend(dead_letter_records(summaries))
+        out = _bundled(outputs)
         metrics().batch_seconds.labels("resonate").observe(time.perf_counter() - started)
         return out, StatefulBatchLogic.RETAIN
 
@@ -350,11 +368,11 @@ class _ResonateLogic(StatefulBatchLogic[list[SampleBatch], Any, dict[str, Resona
         newest: int | None = None
         for r, res in steps:
             entry = run.sensor(r.sensor)
-            if res.dead:
+            if res.reasons:
                 out.extend(dead_letter_records(res.dead))
                 for reason in res.reasons:
                     rejected[reason] = rejected.get(reason, 0) + 1
-                entry.rejected += len(res.dead)
+                entry.rejected += len(res.reasons)
             if res.released is not None:
                 n = len(res.released)
                 accepted += n
@@ -583,7 +601,7 @@ def _kafka_sink(config: Config):
     topics = config.sink.topics
     return TopicSink(producer_settings(config.kafka, client_id=name),
                       [getattr(topics, r) for r in ("collapse", "witness", "sync", "dlq")],
-                      admin=admin_settings(config.kafka, client_id=name))
+                      admin=admin_settings(config.kafka, client_id=name), shrink={topics.dlq: without_original})
 
 
 # --------------------------------------------------------------------------

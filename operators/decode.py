@@ -57,12 +57,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from numba import njit
 
+from operators.arrow_bounds import decoded_size
+from operators.dead_letters import DeadLetterBudget
 from operators.samples import Origins, SampleBatch
 from schemas.messages import (
     ARROW_STREAM_CONTENT_TYPE,
     CONTENT_TYPE_HEADER,
     JSON_CONTENT_TYPE,
     DeadLetter,
+    DeadLetterLimits,
     DeadLetterReason,
     InvalidSample,
     PhaseSample,
@@ -135,9 +138,10 @@ class Decoded:
             sensor's first accepted row; rows in arrival order (message order,
             then row order inside a message).
         dead: dead letters, one per rejected row (or per message when the
-            whole message is unreadable).
-        counts: number of dead letters per reason (reasons with none absent).
-        rows: rows seen: accepted rows plus dead letters.
+            whole message is unreadable), plus one summary per message with
+            more bad rows than ``DeadLetterLimits.max_per_message``.
+        counts: rejected rows per reason (reasons with none absent).
+        rows: rows seen: accepted rows plus rejected rows.
     """
 
     batches: list[SampleBatch] = field(default_factory=list)
@@ -181,14 +185,16 @@ class _Part:
         return np.arange(self.code.shape[0], dtype=np.int64) * width
 
 
-def _dead_letter(message: RawMessage, original: bytes, reason: DeadLetterReason, error: str) -> DeadLetter:
+def _dead_letter(message: RawMessage, original: bytes, reason: DeadLetterReason, error: str,
+                 limits: DeadLetterLimits, row: int | None = None) -> DeadLetter:
     # DeadLetter allows only non-negative partitions and offsets; -1 means
     # "not from Kafka" in SampleBatch and None here.
     partition = message.partition if message.partition is not None and message.partition >= 0 else None
     offset = message.offset if message.offset is not None and message.offset >= 0 else None
     return DeadLetter.create(
         original=original, reason=reason, error=error, topic=message.topic,
-        partition=partition, offset=offset, key=message.key,
+        partition=partition, offset=offset, row=row, key=message.key,
+        max_original_bytes=limits.max_original_bytes,
     )
 
 
@@ -484,7 +490,8 @@ def _mark(status: np.ndarray, why: dict[int, str], mask: np.ndarray, code: int, 
             why[i] = text
 
 
-def _arrow_part(message: RawMessage, value: bytes | bytearray | memoryview) -> tuple[_Part, list[DeadLetter]]:
+def _arrow_part(message: RawMessage, value: bytes | bytearray | memoryview,
+                budget: DeadLetterBudget) -> tuple[_Part, list[DeadLetter]]:
     table = _read_stream(value)
     _check_schema(table.schema)
     n = table.num_rows
@@ -509,7 +516,10 @@ def _arrow_part(message: RawMessage, value: bytes | bytearray | memoryview) -> t
     rejected = np.flatnonzero(status)
     for i in rejected.tolist():
         reason = _STATUS_REASON[int(status[i])]
-        dead.append(_dead_letter(message, _one_row_stream(table, i), reason, f"row {i}: {why[i]}"))
+        # Past the message's allowance a bad row is only counted (its one-row stream is never built).
+        if budget.admit(message, reason):
+            dead.append(_dead_letter(message, _one_row_stream(table, i), reason, f"row {i}: {why[i]}",
+                                     budget.limits, row=i))
     if rejected.size:
         code = np.where(status == _OK, code, -1).astype(np.int32)
 
@@ -582,7 +592,7 @@ def _majority_width(code: np.ndarray, length: np.ndarray, n_sensors: int) -> np.
     return chosen
 
 
-def _batches(parts: list[_Part], out: Decoded, ingested: float) -> None:
+def _batches(parts: list[_Part], out: Decoded, ingested: float, budget: DeadLetterBudget) -> None:
     # One code per distinct sensor over all parts, found in Arrow: the parts' names
     # are joined and encoded once, so only the distinct names become Python strings.
     if len(parts) == 1:
@@ -620,11 +630,17 @@ def _batches(parts: list[_Part], out: Decoded, ingested: float) -> None:
                 part_id, local_row = _join(part_of), _join([np.arange(p.code.shape[0]) for p in parts])
                 for i in wrong.tolist():
                     part, r = parts[int(part_id[i])], int(local_row[i])
+                    message = part.message_at(r)
+                    if part.raw is None and not budget.admit(message, DeadLetterReason.CHANNELS):
+                        continue  # counted for the message's summary
                     width = int(chosen[code[i]])
                     text = f"{int(length[i])} channels where sensor {names_list[code[i]]!r} has {width} in this batch"
+                    row = None
                     if part.raw is None:
-                        text = f"row {int(part.row[r])}: {text}"
-                    _add(out, _dead_letter(part.message_at(r), part.original_at(r), DeadLetterReason.CHANNELS, text))
+                        row = int(part.row[r])
+                        text = f"row {row}: {text}"
+                    _add(out, _dead_letter(message, part.original_at(r), DeadLetterReason.CHANNELS, text,
+                                           budget.limits, row=row))
                 code[wrong] = -1
 
     # Group rows by sensor, arrival order kept inside a sensor.
@@ -744,24 +760,38 @@ def _add(out: Decoded, letter: DeadLetter) -> None:
     out.rows += 1
 
 
+def _add_summaries(out: Decoded, budget: DeadLetterBudget) -> None:
+    # A summary stands for many rows: they are counted, the record is not a row of its own.
+    for letter in budget.summaries():
+        out.dead.append(letter)
+        for reason, n in (letter.omitted or {}).items():
+            out.counts[reason] = out.counts.get(reason, 0) + n
+            out.rows += n
+
+
 def decode_messages(
-    messages: Iterable[RawMessage], *, max_message_bytes: int | None = None, ingested: float | None = None
+    messages: Iterable[RawMessage], *, max_message_bytes: int | None = None, ingested: float | None = None,
+    limits: DeadLetterLimits | None = None,
 ) -> Decoded:
     """Decode and validate raw messages into per-sensor batches and dead letters.
 
     Args:
         messages: the messages of one poll, in arrival order.
-        max_message_bytes: values longer than this are ``too_large`` whatever
-            their encoding (None: no limit).
+        max_message_bytes: values longer than this, or Arrow streams that
+            decompress to more than this, are ``too_large`` (None: no limit).
         ingested: wall-clock time (epoch seconds) stamped on the batches as
             their ingest time; None: now.
+        limits: bounds on the dead letters (default :class:`DeadLetterLimits`()):
+            their copy of the original bytes, and per-row records per message
+            (the message's further bad rows go into one summary record).
 
     Returns:
-        The batches (one per sensor), the dead letters and their counts.
-        Never raises for bad input: every message ends up as accepted rows or
-        dead letters (``accepted + len(dead) == rows``).
+        The batches (one per sensor), the dead letters and the rejected rows
+        per reason.  Never raises for bad input: every row ends up accepted or
+        counted as rejected (``accepted + sum(counts.values()) == rows``).
     """
     out = Decoded()
+    budget = DeadLetterBudget(limits or DeadLetterLimits())
     parts: list[_Part] = []
     json_messages: list[RawMessage] = []
     json_samples: list[PhaseSample] = []
@@ -776,34 +806,49 @@ def decode_messages(
     for message in messages:
         value = message.value
         if value is None:
-            _add(out, _dead_letter(message, b"", DeadLetterReason.MALFORMED, "message has no value"))
+            _add(out, _dead_letter(message, b"", DeadLetterReason.MALFORMED, "message has no value", budget.limits))
             continue
         size = len(value) if not isinstance(value, memoryview) else value.nbytes
         if max_message_bytes is not None and size > max_message_bytes:
-            _add(out, _dead_letter(message, bytes(value), DeadLetterReason.TOO_LARGE, f"{size} bytes, limit {max_message_bytes}"))
+            _add(out, _dead_letter(message, value, DeadLetterReason.TOO_LARGE, f"{size} bytes, limit {max_message_bytes}",
+                                   budget.limits))
             continue
         content_type = message.content_type
         if content_type is None or content_type == JSON_CONTENT_TYPE:
             try:
                 sample = parse_sample(value)
             except InvalidSample as exc:
-                _add(out, _dead_letter(message, bytes(value), exc.reason, exc.detail))
+                _add(out, _dead_letter(message, value, exc.reason, exc.detail, budget.limits))
                 continue
             json_messages.append(message)
             json_samples.append(sample)
         elif content_type == ARROW_STREAM_CONTENT_TYPE:
             close_json_run()
             try:
-                part, dead = _arrow_part(message, value)
+                if max_message_bytes is not None:
+                    _check_decoded_size(value, max_message_bytes)
+                part, dead = _arrow_part(message, value, budget)
             except _WholeMessageError as exc:
-                _add(out, _dead_letter(message, bytes(value), exc.reason, exc.detail))
+                _add(out, _dead_letter(message, value, exc.reason, exc.detail, budget.limits))
                 continue
             for letter in dead:
                 _add(out, letter)
             parts.append(part)
         else:
-            _add(out, _dead_letter(message, bytes(value), DeadLetterReason.MALFORMED, f"unsupported content-type {content_type!r}"))
+            _add(out, _dead_letter(message, value, DeadLetterReason.MALFORMED,
+                                   f"unsupported content-type {content_type!r}", budget.limits))
     close_json_run()
     if parts:
-        _batches(parts, out, time.time() if ingested is None else ingested)
+        _batches(parts, out, time.time() if ingested is None else ingested, budget)
+    _add_summaries(out, budget)
     return out
+
+
+def _check_decoded_size(value: bytes | bytearray | memoryview, limit: int) -> None:
+    """A compressed stream is too_large by what it would decompress to, before it is decompressed."""
+    try:
+        size = decoded_size(value)
+    except ValueError as exc:
+        raise _WholeMessageError(DeadLetterReason.MALFORMED, str(exc)) from None
+    if size > limit:
+        raise _WholeMessageError(DeadLetterReason.TOO_LARGE, f"decodes to {size:,} bytes, limit {limit:,}")

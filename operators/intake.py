@@ -32,7 +32,8 @@ from operators.event_time import EventTimeGate
 from operators.lag import LagState, Products
 from operators.params import KairosParams
 from operators.samples import SampleBatch
-from schemas.messages import DeadLetter, PhaseSample
+from operators.dead_letters import DeadLetterBudget
+from schemas.messages import DeadLetter, DeadLetterLimits, PhaseSample
 
 __all__ = ["IntakeResult", "ProductBatch", "SensorIntake", "dead_letters"]
 
@@ -70,8 +71,9 @@ class IntakeResult:
             not move and nothing was released.
         released: the samples released now (time order), for the input
             archive, or None.
-        dead: dead letters of the rows rejected now.
-        reasons: one reason per dead letter (for counting).
+        dead: dead letters of the rows rejected now (past a message's
+            allowance, none: see :class:`~operators.dead_letters.DeadLetterBudget`).
+        reasons: one reason per rejected row (for counting).
     """
 
     batch: ProductBatch | None = None
@@ -92,17 +94,27 @@ def _original(batch: SampleBatch, i: int) -> bytes:
     return PhaseSample(batch.sensor, int(batch.t_us[i]), tuple(batch.phase[i].tolist()), batch.cell).to_json_bytes()
 
 
-def dead_letters(batch: SampleBatch, reasons: list[str], detail: str | list[str]) -> list[DeadLetter]:
-    """One dead letter per row of ``batch`` (original bytes, source position, reason)."""
+def dead_letters(batch: SampleBatch, reasons: list[str], detail: str | list[str],
+                 budget: DeadLetterBudget | None = None) -> list[DeadLetter]:
+    """One dead letter per row of ``batch`` (original bytes, source position, reason).
+
+    With a ``budget``, rows of a message past its allowance are only counted
+    there (for its summary record), and their bytes are never rebuilt.
+    """
     details = [detail] * len(batch) if isinstance(detail, str) else detail
+    limits = budget.limits if budget is not None else DeadLetterLimits()
     out = []
     for i, (reason, text) in enumerate(zip(reasons, details)):
         partition, offset = int(batch.partition[i]), int(batch.offset[i])
         message = batch.sources.get((partition, offset)) if batch.sources else None
+        if budget is not None and message is not None and not budget.admit(message, reason):
+            continue
         key = message.key if message is not None else batch.sensor.encode("utf-8")
+        row = int(batch.row[i]) if batch.raw is None and message is not None else None
         out.append(DeadLetter.create(
             original=_original(batch, i), reason=reason, error=text, topic=batch.topic,
-            partition=partition if partition >= 0 else None, offset=offset if offset >= 0 else None, key=key,
+            partition=partition if partition >= 0 else None, offset=offset if offset >= 0 else None,
+            row=row, key=key, max_original_bytes=limits.max_original_bytes,
         ))
     return out
 
@@ -152,8 +164,11 @@ class SensorIntake:
         """The sensor's watermark as last handed on (us), or None before any."""
         return self._last_watermark
 
-    def push(self, batch: SampleBatch, now_us: int) -> IntakeResult:
-        """Classify ``batch`` (arrival order); release and integrate what became final."""
+    def push(self, batch: SampleBatch, now_us: int, budget: DeadLetterBudget | None = None) -> IntakeResult:
+        """Classify ``batch`` (arrival order); release and integrate what became final.
+
+        ``budget`` bounds the dead letters per input message (see :func:`dead_letters`).
+        """
         out = IntakeResult()
         if not len(batch):
             return out
@@ -161,13 +176,13 @@ class SensorIntake:
             self.cell = batch.cell
         problem = self._channel_problem(batch.channels)
         if problem is not None:
-            out.dead = dead_letters(batch, ["channels"] * len(batch), problem)
+            out.dead = dead_letters(batch, ["channels"] * len(batch), problem, budget)
             out.reasons = ["channels"] * len(batch)
             return out
         res = self.gate.push(batch, now_us)
         if res.rejected is not None:
             details = [_DETAIL[r].format(s=batch.sensor, t=int(t)) for r, t in zip(res.reasons, res.rejected.t_us)]
-            out.dead = dead_letters(res.rejected, res.reasons, details)
+            out.dead = dead_letters(res.rejected, res.reasons, details, budget)
             out.reasons = list(res.reasons)
         if res.watermark is not None and self.channels is None:
             self.channels = batch.channels  # first accepted batch fixes the count

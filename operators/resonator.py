@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numba import njit
 
+from operators.dead_letters import DeadLetterBudget
 from operators.emissary import emissary_window
 from operators.grid import WindowValues
 from operators.intake import IntakeResult, ProductBatch, SensorIntake
@@ -226,7 +227,7 @@ class Resonance:
     """What one call of a resonator produced.
 
     Attributes:
-        dead: dead letters of the rows rejected now, with ``reasons`` one per letter.
+        dead: dead letters of the rows rejected now; ``reasons`` has one per rejected row.
         released: the samples integrated now (time order), or None.
         watermark: the sensor's watermark after the call (us); None at end of input.
         ingested: wall-clock epoch seconds the oldest integrated sample was decoded.
@@ -317,7 +318,8 @@ class Resonator:
         """Bytes of the Master's pane state (fixed by tau_max / interval, not by the rate)."""
         return self.master.window.state_bytes
 
-    def push(self, batch: SampleBatch, now_us: int, rows: GridRows | None = None) -> Resonance:
+    def push(self, batch: SampleBatch, now_us: int, rows: GridRows | None = None,
+             budget: DeadLetterBudget | None = None) -> Resonance:
         """Take one batch of this sensor's samples (arrival order) and compute what became final.
 
         Args:
@@ -325,8 +327,10 @@ class Resonator:
             now_us: the wall clock (us), for ``future`` rejection.
             rows: where to write the grid values (shared by the resonators of
                 one batch); None: new rows of this call's own.
+            budget: bounds the dead letters per input message (shared by the
+                resonators of one batch); None: a record per rejected row.
         """
-        return self._run(self.intake.push(batch, now_us), rows)
+        return self._run(self.intake.push(batch, now_us, budget), rows)
 
     def flush(self, rows: GridRows | None = None) -> Resonance:
         """End of input: integrate every pending sample and decide every grid point."""

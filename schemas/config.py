@@ -554,7 +554,10 @@ class KafkaSource(_Section):
     from_beginning: bool = False
     """With no committed offset, start at the earliest offset (else the latest)."""
     max_message_bytes: Annotated[int, BeforeValidator(_reject_bool), Field(ge=1)] = 1_048_576
-    """Larger message values go to the dead-letter topic as `too_large`, bytes."""
+    """Larger message values, and Arrow messages that decompress to more, go to the
+    dead-letter topic as `too_large`, bytes."""
+    max_dead_letters_per_message: Annotated[int, BeforeValidator(_reject_bool), Field(ge=0)] = 100
+    """Per-row dead letters of one message; its further bad rows are summed up in one record."""
     batch_size: Annotated[int, BeforeValidator(_reject_bool), Field(ge=1, le=1_000_000)] = 1000
     """Messages taken per poll of a partition (larger: more throughput, more latency)."""
     stop_at_end: bool = False
@@ -604,6 +607,8 @@ class SinkSection(_Section):
     topics: SinkTopics = Field(default_factory=SinkTopics)
     archive: bool = True
     """Write the Arrow archive (memory.*) at all."""
+    dlq_max_original_bytes: Annotated[int, BeforeValidator(_reject_bool), Field(ge=0, le=16_777_216)] = 65_536
+    """Bytes of the original value (and key) a dead letter carries at most; longer ones are cut."""
 
 
 class KafkaSection(RootModel[dict[str, Any]]):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import re
@@ -19,7 +20,7 @@ from operators.decode import (
     original_row_bytes,
 )
 from schemas.archive import partition_dir, partition_values
-from schemas.messages import ARROW_STREAM_CONTENT_TYPE, format_utc
+from schemas.messages import ARROW_STREAM_CONTENT_TYPE, DeadLetterLimits, format_utc
 from schemas.messages import DeadLetterReason as R
 from schemas.timebase import MAX_T_US, MIN_T_US, to_micros, unit_limit
 
@@ -683,6 +684,16 @@ def test_random_rows_are_never_lost_and_both_encodings_agree(rows, list_phase, c
         if letter.offset is not None and letter.offset < 100:
             assert pa.ipc.open_stream(letter.original_bytes).read_all().num_rows == 1
 
+    # With an allowance of 2 rows per message: the same rows accepted, the same counts, still
+    # nothing lost, and per message at most 2 row records and one summary.
+    bounded = decode_messages(arrow_msgs + junk_msgs, limits=DeadLetterLimits(max_per_message=2))
+    assert bounded.counts == from_arrow.counts and bounded.accepted == from_arrow.accepted
+    assert bounded.accepted + sum(bounded.counts.values()) == bounded.rows == from_arrow.rows
+    per_message = collections.Counter((d.offset, d.omitted is not None) for d in bounded.dead)
+    assert all(n <= (1 if summary else 2) for (_, summary), n in per_message.items())
+    assert sum(sum(d.omitted.values()) for d in bounded.dead if d.omitted) + sum(
+        1 for d in bounded.dead if not d.omitted) == sum(bounded.counts.values())
+
 
 @settings(max_examples=200, deadline=None)
 @given(value=st.binary(max_size=300), arrow=st.booleans())
@@ -700,3 +711,57 @@ def test_presence_lists_the_parts_of_each_code(n_parts):
     code, part = rng.integers(0, 4, 50), rng.integers(0, 5, 50)  # code 4 never occurs
     got = decode._presence(code, part, 5, n_parts)
     assert [g.tolist() for g in got] == [sorted(set(part[code == c].tolist())) for c in range(5)]
+
+
+# --------------------------------------------------------------------------
+# Bounds: no message turns into a flood of dead letters or of memory (SPEC section 4).
+
+
+def _compressed(table: pa.Table, codec: str = "zstd") -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema, options=pa.ipc.IpcWriteOptions(compression=codec)) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def test_one_message_yields_its_allowance_of_row_records_and_one_summary():
+    n_bad = 500
+    t = [T0 + i for i in range(10)] + [math.nan] * 300 + [None] * 200
+    table = pa.table({"sensor": ["a"] * (10 + n_bad), "t": pa.array(t, pa.float64()), "phase": [0.0] * (10 + n_bad)})
+    msg = arrow_message(table, offset=5, partition=2, key=b"pmu")
+    out = decode_messages([msg, json_message({"sensor": "b", "t": math.nan, "phase": 0.0}, offset=6)],
+                          limits=DeadLetterLimits(max_per_message=100))
+    assert out.accepted == 10 and out.rows == 10 + n_bad + 1
+    assert out.counts == {R.NAN: 301, R.SCHEMA: 200}
+    per_row = [d for d in out.dead if d.omitted is None and d.offset == 5]
+    (summary,) = [d for d in out.dead if d.omitted is not None]
+    assert len(per_row) == 100 and [d.row for d in per_row] == list(range(10, 110))
+    assert summary.omitted == {R.NAN: 200, R.SCHEMA: 200} and sum(summary.omitted.values()) == n_bad - 100
+    assert (summary.topic, summary.partition, summary.offset, summary.row, summary.key_bytes) == (TOPIC, 2, 5, None, b"pmu")
+    assert summary.original_bytes == msg.value and summary.original_size == len(msg.value)
+    assert "source.max_dead_letters_per_message" in summary.error
+    # The JSON message is its own message: its record is not held back.
+    assert [d.offset for d in out.dead if d.offset == 6] == [6]
+
+
+def test_compressed_message_is_too_large_by_its_decoded_size():
+    n = 200_000  # 4 MB once decompressed, a few KB compressed
+    table = pa.table({"sensor": pa.array(["a"] * n).dictionary_encode(), "t": pa.array([math.nan] * n, pa.float64()),
+                      "phase": [0.0] * n})
+    value = _compressed(table)
+    assert len(value) < 100_000
+    out = decode_messages([arrow_message(value)], max_message_bytes=1_048_576)
+    (letter,) = out.dead
+    assert letter.reason == R.TOO_LARGE and "decodes to" in letter.error
+    assert out.rows == 1 and letter.original_bytes == value
+
+
+@pytest.mark.parametrize("codec", ["zstd", "lz4"])
+def test_compressed_message_within_the_limit_decodes_as_usual(codec):
+    table = pa.table({"sensor": ["a", "b"] * 500, "t": [T0 + i for i in range(1000)], "phase": pa.array(
+        [[0.5, -0.5]] * 1000, pa.list_(pa.float64())), "cell": pa.array(["c"] * 1000).dictionary_encode()})
+    plain, packed = decode_messages([arrow_message(table)]), decode_messages(
+        [arrow_message(_compressed(table, codec))], max_message_bytes=1_048_576)
+    assert packed.accepted == plain.accepted == 1000 and not packed.dead
+    for a, b in zip(plain.batches, packed.batches):
+        assert (a.sensor, a.t_us.tolist(), a.phase.tolist(), a.cell) == (b.sensor, b.t_us.tolist(), b.phase.tolist(), b.cell)

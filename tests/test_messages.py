@@ -40,6 +40,7 @@ from schemas.messages import (
     parse_sample,
     parse_utc,
     to_json_bytes,
+    without_original,
     witness_log_digest,
 )
 
@@ -242,13 +243,31 @@ def test_dead_letter_keeps_the_original_bytes():
                           partition=3, offset=42, key=b"pmu-7")
     obj = json.loads(to_json_bytes(d))
     assert obj == {"reason": "malformed", "error": "not JSON", "topic": "becomingone.phases", "partition": 3,
-                   "offset": 42, "key": base64.b64encode(b"pmu-7").decode(), "original": base64.b64encode(raw).decode()}
+                   "offset": 42, "row": None, "key": base64.b64encode(b"pmu-7").decode(),
+                   "original": base64.b64encode(raw).decode(), "original_size": len(raw),
+                   "original_sha256": hashlib.sha256(raw).hexdigest(), "truncated": False, "omitted": None}
     back = from_json_bytes(DeadLetter, to_json_bytes(d))
     assert back.original_bytes == raw and back.key_bytes == b"pmu-7" and back.reason is DeadLetterReason.MALFORMED
     with pytest.raises(ValidationError):
         DeadLetter.model_validate({**obj, "original": "not base64!"})
     with pytest.raises(ValidationError):
         DeadLetter.model_validate({**obj, "reason": "weird"})
+
+
+def test_dead_letter_carries_at_most_the_limit_of_the_original():
+    raw = bytes(range(256)) * 5_000  # 1.28 MB
+    d = DeadLetter.create(original=raw, reason="malformed", error="x" * 50_000, key=b"k" * 100_000,
+                          max_original_bytes=65_536)
+    back = from_json_bytes(DeadLetter, to_json_bytes(d))
+    assert back.original_bytes == raw[:65_536] and back.key_bytes == b"k" * 65_536
+    assert (back.original_size, back.original_sha256, back.truncated) == (len(raw), hashlib.sha256(raw).hexdigest(), True)
+    assert len(back.error) < 1_100 and back.error.endswith("(50,000 characters)")
+    assert len(to_json_bytes(d)) < 200_000
+    # Refused still: without the original and the key; then nothing is left to drop.
+    bare = from_json_bytes(DeadLetter, without_original(to_json_bytes(d)))
+    assert bare.original_bytes == b"" and bare.key is None and bare.truncated
+    assert (bare.original_size, bare.original_sha256, bare.reason) == (len(raw), back.original_sha256, back.reason)
+    assert without_original(to_json_bytes(bare)) is None
 
 
 def test_dead_letter_from_an_invalid_sample():

@@ -52,3 +52,45 @@ def test_many_messages_of_one_topic_go_as_one_item_in_order_among_the_others():
         for k in range(7):  # each key's messages in the order given
             assert by_key[f"s{k}".encode()] == [f"m{i}".encode() for i in range(k, 300, 7)]
         assert [m.value() for m in read_topic(broker.bootstrap, topics[1], expected=1)] == [b"x"]
+
+
+def _dead_letter_record(size: int) -> bytes:
+    from schemas.messages import DeadLetter, to_json_bytes
+
+    return to_json_bytes(DeadLetter.create(original=b"x" * size, reason="malformed", error="not JSON",
+                                           topic="in", partition=0, offset=9, key=b"pmu-7",
+                                           max_original_bytes=size))
+
+
+def test_a_dead_letter_the_topic_refuses_is_sent_again_without_its_original():
+    from schemas.messages import DeadLetter, from_json_bytes, without_original
+
+    with MockBroker() as broker:
+        dlq, other = unique_topic("test.dlq"), unique_topic("test.sink")
+        # The client refuses records above 20 kB, as a topic with a small max.message.bytes would.
+        settings = {**producer_settings(None, bootstrap=broker.bootstrap), "message.max.bytes": "20000"}
+        part = TopicSink(settings, [dlq, other], shrink={dlq: without_original}).build("out", 0, 1)
+        part.write_batch([(dlq, b"pmu-7", _dead_letter_record(100_000)), (dlq, b"pmu-7", _dead_letter_record(10)),
+                          (other, None, b"after")])
+        part.close()
+        got = [from_json_bytes(DeadLetter, m.value()) for m in read_topic(broker.bootstrap, dlq, expected=2)]
+        by_size = {d.original_size: d for d in got}
+        assert by_size[10].original_bytes == b"x" * 10 and not by_size[10].truncated
+        big = by_size[100_000]
+        assert big.original_bytes == b"" and big.truncated and big.key is None
+        assert (big.reason, big.offset, big.original_sha256) == ("malformed", 9, from_json_bytes(
+            DeadLetter, _dead_letter_record(100_000)).original_sha256)
+        assert [m.value() for m in read_topic(broker.bootstrap, other, expected=1)] == [b"after"]
+
+
+def test_a_dead_letter_that_cannot_be_written_at_all_does_not_stop_the_flow(caplog):
+    from schemas.messages import without_original
+
+    with MockBroker() as broker:
+        dlq = unique_topic("test.dlq")
+        settings = producer_settings(None, bootstrap=broker.bootstrap)
+        settings.update({"message.timeout.ms": "1500", "enable.idempotence": "false", "retries": "0"})
+        part = TopicSink(settings, [dlq], shrink={dlq: without_original}).build("out", 0, 1)
+        broker.close()
+        part.write_batch([(dlq, b"k", _dead_letter_record(100))])  # no exception
+    assert any("dropped" in r.getMessage() and dlq in r.getMessage() for r in caplog.records)
