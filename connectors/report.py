@@ -54,6 +54,7 @@ from matplotlib.patches import Patch
 
 from connectors.memory import TemporalMemory
 from schemas.archive import DATASETS
+from schemas.printable import printable
 
 __all__ = ["MAX_PANELS", "ReportResult", "SummaryRow", "summary_rows", "write_report"]
 
@@ -139,6 +140,14 @@ class _Events:
     t_us: np.ndarray
     sync: np.ndarray
     is_collapse: np.ndarray
+
+
+def _plain(text: str) -> str:
+    """An id or name as a plot shows it: control characters as visible escapes.
+
+    Draw it with ``parse_math=False`` too, so that ``$`` is a dollar sign and
+    not the start of mathtext (an id like ``$\\frac{1}{$`` would not parse)."""
+    return printable(text)
 
 
 def _natural_key(name: str) -> tuple[tuple[int, int | str], ...]:
@@ -402,7 +411,7 @@ def _draw_panel(
     ax.set_ylabel("|T|²")
     ax.grid(axis="y", color="#dddddd", lw=0.6)
     ax.grid(axis="x", color="#eeeeee", lw=0.6)
-    ax.set_title(sensor, loc="left", fontsize=10.5, fontweight="bold", pad=4)
+    ax.set_title(_plain(sensor), loc="left", fontsize=10.5, fontweight="bold", pad=4, parse_math=False)
     counts = (
         "" if row["collapses"] is None
         else f"{row['collapses']} collapse{'s' * (row['collapses'] != 1)}, "
@@ -419,7 +428,7 @@ def _cell_text(row: SummaryRow) -> list[str]:
         return "-" if value is None else f"{value:,}"
 
     return [
-        row["sensor"], count(row["samples"]), count(row["collapses"]), count(row["dissipations"]),
+        _plain(row["sensor"]), count(row["samples"]), count(row["collapses"]), count(row["dissipations"]),
         f"{row['collapsed_pct']:.1f}", f"{row['mean_coherence_sync']:.3f}", f"{row['last_coherence_sync']:.3f}",
     ]
 
@@ -433,6 +442,7 @@ def _draw_table(ax: Axes, rows: list[SummaryRow]) -> None:
     table.auto_set_font_size(False)
     table.set_fontsize(9.5)
     for (r, c), cell in table.get_celld().items():
+        cell.get_text().set_parse_math(False)  # ids are text, not mathtext
         cell.set_edgecolor("#c8c8c8")
         cell.set_linewidth(0.6)
         if c == 0:
@@ -536,8 +546,8 @@ def write_report(
         return [_LEFT / _WIDTH, 1.0 - (top_in + h_in) / height, 1.0 - (_LEFT + _RIGHT) / _WIDTH, h_in / height]
 
     span = f"{_utc_text(t_first)} – {_utc_text(t_last)} UTC ({_duration_text(t_last - t_first)})"
-    fig.text(0.5, 1.0 - 0.22 / height, f"BecomingONE coherence report: {path.resolve().name}",
-             ha="center", va="top", fontsize=14, fontweight="bold")
+    fig.text(0.5, 1.0 - 0.22 / height, f"BecomingONE coherence report: {_plain(path.resolve().name)}",
+             ha="center", va="top", fontsize=14, fontweight="bold", parse_math=False)
     fig.text(0.5, 1.0 - 0.55 / height,
              f"{span}  ·  {n_sensors} sensor{'s' * (n_sensors != 1)}  ·  "
              f"I_c = {threshold:g}, hysteresis {hysteresis:g} (dissipate below {threshold - hysteresis:g})",

@@ -106,13 +106,16 @@ def _print_table(table) -> None:
 
 
 def _cell(value: Any) -> str:
+    """A value as text for the terminal (control characters of ids as visible escapes)."""
+    from schemas.printable import printable
+
     if value is None:
         return "-"
     if isinstance(value, float):
         return f"{value:.6g}"
     if hasattr(value, "isoformat"):
         return value.isoformat().replace("+00:00", "Z")
-    return str(value)
+    return printable(str(value))
 
 
 def cmd_memory_reconstruct(args: argparse.Namespace) -> int:
@@ -129,7 +132,7 @@ def cmd_memory_reconstruct(args: argparse.Namespace) -> int:
     if state.master is None and state.emissary is None and state.sync is None:
         return _fail("memory reconstruct", f"no archived state of sensor {args.sensor!r} at or before "
                      f"{format_utc(at)}", code=1)
-    print(f"sensor {state.sensor} at {format_utc(state.at_us)}")
+    print(f"sensor {_cell(state.sensor)} at {format_utc(state.at_us)}")
     for name, sig in (("master", state.master), ("emissary", state.emissary)):
         if sig is None:
             print(f"  {name:<9} -")

@@ -24,6 +24,7 @@ from flows.kairos import build_flow
 from flows.sources import clear_stop_request, request_stop
 from schemas.config import Config, SyntheticSource
 from schemas.messages import format_utc
+from schemas.printable import printable
 
 __all__ = ["run_flow"]
 
@@ -79,14 +80,14 @@ def _summary(book: RunLedger, config: Config, out: TextIO, seconds: float, repla
     out.write(head + "\n" + "-" * len(head) + "\n")
     for name in sorted(book.sensors):
         r = book.sensors[name]
-        out.write(f"{name:<16} {kinds.get(name, '-'):<10} {r.samples:>10,} {r.rejected:>9,} {r.collapses:>9,} "
+        out.write(f"{printable(name):<16} {kinds.get(name, '-'):<10} {r.samples:>10,} {r.rejected:>9,} {r.collapses:>9,} "
                   f"{r.dissipations:>12,} {r.coherence_sync:>9.4f}  {'collapsed' if r.collapsed else 'dissipated'}\n")
     accepted, rejected, collapses, dissipations = book.totals()
     out.write(f"\n{accepted:,} samples accepted, {rejected:,} rejected (dead letters), {collapses:,} collapse and "
               f"{dissipations:,} dissipate events in {seconds:.1f} s; coherence = |T_sync|^2 at the last "
               f"Emissary grid point, threshold I_c = {config.kairos.coherence_threshold}\n")
     if config.sink.archive:
-        out.write(f"archive: {config.memory.root}\n")
+        out.write(f"archive: {printable(str(config.memory.root))}\n")
 
 
 def run_flow(config: Config, *, workers: int = 1, out: TextIO = sys.stdout, progress: TextIO = sys.stderr,
