@@ -1,22 +1,28 @@
 """The Arrow archive: writer, checker, compaction and Bytewax sink (SPEC section 5).
 
-Layout under the archive root (``memory.storage.path``), one directory per
-dataset of :data:`schemas.archive.DATASETS`::
+Layout under the archive root (``memory.storage.path``): one directory per
+dataset of :data:`schemas.archive.DATASETS` holding nothing but its committed
+data files, and everything else of the dataset under ``_meta/``::
 
-    <root>/<dataset>/MANIFEST.jsonl
-    <root>/<dataset>/.lock
     <root>/<dataset>/date=YYYY-MM-DD/hour=HH/part-00000000.arrow
     <root>/<dataset>/date=YYYY-MM-DD/hour=HH/part-00000001.arrow
     ...
+    <root>/_meta/<dataset>/MANIFEST.jsonl
+    <root>/_meta/<dataset>/lock
+    <root>/_meta/<dataset>/compaction.json          (during a compaction)
+    <root>/_meta/<dataset>/part-00000002.arrow.tmp  (while a file is written)
 
+* Any Arrow reader reads a dataset directory as it is, e.g.
+  ``pyarrow.dataset.dataset(<root>/<dataset>, format="ipc",
+  partitioning="hive")`` or ``polars.scan_ipc(<root>/<dataset>,
+  hive_partitioning=True)``: there is no other file in it, not even for a
+  moment (temp files are written under ``_meta`` and renamed into place).
 * Files are Arrow IPC *files* (random access format) with the dataset's
   schema, metadata included; the partition of a row is the UTC date and hour
   of its event time ``t``.  The partition columns live in the directory names
   only.  The manifest lists the committed files: :func:`manifest_files` and
-  :func:`open_dataset` read exactly those.  A glob ``**/*.arrow`` (DuckDB,
-  Polars) or ``pyarrow.dataset`` told to skip the manifest
-  (``ignore_prefixes=[".", "_", "MANIFEST.jsonl"]``) reads the same rows,
-  except during an interrupted compaction (below).
+  :func:`open_dataset` read exactly those.  A reader of the directory reads
+  the same rows, except during an interrupted compaction (below).
 * ``part-{N:08d}.arrow``: ``N`` is one more than the largest number the
   manifest lists, so a name is never used twice within a dataset, even after
   a compaction removed lines.  Names sort in the order the files were
@@ -32,27 +38,35 @@ dataset of :data:`schemas.archive.DATASETS`::
   64 zeros on the first line).  The chain makes a changed, missing, extra or
   reordered file detectable: :func:`verify_dataset`, :func:`verify_archive`
   (``becomingone memory verify``).
-* ``.lock``: an :class:`ArchiveWriter` holds an exclusive ``flock`` on it for
+* ``lock``: an :class:`ArchiveWriter` holds an exclusive ``flock`` on it for
   its whole life, and :func:`compact_dataset` while it runs; a second one
   gets :class:`ArchiveError`.  Readers do not lock.
 
-Crash safety: each file is written to a hidden temp file in its partition
-directory (``.part-00000003.arrow.tmp``; readers skip names starting with
-``.``), flushed and fsynced; then its manifest line is appended and fsynced
-(this is the commit point: the rows are in the archive); then the temp file
-is renamed to its final name and the directory fsynced.  A writer opening the
-dataset (and a compaction starting) first finishes or undoes an interrupted
-compaction (journal ``.compaction.json``, see :func:`compact_dataset`), then
-cuts a torn (newline-less) last manifest line, finishes an interrupted rename
-(temp file whose SHA-256 matches its manifest line) and deletes every other
-``.*.tmp`` file: rows without a complete manifest line were never committed.
+Crash safety: each file is written to a temp file ``_meta/<dataset>/part-N.arrow.tmp``
+(part numbers are unique within a dataset, so the name is too), flushed and
+fsynced; then its manifest line is appended and fsynced (this is the commit
+point: the rows are in the archive); then the temp file is renamed into its
+partition directory (``_meta`` is under the root, so on the same file system
+and the rename is atomic) and the directory fsynced.  A writer opening the
+dataset (and a compaction starting) first moves an archive of the older
+layout into this one (:func:`_move_older_layout`), finishes or undoes an
+interrupted compaction (journal ``compaction.json``, see
+:func:`compact_dataset`), then cuts a torn (newline-less) last manifest line,
+finishes an interrupted rename (temp file whose SHA-256 matches its manifest
+line) and deletes every other ``*.tmp`` file: rows without a complete
+manifest line were never committed.
+
+The older layout kept the manifest (``MANIFEST.jsonl``), lock (``.lock``),
+journal (``.compaction.json``) and temp files (``.part-N.arrow.tmp`` in the
+partition directories) in the dataset directory.  Readers read such an
+archive as it is, without changing it; writers and compaction move it.
 
 Compaction (:func:`compact_dataset`, :func:`compact_archive`) merges each
 hour partition's files into one, keeping every row, the row order within a
 partition and a valid chain.  Its commit point is the atomic replacement of
-the manifest; between that and the deletion of the merged-away files, a
-reader that globs the ``.arrow`` files sees those partitions' rows twice,
-while :func:`open_dataset` does not.
+the manifest; between the renaming of the merged files into place and the
+deletion of the merged-away files, a reader of the dataset directory sees
+those partitions' rows twice, while :func:`open_dataset` does not.
 
 Idempotency: a restart that re-runs the same input must not duplicate rows.
 The writer keeps a high-water mark per row key, the largest ``t`` already
@@ -99,6 +113,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from schemas.archive import DATASETS, PARTITION_SCHEMA, partition_dir
@@ -109,7 +124,7 @@ __all__ = [
     "JOURNAL",
     "LOCK",
     "MANIFEST",
-    "READER_IGNORE_PREFIXES",
+    "META",
     "ROW_KEYS",
     "ArchiveError",
     "ArchiveSink",
@@ -119,29 +134,39 @@ __all__ = [
     "compact_archive",
     "compact_dataset",
     "last_witness_record",
+    "listed_files",
     "manifest_files",
+    "meta_dir",
     "open_dataset",
+    "read_archive_file",
     "verify_archive",
     "verify_dataset",
 ]
 
-#: Name of the manifest file in every dataset directory.
+#: Directory under the archive root holding ``<dataset>/``: what is not a data file.
+META = "_meta"
+#: Name of a dataset's manifest file, in its ``_meta/<dataset>/`` directory.
 MANIFEST = "MANIFEST.jsonl"
 #: ``prev`` of the first manifest line.
 GENESIS = "0" * 64
 _MANIFEST_KEYS = ("file", "rows", "sha256", "prev")
-#: Hidden file in every dataset directory that writers and compaction ``flock``.
-LOCK = ".lock"
-#: Hidden journal of a compaction in progress, in the dataset directory.
-JOURNAL = ".compaction.json"
-_JOURNAL_STAGING = ".compaction.json.tmp"
-_MANIFEST_STAGING = ".MANIFEST.jsonl.tmp"
-_JOURNAL_VERSION = 1
+#: File in ``_meta/<dataset>/`` that writers and compaction ``flock``.
+LOCK = "lock"
+#: Journal of a compaction in progress, in ``_meta/<dataset>/``.
+JOURNAL = "compaction.json"
+_JOURNAL_STAGING = "compaction.json.tmp"
+_MANIFEST_STAGING = "MANIFEST.jsonl.tmp"
+# Version 2 journals leave the temp names out: they follow from the final names.
+_JOURNAL_VERSION = 2
+_OLDER_JOURNAL_VERSION = 1
+# Names of the older layout, in the dataset directory itself.
+_OLDER_LOCK = ".lock"
+_OLDER_JOURNAL = ".compaction.json"
 #: The points of :func:`compact_dataset` at which its ``fault`` hook is called, in order.
 COMPACTION_STEPS = (
     "merged-written",  # merged temp files written and fsynced; no journal yet
     "journal-written",  # journal durable; the old manifest still stands
-    "manifest-staged",  # new manifest written to its hidden temp name
+    "manifest-staged",  # new manifest written to its temp name
     "manifest-replaced",  # commit point passed: the new manifest is in place
     "renamed",  # merged temp files renamed to their final names
     "retired-deleted",  # merged-away files deleted; the journal remains
@@ -197,8 +222,71 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _temp_path(final: Path) -> Path:
-    return final.with_name(f".{final.name}.tmp")
+def meta_dir(dataset_dir: str | os.PathLike[str]) -> Path:
+    """``<root>/_meta/<dataset>``: where the manifest, lock, journal and temp files of
+    the dataset directory ``<root>/<dataset>`` live."""
+    data = Path(dataset_dir)
+    return data.parent / META / data.name
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where one dataset's files are.
+
+    ``data`` is the dataset directory, ``meta`` its ``_meta/<dataset>``.
+    ``older`` is True for an archive of the older layout, not moved yet: its
+    manifest and journal are still in ``data`` (only readers see one; writers
+    and compaction move it first).
+    """
+
+    data: Path
+    meta: Path
+    older: bool = False
+
+    @property
+    def manifest(self) -> Path:
+        return (self.data if self.older else self.meta) / MANIFEST
+
+    @property
+    def journal(self) -> Path:
+        return self.data / _OLDER_JOURNAL if self.older else self.meta / JOURNAL
+
+    def temp(self, rel: str) -> Path:
+        """The temp file that a new file ``rel`` is written to before its rename."""
+        return self.meta / f"{rel.rsplit('/', 1)[-1]}.tmp"
+
+    def temps(self, rel: str) -> tuple[Path, Path]:
+        """Where the temp file of ``rel`` may be: under ``_meta``, or where the older
+        layout put it (until a writer moves it; readers look at both)."""
+        final = self.data / rel
+        return self.temp(rel), final.with_name(f".{final.name}.tmp")
+
+    def name(self, path: Path) -> str:
+        """``path`` relative to the archive root, for messages (as given if outside it)."""
+        root = self.data.parent
+        try:
+            return path.relative_to(root).as_posix()
+        except ValueError:
+            return str(path)
+
+
+def _layout(dataset_dir: str | os.PathLike[str]) -> _Layout:
+    """The layout a reader finds: the older one only while its manifest is the only one."""
+    data = Path(dataset_dir)
+    meta = meta_dir(data)
+    older = not (meta / MANIFEST).exists() and (data / MANIFEST).exists()
+    return _Layout(data, meta, older)
+
+
+def _makedirs(directory: Path) -> None:
+    """Create missing directories, fsyncing each parent so the new entries last."""
+    missing = []
+    while not directory.exists():
+        missing.append(directory)
+        directory = directory.parent
+    for d in reversed(missing):
+        d.mkdir(exist_ok=True)
+        _fsync_dir(d.parent)
 
 
 def _read_manifest(path: Path) -> tuple[list[str], int, bool]:
@@ -229,15 +317,15 @@ def _parse_line(text: str) -> dict[str, Any]:
     return entry
 
 
-def _committed_file(dataset_dir: Path, entry: dict[str, Any]) -> Path | None:
+def _committed_file(layout: _Layout, entry: dict[str, Any]) -> Path | None:
     """The file holding a manifest entry's rows: its final name, or its temp file
     when a crash came between the manifest append and the rename; None if neither."""
-    final = dataset_dir / entry["file"]
+    final = layout.data / entry["file"]
     if final.is_file():
         return final
-    temp = _temp_path(final)
-    if temp.is_file() and _sha256_file(temp) == entry["sha256"]:
-        return temp
+    for temp in layout.temps(entry["file"]):
+        if temp.is_file() and _sha256_file(temp) == entry["sha256"]:
+            return temp
     return None
 
 
@@ -260,7 +348,35 @@ def _t_micros(table: pa.Table) -> np.ndarray:
 
 
 def _damaged(dataset_dir: Path, what: str) -> ArchiveError:
-    return ArchiveError(f"archive dataset {dataset_dir} is damaged: {what}; run `becomingone memory verify`")
+    return ArchiveError(
+        f"archive dataset {dataset_dir} is damaged: {what}; "
+        f"run `becomingone memory verify --archive {dataset_dir.parent}` to see what else is wrong"
+    )
+
+
+def read_archive_file(path: str | os.PathLike[str], root: str | os.PathLike[str],
+                      columns: list[str] | None = None) -> pa.Table:
+    """One of the archive's Arrow IPC files (memory-mapped), all columns or ``columns``.
+
+    Raises:
+        ArchiveError: the file cannot be read (damaged, or gone); the message
+            names it relative to ``root`` and says to run ``memory verify``.
+    """
+    path = Path(path)
+    try:
+        with pa.memory_map(str(path)) as source:
+            table = pa.ipc.open_file(source).read_all()
+        return table if columns is None else table.select(columns)
+    except (pa.ArrowException, OSError) as exc:
+        # pyarrow's own message ("Not an Arrow file", "File is too small") names no file.
+        try:
+            name = path.relative_to(root).as_posix()
+        except ValueError:
+            name = str(path)
+        raise ArchiveError(
+            f"cannot read archive file {name} in {root} ({exc}): the archive is damaged; "
+            f"run `becomingone memory verify --archive {root}` to see every damaged file"
+        ) from None
 
 
 def _check_rel(rel: object) -> str:
@@ -293,22 +409,22 @@ def _write_durably(path: Path, data: bytes) -> None:
 
 
 class _DatasetLock:
-    """An exclusive, non-blocking ``flock`` on ``<dataset>/.lock`` until :meth:`release`.
+    """An exclusive, non-blocking ``flock`` on the file ``path`` until :meth:`release`.
 
     The kernel drops the lock when its process dies, so a crash never leaves
     a dataset locked; a lock object dropped without release lets go when
     collected.
     """
 
-    def __init__(self, dataset_dir: Path) -> None:
+    def __init__(self, path: Path, dataset_dir: Path, *, who: str = "another writer or a compaction") -> None:
         self._fd: int | None = None
-        self._fd = os.open(dataset_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self.release()
             raise ArchiveError(
-                f"archive dataset {dataset_dir} is in use: another writer or a compaction has the "
+                f"archive dataset {dataset_dir} is in use: {who} has the "
                 "dataset open (only one may at a time)"
             ) from None
         except BaseException:
@@ -325,20 +441,81 @@ class _DatasetLock:
         self.release()
 
 
+def _move_older_layout(layout: _Layout) -> bool:
+    """Move what the older layout kept in the dataset directory to ``_meta/<dataset>/``.
+
+    Called by writers and compaction under the dataset's lock.  Temp files
+    (``.NAME.tmp`` anywhere in the directory) become ``_meta/<dataset>/NAME.tmp``,
+    then the journal and the manifest move; the manifest moves last, so until
+    then the older layout still stands for readers, and a crash anywhere is
+    finished by the next call (each step is a rename that is either done or
+    not).  The older ``.lock`` is taken first (a writer of an older version
+    holding it is refused) and deleted last.
+
+    Returns:
+        True if anything was moved or deleted.
+
+    Raises:
+        ArchiveError: a writer of an older version has the dataset open, or
+            the dataset has both an older and a current manifest (nothing is
+            changed then).
+    """
+    data, meta = layout.data, layout.meta
+    older_manifest, older_journal, older_lock = data / MANIFEST, data / _OLDER_JOURNAL, data / _OLDER_LOCK
+    # An older writer made its .lock before anything else and the move deletes it
+    # last, so without one there is nothing to move (and no directory walk).
+    if not (older_manifest.exists() or older_journal.exists() or older_lock.exists()):
+        return False
+    temps = [path for path in data.rglob(".*.tmp") if path.is_file()]
+    if older_manifest.exists() and (meta / MANIFEST).exists():
+        raise _damaged(
+            data,
+            f"it has two manifests, {layout.name(older_manifest)} (the older layout) and "
+            f"{layout.name(meta / MANIFEST)}; something wrote the older layout after the archive "
+            "was moved to the current one. Nothing was changed",
+        )
+    lock = _DatasetLock(older_lock, data, who="a writer of an older version") if older_lock.exists() else None
+    try:
+        for temp in temps:
+            os.replace(temp, meta / temp.name[1:])  # ".part-N.arrow.tmp" -> "part-N.arrow.tmp"
+        for directory in sorted({temp.parent for temp in temps}):
+            _fsync_dir(directory)
+        _fsync_dir(meta)  # the moved temp files before the manifest that may commit them
+        if older_journal.exists():
+            os.replace(older_journal, meta / JOURNAL)
+            _fsync_dir(meta)
+        if older_manifest.exists():
+            os.replace(older_manifest, meta / MANIFEST)
+            _fsync_dir(meta)
+        _fsync_dir(data)
+        older_lock.unlink(missing_ok=True)
+        _fsync_dir(data)
+    finally:
+        if lock is not None:
+            lock.release()
+    return True
+
+
 # -- compaction journal and recovery -----------------------------------------
 
 
-def _read_journal(dataset_dir: Path) -> dict[str, Any] | None:
-    """The journal of an interrupted compaction, or None; ArchiveError if unreadable."""
-    path = dataset_dir / JOURNAL
+def _read_journal(layout: _Layout) -> dict[str, Any] | None:
+    """The journal of an interrupted compaction, or None; ArchiveError if unreadable.
+
+    A journal of the older layout (version 1) also names the merged files' temp
+    names; they are not needed, as moving the older layout put those files
+    where :meth:`_Layout.temp` says.
+    """
+    path = layout.journal
     try:
         text = path.read_text("utf-8")
     except FileNotFoundError:
         return None
     try:
         journal = json.loads(text)
-        if not isinstance(journal, dict) or journal.get("version") != _JOURNAL_VERSION:
-            raise ValueError(f"not a version {_JOURNAL_VERSION} journal")
+        versions = (_JOURNAL_VERSION, _OLDER_JOURNAL_VERSION)
+        if not isinstance(journal, dict) or journal.get("version") not in versions:
+            raise ValueError(f"not a version {_JOURNAL_VERSION} or {_OLDER_JOURNAL_VERSION} journal")
         for key in ("old_manifest_sha256", "manifest_sha256"):
             if not isinstance(journal.get(key), str):
                 raise ValueError(f"no {key}")
@@ -351,48 +528,48 @@ def _read_journal(dataset_dir: Path) -> dict[str, Any] | None:
             # Recovery renames and deletes what the journal names: only paths inside the dataset.
             if not isinstance(item, dict) or not isinstance(item.get("sha256"), str):
                 raise ValueError(f"bad merged item {item!r}")
-            _check_rel(item.get("temp"))
             _check_rel(item.get("file"))
         for rel in retired:
             _check_rel(rel)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise _damaged(dataset_dir, f"{JOURNAL} is unreadable ({exc})") from None
+        raise _damaged(layout.data, f"{path.name} is unreadable ({exc})") from None
     return journal
 
 
-def _finish_compaction(
-    dataset_dir: Path, journal: dict[str, Any], fault: Callable[[str], None]
-) -> None:
+def _finish_compaction(layout: _Layout, journal: dict[str, Any], fault: Callable[[str], None]) -> None:
     """Steps after the commit point, each idempotent: rename the merged temp files,
     delete the retired files, delete the journal."""
     touched: set[Path] = set()
     for item in journal["merged"]:
-        temp, final = dataset_dir / item["temp"], dataset_dir / item["file"]
-        if temp.is_file():
+        final = layout.data / item["file"]
+        temp = next((t for t in layout.temps(item["file"]) if t.is_file()), None)
+        if temp is not None:
+            _makedirs(final.parent)
             os.replace(temp, final)
             touched.add(final.parent)
         elif not final.is_file():
-            raise _damaged(dataset_dir, f"{item['file']} (merged by a compaction) is missing")
+            raise _damaged(layout.data, f"{item['file']} (merged by a compaction) is missing")
     for directory in sorted(touched):
         _fsync_dir(directory)
+    _fsync_dir(layout.meta)
     fault("renamed")
     touched.clear()
     for rel in journal["retired"]:
-        retired = dataset_dir / rel
+        retired = layout.data / rel
         retired.unlink(missing_ok=True)
         touched.add(retired.parent)
     for directory in sorted(touched):
         _fsync_dir(directory)
     fault("retired-deleted")
-    (dataset_dir / JOURNAL).unlink(missing_ok=True)
-    _fsync_dir(dataset_dir)
+    layout.journal.unlink(missing_ok=True)
+    _fsync_dir(layout.meta)
 
 
 def _no_fault(step: str) -> None:
     pass
 
 
-def _recover_compaction(dataset_dir: Path) -> str | None:
+def _recover_compaction(layout: _Layout) -> str | None:
     """Finish or undo an interrupted compaction.
 
     Returns:
@@ -405,34 +582,35 @@ def _recover_compaction(dataset_dir: Path) -> str | None:
             one before nor the one after the compaction (changed by something
             that ignored the lock); nothing is touched then.
     """
-    journal = _read_journal(dataset_dir)
+    journal = _read_journal(layout)
     if journal is None:
         return None
-    manifest = dataset_dir / MANIFEST
+    manifest = layout.manifest
     current = _sha256_file(manifest) if manifest.exists() else None
     if current == journal["manifest_sha256"]:
-        _finish_compaction(dataset_dir, journal, _no_fault)
+        _finish_compaction(layout, journal, _no_fault)
         return "rolled forward"
     if current != journal["old_manifest_sha256"]:
         raise _damaged(
-            dataset_dir,
+            layout.data,
             f"{MANIFEST} is neither the manifest before nor the one after the compaction in {JOURNAL}",
         )
     for item in journal["merged"]:
-        (dataset_dir / item["temp"]).unlink(missing_ok=True)
-    (dataset_dir / _MANIFEST_STAGING).unlink(missing_ok=True)
+        for temp in layout.temps(item["file"]):
+            temp.unlink(missing_ok=True)
+    (layout.meta / _MANIFEST_STAGING).unlink(missing_ok=True)
     # The journal goes last: until then a crash repeats this roll-back.
-    (dataset_dir / JOURNAL).unlink()
-    _fsync_dir(dataset_dir)
+    layout.journal.unlink()
+    _fsync_dir(layout.meta)
     return "rolled back"
 
 
-def _recover_dataset(dataset_dir: Path) -> tuple[list[str], list[dict[str, Any]], int, str | None]:
-    """Bring a locked dataset directory to a committed state (module docstring).
+def _recover_dataset(layout: _Layout) -> tuple[list[str], list[dict[str, Any]], int, str | None]:
+    """Bring a locked dataset to a committed state (module docstring).
 
-    Order matters: an interrupted compaction first (its pending temp files
-    must not be taken for strays), then a torn manifest line, interrupted
-    renames and stray ``.*.tmp`` files.
+    Order matters: the older layout is moved first, then an interrupted
+    compaction (its pending temp files must not be taken for strays), then a
+    torn manifest line, interrupted renames and stray ``*.tmp`` files.
 
     Returns:
         (manifest lines, their parsed entries, manifest size in bytes,
@@ -442,8 +620,9 @@ def _recover_dataset(dataset_dir: Path) -> tuple[list[str], list[dict[str, Any]]
         ArchiveError: an unreadable manifest line or journal, or a listed
             file missing with no complete temp file.
     """
-    recovered = _recover_compaction(dataset_dir)
-    manifest = dataset_dir / MANIFEST
+    _move_older_layout(layout)
+    recovered = _recover_compaction(layout)
+    manifest = layout.manifest
     lines: list[str] = []
     entries: list[dict[str, Any]] = []
     size = 0
@@ -460,19 +639,21 @@ def _recover_dataset(dataset_dir: Path) -> tuple[list[str], list[dict[str, Any]]
             try:
                 entries.append(_parse_line(text))
             except ValueError as exc:
-                raise _damaged(dataset_dir, f"{MANIFEST} line {i}: {exc}") from None
+                raise _damaged(layout.data, f"{MANIFEST} line {i}: {exc}") from None
         for entry in entries:
-            final = dataset_dir / entry["file"]
-            found = _committed_file(dataset_dir, entry)
+            final = layout.data / entry["file"]
+            found = _committed_file(layout, entry)
             if found is None:
-                raise _damaged(dataset_dir, f"{entry['file']} is listed in {MANIFEST} but missing")
+                raise _damaged(layout.data, f"{entry['file']} is listed in {MANIFEST} but missing")
             if found != final:
                 # Crash between the manifest append and the rename: finish it.
+                _makedirs(final.parent)
                 os.replace(found, final)
                 _fsync_dir(final.parent)
-    for stray in dataset_dir.rglob(".*.tmp"):
+    for stray in layout.meta.glob("*.tmp"):
         if stray.is_file():
             stray.unlink()
+    _fsync_dir(layout.meta)
     return lines, entries, size, recovered
 
 
@@ -483,7 +664,8 @@ class ArchiveWriter:
     """The single writer of one dataset directory ``<root>/<dataset>/``.
 
     Args:
-        root: the archive root; the dataset directory is created if missing.
+        root: the archive root; the dataset directory and ``_meta/<dataset>/``
+            are created if missing.
         dataset: a key of :data:`schemas.archive.DATASETS`.
         flush_rows: flush once this many rows are buffered.
         flush_seconds: flush once the oldest buffered row has waited this long
@@ -492,14 +674,14 @@ class ArchiveWriter:
         clock: seconds, monotonic; injectable for tests.
 
     Opening the writer takes the dataset lock (an exclusive ``flock`` on
-    ``<dataset>/.lock``, held until :meth:`close`), recovers the directory
-    (module docstring: finish or undo an interrupted compaction, cut a torn
-    manifest line, finish an interrupted rename, delete stray ``.*.tmp``
-    files) and reads the high-water mark of every row key from the listed
-    files.  :meth:`write` buffers rows, dropping those at or below their key's
-    high-water; :meth:`flush` writes one file per hive partition, each
-    committed by its manifest line (write temp + fsync, append line + fsync,
-    rename + fsync the directory).  A new file is numbered one above the
+    ``_meta/<dataset>/lock``, held until :meth:`close`), recovers the dataset
+    (module docstring: move the older layout, finish or undo an interrupted
+    compaction, cut a torn manifest line, finish an interrupted rename,
+    delete stray ``*.tmp`` files) and reads the high-water mark of every row
+    key from the listed files.  :meth:`write` buffers rows, dropping those at
+    or below their key's high-water; :meth:`flush` writes one file per hive
+    partition, each committed by its manifest line (write temp + fsync,
+    append line + fsync, rename + fsync the directory).  A new file is numbered one above the
     largest ``part-N`` the manifest lists.
 
     Exactly one writer per dataset directory may be open at a time (the
@@ -510,9 +692,9 @@ class ArchiveWriter:
     Raises:
         ValueError: unknown dataset or bad flush limits.
         ArchiveError: the dataset is locked by another writer or a compaction;
-            a manifest line or the compaction journal is unreadable; or a
-            listed file is missing with no complete temp file (run
-            ``becomingone memory verify``).
+            a manifest line or the compaction journal is unreadable; a listed
+            file is missing with no complete temp file, or cannot be read
+            (the message names it; run ``becomingone memory verify``).
     """
 
     def __init__(
@@ -533,11 +715,13 @@ class ArchiveWriter:
         self.dataset = dataset
         self.schema: pa.Schema = DATASETS[dataset]
         self.path = Path(root) / dataset
+        self.meta = meta_dir(self.path)
+        self._layout = _Layout(self.path, self.meta)
         self.flush_rows = int(flush_rows)
         self.flush_seconds = float(flush_seconds)
         self._clock = clock
         self._keys = ROW_KEYS[dataset]
-        self._manifest = self.path / MANIFEST
+        self._manifest = self._layout.manifest
 
         self._buffer: list[pa.Table] = []
         self._buffered = 0
@@ -551,10 +735,11 @@ class ArchiveWriter:
         self._manifest_size = 0
         self._high_water: dict[tuple[str, ...], int] = {}
 
-        self.path.mkdir(parents=True, exist_ok=True)
-        self._lock = _DatasetLock(self.path)
+        _makedirs(self.path)
+        _makedirs(self.meta)
+        self._lock = _DatasetLock(self.meta / LOCK, self.path)
         try:
-            lines, entries, self._manifest_size, _ = _recover_dataset(self.path)
+            lines, entries, self._manifest_size, _ = _recover_dataset(self._layout)
             self._next_part = _next_part_number(entries)
             self._prev = _line_hash(lines[-1]) if lines else GENESIS
             if self._keys:
@@ -688,11 +873,10 @@ class ArchiveWriter:
         per_file: list[pa.Table] = []
         for entry in entries:
             # Memory-mapped: only the pages of the key and time columns are read.
-            with pa.memory_map(str(self.path / entry["file"])) as source:
-                table = pa.ipc.open_file(source).read_all().select([*keys, "t"])
-                if table.num_rows:
-                    table = table.set_column(len(keys), "t", pc.cast(table.column("t"), pa.int64()))
-                    per_file.append(table.group_by(keys).aggregate([("t", "max")]))
+            table = read_archive_file(self.path / entry["file"], self.path.parent, [*keys, "t"])
+            if table.num_rows:
+                table = table.set_column(len(keys), "t", pc.cast(table.column("t"), pa.int64()))
+                per_file.append(table.group_by(keys).aggregate([("t", "max")]))
         if per_file:
             best = pa.concat_tables(per_file).group_by(keys).aggregate([("t_max", "max")])
             columns = [best.column(k).to_pylist() for k in keys]
@@ -796,22 +980,13 @@ class ArchiveWriter:
                 self._high_water[key] = value
         return table if keep.all() else table.filter(pa.array(keep))
 
-    def _makedirs(self, directory: Path) -> None:
-        """Create missing directories, fsyncing each parent so the new entries last."""
-        missing = []
-        while not directory.exists():
-            missing.append(directory)
-            directory = directory.parent
-        for d in reversed(missing):
-            d.mkdir(exist_ok=True)
-            _fsync_dir(d.parent)
-
     def _write_file(self, part_dir: str, rows: pa.Table) -> str:
         """Commit one file: temp + fsync + fsync dir, manifest line + fsync, rename + fsync dir."""
         rel = f"{part_dir}/part-{self._next_part:08d}.arrow"
         final = self.path / rel
-        temp = _temp_path(final)
-        self._makedirs(final.parent)
+        temp = self._layout.temp(rel)
+        # Made before the commit, so that finishing the rename needs nothing new.
+        _makedirs(final.parent)
 
         # A few record batches per file are fine for readers; joining them is a full copy.
         data = _ipc_bytes(rows if rows.column(0).num_chunks <= 16 else rows.combine_chunks(), self.schema)
@@ -838,7 +1013,7 @@ class ArchiveWriter:
             f.flush()
             os.fsync(f.fileno())
         if size == 0:
-            _fsync_dir(self.path)  # the manifest itself may be new
+            _fsync_dir(self.meta)  # the manifest itself may be new
         # Committed: from here on a crash is finished by the next writer's recovery.
         self._next_part += 1
         self._prev = _line_hash(line)
@@ -846,7 +1021,7 @@ class ArchiveWriter:
         self._rows_written += rows.num_rows
         self._files_written += 1
 
-        os.replace(temp, final)
+        os.replace(temp, final)  # from _meta into the partition: same file system, atomic
         _fsync_dir(final.parent)
         return rel
 
@@ -854,77 +1029,84 @@ class ArchiveWriter:
 # -- reading and checking ----------------------------------------------------
 
 
-#: Names a reader of a dataset directory must skip: temp files, ``_``-names and the manifest.
-READER_IGNORE_PREFIXES = (".", "_", MANIFEST)
+def listed_files(dataset_dir: str | os.PathLike[str]) -> list[tuple[str, Path]]:
+    """The dataset's committed files, in manifest order: (the manifest's name for
+    the file, relative to the dataset directory; the path holding its rows).
 
-
-def manifest_files(dataset_dir: str | os.PathLike[str]) -> list[Path]:
-    """The files holding a dataset's committed rows, in manifest order.
-
-    Each is ``Path(dataset_dir) / <file of its manifest line>``, or that
-    file's hidden temp name (``.part-N.arrow.tmp``) when the rows are
-    committed but not yet renamed (a crash, or a writer or compaction in
-    between): the temp file stands in if its SHA-256 matches the line.  Files
-    on disk that the manifest does not list (a compaction's retired files,
-    uncommitted temp files) are never returned.  A torn last line was never
-    committed and is ignored.  Final files are not hashed: use
-    :func:`verify_dataset` for that.
+    The path is ``Path(dataset_dir) / name``, or the file's temp file when the
+    rows are committed but not yet renamed (a crash, or a writer or compaction
+    in between): the temp file stands in if its SHA-256 matches the line.
+    Files on disk that the manifest does not list (a compaction's retired
+    files, uncommitted temp files) are never returned.  A torn last line was
+    never committed and is ignored.  Final files are not hashed: use
+    :func:`verify_dataset` for that.  An archive of the older layout is read
+    where it is.
 
     Returns:
-        The files, or ``[]`` when the directory has no manifest.
+        The files, or ``[]`` when the dataset has no manifest.
 
     Raises:
         ArchiveError: a manifest line is unreadable, or a listed file is
             missing with no complete temp file.
     """
-    directory = Path(dataset_dir)
-    manifest = directory / MANIFEST
-    if not manifest.exists():
+    layout = _layout(dataset_dir)
+    if not layout.manifest.exists():
         return []
-    lines, _, _ = _read_manifest(manifest)
+    lines, _, _ = _read_manifest(layout.manifest)
     files = []
     for i, text in enumerate(lines, 1):
         try:
             entry = _parse_line(text)
         except ValueError as exc:
-            raise _damaged(directory, f"{MANIFEST} line {i}: {exc}") from None
-        found = _committed_file(directory, entry)
-        if found is None and (directory / entry["file"]).is_file():
-            found = directory / entry["file"]  # renamed between the two looks
+            raise _damaged(layout.data, f"{MANIFEST} line {i}: {exc}") from None
+        final = layout.data / entry["file"]
+        found = _committed_file(layout, entry)
+        if found is None and final.is_file():
+            found = final  # renamed between the two looks
         if found is None:
-            raise _damaged(directory, f"{entry['file']} is listed in {MANIFEST} but missing")
-        files.append(found)
+            raise _damaged(layout.data, f"{entry['file']} is listed in {MANIFEST} but missing")
+        files.append((entry["file"], found))
     return files
+
+
+def manifest_files(dataset_dir: str | os.PathLike[str]) -> list[Path]:
+    """The paths of :func:`listed_files`: the files holding a dataset's committed rows."""
+    return [path for _, path in listed_files(dataset_dir)]
 
 
 def open_dataset(path: str | os.PathLike[str]) -> ds.Dataset:
     """``pyarrow.dataset`` over the committed files of one dataset directory.
 
-    Reads exactly the files of :func:`manifest_files`, in manifest order, so
+    Reads exactly the files of :func:`listed_files`, in manifest order, so
     the rows are the manifest's, each once, even while an interrupted
     compaction leaves merged-away files on disk.  ``date`` and ``hour`` are
-    string columns taken from the hive directory names.  With no file listed,
-    a directory named as a dataset of :data:`schemas.archive.DATASETS` gets
-    that dataset's schema (plus ``date``/``hour``); otherwise the schema is
-    read from the first file.
+    string columns taken from the manifest's names of the files (so a file
+    read from its temp name has them too).  With no file listed, a directory
+    named as a dataset of :data:`schemas.archive.DATASETS` gets that
+    dataset's schema (plus ``date``/``hour``); otherwise the schema is read
+    from the first file.
 
     Raises:
         FileNotFoundError: ``path`` is not a directory.
-        ArchiveError: as :func:`manifest_files`.
+        ArchiveError: as :func:`listed_files`.
     """
     directory = Path(path)
     if not directory.is_dir():
         raise FileNotFoundError(f"no archive dataset directory at {directory}")
-    files = manifest_files(directory)
-    schema = None
-    if not files and directory.name in DATASETS:
-        schema = pa.unify_schemas([DATASETS[directory.name], PARTITION_SCHEMA])
-    return ds.dataset(
-        [os.fspath(f) for f in files],
-        schema=schema,
-        format="ipc",
-        partitioning=ds.partitioning(PARTITION_SCHEMA, flavor="hive"),
-        partition_base_dir=os.fspath(directory),
+    files = listed_files(directory)
+    if files:
+        data_schema = ds.dataset(os.fspath(files[0][1]), format="ipc").schema
+    elif directory.name in DATASETS:
+        data_schema = DATASETS[directory.name]
+    else:
+        data_schema = pa.schema([])
+    hive = ds.partitioning(PARTITION_SCHEMA, flavor="hive")
+    return ds.FileSystemDataset.from_paths(
+        [os.fspath(found) for _, found in files],
+        schema=pa.unify_schemas([data_schema, PARTITION_SCHEMA]),
+        format=ds.IpcFileFormat(),
+        filesystem=pafs.LocalFileSystem(),
+        partitions=[hive.parse(name) for name, _ in files],
     )
 
 
@@ -937,12 +1119,12 @@ def last_witness_record(root: str | os.PathLike[str]) -> tuple[int, str] | None:
     log from there.  Rows still buffered in an open writer are not seen.
 
     Raises:
-        ArchiveError: a listed file is missing or the manifest is unreadable.
+        ArchiveError: a listed file is missing or unreadable (named), or the
+            manifest is unreadable.
     """
     best: tuple[int, str] | None = None
     for found in manifest_files(Path(root) / "witnessing_logs"):
-        with pa.memory_map(str(found)) as source:
-            table = pa.ipc.open_file(source).read_all().select(["seq", "log_sha256"])
+        table = read_archive_file(found, root, ["seq", "log_sha256"])
         if table.num_rows:
             seq = table["seq"].to_numpy()
             i = int(np.argmax(seq))
@@ -951,13 +1133,13 @@ def last_witness_record(root: str | os.PathLike[str]) -> tuple[int, str] | None:
     return best
 
 
-def _check_file(dataset_dir: Path, entry: dict[str, Any], pending: set[str]) -> list[str]:
+def _check_file(layout: _Layout, entry: dict[str, Any], pending: set[str]) -> list[str]:
     """Problems of one listed file; a name in ``pending`` (a committed compaction's
     merged file) may still be at its complete temp name."""
     rel = entry["file"]
-    path = dataset_dir / rel
+    path = layout.data / rel
     if not path.is_file():
-        found = _committed_file(dataset_dir, entry)
+        found = _committed_file(layout, entry)
         if found is None:
             return [f"{rel}: missing"]
         if rel not in pending:
@@ -978,20 +1160,21 @@ def _check_file(dataset_dir: Path, entry: dict[str, Any], pending: set[str]) -> 
     return [f"{rel}: changed ({'; '.join(reasons)})"] if reasons else []
 
 
-def _committed_compaction(dataset_dir: Path) -> tuple[set[str], set[str], list[str]]:
+def _committed_compaction(layout: _Layout) -> tuple[set[str], set[str], list[str]]:
     """What an interrupted compaction past its commit point excuses in verification.
 
     Returns:
         (merged files that may still be at their temp names, retired files
         that may still be on disk, problems with the journal itself).  Both
         sets are empty without a journal or before the commit point (the old
-        manifest stands and the compaction's files are hidden temp files).
+        manifest stands and the compaction's files are temp files).
     """
+    journal_name = layout.journal.name
     try:
-        journal = _read_journal(dataset_dir)
+        journal = _read_journal(layout)
     except ArchiveError:
-        return set(), set(), [f"{JOURNAL}: unreadable journal of an interrupted compaction"]
-    manifest = dataset_dir / MANIFEST
+        return set(), set(), [f"{journal_name}: unreadable journal of an interrupted compaction"]
+    manifest = layout.manifest
     if journal is None or not manifest.exists():
         return set(), set(), []
     current = _sha256_file(manifest)
@@ -1000,7 +1183,7 @@ def _committed_compaction(dataset_dir: Path) -> tuple[set[str], set[str], list[s
     if current == journal["old_manifest_sha256"]:
         return set(), set(), []
     return set(), set(), [
-        f"{JOURNAL}: an interrupted compaction whose manifests (before and after) both differ from {MANIFEST}"
+        f"{journal_name}: an interrupted compaction whose manifests (before and after) both differ from {MANIFEST}"
     ]
 
 
@@ -1012,18 +1195,26 @@ def verify_dataset(path: str | os.PathLike[str]) -> list[str]:
     broken ``prev`` chain (lines reordered, edited, inserted or removed),
     a file listed twice, a missing file, a changed file (SHA-256 or row count
     differs, or unreadable) and an ``.arrow`` file not in the manifest (extra).
-    Hidden names (``.``/``_``), which readers skip, are not checked.
+    Hidden names (``.``/``_``), which readers skip, are not checked.  The
+    manifest and journal are read from ``_meta/<dataset>/``, or from the
+    dataset directory in an archive of the older layout; a manifest in both
+    places is a problem.
 
-    An interrupted compaction (journal ``.compaction.json`` present) is not a
+    An interrupted compaction (journal ``compaction.json`` present) is not a
     problem.  Before its commit point the old manifest stands and its files
-    are hidden.  After it, a merged file still at its temp name counts as
+    are temp files.  After it, a merged file still at its temp name counts as
     present when the temp file's SHA-256 matches, and the files it merged away
     are not extra.  A journal that is unreadable, or that matches neither the
-    manifest before nor after its compaction, is a problem (``.compaction.json``).
+    manifest before nor after its compaction, is a problem (``compaction.json``).
     """
-    path = Path(path)
-    manifest = path / MANIFEST
-    pending, retired, problems = _committed_compaction(path)
+    layout = _layout(path)
+    manifest = layout.manifest
+    pending, retired, problems = _committed_compaction(layout)
+    if not layout.older and (layout.data / MANIFEST).exists():
+        problems.append(
+            f"{MANIFEST}: a manifest of the older layout in the dataset directory, besides "
+            f"{layout.name(manifest)} (written after the archive was moved?); readers of the directory fail on it"
+        )
     listed: set[str] = set()
     if manifest.exists():
         lines, _, torn = _read_manifest(manifest)
@@ -1048,15 +1239,15 @@ def verify_dataset(path: str | os.PathLike[str]) -> list[str]:
                 problems.append(f"{rel}: listed twice in {MANIFEST} (again on line {i})")
                 continue
             listed.add(rel)
-            problems.extend(_check_file(path, entry, pending))
+            problems.extend(_check_file(layout, entry, pending))
         if torn:
             problems.append(
                 f"{MANIFEST}: line {len(lines) + 1} is incomplete (an interrupted append; "
                 "opening a writer on the dataset removes it)"
             )
     extras = []
-    for file in sorted(path.rglob("*.arrow")):
-        rel_path = file.relative_to(path)
+    for file in sorted(layout.data.rglob("*.arrow")):
+        rel_path = file.relative_to(layout.data)
         if any(part[:1] in (".", "_") for part in rel_path.parts) or not file.is_file():
             continue
         rel = rel_path.as_posix()
@@ -1068,10 +1259,12 @@ def verify_dataset(path: str | os.PathLike[str]) -> list[str]:
 
 
 def verify_archive(root: str | os.PathLike[str]) -> dict[str, list[str]]:
-    """:func:`verify_dataset` over every dataset directory present under ``root``.
+    """:func:`verify_dataset` over every dataset present under ``root``.
 
-    A dataset directory is a subdirectory named as a dataset of
-    :data:`schemas.archive.DATASETS` or holding a ``MANIFEST.jsonl``.
+    A dataset is a subdirectory named as a dataset of
+    :data:`schemas.archive.DATASETS`, or one with a manifest (in
+    ``_meta/<name>/``, or in the directory itself in the older layout), or a
+    ``_meta/<name>/`` with a manifest even if the directory itself is gone.
 
     Raises:
         FileNotFoundError: ``root`` is not a directory.
@@ -1083,9 +1276,15 @@ def _dataset_dirs(root: str | os.PathLike[str]) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"no archive directory at {root}")
-    return [
-        d for d in sorted(root.iterdir()) if d.is_dir() and (d.name in DATASETS or (d / MANIFEST).exists())
-    ]
+    meta = root / META
+    names = {
+        d.name for d in root.iterdir()
+        if d.is_dir() and d.name[:1] not in ("_", ".")
+        and (d.name in DATASETS or (d / MANIFEST).exists() or (meta / d.name / MANIFEST).exists())
+    }
+    if meta.is_dir():
+        names.update(d.name for d in meta.iterdir() if (d / MANIFEST).is_file())
+    return [root / name for name in sorted(names)]
 
 
 # -- compaction --------------------------------------------------------------
@@ -1117,19 +1316,20 @@ class CompactionResult:
 def _read_checked(dataset_dir: Path, entry: dict[str, Any]) -> tuple[pa.Schema, list[pa.RecordBatch]]:
     """A listed file's schema and batches, after checking its SHA-256 and row count
     against its manifest line (so compaction never launders a changed file into a
-    freshly hashed one); ArchiveError if they differ or it is unreadable."""
+    freshly hashed one); ArchiveError naming the file if they differ or it is unreadable."""
+    name = f"{dataset_dir.name}/{entry['file']}"  # relative to the archive root, like every message
     data = (dataset_dir / entry["file"]).read_bytes()
     if hashlib.sha256(data).hexdigest() != entry["sha256"]:
-        raise _damaged(dataset_dir, f"{entry['file']} changed (its SHA-256 is not the manifest's)")
+        raise _damaged(dataset_dir, f"{name} changed (its SHA-256 is not the manifest's)")
     try:
         # The batches keep ``data`` alive, so they may outlive this call.
         reader = pa.ipc.open_file(pa.py_buffer(data))
         batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
     except pa.ArrowException as exc:
-        raise _damaged(dataset_dir, f"{entry['file']} is not a readable Arrow IPC file: {exc}") from None
+        raise _damaged(dataset_dir, f"{name} is not a readable Arrow IPC file: {exc}") from None
     rows = sum(batch.num_rows for batch in batches)
     if rows != entry["rows"]:
-        raise _damaged(dataset_dir, f"{entry['file']} has {rows} rows, the manifest says {entry['rows']}")
+        raise _damaged(dataset_dir, f"{name} has {rows} rows, the manifest says {entry['rows']}")
     return reader.schema, batches
 
 
@@ -1183,12 +1383,12 @@ def compact_dataset(
 
     1. For each partition directory with more than one manifest line, its
        files (checked against their lines) are written, in manifest order and
-       with their rows in order, into one hidden temp file
-       ``.part-N.arrow.tmp`` in that directory, fsynced.  ``N`` continues
-       above the largest number listed, so no name is used twice.
-    2. The journal ``.compaction.json`` (new manifest text and both manifests'
+       with their rows in order, into one temp file
+       ``_meta/<dataset>/part-N.arrow.tmp``, fsynced.  ``N`` continues above
+       the largest number listed, so no name is used twice.
+    2. The journal ``compaction.json`` (new manifest text and both manifests'
        SHA-256, the merged files, the retired files) is written and fsynced.
-    3. The new manifest is written to ``.MANIFEST.jsonl.tmp``, fsynced and
+    3. The new manifest is written to ``MANIFEST.jsonl.tmp``, fsynced and
        renamed onto ``MANIFEST.jsonl`` (the commit point).  A merged file's
        line takes the place of its partition's first line, the other lines
        keep their order, and ``prev`` is recomputed from the first change on.
@@ -1198,9 +1398,9 @@ def compact_dataset(
     A crash anywhere loses nothing: before step 3 the old manifest stands and
     recovery deletes the temp files; after it recovery completes step 4.  In
     between, :func:`verify_dataset` passes and :func:`open_dataset` reads
-    every row once.  Readers that glob ``**/*.arrow`` instead of following
-    the manifest can see a partition's rows twice between the renames and
-    the deletions.
+    every row once.  Readers of the dataset directory (instead of the
+    manifest) can see a partition's rows twice between the renames and the
+    deletions.
 
     Args:
         path: the dataset directory.
@@ -1216,25 +1416,30 @@ def compact_dataset(
             journal, a broken chain, a listed file missing or changed).
     """
     dataset_dir = Path(path)
+    layout = _Layout(dataset_dir, meta_dir(dataset_dir))
     if not dataset_dir.is_dir():
+        if layout.manifest.exists():
+            raise _damaged(dataset_dir, f"the directory is gone, but {layout.name(layout.manifest)} lists files")
         raise FileNotFoundError(f"no archive dataset directory at {dataset_dir}")
     step = fault or _no_fault
-    lock = _DatasetLock(dataset_dir)
+    _makedirs(layout.meta)
+    lock = _DatasetLock(layout.meta / LOCK, dataset_dir)
     try:
-        lines, entries, _, recovered = _recover_dataset(dataset_dir)
-        return _compact_locked(dataset_dir, lines, entries, recovered, step)
+        lines, entries, _, recovered = _recover_dataset(layout)
+        return _compact_locked(layout, lines, entries, recovered, step)
     finally:
         lock.release()
 
 
 def _compact_locked(
-    dataset_dir: Path,
+    layout: _Layout,
     lines: list[str],
     entries: list[dict[str, Any]],
     recovered: str | None,
     fault: Callable[[str], None],
 ) -> CompactionResult:
-    """:func:`compact_dataset` on a locked, recovered directory with these manifest lines."""
+    """:func:`compact_dataset` on a locked, recovered dataset with these manifest lines."""
+    dataset_dir = layout.data
     rows_before = sum(e["rows"] for e in entries)
     # Recomputing prev would hide a tampered or reordered manifest: refuse instead.
     prev = GENESIS
@@ -1262,14 +1467,12 @@ def _compact_locked(
             part_dir = entries[members[0]]["file"].rpartition("/")[0]
             rel = f"{part_dir}/part-{number:08d}.arrow" if part_dir else f"part-{number:08d}.arrow"
             number += 1
-            temp = _temp_path(dataset_dir / rel)
+            temp = layout.temp(rel)
             temps.append(temp)
             rows, digest = _merge_into(dataset_dir, [entries[i] for i in members], temp)
             _fsync_dir(temp.parent)
             replaced[members[0]] = {"file": rel, "rows": rows, "sha256": digest}
-            merged.append(
-                {"temp": temp.relative_to(dataset_dir).as_posix(), "file": rel, "sha256": digest, "rows": rows}
-            )
+            merged.append({"file": rel, "sha256": digest, "rows": rows})
             retired.extend(entries[i]["file"] for i in members)
     except Exception:
         # Nothing is committed yet: clean up now rather than at the next recovery.
@@ -1293,7 +1496,7 @@ def _compact_locked(
     new_text = "".join(f"{line}\n" for line in new_lines)
     rows_after = sum(json.loads(line)["rows"] for line in new_lines)
 
-    manifest = dataset_dir / MANIFEST
+    manifest = layout.manifest
     journal = {
         "version": _JOURNAL_VERSION,
         "old_manifest_sha256": _sha256_file(manifest),
@@ -1303,18 +1506,18 @@ def _compact_locked(
         "manifest": new_text,
     }
     # Staged and renamed, so a journal is either absent or complete.
-    _write_durably(dataset_dir / _JOURNAL_STAGING, json.dumps(journal, indent=1).encode("utf-8"))
-    os.replace(dataset_dir / _JOURNAL_STAGING, dataset_dir / JOURNAL)
-    _fsync_dir(dataset_dir)
+    _write_durably(layout.meta / _JOURNAL_STAGING, json.dumps(journal, indent=1).encode("utf-8"))
+    os.replace(layout.meta / _JOURNAL_STAGING, layout.journal)
+    _fsync_dir(layout.meta)
     fault("journal-written")
 
-    _write_durably(dataset_dir / _MANIFEST_STAGING, new_text.encode("utf-8"))
+    _write_durably(layout.meta / _MANIFEST_STAGING, new_text.encode("utf-8"))
     fault("manifest-staged")
-    os.replace(dataset_dir / _MANIFEST_STAGING, manifest)
-    _fsync_dir(dataset_dir)
+    os.replace(layout.meta / _MANIFEST_STAGING, manifest)
+    _fsync_dir(layout.meta)
     fault("manifest-replaced")
 
-    _finish_compaction(dataset_dir, journal, fault)
+    _finish_compaction(layout, journal, fault)
     return CompactionResult(
         dataset_dir, len(entries), len(new_lines), rows_before, rows_after, len(merging), recovered
     )

@@ -1,12 +1,13 @@
 """Temporal memory: ask the archive what a sensor's coherence was at any moment (SPEC section 5).
 
 :class:`TemporalMemory` reads an archive root written by the dataflow
-(``<root>/<dataset>/date=YYYY-MM-DD/hour=HH/part-NNNNNNNN.arrow``):
+(``<root>/<dataset>/date=YYYY-MM-DD/hour=HH/part-NNNNNNNN.arrow``, listed in
+``<root>/_meta/<dataset>/MANIFEST.jsonl``):
 
 * :meth:`TemporalMemory.retrieve` returns the rows of one dataset in a time
   range, optionally for some sensors.  It opens only the files whose hour
   partition overlaps the range (the partition is in the path, so nothing
-  else is read), and only files the dataset's ``MANIFEST.jsonl`` lists;
+  else is read), and only files the dataset's manifest lists;
 * :meth:`TemporalMemory.reconstruct_coherence` returns the state in force at
   a time t: the newest Master and Emissary signatures and coherence-history
   row at or before t, and whether the sensor was collapsed (from the
@@ -35,7 +36,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from connectors.archive import manifest_files, verify_archive
+from connectors.archive import listed_files, read_archive_file, verify_archive
 from schemas.archive import DATASETS
 from schemas.timebase import to_micros
 
@@ -65,8 +66,8 @@ def as_micros(t: Any) -> int:
 
 
 def _hour_start(relative: str) -> int | None:
-    """Start (us) of the hour partition in a path ``date=.../hour=.../file``; None if not partitioned."""
-    m = _PARTITION.search(relative.replace(os.sep, "/"))
+    """Start (us) of the hour partition in a manifest name ``date=.../hour=.../file``; None if not partitioned."""
+    m = _PARTITION.search(relative)
     if m is None:
         return None
     y, mo, d, h = (int(x) for x in m.groups())
@@ -141,25 +142,31 @@ class TemporalMemory:
 
     def files(self, dataset: str, start_us: int | None = None, end_us: int | None = None) -> list[Path]:
         """The dataset's committed files (manifest order) whose hour overlaps [start_us, end_us]."""
+        return [path for _, path in self._hours(dataset, start_us, end_us)]
+
+    def _hours(self, dataset: str, start_us: int | None, end_us: int | None) -> list[tuple[int | None, Path]]:
+        """(hour start or None, path) of :meth:`files`; the hour comes from the manifest's
+        name of the file, since the path may be a temp file outside the partition."""
         if dataset not in DATASETS:
             raise ValueError(f"unknown dataset {dataset!r}; the archive has {', '.join(DATASETS)}")
-        directory = self.root / dataset
-        if not (directory / "MANIFEST.jsonl").exists():
-            return []
         out = []
-        for path in manifest_files(directory):
-            hour = _hour_start(str(path.relative_to(directory)))
-            if hour is None:
-                out.append(path)
-            elif (end_us is None or hour <= end_us) and (start_us is None or hour + _HOUR_US > start_us):
-                out.append(path)
+        for name, path in listed_files(self.root / dataset):
+            hour = _hour_start(name)
+            overlaps = hour is None or ((end_us is None or hour <= end_us)
+                                        and (start_us is None or hour + _HOUR_US > start_us))
+            if overlaps:
+                out.append((hour, path))
         return out
 
     def read_file(self, path: Path) -> pa.Table:
-        """One archive file, memory-mapped (counted in :attr:`files_opened`)."""
+        """One archive file, memory-mapped (counted in :attr:`files_opened`).
+
+        Raises:
+            connectors.archive.ArchiveError: the file cannot be read; the message
+                names it and says to run ``becomingone memory verify``.
+        """
         self.files_opened += 1
-        with pa.memory_map(str(path)) as source:
-            return pa.ipc.open_file(source).read_all()
+        return read_archive_file(path, self.root)
 
     def scan(self, dataset: str, start_us: int | None = None, end_us: int | None = None,
              sensors: Iterable[str] | None = None, columns: list[str] | None = None) -> Iterator[pa.Table]:
@@ -193,6 +200,8 @@ class TemporalMemory:
 
         Raises:
             ValueError: unknown dataset, unreadable time, or start after end.
+            connectors.archive.ArchiveError: a damaged archive (an unreadable
+                manifest, or a listed file missing or unreadable; named).
         """
         start_us, end_us = as_micros(start), as_micros(end)
         if start_us > end_us:
@@ -210,8 +219,8 @@ class TemporalMemory:
         recent answer opens only the files of a recent hour.
         """
         by_hour: dict[int | None, list[Path]] = {}
-        for path in self.files(dataset, None, at_us):
-            by_hour.setdefault(_hour_start(str(path.relative_to(self.root / dataset))), []).append(path)
+        for hour, path in self._hours(dataset, None, at_us):
+            by_hour.setdefault(hour, []).append(path)
         for hour in sorted(by_hour, key=lambda h: -1 if h is None else h, reverse=True):
             best = None
             for path in by_hour[hour]:

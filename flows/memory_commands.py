@@ -3,8 +3,9 @@
 Each is a function ``cmd_<name>(args) -> int`` (the exit code), registered
 on the ``becomingone`` parser by :func:`add_parsers`.  The archive defaults to
 the config's ``memory.storage.path``.  Times are epoch seconds or ISO-8601
-with a zone.  Exit codes: 0 success, 1 the work failed (a damaged archive
-for ``verify``), 2 bad usage, config or arguments.
+with a zone.  Exit codes: 0 success, 1 the work failed (a damaged archive:
+problems found by ``verify``, or a file the command could not read, named in
+the message), 2 bad usage, config or arguments.
 """
 
 from __future__ import annotations
@@ -60,12 +61,16 @@ def _time(value: str | None, flag: str) -> int | None:
 def cmd_memory_retrieve(args: argparse.Namespace) -> int:
     import pyarrow as pa
 
+    from connectors.archive import ArchiveError
+
     memory, code = _memory(args, "memory retrieve")
     if memory is None:
         return code
     try:
         _time(args.start, "--start"), _time(args.end, "--end")  # named errors for bad times
         table = memory.retrieve(args.start, args.end, sensors=args.sensor, dataset=args.dataset)
+    except ArchiveError as exc:  # before ValueError: pyarrow's read errors are ValueErrors too
+        return _fail("memory retrieve", str(exc), code=1)
     except ValueError as exc:
         return _fail("memory retrieve", str(exc))
     if args.format == "arrow":
@@ -119,6 +124,7 @@ def _cell(value: Any) -> str:
 
 
 def cmd_memory_reconstruct(args: argparse.Namespace) -> int:
+    from connectors.archive import ArchiveError
     from schemas.messages import format_utc
 
     memory, code = _memory(args, "memory reconstruct")
@@ -127,6 +133,8 @@ def cmd_memory_reconstruct(args: argparse.Namespace) -> int:
     try:
         at = _time(args.at, "--at")
         state = memory.reconstruct_coherence(args.at, args.sensor)
+    except ArchiveError as exc:
+        return _fail("memory reconstruct", str(exc), code=1)
     except ValueError as exc:
         return _fail("memory reconstruct", str(exc))
     if state.master is None and state.emissary is None and state.sync is None:
@@ -192,6 +200,7 @@ def cmd_memory_compact(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    from connectors.archive import ArchiveError
     from connectors.memory import TemporalMemory
     from flows.sources import ArchiveInput
 
@@ -203,7 +212,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
         start, end = _time(args.start, "--start"), _time(args.end, "--end")
     except (FileNotFoundError, ValueError) as exc:
         return _fail("replay", str(exc))
-    files = memory.files("input", start, end)
+    try:
+        files = memory.files("input", start, end)
+    except ArchiveError as exc:
+        return _fail("replay", str(exc), code=1)
     if not files:
         return _fail("replay", f"{args.archive} has no archived input in that range (memory.archive_input)", code=1)
     if not math.isfinite(args.speed) or args.speed < 0:
@@ -217,7 +229,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from flows.run import run_flow
 
     source = ArchiveInput(str(args.archive), start_us=start, end_us=end, sensors=args.sensor, speed=args.speed)
-    span = _input_span(memory, start, end)
+    try:
+        span = _input_span(memory, start, end)  # reads every file in range: a damaged one is named here
+    except ArchiveError as exc:
+        return _fail("replay", str(exc), code=1)
     try:
         run_flow(config, workers=args.workers, replay=True, source=source, span=span)
     except KeyboardInterrupt:
@@ -244,6 +259,7 @@ def _replay_to_kafka(args, config, memory, start, end) -> int:
 
     from confluent_kafka import Producer
 
+    from connectors.archive import ArchiveError
     from connectors.files import PhaseColumns
     from connectors.kafka import (
         KafkaSetupError,
@@ -297,6 +313,9 @@ def _replay_to_kafka(args, config, memory, start, end) -> int:
     except KeyboardInterrupt:
         sender.finish(timeout=30.0)
         return _fail("replay", f"interrupted after {total:,} samples", code=130)
+    except ArchiveError as exc:
+        sender.finish(timeout=30.0)
+        return _fail("replay", f"stopped after {total:,} samples: {exc}", code=1)
     sender.finish(timeout=60.0)
     print(f"replayed {total:,} samples ({sender.messages:,} {args.format} messages) from {args.archive} to {topic} "
           f"in {time.monotonic() - started:.2f} s; delivered {sender.delivered:,}, failed {sender.failed:,}")
@@ -310,6 +329,7 @@ def _replay_to_kafka(args, config, memory, start, end) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from connectors.archive import ArchiveError
     from connectors.report import write_report
 
     config = config_or_report(args)
@@ -319,6 +339,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         result = write_report(args.archive, args.out, threshold=config.kairos.coherence_threshold,
                               hysteresis=config.sync.hysteresis, sensors=args.sensor,
                               start_us=_time(args.start, "--start"), end_us=_time(args.end, "--end"))
+    except ArchiveError as exc:
+        return _fail("report", str(exc), code=1)
     except (ValueError, FileNotFoundError) as exc:
         return _fail("report", str(exc))
     for row in result.rows:
@@ -363,7 +385,7 @@ def add_parsers(sub, config_help: str) -> None:
     p.add_argument("--config", metavar="FILE", default=None, help=config_help)
     p.set_defaults(func=cmd_memory_reconstruct)
 
-    p = msub.add_parser("verify", help="check every MANIFEST.jsonl hash chain",
+    p = msub.add_parser("verify", help="check every dataset's manifest hash chain (_meta/DATASET/MANIFEST.jsonl)",
                         description="Exit 0 when every dataset matches its manifest; otherwise exit 1 and name "
                         "each changed, missing, extra or reordered file.")
     p.add_argument("--archive", metavar="DIR", default=None, help=archive_help)

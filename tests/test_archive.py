@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 from pathlib import Path
 
 import pyarrow as pa
@@ -19,6 +21,7 @@ from connectors.archive import (
     COMPACTION_STEPS,
     GENESIS,
     JOURNAL,
+    LOCK,
     MANIFEST,
     ArchiveError,
     ArchiveSink,
@@ -27,7 +30,9 @@ from connectors.archive import (
     compact_archive,
     compact_dataset,
     last_witness_record,
+    listed_files,
     manifest_files,
+    meta_dir,
     open_dataset,
     verify_archive,
     verify_dataset,
@@ -67,14 +72,12 @@ def rows(dataset: str, sensors: list[str], ts: list[int], **columns) -> pa.Table
 
 
 def manifest_lines(dataset_dir: Path) -> list[str]:
-    return (dataset_dir / MANIFEST).read_text("utf-8").splitlines()
+    return (meta_dir(dataset_dir) / MANIFEST).read_text("utf-8").splitlines()
 
 
 def read_dataset(dataset_dir: Path) -> pa.Table:
-    # The manifest is not an Arrow file; pyarrow skips only "."/"_" names by itself.
-    return ds.dataset(
-        dataset_dir, format="ipc", partitioning="hive", ignore_prefixes=[".", "_", MANIFEST]
-    ).to_table()
+    """The dataset directory read as it is, as any Arrow reader would (no manifest)."""
+    return ds.dataset(dataset_dir, format="ipc", partitioning="hive").to_table()
 
 
 class FakeClock:
@@ -148,7 +151,7 @@ def test_flush_by_rows(tmp_path):
     writer = ArchiveWriter(tmp_path, "input", flush_rows=5, clock=FakeClock())
     writer.write(rows("input", ["a"] * 3, [T0 + k for k in range(3)]))
     assert (writer.files_written, writer.buffered_rows) == (0, 3)
-    assert not (tmp_path / "input" / MANIFEST).exists()
+    assert not (meta_dir(tmp_path / "input") / MANIFEST).exists()
     writer.write(rows("input", ["a"] * 3, [T0 + k for k in range(3, 6)]))
     assert (writer.files_written, writer.rows_written, writer.buffered_rows) == (1, 6, 0)
 
@@ -268,17 +271,18 @@ def test_crash_between_manifest_and_rename_is_finished(tmp_path, monkeypatch):
     crashed.close()
 
     final = directory / "date=2025-11-26/hour=01/part-00000001.arrow"
-    temp = directory / "date=2025-11-26/hour=01/.part-00000001.arrow.tmp"
+    temp = meta_dir(directory) / "part-00000001.arrow.tmp"
     assert not final.exists() and temp.exists()
     assert len(manifest_lines(directory)) == 2
     assert verify_dataset(directory) == [
         "date=2025-11-26/hour=01/part-00000001.arrow: missing "
         "(its complete temp file exists; opening a writer on the dataset finishes it)"
     ]
-    # Readers skip the hidden temp file meanwhile.
+    # Readers of the directory do not see the temp file meanwhile; manifest readers do.
     assert read_dataset(directory).num_rows == 1
+    assert open_dataset(directory).count_rows() == 3
     # A temp file of a write that never reached the manifest.
-    stray = directory / "date=2025-11-26/hour=00/.part-00000007.arrow.tmp"
+    stray = meta_dir(directory) / "part-00000007.arrow.tmp"
     stray.write_bytes(b"half a file")
 
     with ArchiveWriter(tmp_path, "input") as writer:
@@ -295,9 +299,9 @@ def test_torn_manifest_line_is_cut(tmp_path):
     with ArchiveWriter(tmp_path, "input") as writer:
         writer.write(rows("input", ["a"], [T0]))
     # Crash during the append: half a line, its temp file never renamed.
-    with open(directory / MANIFEST, "ab") as f:
+    with open(meta_dir(directory) / MANIFEST, "ab") as f:
         f.write(b'{"file":"date=2025-11-26/hour=00/part-0000')
-    (directory / "date=2025-11-26/hour=00/.part-00000001.arrow.tmp").write_bytes(b"rows never committed")
+    (meta_dir(directory) / "part-00000001.arrow.tmp").write_bytes(b"rows never committed")
     assert any("incomplete" in p for p in verify_dataset(directory))
 
     with ArchiveWriter(tmp_path, "input") as writer:
@@ -362,7 +366,7 @@ def test_verify_detects_an_extra_file(archived):
 
 
 def test_verify_detects_swapped_manifest_lines(archived):
-    manifest = archived / "input" / MANIFEST
+    manifest = meta_dir(archived / "input") / MANIFEST
     lines = manifest.read_text().splitlines()
     lines[0], lines[1] = lines[1], lines[0]
     manifest.write_text("\n".join(lines) + "\n")
@@ -372,7 +376,7 @@ def test_verify_detects_swapped_manifest_lines(archived):
 
 
 def test_verify_detects_an_edited_line(archived):
-    manifest = archived / "input" / MANIFEST
+    manifest = meta_dir(archived / "input") / MANIFEST
     lines = manifest.read_text().splitlines()
     entry = json.loads(lines[0])
     entry["rows"] = 2
@@ -431,8 +435,10 @@ def arrow_files(dataset_dir: Path) -> list[str]:
 
 def leftovers(dataset_dir: Path) -> list[str]:
     """Temp files and a journal: what a finished compaction must not leave behind."""
-    found = [p.name for p in dataset_dir.rglob(".*.tmp")]
-    return found + ([JOURNAL] if (dataset_dir / JOURNAL).exists() else [])
+    meta = meta_dir(dataset_dir)
+    found = [p.name for p in meta.glob("*.tmp")] + [p.name for p in dataset_dir.rglob("*") if p.is_file()
+                                                     and not p.name.endswith(".arrow")]
+    return found + ([JOURNAL] if (meta / JOURNAL).exists() else [])
 
 
 class Crash(Exception):
@@ -453,7 +459,8 @@ def test_two_writers_on_one_dataset_are_refused(tmp_path):
             ArchiveWriter(tmp_path, "events")
         ArchiveWriter(tmp_path, "input").close()  # each dataset has its own lock
     ArchiveWriter(tmp_path, "events").close()  # close released it
-    assert (tmp_path / "events" / ".lock").exists()  # hidden: readers and verify skip it
+    assert (meta_dir(tmp_path / "events") / LOCK).exists()  # outside the dataset directory
+    assert list((tmp_path / "events").iterdir()) == []
     assert verify_dataset(tmp_path / "events") == []
 
 
@@ -476,9 +483,9 @@ def test_compaction_merges_each_hour_into_one_file(tmp_path):
     assert read_dataset(directory).num_rows == 24  # a glob reader sees the same rows
 
     # Nothing left to merge: the manifest is not touched.
-    manifest_before = (directory / MANIFEST).read_bytes()
+    manifest_before = (meta_dir(directory) / MANIFEST).read_bytes()
     assert compact_dataset(directory) == CompactionResult(directory, 3, 3, 24, 24, 0, None)
-    assert (directory / MANIFEST).read_bytes() == manifest_before
+    assert (meta_dir(directory) / MANIFEST).read_bytes() == manifest_before
 
     with ArchiveWriter(tmp_path, "input") as writer:
         assert writer.high_water("s3") == T0 + DAY + 3 * SECOND + 1  # read from the merged files
@@ -512,11 +519,11 @@ def test_merged_small_batches_are_joined_up_to_a_limit(tmp_path, monkeypatch):
 
 def test_compaction_while_a_writer_is_open_is_refused(tmp_path):
     directory = small_files(tmp_path)
-    manifest_before = (directory / MANIFEST).read_bytes()
+    manifest_before = (meta_dir(directory) / MANIFEST).read_bytes()
     with ArchiveWriter(tmp_path, "input"):
         with pytest.raises(ArchiveError, match="another writer or a compaction has the dataset open"):
             compact_dataset(directory)
-    assert (directory / MANIFEST).read_bytes() == manifest_before
+    assert (meta_dir(directory) / MANIFEST).read_bytes() == manifest_before
     assert leftovers(directory) == []
 
 
@@ -582,13 +589,17 @@ def test_a_writer_recovers_an_interrupted_compaction(tmp_path, step):
 
 def test_manifest_files_resolve_a_pending_merged_file(tmp_path):
     directory = small_files(tmp_path)
+    before = by_partition(directory)
     with pytest.raises(Crash):
         compact_dataset(directory, fault=crash_at("manifest-replaced"))
-    # Committed but not renamed: the merged rows are in hidden temp files, and
-    # the merged-away files are still on disk next to them.
-    names = [path.relative_to(directory).as_posix() for path in manifest_files(directory)]
-    assert names == [f"{part}/.part-{12 + i:08d}.arrow.tmp" for i, (_, _, part) in enumerate(PARTS)]
+    # Committed but not renamed: the merged rows are in temp files under _meta,
+    # and the merged-away files are still in the dataset directory.
+    merged = [f"part-{12 + i:08d}.arrow" for i in range(len(PARTS))]
+    assert listed_files(directory) == [
+        (f"{part}/{name}", meta_dir(directory) / f"{name}.tmp") for name, (_, _, part) in zip(merged, PARTS)]
+    assert manifest_files(directory) == [path for _, path in listed_files(directory)]
     assert len(arrow_files(directory)) == 12
+    assert by_partition(directory) == before  # date and hour from the manifest's names
     assert open_dataset(directory).count_rows() == 24
     assert verify_dataset(directory) == []
 
@@ -600,7 +611,7 @@ def test_manifest_files_resolve_a_pending_merged_file(tmp_path):
 
 def test_compaction_refuses_a_changed_file_or_a_broken_chain(tmp_path):
     directory = small_files(tmp_path)
-    manifest = directory / MANIFEST
+    manifest = meta_dir(directory) / MANIFEST
     first = directory / json.loads(manifest_lines(directory)[0])["file"]
     original = first.read_bytes()
     data = bytearray(original)
@@ -621,7 +632,7 @@ def test_compaction_refuses_a_changed_file_or_a_broken_chain(tmp_path):
 
 def test_an_unreadable_journal_stops_writers_and_is_reported(tmp_path):
     directory = small_files(tmp_path)
-    (directory / JOURNAL).write_text("{not json")
+    (meta_dir(directory) / JOURNAL).write_text("{not json")
     with pytest.raises(ArchiveError, match="unreadable"):
         ArchiveWriter(tmp_path, "input")
     with pytest.raises(ArchiveError, match="unreadable"):
@@ -649,6 +660,228 @@ def test_open_dataset_of_an_empty_dataset_has_its_columns(tmp_path):
     table = open_dataset(tmp_path / "events").to_table()
     assert table.num_rows == 0
     assert table.column_names == [*DATASETS["events"].names, "date", "hour"]
+
+
+# -- an unreadable file is named ---------------------------------------------
+
+
+def damage(path: Path) -> None:
+    """Replace a committed file's bytes with something that is not an Arrow file."""
+    path.write_bytes(b"not an Arrow file")
+
+
+def test_an_unreadable_listed_file_stops_the_writer_naming_it(tmp_path):
+    with ArchiveWriter(tmp_path, "input") as writer:
+        writer.write(rows("input", ["a", "a"], [T0, T0 + HOUR]))
+    path = tmp_path / "input" / FILES[1]
+    good = path.read_bytes()
+    damage(path)
+    with pytest.raises(ArchiveError) as info:
+        ArchiveWriter(tmp_path, "input")  # reads every listed file for the high-water marks
+    message = str(info.value)
+    assert f"input/{FILES[1]}" in message and "becomingone memory verify" in message
+    path.write_bytes(good)
+    with ArchiveWriter(tmp_path, "input") as writer:  # the failed open let go of the lock
+        assert writer.high_water("a") == T0 + HOUR
+
+
+def test_an_unreadable_witness_file_is_named_when_a_run_continues_the_log(tmp_path):
+    with ArchiveWriter(tmp_path, "witnessing_logs") as writer:
+        writer.write(rows("witnessing_logs", [None], [T0], seq=[0], log_sha256=["d0"]))
+    damage(tmp_path / "witnessing_logs" / FILES[0])
+    with pytest.raises(ArchiveError, match=f"witnessing_logs/{FILES[0]}.*becomingone memory verify"):
+        last_witness_record(tmp_path)
+
+
+def test_compaction_names_an_unreadable_file(tmp_path):
+    directory = small_files(tmp_path)
+    first = json.loads(manifest_lines(directory)[0])["file"]
+    damage(directory / first)
+    with pytest.raises(ArchiveError, match=f"input/{first} changed.*becomingone memory verify"):
+        compact_dataset(directory)
+
+
+# -- the older layout ---------------------------------------------------------
+
+
+def to_older_layout(dataset_dir: Path) -> None:
+    """Put a dataset's manifest, lock, journal and temp files where the older layout
+    had them, in the dataset directory, as the version before ``_meta`` wrote them:
+    ``MANIFEST.jsonl``, ``.lock``, ``.compaction.json`` (version 1, naming each merged
+    file's temp file) and ``.NAME.tmp`` temp files in the partition directories (a
+    temp file that is not a listed or merged file's goes to the dataset directory)."""
+    meta = meta_dir(dataset_dir)
+    partition_of = {}
+    if (meta / MANIFEST).exists():
+        partition_of.update((rel.rsplit("/", 1)[-1], rel.rsplit("/", 1)[0])
+                            for rel in (json.loads(line)["file"] for line in manifest_lines(dataset_dir)))
+    if (meta / JOURNAL).exists():
+        journal = json.loads((meta / JOURNAL).read_text())
+        assert journal["version"] == 2
+        journal["version"] = 1
+        for item in journal["merged"]:
+            part, name = item["file"].rsplit("/", 1)
+            partition_of[name] = part
+            item["temp"] = f"{part}/.{name}.tmp"
+        (dataset_dir / ".compaction.json").write_text(json.dumps(journal, indent=1))
+        (meta / JOURNAL).unlink()
+    for temp in meta.glob("*.tmp"):
+        name = temp.name.removesuffix(".tmp")
+        target = dataset_dir / partition_of[name] if name in partition_of else dataset_dir
+        temp.rename(target / f".{temp.name}")
+    if (meta / MANIFEST).exists():
+        (meta / MANIFEST).rename(dataset_dir / MANIFEST)
+    if (meta / LOCK).exists():
+        (meta / LOCK).rename(dataset_dir / ".lock")
+    meta.rmdir()
+    if not any(meta.parent.iterdir()):
+        meta.parent.rmdir()
+
+
+def older_files(dataset_dir: Path) -> list[str]:
+    """What the older layout had in the dataset directory besides the data files."""
+    return sorted(p.relative_to(dataset_dir).as_posix() for p in dataset_dir.rglob("*")
+                  if p.is_file() and not p.name.endswith(".arrow"))
+
+
+def test_an_archive_of_the_older_layout_is_read_as_is_and_moved_by_the_next_writer(tmp_path):
+    directory = tmp_path / "input"
+    with ArchiveWriter(tmp_path, "input") as writer:
+        writer.write(rows("input", ["a", "a", "a"], [T0, T0 + HOUR, T0 + DAY]))
+    manifest = (meta_dir(directory) / MANIFEST).read_bytes()
+    to_older_layout(directory)
+    assert older_files(directory) == [".lock", MANIFEST]
+
+    # Readers read it where it is and change nothing.
+    assert open_dataset(directory).count_rows() == 3
+    assert manifest_files(directory) == [directory / f for f in FILES]
+    assert verify_archive(tmp_path) == {"input": []}
+    assert not (tmp_path / "_meta").exists()
+
+    with ArchiveWriter(tmp_path, "input") as writer:
+        assert older_files(directory) == []
+        assert (meta_dir(directory) / MANIFEST).read_bytes() == manifest  # moved, not rewritten
+        assert writer.high_water("a") == T0 + DAY  # the listed files were read
+        assert writer.write(rows("input", ["a", "a"], [T0 + DAY, T0 + DAY + 1])) == 1
+    assert len(manifest_lines(directory)) == 4
+    assert verify_archive(tmp_path) == {"input": []}
+    assert read_dataset(directory).num_rows == 4  # the directory as it is, now
+
+
+def test_moving_the_older_layout_is_finished_after_a_crash_at_any_step(tmp_path, monkeypatch):
+    """The move renames each file once; a crash before any rename leaves an archive
+    that readers read whole and that the next writer finishes moving."""
+    directory = tmp_path / "input"
+    with ArchiveWriter(tmp_path, "input") as writer:
+        writer.write(rows("input", ["a"], [T0]))
+    crashed = ArchiveWriter(tmp_path, "input")
+    crashed.write(rows("input", ["a"], [T0 + HOUR]))
+
+    def power_cut(*args):
+        raise OSError("power cut")
+
+    monkeypatch.setattr(archive.os, "replace", power_cut)
+    with pytest.raises(OSError, match="power cut"):
+        crashed.flush()  # committed, not renamed: its temp file stands in
+    monkeypatch.undo()
+    crashed.close()
+    (meta_dir(directory) / "part-00000005.arrow.tmp").write_bytes(b"never committed")
+    to_older_layout(directory)
+    assert older_files(directory) == [
+        ".lock", ".part-00000005.arrow.tmp", MANIFEST, "date=2025-11-26/hour=01/.part-00000001.arrow.tmp"]
+    pending = verify_dataset(directory)
+    assert pending == [f"{FILES[1]}: missing (its complete temp file exists; opening a writer on the dataset "
+                       "finishes it)"]
+    template = tmp_path.parent / f"{tmp_path.name}-template"
+    shutil.copytree(tmp_path, template)
+
+    # A move without a crash: two temp files, then the manifest, then the
+    # recovery finishes the interrupted rename.
+    moved = []
+    real = os.replace
+    monkeypatch.setattr(archive.os, "replace", lambda src, dst: (moved.append(Path(src).name), real(src, dst)))
+    ArchiveWriter(tmp_path, "input").close()
+    monkeypatch.undo()
+    assert sorted(moved[:2]) == [".part-00000001.arrow.tmp", ".part-00000005.arrow.tmp"]
+    assert moved[2:] == [MANIFEST, "part-00000001.arrow.tmp"]
+
+    renames = 3
+    for step in range(renames):
+        shutil.rmtree(tmp_path)
+        shutil.copytree(template, tmp_path)
+        calls = []
+        real_replace = os.replace
+
+        def replace(src, dst):
+            calls.append(src)
+            if len(calls) > step:
+                raise Crash(f"before rename {step}")
+            real_replace(src, dst)
+
+        monkeypatch.setattr(archive.os, "replace", replace)
+        with pytest.raises(Crash):
+            ArchiveWriter(tmp_path, "input")
+        monkeypatch.undo()
+        # Crashed: the readers' view is what it was before.
+        assert open_dataset(directory).count_rows() == 2, step
+        assert verify_dataset(directory) == pending, step
+        with ArchiveWriter(tmp_path, "input") as writer:
+            assert writer.high_water("a") == T0 + HOUR
+        assert older_files(directory) == [], step
+        assert sorted(p.name for p in meta_dir(directory).iterdir()) == [MANIFEST, LOCK], step
+        assert verify_archive(tmp_path) == {"input": []}, step
+        assert read_dataset(directory).num_rows == 2, step
+
+
+@pytest.mark.parametrize("step", COMPACTION_STEPS)
+def test_an_interrupted_compaction_of_the_older_layout_is_recovered_after_the_move(tmp_path, step):
+    directory = small_files(tmp_path)
+    before = by_partition(directory)
+    with pytest.raises(Crash):
+        compact_dataset(directory, fault=crash_at(step))
+    to_older_layout(directory)
+    assert by_partition(directory) == before  # the older layout's manifest and temp files, read where they are
+    assert verify_dataset(directory) == []
+
+    result = compact_dataset(directory)  # moves the layout, recovers, then compacts what is left
+    committed = COMPACTION_STEPS.index(step) >= COMPACTION_STEPS.index("manifest-replaced")
+    journal_written = COMPACTION_STEPS.index(step) >= COMPACTION_STEPS.index("journal-written")
+    assert result.recovered == ("rolled forward" if committed else "rolled back" if journal_written else None)
+    assert (result.files_after, result.rows_after) == (3, 24)
+    assert older_files(directory) == [] and leftovers(directory) == []
+    assert verify_dataset(directory) == []
+    assert by_partition(directory) == before
+
+
+def test_a_manifest_in_both_places_stops_the_writer_and_is_reported(tmp_path):
+    directory = tmp_path / "events"
+    with ArchiveWriter(tmp_path, "events") as writer:
+        writer.write(rows("events", ["s"], [T0]))
+    (directory / MANIFEST).write_bytes((meta_dir(directory) / MANIFEST).read_bytes())
+    with pytest.raises(ArchiveError, match="two manifests"):
+        ArchiveWriter(tmp_path, "events")
+    with pytest.raises(ArchiveError, match="two manifests"):
+        compact_dataset(directory)
+    assert (directory / MANIFEST).exists()  # nothing was changed
+    [problem] = verify_dataset(directory)
+    assert problem.startswith(f"{MANIFEST}: a manifest of the older layout in the dataset directory")
+
+
+def test_a_writer_of_an_older_version_holding_its_lock_stops_the_move(tmp_path):
+    import fcntl
+
+    directory = tmp_path / "events"
+    with ArchiveWriter(tmp_path, "events") as writer:
+        writer.write(rows("events", ["s"], [T0]))
+    to_older_layout(directory)
+    with open(directory / ".lock", "r+") as older_writer:
+        fcntl.flock(older_writer, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(ArchiveError, match="in use: a writer of an older version"):
+            ArchiveWriter(tmp_path, "events")
+        assert older_files(directory) == [".lock", MANIFEST]  # nothing moved
+    with ArchiveWriter(tmp_path, "events"):
+        assert older_files(directory) == []
+    assert verify_archive(tmp_path) == {"events": []}
 
 
 # -- input checks -----------------------------------------------------------
@@ -862,7 +1095,7 @@ def test_without_recovery_a_snapshot_starts_writing_and_returns_without_waiting(
         part.write_batch([archive.PendingRows(_input_rows, ("x",), [("a", T0 + k)])])
     part.snapshot()
     assert not flushed.is_set()  # returned while its flush was held
-    assert not (tmp_path / "input" / "MANIFEST.jsonl").exists()
+    assert not (meta_dir(tmp_path / "input") / MANIFEST).exists()
     release.set()
     part.close()
     assert read_dataset(tmp_path / "input").num_rows == 20

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from connectors.archive import ArchiveWriter, open_dataset
+from connectors.archive import MANIFEST, ArchiveWriter, meta_dir, open_dataset
 from connectors.memory import TemporalMemory, as_micros
 from flows.run import run_flow
 from schemas.archive import DATASETS, TIMESTAMP
@@ -221,7 +221,7 @@ def test_verify_passes_on_an_intact_archive(flow_archive):
 
 
 def _first_file(root, dataset="temporal_signatures"):
-    line = (root / dataset / "MANIFEST.jsonl").read_text().splitlines()[0]
+    line = (meta_dir(root / dataset) / MANIFEST).read_text().splitlines()[0]
     return json.loads(line)["file"]
 
 
@@ -256,7 +256,7 @@ def test_verify_names_an_extra_file(flow_archive, tmp_path):
 
 def test_verify_names_reordered_manifest_lines(flow_archive, tmp_path):
     root = _copy(flow_archive, tmp_path)
-    manifest = root / "input" / "MANIFEST.jsonl"
+    manifest = meta_dir(root / "input") / MANIFEST
     lines = manifest.read_text().splitlines()
     assert len(lines) >= 2
     lines[0], lines[1] = lines[1], lines[0]
@@ -264,6 +264,35 @@ def test_verify_names_reordered_manifest_lines(flow_archive, tmp_path):
     proc = _cli("memory", "verify", "--archive", str(root))
     assert proc.returncode == 1
     assert json.loads(lines[0])["file"] in proc.stdout or json.loads(lines[1])["file"] in proc.stdout
+
+
+def test_the_commands_read_an_archive_of_the_older_layout_and_compact_moves_it(flow_archive, tmp_path):
+    import pyarrow.dataset as ds
+
+    from tests.test_archive import to_older_layout
+
+    root = _copy(flow_archive, tmp_path)
+    datasets = sorted(d.name for d in root.iterdir() if d.name in DATASETS)
+    before = {d: _sorted(root, d) for d in datasets}
+    for dataset in datasets:
+        to_older_layout(root / dataset)
+    assert not (root / "_meta").exists() and (root / "input" / MANIFEST).exists()
+
+    proc = _cli("memory", "verify", "--archive", str(root))
+    assert proc.returncode == 0 and proc.stdout.count(": ok") == 6, proc.stdout + proc.stderr
+    proc = _cli("memory", "retrieve", "--archive", str(root), "--start", "2025-01-01T00:00:10Z",
+                "--end", "2025-01-01T00:00:10Z", "--format", "json")
+    assert proc.returncode == 0 and len(proc.stdout.splitlines()) == 3, proc.stderr
+    assert _cli("report", str(root), "--out", str(tmp_path / "older.png")).returncode == 0
+    assert not (root / "_meta").exists()  # readers change nothing
+
+    proc = _cli("memory", "compact", "--archive", str(root))
+    assert proc.returncode == 0, proc.stderr
+    for dataset in datasets:
+        assert not (root / dataset / MANIFEST).exists() and (meta_dir(root / dataset) / MANIFEST).exists()
+        assert _sorted(root, dataset).equals(before[dataset]), dataset
+        assert ds.dataset(root / dataset, format="ipc", partitioning="hive").count_rows() == before[dataset].num_rows
+    assert _cli("memory", "verify", "--archive", str(root)).returncode == 0
 
 
 def test_compact_keeps_every_row_and_verifies(flow_archive, tmp_path):
@@ -276,6 +305,45 @@ def test_compact_keeps_every_row_and_verifies(flow_archive, tmp_path):
     for dataset, table in before.items():
         assert _sorted(root, dataset).equals(table), dataset
     assert _cli("memory", "verify", "--archive", str(root)).returncode == 0
+
+
+@pytest.mark.parametrize("dataset", ["input", "witnessing_logs"])
+def test_a_rerun_over_an_archive_with_an_unreadable_file_stops_naming_the_file(flow_archive, tmp_path, dataset):
+    """The writer's high-water marks (input) and the witness log's continuation
+    (witnessing_logs) read committed files as a run starts: a damaged one is named."""
+    root = _copy(flow_archive, tmp_path)
+    _, config = flow_archive
+    name = _first_file(root, dataset)
+    (root / dataset / name).write_bytes(b"not an Arrow file")
+    cfg = tmp_path / "rerun.yaml"
+    cfg.write_text(yaml.safe_dump({**config, "memory": {**config["memory"], "storage": {"path": str(root)}}}))
+    proc = _cli("run", "--config", str(cfg))
+    assert proc.returncode == 1
+    assert f"{dataset}/{name}" in proc.stderr
+    assert "becomingone memory verify" in proc.stderr
+
+
+def test_commands_reading_an_unreadable_file_name_it_and_exit_1(flow_archive, tmp_path):
+    root = _copy(flow_archive, tmp_path)
+    _, config = flow_archive
+    damaged = {dataset: f"{dataset}/{_first_file(root, dataset)}" for dataset in ("coherence_history", "input")}
+    for rel in damaged.values():
+        (root / rel).write_bytes(b"not an Arrow file")
+    cfg = tmp_path / "replay.yaml"
+    cfg.write_text(yaml.safe_dump({**config, "memory": {"storage": {"path": str(tmp_path / "replayed")}}}))
+    for args, rel in ((("memory", "retrieve", "--archive", str(root), "--start", "0", "--end", "2e9"),
+                       damaged["coherence_history"]),
+                      (("memory", "reconstruct", "--archive", str(root), "--at", "2e9", "--sensor", "steady-1"),
+                       damaged["coherence_history"]),
+                      (("report", str(root), "--out", str(tmp_path / "report.png")), damaged["coherence_history"]),
+                      (("replay", str(root), "--config", str(cfg)), damaged["input"])):
+        proc = _cli(*args)
+        assert proc.returncode == 1, (args, proc.stderr)
+        assert rel in proc.stderr and "becomingone memory verify" in proc.stderr, (args, proc.stderr)
+        assert "Traceback" not in proc.stderr, args
+    name = damaged["input"].split("/", 1)[1]
+    proc = _cli("memory", "verify", "--archive", str(root))
+    assert proc.returncode == 1 and f"{name}: changed" in proc.stdout
 
 
 def test_retrieve_and_reconstruct_commands(flow_archive):
