@@ -21,6 +21,7 @@ An older repeated time is reported as ``late``, and it is rejected either way.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -41,12 +42,16 @@ class GateResult(NamedTuple):
         reasons: one reason per rejected row: ``duplicate``, ``late``, ``future``.
         watermark: the sensor's watermark after the batch (us), or None
             before any sample was accepted.
+        watermarks: one per rejected row: the watermark in force when it
+            arrived (us), for the text of a ``late`` dead letter; meaningless
+            for the other reasons.
     """
 
     released: SampleBatch | None
     rejected: SampleBatch | None
     reasons: list[str]
     watermark: int | None
+    watermarks: Sequence[int] = ()
 
 
 class EventTimeGate:
@@ -149,8 +154,10 @@ class EventTimeGate:
                 self._pending = rest if len(rest) else None
                 self._remember(released.t_us)
         rejected_mask = reasons != ""
-        rejected = batch.take(rejected_mask) if rejected_mask.any() else None
-        return GateResult(released, rejected, reasons[rejected_mask].tolist(), wm)
+        if not rejected_mask.any():
+            return GateResult(released, None, [], wm)
+        return GateResult(released, batch.take(rejected_mask), reasons[rejected_mask].tolist(), wm,
+                          (before[rejected_mask] - self.lateness_us).tolist())
 
     def _in_order(self, t: np.ndarray, now_us: int) -> bool:
         """True when every row is new, in strictly increasing time and not in the future:

@@ -23,6 +23,7 @@ delivers items in.  Every rejected row becomes a
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,7 +34,7 @@ from operators.lag import LagState, Products
 from operators.params import KairosParams
 from operators.samples import SampleBatch
 from operators.dead_letters import DeadLetterBudget
-from schemas.messages import DeadLetter, DeadLetterLimits, PhaseSample
+from schemas.messages import DeadLetter, DeadLetterLimits, PhaseSample, format_utc
 
 __all__ = ["IntakeResult", "ProductBatch", "SensorIntake", "dead_letters"]
 
@@ -119,11 +120,35 @@ def dead_letters(batch: SampleBatch, reasons: list[str], detail: str | list[str]
     return out
 
 
-_DETAIL = {
-    "duplicate": "event time equals an accepted sample of sensor {s}",
-    "late": "event time {t} us is at or below the watermark of sensor {s}",
-    "future": "event time {t} us is more than sync.max_future ahead of the wall clock",
-}
+def _utc(t_us: int) -> str:
+    """ISO-8601 UTC text of a time, whatever the time: never raises."""
+    try:
+        return format_utc(t_us)
+    except (OverflowError, ValueError):
+        return f"{t_us} us since the epoch"
+
+
+def _seconds(us: int | None) -> str:
+    return "-" if us is None else f"{us / 1_000_000:g} s"
+
+
+def _rejection_texts(reasons: list[str], t_us: np.ndarray, watermarks: Sequence[int], *, lateness_us: int,
+                    max_future_us: int | None, now_us: int) -> list[str]:
+    """The ``error`` text of each ``duplicate``, ``late`` or ``future`` dead letter, times in UTC.
+
+    Built only for rejected rows, never for accepted ones.
+    """
+    texts = []
+    for reason, t, wm in zip(reasons, t_us.tolist(), watermarks):
+        if reason == "late":
+            texts.append(f"t {_utc(t)} is at or before the sensor's watermark {_utc(wm)} "
+                         f"(lateness {_seconds(lateness_us)})")
+        elif reason == "duplicate":
+            texts.append(f"t {_utc(t)} equals the time of a sample the sensor already has")
+        else:
+            texts.append(f"t {_utc(t)} is more than sync.max_future ({_seconds(max_future_us)}) ahead of "
+                         f"the wall clock ({_utc(now_us)})")
+    return texts
 
 
 class SensorIntake:
@@ -181,7 +206,9 @@ class SensorIntake:
             return out
         res = self.gate.push(batch, now_us)
         if res.rejected is not None:
-            details = [_DETAIL[r].format(s=batch.sensor, t=int(t)) for r, t in zip(res.reasons, res.rejected.t_us)]
+            details = _rejection_texts(res.reasons, res.rejected.t_us, res.watermarks,
+                                       lateness_us=self.gate.lateness_us, max_future_us=self.gate.max_future_us,
+                                       now_us=now_us)
             out.dead = dead_letters(res.rejected, res.reasons, details, budget)
             out.reasons = list(res.reasons)
         if res.watermark is not None and self.channels is None:
