@@ -157,6 +157,12 @@ class PhaseColumns:
             self.first_row + offset,
         )
 
+    def take(self, rows: np.ndarray) -> PhaseColumns:
+        """The rows at the indices ``rows``, in that order (origin and first row kept)."""
+        indices = pa.array(rows, pa.int64())
+        return PhaseColumns(self.sensor.take(indices), self.t_us[rows], self.phase.take(indices),
+                            self.cell.take(indices), self.origin, self.first_row)
+
     @staticmethod
     def concat(chunks: Sequence[PhaseColumns]) -> PhaseColumns:
         """The rows of several chunks, in order (origin and first row of the first)."""

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import zlib
 import threading
 import time
 from collections import deque
@@ -42,6 +43,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -213,6 +215,28 @@ def admin_settings(
 # Reaching the cluster, topics.
 
 
+def settings_rejected(exc: KafkaException, settings: Mapping[str, Any]) -> KafkaSetupError:
+    """librdkafka's refusal of the settings as a :class:`KafkaSetupError`; when a file
+    setting (``ssl.ca.location``, ``ssl.key.location``, ...) is the cause, the
+    message names the key, the path and what is wrong with the file."""
+    import os
+    import re
+
+    text = exc.args[0].str() if exc.args and hasattr(exc.args[0], "str") else str(exc)
+    found = re.search(r"([a-z0-9_]+(?:\.[a-z0-9_]+)*\.location) failed", text)
+    if found is None or found.group(1) not in settings:
+        return KafkaSetupError(f"Kafka settings rejected: {text}")
+    key = found.group(1)
+    path = str(settings[key])
+    if not os.path.exists(path):
+        why = "no such file"
+    elif not os.access(path, os.R_OK):
+        why = "not readable"
+    else:
+        why = "not a certificate or key librdkafka can use"
+    return KafkaSetupError(f"Kafka settings rejected: kafka.{key} {path}: {why} ({text})")
+
+
 def connect_admin(settings: Mapping[str, Any], *, timeout: float = 10.0) -> AdminClient:
     """An AdminClient whose cluster answered a metadata request within ``timeout`` seconds.
 
@@ -230,7 +254,7 @@ def connect_admin(settings: Mapping[str, Any], *, timeout: float = 10.0) -> Admi
     try:
         admin = AdminClient(quiet)
     except KafkaException as exc:
-        raise KafkaSetupError(f"Kafka settings rejected: {exc.args[0].str()}") from None
+        raise settings_rejected(exc, settings) from None
     try:
         admin.list_topics(timeout=timeout)
     except KafkaException as exc:
@@ -546,14 +570,31 @@ def produce_waiting(producer: Producer, topic: str, **message: Any) -> None:
             producer.poll(0.1)
 
 
+def sensor_partitions(sensors: pa.Array, partitions: int) -> np.ndarray:
+    """The partition of each row's sensor: CRC-32 of its UTF-8 id modulo ``partitions``
+    (librdkafka's default for keyed messages), computed once per distinct sensor.
+
+    >>> sensor_partitions(pa.array(["pmu-7", "pmu-8", "pmu-7"]), 4).tolist()
+    [3, 2, 3]
+    """
+    encoded = pc.dictionary_encode(sensors)
+    per_name = np.array([zlib.crc32(name.encode("utf-8")) % partitions
+                         for name in encoded.dictionary.to_pylist()], np.int32)
+    return per_name[encoded.indices.to_numpy(zero_copy_only=False)] if len(per_name) else np.zeros(0, np.int32)
+
+
 class PhaseProducer:
     """Send phase samples to a topic, paced, counting deliveries.
 
+    Every sensor's samples go to one partition, in the order given, so a
+    consumer sees each sensor in time order (SPEC section 6): the partition
+    is :func:`sensor_partitions` of the sensor over the topic's partitions.
+
     ``wire="json"``: one message per sample, key = sensor id.
-    ``wire="arrow"``: one Arrow IPC stream message per ``batch_rows`` samples
-    (several sensors possible), header ``content-type:
-    application/vnd.apache.arrow.stream``, key = the sensor when the batch
-    holds one sensor, else null.  A batch whose message would exceed
+    ``wire="arrow"``: one Arrow IPC stream message per ``batch_rows`` samples,
+    split by partition (several sensors possible in each), header
+    ``content-type: application/vnd.apache.arrow.stream``, key = the sensor
+    when the message holds one sensor, else null.  A message that would exceed
     ``max_message_bytes`` is split in halves until it fits.
 
     ``rate`` paces the samples (per second, over all sensors; 0 = as fast as
@@ -563,7 +604,8 @@ class PhaseProducer:
     Args:
         producer: a confluent-kafka Producer (see :func:`producer_settings`).
         topic: the input topic.
-        partition: send everything to this partition (None: by key).
+        partition: send everything to this partition (None: by sensor).
+        partitions: the topic's partition count (None: asked of the cluster at the first send).
         on_progress: called with this producer about every
             ``progress_interval`` seconds while sending.
 
@@ -583,6 +625,7 @@ class PhaseProducer:
         rate: float = 0.0,
         max_message_bytes: int = 1_000_000,
         partition: int | None = None,
+        partitions: int | None = None,
         on_progress: Callable[[PhaseProducer], None] | None = None,
         progress_interval: float = 0.2,
     ) -> None:
@@ -598,7 +641,8 @@ class PhaseProducer:
         self.batch_rows = batch_rows
         self.rate = rate
         self.max_message_bytes = max_message_bytes
-        self._partition = {} if partition is None else {"partition": partition}
+        self._partition = partition
+        self._partitions = partitions
         self._on_progress = on_progress
         self._progress_interval = progress_interval
         self._pending: list[PhaseColumns] = []
@@ -620,9 +664,10 @@ class PhaseProducer:
         if self._started is None:
             self._started = time.monotonic()
         if self.wire == "json":
+            n = self._partition_count()
             for key, value in json_messages(columns):
                 self._pace()
-                self._produce(key, value, None, 1)
+                self._produce(key, value, None, 1, zlib.crc32(key) % n if self._partition is None else None)
             return
         self._pending.append(columns)
         self._pending_rows += len(columns)
@@ -662,7 +707,29 @@ class PhaseProducer:
 
     # -- internals
 
+    def _partition_count(self) -> int:
+        if self._partitions is None and self._partition is None:
+            found = self._producer.list_topics(self.topic, timeout=30).topics.get(self.topic)
+            if found is None or found.error is not None or not found.partitions:
+                raise TopicSetupError(f"cannot list the partitions of Kafka topic {self.topic!r}: "
+                                      f"{found.error if found is not None else 'no such topic'}")
+            self._partitions = len(found.partitions)
+        return self._partitions or 1
+
     def _send_arrow(self, rows: PhaseColumns) -> None:
+        if self._partition is not None or self._partition_count() == 1:
+            self._send_arrow_part(rows, self._partition)
+            return
+        part = sensor_partitions(rows.sensor, self._partition_count())
+        if (part == part[0]).all():
+            self._send_arrow_part(rows, int(part[0]))
+            return
+        order = np.argsort(part, kind="stable")  # each sensor's rows keep their order
+        bounds = np.flatnonzero(np.diff(part[order])) + 1
+        for group in np.split(order, bounds):
+            self._send_arrow_part(rows.take(group), int(part[group[0]]))
+
+    def _send_arrow_part(self, rows: PhaseColumns, partition: int | None) -> None:
         value = arrow_message(arrow_record_batch(rows))
         if len(value) > self.max_message_bytes:
             if len(rows) == 1:
@@ -671,13 +738,14 @@ class PhaseProducer:
                     f"{len(value):,} bytes, above the limit of {self.max_message_bytes:,}"
                 )
             half = len(rows) // 2
-            self._send_arrow(rows.slice(0, half))
-            self._send_arrow(rows.slice(half))
+            self._send_arrow_part(rows.slice(0, half), partition)
+            self._send_arrow_part(rows.slice(half), partition)
             return
         sensors = pc.unique(rows.sensor)
         key = sensors[0].as_py().encode("utf-8") if len(sensors) == 1 else None
         self._pace()
-        self._produce(key, value, [(CONTENT_TYPE_HEADER, ARROW_STREAM_CONTENT_TYPE.encode("ascii"))], len(rows))
+        self._produce(key, value, [(CONTENT_TYPE_HEADER, ARROW_STREAM_CONTENT_TYPE.encode("ascii"))], len(rows),
+                      partition)
 
     def _pace(self) -> None:
         if self.rate > 0 and self._started is not None:
@@ -687,9 +755,12 @@ class PhaseProducer:
                 self._producer.poll(min(wait, 0.1))
                 self._report_progress()
 
-    def _produce(self, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]] | None, n: int) -> None:
+    def _produce(self, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]] | None, n: int,
+                 partition: int | None) -> None:
+        partition = self._partition if partition is None else partition
+        where = {} if partition is None else {"partition": partition}
         produce_waiting(self._producer, self.topic, value=value, key=key, headers=headers,
-                        on_delivery=self._on_delivery, **self._partition)
+                        on_delivery=self._on_delivery, **where)
         self.messages += 1
         self.samples += n
         self._producer.poll(0)

@@ -124,9 +124,11 @@ def test_produce_parquet_as_arrow_batches(bootstrap, tmp_path):
     topic = _topic()
     proc = _produce(str(path), "--bootstrap", bootstrap, "--topic", topic, "--format", "arrow", "--batch-rows", "4")
     assert proc.returncode == 0, proc.stderr
-    assert "produced 3 messages (10 samples, arrow)" in proc.stdout
+    # 4 + 4 + 2 rows; the second batch mixes both sensors, which live on different
+    # partitions of the broker's 4, so it goes as one message per partition.
+    assert "produced 4 messages (10 samples, arrow)" in proc.stdout
 
-    messages = _consume(bootstrap, topic, 3)
+    messages = _consume(bootstrap, topic, 4)
     rows = []
     for msg in messages:
         assert dict(msg.headers())["content-type"] == ARROW_STREAM_CONTENT_TYPE.encode()
@@ -141,8 +143,11 @@ def test_produce_parquet_as_arrow_batches(bootstrap, tmp_path):
             batch.column("cell").to_pylist(),
         )
     assert sorted(rows) == sorted(zip(sensors, t_us.tolist(), phases, cells))
-    # 4 + 4 + 2 rows: the first batch is pmu-a only, the second mixes both sensors.
-    assert sorted(m.key() for m in messages if m.key() is not None) == [b"pmu-a", b"pmu-b"]
+    assert sorted(m.key() for m in messages) == [b"pmu-a", b"pmu-a", b"pmu-b", b"pmu-b"]
+    # Each sensor on one partition.
+    assert len({m.partition() for m in messages if m.key() == b"pmu-a"}) == 1
+    assert len({m.partition() for m in messages if m.key() == b"pmu-b"}) == 1
+    assert len({m.partition() for m in messages}) == 2
 
 
 def test_produce_json_lines_with_varying_field_types(bootstrap, tmp_path):
