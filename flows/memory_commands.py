@@ -395,7 +395,8 @@ def add_parsers(sub, config_help: str) -> None:
     p = msub.add_parser("compact", help="merge each hour's files into one",
                         description="Merge the files of each hour partition into one, keeping every row, the "
                         "row order and a valid manifest chain. Safe to interrupt: a later compact or writer "
-                        "finishes or undoes it. Not while a flow writes the archive.")
+                        "finishes or undoes it. Not while a flow writes the archive. An archive of the older "
+                        "layout (manifests in the dataset directories) is moved to _meta/ first.")
     p.add_argument("--archive", metavar="DIR", default=None, help=archive_help)
     p.add_argument("--config", metavar="FILE", default=None, help=config_help)
     p.set_defaults(func=cmd_memory_compact)
