@@ -761,5 +761,15 @@ def __getattr__(name: str) -> Any:
     # `python -m bytewax.run flows.kairos` looks up `flow`; building it here,
     # not at import, keeps `import flows.kairos` free of side effects.
     if name == "flow":
-        return build_flow(load_config())
+        import sys
+
+        from schemas.config import ConfigError
+
+        try:
+            config = load_config()
+        except ConfigError as exc:
+            # Each problem with its key path, as `becomingone` prints them; exit 2 as for a bad config there.
+            print(f"becomingone: invalid config:\n{exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+        return build_flow(config)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

