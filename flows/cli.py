@@ -28,14 +28,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     if config is None:
         return 2
     _log_to_stderr("becomingone run", level=logging.WARNING)
+    from connectors.kafka import KafkaSetupError
     from flows.run import run_flow
 
     try:
-        run_flow(config, workers=args.workers, out=sys.stdout, progress=sys.stderr)
+        run_flow(config, workers=args.workers, out=sys.stdout, progress=sys.stderr, kafka_timeout=args.timeout)
     except KeyboardInterrupt:
         print("becomingone run: interrupted", file=sys.stderr)
         return 130
-    except OSError as exc:
+    except KafkaSetupError as exc:
+        print(f"becomingone run: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the metrics port, or a Kafka cluster out of reach
         print(f"becomingone run: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -100,6 +104,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
         connect_admin,
         ensure_topics,
         producer_settings,
+        settings_rejected,
     )
 
     _log_to_stderr("becomingone produce", level=logging.WARNING)
@@ -129,7 +134,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
     try:
         producer = Producer(settings)
     except KafkaException as exc:
-        print(f"becomingone produce: Kafka settings rejected: {exc.args[0].str()}", file=sys.stderr)
+        print(f"becomingone produce: {settings_rejected(exc, settings)}", file=sys.stderr)
         return 2
     total = plan.total if args.limit is None else min(plan.total or args.limit, args.limit)
     bar = _ProduceProgress(sys.stderr, total)
@@ -406,6 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="FILE", default=None, help=config_help)
     p.add_argument("--workers", type=positive_int, default=1, metavar="N",
                    help="Bytewax worker threads (default 1); the results do not depend on it")
+    p.add_argument("--timeout", type=_seconds, default=10.0, metavar="SECONDS",
+                   help="with Kafka in the config: how long to wait for the cluster to answer at start (default 10)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("config", help="print the effective config (file + environment) as YAML")

@@ -226,6 +226,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if config.sink.archive and out_root == Path(args.archive).resolve():
         return _fail("replay", f"the flow would write into the archive it replays ({out_root}): set "
                      "memory.storage.path (e.g. BECOMINGONE__MEMORY__STORAGE__PATH) to another directory")
+    from connectors.kafka import KafkaSetupError
     from flows.run import run_flow
 
     source = ArchiveInput(str(args.archive), start_us=start, end_us=end, sensors=args.sensor, speed=args.speed)
@@ -237,7 +238,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
         run_flow(config, workers=args.workers, replay=True, source=source, span=span)
     except KeyboardInterrupt:
         return _fail("replay", "interrupted", code=130)
-    except OSError as exc:
+    except KafkaSetupError as exc:
+        return _fail("replay", str(exc))
+    except OSError as exc:  # the metrics port, or a Kafka cluster out of reach
         return _fail("replay", str(exc), code=1)
     return 0
 

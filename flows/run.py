@@ -26,7 +26,7 @@ from schemas.config import Config, SyntheticSource
 from schemas.messages import format_utc
 from schemas.printable import printable
 
-__all__ = ["run_flow"]
+__all__ = ["check_kafka", "run_flow"]
 
 
 class _Progress(threading.Thread):
@@ -90,16 +90,38 @@ def _summary(book: RunLedger, config: Config, out: TextIO, seconds: float, repla
         out.write(f"archive: {printable(str(config.memory.root))}\n")
 
 
+def check_kafka(config: Config, timeout: float = 10.0) -> None:
+    """When ``config`` uses Kafka, wait up to ``timeout`` seconds for the cluster to answer.
+
+    Before the flow starts, so that a cluster out of reach is one line naming
+    the bootstrap address, not a failure inside a Bytewax worker.
+
+    Raises:
+        connectors.kafka.KafkaUnreachable: no broker answered (a ConnectionError).
+        connectors.kafka.KafkaSetupError: librdkafka rejected the settings.
+    """
+    if config.kafka is None:
+        return
+    from connectors.kafka import admin_settings, connect_admin
+
+    connect_admin(admin_settings(config.kafka, client_id=config.becomingone.name), timeout=timeout)
+
+
 def run_flow(config: Config, *, workers: int = 1, out: TextIO = sys.stdout, progress: TextIO = sys.stderr,
-             replay: bool = False, source: Any = None, span: tuple[int, int] | None = None) -> RunLedger:
+             replay: bool = False, source: Any = None, span: tuple[int, int] | None = None,
+             kafka_timeout: float = 10.0) -> RunLedger:
     """Run the dataflow of ``config`` here until its input ends (or Ctrl-C); print the summary.
 
     ``source`` replaces the config's source (see :func:`flows.kairos.build_flow`);
     ``span`` = (first event time, duration) in us makes the progress line a share.
 
     Raises:
-        OSError: the metrics port cannot be bound (the message names it).
+        OSError: the metrics port cannot be bound (the message names it), or
+            the Kafka cluster did not answer within ``kafka_timeout`` seconds
+            (:class:`connectors.kafka.KafkaUnreachable`, see :func:`check_kafka`).
+        connectors.kafka.KafkaSetupError: librdkafka rejected the Kafka settings.
     """
+    check_kafka(config, kafka_timeout)
     if config.metrics.enabled:
         serve(config.metrics.bind, config.metrics.port)
     book = ledger()

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from tests.conftest import BIN, clean_env
+from tests.conftest import BIN, clean_env, free_port
 
 GUARD = 120  # seconds: a guard against a hang, not a timing assertion
 
@@ -27,6 +27,31 @@ def _kafka_config(tmp_path, **kafka: str):
     path = tmp_path / "kafka.yaml"
     path.write_text(f"source:\n  kind: kafka\nsink:\n  archive: false\nmetrics:\n  enabled: false\nkafka:\n{lines}")
     return path
+
+
+# --------------------------------------------------------------------------
+# Kafka at start.
+
+
+def test_run_against_an_unreachable_broker_fails_in_one_line(tmp_path):
+    address = f"127.0.0.1:{free_port()}"
+    proc = _cli("run", "--config", str(_kafka_config(tmp_path, **{"bootstrap.servers": address})), "--timeout", "2")
+    assert proc.returncode == 1
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert f"cannot reach Kafka at {address} within 2 s" in proc.stderr
+    assert "Connection refused" in proc.stderr
+    assert "Traceback" not in proc.stderr and "panicked" not in proc.stderr
+
+
+def test_a_missing_ca_file_is_named_with_its_key(tmp_path):
+    missing = tmp_path / "no-such-ca.pem"
+    config = _kafka_config(tmp_path, **{"bootstrap.servers": f"127.0.0.1:{free_port()}",
+                                        "security.protocol": "SSL", "ssl.ca.location": str(missing)})
+    for proc in (_cli("run", "--config", str(config), "--timeout", "2"),
+                 _cli("produce", "--synthetic", "--duration", "1", "--config", str(config), "--timeout", "2")):
+        assert proc.returncode == 2, proc.stderr
+        assert f"kafka.ssl.ca.location {missing}" in proc.stderr
+        assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
 
 
 # --------------------------------------------------------------------------
