@@ -490,12 +490,65 @@ def build_parser() -> argparse.ArgumentParser:
     from flows.memory_commands import add_parsers
 
     add_parsers(sub, config_help)
+    _add_debug(parser)
     return parser
 
 
+DEBUG_ENV = "BECOMINGONE_DEBUG"
+
+
+def _add_debug(parser: argparse.ArgumentParser) -> None:
+    """``--debug`` on ``parser`` and every sub-command's parser: it may come before or after the command."""
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help=f"let an unexpected error show its full traceback (or set {DEBUG_ENV}=1)")
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in {id(p): p for p in action.choices.values()}.values():
+                _add_debug(sub)
+
+
+def _error_line(exc: BaseException) -> str:
+    """One line for an unexpected exception: its type and message, the cause Bytewax wrapped it in unwrapped."""
+    from schemas.printable import printable
+
+    while type(exc).__module__.startswith("bytewax") and exc.__cause__ is not None:
+        exc = exc.__cause__
+    text = str(exc)
+    return printable(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; exit code 0, 1 (the work failed), 2 (bad usage or config) or 130 (interrupted).
+
+    An exception the command does not handle itself is one line on stderr
+    (exit 1); with ``--debug`` or ``BECOMINGONE_DEBUG=1`` it propagates with
+    its traceback.
+    """
+    import os
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    if getattr(args, "debug", False) or os.environ.get(DEBUG_ENV, "").strip() not in ("", "0"):
+        return args.func(args)
+    from schemas.config import ConfigError
+
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("becomingone: interrupted", file=sys.stderr)
+        return 130
+    except ConfigError as exc:
+        print(f"becomingone: invalid config:\n{exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        # The reader went away (`| head`): nothing more to say, and nowhere to say it.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    except BaseException as exc:  # the last resort (Rust panics surface as BaseException): one line, no traceback
+        if isinstance(exc, (SystemExit, GeneratorExit)):
+            raise
+        print(f"becomingone: error: {_error_line(exc)} (--debug shows the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

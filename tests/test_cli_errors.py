@@ -67,3 +67,42 @@ def test_bytewax_run_with_a_bad_config_exits_2_naming_the_key_paths(tmp_path):
     assert "kairos.velocity_span (1.5) must be smaller than kairos.tau_scale (1.0)" in proc.stderr
     assert "kairos.tau_scal" in proc.stderr and str(bad) in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# --------------------------------------------------------------------------
+# Any other failure of a command.
+
+
+def _boom(args):
+    raise RuntimeError("the disk said no\nsecond line")
+
+
+def test_an_unexpected_exception_is_one_line_and_exit_1(monkeypatch, capsys):
+    from flows import cli
+
+    monkeypatch.delenv("BECOMINGONE_DEBUG", raising=False)
+    monkeypatch.setattr(cli, "cmd_config", _boom)
+    assert cli.main(["config"]) == 1
+    err = capsys.readouterr().err
+    assert err == "becomingone: error: RuntimeError: the disk said no\\nsecond line (--debug shows the traceback)\n"
+
+
+@pytest.mark.parametrize("how", ["flag-before", "flag-after", "environment"])
+def test_debug_lets_the_traceback_through(monkeypatch, how):
+    from flows import cli
+
+    monkeypatch.setattr(cli, "cmd_config", _boom)
+    monkeypatch.delenv("BECOMINGONE_DEBUG", raising=False)
+    argv = {"flag-before": ["--debug", "config"], "flag-after": ["config", "--debug"], "environment": ["config"]}[how]
+    if how == "environment":
+        monkeypatch.setenv("BECOMINGONE_DEBUG", "1")
+    with pytest.raises(RuntimeError, match="the disk said no"):
+        cli.main(argv)
+
+
+def test_a_config_error_keeps_exit_2_and_debug_parses_anywhere(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("kairos:\n  velocity_span: 1.5\n")
+    proc = _cli("memory", "verify", "--debug", "--config", str(bad))
+    assert proc.returncode == 2
+    assert "kairos.velocity_span" in proc.stderr
