@@ -69,7 +69,7 @@ class PipelineMetrics:
         self.per_sensor_labels = False
         # Pre-create the label values, so a scrape lists every series from the start.
         for result in ("accepted", "malformed", "schema", "nan", "duplicate", "late", "future", "too_large",
-                       "channels"):
+                       "channels", "capacity"):
             self.samples.labels(result)
         for event in ("collapse", "dissipate"):
             self.transitions.labels(event)

@@ -83,7 +83,9 @@ from operators.dead_letters import DeadLetterBudget
 from operators.decode import RawMessage, decode_messages
 from operators.grid import WindowValues
 from operators.params import KairosParams
+from operators.intake import dead_letters
 from operators.resonator import GridRows, Resonance, Resonator, ResonatorSettings
+from operators.roster import Roster, RosterState, SensorCapacity
 from operators.samples import SampleBatch
 from operators.sync import SyncValues
 from operators.witness import LoggedRecords, WitnessBlock, WitnessEntries, WitnessEntry, WitnessLog
@@ -288,19 +290,22 @@ def _tune_garbage_collector() -> None:
         gc.set_threshold(YOUNG_COLLECTION_AFTER, middle, FULL_COLLECTION_EVERY)
 
 
-class _ResonateLogic(StatefulBatchLogic[list[SampleBatch], Any, dict[str, Resonator]]):
+class _ResonateLogic(StatefulBatchLogic[list[SampleBatch], Any, RosterState]):
     """All sensors of one key group: one :class:`Resonator` each, outputs built across sensors.
 
     Bytewax builds the logic without its key; the sensors come with the batches
-    (or from the snapshot on resume).
+    (or from the snapshot on resume).  Idle sensors' windows are released and
+    sensors beyond ``becomingone.max_sensors`` refused (:mod:`operators.roster`).
     """
 
-    def __init__(self, config: Config, replay: bool, resume: dict[str, Resonator] | None) -> None:
+    def __init__(self, config: Config, replay: bool, resume: RosterState | dict[str, Resonator] | None,
+                 capacity: SensorCapacity) -> None:
         _start_metrics_once(config)
         _tune_garbage_collector()  # done already when the flow came from build_flow
         self.settings = resonator_settings(config, replay=replay)
         self.limits = dead_letter_limits(config)
-        self.resonators: dict[str, Resonator] = resume if resume is not None else {}
+        self.roster = Roster(self.settings, capacity, resume)
+        self.resonators = self.roster.state.live
         self.node = config.becomingone.name
         mem, sink = config.memory, config.sink
         self.archive_input = sink.archive and mem.archive_input
@@ -322,12 +327,33 @@ class _ResonateLogic(StatefulBatchLogic[list[SampleBatch], Any, dict[str, Resona
             if r.collapsed:
                 m.sensors_collapsed.inc()
 
-    def _resonator(self, sensor: str) -> Resonator:
+    def _resonator(self, sensor: str) -> Resonator | None:
         r = self.resonators.get(sensor)
         if r is None:
-            r = self.resonators[sensor] = Resonator(sensor, self.settings)
-            metrics().active_sensors.inc()
+            r = self.roster.resonator(sensor)
+            if r is not None:
+                metrics().active_sensors.inc()
         return r
+
+    def _push_all(self, values: list[list[SampleBatch]], now_us: int, rows: GridRows,
+                  budget: DeadLetterBudget) -> tuple[list[tuple[Resonator, Resonance]], list[Any]]:
+        """Each batch through its sensor's resonator, in arrival order (a sensor's batches may
+        differ in channel count); batches of sensors beyond the cap become ``capacity`` dead letters."""
+        steps, refused = [], []
+        for group in values:
+            for b in group:
+                r = self._resonator(b.sensor)
+                if r is None:
+                    text = (f"sensor {b.sensor!r} would go beyond becomingone.max_sensors "
+                            f"({self.roster.capacity.limit:,} live sensors in this process)")
+                    refused.extend(dead_letters(b, ["capacity"] * len(b), text, budget))
+                    metrics().samples.labels("capacity").inc(len(b))
+                    ledger().rejected_at_decode(len(b))
+                    continue
+                res = r.push(b, now_us, rows, budget)
+                self.roster.observe(res.watermark)
+                steps.append((r, res))
+        return steps, refused
 
     def on_batch(self, values: list[list[SampleBatch]]) -> tuple[Iterable[Any], bool]:
         started = time.perf_counter()
@@ -335,10 +361,16 @@ class _ResonateLogic(StatefulBatchLogic[list[SampleBatch], Any, dict[str, Resona
         # Each sample makes at most one grid point of each transducer due (plus one pending each).
         rows = GridRows(sum(len(b) + 2 for group in values for b in group))
         budget = DeadLetterBudget(self.limits)  # one allowance per input message over all sensors of the call
-        # Batches of one sensor go in arrival order (they may differ in channel count).
-        steps = [(r, r.push(b, now_us, rows, budget)) for group in values for b in group
-                 for r in (self._resonator(b.sensor),)]
+        steps, refused = self._push_all(values, now_us, rows, budget)
         outputs = self._outputs(steps, rows)
+        if refused:
+            outputs.extend(dead_letter_records(refused))
+        if self.roster.sweep_due():
+            released = GridRows()
+            idle = self.roster.release_idle(released)
+            if idle:
+                outputs.extend(self._outputs(idle, released))
+                metrics().active_sensors.dec(len(idle))
         summaries = budget.summaries()
         if summaries:
             outputs.extend(dead_letter_records(summaries))
@@ -351,8 +383,8 @@ class _ResonateLogic(StatefulBatchLogic[list[SampleBatch], Any, dict[str, Resona
         steps = [(r, r.flush(rows)) for _, r in sorted(self.resonators.items())]
         return _bundled(self._outputs(steps, rows)), StatefulBatchLogic.RETAIN
 
-    def snapshot(self) -> dict[str, Resonator]:
-        return self.resonators
+    def snapshot(self) -> RosterState:
+        return self.roster.state
 
     def _outputs(self, steps: list[tuple[Resonator, Resonance]], rows: GridRows) -> list[Any]:
         m, run = metrics(), ledger()
@@ -675,7 +707,10 @@ def build_flow(config: Config, *, replay: bool = False, source: Any = None,
 
     decoded = op.flat_map_batch("decode", raw, Decode(config))
     keyed_samples, decode_out = _split("decode_split", decoded)
-    resonance = op.stateful_batch("resonate", keyed_samples, lambda resume: _ResonateLogic(config, replay, resume))
+    # One cap for the flow's key groups in this process (its workers are threads of it).
+    capacity = SensorCapacity(config.becomingone.max_sensors)
+    resonance = op.stateful_batch("resonate", keyed_samples,
+                                  lambda resume: _ResonateLogic(config, replay, resume, capacity))
     resonate_out = op.map("resonate_out", resonance, lambda kv: kv[1])
 
     everything = op.merge("outputs", decode_out, resonate_out)

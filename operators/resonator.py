@@ -271,6 +271,33 @@ class Resonance:
         return self.rows.sync_values(self.emissary_start, self.emissary_start + self.emissary_count)
 
 
+@dataclass(frozen=True, slots=True)
+class RetiredSensor:
+    """What a sensor keeps once its windows are released (see :mod:`operators.roster`):
+    what its next samples still depend on, nothing of its windows or lag chain.
+
+    Attributes:
+        max_t: newest event time seen (us): older samples stay ``late``.
+        recent: accepted times within the duplicate horizon (a repeat stays a ``duplicate``).
+        watermark: the watermark last handed on (us).
+        channels: the channel count fixed by its first samples.
+        cell: its cell label.
+        collapsed: the sync's state.
+        master_T, master_span_us: the Master value in force for the next Emissary points.
+        master_left: Master points not yet in force (rare), or None.
+    """
+
+    max_t: int
+    recent: np.ndarray
+    watermark: int | None
+    channels: int | None
+    cell: str | None
+    collapsed: bool
+    master_T: complex
+    master_span_us: int
+    master_left: WindowValues | None
+
+
 class Resonator:
     """One sensor's intake, Emissary, Master and sync state.
 
@@ -335,6 +362,30 @@ class Resonator:
     def flush(self, rows: GridRows | None = None) -> Resonance:
         """End of input: integrate every pending sample and decide every grid point."""
         return self._run(self.intake.flush(), rows)
+
+    def retire(self, rows: GridRows | None = None) -> tuple[Resonance, RetiredSensor]:
+        """Decide every pending grid point (as :meth:`flush`) and keep only what the next
+        samples depend on.  Exact when the next sample comes more than the windows and
+        ``max_gap`` after the last: :meth:`revive` then gives the values this resonator would."""
+        res = self.flush(rows)
+        gate, sync = self.intake.gate, self.sync
+        left = sync._ma if len(sync._ma) else None
+        return res, RetiredSensor(gate._max_t, gate._recent(), self.intake.watermark, self.intake.channels,
+                                  self.intake.cell, sync.collapsed, sync._ma_T, sync._ma_span, left)
+
+    @classmethod
+    def revive(cls, sensor: str, settings: ResonatorSettings, retired: RetiredSensor) -> Resonator:
+        """A resonator for a released sensor: fresh windows and lag chain, the rest as it was."""
+        r = cls(sensor, settings)
+        r.intake.gate._max_t = retired.max_t
+        r.intake.gate._recent_parts = [retired.recent] if retired.recent.size else []
+        r.intake._last_watermark = retired.watermark
+        r.intake.channels, r.intake.cell = retired.channels, retired.cell
+        sync = r.sync
+        sync.collapsed, sync._ma_T, sync._ma_span = retired.collapsed, retired.master_T, retired.master_span_us
+        if retired.master_left is not None:
+            sync._ma = retired.master_left
+        return r
 
     def _run(self, step: IntakeResult, rows: GridRows | None) -> Resonance:
         b = step.batch

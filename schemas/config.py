@@ -182,6 +182,9 @@ class BecomingOneSection(_Section):
 
     name: str = "becomingone"
     """Node name; labels metrics, Kafka client ids and mesh sync records."""
+    max_sensors: Annotated[int, BeforeValidator(_reject_bool), Field(ge=1)] = 100_000
+    """Live sensors per process; samples of sensors beyond it are dead letters `capacity`.
+    Idle sensors' windows are released and stop counting (docs/pipeline.md)."""
     key_groups: Annotated[int, BeforeValidator(_reject_bool), Field(ge=1, le=65_536)] = 16
     """Sensors are hashed into this many key groups, the unit of state placed on a worker.
     More groups spread sensors more evenly over workers; fewer mean fewer, larger

@@ -173,6 +173,8 @@ class DeadLetterReason(enum.StrEnum):
     CHANNELS = "channels"
     """Empty phase list, or a channel count that differs from the sensor's
     earlier samples (the latter decided by the stateful operator)."""
+    CAPACITY = "capacity"
+    """A new sensor beyond ``becomingone.max_sensors`` live sensors in the process."""
 
 
 class InvalidSample(ValueError):

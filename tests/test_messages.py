@@ -146,9 +146,9 @@ def test_good_sample_classifies_as_none():
     assert classify_sample(b'{"sensor": "a", "t": 1, "phase": 0}') is None
 
 
-def test_all_eight_dead_letter_reasons():
+def test_the_nine_dead_letter_reasons_of_the_spec():
     assert {r.value for r in DeadLetterReason} == {
-        "malformed", "schema", "nan", "duplicate", "late", "future", "too_large", "channels",
+        "malformed", "schema", "nan", "duplicate", "late", "future", "too_large", "channels", "capacity",
     }
 
 
