@@ -73,8 +73,12 @@ The writer keeps a high-water mark per row key, the largest ``t`` already
 archived (read from every listed file on open, then kept up to date), and
 drops incoming rows with ``t <= high-water``.  Row keys (:data:`ROW_KEYS`):
 ``temporal_signatures`` by (sensor, transducer); ``events``,
-``coherence_history``, ``mesh_sync`` and ``input`` by sensor;
-``witnessing_logs`` is a log of observations and is never deduplicated.
+``coherence_history``, ``mesh_sync`` and ``input`` by sensor.
+``witnessing_logs`` is a log of observations, kept by ``seq`` instead: a row
+whose seq is at or below the largest one archived is dropped, and a flush
+commits the rows in seq order (one file per run of rows of one hour), so a
+crash leaves seq 0..k without a gap.  :func:`verify_dataset` also checks the
+log's own chain there (:mod:`connectors.witness_chain`).
 
 >>> import tempfile
 >>> import pyarrow as pa
@@ -377,6 +381,16 @@ def read_archive_file(path: str | os.PathLike[str], root: str | os.PathLike[str]
             f"cannot read archive file {name} in {root} ({exc}): the archive is damaged; "
             f"run `becomingone memory verify --archive {root}` to see every damaged file"
         ) from None
+
+
+def _largest_seq(dataset_dir: Path, entries: list[dict[str, Any]]) -> int:
+    """The largest ``seq`` in the listed files of ``witnessing_logs``, -1 if none."""
+    largest = -1
+    for entry in entries:
+        seq = read_archive_file(dataset_dir / entry["file"], dataset_dir.parent, ["seq"]).column("seq")
+        if len(seq):
+            largest = max(largest, pc.max(seq).as_py())
+    return largest
 
 
 def _check_rel(rel: object) -> str:
@@ -734,6 +748,9 @@ class ArchiveWriter:
         self._prev = GENESIS
         self._manifest_size = 0
         self._high_water: dict[tuple[str, ...], int] = {}
+        # witnessing_logs: the largest archived seq (rows at or below it are refused), -1 if none.
+        self._log_order = dataset == "witnessing_logs"
+        self._seq_high = -1
 
         _makedirs(self.path)
         _makedirs(self.meta)
@@ -744,6 +761,8 @@ class ArchiveWriter:
             self._prev = _line_hash(lines[-1]) if lines else GENESIS
             if self._keys:
                 self._read_high_water(entries)
+            if self._log_order:
+                self._seq_high = _largest_seq(self.path, entries)
         except BaseException:
             self._lock.release()
             raise
@@ -791,6 +810,8 @@ class ArchiveWriter:
         if self._closed:
             raise ValueError(f"ArchiveWriter for {self.dataset!r} is closed")
         table = self._conform(rows)
+        if self._log_order and table.num_rows:
+            table = self._drop_logged(table)
         if self._keys and table.num_rows:
             if key_runs is not None:
                 table = self._drop_archived_runs(table, _t_micros(table), *key_runs)
@@ -818,7 +839,10 @@ class ArchiveWriter:
         """Write the buffered rows, one file per ``date=/hour=`` partition of ``t``.
 
         Partitions are written in time order; rows keep their order within a
-        partition.  If a write fails, the rows not yet committed stay buffered.
+        partition.  Witness rows are written in seq order instead, one file
+        per run of rows of one partition, so that the committed rows are
+        always seq 0..k.  If a write fails, the rows not yet committed stay
+        buffered.
 
         Returns:
             The committed files, relative to the dataset directory.
@@ -827,7 +851,9 @@ class ArchiveWriter:
             return []
         table = pa.concat_tables(self._buffer)
         hours = np.floor_divide(_t_micros(table), _HOUR_US)
-        if np.any(hours[1:] < hours[:-1]):
+        # The witness log is committed in seq order, a file per run of rows of one hour:
+        # whatever a crash cuts off, the archive holds seq 0..k without a gap.
+        if not self._log_order and np.any(hours[1:] < hours[:-1]):
             order = np.argsort(hours, kind="stable")  # stable: row order kept inside an hour
             hours = hours[order]
             table = table.take(pa.array(order))
@@ -882,6 +908,15 @@ class ArchiveWriter:
             columns = [best.column(k).to_pylist() for k in keys]
             for *key, t in zip(*columns, best.column("t_max_max").to_pylist()):
                 self._high_water[tuple(key)] = int(t)
+
+    def _drop_logged(self, table: pa.Table) -> pa.Table:
+        """Witness rows whose seq is above every seq archived or accepted before them
+        (a replayed epoch's records are refused: the archive keeps one row per seq)."""
+        seq = table.column("seq").to_numpy()
+        before = np.maximum.accumulate(np.concatenate(([self._seq_high], seq[:-1])))
+        keep = seq > before
+        self._seq_high = max(self._seq_high, int(seq.max()))
+        return table if keep.all() else table.filter(pa.array(keep))
 
     def _conform(self, rows: pa.Table | pa.RecordBatch) -> pa.Table:
         """Rows as a table of exactly the dataset schema, or ValueError naming the column."""
@@ -1195,6 +1230,10 @@ def verify_dataset(path: str | os.PathLike[str]) -> list[str]:
     broken ``prev`` chain (lines reordered, edited, inserted or removed),
     a file listed twice, a missing file, a changed file (SHA-256 or row count
     differs, or unreadable) and an ``.arrow`` file not in the manifest (extra).
+    When the files of ``witnessing_logs`` are intact, the log they hold is
+    checked too (one row per seq from 0 on, the digest chain recomputed):
+    those problems start with ``seq N:``, the first bad seq
+    (:func:`connectors.witness_chain.witness_log_problems`).
     Hidden names (``.``/``_``), which readers skip, are not checked.  The
     manifest and journal are read from ``_meta/<dataset>/``, or from the
     dataset directory in an archive of the older layout; a manifest in both
@@ -1255,7 +1294,12 @@ def verify_dataset(path: str | os.PathLike[str]) -> list[str]:
             extras.append(f"{rel}: extra (not in {MANIFEST})")
     if extras and not manifest.exists():
         problems.append(f"{MANIFEST}: missing")
-    return problems + extras
+    problems += extras
+    if layout.data.name == "witnessing_logs" and manifest.exists() and not problems:
+        from connectors.witness_chain import witness_log_problems
+
+        problems += witness_log_problems(layout.data)  # the files are intact: is the log one log?
+    return problems
 
 
 def verify_archive(root: str | os.PathLike[str]) -> dict[str, list[str]]:

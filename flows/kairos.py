@@ -561,14 +561,16 @@ class _WitnessLogic(StatefulBatchLogic[WitnessEntries, Any, WitnessLog]):
         layers = tuple(layer for layer in ("micro", "meso", "macro", "meta") if w.layer_enabled(layer))
         if resume is None:
             resume = WitnessLog(w.meta_every, enabled=layers)
-            if config.sink.archive and config.memory.witness_logs:
-                from connectors.archive import last_witness_record
-
-                last = last_witness_record(config.memory.root)
-                if last is not None:  # continue the archived log and its chain
-                    resume = WitnessLog(w.meta_every, last[1], seq=last[0] + 1, enabled=layers)
-        self.log = resume
         self.archive = config.sink.archive and config.memory.witness_logs
+        if self.archive:
+            from connectors.archive import last_witness_record
+            from schemas.messages import WITNESS_LOG_GENESIS
+
+            # The archive is the log: continue it and its chain, also when resuming a snapshot
+            # older than what the archive holds (the rows of the epochs after it were written).
+            last = last_witness_record(config.memory.root)
+            resume.continue_from(*((last[0] + 1, last[1]) if last is not None else (0, WITNESS_LOG_GENESIS)))
+        self.log = resume
         # One key for every witness record: one partition, so the topic keeps the log's order.
         self.key = config.becomingone.name.encode("utf-8")
 

@@ -152,6 +152,17 @@ class WitnessLog:
         self.newest_t: int | None = None
         self._since_meta = 0
 
+    def continue_from(self, seq: int, digest: str) -> None:
+        """Go on as the log whose next record is ``seq`` and whose digest so far is ``digest``.
+
+        A run that archives the log continues the archived one: a fresh run
+        starts after the last archived record, and a run resumed from a
+        snapshot older than the archive's rows (Bytewax recovery replays the
+        epochs after the snapshot, whose records were archived already) goes
+        on after them too, so that the archive holds one seq and one chain.
+        """
+        self.seq, self.digest = int(seq), digest
+
     def append(self, entries: Iterable[WitnessEntry | WitnessBlock]) -> LoggedRecords:
         """Log ``entries`` in order; returns them as logged, with any meta records due."""
         out = LoggedRecords(self.seq, [], [], [], [], [])

@@ -228,13 +228,14 @@ def test_temporal_signatures_dedup_by_sensor_and_transducer(tmp_path):
     assert read_dataset(tmp_path / "temporal_signatures").num_rows == 5
 
 
-def test_witnessing_logs_are_never_deduplicated(tmp_path):
+def test_witnessing_logs_keep_one_row_per_seq(tmp_path):
     log = rows("witnessing_logs", ["s", "s"], [T0, T0 + 1])
     with ArchiveWriter(tmp_path, "witnessing_logs") as writer:
         assert writer.write(log) == 2
     with ArchiveWriter(tmp_path, "witnessing_logs") as writer:
-        assert writer.write(log) == 2
-    assert read_dataset(tmp_path / "witnessing_logs").num_rows == 4
+        assert writer.write(log) == 0  # seq 0 and 1 are archived; times do not matter
+        assert writer.write(rows("witnessing_logs", ["s"], [T0], seq=[2])) == 1
+    assert read_dataset(tmp_path / "witnessing_logs").num_rows == 3
 
 
 def test_last_witness_record_is_the_largest_seq_not_the_last_file(tmp_path):
