@@ -29,10 +29,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     _log_to_stderr("becomingone run", level=logging.WARNING)
     from connectors.kafka import KafkaSetupError
-    from flows.run import run_flow
+    from flows.run import Stopped, recovery_dir, run_flow
 
     try:
-        run_flow(config, workers=args.workers, out=sys.stdout, progress=sys.stderr, kafka_timeout=args.timeout)
+        run_flow(config, workers=args.workers, out=sys.stdout, progress=sys.stderr, kafka_timeout=args.timeout,
+                 recovery=None if args.no_recovery else recovery_dir(config), snapshot_interval=args.snapshot_interval)
+    except Stopped as stop:
+        # SIGTERM (how Kubernetes stops a pod) after a complete drain is a clean exit.
+        if stop.signum == signal.SIGTERM:
+            return 0
+        print("becomingone run: interrupted", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("becomingone run: interrupted", file=sys.stderr)
         return 130
@@ -396,6 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="becomingone",
         description="Coherence events from live phase streams (KAIROS resonance).",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     config_help = (
@@ -406,13 +414,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "run", help="run the main job (no config: embedded default)",
         description="Run the dataflow in this process: live progress on stderr, a summary per sensor "
-        "on stdout. Exit 0 when the input ended, 1 when the run failed, 2 on a bad config, 130 on Ctrl-C.",
+        "on stdout. Recovery state is kept under <memory root>/_recovery, so a run killed at any moment "
+        "resumes where it was when run again. The first SIGINT or SIGTERM drains what was read; a second "
+        "one aborts. Exit 0 when the input ended or after a drain on SIGTERM, 1 when the run failed, 2 on "
+        "a bad config, 130 on Ctrl-C.",
     )
     p.add_argument("--config", metavar="FILE", default=None, help=config_help)
     p.add_argument("--workers", type=positive_int, default=1, metavar="N",
                    help="Bytewax worker threads (default 1); the results do not depend on it")
     p.add_argument("--timeout", type=_seconds, default=10.0, metavar="SECONDS",
                    help="with Kafka in the config: how long to wait for the cluster to answer at start (default 10)")
+    p.add_argument("--snapshot-interval", type=_seconds, default=10.0, metavar="SECONDS",
+                   help="how often the state is snapshotted for recovery (default 10); a resumed run reads "
+                   "again at most about this much of its input")
+    p.add_argument("--no-recovery", action="store_true",
+                   help="keep no recovery state: a killed run starts over (Kafka: per source.from_beginning)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("config", help="print the effective config (file + environment) as YAML")
@@ -495,6 +511,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 DEBUG_ENV = "BECOMINGONE_DEBUG"
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("becomingone")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
 
 
 def _add_debug(parser: argparse.ArgumentParser) -> None:

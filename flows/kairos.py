@@ -78,7 +78,7 @@ from flows.emit import (
     sync_messages,
     witness_rows,
 )
-from flows.sources import PhaseFile, SyntheticSamples, kafka_source, request_stop
+from flows.sources import PhaseFile, SyntheticSamples, kafka_source, request_stop, stop_requested
 from operators.dead_letters import DeadLetterBudget
 from operators.decode import RawMessage, decode_messages
 from operators.grid import WindowValues
@@ -299,12 +299,13 @@ class _ResonateLogic(StatefulBatchLogic[list[SampleBatch], Any, RosterState]):
     """
 
     def __init__(self, config: Config, replay: bool, resume: RosterState | dict[str, Resonator] | None,
-                 capacity: SensorCapacity) -> None:
+                 capacity: SensorCapacity, resumable: bool = False) -> None:
         _start_metrics_once(config)
         _tune_garbage_collector()  # done already when the flow came from build_flow
         self.settings = resonator_settings(config, replay=replay)
         self.limits = dead_letter_limits(config)
         self.roster = Roster(self.settings, capacity, resume)
+        self.resumable = resumable
         self.resonators = self.roster.state.live
         self.node = config.becomingone.name
         mem, sink = config.memory, config.sink
@@ -379,6 +380,9 @@ class _ResonateLogic(StatefulBatchLogic[list[SampleBatch], Any, RosterState]):
         return out, StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[Iterable[Any], bool]:
+        if self.resumable and stop_requested():
+            # Stopped, not at the end of input: the next run resumes these grid points exactly.
+            return [], StatefulBatchLogic.RETAIN
         rows = GridRows()
         steps = [(r, r.flush(rows)) for _, r in sorted(self.resonators.items())]
         return _bundled(self._outputs(steps, rows)), StatefulBatchLogic.RETAIN
@@ -690,10 +694,13 @@ def build_flow(config: Config, *, replay: bool = False, source: Any = None,
         source: a Bytewax source to read instead of ``config.source`` (for
             example :class:`flows.sources.ArchiveInput`).
         flow_id: the Bytewax dataflow id (names recovery state).
-        recovery: False when the flow will run without Bytewax recovery (as
-            ``becomingone run`` runs it): the archive's epoch snapshots then
-            start writing its buffered rows without the flow waiting for them.
-            True (the default) keeps every snapshot durable.
+        recovery: False when the flow will run without Bytewax recovery
+            (``becomingone run --no-recovery``): the archive's epoch snapshots
+            then start writing its buffered rows without the flow waiting for
+            them, and a requested stop (:func:`request_stop`) decides every
+            pending grid point as at end of input.  True (the default) keeps
+            every snapshot durable, and a requested stop leaves the grid
+            points that are not final in the snapshot for the next run.
 
     Nothing connects to Kafka or opens files until the flow runs.
 
@@ -709,10 +716,11 @@ def build_flow(config: Config, *, replay: bool = False, source: Any = None,
 
     decoded = op.flat_map_batch("decode", raw, Decode(config))
     keyed_samples, decode_out = _split("decode_split", decoded)
+    resumable = recovery
     # One cap for the flow's key groups in this process (its workers are threads of it).
     capacity = SensorCapacity(config.becomingone.max_sensors)
     resonance = op.stateful_batch("resonate", keyed_samples,
-                                  lambda resume: _ResonateLogic(config, replay, resume, capacity))
+                                  lambda resume: _ResonateLogic(config, replay, resume, capacity, resumable))
     resonate_out = op.map("resonate_out", resonance, lambda kv: kv[1])
 
     everything = op.merge("outputs", decode_out, resonate_out)
@@ -794,6 +802,36 @@ def build_engine_flow(config: Config, *, flow_id: str = "becomingone-engine") ->
     return flow
 
 
+def _bytewax_recovery(argv: list[str]) -> bool:
+    """True when ``python -m bytewax.run`` was given a recovery directory (``-r`` or its variable).
+
+    >>> _bytewax_recovery(["flows.kairos", "-r", "rec", "-s", "5", "-b", "0"]), _bytewax_recovery(["flows.kairos"])
+    (True, False)
+    """
+    import os
+
+    return bool(os.environ.get("BYTEWAX_RECOVERY_DIRECTORY")) or any(
+        a == "-r" or a.startswith("--recovery-directory") or (a.startswith("-r") and not a.startswith("--"))
+        for a in argv[1:])
+
+
+def _drain_on_sigterm() -> None:
+    """Under ``python -m bytewax.run``: the first SIGTERM (Kubernetes' stop signal) stops the
+    sources and lets the flow drain, as ``becomingone run`` does; a second one aborts."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def on_term(signum: int, frame: Any) -> None:
+        if stop_requested():
+            raise KeyboardInterrupt
+        log.warning("SIGTERM: stopping the sources and draining (a second SIGTERM aborts)")
+        request_stop()
+
+    signal.signal(signal.SIGTERM, on_term)
+
+
 def __getattr__(name: str) -> Any:
     # `python -m bytewax.run flows.kairos` looks up `flow`; building it here,
     # not at import, keeps `import flows.kairos` free of side effects.
@@ -808,5 +846,6 @@ def __getattr__(name: str) -> Any:
             # Each problem with its key path, as `becomingone` prints them; exit 2 as for a bad config there.
             print(f"becomingone: invalid config:\n{exc}", file=sys.stderr)
             raise SystemExit(2) from None
-        return build_flow(config)
+        _drain_on_sigterm()
+        return build_flow(config, recovery=_bytewax_recovery(sys.argv))
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,22 +11,50 @@ are this process's view.
 
 from __future__ import annotations
 
+import shutil
 import signal
 import sys
 import threading
 import time
+from datetime import timedelta
+from pathlib import Path
 from typing import Any, TextIO
 
+from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 
 from connectors.metrics import RunLedger, ledger, serve
 from flows.kairos import build_flow
 from flows.sources import clear_stop_request, request_stop
-from schemas.config import Config, SyntheticSource
+from schemas.config import Config, KafkaSource, SyntheticSource
 from schemas.messages import format_utc
 from schemas.printable import printable
 
-__all__ = ["check_kafka", "run_flow"]
+__all__ = ["RECOVERY_PARTITIONS", "Stopped", "check_kafka", "recovery_dir", "run_flow"]
+
+#: Partitions of a recovery store ``becomingone run`` creates (fixed for the store's life).
+RECOVERY_PARTITIONS = 4
+
+
+class Stopped(Exception):
+    """The run was stopped by a signal and drained; ``signum`` names it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def recovery_dir(config: Config) -> Path:
+    """Where ``becomingone run`` keeps its Bytewax recovery state: ``<memory root>/_recovery``."""
+    return config.memory.root / "_recovery"
+
+
+def _recovery_config(path: Path) -> RecoveryConfig:
+    """The store at ``path``, created with :data:`RECOVERY_PARTITIONS` partitions if it has none."""
+    if not any(path.glob("part-*.sqlite3")):
+        path.mkdir(parents=True, exist_ok=True)
+        init_db_dir(path, RECOVERY_PARTITIONS)
+    return RecoveryConfig(path)
 
 
 class _Progress(threading.Thread):
@@ -109,11 +137,25 @@ def check_kafka(config: Config, timeout: float = 10.0) -> None:
 
 def run_flow(config: Config, *, workers: int = 1, out: TextIO = sys.stdout, progress: TextIO = sys.stderr,
              replay: bool = False, source: Any = None, span: tuple[int, int] | None = None,
-             kafka_timeout: float = 10.0) -> RunLedger:
-    """Run the dataflow of ``config`` here until its input ends (or Ctrl-C); print the summary.
+             kafka_timeout: float = 10.0, recovery: Path | None = None,
+             snapshot_interval: float | None = None) -> RunLedger:
+    """Run the dataflow of ``config`` here until its input ends (or a signal); print the summary.
 
     ``source`` replaces the config's source (see :func:`flows.kairos.build_flow`);
     ``span`` = (first event time, duration) in us makes the progress line a share.
+
+    With ``recovery`` (a directory; ``becomingone run`` passes :func:`recovery_dir`)
+    the flow keeps Bytewax recovery state there and resumes from it: a run killed
+    at any moment and run again loses no accepted sample and adds no archive row
+    twice.  ``snapshot_interval`` (seconds; None: Bytewax's 10 s) is how often
+    the state is snapshotted, so how much a resumed run reads again.  Once a file or synthetic input has been read to its end, the state is
+    removed (the next run starts over); a Kafka source's state stays, so the next
+    run continues where this one stopped.
+
+    The first SIGINT or SIGTERM stops the sources and drains the flow (what
+    was read is integrated, archived and published); a second one aborts
+    (KeyboardInterrupt).  After a drained stop the summary is printed and
+    :class:`Stopped` raised.
 
     Raises:
         OSError: the metrics port cannot be bound (the message names it), or
@@ -127,33 +169,40 @@ def run_flow(config: Config, *, workers: int = 1, out: TextIO = sys.stdout, prog
     book = ledger()
     book.reset()
     clear_stop_request()  # an earlier run of this process may have been stopped
-    flow = build_flow(config, replay=replay, source=source, recovery=False)  # cli_main below: no recovery
+    flow = build_flow(config, replay=replay, source=source, recovery=recovery is not None)
+    recovery_config = _recovery_config(recovery) if recovery is not None else None
     bar = _Progress(progress, book, config, span)
     started = time.monotonic()
     bar.start()
-    interrupted = threading.Event()
+    stopped_by: list[int] = []
 
-    def on_interrupt(signum, frame) -> None:
-        # First Ctrl-C: stop reading input and drain as at end of input, so
-        # the archive is complete; a second one stops at once.
-        if interrupted.is_set():
+    def on_signal(signum, frame) -> None:
+        # The first signal stops reading input and drains, so the archive is
+        # complete; a second one stops at once.
+        if stopped_by:
             raise KeyboardInterrupt
-        interrupted.set()
+        stopped_by.append(signum)
         request_stop()
-        progress.write("\nstopping: finishing what was read (Ctrl-C again to abort)\n")
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        progress.write(f"\nstopping ({name}): finishing what was read ({name} again to abort)\n")
 
-    previous = signal.signal(signal.SIGINT, on_interrupt) if _main_thread() else None
+    handled = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, on_signal) for s in handled} if _main_thread() else {}
     try:
-        cli_main(flow, workers_per_process=workers)
+        cli_main(flow, workers_per_process=workers, recovery_config=recovery_config,
+                 epoch_interval=None if snapshot_interval is None else timedelta(seconds=snapshot_interval))
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
         bar.stop.set()
         bar.join()
         bar.write(final=True)
     _summary(book, config, out, time.monotonic() - started, replayed=source is not None)
-    if interrupted.is_set():
-        raise KeyboardInterrupt
+    if stopped_by:
+        raise Stopped(stopped_by[0])
+    if recovery is not None and source is None and not isinstance(config.source, KafkaSource):
+        # The input was read to its end: nothing is left to resume.
+        shutil.rmtree(recovery, ignore_errors=True)
     return book
 
 

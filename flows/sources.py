@@ -23,7 +23,8 @@ from operators.samples import SampleBatch
 from schemas.config import Config, FileSource, KafkaSource, SyntheticSource
 from schemas.messages import ARROW_STREAM_CONTENT_TYPE, CONTENT_TYPE_HEADER
 
-__all__ = ["ArchiveInput", "ArchiveSlices", "PhaseFile", "SyntheticSamples", "clear_stop_request", "kafka_source", "request_stop"]
+__all__ = ["ArchiveInput", "ArchiveSlices", "PhaseFile", "SyntheticSamples", "clear_stop_request", "kafka_source",
+           "request_stop", "stop_requested"]
 
 
 # --------------------------------------------------------------------------
@@ -35,10 +36,18 @@ _stop = threading.Event()
 def request_stop() -> None:
     """Make every source of this process end its input now (graceful stop).
 
-    The dataflow then drains as at end of input: pending samples and grid
-    points are flushed, the archive files are closed, nothing accepted is lost.
+    The dataflow then drains: what was read is integrated, archived and
+    published, and the archive files are closed; nothing accepted is lost.
+    A flow that can be resumed (Bytewax recovery) keeps the grid points that
+    are not final yet in its snapshot; otherwise they are decided as at end
+    of input.
     """
     _stop.set()
+
+
+def stop_requested() -> bool:
+    """True once :func:`request_stop` was called (and not cleared since)."""
+    return _stop.is_set()
 
 
 def clear_stop_request() -> None:

@@ -1,0 +1,165 @@
+"""Nothing accepted is lost across kill -9, SIGTERM and reruns of `becomingone run` (SPEC section 8).
+
+`becomingone run` processes a Kafka topic that a paced producer fills; the
+process is killed with SIGKILL at random moments and started again each
+time.  At the end its archive must hold every produced sample once and the
+events of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+
+import numpy as np
+import pytest
+import yaml
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient
+
+from connectors.archive import open_dataset
+from connectors.files import PhaseColumns
+from connectors.kafka import PhaseProducer, ensure_topics, producer_settings
+from connectors.synthetic import SyntheticSensor, synthetic_batches
+from flows.run import run_flow
+from schemas.config import parse_config
+from tests.conftest import BIN, WAIT, clean_env, read_topic, unique_topic
+
+START_US = 1_735_689_600_000_000
+SENSORS = [SyntheticSensor("steady-1", "steady"), SyntheticSensor("switch-1", "switching"),
+           SyntheticSensor("noise-1", "noise"), SyntheticSensor("steady-2", "steady", channels=2)]
+
+
+def _samples(duration_us: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    parts: dict[str, list] = collections.defaultdict(list)
+    for name, t, phase in synthetic_batches(SENSORS, period_us=10_000, duration_us=duration_us,
+                                            start_us=START_US, seed=9):
+        parts[name].append((t, phase))
+    return {n: (np.concatenate([t for t, _ in p]), np.concatenate([ph for _, ph in p])) for n, p in parts.items()}
+
+
+def _config_file(tmp_path, bootstrap: str, topic: str, root, **source) -> str:
+    prefix = unique_topic("test.out")
+    data = {
+        "source": {"kind": "kafka", "topic": topic, "from_beginning": True, "batch_size": 100, **source},
+        "kafka": {"bootstrap.servers": bootstrap},
+        "sink": {"topics": {role: f"{prefix}.{role}" for role in ("collapse", "witness", "sync", "dlq")}},
+        "memory": {"storage": {"path": str(root)}, "flush_interval": 0.3},
+        "metrics": {"enabled": False},
+    }
+    path = tmp_path / f"config-{root.name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def _produce(bootstrap: str, topic: str, samples, seconds: float) -> threading.Thread:
+    """Send the samples over about ``seconds`` of wall-clock time, in the background."""
+    def send() -> None:
+        producer = Producer(producer_settings(None, bootstrap=bootstrap))
+        total = sum(len(t) for t, _ in samples.values())
+        sender = PhaseProducer(producer, topic, wire="arrow", batch_rows=200, rate=total / seconds)
+        n = len(next(iter(samples.values()))[0])
+        for lo in range(0, n, 100):
+            for name, (t, phase) in samples.items():
+                sender.send(PhaseColumns.from_numpy(name, t[lo:lo + 100], phase[lo:lo + 100]))
+        sender.finish()
+        assert sender.failed == 0
+
+    thread = threading.Thread(target=send, daemon=True)
+    thread.start()
+    return thread
+
+
+def _archive(root) -> dict[str, list]:
+    out = {}
+    for name, keys in (("input", ["sensor", "t"]), ("events", ["sensor", "t"]),
+                       ("temporal_signatures", ["sensor", "transducer", "t"]), ("coherence_history", ["sensor", "t"])):
+        table = open_dataset(root / name).to_table()
+        table = table.drop_columns([c for c in ("date", "hour") if c in table.column_names])
+        out[name] = table.sort_by([(k, "ascending") for k in keys]).to_pylist()
+    return out
+
+
+def _start(config: str, log, *args: str, **env) -> subprocess.Popen:
+    return subprocess.Popen([str(BIN), "run", "--config", config, *args], stdout=log, stderr=subprocess.STDOUT,
+                            env=clean_env(**env))
+
+
+def _topic(bootstrap: str) -> str:
+    topic = unique_topic()
+    ensure_topics(AdminClient({"bootstrap.servers": bootstrap}), [topic], 4)
+    return topic
+
+
+@pytest.mark.slow
+def test_kill_9_loop_loses_no_sample_and_writes_no_row_twice(bootstrap, tmp_path):
+    samples = _samples(40_000_000)  # 16,000 samples
+    topic = _topic(bootstrap)
+    producing = _produce(bootstrap, topic, samples, seconds=25.0)
+    root = tmp_path / "killed"
+    # Restarts do not read the topic from the beginning: what they read again comes from the
+    # recovery snapshots (every second) alone.  Only the very first run starts at offset 0.
+    config = _config_file(tmp_path, bootstrap, topic, root, from_beginning=False)
+    rng = np.random.default_rng(17)
+    kills = 0
+    with open(tmp_path / "runs.log", "ab") as log:
+        while kills < 12:
+            first = kills == 0
+            proc = _start(config, log, "--snapshot-interval", "1",
+                          **({"BECOMINGONE__SOURCE__FROM_BEGINNING": "true"} if first else {}))
+            time.sleep(8.0 if first else float(rng.uniform(1.5, 4.5)))  # the first lives to snapshot
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                kills += 1
+            proc.wait(timeout=WAIT)
+        producing.join(timeout=120)
+        assert not producing.is_alive()
+        # The last run reads to the end of the topic and stops.
+        final = _start(config, log, "--snapshot-interval", "1", BECOMINGONE__SOURCE__STOP_AT_END="true")
+        assert final.wait(timeout=300) == 0, (tmp_path / "runs.log").read_text()[-3000:]
+    killed = _archive(root)
+
+    clean_root = tmp_path / "clean"
+    run_flow(parse_config(yaml.safe_load(open(_config_file(tmp_path, bootstrap, topic, clean_root,
+                                                           stop_at_end=True)))), recovery=tmp_path / "rec")
+    clean = _archive(clean_root)
+    produced = sum(len(t) for t, _ in samples.values())
+    assert len(clean["input"]) == produced
+    keys = [(r["sensor"], r["t"]) for r in killed["input"]]
+    assert len(keys) == len(set(keys)) == produced  # every sample once
+    for name in clean:
+        assert killed[name] == clean[name], name
+
+
+def test_sigterm_drains_and_exits_0_with_the_archive_equal_to_the_topics(bootstrap, tmp_path):
+    samples = _samples(20_000_000)
+    topic = _topic(bootstrap)
+    producing = _produce(bootstrap, topic, samples, seconds=6.0)
+    root = tmp_path / "archive"
+    config = _config_file(tmp_path, bootstrap, topic, root)
+    data = yaml.safe_load(open(config))
+    with open(tmp_path / "run.log", "wb") as log:
+        proc = _start(config, log)
+        producing.join(timeout=60)
+        # Stop once the run has shown progress (its collapses come after 11 s of event time).
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and b"collapse    2" not in (tmp_path / "run.log").read_bytes():
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=WAIT) == 0, (tmp_path / "run.log").read_text()[-3000:]
+    text = (tmp_path / "run.log").read_text()
+    assert "stopping (SIGTERM)" in text
+    events = open_dataset(root / "events").to_table()
+    topic_events = [json.loads(m.value()) for m in read_topic(bootstrap, data["sink"]["topics"]["collapse"])]
+    assert sorted(events["event_id"].to_pylist()) == sorted(e["event_id"] for e in topic_events)
+    assert len(topic_events) >= 2
+    # Everything the run accepted is archived.
+    accepted = int(text.rsplit(" samples accepted", 1)[0].rsplit("\n", 1)[-1].replace(",", ""))
+    assert open_dataset(root / "input").count_rows() == accepted > 0
+    # The recovery state stays for the next run (a Kafka source resumes).
+    assert any((root / "_recovery").glob("part-*.sqlite3"))
