@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 
@@ -96,8 +97,10 @@ def _topic(bootstrap: str) -> str:
     return topic
 
 
-@pytest.mark.slow
-def test_kill_9_loop_loses_no_sample_and_writes_no_row_twice(bootstrap, tmp_path):
+def _kill_loop(tmp_path, bootstrap: str, start) -> tuple[dict, dict, int]:
+    """Run ``start(first, final, log)`` processes over a topic a paced producer fills, killing
+    each with SIGKILL at a random moment (12 times), then one that reads to the end; the
+    archives of that run and of an uninterrupted one, and the samples produced."""
     samples = _samples(40_000_000)  # 16,000 samples
     topic = _topic(bootstrap)
     producing = _produce(bootstrap, topic, samples, seconds=25.0)
@@ -109,31 +112,64 @@ def test_kill_9_loop_loses_no_sample_and_writes_no_row_twice(bootstrap, tmp_path
     kills = 0
     with open(tmp_path / "runs.log", "ab") as log:
         while kills < 12:
-            first = kills == 0
-            proc = _start(config, log, "--snapshot-interval", "1",
-                          **({"BECOMINGONE__SOURCE__FROM_BEGINNING": "true"} if first else {}))
-            time.sleep(8.0 if first else float(rng.uniform(1.5, 4.5)))  # the first lives to snapshot
+            proc = start(config, kills == 0, False, log)
+            time.sleep(8.0 if kills == 0 else float(rng.uniform(1.5, 4.5)))  # the first lives to snapshot
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 kills += 1
             proc.wait(timeout=WAIT)
         producing.join(timeout=120)
         assert not producing.is_alive()
-        # The last run reads to the end of the topic and stops.
-        final = _start(config, log, "--snapshot-interval", "1", BECOMINGONE__SOURCE__STOP_AT_END="true")
+        final = start(config, False, True, log)  # reads to the end of the topic and stops
         assert final.wait(timeout=300) == 0, (tmp_path / "runs.log").read_text()[-3000:]
-    killed = _archive(root)
-
     clean_root = tmp_path / "clean"
     run_flow(parse_config(yaml.safe_load(open(_config_file(tmp_path, bootstrap, topic, clean_root,
                                                            stop_at_end=True)))), recovery=tmp_path / "rec")
-    clean = _archive(clean_root)
-    produced = sum(len(t) for t, _ in samples.values())
+    return _archive(root), _archive(clean_root), sum(len(t) for t, _ in samples.values())
+
+
+def _assert_exact(killed: dict, clean: dict, produced: int) -> None:
     assert len(clean["input"]) == produced
     keys = [(r["sensor"], r["t"]) for r in killed["input"]]
     assert len(keys) == len(set(keys)) == produced  # every sample once
     for name in clean:
         assert killed[name] == clean[name], name
+
+
+@pytest.mark.slow
+def test_kill_9_loop_of_becomingone_run_loses_no_sample_and_writes_no_row_twice(bootstrap, tmp_path):
+    def start(config: str, first: bool, final: bool, log) -> subprocess.Popen:
+        env = {"BECOMINGONE__SOURCE__FROM_BEGINNING": "true"} if first else {}
+        if final:
+            env["BECOMINGONE__SOURCE__STOP_AT_END"] = "true"
+        return _start(config, log, "--snapshot-interval", "1", **env)
+
+    _assert_exact(*_kill_loop(tmp_path, bootstrap, start))
+
+
+@pytest.mark.slow
+def test_kill_9_loop_of_bytewax_run_keeps_one_witness_chain(bootstrap, tmp_path):
+    recovery = tmp_path / "recovery"
+    recovery.mkdir()
+    subprocess.run([sys.executable, "-m", "bytewax.recovery", str(recovery), "4"], check=True, env=clean_env())
+
+    def start(config: str, first: bool, final: bool, log) -> subprocess.Popen:
+        env = {"BECOMINGONE_CONFIG": config}
+        if first:
+            env["BECOMINGONE__SOURCE__FROM_BEGINNING"] = "true"
+        if final:
+            env["BECOMINGONE__SOURCE__STOP_AT_END"] = "true"
+        return subprocess.Popen([sys.executable, "-m", "bytewax.run", "flows.kairos", "-r", str(recovery),
+                                 "-s", "1", "-b", "0"], stdout=log, stderr=subprocess.STDOUT, env=clean_env(**env),
+                                cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+    killed, clean, produced = _kill_loop(tmp_path, bootstrap, start)
+    _assert_exact(killed, clean, produced)
+    verify = subprocess.run([str(BIN), "memory", "verify", "--archive", str(tmp_path / "killed")],
+                            capture_output=True, text=True, env=clean_env())
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    seq = open_dataset(tmp_path / "killed" / "witnessing_logs").to_table()["seq"].to_pylist()
+    assert sorted(seq) == list(range(len(seq)))  # one seq each, no gap
 
 
 def test_sigterm_drains_and_exits_0_with_the_archive_equal_to_the_topics(bootstrap, tmp_path):
