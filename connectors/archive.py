@@ -100,6 +100,7 @@ log's own chain there (:mod:`connectors.witness_chain`).
 from __future__ import annotations
 
 import collections
+import errno
 import fcntl
 import hashlib
 import json
@@ -120,6 +121,12 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
+from connectors.manifest_lines import GENESIS
+from connectors.manifest_lines import check_rel as _check_rel
+from connectors.manifest_lines import line_hash as _line_hash
+from connectors.manifest_lines import manifest_line as _manifest_line
+from connectors.manifest_lines import parse_line as _parse_line
+from connectors.manifest_lines import signature_ok
 from schemas.archive import DATASETS, PARTITION_SCHEMA, partition_dir
 
 __all__ = [
@@ -151,9 +158,6 @@ __all__ = [
 META = "_meta"
 #: Name of a dataset's manifest file, in its ``_meta/<dataset>/`` directory.
 MANIFEST = "MANIFEST.jsonl"
-#: ``prev`` of the first manifest line.
-GENESIS = "0" * 64
-_MANIFEST_KEYS = ("file", "rows", "sha256", "prev")
 #: File in ``_meta/<dataset>/`` that writers and compaction ``flock``.
 LOCK = "lock"
 #: Journal of a compaction in progress, in ``_meta/<dataset>/``.
@@ -189,8 +193,9 @@ ROW_KEYS: dict[str, tuple[str, ...]] = {
 }
 
 _HOUR_US = 3_600_000_000
+# What os.link fails with on a file system without hard links.
+_NO_HARD_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EXDEV, errno.EMLINK})
 _NO_ROWS = np.iinfo(np.int64).min  # high-water of a key never archived
-_HEX = frozenset("0123456789abcdef")
 
 
 class ArchiveError(RuntimeError):
@@ -198,10 +203,6 @@ class ArchiveError(RuntimeError):
 
 
 # -- manifest lines, hashes and files ----------------------------------------
-
-
-def _line_hash(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _sha256_file(path: Path) -> str:
@@ -302,25 +303,6 @@ def _read_manifest(path: Path) -> tuple[list[str], int, bool]:
     return lines, end, end < len(data)
 
 
-def _parse_line(text: str) -> dict[str, Any]:
-    """One manifest line as a dict, or ValueError saying what is wrong with it."""
-    try:
-        entry = json.loads(text)
-    except ValueError:
-        raise ValueError("not JSON") from None
-    if not isinstance(entry, dict) or set(entry) != set(_MANIFEST_KEYS):
-        raise ValueError(f"not an object with exactly the keys {', '.join(_MANIFEST_KEYS)}")
-    rows = entry["rows"]
-    _check_rel(entry["file"])
-    if not isinstance(rows, int) or isinstance(rows, bool) or rows < 0:
-        raise ValueError(f"bad rows {rows!r}")
-    for key in ("sha256", "prev"):
-        value = entry[key]
-        if not isinstance(value, str) or len(value) != 64 or not set(value) <= _HEX:
-            raise ValueError(f"bad {key} {value!r} (must be 64 lowercase hex digits)")
-    return entry
-
-
 def _committed_file(layout: _Layout, entry: dict[str, Any]) -> Path | None:
     """The file holding a manifest entry's rows: its final name, or its temp file
     when a crash came between the manifest append and the rename; None if neither."""
@@ -393,17 +375,6 @@ def _largest_seq(dataset_dir: Path, entries: list[dict[str, Any]]) -> int:
     return largest
 
 
-def _check_rel(rel: object) -> str:
-    """``rel`` if it is a relative path inside a dataset directory, else ValueError."""
-    if not isinstance(rel, str) or not rel or rel.startswith("/") or ".." in rel.split("/"):
-        raise ValueError(f"bad file {rel!r} (must be a path inside the dataset directory)")
-    return rel
-
-
-def _manifest_line(file: str, rows: int, sha256: str, prev: str) -> str:
-    return json.dumps({"file": file, "rows": rows, "sha256": sha256, "prev": prev}, separators=(",", ":"))
-
-
 def _next_part_number(entries: Iterable[dict[str, Any]]) -> int:
     """One more than the largest ``part-N`` number the manifest lists (0 if none).
 
@@ -420,6 +391,56 @@ def _write_durably(path: Path, data: bytes) -> None:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
+
+
+def _data_files(dataset_dir: Path) -> list[str]:
+    """The visible ``.arrow`` files of a dataset directory, relative to it, sorted
+    (names starting with ``.`` or ``_``, which readers skip, are left out)."""
+    found = []
+    for file in dataset_dir.rglob("*.arrow"):
+        rel = file.relative_to(dataset_dir)
+        if not any(part[:1] in (".", "_") for part in rel.parts) and file.is_file():
+            found.append(rel.as_posix())
+    return sorted(found)
+
+
+def _unlisted_error(layout: _Layout, unlisted: list[str]) -> ArchiveError:
+    names = [layout.name(layout.data / rel) for rel in unlisted]
+    shown = ", ".join(names[:10]) + (f" and {len(names) - 10:,} more" if len(names) > 10 else "")
+    root = layout.data.parent
+    return ArchiveError(
+        f"archive dataset {layout.data} holds {len(names):,} data file(s) that {layout.name(layout.manifest)} "
+        f"does not list: {shown}. The manifest was lost or damaged, or the files were put there; a writer "
+        "never reuses or overwrites a file name, so nothing was written. Run `becomingone memory verify "
+        f"--archive {root} --repair` to rebuild the manifest from the files, or move the files away"
+    )
+
+
+def _place(temp: Path, final: Path, layout: _Layout) -> None:
+    """Rename ``temp`` to ``final`` without ever replacing a file there.
+
+    A hard link then an unlink: the link fails if ``final`` exists, and both
+    names are the same complete file meanwhile (a crash in between leaves a
+    temp file that recovery deletes).  Where the file system has no hard
+    links, it checks and renames.
+    """
+    try:
+        os.link(temp, final)
+    except FileExistsError:
+        if not os.path.samefile(temp, final):  # else: linked before a crash, not unlinked yet
+            raise ArchiveError(
+                f"{layout.name(final)} appeared while it was written (another process writes the "
+                f"archive without its lock?); the committed rows stay in {layout.name(temp)}"
+            ) from None
+    except OSError as exc:
+        if exc.errno not in _NO_HARD_LINKS:
+            raise
+        if final.exists():
+            raise ArchiveError(f"{layout.name(final)} appeared while it was written; the committed rows "
+                               f"stay in {layout.name(temp)}") from None
+        os.replace(temp, final)
+        return
+    temp.unlink()
 
 
 class _DatasetLock:
@@ -559,7 +580,7 @@ def _finish_compaction(layout: _Layout, journal: dict[str, Any], fault: Callable
         temp = next((t for t in layout.temps(item["file"]) if t.is_file()), None)
         if temp is not None:
             _makedirs(final.parent)
-            os.replace(temp, final)
+            _place(temp, final, layout)
             touched.add(final.parent)
         elif not final.is_file():
             raise _damaged(layout.data, f"{item['file']} (merged by a compaction) is missing")
@@ -662,12 +683,17 @@ def _recover_dataset(layout: _Layout) -> tuple[list[str], list[dict[str, Any]], 
             if found != final:
                 # Crash between the manifest append and the rename: finish it.
                 _makedirs(final.parent)
-                os.replace(found, final)
+                _place(found, final, layout)
                 _fsync_dir(final.parent)
     for stray in layout.meta.glob("*.tmp"):
         if stray.is_file():
             stray.unlink()
     _fsync_dir(layout.meta)
+    listed = {entry["file"] for entry in entries}
+    unlisted = [rel for rel in _data_files(layout.data) if rel not in listed]
+    if unlisted:
+        # A lost manifest would number new files from 0 again, over the old ones.
+        raise _unlisted_error(layout, unlisted)
     return lines, entries, size, recovered
 
 
@@ -719,6 +745,7 @@ class ArchiveWriter:
         flush_rows: int = 100_000,
         flush_seconds: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        signing_key: bytes | None = None,
     ) -> None:
         if dataset not in DATASETS:
             raise ValueError(f"unknown archive dataset {dataset!r}; known: {', '.join(DATASETS)}")
@@ -734,6 +761,7 @@ class ArchiveWriter:
         self.flush_rows = int(flush_rows)
         self.flush_seconds = float(flush_seconds)
         self._clock = clock
+        self._key = signing_key
         self._keys = ROW_KEYS[dataset]
         self._manifest = self._layout.manifest
 
@@ -759,6 +787,8 @@ class ArchiveWriter:
             lines, entries, self._manifest_size, _ = _recover_dataset(self._layout)
             self._next_part = _next_part_number(entries)
             self._prev = _line_hash(lines[-1]) if lines else GENESIS
+            if entries and "hmac" in entries[-1]:
+                self._check_signed_head(entries[-1])
             if self._keys:
                 self._read_high_water(entries)
             if self._log_order:
@@ -909,6 +939,18 @@ class ArchiveWriter:
             for *key, t in zip(*columns, best.column("t_max_max").to_pylist()):
                 self._high_water[tuple(key)] = int(t)
 
+    def _check_signed_head(self, last: dict[str, Any]) -> None:
+        """A signed manifest is continued only with its key: lines appended without one
+        (or with another) would fail ``memory verify`` for good."""
+        name = self._layout.name(self._manifest)
+        if self._key is None:
+            raise ArchiveError(f"{name} is signed (its lines carry an HMAC) and memory.signing_key is not set: "
+                               "set it to the key the archive was written with")
+        if not signature_ok(last, self._key):
+            raise ArchiveError(f"the last line of {name} does not carry the HMAC that memory.signing_key gives: "
+                               "the key is another one, or the line was rewritten; run `becomingone memory verify "
+                               f"--archive {self.path.parent}`")
+
     def _drop_logged(self, table: pa.Table) -> pa.Table:
         """Witness rows whose seq is above every seq archived or accepted before them
         (a replayed epoch's records are refused: the archive keeps one row per seq)."""
@@ -1026,7 +1068,10 @@ class ArchiveWriter:
         # A few record batches per file are fine for readers; joining them is a full copy.
         data = _ipc_bytes(rows if rows.column(0).num_chunks <= 16 else rows.combine_chunks(), self.schema)
         digest = hashlib.sha256(data).hexdigest()
-        with open(temp, "wb") as f:
+        if os.path.lexists(final):  # never committed over: checked before the line, placed without replacing
+            raise _unlisted_error(self._layout, [rel])
+        # O_EXCL: a temp name in use means another writer, which the lock should have refused.
+        with open(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -1041,7 +1086,7 @@ class ArchiveWriter:
                 f"{self._manifest} changed under this writer ({size} bytes, expected "
                 f"{self._manifest_size}): only one writer per dataset may be open"
             )
-        line = _manifest_line(rel, rows.num_rows, digest, self._prev)
+        line = _manifest_line(rel, rows.num_rows, digest, self._prev, key=self._key)
         encoded = (line + "\n").encode("utf-8")
         with open(self._manifest, "ab") as f:
             f.write(encoded)
@@ -1056,8 +1101,9 @@ class ArchiveWriter:
         self._rows_written += rows.num_rows
         self._files_written += 1
 
-        os.replace(temp, final)  # from _meta into the partition: same file system, atomic
+        _place(temp, final, self._layout)  # from _meta into the partition: same file system
         _fsync_dir(final.parent)
+        _fsync_dir(temp.parent)
         return rel
 
 
@@ -1222,7 +1268,7 @@ def _committed_compaction(layout: _Layout) -> tuple[set[str], set[str], list[str
     ]
 
 
-def verify_dataset(path: str | os.PathLike[str]) -> list[str]:
+def verify_dataset(path: str | os.PathLike[str], *, key: bytes | None = None) -> list[str]:
     """Check one dataset directory against its manifest; return the problems.
 
     An empty list means intact.  Each problem starts with the relative file it
@@ -1234,6 +1280,10 @@ def verify_dataset(path: str | os.PathLike[str]) -> list[str]:
     checked too (one row per seq from 0 on, the digest chain recomputed):
     those problems start with ``seq N:``, the first bad seq
     (:func:`connectors.witness_chain.witness_log_problems`).
+    With ``key`` (``memory.signing_key``), every line must carry the HMAC
+    that the key gives (:mod:`connectors.manifest_lines`): a line without one,
+    or with another, is a problem.  Without a key, signatures are not
+    checked.  ``rerooted`` may mark the first line only.
     Hidden names (``.``/``_``), which readers skip, are not checked.  The
     manifest and journal are read from ``_meta/<dataset>/``, or from the
     dataset directory in an archive of the older layout; a manifest in both
@@ -1255,6 +1305,7 @@ def verify_dataset(path: str | os.PathLike[str]) -> list[str]:
             f"{layout.name(manifest)} (written after the archive was moved?); readers of the directory fail on it"
         )
     listed: set[str] = set()
+    unsigned: list[int] = []
     if manifest.exists():
         lines, _, torn = _read_manifest(manifest)
         expected_prev = GENESIS
@@ -1274,24 +1325,28 @@ def verify_dataset(path: str | os.PathLike[str]) -> list[str]:
                     "lines reordered, edited, inserted or removed"
                 )
             expected_prev = this_hash
+            if entry.get("rerooted") and i > 1:
+                problems.append(f"{rel}: manifest line {i} is marked rerooted, which only the first line may be")
+            if key is not None and "hmac" not in entry:
+                unsigned.append(i)
+            elif key is not None and not signature_ok(entry, key):
+                problems.append(f"{rel}: manifest line {i} does not carry the HMAC that memory.signing_key gives: "
+                                "rewritten without the key, or signed with another key")
             if rel in listed:
                 problems.append(f"{rel}: listed twice in {MANIFEST} (again on line {i})")
                 continue
             listed.add(rel)
             problems.extend(_check_file(layout, entry, pending))
+        if unsigned:
+            problems.append(f"{MANIFEST}: {len(unsigned):,} line(s) not signed, the first on line {unsigned[0]} "
+                            "(memory.signing_key is set: written without the key, or with it removed)")
         if torn:
             problems.append(
                 f"{MANIFEST}: line {len(lines) + 1} is incomplete (an interrupted append; "
                 "opening a writer on the dataset removes it)"
             )
-    extras = []
-    for file in sorted(layout.data.rglob("*.arrow")):
-        rel_path = file.relative_to(layout.data)
-        if any(part[:1] in (".", "_") for part in rel_path.parts) or not file.is_file():
-            continue
-        rel = rel_path.as_posix()
-        if rel not in listed and rel not in retired:
-            extras.append(f"{rel}: extra (not in {MANIFEST})")
+    extras = [f"{rel}: extra (not in {MANIFEST})" for rel in _data_files(layout.data)
+              if rel not in listed and rel not in retired]
     if extras and not manifest.exists():
         problems.append(f"{MANIFEST}: missing")
     problems += extras
@@ -1302,7 +1357,7 @@ def verify_dataset(path: str | os.PathLike[str]) -> list[str]:
     return problems
 
 
-def verify_archive(root: str | os.PathLike[str]) -> dict[str, list[str]]:
+def verify_archive(root: str | os.PathLike[str], *, key: bytes | None = None) -> dict[str, list[str]]:
     """:func:`verify_dataset` over every dataset present under ``root``.
 
     A dataset is a subdirectory named as a dataset of
@@ -1313,7 +1368,7 @@ def verify_archive(root: str | os.PathLike[str]) -> dict[str, list[str]]:
     Raises:
         FileNotFoundError: ``root`` is not a directory.
     """
-    return {d.name: verify_dataset(d) for d in _dataset_dirs(root)}
+    return {d.name: verify_dataset(d, key=key) for d in _dataset_dirs(root)}
 
 
 def _dataset_dirs(root: str | os.PathLike[str]) -> list[Path]:
@@ -1417,7 +1472,8 @@ def _merge_into(dataset_dir: Path, group: list[dict[str, Any]], temp: Path) -> t
 
 
 def compact_dataset(
-    path: str | os.PathLike[str], *, fault: Callable[[str], None] | None = None
+    path: str | os.PathLike[str], *, fault: Callable[[str], None] | None = None,
+    signing_key: bytes | None = None,
 ) -> CompactionResult:
     """Merge each hour partition's files into one file; keep every row, its order and the chain.
 
@@ -1450,6 +1506,10 @@ def compact_dataset(
         path: the dataset directory.
         fault: called with each name of :data:`COMPACTION_STEPS` as that
             step completes (tests raise there to simulate a crash).
+        signing_key: ``memory.signing_key``: every line must carry its HMAC
+            (checked before anything is merged), and the new lines are
+            signed.  Without it, a signed manifest is refused.  A first line
+            marked ``rerooted`` keeps the mark.
 
     Returns:
         The counts; nothing is written when no partition has two files.
@@ -1470,7 +1530,7 @@ def compact_dataset(
     lock = _DatasetLock(layout.meta / LOCK, dataset_dir)
     try:
         lines, entries, _, recovered = _recover_dataset(layout)
-        return _compact_locked(layout, lines, entries, recovered, step)
+        return _compact_locked(layout, lines, entries, recovered, step, signing_key)
     finally:
         lock.release()
 
@@ -1481,6 +1541,7 @@ def _compact_locked(
     entries: list[dict[str, Any]],
     recovered: str | None,
     fault: Callable[[str], None],
+    signing_key: bytes | None = None,
 ) -> CompactionResult:
     """:func:`compact_dataset` on a locked, recovered dataset with these manifest lines."""
     dataset_dir = layout.data
@@ -1491,6 +1552,13 @@ def _compact_locked(
     for i, (text, entry) in enumerate(zip(lines, entries), 1):
         if entry["prev"] != prev or entry["file"] in seen:
             raise _damaged(dataset_dir, f"{MANIFEST} line {i} ({entry['file']}) breaks the chain or repeats a file")
+        # Nor is a line signed that does not carry a good signature now.
+        if signing_key is None and "hmac" in entry:
+            raise ArchiveError(f"{layout.name(layout.manifest)} is signed: set memory.signing_key to compact it "
+                               "(the merged lines must be signed too)")
+        if signing_key is not None and not signature_ok(entry, signing_key):
+            raise _damaged(dataset_dir, f"{MANIFEST} line {i} ({entry['file']}) is not signed with "
+                           "memory.signing_key; compaction signs no line it cannot check")
         prev = _line_hash(text)
         seen.add(entry["file"])
 
@@ -1534,7 +1602,8 @@ def _compact_locked(
         if i in replaced:
             entry, changed = replaced[i], True
         if changed:
-            text = _manifest_line(entry["file"], entry["rows"], entry["sha256"], prev)
+            text = _manifest_line(entry["file"], entry["rows"], entry["sha256"], prev,
+                                  rerooted=i == 0 and bool(entries[0].get("rerooted")), key=signing_key)
         new_lines.append(text)
         prev = _line_hash(text)
     new_text = "".join(f"{line}\n" for line in new_lines)
@@ -1568,7 +1637,8 @@ def _compact_locked(
 
 
 def compact_archive(
-    root: str | os.PathLike[str], *, fault: Callable[[str], None] | None = None
+    root: str | os.PathLike[str], *, fault: Callable[[str], None] | None = None,
+    signing_key: bytes | None = None,
 ) -> dict[str, CompactionResult]:
     """:func:`compact_dataset` over every dataset directory under ``root`` (as :func:`verify_archive`).
 
@@ -1579,7 +1649,7 @@ def compact_archive(
         FileNotFoundError: ``root`` is not a directory.
         ArchiveError: as :func:`compact_dataset`.
     """
-    return {d.name: compact_dataset(d, fault=fault) for d in _dataset_dirs(root)}
+    return {d.name: compact_dataset(d, fault=fault, signing_key=signing_key) for d in _dataset_dirs(root)}
 
 
 # -- Bytewax sink ------------------------------------------------------------
@@ -1824,6 +1894,7 @@ class ArchiveSink(FixedPartitionedSink[pa.Table, None]):
         flush_rows: int = 100_000,
         flush_seconds: float = 5.0,
         durable_snapshots: bool = True,
+        signing_key: bytes | None = None,
     ) -> None:
         names = sorted(set(datasets))
         unknown = [n for n in names if n not in DATASETS]
@@ -1839,6 +1910,7 @@ class ArchiveSink(FixedPartitionedSink[pa.Table, None]):
         self.flush_rows = flush_rows
         self.flush_seconds = flush_seconds
         self.durable_snapshots = durable_snapshots
+        self.signing_key = signing_key
         self._parts = names
         self._init_runtime()
 
@@ -1881,7 +1953,8 @@ class ArchiveSink(FixedPartitionedSink[pa.Table, None]):
             if old is not None:
                 old.close()
             writer = ArchiveWriter(
-                self.root, for_part, flush_rows=self.flush_rows, flush_seconds=self.flush_seconds
+                self.root, for_part, flush_rows=self.flush_rows, flush_seconds=self.flush_seconds,
+                signing_key=self.signing_key,
             )
             part = _ArchivePartition(writer, self._partitions, durable=self.durable_snapshots)
             self._open[for_part] = part

@@ -24,10 +24,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-__all__ = ["witness_log_problems"]
+from schemas.archive import DATASETS
+
+__all__ = ["read_log_columns", "witness_log_problems"]
 
 _CHUNK = 1 << 16  # rows turned into Python objects at a time
 _HEX = frozenset("0123456789abcdef")
+_SCHEMA = DATASETS["witnessing_logs"]
+_COLUMNS = ("seq", "payload", "log_sha256")
 
 
 def witness_log_problems(dataset_dir: str | os.PathLike[str]) -> list[str]:
@@ -44,11 +48,15 @@ def witness_log_problems(dataset_dir: str | os.PathLike[str]) -> list[str]:
     Raises:
         ArchiveError: a manifest line or a listed file cannot be read (named).
     """
-    from connectors.archive import listed_files, read_archive_file
+    from connectors.archive import listed_files
 
     directory = Path(dataset_dir)
-    columns = ["seq", "payload", "log_sha256"]
-    tables = [read_archive_file(path, directory.parent, columns) for _, path in listed_files(directory)]
+    tables = []
+    for rel, path in listed_files(directory):
+        try:
+            tables.append(read_log_columns(path, directory.parent))
+        except ValueError as exc:
+            return [f"{rel}: not a file of the witness log ({exc}): its records cannot be checked"]
     tables = [t for t in tables if t.num_rows]
     if not tables:
         return []
@@ -93,6 +101,22 @@ def witness_log_problems(dataset_dir: str | os.PathLike[str]) -> list[str]:
             # After a gap the chain goes on from the row's own digest (if it is one).
             previous_seq, digest = k, logged if follows or _is_digest(logged) else None
     return problems
+
+
+def read_log_columns(path: Path, root: Path, columns: tuple[str, ...] = _COLUMNS) -> pa.Table:
+    """``columns`` of one witness log file, as the dataset schema types them.
+
+    Raises:
+        ArchiveError: the file cannot be read (named).
+        ValueError: a column is missing or of a type that does not cast.
+    """
+    from connectors.archive import read_archive_file
+
+    table = read_archive_file(path, root)
+    try:
+        return table.select(list(columns)).cast(pa.schema([_SCHEMA.field(c) for c in columns]))
+    except (KeyError, pa.ArrowException) as exc:
+        raise ValueError(str(exc).splitlines()[0]) from None
 
 
 def _is_digest(text: object) -> bool:

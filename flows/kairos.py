@@ -749,14 +749,11 @@ def build_flow(config: Config, *, replay: bool = False, source: Any = None,
         from connectors.archive import ArchiveSink
 
         mem = config.memory
-        enabled = [name for name, on in (
-            ("temporal_signatures", mem.temporal_signatures), ("coherence_history", mem.coherence_history),
-            ("witnessing_logs", mem.witness_logs), ("events", mem.events), ("mesh_sync", mem.mesh_sync),
-            ("input", mem.archive_input)) if on]
         rows = op.map("archive_rows", op.filter("archive_only", archive_rows, _is(ArchiveRows)),
                       lambda r: (r.dataset, r.table))
-        op.output("archive", rows, ArchiveSink(mem.root, enabled, flush_rows=mem.flush_rows,
-                                              flush_seconds=mem.flush_interval, durable_snapshots=recovery))
+        op.output("archive", rows, ArchiveSink(mem.root, mem.datasets, flush_rows=mem.flush_rows,
+                                              flush_seconds=mem.flush_interval, durable_snapshots=recovery,
+                                              signing_key=mem.signing_key_bytes))
     return flow
 
 

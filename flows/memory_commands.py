@@ -1,4 +1,5 @@
-"""The archive commands: ``memory retrieve|reconstruct|verify|compact``, ``replay`` and ``report``.
+"""The archive commands: ``memory retrieve|reconstruct|compact``, ``replay`` and ``report``
+(``memory verify``: :mod:`flows.verify_commands`).
 
 Each is a function ``cmd_<name>(args) -> int`` (the exit code), registered
 on the ``becomingone`` parser by :func:`add_parsers`.  The archive defaults to
@@ -55,7 +56,7 @@ def _time(value: str | None, flag: str) -> int | None:
 
 
 # --------------------------------------------------------------------------
-# memory retrieve | reconstruct | verify | compact
+# memory retrieve | reconstruct | compact
 
 
 def cmd_memory_retrieve(args: argparse.Namespace) -> int:
@@ -157,35 +158,17 @@ def cmd_memory_reconstruct(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_memory_verify(args: argparse.Namespace) -> int:
-    memory, code = _memory(args, "memory verify")
-    if memory is None:
-        return code
-    problems = memory.verify()
-    if not problems:
-        return _fail("memory verify", f"{memory.root} holds no dataset", code=1)
-    bad = 0
-    for dataset, found in problems.items():
-        if found:
-            bad += len(found)
-            for problem in found:
-                print(f"{dataset}: {problem}")
-        else:
-            print(f"{dataset}: ok")
-    if bad:
-        print(f"becomingone memory verify: {bad} problem(s) in {memory.root}", file=sys.stderr)
-        return 1
-    return 0
-
-
 def cmd_memory_compact(args: argparse.Namespace) -> int:
     from connectors.archive import ArchiveError, compact_archive
 
     memory, code = _memory(args, "memory compact")
     if memory is None:
         return code
+    config = config_or_report(args)  # also with --archive: memory.signing_key signs the merged lines
+    if config is None:
+        return 2
     try:
-        results = compact_archive(memory.root)
+        results = compact_archive(memory.root, signing_key=config.memory.signing_key_bytes)
     except ArchiveError as exc:
         return _fail("memory compact", str(exc), code=1)
     for dataset, result in results.items():
@@ -388,12 +371,9 @@ def add_parsers(sub, config_help: str) -> None:
     p.add_argument("--config", metavar="FILE", default=None, help=config_help)
     p.set_defaults(func=cmd_memory_reconstruct)
 
-    p = msub.add_parser("verify", help="check every dataset's manifest hash chain (_meta/DATASET/MANIFEST.jsonl)",
-                        description="Exit 0 when every dataset matches its manifest; otherwise exit 1 and name "
-                        "each changed, missing, extra or reordered file.")
-    p.add_argument("--archive", metavar="DIR", default=None, help=archive_help)
-    p.add_argument("--config", metavar="FILE", default=None, help=config_help)
-    p.set_defaults(func=cmd_memory_verify)
+    from flows.verify_commands import add_parsers as add_verify_parsers
+
+    add_verify_parsers(msub, archive_help, config_help)
 
     p = msub.add_parser("compact", help="merge each hour's files into one",
                         description="Merge the files of each hour partition into one, keeping every row, the "

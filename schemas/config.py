@@ -343,6 +343,47 @@ class StorageSection(_Section):
     """Archive root directory (relative paths: to the working directory)."""
 
 
+#: Fewest bytes a ``memory.signing_key`` may have.
+SIGNING_KEY_MIN_BYTES = 16
+
+
+class SigningKeySource(_Section):
+    """``memory.signing_key``: where the archive's HMAC key comes from, never the key itself.
+
+    Exactly one of ``env`` (the name of an environment variable holding the
+    key: its UTF-8 bytes) or ``file`` (a file holding the key: its bytes,
+    less one trailing newline).  The key is read when it is used and never
+    kept in the config, so ``becomingone config`` cannot print it.
+    """
+
+    env: NonEmptyStr | None = None
+    file: NonEmptyStr | None = None
+
+    @model_validator(mode="after")
+    def _one_readable_source(self) -> SigningKeySource:
+        if (self.env is None) == (self.file is None):
+            raise ValueError("give exactly one of env (an environment variable's name) or file (a path)")
+        self.resolve()  # a key that cannot be read is a config error at start
+        return self
+
+    def resolve(self) -> bytes:
+        """The key's bytes; ValueError (saying where, never what) if it cannot be read or is too short."""
+        if self.env is not None:
+            value = os.environ.get(self.env)
+            if value is None:
+                raise ValueError(f"environment variable {self.env} is not set")
+            key, where = value.encode("utf-8"), f"environment variable {self.env}"
+        else:
+            try:
+                key = Path(self.file).read_bytes()
+            except OSError as exc:
+                raise ValueError(f"cannot read {self.file}: {exc.strerror or exc}") from None
+            key, where = key[:-1] if key.endswith(b"\n") else key, self.file
+        if len(key) < SIGNING_KEY_MIN_BYTES:
+            raise ValueError(f"{where} holds {len(key)} bytes; a signing key needs at least {SIGNING_KEY_MIN_BYTES}")
+        return key
+
+
 class MemorySection(_Section):
     """``memory``: the Arrow archive (SPEC section 5)."""
 
@@ -365,6 +406,21 @@ class MemorySection(_Section):
     flush_interval: PositiveSeconds = 5.0
     """... or once the oldest buffered row has waited this long (checked when rows arrive), seconds."""
     storage: StorageSection = Field(default_factory=StorageSection)
+    signing_key: SigningKeySource | None = None
+    """HMAC key of the manifest lines: ``{env: NAME}`` or ``{file: PATH}``; None: lines are not signed."""
+
+    @property
+    def signing_key_bytes(self) -> bytes | None:
+        """The key of ``signing_key``, read now, or None without one."""
+        return None if self.signing_key is None else self.signing_key.resolve()
+
+    @property
+    def datasets(self) -> tuple[str, ...]:
+        """The archive datasets switched on here (``sink.archive`` decides whether anything is archived)."""
+        return tuple(name for name, on in (
+            ("temporal_signatures", self.temporal_signatures), ("coherence_history", self.coherence_history),
+            ("witnessing_logs", self.witness_logs), ("events", self.events), ("mesh_sync", self.mesh_sync),
+            ("input", self.archive_input)) if on)
 
     @property
     def signature_interval_us(self) -> int:
@@ -1128,7 +1184,13 @@ def _pydantic_problems(exc: ValidationError) -> tuple[list[tuple[str, str]], boo
             reason = re.sub(r"^Input should (?:be )?", "must be ", err["msg"])
         if kind in ("model_type", "dict_type") and isinstance(err.get("input"), (list, tuple)) and owner:
             reason = "must be a mapping of keys, not a list"
-        problems.append((path, f"{path} ({_fmt(err.get('input'))}) {reason}"))
+        shown = _fmt(err.get("input"))
+        if path.startswith("memory.signing_key") and not isinstance(err.get("input"), Mapping):
+            # Perhaps the key itself, put where its source belongs: never echoed.
+            shown = REDACTED
+            if kind in ("model_type", "dict_type"):
+                reason = "must be {env: NAME} or {file: PATH}; the key itself never goes in the config"
+        problems.append((path, f"{path} ({shown}) {reason}"))
     return problems, rules_ran
 
 

@@ -262,7 +262,7 @@ def test_crash_between_manifest_and_rename_is_finished(tmp_path, monkeypatch):
     def power_cut(*args):
         raise OSError("power cut")
 
-    monkeypatch.setattr(archive.os, "replace", power_cut)
+    monkeypatch.setattr(archive.os, "link", power_cut)  # the rename into place (never replacing)
     with pytest.raises(OSError, match="power cut"):
         crashed.flush()
     monkeypatch.undo()
@@ -781,7 +781,7 @@ def test_moving_the_older_layout_is_finished_after_a_crash_at_any_step(tmp_path,
     def power_cut(*args):
         raise OSError("power cut")
 
-    monkeypatch.setattr(archive.os, "replace", power_cut)
+    monkeypatch.setattr(archive.os, "link", power_cut)  # the rename into place
     with pytest.raises(OSError, match="power cut"):
         crashed.flush()  # committed, not renamed: its temp file stands in
     monkeypatch.undo()
@@ -799,8 +799,10 @@ def test_moving_the_older_layout_is_finished_after_a_crash_at_any_step(tmp_path,
     # A move without a crash: two temp files, then the manifest, then the
     # recovery finishes the interrupted rename.
     moved = []
-    real = os.replace
+    real, real_link = os.replace, os.link
     monkeypatch.setattr(archive.os, "replace", lambda src, dst: (moved.append(Path(src).name), real(src, dst)))
+    # The rename into the partition links, then unlinks the temp name: it never replaces a file.
+    monkeypatch.setattr(archive.os, "link", lambda src, dst: (moved.append(Path(src).name), real_link(src, dst)))
     ArchiveWriter(tmp_path, "input").close()
     monkeypatch.undo()
     assert sorted(moved[:2]) == [".part-00000001.arrow.tmp", ".part-00000005.arrow.tmp"]
