@@ -574,6 +574,11 @@ class _WitnessLogic(StatefulBatchLogic[WitnessEntries, Any, WitnessLog]):
             # older than what the archive holds (the rows of the epochs after it were written).
             last = last_witness_record(config.memory.root)
             resume.continue_from(*((last[0] + 1, last[1]) if last is not None else (0, WITNESS_LOG_GENESIS)))
+        if config.sink.archive:
+            from connectors.anchor import ManifestHeads
+
+            # Meta records anchor the archive's manifests: their heads as last committed.
+            resume.heads = ManifestHeads(config.memory.root, config.memory.datasets)
         self.log = resume
         # One key for every witness record: one partition, so the topic keeps the log's order.
         self.key = config.becomingone.name.encode("utf-8")

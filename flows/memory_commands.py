@@ -1,5 +1,5 @@
 """The archive commands: ``memory retrieve|reconstruct|compact``, ``replay`` and ``report``
-(``memory verify``: :mod:`flows.verify_commands`).
+(``memory verify`` and ``export-witness``: :mod:`flows.verify_commands`).
 
 Each is a function ``cmd_<name>(args) -> int`` (the exit code), registered
 on the ``becomingone`` parser by :func:`add_parsers`.  The archive defaults to
@@ -373,7 +373,7 @@ def add_parsers(sub, config_help: str) -> None:
 
     from flows.verify_commands import add_parsers as add_verify_parsers
 
-    add_verify_parsers(msub, archive_help, config_help)
+    add_verify_parsers(msub, archive_help, config_help)  # verify, export-witness
 
     p = msub.add_parser("compact", help="merge each hour's files into one",
                         description="Merge the files of each hour partition into one, keeping every row, the "

@@ -12,15 +12,18 @@ serialised), and keeps
 
 so anyone holding the log can recompute every digest.  Every ``meta_every``
 records, and at end of input, the log observes itself: a ``meta`` record
-with the records counted per layer so far and the digest of everything
-before it; that record enters the log and the digest like any other.
+with the records counted per layer so far, the digest of everything
+before it and, when the flow archives, every dataset's manifest head as
+last committed (:attr:`WitnessLog.heads`, :mod:`connectors.anchor`); that
+record enters the log and the digest like any other.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -151,6 +154,12 @@ class WitnessLog:
         self.counts = {layer: 0 for layer in _LAYERS}
         self.newest_t: int | None = None
         self._since_meta = 0
+        #: Called for each meta record: the archive's manifest heads to anchor
+        #: (:class:`connectors.anchor.ManifestHeads`), or None.  Not part of a snapshot.
+        self.heads: Callable[[], dict[str, Any]] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "heads": None}
 
     def continue_from(self, seq: int, digest: str) -> None:
         """Go on as the log whose next record is ``seq`` and whose digest so far is ``digest``.
@@ -184,7 +193,8 @@ class WitnessLog:
         return out
 
     def _observe(self, out: LoggedRecords) -> None:
-        payload = to_json_bytes(MetaWitness(records=dict(self.counts), log_sha256=self.digest))
+        heads = self.heads() if self.heads is not None else {}
+        payload = to_json_bytes(MetaWitness(records=dict(self.counts), log_sha256=self.digest, heads=heads))
         t = self.newest_t or 0
         self._since_meta = 0
         self._chain(out, "meta", [t], [None], [witness_record_json("meta", t, payload)])

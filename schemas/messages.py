@@ -65,6 +65,7 @@ __all__ = [
     "DeadLetterReason",
     "InvalidSample",
     "MacroWitness",
+    "ManifestHead",
     "MesoWitness",
     "MetaWitness",
     "MicroWitness",
@@ -653,6 +654,15 @@ class MacroWitness(_Wire):
     """Newest minus oldest product time in the Master's window, seconds."""
 
 
+class ManifestHead(_Wire):
+    """An archive dataset's manifest as last committed: the anchor of its hash chain."""
+
+    lines: NonNegativeInt
+    """Lines (files) in ``_meta/<dataset>/MANIFEST.jsonl``."""
+    sha256: Sha256Hex
+    """SHA-256 of the last line's text (the next line's ``prev``); 64 zeros for no line."""
+
+
 class MetaWitness(_Wire):
     """``meta``: the witness observing itself."""
 
@@ -660,6 +670,8 @@ class MetaWitness(_Wire):
     """Records emitted so far per layer."""
     log_sha256: Sha256Hex
     """Running digest (:func:`witness_log_digest`) of every record before this one."""
+    heads: dict[str, ManifestHead] = Field(default_factory=dict)
+    """Every archived dataset's manifest head when the record was built (empty without an archive)."""
 
 
 _PAYLOADS: dict[str, type[_Wire]] = {
