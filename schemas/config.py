@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import difflib
+import math
 import os
 import re
 import types
@@ -677,6 +678,10 @@ class KafkaSection(RootModel[dict[str, Any]]):
     (``security.protocol``, ``ssl.*``, ``sasl.*``, ...) may be given with its
     dotted name as a plain key.  Set the section to null (the default) to run
     without Kafka.
+
+    The keys of :data:`KAFKA_OWN_KEYS` are this project's, not librdkafka's,
+    and are not passed on: ``unavailable_timeout`` (seconds, default 300; 0 =
+    wait forever) is how long the flow keeps running while no broker answers.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -686,9 +691,19 @@ class KafkaSection(RootModel[dict[str, Any]]):
         """The ``bootstrap.servers`` setting."""
         return str(self.root.get("bootstrap.servers", ""))
 
+    @property
+    def unavailable_timeout(self) -> float:
+        """``unavailable_timeout``: seconds the flow waits for an unreachable cluster (0 = forever)."""
+        return float(self.root.get("unavailable_timeout", DEFAULT_UNAVAILABLE_TIMEOUT))
+
     def client_settings(self) -> dict[str, str]:
         """A fresh librdkafka settings dict (values as strings, as librdkafka expects)."""
-        return {k: _kafka_value_text(v) for k, v in self.root.items()}
+        return {k: _kafka_value_text(v) for k, v in self.root.items() if k not in KAFKA_OWN_KEYS}
+
+
+#: Keys of the ``kafka`` section that are this project's settings, not librdkafka's.
+KAFKA_OWN_KEYS = frozenset({"unavailable_timeout"})
+DEFAULT_UNAVAILABLE_TIMEOUT = 300.0
 
 
 def _kafka_value_text(value: Any) -> str:
@@ -975,11 +990,23 @@ def _kafka_settings(c: Any) -> Iterator[tuple[str, str]]:
             yield path, f"{path}: not a librdkafka property name (lower case words joined by '.')"
         elif key == "group.id":
             yield path, f"{path}: set source.group_id instead (the consumer group belongs to the source)"
+        elif key == "unavailable_timeout":
+            yield from _unavailable_timeout_problems(path, value)
         elif isinstance(value, (dict, list, tuple)) or value is None:
             yield path, f"{path} ({_fmt(value)}) must be a string, number or true/false"
     servers = settings.get("bootstrap.servers")
     if not isinstance(servers, str) or not servers.strip():
         yield "kafka.bootstrap.servers", "kafka.bootstrap.servers: required (e.g. 'localhost:9092') when kafka is set"
+
+
+def _unavailable_timeout_problems(path: str, value: Any) -> Iterator[tuple[str, str]]:
+    try:
+        seconds = None if isinstance(value, bool) else float(value)
+    except (TypeError, ValueError):
+        seconds = None
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        yield path, (f"{path} ({_fmt(value)}) must be a number of seconds, 0 or more "
+                     "(how long the flow runs while no Kafka broker answers; 0 = wait forever)")
 
 
 @_rule("source.kind", "kafka")
@@ -1407,10 +1434,11 @@ def _env_target(parts: list[str], raw: Mapping[str, Any]) -> tuple[list[str], bo
             kind = node.get("kind") if isinstance(node, Mapping) else None
             shape, target = "model", target.get(kind, SyntheticSource)
         if shape == "mapping":
-            # librdkafka names use dots; environment names cannot, so '_' stands for '.'.
+            # librdkafka names use dots; environment names cannot, so '_' stands for '.'
+            # (except in this project's own keys).
             if i != len(parts) - 1:
                 raise ValueError(f"{_join(path)} settings have no sub-keys")
-            return path + [part.replace("_", ".")], True
+            return path + [part if part in KAFKA_OWN_KEYS else part.replace("_", ".")], True
         if shape != "model":
             raise ValueError(f"{here} is a value, not a section; set it as a whole")
         if part not in target.model_fields:
