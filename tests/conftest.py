@@ -113,3 +113,54 @@ def read_topic(bootstrap: str, topic: str, expected: int | None = None) -> list[
         return sorted(got, key=lambda m: (m.partition(), m.offset()))
     finally:
         consumer.close()
+
+
+# --------------------------------------------------------------------------
+# Shared by the end-to-end tests: samples, topics, archives.
+
+#: Four synthetic sensors of every kind the end-to-end tests need (one with two channels).
+FLEET = (("steady-1", "steady", 1), ("switch-1", "switching", 1), ("noise-1", "noise", 1), ("steady-2", "steady", 2))
+START_US = 1_735_689_600_000_000  # 2025-01-01T00:00:00Z
+
+#: The datasets a run's results are compared on, and the keys that order their rows.
+COMPARED_DATASETS = {"input": ["sensor", "t"], "temporal_signatures": ["sensor", "transducer", "t"],
+                     "coherence_history": ["sensor", "t"], "events": ["sensor", "t"]}
+
+
+def fleet_samples(duration_us: int, seed: int) -> dict:
+    """Each :data:`FLEET` sensor's (t_us, phase) at 100 Hz from :data:`START_US`."""
+    import collections
+
+    import numpy as np
+
+    from connectors.synthetic import SyntheticSensor, synthetic_batches
+
+    sensors = [SyntheticSensor(name, kind, channels=channels) for name, kind, channels in FLEET]
+    parts: dict[str, list] = collections.defaultdict(list)
+    for name, t, phase in synthetic_batches(sensors, period_us=10_000, duration_us=duration_us,
+                                            start_us=START_US, seed=seed):
+        parts[name].append((t, phase))
+    return {n: (np.concatenate([t for t, _ in p]), np.concatenate([ph for _, ph in p])) for n, p in parts.items()}
+
+
+def partitioned_topic(bootstrap: str, partitions: int = 4) -> str:
+    """A new topic with ``partitions`` partitions."""
+    from confluent_kafka.admin import AdminClient
+
+    from connectors.kafka import ensure_topics
+
+    topic = unique_topic()
+    ensure_topics(AdminClient({"bootstrap.servers": bootstrap}), [topic], partitions)
+    return topic
+
+
+def archive_rows(root: Path, datasets: dict[str, list[str]] = COMPARED_DATASETS) -> dict[str, list[dict]]:
+    """Each dataset's rows, ordered by its keys, without the partition columns."""
+    from connectors.archive import open_dataset
+
+    out = {}
+    for name, keys in datasets.items():
+        table = open_dataset(root / name).to_table()
+        table = table.drop_columns([c for c in ("date", "hour") if c in table.column_names])
+        out[name] = table.sort_by([(k, "ascending") for k in keys]).to_pylist()
+    return out

@@ -22,40 +22,31 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient
 
-from connectors.archive import open_dataset
 from connectors.files import PhaseColumns
 from connectors.kafka import (
     PhaseProducer,
     arrow_message,
     arrow_record_batch,
-    ensure_topics,
     producer_settings,
     sensor_partitions,
 )
-from connectors.synthetic import SyntheticSensor, synthetic_batches
 from flows.run import run_flow
 from schemas.config import parse_config
 from schemas.messages import ARROW_STREAM_CONTENT_TYPE, CONTENT_TYPE_HEADER, DeadLetter, from_json_bytes
-from tests.conftest import BIN, clean_env, read_topic, unique_topic
+from tests.conftest import (
+    BIN,
+    COMPARED_DATASETS,
+    archive_rows,
+    clean_env,
+    fleet_samples,
+    partitioned_topic,
+    read_topic,
+    unique_topic,
+)
 
-START_US = 1_735_689_600_000_000  # 2025-01-01T00:00:00Z
 PARTITIONS = 4
 ARROW = [(CONTENT_TYPE_HEADER, ARROW_STREAM_CONTENT_TYPE.encode())]
-COMPARED = ("input", "temporal_signatures", "coherence_history", "events")
-SORT_KEYS = {"input": ["sensor", "t"], "temporal_signatures": ["sensor", "transducer", "t"],
-             "coherence_history": ["sensor", "t"], "events": ["sensor", "t"]}
-
-
-def _samples() -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    sensors = [SyntheticSensor("steady-1", "steady"), SyntheticSensor("switch-1", "switching"),
-               SyntheticSensor("noise-1", "noise"), SyntheticSensor("steady-2", "steady", channels=2)]
-    parts: dict[str, list] = collections.defaultdict(list)
-    for name, t, phase in synthetic_batches(sensors, period_us=10_000, duration_us=24_000_000,
-                                            start_us=START_US, seed=3):
-        parts[name].append((t, phase))
-    return {n: (np.concatenate([t for t, _ in p]), np.concatenate([ph for _, ph in p])) for n, p in parts.items()}
 
 
 def _chunks(samples, start: float, stop: float) -> list[PhaseColumns]:
@@ -65,12 +56,6 @@ def _chunks(samples, start: float, stop: float) -> list[PhaseColumns]:
         lo, hi = int(len(t) * start), int(len(t) * stop)
         out.append(PhaseColumns.from_numpy(name, t[lo:hi], phase[lo:hi]))
     return out
-
-
-def _topic(bootstrap: str) -> str:
-    topic = unique_topic()
-    ensure_topics(AdminClient({"bootstrap.servers": bootstrap}), [topic], PARTITIONS)
-    return topic
 
 
 def _config(bootstrap: str, topic: str, root, **source):
@@ -83,15 +68,6 @@ def _config(bootstrap: str, topic: str, root, **source):
         "memory": {"storage": {"path": str(root)}},
         "metrics": {"enabled": False},
     })
-
-
-def _archive(root) -> dict[str, list[dict]]:
-    out = {}
-    for name in COMPARED:
-        table = open_dataset(root / name).to_table()
-        table = table.drop_columns([c for c in ("date", "hour") if c in table.column_names])
-        out[name] = table.sort_by([(k, "ascending") for k in SORT_KEYS[name]]).to_pylist()
-    return out
 
 
 @dataclass
@@ -151,17 +127,17 @@ def _send_hostile(producer: Producer, topic: str, samples) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def runs(bootstrap, tmp_path_factory) -> Runs:
-    samples = _samples()
+    samples = fleet_samples(24_000_000, seed=3)
     producer = Producer(producer_settings(None, bootstrap=bootstrap))
 
-    clean_topic = _topic(bootstrap)
+    clean_topic = partitioned_topic(bootstrap, PARTITIONS)
     sender = PhaseProducer(producer, clean_topic, wire="arrow", batch_rows=700)
     for chunk in _chunks(samples, 0.0, 1.0):
         sender.send(chunk)
     sender.finish()
     assert sender.failed == 0
 
-    hostile_topic = _topic(bootstrap)
+    hostile_topic = partitioned_topic(bootstrap, PARTITIONS)
     sender = PhaseProducer(producer, hostile_topic, wire="arrow", batch_rows=700)
     for chunk in _chunks(samples, 0.0, 0.5):
         sender.send(chunk)
@@ -177,12 +153,12 @@ def runs(bootstrap, tmp_path_factory) -> Runs:
 
     clean_root = tmp_path_factory.mktemp("clean")
     clean_totals = run_flow(_config(bootstrap, clean_topic, clean_root)).totals()
-    clean = _archive(clean_root)
+    clean = archive_rows(clean_root)
     hostile_root = tmp_path_factory.mktemp("hostile")
     config = _config(bootstrap, hostile_topic, hostile_root)
     hostile_totals = run_flow(config).totals()
     dlq = read_topic(bootstrap, config.sink.topics.dlq)
-    return Runs(clean_topic, samples, clean, clean_totals, _archive(hostile_root), hostile_totals,
+    return Runs(clean_topic, samples, clean, clean_totals, archive_rows(hostile_root), hostile_totals,
                 [from_json_bytes(DeadLetter, m.value()) for m in dlq], [len(m.value()) for m in dlq], poison)
 
 
@@ -194,7 +170,7 @@ def test_arrow_produce_over_four_partitions_gives_no_late_sample(runs):
 
 
 def test_good_samples_around_hostile_ones_are_integrated_exactly_as_in_a_clean_run(runs):
-    for name in COMPARED:
+    for name in COMPARED_DATASETS:
         assert runs.hostile[name] == runs.clean[name], name
 
 
@@ -244,7 +220,7 @@ def test_dead_letters_stay_within_their_bounds(runs):
 def test_replay_into_kafka_over_four_partitions_gives_no_late_sample(runs, bootstrap, tmp_path):
     # The clean run's archive, replayed into a new 4-partition topic and run again.
     source_root = tmp_path / "source"
-    topic = _topic(bootstrap)
+    topic = partitioned_topic(bootstrap, PARTITIONS)
     run_flow(_config(bootstrap, runs.clean_topic, source_root))
     proc = subprocess.run([str(BIN), "replay", str(source_root), "--to-kafka", "--bootstrap", bootstrap,
                            "--topic", topic, "--format", "arrow"], capture_output=True, text=True,
@@ -254,7 +230,7 @@ def test_replay_into_kafka_over_four_partitions_gives_no_late_sample(runs, boots
     ledger = run_flow(_config(bootstrap, topic, root))
     accepted, rejected, _, _ = ledger.totals()
     assert rejected == 0 and accepted == len(runs.clean["input"])
-    assert _archive(root) == runs.clean
+    assert archive_rows(root) == runs.clean
 
 
 _RSS_SCRIPT = textwrap.dedent("""
@@ -373,7 +349,7 @@ def _fuzz_corpus(samples, rng: np.random.Generator) -> list[tuple[str, bytes | N
 def test_the_fuzz_corpus_is_dead_lettered_message_by_message(bootstrap, tmp_path, runs):
     rng = np.random.default_rng(11)
     corpus = _fuzz_corpus(runs.samples, rng)
-    topic = _topic(bootstrap)
+    topic = partitioned_topic(bootstrap, PARTITIONS)
     producer = Producer(producer_settings(None, bootstrap=bootstrap))
     sender = PhaseProducer(producer, topic, wire="arrow", batch_rows=700)
     for chunk in _chunks(runs.samples, 0.0, 0.5):
@@ -402,4 +378,4 @@ def test_the_fuzz_corpus_is_dead_lettered_message_by_message(bootstrap, tmp_path
     assert len(dead) == len(corpus) and got == expected
     assert collections.Counter(expected.values())["late"] == 40
     assert rejected == len(corpus) and accepted == len(runs.clean["input"])
-    assert _archive(tmp_path) == runs.clean
+    assert archive_rows(tmp_path) == runs.clean

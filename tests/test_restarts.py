@@ -8,7 +8,6 @@ events of an uninterrupted run.
 
 from __future__ import annotations
 
-import collections
 import json
 import os
 import signal
@@ -21,28 +20,22 @@ import numpy as np
 import pytest
 import yaml
 from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient
 
 from connectors.archive import open_dataset
 from connectors.files import PhaseColumns
-from connectors.kafka import PhaseProducer, ensure_topics, producer_settings
-from connectors.synthetic import SyntheticSensor, synthetic_batches
+from connectors.kafka import PhaseProducer, producer_settings
 from flows.run import run_flow
 from schemas.config import parse_config
-from tests.conftest import BIN, WAIT, clean_env, read_topic, unique_topic
-
-START_US = 1_735_689_600_000_000
-SENSORS = [SyntheticSensor("steady-1", "steady"), SyntheticSensor("switch-1", "switching"),
-           SyntheticSensor("noise-1", "noise"), SyntheticSensor("steady-2", "steady", channels=2)]
-
-
-def _samples(duration_us: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    parts: dict[str, list] = collections.defaultdict(list)
-    for name, t, phase in synthetic_batches(SENSORS, period_us=10_000, duration_us=duration_us,
-                                            start_us=START_US, seed=9):
-        parts[name].append((t, phase))
-    return {n: (np.concatenate([t for t, _ in p]), np.concatenate([ph for _, ph in p])) for n, p in parts.items()}
-
+from tests.conftest import (
+    BIN,
+    WAIT,
+    archive_rows,
+    clean_env,
+    fleet_samples,
+    partitioned_topic,
+    read_topic,
+    unique_topic,
+)
 
 def _config_file(tmp_path, bootstrap: str, topic: str, root, **source) -> str:
     prefix = unique_topic("test.out")
@@ -76,33 +69,17 @@ def _produce(bootstrap: str, topic: str, samples, seconds: float) -> threading.T
     return thread
 
 
-def _archive(root) -> dict[str, list]:
-    out = {}
-    for name, keys in (("input", ["sensor", "t"]), ("events", ["sensor", "t"]),
-                       ("temporal_signatures", ["sensor", "transducer", "t"]), ("coherence_history", ["sensor", "t"])):
-        table = open_dataset(root / name).to_table()
-        table = table.drop_columns([c for c in ("date", "hour") if c in table.column_names])
-        out[name] = table.sort_by([(k, "ascending") for k in keys]).to_pylist()
-    return out
-
-
 def _start(config: str, log, *args: str, **env) -> subprocess.Popen:
     return subprocess.Popen([str(BIN), "run", "--config", config, *args], stdout=log, stderr=subprocess.STDOUT,
                             env=clean_env(**env))
-
-
-def _topic(bootstrap: str) -> str:
-    topic = unique_topic()
-    ensure_topics(AdminClient({"bootstrap.servers": bootstrap}), [topic], 4)
-    return topic
 
 
 def _kill_loop(tmp_path, bootstrap: str, start) -> tuple[dict, dict, int]:
     """Run ``start(first, final, log)`` processes over a topic a paced producer fills, killing
     each with SIGKILL at a random moment (12 times), then one that reads to the end; the
     archives of that run and of an uninterrupted one, and the samples produced."""
-    samples = _samples(40_000_000)  # 16,000 samples
-    topic = _topic(bootstrap)
+    samples = fleet_samples(40_000_000, seed=9)  # 16,000 samples
+    topic = partitioned_topic(bootstrap)
     producing = _produce(bootstrap, topic, samples, seconds=25.0)
     root = tmp_path / "killed"
     # Restarts do not read the topic from the beginning: what they read again comes from the
@@ -125,7 +102,7 @@ def _kill_loop(tmp_path, bootstrap: str, start) -> tuple[dict, dict, int]:
     clean_root = tmp_path / "clean"
     run_flow(parse_config(yaml.safe_load(open(_config_file(tmp_path, bootstrap, topic, clean_root,
                                                            stop_at_end=True)))), recovery=tmp_path / "rec")
-    return _archive(root), _archive(clean_root), sum(len(t) for t, _ in samples.values())
+    return archive_rows(root), archive_rows(clean_root), sum(len(t) for t, _ in samples.values())
 
 
 def _assert_exact(killed: dict, clean: dict, produced: int) -> None:
@@ -173,8 +150,8 @@ def test_kill_9_loop_of_bytewax_run_keeps_one_witness_chain(bootstrap, tmp_path)
 
 
 def test_sigterm_drains_and_exits_0_with_the_archive_equal_to_the_topics(bootstrap, tmp_path):
-    samples = _samples(20_000_000)
-    topic = _topic(bootstrap)
+    samples = fleet_samples(20_000_000, seed=9)
+    topic = partitioned_topic(bootstrap)
     producing = _produce(bootstrap, topic, samples, seconds=6.0)
     root = tmp_path / "archive"
     config = _config_file(tmp_path, bootstrap, topic, root)
