@@ -24,6 +24,12 @@ Producing samples
     sample, or Arrow IPC stream messages of many samples), at a given rate,
     and counts what was delivered.
 
+The dataflow's source and sink
+    :class:`~connectors.topic_source.TopicSource` and
+    :class:`~connectors.topic_sink.TopicSink` (importable from here too);
+    the clients' log lines, connection state and outage timeout are
+    :mod:`connectors.kafka_health`.
+
 >>> with MockBroker() as broker:                                 # doctest: +SKIP
 ...     admin = connect_admin(admin_settings(None, bootstrap=broker.bootstrap))
 ...     ensure_topics(admin, ["becomingone.phases"])
@@ -37,22 +43,18 @@ import zlib
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
-from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic
 
 from connectors.files import PhaseColumns
-from connectors.metrics import metrics
+from connectors.kafka_health import librdkafka_logger
 from schemas.config import KafkaSection
 from schemas.messages import ARROW_STREAM_CONTENT_TYPE, CONTENT_TYPE_HEADER, PhaseSample
 
@@ -139,8 +141,9 @@ def _base_settings(kafka: KafkaSection | None, bootstrap: str | None, client_id:
         )
     if client_id:
         settings.setdefault("client.id", client_id)
-    # librdkafka's own log lines go to Python logging, where the caller decides what shows.
-    settings.setdefault("logger", log)
+    # librdkafka's own log lines go to Python logging, where the caller decides what shows,
+    # with repeats held back (a broker that is down makes every client retry many times a second).
+    settings.setdefault("logger", librdkafka_logger())
     return settings
 
 
@@ -784,265 +787,17 @@ class PhaseProducer:
 
 
 # --------------------------------------------------------------------------
-# The dataflow's output sink.
+# The dataflow's source and sink live in their own modules; their names stay importable from here.
+
+_MOVED = {"TopicSource": "connectors.topic_source", "IDLE_POLL": "connectors.topic_source",
+          "_TopicPartitionReader": "connectors.topic_source", "TopicSink": "connectors.topic_sink",
+          "TopicMessages": "connectors.topic_sink", "Shrink": "connectors.topic_sink",
+          "_TopicSinkPartition": "connectors.topic_sink"}
 
 
-@dataclass(frozen=True, slots=True)
-class TopicMessages:
-    """Many messages for one topic as one :class:`TopicSink` item: message i is
-    ``keys[i]`` (bytes or None) and ``values[i]``, in order.
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        import importlib
 
-    One item instead of a ``(topic, key, value)`` tuple per message: a
-    dataflow item costs Python calls at every step it passes.
-    """
-
-    topic: str
-    keys: Sequence[bytes | None]
-    values: Sequence[bytes]
-
-
-#: A smaller stand-in for a message its topic refused (None: nothing left to drop).
-Shrink = Callable[[bytes], "bytes | None"]
-
-
-class _TopicSinkPartition(StatelessSinkPartition["tuple[str, bytes | None, bytes] | TopicMessages"]):
-    def __init__(self, settings: Mapping[str, Any], timeout: float, shrink: Mapping[str, Shrink]) -> None:
-        # Only failures are reported: a Python callback per delivered message cost more
-        # than producing it, and the flush at the end of each batch waits for all of them.
-        # One callback for the producer: none is passed per message.
-        self._producer = Producer({**settings, "delivery.report.only.error": True, "on_delivery": self._on_delivery})
-        self._timeout = timeout
-        self._errors: list[str] = []
-        self._shrink = dict(shrink)
-        self._refused: list[tuple[str, bytes, str]] = []
-
-    def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
-        if err is not None:
-            if msg.topic() in self._shrink:
-                self._refused.append((msg.topic(), msg.value(), err.str()))
-            else:
-                self._errors.append(f"{msg.topic()}: {err.str()}")
-
-    def _resend_refused(self) -> None:
-        """Messages of a topic with a stand-in (the dead letters) never stop the flow: a refused one
-        is sent again as its smaller stand-in, and one refused again is logged and dropped."""
-        m = metrics()
-        while self._refused:
-            refused, self._refused = self._refused, []
-            for topic, value, why in refused:
-                smaller = self._shrink[topic](value) if value is not None else None
-                if smaller is None:
-                    m.dead_letter_refusals.labels("dropped").inc()
-                    log.error("topic %s refused a record again (%s); dropped: %s", topic, why,
-                              (value or b"")[:300].decode("utf-8", "replace"))
-                    continue
-                m.dead_letter_refusals.labels("resent_without_original").inc()
-                log.warning("topic %s refused a record of %d bytes (%s); sent again without the original bytes",
-                            topic, len(value), why)
-                self._produce(topic, (None,), (smaller,))
-            self._producer.flush(self._timeout)
-
-    def write_batch(self, items: list[tuple[str, bytes | None, bytes] | TopicMessages]) -> None:
-        for item in items:
-            if type(item) is TopicMessages:
-                self._produce(item.topic, item.keys, item.values)
-            else:
-                topic, key, value = item
-                self._produce(topic, (key,), (value,))
-        # Every message of the batch is delivered (or failed) before the
-        # dataflow moves on: nothing is lost silently.
-        remaining = self._producer.flush(self._timeout)
-        if remaining:
-            self._errors.append(f"{remaining} message(s) not delivered within {self._timeout:g} s")
-        self._resend_refused()
-        if self._errors:
-            errors, self._errors = self._errors, []
-            raise DeliveryFailed(f"{len(errors)} output message(s) failed; first: {errors[0]}")
-
-    def _produce(self, topic: str, keys: Sequence[bytes | None], values: Sequence[bytes]) -> None:
-        produce = self._producer.produce
-        for key, value in zip(keys, values, strict=True):
-            while True:
-                try:
-                    produce(topic, value, key)
-                    break
-                except KafkaException as exc:  # refused before queueing, e.g. above message.max.bytes
-                    if topic not in self._shrink:
-                        raise
-                    self._refused.append((topic, value, exc.args[0].str()))
-                    break
-                except BufferError:
-                    # The local queue is full: wait for deliveries.  Not poll(): with reports
-                    # for failures only it has no event to wake it, and waited about 20 ms
-                    # (the linger) each time on the local broker; flush() returns as soon as
-                    # the queue has drained (under 1 ms there).
-                    self._producer.flush(0.1)
-
-    def close(self) -> None:
-        self._producer.flush(self._timeout)
-
-
-class TopicSink(DynamicSink["tuple[str, bytes | None, bytes] | TopicMessages"]):
-    """A Bytewax sink for ``(topic, key, value)`` items (or :class:`TopicMessages`
-    for many messages of one topic), one producer per worker.
-
-    Unlike a fire-and-forget producer, each batch waits for its delivery
-    reports, and a failed delivery stops the dataflow with
-    :class:`DeliveryFailed` naming the topic and librdkafka's error.  Each
-    worker first creates the missing ``topics`` where the cluster allows it.
-
-    Messages of a topic in ``shrink`` never stop the dataflow: one the
-    topic refuses (too large, say) is sent again as ``shrink[topic](value)``
-    without a key; one refused again, or with no stand-in, is logged and
-    counted (``becomingone_dead_letter_refusals_total``).  The flow gives the
-    dead-letter topic :func:`schemas.messages.without_original`.
-
-    Args:
-        settings: producer settings (:func:`producer_settings`).
-        topics: the output topics.
-        admin: admin client settings for creating them (None: ``settings``).
-        shrink: per topic, the smaller stand-in of a refused message.
-    """
-
-    def __init__(self, settings: Mapping[str, Any], topics: Iterable[str], *,
-                 admin: Mapping[str, Any] | None = None, shrink: Mapping[str, Shrink] | None = None) -> None:
-        self.settings = dict(settings)
-        self.topics = list(topics)
-        self.admin = dict(admin) if admin is not None else dict(settings)
-        self.shrink = dict(shrink or {})
-        self.timeout = float(self.settings.get("message.timeout.ms", 300_000)) / 1000.0 + 5.0
-
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _TopicSinkPartition:
-        # Every worker, not only the first: none may produce before the topics
-        # exist, and "already exists" is fine.
-        ensure_topics(connect_admin(self.admin), self.topics)
-        return _TopicSinkPartition(self.settings, self.timeout, self.shrink)
-
-
-# --------------------------------------------------------------------------
-# Source: one consumer per partition that never blocks the worker.
-
-#: After a poll that found nothing, a partition is polled again this much later.
-IDLE_POLL = timedelta(milliseconds=1)
-
-
-class _TopicPartitionReader(StatefulSourcePartition[Any, int]):
-    """One partition of a topic, read from an offset Bytewax keeps (its recovery state).
-
-    A poll takes what the client has fetched already and returns at once: a
-    partition with nothing waiting must not hold up the worker, which also
-    polls the other partitions and runs every step of the flow.  When a poll
-    finds nothing, :meth:`next_awake` asks to be polled again after
-    :data:`IDLE_POLL` instead.
-    """
-
-    def __init__(self, settings: dict[str, Any], topic: str, partition: int, offset: int, batch_size: int,
-                 tail: bool) -> None:
-        from confluent_kafka import Consumer, TopicPartition
-
-        self._consumer = Consumer({**settings, "enable.auto.commit": False, "enable.partition.eof": not tail})
-        # Know the partition's leader before the assignment: assigned without it,
-        # librdkafka retries the first offset lookup only after 500 ms.
-        try:
-            self._consumer.list_topics(topic, timeout=10)
-        except KafkaException as exc:
-            self._consumer.close()
-            raise TopicSetupError(f"no metadata for Kafka topic {topic!r} within 10 s: {exc.args[0].str()}") from None
-        self._consumer.assign([TopicPartition(topic, partition, offset)])
-        self._topic, self._partition = topic, partition
-        self._offset = offset
-        self._batch_size = batch_size
-        self._eof = False
-        self._awake: datetime | None = None
-
-    def next_batch(self) -> list[Message]:
-        if self._eof:
-            raise StopIteration
-        batch = self._consumer.consume(self._batch_size, 0)
-        # Errors are rare: look at each message's error, touch nothing else.
-        for i, msg in enumerate(batch):
-            error = msg.error()
-            if error is not None:
-                if error.code() != KafkaError._PARTITION_EOF:
-                    raise RuntimeError(f"error consuming from Kafka topic {self._topic!r} partition "
-                                       f"{self._partition}: {error}")
-                self._eof = True  # end the partition after the messages before it
-                batch = batch[:i]
-                break
-        if batch:
-            self._offset = batch[-1].offset() + 1  # resume after the last message taken
-        self._awake = None if batch or self._eof else datetime.now(timezone.utc) + IDLE_POLL
-        return batch
-
-    def next_awake(self) -> datetime | None:
-        return self._awake
-
-    def snapshot(self) -> int:
-        return self._offset
-
-    def close(self) -> None:
-        self._consumer.close()
-
-
-class TopicSource(FixedPartitionedSource[Any, int]):
-    """Bytewax source over every partition of ``topic``: one consumer per partition,
-    assigned (no consumer-group rebalancing), offsets kept by Bytewax's recovery.
-
-    Emits the client's ``confluent_kafka.Message`` objects as they come (no
-    copy per message; they cannot be pickled, so the step after the source
-    turns them into its own values on the same worker, as a Bytewax
-    ``map`` or ``flat_map_batch`` does).  Unlike
-    Bytewax's own ``KafkaSource``, whose polls wait up to a millisecond for
-    ``batch_size`` messages each, a poll here never waits (see
-    :class:`_TopicPartitionReader`): with several partitions those waits
-    came one after another on the worker, before any message was processed.
-
-    Args:
-        settings: consumer settings (``bootstrap.servers`` included; ``group.id``
-            names the consumers only).
-        topic: the topic.
-        starting_offset: ``OFFSET_BEGINNING`` or ``OFFSET_END``, when there is no
-            resume state.
-        batch_size: at most this many messages per poll of a partition.
-        tail: keep waiting for new messages at the end (False: a partition ends
-            at its end).
-        admin: admin-client settings for listing the partitions (default: the
-            ``bootstrap.servers`` of ``settings``).
-        create_topics: topics to create first where the broker allows it
-            (:func:`ensure_topics`).
-
-    >>> from confluent_kafka import OFFSET_BEGINNING
-    >>> TopicSource({"bootstrap.servers": "localhost:9092"}, "phases", OFFSET_BEGINNING, 100).topic
-    'phases'
-    """
-
-    def __init__(self, settings: Mapping[str, Any], topic: str, starting_offset: int, batch_size: int, *,
-                 tail: bool = True, admin: Mapping[str, Any] | None = None,
-                 create_topics: Iterable[str] = ()) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        self.settings = dict(settings)
-        self.topic = topic
-        self.starting_offset = starting_offset
-        self.batch_size = batch_size
-        self.tail = tail
-        self.admin = dict(admin) if admin is not None else {"bootstrap.servers": self.settings["bootstrap.servers"]}
-        self.create_topics = list(create_topics)
-
-    def list_parts(self) -> list[str]:
-        client = connect_admin(self.admin)
-        if self.create_topics:
-            ensure_topics(client, self.create_topics)
-        metadata = _metadata(client, 10.0, self.topic)
-        found = metadata.topics.get(self.topic)
-        if found is None or found.error is not None:
-            raise TopicSetupError(f"cannot list the partitions of Kafka topic {self.topic!r}: "
-                                  f"{found.error if found is not None else 'no such topic'}")
-        return [f"{p}-{self.topic}" for p in sorted(found.partitions)]
-
-    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _TopicPartitionReader:
-        index, topic = for_part.split("-", 1)
-        if topic != self.topic:
-            raise ValueError(f"resume state is for Kafka topic {topic!r}, this source reads {self.topic!r}")
-        offset = self.starting_offset if resume_state is None else resume_state
-        return _TopicPartitionReader(self.settings, topic, int(index), offset, self.batch_size, self.tail)
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

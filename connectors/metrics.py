@@ -1,8 +1,10 @@
 """Prometheus metrics of the pipeline, its HTTP endpoint, and the per-sensor run ledger.
 
 Metrics live in prometheus-client's process-wide default registry, beside
-the Python process metrics and Bytewax's own Kafka consumer-lag gauge, so one
-scrape of ``http://<metrics.bind>:<metrics.port>/metrics`` shows them all:
+the Python process metrics and the Kafka clients' gauges
+(``becomingone_source_lag_messages``, ``becomingone_kafka_connected``; see
+:mod:`connectors.kafka_health`), so one scrape of
+``http://<metrics.bind>:<metrics.port>/metrics`` shows them all:
 
 ==========================================  =========  =====================================
 name                                        type       labels

@@ -638,13 +638,19 @@ class DeadLetterFile(DynamicSink[bytes]):
 
 
 def _kafka_sink(config: Config):
-    from connectors.kafka import TopicSink, admin_settings, producer_settings
+    from connectors.kafka import admin_settings, producer_settings
+    from connectors.topic_sink import TopicSink
 
     name = config.becomingone.name
     topics = config.sink.topics
-    return TopicSink(producer_settings(config.kafka, client_id=name),
-                      [getattr(topics, r) for r in ("collapse", "witness", "sync", "dlq")],
-                      admin=admin_settings(config.kafka, client_id=name), shrink={topics.dlq: without_original})
+    settings = producer_settings(config.kafka, client_id=name)
+    wait = config.kafka.unavailable_timeout
+    if "message.timeout.ms" not in config.kafka.root:
+        # Output waits for an unreachable cluster as long as the flow does (then 30 s more; 0: forever).
+        settings["message.timeout.ms"] = str(int((wait + 30.0) * 1000)) if wait > 0 else "0"
+    return TopicSink(settings, [getattr(topics, r) for r in ("collapse", "witness", "sync", "dlq")],
+                     admin=admin_settings(config.kafka, client_id=name), shrink={topics.dlq: without_original},
+                     unavailable_timeout=wait)
 
 
 # --------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from typing import Any
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
+from connectors.kafka_health import set_draining
 from operators.decode import RawMessage
 from operators.samples import SampleBatch
 from schemas.config import Config, FileSource, KafkaSource, SyntheticSource
@@ -43,6 +44,7 @@ def request_stop() -> None:
     of input.
     """
     _stop.set()
+    set_draining(True)  # output for an unreachable Kafka cluster no longer holds the stop
 
 
 def stop_requested() -> bool:
@@ -53,6 +55,7 @@ def stop_requested() -> bool:
 def clear_stop_request() -> None:
     """Let sources built from now on read again (a new run in the same process)."""
     _stop.clear()
+    set_draining(False)
 
 
 class _Stoppable(StatefulSourcePartition[Any, Any]):
@@ -227,20 +230,20 @@ class PhaseFile(FixedPartitionedSource[RawMessage, int]):
 
 
 def kafka_source(config: Config):
-    """The Kafka source over ``source.topic`` (:class:`connectors.kafka.TopicSource`),
+    """The Kafka source over ``source.topic`` (:class:`connectors.topic_source.TopicSource`),
     with the config's client settings; it creates the flow's topics first where
     the broker allows it."""
     from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
 
-    from connectors.kafka import TopicSource, admin_settings, consumer_settings
+    from connectors.kafka import admin_settings, consumer_settings
+    from connectors.topic_source import TopicSource
 
     src = config.source
     assert isinstance(src, KafkaSource)
-    # group.id names the consumers; offsets are Bytewax's, kept by its recovery.
+    # Offsets are Bytewax's, kept by its recovery; they are committed to group.id for lag tools only.
     settings = consumer_settings(config.kafka, src.group_id, from_beginning=src.from_beginning,
                                  client_id=config.becomingone.name)
     settings.pop("auto.offset.reset", None)  # the start is starting_offset or Bytewax's resume state
-    settings.pop("logger", None)
     topics = [src.topic] + [getattr(config.sink.topics, r) for r in ("collapse", "witness", "sync", "dlq")]
 
     class PhaseTopic(TopicSource):
@@ -249,7 +252,7 @@ def kafka_source(config: Config):
 
     return PhaseTopic(settings, src.topic, OFFSET_BEGINNING if src.from_beginning else OFFSET_END, src.batch_size,
                       tail=not src.stop_at_end, admin=admin_settings(config.kafka, client_id=config.becomingone.name),
-                      create_topics=topics)
+                      create_topics=topics, unavailable_timeout=config.kafka.unavailable_timeout)
 
 
 class ArchiveSlices(StatefulSourcePartition[SampleBatch, int]):

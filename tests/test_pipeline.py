@@ -291,3 +291,25 @@ def test_metrics_endpoint_matches_the_events(run):
     assert ("becomingone_active_sensors", ()) in run.metrics_after
     assert ("becomingone_sensors_collapsed", ()) in run.metrics_after
     assert not any(name == "becomingone_sensor_coherence_sync" for name, _ in run.metrics_after)
+
+
+def test_offsets_are_committed_to_the_group_and_the_lag_gauge_ends_at_zero(run):
+    """After the run a separate consumer sees the group's committed offsets at the topic's end
+    (what kafka-consumer-groups shows), and the scrape after the run shows no lag."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    topic = run.config.source.topic
+    consumer = Consumer({"bootstrap.servers": run.bootstrap, "group.id": run.config.source.group_id,
+                         "enable.auto.commit": False})
+    try:
+        partitions = sorted(consumer.list_topics(topic, timeout=30).topics[topic].partitions)
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1] for p in partitions}
+        committed = {tp.partition: tp.offset
+                     for tp in consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=30)}
+    finally:
+        consumer.close()
+    assert sum(ends.values()) > 0 and committed == ends
+    for p in partitions:
+        labels = (("partition", str(p)), ("topic", topic))
+        assert run.metrics_after[("becomingone_source_lag_messages", labels)] == 0
+        assert run.metrics_after[("becomingone_kafka_connected", (("client", f"consumer:{topic}/{p}"),))] == 1
