@@ -95,6 +95,12 @@ class OffsetCommitter:
         future.add_done_callback(self._answered)
         return future
 
+    def poll(self) -> None:
+        """Serve the admin client's queued log lines (also while no commit is sent)."""
+        with self._lock:
+            if self._admin is not None:
+                self._admin.poll(0)
+
     def _answered(self, future: Future) -> None:
         try:
             result = future.result()
@@ -218,8 +224,11 @@ class _TopicPartitionReader(StatefulSourcePartition[Any, int]):
 
     def _commit(self) -> None:
         """Commit the position to the consumer group when it moved (not while the cluster is unreachable)."""
+        if self._committer is None:
+            return
         position = self._position()
-        if self._committer is None or position is None or position == self._committed or not self._reachable():
+        if position is None or position == self._committed or not self._reachable():
+            self._committer.poll()
             return
         future = self._committer.commit(self._topic, self._partition, position)
         if future is not None:
