@@ -29,7 +29,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     _log_to_stderr("becomingone run", level=logging.WARNING)
     from connectors.kafka import KafkaSetupError
-    from flows.run import Stopped, recovery_dir, run_flow
+    from flows.run import RecoveryMismatch, Stopped, recovery_dir, run_flow
 
     try:
         run_flow(config, workers=args.workers, out=sys.stdout, progress=sys.stderr, kafka_timeout=args.timeout,
@@ -43,7 +43,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("becomingone run: interrupted", file=sys.stderr)
         return 130
-    except KafkaSetupError as exc:
+    except (KafkaSetupError, RecoveryMismatch) as exc:
         print(f"becomingone run: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # the metrics port, or a Kafka cluster out of reach

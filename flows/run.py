@@ -11,6 +11,7 @@ are this process's view.
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import sys
@@ -30,7 +31,7 @@ from schemas.config import Config, KafkaSource, SyntheticSource
 from schemas.messages import format_utc
 from schemas.printable import printable
 
-__all__ = ["RECOVERY_PARTITIONS", "Stopped", "check_kafka", "recovery_dir", "run_flow"]
+__all__ = ["RECOVERY_PARTITIONS", "RecoveryMismatch", "Stopped", "check_kafka", "recovery_dir", "run_flow"]
 
 #: Partitions of a recovery store ``becomingone run`` creates (fixed for the store's life).
 RECOVERY_PARTITIONS = 4
@@ -49,11 +50,38 @@ def recovery_dir(config: Config) -> Path:
     return config.memory.root / "_recovery"
 
 
-def _recovery_config(path: Path) -> RecoveryConfig:
-    """The store at ``path``, created with :data:`RECOVERY_PARTITIONS` partitions if it has none."""
+class RecoveryMismatch(ValueError):
+    """The recovery state was made for another input than the config's."""
+
+
+def _recovery_identity(config: Config) -> dict[str, Any]:
+    # What names the flow's state in Bytewax's store: the source's partitions and the key groups.
+    src = config.source
+    where = src.topic if isinstance(src, KafkaSource) else getattr(src, "path", None)
+    return {"source": src.kind, "input": where, "key_groups": config.becomingone.key_groups}
+
+
+def _recovery_config(path: Path, config: Config) -> RecoveryConfig:
+    """The store at ``path``, created with :data:`RECOVERY_PARTITIONS` partitions if it has none.
+
+    Raises:
+        RecoveryMismatch: the store holds the state of another input (another topic or
+            file, another source kind, another ``becomingone.key_groups``).
+    """
+    identity = _recovery_identity(config)
+    stamp = path / "input.json"
     if not any(path.glob("part-*.sqlite3")):
         path.mkdir(parents=True, exist_ok=True)
         init_db_dir(path, RECOVERY_PARTITIONS)
+    elif stamp.exists():
+        stored = json.loads(stamp.read_text(encoding="utf-8"))
+        if stored != identity:
+            changed = ", ".join(f"{k} {stored.get(k)!r} -> {identity[k]!r}" for k in identity if stored.get(k) != identity[k])
+            raise RecoveryMismatch(
+                f"the recovery state in {path} is for another input ({changed}); remove that directory to "
+                f"start over (the archive keeps what it holds), point memory.storage.path elsewhere, or run with "
+                f"--no-recovery")
+    stamp.write_text(json.dumps(identity), encoding="utf-8")
     return RecoveryConfig(path)
 
 
@@ -162,6 +190,7 @@ def run_flow(config: Config, *, workers: int = 1, out: TextIO = sys.stdout, prog
             the Kafka cluster did not answer within ``kafka_timeout`` seconds
             (:class:`connectors.kafka.KafkaUnreachable`, see :func:`check_kafka`).
         connectors.kafka.KafkaSetupError: librdkafka rejected the Kafka settings.
+        RecoveryMismatch: ``recovery`` holds the state of another input.
     """
     check_kafka(config, kafka_timeout)
     if config.metrics.enabled:
@@ -170,7 +199,7 @@ def run_flow(config: Config, *, workers: int = 1, out: TextIO = sys.stdout, prog
     book.reset()
     clear_stop_request()  # an earlier run of this process may have been stopped
     flow = build_flow(config, replay=replay, source=source, recovery=recovery is not None)
-    recovery_config = _recovery_config(recovery) if recovery is not None else None
+    recovery_config = _recovery_config(recovery, config) if recovery is not None else None
     bar = _Progress(progress, book, config, span)
     started = time.monotonic()
     bar.start()

@@ -176,3 +176,30 @@ def test_sigterm_drains_and_exits_0_with_the_archive_equal_to_the_topics(bootstr
     assert open_dataset(root / "input").count_rows() == accepted > 0
     # The recovery state stays for the next run (a Kafka source resumes).
     assert any((root / "_recovery").glob("part-*.sqlite3"))
+
+
+def test_recovery_state_of_another_topic_is_refused_with_the_way_out(bootstrap, tmp_path):
+    samples = fleet_samples(2_000_000, seed=1)
+    topics = [partitioned_topic(bootstrap), partitioned_topic(bootstrap)]
+    for topic in topics:
+        _produce(bootstrap, topic, samples, seconds=0.1).join(timeout=60)
+    root = tmp_path / "archive"
+    first = _config_file(tmp_path, bootstrap, topics[0], root, stop_at_end=True)
+    proc = subprocess.run([str(BIN), "run", "--config", first], capture_output=True, text=True, env=clean_env(),
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    # Another topic over the same memory root: Bytewax would fail deep inside ("not in this
+    # worker's routing map"); the run says what differs and what to do, and starts nothing.
+    data = yaml.safe_load(open(first))
+    data["source"]["topic"] = topics[1]
+    second = tmp_path / "second.yaml"
+    second.write_text(yaml.safe_dump(data))
+    before = sorted(p.name for p in (root / "input").rglob("*.arrow"))
+    proc = subprocess.run([str(BIN), "run", "--config", str(second)], capture_output=True, text=True,
+                          env=clean_env(), timeout=300)
+    assert proc.returncode == 2
+    assert f"input {topics[0]!r} -> {topics[1]!r}" in proc.stderr and "--no-recovery" in proc.stderr
+    assert sorted(p.name for p in (root / "input").rglob("*.arrow")) == before
+    proc = subprocess.run([str(BIN), "run", "--config", str(second), "--no-recovery"], capture_output=True,
+                          text=True, env=clean_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr
