@@ -140,7 +140,7 @@ class _TopicPartitionReader(StatefulSourcePartition[Any, int]):
         self._committer = committer
         self._committed: int | None = None
         self._commit_future: Future | None = None
-        self._lag = kafka_metrics().source_lag.labels(topic, str(partition))
+        self._lag = None  # the gauge's series, made at the first measured lag: no 0 before it is known
         self._health = ConnectionHealth(f"consumer:{topic}/{partition}", str(settings.get("bootstrap.servers")),
                                         unavailable_timeout, on_stats=self._on_stats)
         # Partition ends are reported in tail mode too: the end offset resolves the position
@@ -155,6 +155,11 @@ class _TopicPartitionReader(StatefulSourcePartition[Any, int]):
             self._consumer.close()
             raise TopicSetupError(f"no metadata for Kafka topic {topic!r} within 10 s: {exc.args[0].str()}") from None
         self._consumer.assign([TopicPartition(topic, partition, offset)])
+
+    def _set_lag(self, messages: int) -> None:
+        if self._lag is None:
+            self._lag = kafka_metrics().source_lag.labels(self._topic, str(self._partition))
+        self._lag.set(messages)
 
     def next_batch(self) -> list[Message]:
         if self._eof:
@@ -188,7 +193,7 @@ class _TopicPartitionReader(StatefulSourcePartition[Any, int]):
                 raise RuntimeError(f"error consuming from Kafka topic {self._topic!r} partition "
                                    f"{self._partition}: {error}")
             self._end = msg.offset()
-            self._lag.set(0)
+            self._set_lag(0)
             if not self._tail:
                 self._eof = True  # end the partition after the messages before it
                 break
@@ -210,7 +215,7 @@ class _TopicPartitionReader(StatefulSourcePartition[Any, int]):
         position = self._position()
         if position is None:
             position = low if self._start == OFFSET_BEGINNING and low >= 0 else high
-        self._lag.set(max(high - position, 0))
+        self._set_lag(max(high - position, 0))
 
     def next_awake(self) -> datetime | None:
         return self._awake
