@@ -152,6 +152,20 @@ def test_each_sensor_is_computed_alone_whatever_else_is_in_the_call(fleet, rando
                     np.testing.assert_array_equal(a[mine], b)
 
 
+def test_times_before_the_epoch_use_the_same_grid():
+    """Grid points are ceil(t / I) * I for negative times too (exact integer arithmetic)."""
+    rng = np.random.default_rng(3)
+    t = np.cumsum(rng.integers(1_000, 9_000, 600)) - 2_000_000          # from -2 s to about +1 s
+    sensor = np.repeat(np.array([4, 2], np.int32), 300)
+    t = np.r_[t[:300], t[:300] + 7]
+    phase = np.mod(2 * np.pi * 4.0 * t * 1e-6 + rng.normal(0, 0.05, 600), 2 * np.pi)
+    s = _settings(KairosParams.from_seconds(0.05, velocity_span=0.01, omega=2.0), min_span_us=0)
+    got = fleet_resonance(sensor, t, phase, s)
+    assert got.emissary.t.min() < 0 and np.all(got.emissary.t % s.emissary_interval_us == 0)
+    _assert_same(got, fleet_resonance_reference(sensor, t, phase, s))
+    _assert_same(got, _engine(sensor, t, phase[:, None], s))
+
+
 # --- SPEC section 2 properties, over many sensors in one call ------------------------------------
 
 
