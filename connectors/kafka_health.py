@@ -40,7 +40,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from confluent_kafka import KafkaError
-from prometheus_client import REGISTRY, Gauge
+from connectors.metrics import metrics
 
 from schemas.config import DEFAULT_UNAVAILABLE_TIMEOUT  # seconds (kafka.unavailable_timeout)
 
@@ -53,7 +53,6 @@ __all__ = [
     "RepeatFilter",
     "draining",
     "cluster_unreachable",
-    "kafka_metrics",
     "librdkafka_logger",
     "set_draining",
 ]
@@ -144,29 +143,6 @@ class KafkaUnavailable(ConnectionError):
                          f"last error: {reason or 'none reported'}")
 
 
-class _KafkaMetrics:
-    def __init__(self, registry=REGISTRY) -> None:
-        self.connected = Gauge("becomingone_kafka_connected",
-                               "1 while the Kafka client reaches its cluster, 0 while no broker answers",
-                               ["client"], registry=registry)
-        self.source_lag = Gauge("becomingone_source_lag_messages",
-                                "Messages of the input partition not read yet (high watermark minus the next offset)",
-                                ["topic", "partition"], registry=registry)
-
-
-_metrics_lock = threading.Lock()
-_metrics: _KafkaMetrics | None = None
-
-
-def kafka_metrics() -> _KafkaMetrics:
-    """The Kafka gauges (registered once per process)."""
-    global _metrics
-    with _metrics_lock:
-        if _metrics is None:
-            _metrics = _KafkaMetrics()
-        return _metrics
-
-
 _draining = threading.Event()
 
 
@@ -223,7 +199,7 @@ class ConnectionHealth:
         self.reason = ""
         self._on_stats = on_stats
         self._up_reports = 0  # statistics reports in a row with a broker up
-        self._gauge = kafka_metrics().connected.labels(client)
+        self._gauge = metrics().kafka_connected.labels(client)
         self._gauge.set(1)
         with _clients_lock:
             _clients.add(self)

@@ -68,6 +68,12 @@ class PipelineMetrics:
         self.dead_letter_refusals = Counter(
             "becomingone_dead_letter_refusals", "Dead letters the topic refused: resent without the original "
             "bytes, or dropped (and logged) when refused again", ["outcome"], registry=registry)
+        self.kafka_connected = Gauge("becomingone_kafka_connected",
+                                     "1 while the Kafka client reaches its cluster, 0 while no broker answers",
+                                     ["client"], registry=registry)
+        self.source_lag = Gauge("becomingone_source_lag_messages",
+                                "Messages of the input partition not read yet (high watermark minus the next offset)",
+                                ["topic", "partition"], registry=registry)
         self.per_sensor_labels = False
         # Pre-create the label values, so a scrape lists every series from the start.
         for result in ("accepted", "malformed", "schema", "nan", "duplicate", "late", "future", "too_large",

@@ -40,9 +40,9 @@ from connectors.kafka_health import (
     DEFAULT_UNAVAILABLE_TIMEOUT,
     ConnectionHealth,
     cluster_unreachable,
-    kafka_metrics,
     librdkafka_logger,
 )
+from connectors.metrics import metrics
 
 __all__ = ["IDLE_POLL", "OffsetCommitter", "TopicSource"]
 
@@ -158,7 +158,7 @@ class _TopicPartitionReader(StatefulSourcePartition[Any, int]):
 
     def _set_lag(self, messages: int) -> None:
         if self._lag is None:
-            self._lag = kafka_metrics().source_lag.labels(self._topic, str(self._partition))
+            self._lag = metrics().source_lag.labels(self._topic, str(self._partition))
         self._lag.set(messages)
 
     def next_batch(self) -> list[Message]:
