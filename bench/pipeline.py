@@ -1932,7 +1932,7 @@ def render_markdown(res: BenchResult, command: str) -> str:
     if res.fleets:
         from bench import fleets
 
-        out += [fleets.markdown_section(res.fleets, level=2), ""]
+        out.append(fleets.markdown_section(res.fleets, level=2))  # ends with its blank line
     if res.kernel_cases:
         from bench import kernels
 
