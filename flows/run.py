@@ -163,7 +163,7 @@ def check_kafka(config: Config, timeout: float = 10.0) -> None:
     connect_admin(admin_settings(config.kafka, client_id=config.becomingone.name), timeout=timeout)
 
 
-def run_flow(config: Config, *, workers: int = 1, out: TextIO = sys.stdout, progress: TextIO = sys.stderr,
+def run_flow(config: Config, *, workers: int = 1, out: TextIO | None = None, progress: TextIO | None = None,
              replay: bool = False, source: Any = None, span: tuple[int, int] | None = None,
              kafka_timeout: float = 10.0, recovery: Path | None = None,
              snapshot_interval: float | None = None) -> RunLedger:
@@ -192,6 +192,9 @@ def run_flow(config: Config, *, workers: int = 1, out: TextIO = sys.stdout, prog
         connectors.kafka.KafkaSetupError: librdkafka rejected the Kafka settings.
         RecoveryMismatch: ``recovery`` holds the state of another input.
     """
+    # The streams of the call, not of the import: a caller may have replaced them since.
+    out = sys.stdout if out is None else out
+    progress = sys.stderr if progress is None else progress
     check_kafka(config, kafka_timeout)
     if config.metrics.enabled:
         serve(config.metrics.bind, config.metrics.port)
