@@ -1,0 +1,320 @@
+"""The fleet pass of :mod:`operators.columnar` as a stream: state carried between calls (SPEC 2 and 3).
+
+:func:`stream_resonance` takes one call's final samples of many sensors (the
+columns of :func:`operators.columnar.fleet_resonance`: grouped by sensor, in
+time order within a sensor, each sensor's rows strictly after its rows of
+earlier calls) and a :class:`operators.columnar_state.FleetState`, and returns
+the grid rows that became due.  Concatenated over the calls of a stream they
+are the rows of ``fleet_resonance`` over the whole input, whatever the split.
+
+When a grid point is due.  A sensor's watermark is its newest sample time
+(lateness 0: the samples given are final).  Its pending grid point of a
+transducer is ceil(t / I) I of its newest sample; it is emitted once the
+watermark reaches it (a sample at g or later), or at ``final``.  At that
+moment every product with t <= g has been integrated and none later, so the
+window (g - W, g] is complete.  Points due together are emitted in time order,
+a Master point before an Emissary point at the same time, so the sync at an
+Emissary point g sees the Master of the latest Master point <= g, as offline.
+
+Windows.  Each window keeps running compensated sums (S.re, S.im, A as float64
+pairs, error-free addition) of its panes (see :mod:`operators.columnar_state`)
+and subtracts a pane's compensated sums when the pane leaves (its end
+<= g - W).  Running sums cost O(1) per product and per point, where summing the
+window at each point would cost W / P; the pairs keep the drift of add-then-
+subtract at about eps^2 of what has passed, like the offline prefix sums.  A
+window whose products all have zero weight has A = 0 exactly (T = 0), as
+offline: the newest time of a product with |p| dt > 0 decides that, since a
+running sum after subtractions need not return to exactly 0.
+
+Growth.  A full ring stops the kernel at that row; Python moves the ring to a
+larger segment and the kernel resumes at the same row (all state is in the
+arrays after every row), so growth is rare (doubling) and nothing is per
+sample in Python.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from operators.columnar import _ceil_grid, _two_sum
+from operators.columnar_rows import FleetResonance, FleetSyncValues, FleetWindowValues, fleet_columns
+from operators.columnar_state import (CS, E_G, E_PEND, E_SUMS, E_WIN, H_CAP, H_LO, H_OFF, JP, LAST_PT, M_G,
+                                      M_PEND, M_SUMS, M_WIN, MP, N_SEEN, NO_TIME, SPAN_IN, COLLAPSED, W_CAP,
+                                      W_HEAD, W_LEN, W_N, W_NZ, W_OFF, FleetState, pane_width)
+from operators.lag import _wrap, window_term
+from operators.sync import COLLAPSE, DISSIPATE_COHERENCE, DISSIPATE_PHASE, NONE
+
+__all__ = ["FleetState", "stream_resonance"]
+
+_GROW_HIST, _GROW_E, _GROW_M, _DONE = 1, 2, 3, 0
+_MAX = np.iinfo(np.int64).max
+
+
+@njit(cache=True, nogil=True)
+def _window_add(ints, sums, r, base, sb, pt0, pn, ps, tk, c, a, pane):
+    """Integrate one product's terms (c = p e^{i omega t} dt, a = |p| dt) into a window and its pane."""
+    off, cap, head, length = ints[r, base + W_OFF], ints[r, base + W_CAP], ints[r, base + W_HEAD], ints[r, base + W_LEN]
+    end = _ceil_grid(tk, pane)
+    if length > 0 and _ceil_grid(pt0[off + (head + length - 1) % cap], pane) == end:
+        q = off + (head + length - 1) % cap
+    else:
+        q = off + (head + length) % cap
+        pt0[q] = tk
+        pn[q] = 0
+        for x in range(6):
+            ps[q, x] = 0.0
+        ints[r, base + W_LEN] = length + 1
+    pn[q] += 1
+    ints[r, base + W_N] += 1
+    if a > 0.0:
+        ints[r, base + W_NZ] = tk
+    vals = (c.real, c.imag, a)
+    for x in range(3):
+        ps[q, 2 * x], ps[q, 2 * x + 1] = _two_sum(ps[q, 2 * x], ps[q, 2 * x + 1], vals[x])
+        sums[r, sb + 2 * x], sums[r, sb + 2 * x + 1] = _two_sum(sums[r, sb + 2 * x], sums[r, sb + 2 * x + 1], vals[x])
+
+
+@njit(cache=True, nogil=True)
+def _window_value(ints, sums, r, base, sb, pt0, pn, ps, g, window, pane):
+    """Drop the panes ending at or before g - W; return (T, products, span us) over (g - W, g]."""
+    off, cap = ints[r, base + W_OFF], ints[r, base + W_CAP]
+    cut = g - window
+    while ints[r, base + W_LEN] > 0:
+        q = off + ints[r, base + W_HEAD]
+        if _ceil_grid(pt0[q], pane) > cut:
+            break
+        for x in range(6):  # subtract both halves of the pane's pair
+            sums[r, sb + x - x % 2], sums[r, sb + x - x % 2 + 1] = _two_sum(
+                sums[r, sb + x - x % 2], sums[r, sb + x - x % 2 + 1], -ps[q, x])
+        ints[r, base + W_N] -= pn[q]
+        ints[r, base + W_HEAD] = (ints[r, base + W_HEAD] + 1) % cap
+        ints[r, base + W_LEN] -= 1
+    if ints[r, base + W_LEN] == 0:
+        for x in range(6):
+            sums[r, sb + x] = 0.0
+        return 0j, np.int64(0), np.int64(0)
+    span = ints[r, LAST_PT] - pt0[off + ints[r, base + W_HEAD]]
+    if ints[r, base + W_NZ] <= cut:  # every product in the window has zero weight
+        return 0j, ints[r, base + W_N], span
+    a = sums[r, sb + 4] + sums[r, sb + 5]
+    T = complex(sums[r, sb] + sums[r, sb + 1], sums[r, sb + 2] + sums[r, sb + 3]) / a if a > 0.0 else 0j
+    return T, ints[r, base + W_N], span
+
+
+@njit(cache=True, nogil=True)
+def _emit_due(ints, sums, t_master, r, sensor_id, wm, ep_t0, ep_n, ep_s, mp_t0, mp_n, mp_s, e_window, e_interval,
+              e_pane, m_window, m_interval, m_pane, threshold, hysteresis, phase_threshold, min_span, oe, om,
+              e_sensor, e_t, e_T, e_n, e_span, m_sensor, m_t, m_T, m_n, m_span, s_T_master, s_T_sync, s_coh,
+              s_dphase, s_mature, s_collapsed, s_event, s_span, counts):
+    """Emit the sensor's pending points at or before the watermark wm, in time order (Master first on a tie)."""
+    while True:
+        m_due = ints[r, M_PEND] == 1 and ints[r, M_G] <= wm
+        e_due = ints[r, E_PEND] == 1 and ints[r, E_G] <= wm
+        if m_due and (not e_due or ints[r, M_G] <= ints[r, E_G]):
+            g = ints[r, M_G]
+            T, n, span = _window_value(ints, sums, r, M_WIN, M_SUMS, mp_t0, mp_n, mp_s, g, m_window, m_pane)
+            k = counts[1]
+            m_sensor[k], m_t[k], m_T[k], m_n[k], m_span[k] = sensor_id, g, T, n, span
+            counts[1] = k + 1
+            t_master[r] = T
+            ints[r, SPAN_IN] = span
+            ints[r, M_PEND] = 0
+        elif e_due:
+            g = ints[r, E_G]
+            te, n, span = _window_value(ints, sums, r, E_WIN, E_SUMS, ep_t0, ep_n, ep_s, g, e_window, e_pane)
+            k = counts[0]
+            e_sensor[k], e_t[k], e_T[k], e_n[k], e_span[k] = sensor_id, g, te, n, span
+            T_in = t_master[r]
+            span_in = ints[r, SPAN_IN]
+            ts = (T_in + te) / 2
+            coh = ts.real * ts.real + ts.imag * ts.imag
+            dphase = abs(abs(T_in) - abs(te))
+            mature = span_in >= min_span
+            collapsed = ints[r, COLLAPSED] == 1
+            event = NONE
+            if collapsed:
+                if coh < threshold - hysteresis:
+                    collapsed, event = False, DISSIPATE_COHERENCE
+                elif dphase >= phase_threshold:
+                    collapsed, event = False, DISSIPATE_PHASE
+            elif mature and coh >= threshold and dphase < phase_threshold:
+                collapsed, event = True, COLLAPSE
+            ints[r, COLLAPSED] = 1 if collapsed else 0
+            s_T_master[k], s_T_sync[k], s_coh[k], s_dphase[k] = T_in, ts, coh, dphase
+            s_mature[k], s_collapsed[k], s_event[k], s_span[k] = mature, collapsed, event, span_in
+            counts[0] = k + 1
+            ints[r, E_PEND] = 0
+        else:
+            return
+
+
+@njit(cache=True, nogil=True)
+def _stream_kernel(rows, sensor, t, phase, start, ints, sums, t_master, h_t, h_phi, h_unw, h_v, h_hasv,
+                   ep_t0, ep_n, ep_s, mp_t0, mp_n, mp_s, tau, d, max_gap, w, omega, e_window, e_interval, e_pane,
+                   m_window, m_interval, m_pane, threshold, hysteresis, phase_threshold, min_span, oe, om,
+                   e_sensor, e_t, e_T, e_n, e_span, m_sensor, m_t, m_T, m_n, m_span, s_T_master, s_T_sync, s_coh,
+                   s_dphase, s_mature, s_collapsed, s_event, s_span, counts):
+    """Rows start: of the call, one at a time; returns (status, row): _DONE, or a ring to grow before row.
+
+    Per sample k (SPEC 2 steps 1-4 as :func:`operators.columnar._chain_products`, with the history
+    in a ring at positions off + k mod cap): emit points due before t_k, make the product, integrate
+    it in both windows, set the pending points, emit those at t_k.
+    """
+    n_chan = phase.shape[1]
+    for i in range(start, t.shape[0]):
+        r = rows[i]
+        off, cap = ints[r, H_OFF], ints[r, H_CAP]
+        k = ints[r, N_SEEN]
+        if k + 1 - ints[r, H_LO] > cap:
+            return _GROW_HIST, i
+        if ints[r, E_WIN + W_LEN] == ints[r, E_WIN + W_CAP]:
+            return _GROW_E, i
+        if ints[r, M_WIN + W_LEN] == ints[r, M_WIN + W_CAP]:
+            return _GROW_M, i
+        tk = t[i]
+        _emit_due(ints, sums, t_master, r, sensor[i], tk - 1, ep_t0, ep_n, ep_s, mp_t0, mp_n, mp_s, e_window,
+                  e_interval, e_pane, m_window, m_interval, m_pane, threshold, hysteresis, phase_threshold,
+                  min_span, oe, om, e_sensor, e_t, e_T, e_n, e_span, m_sensor, m_t, m_T, m_n, m_span, s_T_master,
+                  s_T_sync, s_coh, s_dphase, s_mature, s_collapsed, s_event, s_span, counts)
+        q = off + k % cap
+        prev = off + (k - 1) % cap
+        h_t[q] = tk
+        if k == 0 or tk - h_t[prev] > max_gap:
+            ints[r, CS] = k
+            ints[r, JP] = ints[r, MP] = k - 1  # below the chain start: "none yet"
+            for c in range(n_chan):
+                h_unw[q, c] = phase[i, c]
+        else:
+            for c in range(n_chan):
+                h_unw[q, c] = h_unw[prev, c] + _wrap(phase[i, c] - h_phi[prev, c])
+        for c in range(n_chan):
+            h_phi[q, c] = phase[i, c]
+        cs, jp, mp = ints[r, CS], ints[r, JP], ints[r, MP]
+        while jp + 1 < k and tk - h_t[off + (jp + 1) % cap] >= d:
+            jp += 1
+        has_v = jp >= cs
+        h_hasv[q] = has_v
+        if has_v:
+            qj = off + jp % cap
+            span_s = (tk - h_t[qj]) * 1e-6
+            for c in range(n_chan):
+                rate = (h_unw[q, c] - h_unw[qj, c]) / span_s
+                ph = phase[i, c]
+                h_v[q, c] = complex(-rate * math.sin(ph), rate * math.cos(ph))  # i * rate * exp(i phi)
+        while mp + 1 < k and tk - h_t[off + (mp + 1) % cap] >= tau:
+            mp += 1
+        qm = off + mp % cap
+        if has_v and mp >= cs and mp < jp and h_hasv[qm]:
+            acc = 0j
+            for c in range(n_chan):
+                acc += w[c] * (h_v[q, c] * h_v[qm, c].conjugate())
+            cterm, aterm = window_term(tk, acc, (tk - h_t[prev]) * 1e-6, omega)
+            _window_add(ints, sums, r, E_WIN, E_SUMS, ep_t0, ep_n, ep_s, tk, cterm, aterm, e_pane)
+            _window_add(ints, sums, r, M_WIN, M_SUMS, mp_t0, mp_n, mp_s, tk, cterm, aterm, m_pane)
+            ints[r, LAST_PT] = tk
+        ints[r, JP], ints[r, MP], ints[r, N_SEEN] = jp, mp, k + 1
+        # Later samples look back no further than the older pointer (never before the chain start).
+        ints[r, H_LO] = min(max(cs, min(jp, mp)), k)
+        if ints[r, E_PEND] == 0:
+            ints[r, E_PEND], ints[r, E_G] = 1, _ceil_grid(tk, e_interval)
+        if ints[r, M_PEND] == 0:
+            ints[r, M_PEND], ints[r, M_G] = 1, _ceil_grid(tk, m_interval)
+        _emit_due(ints, sums, t_master, r, sensor[i], tk, ep_t0, ep_n, ep_s, mp_t0, mp_n, mp_s, e_window,
+                  e_interval, e_pane, m_window, m_interval, m_pane, threshold, hysteresis, phase_threshold,
+                  min_span, oe, om, e_sensor, e_t, e_T, e_n, e_span, m_sensor, m_t, m_T, m_n, m_span, s_T_master,
+                  s_T_sync, s_coh, s_dphase, s_mature, s_collapsed, s_event, s_span, counts)
+    return _DONE, t.shape[0]
+
+
+def _kernel_args(state: FleetState):
+    s, p = state.settings, state.settings.params
+    hist, ep, mp = state.hist.cols, state.e_panes.cols, state.m_panes.cols
+    head = (state.ints, state.sums, state.t_master, *hist, *ep, *mp)
+    tail = (p.tau_us, p.velocity_span_us, p.max_gap_us, state.weights, p.omega)
+    grids = (s.emissary_window_us, s.emissary_interval_us, pane_width(s.emissary_window_us, s.emissary_interval_us),
+             s.master_window_us, s.master_interval_us, pane_width(s.master_window_us, s.master_interval_us),
+             float(s.threshold), float(s.hysteresis), float(s.phase_threshold), s.min_span_us)
+    return head, tail, grids
+
+
+def _outputs(n_rows: int):
+    e = FleetWindowValues(np.empty(n_rows, np.int32), np.empty(n_rows, np.int64), np.empty(n_rows, np.complex128),
+                          np.empty(n_rows, np.int64), np.empty(n_rows, np.int64))
+    m = FleetWindowValues(np.empty(n_rows, np.int32), np.empty(n_rows, np.int64), np.empty(n_rows, np.complex128),
+                          np.empty(n_rows, np.int64), np.empty(n_rows, np.int64))
+    sync = (np.empty(n_rows, np.complex128), np.empty(n_rows, np.complex128), np.empty(n_rows, np.float64),
+            np.empty(n_rows, np.float64), np.empty(n_rows, np.bool_), np.empty(n_rows, np.bool_),
+            np.empty(n_rows, np.int8), np.empty(n_rows, np.int64))
+    return e, m, sync
+
+
+def stream_resonance(state: FleetState, sensor_index, t_us, phase, final: bool = False) -> FleetResonance:
+    """One call: integrate the samples into ``state`` and return the grid rows now due.
+
+    Args:
+        state: the key group's carried state (updated in place).
+        sensor_index, t_us, phase: as :func:`operators.columnar.fleet_resonance`, C = ``state.channels``;
+            each sensor's first row strictly after its newest sample of earlier calls.
+        final: end of input: every pending grid point of every sensor is emitted.
+
+    Returns:
+        The Emissary, Master and sync rows emitted by this call, grouped by sensor as the call's rows
+        (``final`` adds the other sensors' last points after them); each sensor's in time order.
+    """
+    sensor, t, ph = fleet_columns(sensor_index, t_us, phase)
+    if ph.shape[1] != state.channels:
+        raise ValueError(f"phase has {ph.shape[1]} channels, the state {state.channels}")
+    n = t.shape[0]
+    if n:
+        starts = np.concatenate(([0], np.flatnonzero(sensor[1:] != sensor[:-1]) + 1))
+        run_rows = state.rows_of(sensor[starts].astype(np.int64))
+        seen = state.ints[run_rows, N_SEEN] > 0
+        newest = state.h_newest(run_rows)
+        back = seen & (t[starts] <= newest)
+        if back.any():
+            b = int(np.argmax(back))
+            raise ValueError(f"row {starts[b]}: sensor {sensor[starts[b]]} has t = {t[starts[b]]} us, not after "
+                             f"its newest sample of an earlier call ({newest[b]} us)")
+        rows = np.repeat(run_rows, np.diff(np.append(starts, n)))
+    else:
+        rows = np.empty(0, np.int64)
+    # At most two points per transducer per sample (the one before it and its own) plus one per sensor at the end.
+    cap = 2 * n + (state.n if final else 0)
+    e, m, sync = _outputs(cap)
+    counts = np.zeros(2, np.int64)
+    out = (*e, *m, *sync, counts)
+    i = 0
+    while True:
+        head, tail, grids = _kernel_args(state)
+        status, i = _stream_kernel(rows, sensor, t, ph, i, *head, *tail, *grids, 0, 0, *out)
+        if status == _DONE:
+            break
+        r = int(rows[i])
+        if status == _GROW_HIST:
+            state.grow_history(r)
+        else:
+            state.grow_panes(r, E_WIN if status == _GROW_E else M_WIN)
+    if final:
+        head, tail, grids = _kernel_args(state)
+        _flush_kernel(state.n, state.ids, *head[:3], *head[8:], *grids, *out)
+    ne, nm = int(counts[0]), int(counts[1])
+    emissary = FleetWindowValues(*(c[:ne] for c in e))
+    master = FleetWindowValues(*(c[:nm] for c in m))
+    sync_values = FleetSyncValues(emissary.sensor, emissary.t, sync[0][:ne], emissary.T, *(c[:ne] for c in sync[1:]))
+    return FleetResonance(emissary, master, sync_values)
+
+
+@njit(cache=True, nogil=True)
+def _flush_kernel(n, ids, ints, sums, t_master, ep_t0, ep_n, ep_s, mp_t0, mp_n, mp_s, e_window, e_interval,
+                  e_pane, m_window, m_interval, m_pane, threshold, hysteresis, phase_threshold, min_span,
+                  e_sensor, e_t, e_T, e_n, e_span, m_sensor, m_t, m_T, m_n, m_span, s_T_master, s_T_sync, s_coh,
+                  s_dphase, s_mature, s_collapsed, s_event, s_span, counts):
+    """End of input: every sensor's pending points, whatever its watermark."""
+    for r in range(n):
+        _emit_due(ints, sums, t_master, r, ids[r], _MAX, ep_t0, ep_n, ep_s, mp_t0, mp_n, mp_s, e_window,
+                  e_interval, e_pane, m_window, m_interval, m_pane, threshold, hysteresis, phase_threshold,
+                  min_span, 0, 0, e_sensor, e_t, e_T, e_n, e_span, m_sensor, m_t, m_T, m_n, m_span, s_T_master,
+                  s_T_sync, s_coh, s_dphase, s_mature, s_collapsed, s_event, s_span, counts)
