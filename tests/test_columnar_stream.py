@@ -1,0 +1,151 @@
+"""The streaming fleet pass (operators.columnar_stream) equals the offline pass over the whole input.
+
+The oracle: a fleet's samples in event-time order (as a stream delivers them),
+cut into calls at random points, each call's rows grouped by sensor; the rows
+the calls emit, together, are those of :func:`operators.columnar.fleet_resonance`
+over all samples: the same grid points, counts, spans, states and events, and
+complex values within 1e-12 (|T| <= 1).  Pickling the state between calls
+changes nothing.
+"""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from operators.columnar import fleet_resonance
+from operators.columnar_rows import FleetResonance
+from operators.columnar_state import FleetState
+from operators.columnar_stream import stream_resonance
+from operators.params import NO_GAP_LIMIT, KairosParams
+from operators.resonator import ResonatorSettings
+
+EPOCH_US = 1_764_115_200_000_000
+VALUES = 1e-12
+
+
+@st.composite
+def fleets(draw):
+    """Sensors that start and stop at different times, irregular steps, pauses > max_gap, C channels."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    channels = draw(st.integers(1, 3))
+    ids = rng.permutation(1000)[:draw(st.integers(1, 6))]
+    tau_us = draw(st.sampled_from([20_000, 50_000, 150_000]))
+    sensor, t, phase = [], [], []
+    for s in ids:
+        n = draw(st.integers(1, 300))
+        step = draw(st.sampled_from([1_000, 4_000, 10_000, 33_333]))
+        steps = rng.integers(1, 2 * step, n)
+        pauses = rng.random(n) < draw(st.sampled_from([0.0, 0.03]))
+        steps[pauses] += rng.integers(1, 1_500_000, pauses.sum())
+        ts = EPOCH_US + int(rng.integers(0, 2_000_000)) + np.cumsum(steps)   # appears late, ends early
+        kind = draw(st.sampled_from(["walk", "oscillator", "uniform", "constant"]))
+        if kind == "uniform":
+            ph = rng.uniform(-np.pi, np.pi, (n, channels))
+        elif kind == "constant":                       # zero products: T = 0 exactly
+            ph = np.full((n, channels), 0.5)
+        else:
+            freq = rng.uniform(0.2, 20.0, channels)
+            ph = 2 * np.pi * freq * ((ts - ts[0]) * 1e-6)[:, None] + rng.uniform(-3, 3, channels)
+            ph += rng.normal(0, 0.3, (n, channels)).cumsum(axis=0) * (kind == "walk")
+            ph = np.mod(ph, 2 * np.pi) - np.pi
+        sensor.append(np.full(n, s, np.int32))
+        t.append(ts)
+        phase.append(ph)
+    params = KairosParams(tau_us=tau_us, velocity_span_us=draw(st.sampled_from([0, 5_000, tau_us // 2])),
+                          max_gap_us=draw(st.sampled_from([NO_GAP_LIMIT, 100_000, 600_000])),
+                          omega=draw(st.sampled_from([0.0, 2.0, -7.5])))
+    s = ResonatorSettings(params=params, emissary_window_us=draw(st.sampled_from([200_000, 215_000, 1_000_000])),
+                          emissary_interval_us=10_000, master_window_us=draw(st.sampled_from([500_000, 2_000_000])),
+                          master_interval_us=draw(st.sampled_from([100_000, 30_000])), threshold=0.8,
+                          hysteresis=0.05, phase_threshold=0.3, min_span_us=draw(st.sampled_from([0, 300_000])))
+    return np.concatenate(sensor), np.concatenate(t), np.concatenate(phase), s
+
+
+def _sorted(out: FleetResonance) -> list:
+    parts = []
+    for part in out:
+        o = np.lexsort((part.t, part.sensor))
+        parts.append({f: getattr(part, f)[o] for f in part._fields})
+    return parts
+
+
+def _concat(outs: list[FleetResonance]) -> FleetResonance:
+    return FleetResonance(*(type(p[0])(*(np.concatenate(cols) for cols in zip(*p))) for p in zip(*outs)))
+
+
+def _assert_same(got: FleetResonance, want: FleetResonance) -> None:
+    for g, w in zip(_sorted(got), _sorted(want)):
+        for name, col in w.items():
+            assert g[name].shape == col.shape, name
+            if col.dtype.kind in "fc":
+                np.testing.assert_allclose(g[name], col, rtol=0, atol=VALUES, err_msg=name)
+            else:
+                np.testing.assert_array_equal(g[name], col, err_msg=name)
+
+
+def _stream(sensor, t, phase, s, cuts, rng=None, pickle_every=0) -> FleetResonance:
+    """The fleet in time order, cut at ``cuts``, each call grouped by sensor (sensor order shuffled)."""
+    order = np.lexsort((sensor, t))
+    sensor, t, phase = sensor[order], t[order], phase[order]
+    state = FleetState(s, phase.shape[1])
+    outs = []
+    bounds = [0, *cuts, len(t)]
+    for call, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+        cs, ct, cp = sensor[a:b], t[a:b], phase[a:b]
+        key = cs if rng is None else rng.permutation(1000)[cs]
+        o = np.lexsort((ct, key))
+        outs.append(stream_resonance(state, cs[o], ct[o], cp[o], final=b == len(t)))
+        if pickle_every and call % pickle_every == 0:
+            state = pickle.loads(pickle.dumps(state))
+    return _concat(outs)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(fleets(), st.integers(0, 2**32 - 1), st.sampled_from([0, 1, 3]))
+def test_any_split_gives_the_offline_rows(fleet, seed, pickle_every):
+    sensor, t, phase, s = fleet
+    want = fleet_resonance(sensor, t, phase, s)
+    rng = np.random.default_rng(seed)
+    n = len(t)
+    cuts = sorted(set(rng.integers(1, max(n, 2), rng.integers(0, 12)).tolist()) - {n})
+    _assert_same(_stream(sensor, t, phase, s, cuts, rng, pickle_every), want)
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(fleets())
+def test_one_call_and_one_row_per_call_give_the_offline_rows(fleet):
+    sensor, t, phase, s = fleet
+    want = fleet_resonance(sensor, t, phase, s)
+    _assert_same(_stream(sensor, t, phase, s, []), want)
+    _assert_same(_stream(sensor, t, phase, s, list(range(1, len(t))), pickle_every=7), want)
+
+
+def test_points_are_emitted_when_the_sensors_own_watermark_reaches_them():
+    s = ResonatorSettings(KairosParams(tau_us=20_000), emissary_window_us=100_000, emissary_interval_us=10_000,
+                          master_window_us=1_000_000, master_interval_us=100_000, threshold=0.9, hysteresis=0.05,
+                          phase_threshold=0.1, min_span_us=0)
+    state = FleetState(s, 1)
+    out = stream_resonance(state, [1, 1], [5_000, 10_000], [0.0, 0.1])
+    assert out.emissary.t.tolist() == [10_000] and out.master.t.tolist() == []   # 100_000 not reached yet
+    out = stream_resonance(state, [2], [200_500], [0.0])                          # another sensor's time
+    assert out.emissary.t.tolist() == [] and out.master.t.tolist() == []
+    out = stream_resonance(state, [1], [100_001], [0.3])
+    assert out.master.t.tolist() == [100_000] and out.emissary.t.tolist() == []
+    out = stream_resonance(state, [], np.empty(0, np.int64), np.empty(0), final=True)
+    assert sorted(zip(out.master.sensor.tolist(), out.master.t.tolist())) == [(1, 200_000), (2, 300_000)]
+    assert sorted(zip(out.emissary.sensor.tolist(), out.emissary.t.tolist())) == [(1, 110_000), (2, 210_000)]
+
+
+def test_a_sample_not_after_the_sensors_earlier_calls_is_refused():
+    s = ResonatorSettings(KairosParams(tau_us=20_000), 100_000, 10_000, 1_000_000, 100_000, 0.9, 0.05, 0.1, 0)
+    state = FleetState(s, 1)
+    stream_resonance(state, [4, 4], [5, 9], [0.0, 0.1])
+    with pytest.raises(ValueError, match="sensor 4 has t = 9 us, not after"):
+        stream_resonance(state, [4], [9], [0.0])
+    with pytest.raises(ValueError, match="channels"):
+        stream_resonance(state, [4], [10], [[0.0, 1.0]])
