@@ -176,15 +176,21 @@ class FleetState:
         i[H_OFF], i[H_CAP] = new_off, 2 * cap
 
     def grow_panes(self, row: int, base: int) -> None:
-        """Move a window's pane ring (``base`` E_WIN or M_WIN) to a segment twice the size, head at 0."""
+        """Move a window's pane ring (``base`` E_WIN or M_WIN) to a segment twice the size (at most what the
+        window can hold), head at 0."""
         pool = self.e_panes if base == E_WIN else self.m_panes
         i = self.ints[row]
         off, cap, head, length = (int(i[base + c]) for c in (W_OFF, W_CAP, W_HEAD, W_LEN))
-        new_off = pool.take(2 * cap)
+        # A window holds at most the panes of (g - W, g] plus those of the next interval: (W + I) / P + 1.
+        window, interval = ((self.settings.emissary_window_us, self.settings.emissary_interval_us) if base == E_WIN
+                            else (self.settings.master_window_us, self.settings.master_interval_us))
+        most = (window + interval) // pane_width(window, interval) + 2
+        new_cap = max(min(2 * cap, most), cap + 1)
+        new_off = pool.take(new_cap)
         src = off + (head + np.arange(length)) % cap
         for col in pool.cols:
             col[new_off:new_off + length] = col[src]
-        i[base + W_OFF], i[base + W_CAP], i[base + W_HEAD] = new_off, 2 * cap, 0
+        i[base + W_OFF], i[base + W_CAP], i[base + W_HEAD] = new_off, new_cap, 0
 
     # --- snapshots -----------------------------------------------------------------------------
 
