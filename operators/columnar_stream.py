@@ -104,6 +104,12 @@ def _window_value(ints, sums, r, base, sb, pt0, pn, ps, g, window, pane):
     return T, ints[r, base + W_N], span
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _any_due(ints, r, wm):
+    """Whether a pending point of row r is at or before wm (a cheap test before the call that emits)."""
+    return (ints[r, M_PEND] == 1 and ints[r, M_G] <= wm) or (ints[r, E_PEND] == 1 and ints[r, E_G] <= wm)
+
+
 @njit(cache=True, nogil=True)
 def _emit_due(ints, sums, t_master, r, sensor_id, wm, ep_t0, ep_n, ep_s, mp_t0, mp_n, mp_s, e_window, e_interval,
               e_pane, m_window, m_interval, m_pane, threshold, hysteresis, phase_threshold, min_span, oe, om,
@@ -175,10 +181,11 @@ def _stream_kernel(rows, sensor, t, phase, start, ints, sums, t_master, h_t, h_p
         if ints[r, M_WIN + W_LEN] == ints[r, M_WIN + W_CAP]:
             return _GROW_M, i
         tk = t[i]
-        _emit_due(ints, sums, t_master, r, sensor[i], tk - 1, ep_t0, ep_n, ep_s, mp_t0, mp_n, mp_s, e_window,
-                  e_interval, e_pane, m_window, m_interval, m_pane, threshold, hysteresis, phase_threshold,
-                  min_span, oe, om, e_sensor, e_t, e_T, e_n, e_span, m_sensor, m_t, m_T, m_n, m_span, s_T_master,
-                  s_T_sync, s_coh, s_dphase, s_mature, s_collapsed, s_event, s_span, counts)
+        if _any_due(ints, r, tk - 1):
+            _emit_due(ints, sums, t_master, r, sensor[i], tk - 1, ep_t0, ep_n, ep_s, mp_t0, mp_n, mp_s, e_window,
+                      e_interval, e_pane, m_window, m_interval, m_pane, threshold, hysteresis, phase_threshold,
+                      min_span, oe, om, e_sensor, e_t, e_T, e_n, e_span, m_sensor, m_t, m_T, m_n, m_span, s_T_master,
+                      s_T_sync, s_coh, s_dphase, s_mature, s_collapsed, s_event, s_span, counts)
         q = off + k % cap
         prev = off + (k - 1) % cap
         h_t[q] = tk
@@ -222,10 +229,11 @@ def _stream_kernel(rows, sensor, t, phase, start, ints, sums, t_master, h_t, h_p
             ints[r, E_PEND], ints[r, E_G] = 1, _ceil_grid(tk, e_interval)
         if ints[r, M_PEND] == 0:
             ints[r, M_PEND], ints[r, M_G] = 1, _ceil_grid(tk, m_interval)
-        _emit_due(ints, sums, t_master, r, sensor[i], tk, ep_t0, ep_n, ep_s, mp_t0, mp_n, mp_s, e_window,
-                  e_interval, e_pane, m_window, m_interval, m_pane, threshold, hysteresis, phase_threshold,
-                  min_span, oe, om, e_sensor, e_t, e_T, e_n, e_span, m_sensor, m_t, m_T, m_n, m_span, s_T_master,
-                  s_T_sync, s_coh, s_dphase, s_mature, s_collapsed, s_event, s_span, counts)
+        if _any_due(ints, r, tk):
+            _emit_due(ints, sums, t_master, r, sensor[i], tk, ep_t0, ep_n, ep_s, mp_t0, mp_n, mp_s, e_window,
+                      e_interval, e_pane, m_window, m_interval, m_pane, threshold, hysteresis, phase_threshold,
+                      min_span, oe, om, e_sensor, e_t, e_T, e_n, e_span, m_sensor, m_t, m_T, m_n, m_span, s_T_master,
+                      s_T_sync, s_coh, s_dphase, s_mature, s_collapsed, s_event, s_span, counts)
     return _DONE, t.shape[0]
 
 
