@@ -192,6 +192,48 @@ class FleetState:
             col[new_off:new_off + length] = col[src]
         i[base + W_OFF], i[base + W_CAP], i[base + W_HEAD] = new_off, new_cap, 0
 
+    def reserve(self, rows: np.ndarray, counts: np.ndarray) -> None:
+        """Before a call bringing counts[i] samples to rows[i]: grow, in one step for all rows, each
+        ring that those samples could overflow, at most doubling it (the kernel grows the rare rest
+        one at a time).  Saves a kernel exit per growth: a new fleet's rings all grow in its first calls."""
+        i = self.ints
+        n_seen, lo = i[rows, N_SEEN], i[rows, H_LO]
+        cap = i[rows, H_CAP]
+        grow = n_seen - lo + counts > cap
+        if grow.any():
+            r = rows[grow]
+            first, length = lo[grow], n_seen[grow] - lo[grow]
+            self._relocate(self.hist, r, H_OFF, 2 * cap[grow], first, length, modular=True)
+        for base, pool in ((E_WIN, self.e_panes), (M_WIN, self.m_panes)):
+            window, interval = ((self.settings.emissary_window_us, self.settings.emissary_interval_us)
+                                if base == E_WIN else (self.settings.master_window_us, self.settings.master_interval_us))
+            most = (window + interval) // pane_width(window, interval) + 2
+            cap, length = i[rows, base + W_CAP], i[rows, base + W_LEN]
+            grow = (length + counts > cap) & (cap < most)
+            if grow.any():
+                r = rows[grow]
+                self._relocate(pool, r, base + W_OFF, np.minimum(2 * cap[grow], most), i[r, base + W_HEAD],
+                               length[grow], modular=False)
+                i[r, base + W_HEAD] = 0
+
+    def _relocate(self, pool: Pool, rows, off_col, new_caps, first, length, modular: bool) -> None:
+        """Copy each row's ring to a new segment of new_caps: elements first .. first + length - 1 of the
+        old ring (position off + e mod cap) to new_off + e mod new_cap (``modular``) or new_off + 0, 1, ..."""
+        i = self.ints
+        offs, caps = i[rows, off_col], i[rows, off_col + 1]
+        base = pool.take(int(new_caps.sum()))
+        new_offs = base + np.concatenate(([0], np.cumsum(new_caps)[:-1])).astype(np.int64)
+        total = int(length.sum())
+        if total:
+            which = np.repeat(np.arange(len(rows)), length)
+            j = np.arange(total) - np.repeat(np.cumsum(length) - length, length)
+            e = first[which] + j
+            src = offs[which] + e % caps[which]
+            dst = new_offs[which] + (e % new_caps[which] if modular else j)
+            for col in pool.cols:
+                col[dst] = col[src]
+        i[rows, off_col], i[rows, off_col + 1] = new_offs, new_caps
+
     # --- snapshots -----------------------------------------------------------------------------
 
     def __getstate__(self):

@@ -286,7 +286,9 @@ def stream_resonance(state: FleetState, sensor_index, t_us, phase, final: bool =
             b = int(np.argmax(back))
             raise ValueError(f"row {starts[b]}: sensor {sensor[starts[b]]} has t = {t[starts[b]]} us, not after "
                              f"its newest sample of an earlier call ({newest[b]} us)")
-        rows = np.repeat(run_rows, np.diff(np.append(starts, n)))
+        run_lengths = np.diff(np.append(starts, n))
+        state.reserve(run_rows, run_lengths)
+        rows = np.repeat(run_rows, run_lengths)
     else:
         rows = np.empty(0, np.int64)
     # At most two points per transducer per sample (the one before it and its own) plus one per sensor at the end.
