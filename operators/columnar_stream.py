@@ -111,11 +111,16 @@ def _any_due(ints, r, wm):
 
 
 @njit(cache=True, nogil=True)
-def _emit_due(ints, sums, t_master, r, sensor_id, wm, ep_t0, ep_n, ep_s, mp_t0, mp_n, mp_s, e_window, e_interval,
-              e_pane, m_window, m_interval, m_pane, threshold, hysteresis, phase_threshold, min_span, oe, om,
-              e_sensor, e_t, e_T, e_n, e_span, m_sensor, m_t, m_T, m_n, m_span, s_T_master, s_T_sync, s_coh,
-              s_dphase, s_mature, s_collapsed, s_event, s_span, counts):
-    """Emit the sensor's pending points at or before the watermark wm, in time order (Master first on a tie)."""
+def _emit_due(ints, sums, t_master, r, sensor_id, wm, ep_t0, ep_n, ep_s, mp_t0, mp_n, mp_s, cfg_i, cfg_f,
+              e_i, e_c, e_f, m_i, m_c, counts):
+    """Emit the sensor's pending points at or before the watermark wm, in time order (Master first on a tie).
+
+    Output columns are packed (few arguments: a call of a Numba function copies each array's
+    descriptor): e_i rows sensor, t, products, span, mature, collapsed, event, Master span; e_c rows
+    T_emissary, T_master, T_sync; e_f rows coherence, delta_phase; m_i rows sensor, t, products, span; m_c T.
+    """
+    e_window, e_pane, m_window, m_pane, min_span = cfg_i[3], cfg_i[5], cfg_i[6], cfg_i[8], cfg_i[9]
+    threshold, hysteresis, phase_threshold = cfg_f[1], cfg_f[2], cfg_f[3]
     while True:
         m_due = ints[r, M_PEND] == 1 and ints[r, M_G] <= wm
         e_due = ints[r, E_PEND] == 1 and ints[r, E_G] <= wm
@@ -123,7 +128,7 @@ def _emit_due(ints, sums, t_master, r, sensor_id, wm, ep_t0, ep_n, ep_s, mp_t0, 
             g = ints[r, M_G]
             T, n, span = _window_value(ints, sums, r, M_WIN, M_SUMS, mp_t0, mp_n, mp_s, g, m_window, m_pane)
             k = counts[1]
-            m_sensor[k], m_t[k], m_T[k], m_n[k], m_span[k] = sensor_id, g, T, n, span
+            m_i[0, k], m_i[1, k], m_i[2, k], m_i[3, k], m_c[k] = sensor_id, g, n, span, T
             counts[1] = k + 1
             t_master[r] = T
             ints[r, SPAN_IN] = span
@@ -132,7 +137,7 @@ def _emit_due(ints, sums, t_master, r, sensor_id, wm, ep_t0, ep_n, ep_s, mp_t0, 
             g = ints[r, E_G]
             te, n, span = _window_value(ints, sums, r, E_WIN, E_SUMS, ep_t0, ep_n, ep_s, g, e_window, e_pane)
             k = counts[0]
-            e_sensor[k], e_t[k], e_T[k], e_n[k], e_span[k] = sensor_id, g, te, n, span
+            e_i[0, k], e_i[1, k], e_i[2, k], e_i[3, k], e_c[0, k] = sensor_id, g, n, span, te
             T_in = t_master[r]
             span_in = ints[r, SPAN_IN]
             ts = (T_in + te) / 2
@@ -149,8 +154,8 @@ def _emit_due(ints, sums, t_master, r, sensor_id, wm, ep_t0, ep_n, ep_s, mp_t0, 
             elif mature and coh >= threshold and dphase < phase_threshold:
                 collapsed, event = True, COLLAPSE
             ints[r, COLLAPSED] = 1 if collapsed else 0
-            s_T_master[k], s_T_sync[k], s_coh[k], s_dphase[k] = T_in, ts, coh, dphase
-            s_mature[k], s_collapsed[k], s_event[k], s_span[k] = mature, collapsed, event, span_in
+            e_c[1, k], e_c[2, k], e_f[0, k], e_f[1, k] = T_in, ts, coh, dphase
+            e_i[4, k], e_i[5, k], e_i[6, k], e_i[7, k] = mature, collapsed, event, span_in
             counts[0] = k + 1
             ints[r, E_PEND] = 0
         else:
@@ -159,10 +164,7 @@ def _emit_due(ints, sums, t_master, r, sensor_id, wm, ep_t0, ep_n, ep_s, mp_t0, 
 
 @njit(cache=True, nogil=True)
 def _stream_kernel(rows, sensor, t, phase, start, ints, sums, t_master, h_t, h_phi, h_unw, h_v, h_hasv,
-                   ep_t0, ep_n, ep_s, mp_t0, mp_n, mp_s, tau, d, max_gap, w, omega, e_window, e_interval, e_pane,
-                   m_window, m_interval, m_pane, threshold, hysteresis, phase_threshold, min_span, oe, om,
-                   e_sensor, e_t, e_T, e_n, e_span, m_sensor, m_t, m_T, m_n, m_span, s_T_master, s_T_sync, s_coh,
-                   s_dphase, s_mature, s_collapsed, s_event, s_span, counts):
+                   ep_t0, ep_n, ep_s, mp_t0, mp_n, mp_s, w, cfg_i, cfg_f, e_i, e_c, e_f, m_i, m_c, counts):
     """Rows start: of the call, one at a time; returns (status, row): _DONE, or a ring to grow before row.
 
     Per sample k (SPEC 2 steps 1-4 as :func:`operators.columnar._chain_products`, with the history
@@ -170,6 +172,9 @@ def _stream_kernel(rows, sensor, t, phase, start, ints, sums, t_master, h_t, h_p
     it in both windows, set the pending points, emit those at t_k.
     """
     n_chan = phase.shape[1]
+    tau, d, max_gap, e_interval, e_pane, m_interval, m_pane = (cfg_i[0], cfg_i[1], cfg_i[2], cfg_i[4], cfg_i[5],
+                                                               cfg_i[7], cfg_i[8])
+    omega = cfg_f[0]
     for i in range(start, t.shape[0]):
         r = rows[i]
         off, cap = ints[r, H_OFF], ints[r, H_CAP]
@@ -182,10 +187,8 @@ def _stream_kernel(rows, sensor, t, phase, start, ints, sums, t_master, h_t, h_p
             return _GROW_M, i
         tk = t[i]
         if _any_due(ints, r, tk - 1):
-            _emit_due(ints, sums, t_master, r, sensor[i], tk - 1, ep_t0, ep_n, ep_s, mp_t0, mp_n, mp_s, e_window,
-                      e_interval, e_pane, m_window, m_interval, m_pane, threshold, hysteresis, phase_threshold,
-                      min_span, oe, om, e_sensor, e_t, e_T, e_n, e_span, m_sensor, m_t, m_T, m_n, m_span, s_T_master,
-                      s_T_sync, s_coh, s_dphase, s_mature, s_collapsed, s_event, s_span, counts)
+            _emit_due(ints, sums, t_master, r, sensor[i], tk - 1, ep_t0, ep_n, ep_s, mp_t0, mp_n, mp_s, cfg_i, cfg_f,
+                      e_i, e_c, e_f, m_i, m_c, counts)
         q = off + k % cap
         prev = off + (k - 1) % cap
         h_t[q] = tk
@@ -230,33 +233,21 @@ def _stream_kernel(rows, sensor, t, phase, start, ints, sums, t_master, h_t, h_p
         if ints[r, M_PEND] == 0:
             ints[r, M_PEND], ints[r, M_G] = 1, _ceil_grid(tk, m_interval)
         if _any_due(ints, r, tk):
-            _emit_due(ints, sums, t_master, r, sensor[i], tk, ep_t0, ep_n, ep_s, mp_t0, mp_n, mp_s, e_window,
-                      e_interval, e_pane, m_window, m_interval, m_pane, threshold, hysteresis, phase_threshold,
-                      min_span, oe, om, e_sensor, e_t, e_T, e_n, e_span, m_sensor, m_t, m_T, m_n, m_span, s_T_master,
-                      s_T_sync, s_coh, s_dphase, s_mature, s_collapsed, s_event, s_span, counts)
+            _emit_due(ints, sums, t_master, r, sensor[i], tk, ep_t0, ep_n, ep_s, mp_t0, mp_n, mp_s, cfg_i, cfg_f,
+                      e_i, e_c, e_f, m_i, m_c, counts)
     return _DONE, t.shape[0]
 
 
 def _kernel_args(state: FleetState):
+    """The state's arrays and the configuration as the kernels take them."""
     s, p = state.settings, state.settings.params
-    hist, ep, mp = state.hist.cols, state.e_panes.cols, state.m_panes.cols
-    head = (state.ints, state.sums, state.t_master, *hist, *ep, *mp)
-    tail = (p.tau_us, p.velocity_span_us, p.max_gap_us, state.weights, p.omega)
-    grids = (s.emissary_window_us, s.emissary_interval_us, pane_width(s.emissary_window_us, s.emissary_interval_us),
-             s.master_window_us, s.master_interval_us, pane_width(s.master_window_us, s.master_interval_us),
-             float(s.threshold), float(s.hysteresis), float(s.phase_threshold), s.min_span_us)
-    return head, tail, grids
-
-
-def _outputs(n_rows: int):
-    e = FleetWindowValues(np.empty(n_rows, np.int32), np.empty(n_rows, np.int64), np.empty(n_rows, np.complex128),
-                          np.empty(n_rows, np.int64), np.empty(n_rows, np.int64))
-    m = FleetWindowValues(np.empty(n_rows, np.int32), np.empty(n_rows, np.int64), np.empty(n_rows, np.complex128),
-                          np.empty(n_rows, np.int64), np.empty(n_rows, np.int64))
-    sync = (np.empty(n_rows, np.complex128), np.empty(n_rows, np.complex128), np.empty(n_rows, np.float64),
-            np.empty(n_rows, np.float64), np.empty(n_rows, np.bool_), np.empty(n_rows, np.bool_),
-            np.empty(n_rows, np.int8), np.empty(n_rows, np.int64))
-    return e, m, sync
+    head = (state.ints, state.sums, state.t_master, *state.hist.cols, *state.e_panes.cols, *state.m_panes.cols)
+    cfg_i = np.array([p.tau_us, p.velocity_span_us, p.max_gap_us, s.emissary_window_us, s.emissary_interval_us,
+                      pane_width(s.emissary_window_us, s.emissary_interval_us), s.master_window_us,
+                      s.master_interval_us, pane_width(s.master_window_us, s.master_interval_us), s.min_span_us],
+                     np.int64)
+    cfg_f = np.array([p.omega, s.threshold, s.hysteresis, s.phase_threshold], np.float64)
+    return head, cfg_i, cfg_f
 
 
 def stream_resonance(state: FleetState, sensor_index, t_us, phase, final: bool = False) -> FleetResonance:
@@ -293,13 +284,12 @@ def stream_resonance(state: FleetState, sensor_index, t_us, phase, final: bool =
         rows = np.empty(0, np.int64)
     # At most two points per transducer per sample (the one before it and its own) plus one per sensor at the end.
     cap = 2 * n + (state.n if final else 0)
-    e, m, sync = _outputs(cap)
-    counts = np.zeros(2, np.int64)
-    out = (*e, *m, *sync, counts)
+    out = (np.empty((8, cap), np.int64), np.empty((3, cap), np.complex128), np.empty((2, cap), np.float64),
+           np.empty((4, cap), np.int64), np.empty(cap, np.complex128), np.zeros(2, np.int64))
     i = 0
     while True:
-        head, tail, grids = _kernel_args(state)
-        status, i = _stream_kernel(rows, sensor, t, ph, i, *head, *tail, *grids, 0, 0, *out)
+        head, cfg_i, cfg_f = _kernel_args(state)
+        status, i = _stream_kernel(rows, sensor, t, ph, i, *head, state.weights, cfg_i, cfg_f, *out)
         if status == _DONE:
             break
         r = int(rows[i])
@@ -308,23 +298,26 @@ def stream_resonance(state: FleetState, sensor_index, t_us, phase, final: bool =
         else:
             state.grow_panes(r, E_WIN if status == _GROW_E else M_WIN)
     if final:
-        head, tail, grids = _kernel_args(state)
-        _flush_kernel(state.n, state.ids, *head[:3], *head[8:], *grids, *out)
+        head, cfg_i, cfg_f = _kernel_args(state)
+        _flush_kernel(state.n, state.ids, *head[:3], *head[8:], cfg_i, cfg_f, *out)
+    return _unpack(*out)
+
+
+def _unpack(e_i, e_c, e_f, m_i, m_c, counts) -> FleetResonance:
+    """The packed output columns as the row types of the offline pass."""
     ne, nm = int(counts[0]), int(counts[1])
-    emissary = FleetWindowValues(*(c[:ne] for c in e))
-    master = FleetWindowValues(*(c[:nm] for c in m))
-    sync_values = FleetSyncValues(emissary.sensor, emissary.t, sync[0][:ne], emissary.T, *(c[:ne] for c in sync[1:]))
-    return FleetResonance(emissary, master, sync_values)
+    emissary = FleetWindowValues(e_i[0, :ne].astype(np.int32), e_i[1, :ne], e_c[0, :ne], e_i[2, :ne], e_i[3, :ne])
+    master = FleetWindowValues(m_i[0, :nm].astype(np.int32), m_i[1, :nm], m_c[:nm], m_i[2, :nm], m_i[3, :nm])
+    sync = FleetSyncValues(emissary.sensor, emissary.t, e_c[1, :ne], emissary.T, e_c[2, :ne], e_f[0, :ne],
+                           e_f[1, :ne], e_i[4, :ne].astype(np.bool_), e_i[5, :ne].astype(np.bool_),
+                           e_i[6, :ne].astype(np.int8), e_i[7, :ne])
+    return FleetResonance(emissary, master, sync)
 
 
 @njit(cache=True, nogil=True)
-def _flush_kernel(n, ids, ints, sums, t_master, ep_t0, ep_n, ep_s, mp_t0, mp_n, mp_s, e_window, e_interval,
-                  e_pane, m_window, m_interval, m_pane, threshold, hysteresis, phase_threshold, min_span,
-                  e_sensor, e_t, e_T, e_n, e_span, m_sensor, m_t, m_T, m_n, m_span, s_T_master, s_T_sync, s_coh,
-                  s_dphase, s_mature, s_collapsed, s_event, s_span, counts):
+def _flush_kernel(n, ids, ints, sums, t_master, ep_t0, ep_n, ep_s, mp_t0, mp_n, mp_s, cfg_i, cfg_f,
+                  e_i, e_c, e_f, m_i, m_c, counts):
     """End of input: every sensor's pending points, whatever its watermark."""
     for r in range(n):
-        _emit_due(ints, sums, t_master, r, ids[r], _MAX, ep_t0, ep_n, ep_s, mp_t0, mp_n, mp_s, e_window,
-                  e_interval, e_pane, m_window, m_interval, m_pane, threshold, hysteresis, phase_threshold,
-                  min_span, 0, 0, e_sensor, e_t, e_T, e_n, e_span, m_sensor, m_t, m_T, m_n, m_span, s_T_master,
-                  s_T_sync, s_coh, s_dphase, s_mature, s_collapsed, s_event, s_span, counts)
+        _emit_due(ints, sums, t_master, r, ids[r], _MAX, ep_t0, ep_n, ep_s, mp_t0, mp_n, mp_s, cfg_i, cfg_f,
+                      e_i, e_c, e_f, m_i, m_c, counts)
