@@ -175,17 +175,21 @@ class FleetState:
                 col[new_off + k % (2 * cap)] = col[off + k % cap]
         i[H_OFF], i[H_CAP] = new_off, 2 * cap
 
+    def most_panes(self, base: int) -> int:
+        """The most panes a window (``base`` E_WIN or M_WIN) can hold: those of (g - W, g] and of the
+        interval after g, whose samples arrive before g is due, (W + I) / P + 1, plus one to spare."""
+        s = self.settings
+        window, interval = ((s.emissary_window_us, s.emissary_interval_us) if base == E_WIN
+                            else (s.master_window_us, s.master_interval_us))
+        return (window + interval) // pane_width(window, interval) + 2
+
     def grow_panes(self, row: int, base: int) -> None:
         """Move a window's pane ring (``base`` E_WIN or M_WIN) to a segment twice the size (at most what the
         window can hold), head at 0."""
         pool = self.e_panes if base == E_WIN else self.m_panes
         i = self.ints[row]
         off, cap, head, length = (int(i[base + c]) for c in (W_OFF, W_CAP, W_HEAD, W_LEN))
-        # A window holds at most the panes of (g - W, g] plus those of the next interval: (W + I) / P + 1.
-        window, interval = ((self.settings.emissary_window_us, self.settings.emissary_interval_us) if base == E_WIN
-                            else (self.settings.master_window_us, self.settings.master_interval_us))
-        most = (window + interval) // pane_width(window, interval) + 2
-        new_cap = max(min(2 * cap, most), cap + 1)
+        new_cap = max(min(2 * cap, self.most_panes(base)), cap + 1)
         new_off = pool.take(new_cap)
         src = off + (head + np.arange(length)) % cap
         for col in pool.cols:
@@ -205,9 +209,7 @@ class FleetState:
             first, length = lo[grow], n_seen[grow] - lo[grow]
             self._relocate(self.hist, r, H_OFF, 2 * cap[grow], first, length, modular=True)
         for base, pool in ((E_WIN, self.e_panes), (M_WIN, self.m_panes)):
-            window, interval = ((self.settings.emissary_window_us, self.settings.emissary_interval_us)
-                                if base == E_WIN else (self.settings.master_window_us, self.settings.master_interval_us))
-            most = (window + interval) // pane_width(window, interval) + 2
+            most = self.most_panes(base)
             cap, length = i[rows, base + W_CAP], i[rows, base + W_LEN]
             grow = (length + counts > cap) & (cap < most)
             if grow.any():

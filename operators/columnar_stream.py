@@ -42,7 +42,7 @@ from numba import njit
 from operators.columnar import _ceil_grid, _two_sum
 from operators.columnar_rows import FleetResonance, FleetSyncValues, FleetWindowValues, fleet_columns
 from operators.columnar_state import (CS, E_G, E_PEND, E_SUMS, E_WIN, H_CAP, H_LO, H_OFF, JP, LAST_PT, M_G,
-                                      M_PEND, M_SUMS, M_WIN, MP, N_SEEN, NO_TIME, SPAN_IN, COLLAPSED, W_CAP,
+                                      M_PEND, M_SUMS, M_WIN, MP, N_SEEN, SPAN_IN, COLLAPSED, W_CAP,
                                       W_HEAD, W_LEN, W_N, W_NZ, W_OFF, FleetState, pane_width)
 from operators.lag import _wrap, window_term
 from operators.sync import COLLAPSE, DISSIPATE_COHERENCE, DISSIPATE_PHASE, NONE
