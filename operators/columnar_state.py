@@ -198,12 +198,14 @@ class FleetState:
 
     def reserve(self, rows: np.ndarray, counts: np.ndarray) -> None:
         """Before a call bringing counts[i] samples to rows[i]: grow, in one step for all rows, each
-        ring that those samples could overflow, at most doubling it (the kernel grows the rare rest
-        one at a time).  Saves a kernel exit per growth: a new fleet's rings all grow in its first calls."""
+        ring that a short run of samples could overflow, doubling it (the kernel grows the rest one at
+        a time, as it needs).  Saves a kernel exit per growth: a new fleet's rings all grow in its first calls."""
         i = self.ints
         n_seen, lo = i[rows, N_SEEN], i[rows, H_LO]
         cap = i[rows, H_CAP]
-        grow = n_seen - lo + counts > cap
+        # Only for short runs (a sensor's samples of a call fit in its ring): those are a fleet's, where
+        # a kernel exit per growth costs most; live + counts overstates what a long run needs.
+        grow = (n_seen - lo + counts > cap) & (counts <= cap)
         if grow.any():
             r = rows[grow]
             first, length = lo[grow], n_seen[grow] - lo[grow]
@@ -211,7 +213,7 @@ class FleetState:
         for base, pool in ((E_WIN, self.e_panes), (M_WIN, self.m_panes)):
             most = self.most_panes(base)
             cap, length = i[rows, base + W_CAP], i[rows, base + W_LEN]
-            grow = (length + counts > cap) & (cap < most)
+            grow = (length + counts > cap) & (counts <= cap) & (cap < most)
             if grow.any():
                 r = rows[grow]
                 self._relocate(pool, r, base + W_OFF, np.minimum(2 * cap[grow], most), i[r, base + W_HEAD],
