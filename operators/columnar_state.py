@@ -167,13 +167,9 @@ class FleetState:
 
     def grow_history(self, row: int) -> None:
         """Move the sensor's lag-history ring to a segment twice the size (positions are k mod cap)."""
-        i = self.ints[row]
-        off, cap, lo, n_seen = int(i[H_OFF]), int(i[H_CAP]), int(i[H_LO]), int(i[N_SEEN])
-        new_off = self.hist.take(2 * cap)
-        for col in self.hist.cols:
-            for k in range(lo, n_seen):
-                col[new_off + k % (2 * cap)] = col[off + k % cap]
-        i[H_OFF], i[H_CAP] = new_off, 2 * cap
+        r = np.array([row])
+        lo, n_seen = self.ints[r, H_LO], self.ints[r, N_SEEN]
+        self._relocate(self.hist, r, H_OFF, 2 * self.ints[r, H_CAP], lo, n_seen - lo, modular=True)
 
     def most_panes(self, base: int) -> int:
         """The most panes a window (``base`` E_WIN or M_WIN) can hold: those of (g - W, g] and of the
@@ -186,15 +182,12 @@ class FleetState:
     def grow_panes(self, row: int, base: int) -> None:
         """Move a window's pane ring (``base`` E_WIN or M_WIN) to a segment twice the size (at most what the
         window can hold), head at 0."""
-        pool = self.e_panes if base == E_WIN else self.m_panes
-        i = self.ints[row]
-        off, cap, head, length = (int(i[base + c]) for c in (W_OFF, W_CAP, W_HEAD, W_LEN))
-        new_cap = max(min(2 * cap, self.most_panes(base)), cap + 1)
-        new_off = pool.take(new_cap)
-        src = off + (head + np.arange(length)) % cap
-        for col in pool.cols:
-            col[new_off:new_off + length] = col[src]
-        i[base + W_OFF], i[base + W_CAP], i[base + W_HEAD] = new_off, new_cap, 0
+        r = np.array([row])
+        cap = int(self.ints[row, base + W_CAP])
+        new_cap = np.array([max(min(2 * cap, self.most_panes(base)), cap + 1)])
+        self._relocate(self.e_panes if base == E_WIN else self.m_panes, r, base + W_OFF, new_cap,
+                       self.ints[r, base + W_HEAD], self.ints[r, base + W_LEN], modular=False)
+        self.ints[row, base + W_HEAD] = 0
 
     def reserve(self, rows: np.ndarray, counts: np.ndarray) -> None:
         """Before a call bringing counts[i] samples to rows[i]: grow, in one step for all rows, each
