@@ -119,6 +119,9 @@ class FleetState:
             self.m_panes = _pane_pool()
         self._index()
 
+    def __repr__(self) -> str:
+        return f"FleetState({self.n} sensors, {self.channels} channels, {self.nbytes():,} bytes)"
+
     # --- sensor rows ---------------------------------------------------------------------------
 
     def _index(self) -> None:

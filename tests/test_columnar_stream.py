@@ -149,3 +149,23 @@ def test_a_sample_not_after_the_sensors_earlier_calls_is_refused():
         stream_resonance(state, [4], [9], [0.0])
     with pytest.raises(ValueError, match="channels"):
         stream_resonance(state, [4], [10], [[0.0, 1.0]])
+
+
+@pytest.mark.parametrize("rate_hz", [100, 1000])
+def test_a_sensors_memory_is_bounded_by_its_windows_and_lag_not_its_history(rate_hz):
+    s = ResonatorSettings(KairosParams.from_seconds(1.0, velocity_span=0.1), emissary_window_us=1_000_000,
+                          emissary_interval_us=10_000, master_window_us=20_000_000, master_interval_us=100_000,
+                          threshold=0.95, hysteresis=0.05, phase_threshold=0.1, min_span_us=10_000_000)
+    step = 1_000_000 // rate_hz
+    t = EPOCH_US + step * np.arange(1, 60 * rate_hz + 1)
+    phase = 2 * np.pi * 3.0 * (t - EPOCH_US) * 1e-6
+    state = FleetState(s, 1)
+    for a in range(0, t.size, 5_000):
+        stream_resonance(state, np.zeros(len(t[a:a + 5_000]), np.int32), t[a:a + 5_000], phase[a:a + 5_000])
+    from operators.columnar_state import E_WIN, H_CAP, M_WIN, W_CAP
+    caps = state.ints[0]
+    assert caps[E_WIN + W_CAP] <= state.most_panes(E_WIN) == 103
+    assert caps[M_WIN + W_CAP] <= state.most_panes(M_WIN) == 203
+    assert caps[H_CAP] <= 2 * (1.1 * rate_hz + 2)            # samples within tau + d of the newest, doubled
+    restored = pickle.loads(pickle.dumps(state))
+    assert restored.nbytes() == state.nbytes() <= 64 * (103 + 203) + 41 * caps[H_CAP] + 400
