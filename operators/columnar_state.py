@@ -257,16 +257,14 @@ class FleetState:
 
     def compact(self) -> None:
         """Copy every live segment to fresh pools, in row order (drops abandoned segments)."""
-        rows = np.arange(self.n)
         for pool, base in ((self.hist, H_OFF), (self.e_panes, E_WIN + W_OFF), (self.m_panes, M_WIN + W_OFF)):
-            caps = self.ints[rows, base + 1]
-            offs = np.concatenate(([0], np.cumsum(caps)[:-1])).astype(np.int64) if self.n else caps
+            old, caps = self.ints[:self.n, base], self.ints[:self.n, base + 1]
+            new = np.cumsum(caps) - caps
             total = int(caps.sum())
-            src = np.concatenate([np.arange(o, o + c) for o, c in zip(self.ints[rows, base], caps)]) \
-                if self.n else np.empty(0, np.int64)
+            src = np.arange(total, dtype=np.int64) + np.repeat(old - new, caps)   # each segment's rows, in order
             pool.cols = [c[src] for c in pool.cols]
             pool.used = total
-            self.ints[rows, base] = offs
+            self.ints[:self.n, base] = new
 
     def nbytes(self) -> int:
         """Bytes held by the live rows and ring segments (what a snapshot holds)."""
