@@ -262,6 +262,22 @@ def stream_resonance(state: FleetState, sensor_index, t_us, phase, final: bool =
     Returns:
         The Emissary, Master and sync rows emitted by this call, grouped by sensor as the call's rows
         (``final`` adds the other sensors' last points after them); each sensor's in time order.
+
+    >>> from operators.columnar import fleet_resonance
+    >>> from operators.params import KairosParams
+    >>> from operators.resonator import ResonatorSettings
+    >>> settings = ResonatorSettings(KairosParams(tau_us=50_000, velocity_span_us=10_000), 200_000, 10_000,
+    ...                              1_000_000, 100_000, 0.95, 0.05, 0.1, 300_000)
+    >>> t = np.arange(1, 1001) * 1_000                    # 1 s of a 5 Hz oscillator at 1 kHz
+    >>> phase = 2 * np.pi * 5.0 * t * 1e-6
+    >>> state = FleetState(settings, channels=1)
+    >>> calls = [stream_resonance(state, np.zeros(n, int), t[a:a + n], phase[a:a + n], final=a + n == 1000)
+    ...          for a, n in ((0, 1), (1, 499), (500, 500))]
+    >>> [len(c.emissary.t) for c in calls], [c.sync.event.tolist().count(1) for c in calls]   # 1 = collapse
+    ([0, 50, 50], [0, 1, 0])
+    >>> offline = fleet_resonance(np.zeros(1000, int), t, phase, settings)
+    >>> bool(np.array_equal(np.concatenate([c.emissary.t for c in calls]), offline.emissary.t))
+    True
     """
     sensor, t, ph = fleet_columns(sensor_index, t_us, phase)
     if ph.shape[1] != state.channels:
