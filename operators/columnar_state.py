@@ -51,10 +51,10 @@ from operators.resonator import ResonatorSettings
 
 # Columns of FleetState.ints.
 N_SEEN, CS, JP, MP, H_OFF, H_CAP, H_LO, LAST_PT, E_PEND, E_G, M_PEND, M_G = range(12)
-E_WIN, M_WIN = 12, 19           # a window's columns: base + OFF, CAP, HEAD, LEN, N, NZ_T
-W_OFF, W_CAP, W_HEAD, W_LEN, W_N, W_NZ = range(6)
-COLLAPSED, SPAN_IN = 25, 26
-N_INTS = 27
+E_WIN, M_WIN = 12, 19           # a window's columns: base + OFF, CAP, HEAD, LEN, N, NZ_T, END
+W_OFF, W_CAP, W_HEAD, W_LEN, W_N, W_NZ, W_END = range(7)
+COLLAPSED, SPAN_IN = 26, 27
+N_INTS = 28
 E_SUMS, M_SUMS = 0, 6           # a window's six columns of FleetState.sums
 NO_TIME = np.iinfo(np.int64).min
 FIRST_CAP = 4                   # first ring capacity of a sensor (doubled as needed)

@@ -43,7 +43,7 @@ from operators.columnar import _ceil_grid, _two_sum
 from operators.columnar_rows import FleetResonance, FleetSyncValues, FleetWindowValues, fleet_columns
 from operators.columnar_state import (CS, E_G, E_PEND, E_SUMS, E_WIN, H_CAP, H_LO, H_OFF, JP, LAST_PT, M_G,
                                       M_PEND, M_SUMS, M_WIN, MP, N_SEEN, SPAN_IN, COLLAPSED, W_CAP,
-                                      W_HEAD, W_LEN, W_N, W_NZ, W_OFF, FleetState, pane_width)
+                                      W_END, W_HEAD, W_LEN, W_N, W_NZ, W_OFF, FleetState, pane_width)
 from operators.lag import _wrap, window_term
 from operators.sync import COLLAPSE, DISSIPATE_COHERENCE, DISSIPATE_PHASE, NONE
 
@@ -57,16 +57,22 @@ _MAX = np.iinfo(np.int64).max
 def _window_add(ints, sums, r, base, sb, pt0, pn, ps, tk, c, a, pane):
     """Integrate one product's terms (c = p e^{i omega t} dt, a = |p| dt) into a window and its pane."""
     off, cap, head, length = ints[r, base + W_OFF], ints[r, base + W_CAP], ints[r, base + W_HEAD], ints[r, base + W_LEN]
-    end = _ceil_grid(tk, pane)
-    if length > 0 and _ceil_grid(pt0[off + (head + length - 1) % cap], pane) == end:
-        q = off + (head + length - 1) % cap
+    last = head + length - 1  # ring position of the newest pane; a compare, not a modulo, wraps it
+    if last >= cap:
+        last -= cap
+    if length > 0 and tk <= ints[r, base + W_END]:  # products come in time order: same pane as the newest
+        q = off + last
     else:
-        q = off + (head + length) % cap
+        last += 1
+        if last >= cap:
+            last -= cap
+        q = off + last
         pt0[q] = tk
         pn[q] = 0
         for x in range(6):
             ps[q, x] = 0.0
         ints[r, base + W_LEN] = length + 1
+        ints[r, base + W_END] = _ceil_grid(tk, pane)
     pn[q] += 1
     ints[r, base + W_N] += 1
     if a > 0.0:
@@ -78,19 +84,19 @@ def _window_add(ints, sums, r, base, sb, pt0, pn, ps, tk, c, a, pane):
 
 
 @njit(cache=True, nogil=True)
-def _window_value(ints, sums, r, base, sb, pt0, pn, ps, g, window, pane):
+def _window_value(ints, sums, r, base, sb, pt0, pn, ps, g, window):
     """Drop the panes ending at or before g - W; return (T, products, span us) over (g - W, g]."""
     off, cap = ints[r, base + W_OFF], ints[r, base + W_CAP]
     cut = g - window
     while ints[r, base + W_LEN] > 0:
         q = off + ints[r, base + W_HEAD]
-        if _ceil_grid(pt0[q], pane) > cut:
+        if pt0[q] > cut:  # cut is a multiple of P: the pane ends at or before cut iff its first product does
             break
         for x in range(6):  # subtract both halves of the pane's pair
             sums[r, sb + x - x % 2], sums[r, sb + x - x % 2 + 1] = _two_sum(
                 sums[r, sb + x - x % 2], sums[r, sb + x - x % 2 + 1], -ps[q, x])
         ints[r, base + W_N] -= pn[q]
-        ints[r, base + W_HEAD] = (ints[r, base + W_HEAD] + 1) % cap
+        ints[r, base + W_HEAD] = 0 if ints[r, base + W_HEAD] + 1 == cap else ints[r, base + W_HEAD] + 1
         ints[r, base + W_LEN] -= 1
     if ints[r, base + W_LEN] == 0:
         for x in range(6):
@@ -119,14 +125,14 @@ def _emit_due(ints, sums, t_master, r, sensor_id, wm, ep_t0, ep_n, ep_s, mp_t0, 
     descriptor): e_i rows sensor, t, products, span, mature, collapsed, event, Master span; e_c rows
     T_emissary, T_master, T_sync; e_f rows coherence, delta_phase; m_i rows sensor, t, products, span; m_c T.
     """
-    e_window, e_pane, m_window, m_pane, min_span = cfg_i[3], cfg_i[5], cfg_i[6], cfg_i[8], cfg_i[9]
+    e_window, m_window, min_span = cfg_i[3], cfg_i[6], cfg_i[9]
     threshold, hysteresis, phase_threshold = cfg_f[1], cfg_f[2], cfg_f[3]
     while True:
         m_due = ints[r, M_PEND] == 1 and ints[r, M_G] <= wm
         e_due = ints[r, E_PEND] == 1 and ints[r, E_G] <= wm
         if m_due and (not e_due or ints[r, M_G] <= ints[r, E_G]):
             g = ints[r, M_G]
-            T, n, span = _window_value(ints, sums, r, M_WIN, M_SUMS, mp_t0, mp_n, mp_s, g, m_window, m_pane)
+            T, n, span = _window_value(ints, sums, r, M_WIN, M_SUMS, mp_t0, mp_n, mp_s, g, m_window)
             k = counts[1]
             m_i[0, k], m_i[1, k], m_i[2, k], m_i[3, k], m_c[k] = sensor_id, g, n, span, T
             counts[1] = k + 1
@@ -135,7 +141,7 @@ def _emit_due(ints, sums, t_master, r, sensor_id, wm, ep_t0, ep_n, ep_s, mp_t0, 
             ints[r, M_PEND] = 0
         elif e_due:
             g = ints[r, E_G]
-            te, n, span = _window_value(ints, sums, r, E_WIN, E_SUMS, ep_t0, ep_n, ep_s, g, e_window, e_pane)
+            te, n, span = _window_value(ints, sums, r, E_WIN, E_SUMS, ep_t0, ep_n, ep_s, g, e_window)
             k = counts[0]
             e_i[0, k], e_i[1, k], e_i[2, k], e_i[3, k], e_c[0, k] = sensor_id, g, n, span, te
             T_in = t_master[r]
@@ -189,8 +195,9 @@ def _stream_kernel(rows, sensor, t, phase, start, ints, sums, t_master, h_t, h_p
         if _any_due(ints, r, tk - 1):
             _emit_due(ints, sums, t_master, r, sensor[i], tk - 1, ep_t0, ep_n, ep_s, mp_t0, mp_n, mp_s, cfg_i, cfg_f,
                       e_i, e_c, e_f, m_i, m_c, counts)
-        q = off + k % cap
-        prev = off + (k - 1) % cap
+        mask = cap - 1  # history capacities are powers of two: a mask, not a modulo
+        q = off + (k & mask)
+        prev = off + ((k - 1) & mask)
         h_t[q] = tk
         if k == 0 or tk - h_t[prev] > max_gap:
             ints[r, CS] = k
@@ -203,20 +210,20 @@ def _stream_kernel(rows, sensor, t, phase, start, ints, sums, t_master, h_t, h_p
         for c in range(n_chan):
             h_phi[q, c] = phase[i, c]
         cs, jp, mp = ints[r, CS], ints[r, JP], ints[r, MP]
-        while jp + 1 < k and tk - h_t[off + (jp + 1) % cap] >= d:
+        while jp + 1 < k and tk - h_t[off + ((jp + 1) & mask)] >= d:
             jp += 1
         has_v = jp >= cs
         h_hasv[q] = has_v
         if has_v:
-            qj = off + jp % cap
+            qj = off + (jp & mask)
             span_s = (tk - h_t[qj]) * 1e-6
             for c in range(n_chan):
                 rate = (h_unw[q, c] - h_unw[qj, c]) / span_s
                 ph = phase[i, c]
                 h_v[q, c] = complex(-rate * math.sin(ph), rate * math.cos(ph))  # i * rate * exp(i phi)
-        while mp + 1 < k and tk - h_t[off + (mp + 1) % cap] >= tau:
+        while mp + 1 < k and tk - h_t[off + ((mp + 1) & mask)] >= tau:
             mp += 1
-        qm = off + mp % cap
+        qm = off + (mp & mask)
         if has_v and mp >= cs and mp < jp and h_hasv[qm]:
             acc = 0j
             for c in range(n_chan):
