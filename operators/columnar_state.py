@@ -31,7 +31,7 @@ Master 3600 s at 0.1 s, tau 1 s, d 0.1 s; after more than an hour, compacted):
 36,003) are 2.30 MB and the lag history 42 KB at 1 kHz (1,024 samples of 41
 bytes); 1 Hz with tau 5 s 263 KB (3,601 panes in a ring of 4,096).  The pane's
 compensated pair is what keeps a window exact after a large product leaves;
-the rest of a sensor's row is 336 bytes.
+the rest of a sensor's row is 344 bytes.
 
 A ring that is full is moved to a segment of twice its size at the end of its
 pool; the abandoned segments of a sensor add up to less than its live one, so
