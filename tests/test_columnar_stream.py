@@ -169,3 +169,14 @@ def test_a_sensors_memory_is_bounded_by_its_windows_and_lag_not_its_history(rate
     assert caps[H_CAP] <= 2 * (1.1 * rate_hz + 2)            # samples within tau + d of the newest, doubled
     restored = pickle.loads(pickle.dumps(state))
     assert restored.nbytes() == state.nbytes() <= 64 * (103 + 203) + 41 * caps[H_CAP] + 400
+
+
+def test_times_before_and_across_the_epoch_split_the_same():
+    s = ResonatorSettings(KairosParams(tau_us=50_000, velocity_span_us=10_000), 215_000, 10_000, 500_000, 30_000,
+                          0.8, 0.05, 0.3, 100_000)
+    rng = np.random.default_rng(3)
+    t = -3_000_000 + np.cumsum(rng.integers(1, 8_000, 2_000))
+    phase = rng.uniform(-0.3, 0.3, (2_000, 2)) + np.outer(t * 1e-6, [30.0, 31.0])
+    sensor = np.zeros(2_000, np.int32)
+    _assert_same(_stream(sensor, t, phase, s, [1, 2, 500, 1_333, 1_999], pickle_every=1),
+                 fleet_resonance(sensor, t, phase, s))
