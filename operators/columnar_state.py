@@ -58,6 +58,7 @@ N_INTS = 28
 E_SUMS, M_SUMS = 0, 6           # a window's six columns of FleetState.sums
 NO_TIME = np.iinfo(np.int64).min
 FIRST_CAP = 4                   # first ring capacity of a sensor (doubled as needed)
+STATE_VERSION = 1               # of the pickled layout; a snapshot of another layout is refused by name
 
 
 def pane_width(window_us: int, interval_us: int) -> int:
@@ -249,6 +250,7 @@ class FleetState:
         self.compact()
         keep = ("settings", "channels", "n")
         state = {k: getattr(self, k) for k in keep}
+        state["version"] = STATE_VERSION
         state.update(ids=self.ids[:self.n].copy(), ints=self.ints[:self.n].copy(), sums=self.sums[:self.n].copy(),
                      t_master=self.t_master[:self.n].copy(),
                      hist=[c[:self.hist.used] for c in self.hist.cols],
@@ -257,6 +259,10 @@ class FleetState:
         return state
 
     def __setstate__(self, state):
+        version = state.pop("version", None)
+        if version != STATE_VERSION:
+            raise ValueError(f"this snapshot holds fleet state of layout {version}; this code reads layout "
+                             f"{STATE_VERSION}: replay the input from its start instead of restoring it")
         pools = {k: state.pop(k) for k in ("hist", "e_panes", "m_panes")}
         self.__dict__.update(state)
         for name, cols in pools.items():

@@ -180,3 +180,13 @@ def test_times_before_and_across_the_epoch_split_the_same():
     sensor = np.zeros(2_000, np.int32)
     _assert_same(_stream(sensor, t, phase, s, [1, 2, 500, 1_333, 1_999], pickle_every=1),
                  fleet_resonance(sensor, t, phase, s))
+
+
+def test_a_snapshot_of_another_layout_is_refused_by_name():
+    s = ResonatorSettings(KairosParams(tau_us=20_000), 100_000, 10_000, 1_000_000, 100_000, 0.9, 0.05, 0.1, 0)
+    state = FleetState(s, 1)
+    stream_resonance(state, [4, 4], [5, 9], [0.0, 0.1])
+    snapshot = state.__getstate__()
+    snapshot["version"] = 0
+    with pytest.raises(ValueError, match="layout 0; this code reads layout 1"):
+        FleetState.__new__(FleetState).__setstate__(snapshot)
