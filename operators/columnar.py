@@ -60,7 +60,7 @@ from operators.columnar_rows import (FleetProducts, FleetResonance, FleetSyncVal
 from operators.lag import _wrap, window_term
 from operators.params import KairosParams
 from operators.resonator import ResonatorSettings
-from operators.sync import COLLAPSE, DISSIPATE_COHERENCE, DISSIPATE_PHASE, NONE
+from operators.sync import sync_step
 
 __all__ = ["FleetProducts", "FleetResonance", "FleetSyncValues", "FleetWindowValues", "fleet_products",
            "fleet_resonance"]
@@ -208,14 +208,7 @@ def _sync_rows(e_t, e_T, e0, e1, m_t, m_T, m_span, m0, m1, threshold, hysteresis
         coh = ts.real * ts.real + ts.imag * ts.imag
         dphase = abs(abs(T_in) - abs(te))
         mature = span_in >= min_span
-        event = NONE
-        if collapsed:
-            if coh < threshold - hysteresis:
-                collapsed, event = False, DISSIPATE_COHERENCE
-            elif dphase >= phase_threshold:
-                collapsed, event = False, DISSIPATE_PHASE
-        elif mature and coh >= threshold and dphase < phase_threshold:
-            collapsed, event = True, COLLAPSE
+        collapsed, event = sync_step(collapsed, coh, dphase, mature, threshold, hysteresis, phase_threshold)
         s_T_master[k], s_T_sync[k], s_coh[k], s_dphase[k] = T_in, ts, coh, dphase
         s_mature[k], s_collapsed[k], s_event[k], s_span[k] = mature, collapsed, event, span_in
 

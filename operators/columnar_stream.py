@@ -45,7 +45,7 @@ from operators.columnar_state import (CS, E_G, E_PEND, E_SUMS, E_WIN, H_CAP, H_L
                                       M_PEND, M_SUMS, M_WIN, MP, N_SEEN, SPAN_IN, COLLAPSED, W_CAP,
                                       W_END, W_HEAD, W_LEN, W_N, W_NZ, W_OFF, FleetState, pane_width)
 from operators.lag import _wrap, window_term
-from operators.sync import COLLAPSE, DISSIPATE_COHERENCE, DISSIPATE_PHASE, NONE
+from operators.sync import sync_step
 
 __all__ = ["FleetState", "stream_resonance"]
 
@@ -150,15 +150,8 @@ def _emit_due(ints, sums, t_master, r, sensor_id, wm, ep_t0, ep_n, ep_s, mp_t0, 
             coh = ts.real * ts.real + ts.imag * ts.imag
             dphase = abs(abs(T_in) - abs(te))
             mature = span_in >= min_span
-            collapsed = ints[r, COLLAPSED] == 1
-            event = NONE
-            if collapsed:
-                if coh < threshold - hysteresis:
-                    collapsed, event = False, DISSIPATE_COHERENCE
-                elif dphase >= phase_threshold:
-                    collapsed, event = False, DISSIPATE_PHASE
-            elif mature and coh >= threshold and dphase < phase_threshold:
-                collapsed, event = True, COLLAPSE
+            collapsed, event = sync_step(ints[r, COLLAPSED] == 1, coh, dphase, mature, threshold, hysteresis,
+                                         phase_threshold)
             ints[r, COLLAPSED] = 1 if collapsed else 0
             e_c[1, k], e_c[2, k], e_f[0, k], e_f[1, k] = T_in, ts, coh, dphase
             e_i[4, k], e_i[5, k], e_i[6, k], e_i[7, k] = mature, collapsed, event, span_in

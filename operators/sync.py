@@ -35,20 +35,25 @@ NONE, COLLAPSE, DISSIPATE_COHERENCE, DISSIPATE_PHASE = 0, 1, 2, 3
 
 
 @njit(cache=True, nogil=True)
+def sync_step(collapsed, coh, dphase, mature, threshold, hysteresis, phase_threshold):
+    """One point of the state machine: (state after it, event at it).  Every kernel that
+    decides collapse calls this one, so the rule has one home."""
+    if collapsed:
+        if coh < threshold - hysteresis:
+            return False, DISSIPATE_COHERENCE
+        if dphase >= phase_threshold:
+            return False, DISSIPATE_PHASE
+        return True, NONE
+    if mature and coh >= threshold and dphase < phase_threshold:
+        return True, COLLAPSE
+    return False, NONE
+
+
+@njit(cache=True, nogil=True)
 def _hysteresis(coh, dphase, mature, threshold, hysteresis, phase_threshold, collapsed, out_state, out_event):
     """Run the state machine over the points; returns the final state."""
     for k in range(coh.shape[0]):
-        event = NONE
-        if collapsed:
-            if coh[k] < threshold - hysteresis:
-                collapsed = False
-                event = DISSIPATE_COHERENCE
-            elif dphase[k] >= phase_threshold:
-                collapsed = False
-                event = DISSIPATE_PHASE
-        elif mature[k] and coh[k] >= threshold and dphase[k] < phase_threshold:
-            collapsed = True
-            event = COLLAPSE
+        collapsed, event = sync_step(collapsed, coh[k], dphase[k], mature[k], threshold, hysteresis, phase_threshold)
         out_state[k] = collapsed
         out_event[k] = event
     return collapsed
