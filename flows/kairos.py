@@ -810,6 +810,24 @@ def build_engine_flow(config: Config, *, flow_id: str = "becomingone-engine") ->
     return flow
 
 
+def _check_kafka_or_exit(config: Config) -> None:
+    """Under ``python -m bytewax.run``: a cluster out of reach, or settings librdkafka refuses, is one
+    line and exit 1 (2 for the settings), as in ``becomingone run``, not a failure inside a worker."""
+    import sys
+
+    from connectors.kafka import KafkaSetupError
+    from flows.run import check_kafka
+
+    try:
+        check_kafka(config)
+    except KafkaSetupError as exc:
+        print(f"becomingone: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except OSError as exc:  # KafkaUnreachable
+        print(f"becomingone: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
 def _bytewax_recovery(argv: list[str]) -> bool:
     """True when ``python -m bytewax.run`` was given a recovery directory (``-r`` or its variable).
 
@@ -854,6 +872,7 @@ def __getattr__(name: str) -> Any:
             # Each problem with its key path, as `becomingone` prints them; exit 2 as for a bad config there.
             print(f"becomingone: invalid config:\n{exc}", file=sys.stderr)
             raise SystemExit(2) from None
+        _check_kafka_or_exit(config)
         _drain_on_sigterm()
         return build_flow(config, recovery=_bytewax_recovery(sys.argv))
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

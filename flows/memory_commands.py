@@ -44,6 +44,17 @@ def _memory(args: argparse.Namespace, command: str):
         return None, _fail(command, str(exc))
 
 
+def _csv_ready(table: pa.Table) -> pa.Table:
+    """``table`` with each list column (``input``'s phase) as JSON text: CSV has no lists."""
+    import pyarrow as pa
+
+    for i, field in enumerate(table.schema):
+        if pa.types.is_list(field.type) or pa.types.is_large_list(field.type):
+            text = pa.array([None if v is None else json.dumps(v) for v in table.column(i).to_pylist()], pa.string())
+            table = table.set_column(i, field.name, text)
+    return table
+
+
 def _time(value: str | None, flag: str) -> int | None:
     from connectors.memory import as_micros
 
@@ -84,7 +95,7 @@ def cmd_memory_retrieve(args: argparse.Namespace) -> int:
         import pyarrow.csv as pcsv
 
         sink = pa.BufferOutputStream()
-        pcsv.write_csv(table, sink)
+        pcsv.write_csv(_csv_ready(table), sink)
         sys.stdout.write(sink.getvalue().to_pybytes().decode("utf-8"))
     elif args.format == "json":
         for row in table.to_pylist():

@@ -69,6 +69,19 @@ def test_bytewax_run_with_a_bad_config_exits_2_naming_the_key_paths(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+def test_bytewax_run_against_an_unreachable_broker_fails_in_one_line(tmp_path):
+    address = f"127.0.0.1:{free_port()}"
+    config = _kafka_config(tmp_path, **{"bootstrap.servers": address})
+    env = clean_env(BECOMINGONE_CONFIG=str(config))
+    env.pop("RUST_BACKTRACE", None)
+    proc = subprocess.run([sys.executable, "-m", "bytewax.run", "flows.kairos"], capture_output=True, text=True,
+                          env=env, timeout=GUARD)
+    assert proc.returncode == 1, proc.stderr
+    assert f"cannot reach Kafka at {address}" in proc.stderr and "Connection refused" in proc.stderr
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert "Traceback" not in proc.stderr and "panicked" not in proc.stderr
+
+
 # --------------------------------------------------------------------------
 # Any other failure of a command.
 

@@ -364,6 +364,28 @@ def test_retrieve_and_reconstruct_commands(flow_archive):
     assert proc.returncode == 2 and "--start 'soon'" in proc.stderr
 
 
+def test_retrieve_writes_list_columns_as_csv(flow_archive):
+    # input/ holds the phase as a list per row (noise-1 has two channels): CSV cannot hold a list,
+    # so the cell is the list as JSON text, which reads back to the same numbers.
+    import csv
+    import io
+
+    root, _ = flow_archive
+    proc = _cli("memory", "retrieve", "--archive", str(root), "--dataset", "input", "--start", "2025-01-01T00:00:10Z",
+                "--end", "2025-01-01T00:00:10.02Z", "--format", "csv")
+    assert proc.returncode == 0, proc.stderr
+    rows = list(csv.DictReader(io.StringIO(proc.stdout)))
+    expected = _sorted(root, "input").filter(pa.compute.and_(
+        pa.compute.greater_equal(pa.compute.cast(_sorted(root, "input")["t"], pa.int64()), 1_735_689_610_000_000),
+        pa.compute.less_equal(pa.compute.cast(_sorted(root, "input")["t"], pa.int64()), 1_735_689_610_020_000)))
+    assert len(rows) == expected.num_rows == 9
+    got = sorted((r["sensor"], r["t"], tuple(json.loads(r["phase"]))) for r in rows)
+    want = sorted((r["sensor"], r["t"].strftime("%Y-%m-%dT%H:%M:%S.%fZ"), tuple(r["phase"]))
+                  for r in expected.to_pylist())
+    assert [(s, p) for s, _, p in got] == [(s, p) for s, _, p in want]
+    assert {len(p) for s, _, p in got if s == "noise-1"} == {2}
+
+
 def _arrow_stdout(root, start: str, end: str) -> bytes:
     proc = subprocess.run([str(BIN), "memory", "retrieve", "--archive", str(root), "--start", start, "--end", end,
                            "--format", "arrow"], capture_output=True, env=clean_env(), timeout=300)
