@@ -50,14 +50,13 @@ across calls) is to be built on this pass; it is not part of this module.
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 from numba import njit
 
 from operators.columnar_rows import (FleetProducts, FleetResonance, FleetSyncValues, FleetWindowValues,
                                      check_settings, fleet_columns)
-from operators.lag import _wrap, window_term
+from operators.lag import _wrap, lag_product, phase_velocity, window_term
 from operators.params import KairosParams
 from operators.resonator import ResonatorSettings
 from operators.sync import sync_step
@@ -126,14 +125,11 @@ def _chain_products(t, phase, s0, s1, tau, d, max_gap, w, unw, v, hasv, out_t, o
             span_s = (tk - t[s0 + jp]) * 1e-6
             for c in range(n_chan):
                 rate = (unw[k, c] - unw[jp, c]) / span_s
-                ph = phase[i, c]
-                v[k, c] = complex(-rate * math.sin(ph), rate * math.cos(ph))  # i * rate * exp(i phi)
+                v[k, c] = phase_velocity(rate, phase[i, c])
         while mp + 1 < k and tk - t[s0 + mp + 1] >= tau:
             mp += 1
         if has_v and mp >= cs and mp < jp and hasv[mp]:
-            acc = 0j
-            for c in range(n_chan):
-                acc += w[c] * (v[k, c] * v[mp, c].conjugate())
+            acc = lag_product(v, k, mp, w, n_chan)
             out_t[n_out] = tk
             out_p[n_out] = acc
             out_dt[n_out] = (tk - t[i - 1]) * 1e-6

@@ -34,7 +34,6 @@ sample in Python.
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 from numba import njit
@@ -44,7 +43,7 @@ from operators.columnar_rows import FleetResonance, FleetSyncValues, FleetWindow
 from operators.columnar_state import (CS, E_G, E_PEND, E_SUMS, E_WIN, H_CAP, H_LO, H_OFF, JP, LAST_PT, M_G,
                                       M_PEND, M_SUMS, M_WIN, MP, N_SEEN, SPAN_IN, COLLAPSED, W_CAP,
                                       W_END, W_HEAD, W_LEN, W_N, W_NZ, W_OFF, FleetState, pane_width)
-from operators.lag import _wrap, window_term
+from operators.lag import _wrap, lag_product, phase_velocity, window_term
 from operators.sync import sync_step
 
 __all__ = ["FleetState", "stream_resonance"]
@@ -212,15 +211,12 @@ def _stream_kernel(rows, sensor, t, phase, start, ints, sums, t_master, h_t, h_p
             span_s = (tk - h_t[qj]) * 1e-6
             for c in range(n_chan):
                 rate = (h_unw[q, c] - h_unw[qj, c]) / span_s
-                ph = phase[i, c]
-                h_v[q, c] = complex(-rate * math.sin(ph), rate * math.cos(ph))  # i * rate * exp(i phi)
+                h_v[q, c] = phase_velocity(rate, phase[i, c])
         while mp + 1 < k and tk - h_t[off + ((mp + 1) & mask)] >= tau:
             mp += 1
         qm = off + (mp & mask)
         if has_v and mp >= cs and mp < jp and h_hasv[qm]:
-            acc = 0j
-            for c in range(n_chan):
-                acc += w[c] * (h_v[q, c] * h_v[qm, c].conjugate())
+            acc = lag_product(h_v, q, qm, w, n_chan)
             cterm, aterm = window_term(tk, acc, (tk - h_t[prev]) * 1e-6, omega)
             _window_add(ints, sums, r, E_WIN, E_SUMS, ep_t0, ep_n, ep_s, tk, cterm, aterm, e_pane)
             _window_add(ints, sums, r, M_WIN, M_SUMS, mp_t0, mp_n, mp_s, tk, cterm, aterm, m_pane)

@@ -141,20 +141,33 @@ def _lag_kernel(t_buf, phi_buf, unw_buf, v_buf, hasv_buf, lo, hi, cs, jp, mp,
             span_s = (tk - t_buf[jp]) * 1e-6
             for c in range(n_chan):
                 rate = (unw_buf[k, c] - unw_buf[jp, c]) / span_s
-                ph = phi_new[i, c]
-                # i * rate * exp(i phi) = rate * (-sin phi + i cos phi)
-                v_buf[k, c] = complex(-rate * math.sin(ph), rate * math.cos(ph))
+                v_buf[k, c] = phase_velocity(rate, phi_new[i, c])
         while mp + 1 < k and tk - t_buf[mp + 1] >= tau:
             mp += 1
         if has_v and mp >= cs and mp < jp and hasv_buf[mp]:
-            acc = 0j
-            for c in range(n_chan):
-                acc += w[c] * (v_buf[k, c] * v_buf[mp, c].conjugate())
+            acc = lag_product(v_buf, k, mp, w, n_chan)
             out_t[n_out] = tk
             out_p[n_out] = acc
             out_dt[n_out] = (tk - t_buf[k - 1]) * 1e-6
             n_out += 1
     return n_out, cs, jp, mp
+
+
+@njit(cache=True, nogil=True, inline="always")
+def phase_velocity(rate, ph):
+    """v = i * rate * exp(i phi) = rate * (-sin phi + i cos phi): the time derivative of
+    exp(i phi) (SPEC section 2, step 2), rate in rad/s."""
+    return complex(-rate * math.sin(ph), rate * math.cos(ph))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def lag_product(v, k, m, w, n_chan):
+    """p_k = sum_c w_c v_{k,c} conj(v_{m,c}) over rows k and m of ``v`` (SPEC section 2, step 3).
+    Every kernel that makes products calls this one, so they agree bit for bit."""
+    acc = 0j
+    for c in range(n_chan):
+        acc += w[c] * (v[k, c] * v[m, c].conjugate())
+    return acc
 
 
 @njit(cache=True, nogil=True)
