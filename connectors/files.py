@@ -263,6 +263,7 @@ def phase_record_batches(
     format: str | None = None,
     *,
     chunk_rows: int = 65_536,
+    fill: bool = False,
 ) -> Iterator[tuple[pa.RecordBatch, int]]:
     """The file's rows as raw record batches (phase columns only, types as read), with
     the index of each batch's first row; :func:`phase_columns` validates one.
@@ -270,6 +271,12 @@ def phase_record_batches(
     Lets a reader that must not stop at a bad row (the dataflow's file
     source) validate chunk by chunk and fall back to single rows where a
     chunk fails.
+
+    Args:
+        chunk_rows: the most rows of a batch; larger batches of the file are cut.
+        fill: also join the file's smaller batches (an Arrow file written in
+            small record batches, CSV blocks), so that every batch but the
+            last has exactly ``chunk_rows`` rows.
 
     Raises:
         PhaseFileError: the file cannot be read at all (missing, not of its
@@ -283,12 +290,24 @@ def phase_record_batches(
         raise PhaseFileError(name, "is a directory, not a file")
     readers = {"csv": _csv_batches, "parquet": _parquet_batches, "arrow": _arrow_batches, "jsonl": _jsonl_batches}
     row = 0
+    pending: list[pa.RecordBatch] = []  # fill: the parts of the next batch, fewer than chunk_rows rows
+    held = 0
     for batch in readers[fmt](name, chunk_rows):
-        for start in range(0, batch.num_rows, chunk_rows):
-            part = batch.slice(start, chunk_rows)
-            if part.num_rows:
-                yield part, row
-                row += part.num_rows
+        start = 0
+        while start < batch.num_rows:
+            part = batch.slice(start, chunk_rows - held)
+            start += part.num_rows
+            if fill and held + part.num_rows < chunk_rows:
+                pending.append(part)
+                held += part.num_rows
+                continue
+            if pending:
+                part = pa.concat_batches([*pending, part])
+                pending, held = [], 0
+            yield part, row
+            row += part.num_rows
+    if pending:
+        yield pa.concat_batches(pending), row
 
 
 def phase_columns(batch: pa.RecordBatch, path: str | os.PathLike[str], first_row: int, format: str) -> PhaseColumns:

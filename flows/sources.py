@@ -21,7 +21,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from connectors.kafka_health import set_draining
 from operators.decode import RawMessage
 from operators.samples import SampleBatch
-from schemas.config import Config, FileSource, KafkaSource, SyntheticSource
+from schemas.config import FILE_BATCH_ROWS, Config, FileSource, KafkaSource, SyntheticSource
 from schemas.messages import ARROW_STREAM_CONTENT_TYPE, CONTENT_TYPE_HEADER
 
 __all__ = ["ArchiveInput", "ArchiveSlices", "PhaseFile", "SyntheticSamples", "clear_stop_request", "kafka_source",
@@ -125,27 +125,33 @@ class SyntheticSamples(FixedPartitionedSource[SampleBatch, int]):
 
 
 class _FilePartition(StatefulSourcePartition[RawMessage, int]):
-    """A phase file as input messages; resume state: rows (lines) already emitted.
+    """A phase file as input messages, ``batch_rows`` rows per call; resume state: rows (lines) already emitted.
 
     JSON lines: each line is one JSON input message (offset = line index), so
     every bad line gets its own dead letter with its own bytes.  CSV,
-    Parquet, Arrow: each chunk that validates as a whole becomes one Arrow
-    IPC message (offset = the chunk's first row); a chunk with a bad row is
-    sent row by row as JSON samples (offset = the row), so only the bad rows
-    are dead-lettered and the file is read to its end.
+    Parquet, Arrow: each chunk of ``batch_rows`` rows (whatever the file's own
+    batches) that validates as a whole becomes one Arrow IPC message (offset =
+    the chunk's first row).  A chunk with a bad row is validated again in
+    pieces of :data:`_FALLBACK_ROWS`; a piece with a bad row is sent row by row
+    as JSON samples (offset = the row), so only the bad rows are
+    dead-lettered and the file is read to its end.
     """
 
-    _LINES_PER_BATCH = 4096
+    #: Rows of the pieces a chunk with a bad row is checked in again.
+    _FALLBACK_ROWS = 4096
 
-    def __init__(self, path: str, fmt: str, resume: int | None) -> None:
+    def __init__(self, path: str, fmt: str, resume: int | None, batch_rows: int = FILE_BATCH_ROWS) -> None:
         from connectors.files import phase_record_batches
 
+        if batch_rows < 1:
+            raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
         self._path, self._fmt = path, fmt
+        self._rows = batch_rows
         self._done = resume or 0
         if fmt == "jsonl":
             self._lines = self._read_lines()
         else:
-            self._batches = phase_record_batches(path, fmt)
+            self._batches = phase_record_batches(path, fmt, chunk_rows=batch_rows, fill=True)
 
     def _read_lines(self) -> Iterable[tuple[int, bytes]]:
         with open(self._path, "rb") as f:
@@ -159,7 +165,7 @@ class _FilePartition(StatefulSourcePartition[RawMessage, int]):
             for index, line in self._lines:
                 out.append(RawMessage(None, line, None, self._path, None, index))
                 self._done = index + 1
-                if len(out) == self._LINES_PER_BATCH:
+                if len(out) == self._rows:
                     break
             if not out:
                 raise StopIteration
@@ -168,6 +174,8 @@ class _FilePartition(StatefulSourcePartition[RawMessage, int]):
             batch, first = next(self._batches)
             if first + batch.num_rows > self._done:
                 break
+        if first < self._done:  # resumed inside this chunk (a snapshot taken with another batch_rows)
+            batch, first = batch.slice(self._done - first), self._done
         self._done = first + batch.num_rows
         return self._messages(batch, first)
 
@@ -178,6 +186,9 @@ class _FilePartition(StatefulSourcePartition[RawMessage, int]):
         try:
             columns = phase_columns(batch, self._path, first, self._fmt)
         except PhaseFileError:
+            if batch.num_rows > self._FALLBACK_ROWS:
+                return [m for start in range(0, batch.num_rows, self._FALLBACK_ROWS)
+                        for m in self._messages(batch.slice(start, self._FALLBACK_ROWS), first + start)]
             return [RawMessage(None, _row_json(row), None, self._path, None, first + i)
                     for i, row in enumerate(batch.to_pylist())]
         value = arrow_message(arrow_record_batch(columns))
@@ -214,7 +225,7 @@ def _row_json(row: dict[str, Any]) -> bytes:
 
 
 class PhaseFile(FixedPartitionedSource[RawMessage, int]):
-    """A CSV, Parquet, Arrow or JSON-lines file as one input partition."""
+    """A CSV, Parquet, Arrow or JSON-lines file as one input partition, ``source.batch_rows`` rows per call."""
 
     def __init__(self, source: FileSource) -> None:
         self.source = source
@@ -226,7 +237,7 @@ class PhaseFile(FixedPartitionedSource[RawMessage, int]):
         from connectors.files import check_phase_file
 
         return _Stoppable(_FilePartition(self.source.path, check_phase_file(self.source.path, self.source.format),
-                                         resume_state))
+                                         resume_state, self.source.batch_rows))
 
 
 def kafka_source(config: Config):

@@ -59,6 +59,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "EmissarySection",
+    "FILE_BATCH_ROWS",
     "FileSource",
     "KafkaSection",
     "KafkaSource",
@@ -624,6 +625,10 @@ class KafkaSource(_Section):
     """Stop when the end of every partition is reached (finite runs, tests); false = tail the topic."""
 
 
+#: ``source.batch_rows`` of a file source by default (see docs/configuration.md).
+FILE_BATCH_ROWS = 1_048_576
+
+
 class FileSource(_Section):
     """``source.kind: file``: samples from a CSV, Parquet, Arrow IPC or JSON-lines file."""
 
@@ -631,6 +636,9 @@ class FileSource(_Section):
     path: NonEmptyStr
     format: Literal["csv", "parquet", "arrow", "jsonl"] | None = None
     """File format; omitted = from the suffix of path."""
+    batch_rows: Annotated[int, BeforeValidator(_reject_bool), Field(ge=1, le=16_777_216)] = FILE_BATCH_ROWS
+    """Rows (JSON lines: lines) handed to the flow per call of the source.  Larger: more samples per
+    sensor and call (a fleet's per-call costs shrink), more memory per call; results do not depend on it."""
 
     @model_validator(mode="before")
     @classmethod

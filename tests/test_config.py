@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from schemas.config import (
     Config,
+    FILE_BATCH_ROWS,
     ConfigError,
     FileSource,
     KafkaSource,
@@ -179,6 +180,9 @@ RULES = [
     ({"source": {"kind": "file", "path": "phases.txt"}}, "source.format: cannot tell from the suffix of source.path ('phases.txt')"),
     ({"source": {"kind": "file", "path": "p.csv", "format": "xls"}}, "source.format ('xls') must be one of"),
     ({"source": {"kind": "file"}}, "source.path: required key is missing"),
+    ({"source": {"kind": "file", "path": "p.arrow", "batch_rows": 0}}, "source.batch_rows (0) must be greater than or equal to 1"),
+    ({"source": {"kind": "file", "path": "p.arrow", "batch_rows": True}}, "source.batch_rows (true) must be a number, not true/false"),
+    ({"source": {"kind": "file", "path": "p.arrow", "batch_rows": 2**24 + 1}}, "source.batch_rows (16777217) must be less than or equal to 16777216"),
     ({"source": {"kind": "synthetic", "rate_hz": 0.1}}, "source.rate_hz (0.1) gives a sample period longer than kairos.max_gap (5.0)"),
     ({"source": {"kind": "synthetic", "rate_hz": True}}, "source.rate_hz (true) must be a number, not true/false"),
     ({"source": {"kind": "synthetic", "start": "2025-01-01T00:00:00"}}, "source.start ('2025-01-01T00:00:00') ISO-8601 time needs a zone"),
@@ -325,6 +329,12 @@ def test_seed_list_of_witness_layers(tmp_path):
     config = load_config(write(tmp_path, "witnessing:\n  layers: [micro, macro]\n"), environ=NO_ENV)
     assert config.witnessing.layers.model_dump() == {"micro": True, "meso": False, "macro": True, "meta": False}
     assert config.witnessing.layer_enabled("macro") and not config.witnessing.layer_enabled("meso")
+
+
+def test_file_batch_rows_default_and_boundaries():
+    assert parse_config({"source": {"kind": "file", "path": "p.csv"}}).source.batch_rows == FILE_BATCH_ROWS == 1_048_576
+    for rows in (1, 2**24):
+        assert parse_config({"source": {"kind": "file", "path": "p.csv", "batch_rows": rows}}).source.batch_rows == rows
 
 
 def test_file_format_from_suffix():

@@ -254,7 +254,8 @@ def test_a_flow_that_releases_idle_sensors_writes_the_archive_of_one_that_keeps_
             "becomingone": {"key_groups": 1},  # both sensors in one group: its event time moves on
             "kairos": {"tau_scale": 0.1, "velocity_span": 0.02, "max_gap": 1.0},
             "master": {"tau_max": 2.0, "min_span": 1.0}, "emissary": {"tau_max": 0.5},
-            "source": {"kind": "file", "path": str(path)},
+            # 50 lines per call (1/4 s of event time), so the flow sees time pass between calls.
+            "source": {"kind": "file", "path": str(path), "batch_rows": 50},
             "memory": {"storage": {"path": str(root)}, "signature_interval": 0.1},
             "sync": {"publish_interval": 0.1},
             "metrics": {"enabled": False},
@@ -267,9 +268,6 @@ def test_a_flow_that_releases_idle_sensors_writes_the_archive_of_one_that_keeps_
             out[name] = table.sort_by([(k, "ascending") for k in keys]).to_pylist()
         return out
 
-    # 50 lines per batch (1/4 s of event time), so the flow sees time pass between batches.
-    from flows import sources
-    monkeypatch.setattr(sources._FilePartition, "_LINES_PER_BATCH", 50)
     retired: list[str] = []
     original = roster.Roster.release_idle
 

@@ -104,3 +104,121 @@ def test_due_points_kernel_equals_emission_points_merged_with_pending():
         got, split = _due_points(t, interval, pending, watermark)
         assert got.tolist() == due.tolist()
         assert split == int(np.searchsorted(due, watermark, side="right"))
+
+
+# --------------------------------------------------------------------------
+# The file source: source.batch_rows rows per call.
+
+
+def _fleet_table(sensors: int = 3, rate_hz: int = 100, seconds: int = 12):
+    """Rows in time order (all sensors at each time), steady oscillators."""
+    import pyarrow as pa
+
+    n = rate_hz * seconds
+    t = START + np.arange(1, n + 1, dtype=np.int64) * (1_000_000 // rate_hz)
+    rows = np.arange(sensors * n)
+    k, i = rows // sensors, rows % sensors
+    phase = np.mod(2 * np.pi * (1.0 + i) * (t[k] - START) * 1e-6 + np.pi, 2 * np.pi) - np.pi
+    return pa.table({"sensor": pa.array([f"s{j}" for j in i], pa.string()),
+                     "t": pa.array(t[k], pa.timestamp("us", tz="UTC")), "phase": pa.array(phase)})
+
+
+def _write_arrow(path, table, record_batch_rows: int) -> None:
+    import pyarrow as pa
+
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        for batch in table.to_batches(max_chunksize=record_batch_rows):
+            writer.write_batch(batch)
+
+
+def _run_file(path, root, batch_rows: int | None) -> dict:
+    import io
+
+    from connectors.archive import open_dataset
+    from flows.run import run_flow
+    from schemas.config import parse_config
+
+    source = {"kind": "file", "path": str(path)}
+    if batch_rows is not None:
+        source["batch_rows"] = batch_rows
+    config = parse_config({"source": source, "metrics": {"enabled": False}, "memory": {"storage": {"path": str(root)}}})
+    run_flow(config, out=io.StringIO(), progress=io.StringIO())
+    out = {}
+    for name, keys in (("input", ["sensor", "t"]), ("temporal_signatures", ["sensor", "transducer", "t"]),
+                       ("coherence_history", ["sensor", "t"]), ("events", ["sensor", "t"])):
+        table = open_dataset(root / name).to_table()
+        out[name] = table.drop_columns([c for c in ("event_id",) if c in table.column_names]) \
+            .sort_by([(k, "ascending") for k in keys]).to_pylist()
+    letters = root / "dead-letters" / "worker-0.jsonl"
+    out["dead letters"] = sorted(letters.read_text().splitlines()) if letters.exists() else []
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["arrow", "jsonl"])
+def test_a_file_source_gives_the_same_archive_rows_whatever_its_batch_rows(tmp_path, fmt):
+    import json
+
+    table = _fleet_table()
+    if fmt == "arrow":
+        path = tmp_path / "samples.arrow"
+        _write_arrow(path, table, record_batch_rows=50)       # the file's batches: neither size's
+    else:
+        path = tmp_path / "samples.jsonl"
+        path.write_text("".join(json.dumps({"sensor": r["sensor"], "t": r["t"].isoformat(), "phase": r["phase"]})
+                                + "\n" for r in table.to_pylist()))
+    small = _run_file(path, tmp_path / "small", 37)            # about 12 samples per sensor and call
+    large = _run_file(path, tmp_path / "large", None)          # the default: the whole file in one call
+    assert len(small["input"]) == table.num_rows and small["events"]
+    assert small == large
+
+
+def test_a_bad_row_in_a_large_chunk_is_the_only_dead_letter_and_the_rest_is_read(tmp_path):
+    import pyarrow as pa
+
+    from flows.sources import _FilePartition
+
+    table = _fleet_table(sensors=4, seconds=25)                # 10,000 rows
+    phase = table["phase"].to_pylist()
+    phase[5_000] = None                                        # a null phase: its chunk fails validation
+    table = table.set_column(2, "phase", pa.array(phase, pa.float64()))
+    path = tmp_path / "samples.arrow"
+    _write_arrow(path, table, record_batch_rows=1_000)
+    # One chunk of 10,000 rows: checked again in pieces of 4,096; only the piece with the bad row goes row by row.
+    messages = _FilePartition(str(path), "arrow", None, 1_048_576).next_batch()
+    assert [m.offset for m in messages if m.headers] == [0, 8_192]
+    assert [m.offset for m in messages if not m.headers] == list(range(4_096, 8_192))
+    small = _run_file(path, tmp_path / "small", 100)
+    large = _run_file(path, tmp_path / "large", 1_048_576)
+    assert small == large
+    assert len(large["input"]) == table.num_rows - 1
+    (letter,) = large["dead letters"]
+    assert '"offset":5000' in letter.replace(" ", "")
+
+
+def test_file_chunks_have_batch_rows_rows_and_a_resumed_source_starts_at_its_row(tmp_path):
+    from flows.sources import _FilePartition
+    from operators.decode import decode_messages
+
+    table = _fleet_table(sensors=2, rate_hz=10, seconds=10)   # 200 rows
+    path = tmp_path / "samples.arrow"
+    _write_arrow(path, table, record_batch_rows=30)
+
+    def drain(part):
+        calls = []
+        while True:
+            try:
+                messages = part.next_batch()
+            except StopIteration:
+                return calls
+            calls.append((sum(len(b) for b in decode_messages(messages).batches), part.snapshot()))
+
+    assert drain(_FilePartition(str(path), "arrow", None, 64)) == [(64, 64), (64, 128), (64, 192), (8, 200)]
+    # A snapshot taken with another batch_rows (row 50, inside the first chunk of 64) resumes at row 50.
+    resumed = drain(_FilePartition(str(path), "arrow", 50, 64))
+    assert resumed == [(14, 64), (64, 128), (64, 192), (8, 200)]
+    lines = tmp_path / "samples.jsonl"
+    lines.write_text("".join('{"sensor": "a", "t": %d, "phase": 0.5}\n' % (1_764_115_200 + k) for k in range(10)))
+    part = _FilePartition(str(lines), "jsonl", 3, 4)            # JSON lines: 4 lines per call, from line 3
+    assert [len(part.next_batch()), len(part.next_batch())] == [4, 3] and part.snapshot() == 10
+    with pytest.raises(StopIteration):
+        part.next_batch()
