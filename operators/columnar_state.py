@@ -7,10 +7,12 @@ A key group's sensors are rows of a structure of arrays.  Per sensor:
   segment of the lag-history pool the sensor owns (offset, capacity, oldest
   sample kept), the newest product time, the pending Emissary and Master grid
   points, both pane windows (pool offset, capacity, head, length, products in
-  the window, newest product with a nonzero weight) and the sync state
-  (collapsed, span of the Master in force, us);
-* ``sums[row]`` (float64): both windows' running sums S.re, S.im, A, each a
-  compensated pair (hi, lo);
+  the window, newest product with a nonzero weight, pane numbers of the oldest
+  and newest slot), the sync state (collapsed, span of the Master in force, us)
+  and the newest sample time;
+* ``sums[row]`` (float64): each window's running sums S.re, S.im, A of its
+  closed panes, a compensated pair (hi, lo) each, and its open pane's three
+  rounding errors;
 * ``t_master[row]`` (complex128): T of the Master point in force for the sync.
 
 Variable-length parts live in pools, one contiguous ring segment per sensor:
@@ -18,52 +20,51 @@ Variable-length parts live in pools, one contiguous ring segment per sensor:
 * the lag history (t, phase, unwrapped phase, velocity, has-velocity): the
   samples from the older of the pointers j and m to the newest, which is all
   later products can look at (pointers only move forward within a chain);
-* the panes of each window: a pane is the products with t in ((q - 1) P, q P],
-  P = gcd(W, I), so every window (g - W, g] on the grid is a whole number of
-  panes.  Only nonempty panes are stored: a slow sensor uses memory in
-  proportion to its products, a fast one to W / P.  A pane keeps its first
-  product time (the window span needs the oldest product), its product count
-  and its compensated sums, 64 bytes.
+* the panes of each window, 28-byte slots of nonempty panes
+  (:mod:`operators.columnar_panes`).
 
-Measured (one sensor, one channel, default windows: Emissary 1 s at 0.01 s,
-Master 3600 s at 0.1 s, tau 1 s, d 0.1 s; after more than an hour, compacted):
-10 Hz 2.31 MB and 1 kHz 2.35 MB, of which the Master's 36,001 panes (ring of
-36,003) are 2.30 MB and the lag history 42 KB at 1 kHz (1,024 samples of 41
-bytes); 1 Hz with tau 5 s 263 KB (3,601 panes in a ring of 4,096).  The pane's
-compensated pair is what keeps a window exact after a large product leaves;
-the rest of a sensor's row is 344 bytes.
+Measured (one channel, default windows: Emissary 1 s at 0.01 s, Master 3600 s
+at 0.1 s, tau 1 s, d 0.1 s; after more than an hour, compacted; ``nbytes()``):
+10 Hz 1,009,632 bytes, of which the Master's ring of 36,004 slots is
+1,008,112, the Emissary's 16 slots 448, the lag history 656 (16 samples of 41
+bytes) and the row 416; 1 kHz 1,053,424 (a lag history of 1,024 samples,
+41,984; the Emissary's 104 slots); 1 Hz with tau 5 s 115,544 (3,601 panes in a
+ring of 4,096 slots).  100,000 sensors at 1 Hz with tau 5 s for 60 s, a call
+per second: 2,760 bytes per sensor by ``nbytes()``, and the process's peak
+resident memory grew by 6.9 KB per sensor (pools doubling, abandoned
+segments); pickled (highest protocol) 226 MB in 0.23 s, loaded in 0.21 s.
 
 A ring that is full is moved to a segment of twice its size at the end of its
-pool; the abandoned segments of a sensor add up to less than its live one, so
-a pool is at most about twice what is live.  :meth:`FleetState.__getstate__`
-pickles the pools compacted.
+pool; the abandoned segments of a sensor add up to less than its live one.  A
+pool that would have to grow while less than half of it is live is compacted
+instead (live segments copied to a fresh pool, in row order), so a pool stays
+within about twice what is live, also when sensors are released and come back.
+A snapshot (:meth:`FleetState.__getstate__`) holds the rows and, of each ring,
+only its live elements (the lag samples still looked at, the window's slots);
+restoring gives every ring its capacity back.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
+from numba import njit
 
+from operators.columnar_panes import (NO_TIME, W_CAP, W_HEAD, W_HQ, W_INTS, W_LEN, W_N, W_NZ, W_OFF, W_SUMS,
+                                      W_TQ, PaneLayout)
 from operators.columnar_rows import check_settings
 from operators.resonator import ResonatorSettings
 
 # Columns of FleetState.ints.
 N_SEEN, CS, JP, MP, H_OFF, H_CAP, H_LO, LAST_PT, E_PEND, E_G, M_PEND, M_G = range(12)
-E_WIN, M_WIN = 12, 19           # a window's columns: base + OFF, CAP, HEAD, LEN, N, NZ_T, END
-W_OFF, W_CAP, W_HEAD, W_LEN, W_N, W_NZ, W_END = range(7)
-COLLAPSED, SPAN_IN = 26, 27
-N_INTS = 28
-E_SUMS, M_SUMS = 0, 6           # a window's six columns of FleetState.sums
-NO_TIME = np.iinfo(np.int64).min
-FIRST_CAP = 4                   # first ring capacity of a sensor (doubled as needed)
-STATE_VERSION = 1               # of the pickled layout; a snapshot of another layout is refused by name
-
-
-def pane_width(window_us: int, interval_us: int) -> int:
-    """P = gcd(W, I) (us): windows (g - W, g] at grid points g = n I are whole panes of width P."""
-    return math.gcd(int(window_us), int(interval_us))
+E_WIN, M_WIN = 12, 12 + W_INTS  # a window's columns: base + W_OFF, W_CAP, W_HEAD, W_LEN, W_N, W_NZ, W_HQ, W_TQ
+COLLAPSED, SPAN_IN, T_LAST = M_WIN + W_INTS, M_WIN + W_INTS + 1, M_WIN + W_INTS + 2
+N_INTS = T_LAST + 1
+E_SUMS, M_SUMS = 0, W_SUMS      # a window's columns of FleetState.sums
+N_SUMS = 2 * W_SUMS
+FIRST_CAP = 4                   # first ring capacity of a sensor (doubled as needed); a power of two
+STATE_VERSION = 2               # of the pickled layout; a snapshot of another layout is refused by name
 
 
 @dataclass
@@ -82,11 +83,30 @@ class Pool:
         self.used += n
         return off
 
+    def row_bytes(self) -> int:
+        return sum(c.itemsize * int(np.prod(c.shape[1:])) for c in self.cols)
+
 
 def _resized(a: np.ndarray, rows: int) -> np.ndarray:
     out = np.zeros((rows,) + a.shape[1:], a.dtype)
     out[:min(rows, a.shape[0])] = a[:rows]
     return out
+
+
+def _ring_index(offs, caps, first, length) -> np.ndarray:
+    """Pool positions of elements first .. first + length - 1 of each ring (element e at off + e mod cap)."""
+    out = np.empty(int(length.sum()), np.int64)
+    _ring_positions(*(np.ascontiguousarray(a, np.int64) for a in (offs, caps, first, length)), out)
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _ring_positions(offs, caps, first, length, out):
+    k = 0
+    for r in range(offs.shape[0]):
+        for j in range(length[r]):
+            out[k] = offs[r] + (first[r] + j) % caps[r]
+            k += 1
 
 
 @dataclass
@@ -96,6 +116,15 @@ class FleetState:
     Args:
         settings: windows, grids, thresholds and the estimator (fixed for the state's life).
         channels: phase channels C (fixed).
+
+    >>> from operators.params import KairosParams
+    >>> s = ResonatorSettings(KairosParams(tau_us=1_000_000), 1_000_000, 10_000, 3_600_000_000, 100_000,
+    ...                       0.95, 0.05, 0.1, 0)
+    >>> state = FleetState(s, channels=1)
+    >>> state.rows_of(np.array([70, 3])).tolist(), state.rows_of(np.array([3])).tolist()
+    ([0, 1], [1])
+    >>> state.m_layout.slot_bytes, state.most_panes(M_WIN)
+    (28, 36004)
     """
 
     settings: ResonatorSettings
@@ -106,7 +135,7 @@ class FleetState:
     sums: np.ndarray = field(default=None)
     t_master: np.ndarray = field(default=None)
     hist: Pool = field(default=None)             # t, phase, unwrapped phase, velocity, has velocity
-    e_panes: Pool = field(default=None)          # first product time, count, sums (6)
+    e_panes: Pool = field(default=None)          # S.re, S.im, A (n, 3); packed word
     m_panes: Pool = field(default=None)
     _sorted_ids: np.ndarray = field(default=None, repr=False)
     _sorted_rows: np.ndarray = field(default=None, repr=False)
@@ -116,20 +145,26 @@ class FleetState:
         if self.channels < 1:
             raise ValueError(f"channels must be >= 1, got {self.channels}")
         self.weights = self.settings.params.weight_vector(self.channels)
-        c = self.channels
+        s, c = self.settings, self.channels
+        self.e_layout = PaneLayout.of(s.emissary_window_us, s.emissary_interval_us)
+        self.m_layout = PaneLayout.of(s.master_window_us, s.master_interval_us)
         if self.ids is None:
             self.ids = np.empty(0, np.int64)
             self.ints = np.empty((0, N_INTS), np.int64)
-            self.sums = np.empty((0, 12), np.float64)
+            self.sums = np.empty((0, N_SUMS), np.float64)
             self.t_master = np.empty(0, np.complex128)
             self.hist = Pool([np.empty(0, np.int64), np.empty((0, c)), np.empty((0, c)),
                               np.empty((0, c), np.complex128), np.empty(0, np.bool_)])
-            self.e_panes = _pane_pool()
-            self.m_panes = _pane_pool()
+            self.e_panes = Pool([np.empty((0, 3)), np.empty(0, self.e_layout.word)])
+            self.m_panes = Pool([np.empty((0, 3)), np.empty(0, self.m_layout.word)])
         self._index()
 
     def __repr__(self) -> str:
         return f"FleetState({self.n} sensors, {self.channels} channels, {self.nbytes():,} bytes)"
+
+    def _rings(self):
+        """(pool, offset column) of each ring: the lag history, the Emissary's and the Master's panes."""
+        return ((self.hist, H_OFF), (self.e_panes, E_WIN + W_OFF), (self.m_panes, M_WIN + W_OFF))
 
     # --- sensor rows ---------------------------------------------------------------------------
 
@@ -158,48 +193,84 @@ class FleetState:
                 _resized(a, size) for a in (self.ids, self.ints, self.sums, self.t_master))
         rows = np.arange(self.n, self.n + k)
         self.ids[rows] = new_ids
+        self.n += k
         ints = self.ints
         ints[rows] = 0
-        ints[rows, LAST_PT] = NO_TIME
-        for pool, col in ((self.hist, H_OFF), (self.e_panes, E_WIN + W_OFF), (self.m_panes, M_WIN + W_OFF)):
-            ints[rows, col] = pool.take(k * FIRST_CAP) + FIRST_CAP * np.arange(k)
-            ints[rows, col + 1] = FIRST_CAP
-        ints[rows, E_WIN + W_NZ] = ints[rows, M_WIN + W_NZ] = NO_TIME
+        ints[rows, LAST_PT] = ints[rows, T_LAST] = ints[rows, E_WIN + W_NZ] = ints[rows, M_WIN + W_NZ] = NO_TIME
         self.sums[rows] = 0.0
         self.t_master[rows] = 0.0
-        self.n += k
+        for pool, col in self._rings():
+            ints[rows, col] = self._take(pool, col, k * FIRST_CAP) + FIRST_CAP * np.arange(k)
+            ints[rows, col + 1] = FIRST_CAP
         return rows
 
+    def release(self, rows: np.ndarray) -> None:
+        """Forget the lag chains and windows of sensors the caller is done with, keeping their rows.
+
+        Each row's rings go to capacity 0 (their segments are dropped at the next compaction); its
+        id, newest sample time and sync state (collapsed, the Master value and span in force) stay.
+        Its next sample starts a new chain, as after a gap over ``max_gap``, with empty windows: for a
+        sensor idle longer than every window and ``max_gap``, what comes out is what would have
+        without the release.  Sooner, its windows lack the products from before the release.
+
+        Raises:
+            ValueError: a row with a grid point still pending (emit it first:
+                :func:`operators.columnar_stream.flush_rows`).
+        """
+        rows = np.asarray(rows, np.int64)
+        if rows.size and (rows.min() < 0 or rows.max() >= self.n):
+            raise ValueError(f"rows must be in [0, {self.n}), got {rows.min()} .. {rows.max()}")
+        i = self.ints
+        pending = (i[rows, E_PEND] == 1) | (i[rows, M_PEND] == 1)
+        if pending.any():
+            r = int(rows[np.argmax(pending)])
+            raise ValueError(f"sensor {self.ids[r]} (row {r}) has a grid point pending: flush_rows first")
+        for _, col in self._rings():
+            i[rows, col] = i[rows, col + 1] = 0
+        for col in (N_SEEN, CS, JP, MP, H_LO):
+            i[rows, col] = 0
+        i[rows, LAST_PT] = NO_TIME
+        for base in (E_WIN, M_WIN):
+            for col in (W_HEAD, W_LEN, W_N, W_HQ, W_TQ):
+                i[rows, base + col] = 0
+            i[rows, base + W_NZ] = NO_TIME
+        self.sums[rows] = 0.0
+
     def h_newest(self, rows: np.ndarray) -> np.ndarray:
-        """Each row's newest sample time (us); meaningless for a row with no samples yet."""
-        i = self.ints[rows]
-        return self.hist.cols[0][i[:, H_OFF] + (i[:, N_SEEN] - 1) % i[:, H_CAP]]
+        """Each row's newest sample time (us); NO_TIME for a row with no samples yet."""
+        return self.ints[rows, T_LAST]
 
     # --- growing a ring ------------------------------------------------------------------------
+
+    def _take(self, pool: Pool, off_col: int, n: int) -> int:
+        """A fresh segment of n rows of ``pool``, compacting the pool first if it is full and less than
+        half of it is live (abandoned segments are the rest)."""
+        if pool.used + n > pool.cols[0].shape[0]:
+            live = int(self.ints[:self.n, off_col + 1].sum())
+            if 2 * live < pool.used:
+                self._compact(pool, off_col, n)
+        return pool.take(n)
 
     def grow_history(self, row: int) -> None:
         """Move the sensor's lag-history ring to a segment twice the size (positions are k mod cap)."""
         r = np.array([row])
         lo, n_seen = self.ints[r, H_LO], self.ints[r, N_SEEN]
-        self._relocate(self.hist, r, H_OFF, 2 * self.ints[r, H_CAP], lo, n_seen - lo, modular=True)
+        self._relocate(self.hist, r, H_OFF, np.maximum(2 * self.ints[r, H_CAP], FIRST_CAP), lo, n_seen - lo)
 
     def most_panes(self, base: int) -> int:
-        """The most panes a window (``base`` E_WIN or M_WIN) can hold: those of (g - W, g] and of the
-        interval after g, whose samples arrive before g is due, (W + I) / P + 1, plus one to spare."""
-        s = self.settings
-        window, interval = ((s.emissary_window_us, s.emissary_interval_us) if base == E_WIN
-                            else (s.master_window_us, s.master_interval_us))
-        return (window + interval) // pane_width(window, interval) + 2
+        """The most slots a window (``base`` E_WIN or M_WIN) needs: (W + I) / P + 3 (PaneLayout.most_slots)."""
+        return (self.e_layout if base == E_WIN else self.m_layout).most_slots
 
     def grow_panes(self, row: int, base: int) -> None:
-        """Move a window's pane ring (``base`` E_WIN or M_WIN) to a segment twice the size (at most what the
-        window can hold), head at 0."""
+        """Move a window's ring (``base`` E_WIN or M_WIN) to a segment with room for two more slots: twice
+        the size up to what the window can hold, by an eighth past that (a pane may take several slots)."""
         r = np.array([row])
-        cap = int(self.ints[row, base + W_CAP])
-        new_cap = np.array([max(min(2 * cap, self.most_panes(base)), cap + 1)])
-        self._relocate(self.e_panes if base == E_WIN else self.m_panes, r, base + W_OFF, new_cap,
-                       self.ints[r, base + W_HEAD], self.ints[r, base + W_LEN], modular=False)
-        self.ints[row, base + W_HEAD] = 0
+        cap, length = int(self.ints[row, base + W_CAP]), int(self.ints[row, base + W_LEN])
+        new_cap = min(max(2 * cap, FIRST_CAP), self.most_panes(base))
+        if new_cap < length + 2:
+            new_cap = length + 2 + cap // 8
+        self._relocate(self.e_panes if base == E_WIN else self.m_panes, r, base + W_OFF, np.array([new_cap]),
+                       self.ints[r, base + W_HEAD], self.ints[r, base + W_LEN])
 
     def reserve(self, rows: np.ndarray, counts: np.ndarray) -> None:
         """Before a call bringing counts[i] samples to rows[i]: grow, in one step for all rows, each
@@ -210,52 +281,49 @@ class FleetState:
         cap = i[rows, H_CAP]
         # Only for short runs (a sensor's samples of a call fit in its ring): those are a fleet's, where
         # a kernel exit per growth costs most; live + counts overstates what a long run needs.
-        grow = (n_seen - lo + counts > cap) & (counts <= cap)
+        grow = (n_seen - lo + counts > cap) & (counts <= np.maximum(cap, FIRST_CAP))
         if grow.any():
-            r = rows[grow]
-            first, length = lo[grow], n_seen[grow] - lo[grow]
-            self._relocate(self.hist, r, H_OFF, 2 * cap[grow], first, length, modular=True)
+            self._relocate(self.hist, rows[grow], H_OFF, np.maximum(2 * cap[grow], FIRST_CAP), lo[grow],
+                           n_seen[grow] - lo[grow])
         for base, pool in ((E_WIN, self.e_panes), (M_WIN, self.m_panes)):
             most = self.most_panes(base)
             cap, length = i[rows, base + W_CAP], i[rows, base + W_LEN]
-            grow = (length + counts > cap) & (counts <= cap) & (cap < most)
+            grow = (length + counts + 1 > cap) & (counts <= np.maximum(cap, FIRST_CAP)) & (cap < most)
             if grow.any():
                 r = rows[grow]
-                self._relocate(pool, r, base + W_OFF, np.minimum(2 * cap[grow], most), i[r, base + W_HEAD],
-                               length[grow], modular=False)
-                i[r, base + W_HEAD] = 0
+                self._relocate(pool, r, base + W_OFF, np.minimum(np.maximum(2 * cap[grow], FIRST_CAP), most),
+                               i[r, base + W_HEAD], length[grow])
 
-    def _relocate(self, pool: Pool, rows, off_col, new_caps, first, length, modular: bool) -> None:
+    def _relocate(self, pool: Pool, rows, off_col, new_caps, first, length) -> None:
         """Copy each row's ring to a new segment of new_caps: elements first .. first + length - 1 of the
-        old ring (position off + e mod cap) to new_off + e mod new_cap (``modular``) or new_off + 0, 1, ..."""
+        old ring (position off + e mod cap) to new_off + e mod new_cap."""
+        base = self._take(pool, off_col, int(new_caps.sum()))
         i = self.ints
-        offs, caps = i[rows, off_col], i[rows, off_col + 1]
-        base = pool.take(int(new_caps.sum()))
         new_offs = base + np.concatenate(([0], np.cumsum(new_caps)[:-1])).astype(np.int64)
-        total = int(length.sum())
-        if total:
-            which = np.repeat(np.arange(len(rows)), length)
-            j = np.arange(total) - np.repeat(np.cumsum(length) - length, length)
-            e = first[which] + j
-            src = offs[which] + e % caps[which]
-            dst = new_offs[which] + (e % new_caps[which] if modular else j)
-            for col in pool.cols:
-                col[dst] = col[src]
+        src = _ring_index(i[rows, off_col], i[rows, off_col + 1], first, length)
+        dst = _ring_index(new_offs, new_caps, first, length)
+        for col in pool.cols:
+            col[dst] = col[src]
         i[rows, off_col], i[rows, off_col + 1] = new_offs, new_caps
 
     # --- snapshots -----------------------------------------------------------------------------
 
+    def _live(self, off_col: int) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's live elements of a ring: the first (as e of off + e mod cap) and how many."""
+        i = self.ints[:self.n]
+        if off_col == H_OFF:
+            return i[:, H_LO], i[:, N_SEEN] - i[:, H_LO]
+        return i[:, off_col - W_OFF + W_HEAD], i[:, off_col - W_OFF + W_LEN]
+
     def __getstate__(self):
-        """The live rows and ring segments only, compacted (abandoned segments are not pickled)."""
-        self.compact()
-        keep = ("settings", "channels", "n")
-        state = {k: getattr(self, k) for k in keep}
+        """The rows and each ring's live elements (not its free capacity, not abandoned segments)."""
+        state = {k: getattr(self, k) for k in ("settings", "channels", "n")}
         state["version"] = STATE_VERSION
         state.update(ids=self.ids[:self.n].copy(), ints=self.ints[:self.n].copy(), sums=self.sums[:self.n].copy(),
-                     t_master=self.t_master[:self.n].copy(),
-                     hist=[c[:self.hist.used] for c in self.hist.cols],
-                     e_panes=[c[:self.e_panes.used] for c in self.e_panes.cols],
-                     m_panes=[c[:self.m_panes.used] for c in self.m_panes.cols])
+                     t_master=self.t_master[:self.n].copy())
+        for name, (pool, col) in zip(("hist", "e_panes", "m_panes"), self._rings()):
+            src = _ring_index(self.ints[:self.n, col], self.ints[:self.n, col + 1], *self._live(col))
+            state[name] = [c[src] for c in pool.cols]
         return state
 
     def __setstate__(self, state):
@@ -263,33 +331,43 @@ class FleetState:
         if version != STATE_VERSION:
             raise ValueError(f"this snapshot holds fleet state of layout {version}; this code reads layout "
                              f"{STATE_VERSION}: replay the input from its start instead of restoring it")
-        pools = {k: state.pop(k) for k in ("hist", "e_panes", "m_panes")}
+        live = {k: state.pop(k) for k in ("hist", "e_panes", "m_panes")}
         self.__dict__.update(state)
-        for name, cols in pools.items():
-            setattr(self, name, Pool(cols, len(cols[0])))
+        for name, col in (("hist", H_OFF), ("e_panes", E_WIN + W_OFF), ("m_panes", M_WIN + W_OFF)):
+            caps = self.ints[:, col + 1]
+            offs = np.cumsum(caps) - caps
+            total = int(caps.sum())
+            cols = [np.zeros((total,) + c.shape[1:], c.dtype) for c in live[name]]
+            dst = _ring_index(offs, caps, *self._live(col))
+            for c, values in zip(cols, live[name]):
+                c[dst] = values
+            self.ints[:, col] = offs
+            setattr(self, name, Pool(cols, total))
         self.__post_init__()
 
     def compact(self) -> None:
         """Copy every live segment to fresh pools, in row order (drops abandoned segments)."""
-        for pool, base in ((self.hist, H_OFF), (self.e_panes, E_WIN + W_OFF), (self.m_panes, M_WIN + W_OFF)):
-            old, caps = self.ints[:self.n, base], self.ints[:self.n, base + 1]
-            new = np.cumsum(caps) - caps
-            total = int(caps.sum())
-            src = np.arange(total, dtype=np.int64) + np.repeat(old - new, caps)   # each segment's rows, in order
+        for pool, col in self._rings():
+            self._compact(pool, col, 0)
+
+    def _compact(self, pool: Pool, off_col: int, room: int) -> None:
+        """Compact one pool, leaving room for ``room`` more rows."""
+        old, caps = self.ints[:self.n, off_col], self.ints[:self.n, off_col + 1]
+        new = np.cumsum(caps) - caps
+        total = int(caps.sum())
+        src = np.arange(total, dtype=np.int64) + np.repeat(old - new, caps)   # each segment's rows, in order
+        if room:   # while growing: twice what is live, as a pool grows
+            size = max(2 * total, total + room, 64)
+            pool.cols = [np.concatenate((c[src], np.zeros((size - total,) + c.shape[1:], c.dtype))) for c in pool.cols]
+        else:
             pool.cols = [c[src] for c in pool.cols]
-            pool.used = total
-            self.ints[:self.n, base] = new
+        pool.used = total
+        self.ints[:self.n, off_col] = new
 
     def nbytes(self) -> int:
-        """Bytes held by the live rows and ring segments (what a snapshot holds)."""
-        per_row = self.ids.itemsize + self.ints[0:1].nbytes + self.sums[0:1].nbytes + self.t_master.itemsize \
-            if self.ints.shape[0] else 0
+        """Bytes held by the rows and the live ring segments (capacity, not only live elements)."""
+        per_row = (self.ids.itemsize + N_INTS * 8 + N_SUMS * 8 + self.t_master.itemsize)
         total = per_row * self.n
-        for pool, base in ((self.hist, H_OFF), (self.e_panes, E_WIN + W_OFF), (self.m_panes, M_WIN + W_OFF)):
-            row_bytes = sum(c[0:1].nbytes for c in pool.cols) if pool.cols[0].shape[0] else 0
-            total += row_bytes * int(self.ints[:self.n, base + 1].sum())
+        for pool, col in self._rings():
+            total += pool.row_bytes() * int(self.ints[:self.n, col + 1].sum())
         return total
-
-
-def _pane_pool() -> Pool:
-    return Pool([np.empty(0, np.int64), np.empty(0, np.int64), np.empty((0, 6), np.float64)])

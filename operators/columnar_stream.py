@@ -16,15 +16,19 @@ window (g - W, g] is complete.  Points due together are emitted in time order,
 a Master point before an Emissary point at the same time, so the sync at an
 Emissary point g sees the Master of the latest Master point <= g, as offline.
 
-Windows.  Each window keeps running compensated sums (S.re, S.im, A as float64
-pairs, error-free addition) of its panes (see :mod:`operators.columnar_state`)
-and subtracts a pane's compensated sums when the pane leaves (its end
-<= g - W).  Running sums cost O(1) per product and per point, where summing the
-window at each point would cost W / P; the pairs keep the drift of add-then-
-subtract at about eps^2 of what has passed, like the offline prefix sums.  A
-window whose products all have zero weight has A = 0 exactly (T = 0), as
-offline: the newest time of a product with |p| dt > 0 decides that, since a
-running sum after subtractions need not return to exactly 0.
+Windows.  Each window is a ring of panes (:mod:`operators.columnar_panes`)
+with running compensated sums of its closed panes; a pane is subtracted when
+it leaves (its end <= g - W), as the same float64 it was added as.  Running
+sums cost O(1) per product and per point, where summing the window at each
+point would cost W / P.  A window whose products all have zero weight has
+A = 0 exactly (T = 0), as offline: the newest time of a product with
+|p| dt > 0 decides that, since a running sum after subtractions need not
+return to exactly 0.
+
+Some rows only.  :func:`flush_rows` is the end of input for the given rows
+(``final`` for every row), :func:`emit_upto` emits what is due up to each
+row's own watermark, and :meth:`FleetState.release` then gives back the
+memory of sensors that are done (their next sample starts a new chain).
 
 Growth.  A full ring stops the kernel at that row; Python moves the ring to a
 larger segment and the kernel resumes at the same row (all state is in the
@@ -34,79 +38,24 @@ sample in Python.
 
 from __future__ import annotations
 
-
 import numpy as np
 from numba import njit
 
-from operators.columnar import _ceil_grid, _two_sum
+from operators.columnar import _ceil_grid
+from operators.columnar_panes import pane_add, pane_value
 from operators.columnar_rows import FleetResonance, FleetSyncValues, FleetWindowValues, fleet_columns
 from operators.columnar_state import (CS, E_G, E_PEND, E_SUMS, E_WIN, H_CAP, H_LO, H_OFF, JP, LAST_PT, M_G,
-                                      M_PEND, M_SUMS, M_WIN, MP, N_SEEN, SPAN_IN, COLLAPSED, W_CAP,
-                                      W_END, W_HEAD, W_LEN, W_N, W_NZ, W_OFF, FleetState, pane_width)
+                                      M_PEND, M_SUMS, M_WIN, MP, N_SEEN, SPAN_IN, T_LAST, COLLAPSED, W_CAP,
+                                      W_LEN, NO_TIME, FleetState)
 from operators.lag import _wrap, lag_product, phase_velocity, window_term
 from operators.sync import sync_step
 
-__all__ = ["FleetState", "stream_resonance"]
+__all__ = ["FleetState", "emit_upto", "flush_rows", "stream_resonance"]
 
 _GROW_HIST, _GROW_E, _GROW_M, _DONE = 1, 2, 3, 0
 _MAX = np.iinfo(np.int64).max
-
-
-@njit(cache=True, nogil=True)
-def _window_add(ints, sums, r, base, sb, pt0, pn, ps, tk, c, a, pane):
-    """Integrate one product's terms (c = p e^{i omega t} dt, a = |p| dt) into a window and its pane."""
-    off, cap, head, length = ints[r, base + W_OFF], ints[r, base + W_CAP], ints[r, base + W_HEAD], ints[r, base + W_LEN]
-    last = head + length - 1  # ring position of the newest pane; a compare, not a modulo, wraps it
-    if last >= cap:
-        last -= cap
-    if length > 0 and tk <= ints[r, base + W_END]:  # products come in time order: same pane as the newest
-        q = off + last
-    else:
-        last += 1
-        if last >= cap:
-            last -= cap
-        q = off + last
-        pt0[q] = tk
-        pn[q] = 0
-        for x in range(6):
-            ps[q, x] = 0.0
-        ints[r, base + W_LEN] = length + 1
-        ints[r, base + W_END] = _ceil_grid(tk, pane)
-    pn[q] += 1
-    ints[r, base + W_N] += 1
-    if a > 0.0:
-        ints[r, base + W_NZ] = tk
-    vals = (c.real, c.imag, a)
-    for x in range(3):
-        ps[q, 2 * x], ps[q, 2 * x + 1] = _two_sum(ps[q, 2 * x], ps[q, 2 * x + 1], vals[x])
-        sums[r, sb + 2 * x], sums[r, sb + 2 * x + 1] = _two_sum(sums[r, sb + 2 * x], sums[r, sb + 2 * x + 1], vals[x])
-
-
-@njit(cache=True, nogil=True)
-def _window_value(ints, sums, r, base, sb, pt0, pn, ps, g, window):
-    """Drop the panes ending at or before g - W; return (T, products, span us) over (g - W, g]."""
-    off, cap = ints[r, base + W_OFF], ints[r, base + W_CAP]
-    cut = g - window
-    while ints[r, base + W_LEN] > 0:
-        q = off + ints[r, base + W_HEAD]
-        if pt0[q] > cut:  # cut is a multiple of P: the pane ends at or before cut iff its first product does
-            break
-        for x in range(6):  # subtract both halves of the pane's pair
-            sums[r, sb + x - x % 2], sums[r, sb + x - x % 2 + 1] = _two_sum(
-                sums[r, sb + x - x % 2], sums[r, sb + x - x % 2 + 1], -ps[q, x])
-        ints[r, base + W_N] -= pn[q]
-        ints[r, base + W_HEAD] = 0 if ints[r, base + W_HEAD] + 1 == cap else ints[r, base + W_HEAD] + 1
-        ints[r, base + W_LEN] -= 1
-    if ints[r, base + W_LEN] == 0:
-        for x in range(6):
-            sums[r, sb + x] = 0.0
-        return 0j, np.int64(0), np.int64(0)
-    span = ints[r, LAST_PT] - pt0[off + ints[r, base + W_HEAD]]
-    if ints[r, base + W_NZ] <= cut:  # every product in the window has zero weight
-        return 0j, ints[r, base + W_N], span
-    a = sums[r, sb + 4] + sums[r, sb + 5]
-    T = complex(sums[r, sb] + sums[r, sb + 1], sums[r, sb + 2] + sums[r, sb + 3]) / a if a > 0.0 else 0j
-    return T, ints[r, base + W_N], span
+# cfg_i: the estimator, the sync's min span, the intervals, then each window's pane layout (P, W, bits).
+_TAU, _D, _MAX_GAP, _MIN_SPAN, _E_INTERVAL, _M_INTERVAL, _E_LAYOUT, _M_LAYOUT = 0, 1, 2, 3, 4, 5, 6, 10
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -115,8 +64,14 @@ def _any_due(ints, r, wm):
     return (ints[r, M_PEND] == 1 and ints[r, M_G] <= wm) or (ints[r, E_PEND] == 1 and ints[r, E_G] <= wm)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _value(ints, sums, r, base, sb, ps, wd, g, cfg_i, at):
+    return pane_value(ints, sums, r, base, sb, ps, wd, g, ints[r, LAST_PT], cfg_i[at], cfg_i[at + 1],
+                      cfg_i[at + 2], cfg_i[at + 3])
+
+
 @njit(cache=True, nogil=True)
-def _emit_due(ints, sums, t_master, r, sensor_id, wm, ep_t0, ep_n, ep_s, mp_t0, mp_n, mp_s, cfg_i, cfg_f,
+def _emit_due(ints, sums, t_master, r, sensor_id, wm, e_ps, e_wd, m_ps, m_wd, cfg_i, cfg_f,
               e_i, e_c, e_f, m_i, m_c, counts):
     """Emit the sensor's pending points at or before the watermark wm, in time order (Master first on a tie).
 
@@ -124,14 +79,14 @@ def _emit_due(ints, sums, t_master, r, sensor_id, wm, ep_t0, ep_n, ep_s, mp_t0, 
     descriptor): e_i rows sensor, t, products, span, mature, collapsed, event, Master span; e_c rows
     T_emissary, T_master, T_sync; e_f rows coherence, delta_phase; m_i rows sensor, t, products, span; m_c T.
     """
-    e_window, m_window, min_span = cfg_i[3], cfg_i[6], cfg_i[9]
+    min_span = cfg_i[_MIN_SPAN]
     threshold, hysteresis, phase_threshold = cfg_f[1], cfg_f[2], cfg_f[3]
     while True:
         m_due = ints[r, M_PEND] == 1 and ints[r, M_G] <= wm
         e_due = ints[r, E_PEND] == 1 and ints[r, E_G] <= wm
         if m_due and (not e_due or ints[r, M_G] <= ints[r, E_G]):
             g = ints[r, M_G]
-            T, n, span = _window_value(ints, sums, r, M_WIN, M_SUMS, mp_t0, mp_n, mp_s, g, m_window)
+            T, n, span = _value(ints, sums, r, M_WIN, M_SUMS, m_ps, m_wd, g, cfg_i, _M_LAYOUT)
             k = counts[1]
             m_i[0, k], m_i[1, k], m_i[2, k], m_i[3, k], m_c[k] = sensor_id, g, n, span, T
             counts[1] = k + 1
@@ -140,7 +95,7 @@ def _emit_due(ints, sums, t_master, r, sensor_id, wm, ep_t0, ep_n, ep_s, mp_t0, 
             ints[r, M_PEND] = 0
         elif e_due:
             g = ints[r, E_G]
-            te, n, span = _window_value(ints, sums, r, E_WIN, E_SUMS, ep_t0, ep_n, ep_s, g, e_window)
+            te, n, span = _value(ints, sums, r, E_WIN, E_SUMS, e_ps, e_wd, g, cfg_i, _E_LAYOUT)
             k = counts[0]
             e_i[0, k], e_i[1, k], e_i[2, k], e_i[3, k], e_c[0, k] = sensor_id, g, n, span, te
             T_in = t_master[r]
@@ -162,7 +117,7 @@ def _emit_due(ints, sums, t_master, r, sensor_id, wm, ep_t0, ep_n, ep_s, mp_t0, 
 
 @njit(cache=True, nogil=True)
 def _stream_kernel(rows, sensor, t, phase, start, ints, sums, t_master, h_t, h_phi, h_unw, h_v, h_hasv,
-                   ep_t0, ep_n, ep_s, mp_t0, mp_n, mp_s, w, cfg_i, cfg_f, e_i, e_c, e_f, m_i, m_c, counts):
+                   e_ps, e_wd, m_ps, m_wd, w, cfg_i, cfg_f, e_i, e_c, e_f, m_i, m_c, counts):
     """Rows start: of the call, one at a time; returns (status, row): _DONE, or a ring to grow before row.
 
     Per sample k (SPEC 2 steps 1-4 as :func:`operators.columnar._chain_products`, with the history
@@ -170,8 +125,8 @@ def _stream_kernel(rows, sensor, t, phase, start, ints, sums, t_master, h_t, h_p
     it in both windows, set the pending points, emit those at t_k.
     """
     n_chan = phase.shape[1]
-    tau, d, max_gap, e_interval, e_pane, m_interval, m_pane = (cfg_i[0], cfg_i[1], cfg_i[2], cfg_i[4], cfg_i[5],
-                                                               cfg_i[7], cfg_i[8])
+    tau, d, max_gap = cfg_i[_TAU], cfg_i[_D], cfg_i[_MAX_GAP]
+    e_interval, m_interval, ea, ma = cfg_i[_E_INTERVAL], cfg_i[_M_INTERVAL], _E_LAYOUT, _M_LAYOUT
     omega = cfg_f[0]
     for i in range(start, t.shape[0]):
         r = rows[i]
@@ -179,13 +134,13 @@ def _stream_kernel(rows, sensor, t, phase, start, ints, sums, t_master, h_t, h_p
         k = ints[r, N_SEEN]
         if k + 1 - ints[r, H_LO] > cap:
             return _GROW_HIST, i
-        if ints[r, E_WIN + W_LEN] == ints[r, E_WIN + W_CAP]:
+        if ints[r, E_WIN + W_LEN] + 2 > ints[r, E_WIN + W_CAP]:   # a product may take two slots
             return _GROW_E, i
-        if ints[r, M_WIN + W_LEN] == ints[r, M_WIN + W_CAP]:
+        if ints[r, M_WIN + W_LEN] + 2 > ints[r, M_WIN + W_CAP]:
             return _GROW_M, i
         tk = t[i]
         if _any_due(ints, r, tk - 1):
-            _emit_due(ints, sums, t_master, r, sensor[i], tk - 1, ep_t0, ep_n, ep_s, mp_t0, mp_n, mp_s, cfg_i, cfg_f,
+            _emit_due(ints, sums, t_master, r, sensor[i], tk - 1, e_ps, e_wd, m_ps, m_wd, cfg_i, cfg_f,
                       e_i, e_c, e_f, m_i, m_c, counts)
         mask = cap - 1  # history capacities are powers of two: a mask, not a modulo
         q = off + (k & mask)
@@ -218,10 +173,12 @@ def _stream_kernel(rows, sensor, t, phase, start, ints, sums, t_master, h_t, h_p
         if has_v and mp >= cs and mp < jp and h_hasv[qm]:
             acc = lag_product(h_v, q, qm, w, n_chan)
             cterm, aterm = window_term(tk, acc, (tk - h_t[prev]) * 1e-6, omega)
-            _window_add(ints, sums, r, E_WIN, E_SUMS, ep_t0, ep_n, ep_s, tk, cterm, aterm, e_pane)
-            _window_add(ints, sums, r, M_WIN, M_SUMS, mp_t0, mp_n, mp_s, tk, cterm, aterm, m_pane)
+            pane_add(ints, sums, r, E_WIN, E_SUMS, e_ps, e_wd, tk, cterm, aterm, cfg_i[ea], cfg_i[ea + 1],
+                     cfg_i[ea + 2], cfg_i[ea + 3])
+            pane_add(ints, sums, r, M_WIN, M_SUMS, m_ps, m_wd, tk, cterm, aterm, cfg_i[ma], cfg_i[ma + 1],
+                     cfg_i[ma + 2], cfg_i[ma + 3])
             ints[r, LAST_PT] = tk
-        ints[r, JP], ints[r, MP], ints[r, N_SEEN] = jp, mp, k + 1
+        ints[r, JP], ints[r, MP], ints[r, N_SEEN], ints[r, T_LAST] = jp, mp, k + 1, tk
         # Later samples look back no further than the older pointer (never before the chain start).
         ints[r, H_LO] = min(max(cs, min(jp, mp)), k)
         if ints[r, E_PEND] == 0:
@@ -229,21 +186,41 @@ def _stream_kernel(rows, sensor, t, phase, start, ints, sums, t_master, h_t, h_p
         if ints[r, M_PEND] == 0:
             ints[r, M_PEND], ints[r, M_G] = 1, _ceil_grid(tk, m_interval)
         if _any_due(ints, r, tk):
-            _emit_due(ints, sums, t_master, r, sensor[i], tk, ep_t0, ep_n, ep_s, mp_t0, mp_n, mp_s, cfg_i, cfg_f,
+            _emit_due(ints, sums, t_master, r, sensor[i], tk, e_ps, e_wd, m_ps, m_wd, cfg_i, cfg_f,
                       e_i, e_c, e_f, m_i, m_c, counts)
     return _DONE, t.shape[0]
 
 
+@njit(cache=True, nogil=True)
+def _emit_kernel(rows, wms, ids, ints, sums, t_master, e_ps, e_wd, m_ps, m_wd, cfg_i, cfg_f,
+                 e_i, e_c, e_f, m_i, m_c, counts):
+    """Each row's pending points at or before its watermark wms[j], row after row."""
+    for j in range(rows.shape[0]):
+        r = rows[j]
+        _emit_due(ints, sums, t_master, r, ids[r], wms[j], e_ps, e_wd, m_ps, m_wd, cfg_i, cfg_f,
+                  e_i, e_c, e_f, m_i, m_c, counts)
+
+
 def _kernel_args(state: FleetState):
-    """The state's arrays and the configuration as the kernels take them."""
+    """The state's arrays (ints, sums, t_master, the history's five columns, each window's two) and
+    the configuration as the kernels take them."""
     s, p = state.settings, state.settings.params
     head = (state.ints, state.sums, state.t_master, *state.hist.cols, *state.e_panes.cols, *state.m_panes.cols)
-    cfg_i = np.array([p.tau_us, p.velocity_span_us, p.max_gap_us, s.emissary_window_us, s.emissary_interval_us,
-                      pane_width(s.emissary_window_us, s.emissary_interval_us), s.master_window_us,
-                      s.master_interval_us, pane_width(s.master_window_us, s.master_interval_us), s.min_span_us],
-                     np.int64)
+    cfg_i = np.array([p.tau_us, p.velocity_span_us, p.max_gap_us, s.min_span_us, s.emissary_interval_us,
+                      s.master_interval_us, *state.e_layout.config(), *state.m_layout.config()], np.int64)
     cfg_f = np.array([p.omega, s.threshold, s.hysteresis, s.phase_threshold], np.float64)
     return head, cfg_i, cfg_f
+
+
+def _outputs(cap: int):
+    return (np.empty((8, cap), np.int64), np.empty((3, cap), np.complex128), np.empty((2, cap), np.float64),
+            np.empty((4, cap), np.int64), np.empty(cap, np.complex128), np.zeros(2, np.int64))
+
+
+def _emit(state: FleetState, rows: np.ndarray, watermarks: np.ndarray, out) -> None:
+    head, cfg_i, cfg_f = _kernel_args(state)
+    _emit_kernel(np.ascontiguousarray(rows, np.int64), np.ascontiguousarray(watermarks, np.int64), state.ids,
+                 *head[:3], *head[8:], cfg_i, cfg_f, *out)
 
 
 def stream_resonance(state: FleetState, sensor_index, t_us, phase, final: bool = False) -> FleetResonance:
@@ -282,8 +259,8 @@ def stream_resonance(state: FleetState, sensor_index, t_us, phase, final: bool =
     if n:
         starts = np.concatenate(([0], np.flatnonzero(sensor[1:] != sensor[:-1]) + 1))
         run_rows = state.rows_of(sensor[starts].astype(np.int64))
-        seen = state.ints[run_rows, N_SEEN] > 0
         newest = state.h_newest(run_rows)
+        seen = newest != NO_TIME
         back = seen & (t[starts] <= newest)
         if back.any():
             b = int(np.argmax(back))
@@ -295,9 +272,7 @@ def stream_resonance(state: FleetState, sensor_index, t_us, phase, final: bool =
     else:
         rows = np.empty(0, np.int64)
     # At most two points per transducer per sample (the one before it and its own) plus one per sensor at the end.
-    cap = 2 * n + (state.n if final else 0)
-    out = (np.empty((8, cap), np.int64), np.empty((3, cap), np.complex128), np.empty((2, cap), np.float64),
-           np.empty((4, cap), np.int64), np.empty(cap, np.complex128), np.zeros(2, np.int64))
+    out = _outputs(2 * n + (state.n if final else 0))
     i = 0
     while True:
         head, cfg_i, cfg_f = _kernel_args(state)
@@ -310,9 +285,41 @@ def stream_resonance(state: FleetState, sensor_index, t_us, phase, final: bool =
         else:
             state.grow_panes(r, E_WIN if status == _GROW_E else M_WIN)
     if final:
-        head, cfg_i, cfg_f = _kernel_args(state)
-        _flush_kernel(state.n, state.ids, *head[:3], *head[8:], cfg_i, cfg_f, *out)
+        _emit(state, np.arange(state.n), np.full(state.n, _MAX), out)
     return _unpack(*out)
+
+
+def emit_upto(state: FleetState, rows, watermarks) -> FleetResonance:
+    """Emit the pending grid points of ``rows`` (row numbers, as :meth:`FleetState.rows_of` gives) at or
+    before each row's watermark, grouped by row; for a watermark behind the newest sample (lateness > 0):
+    every sample at or before it has been given, so a pending point there is final."""
+    rows = np.asarray(rows, np.int64)
+    out = _outputs(2 * rows.shape[0])   # at most one pending point per transducer
+    _emit(state, rows, np.broadcast_to(np.asarray(watermarks, np.int64), rows.shape), out)
+    return _unpack(*out)
+
+
+def flush_rows(state: FleetState, rows) -> FleetResonance:
+    """End of input for some rows only: every pending point of ``rows`` (row numbers), whatever their
+    watermark, as ``final=True`` does for every row.  Before :meth:`FleetState.release`; a sensor that
+    goes on within the interval of a point flushed here gives that point again.
+
+    >>> from operators.params import KairosParams
+    >>> from operators.resonator import ResonatorSettings
+    >>> s = ResonatorSettings(KairosParams(tau_us=20_000), 100_000, 10_000, 1_000_000, 100_000, 0.9, 0.05, 0.1, 0)
+    >>> state = FleetState(s, channels=1)
+    >>> t = np.arange(1, 146) * 1_000                 # two sensors, 145 ms at 1 kHz
+    >>> _ = stream_resonance(state, np.repeat([5, 6], 145), np.r_[t, t], np.zeros(290))
+    >>> rows = state.rows_of(np.array([6]))
+    >>> out = flush_rows(state, rows)                 # sensor 6 is done; 5 goes on
+    >>> out.emissary.sensor.tolist(), out.emissary.t.tolist(), out.master.t.tolist()
+    ([6], [150000], [200000])
+    >>> held = state.nbytes()
+    >>> state.release(rows)
+    >>> held - state.nbytes()                         # its rings: 32 lag samples of 41 bytes, 14 + 4 slots of 28
+    1816
+    """
+    return emit_upto(state, rows, _MAX)
 
 
 def _unpack(e_i, e_c, e_f, m_i, m_c, counts) -> FleetResonance:
@@ -324,12 +331,3 @@ def _unpack(e_i, e_c, e_f, m_i, m_c, counts) -> FleetResonance:
                            e_f[1, :ne], e_i[4, :ne].astype(np.bool_), e_i[5, :ne].astype(np.bool_),
                            e_i[6, :ne].astype(np.int8), e_i[7, :ne])
     return FleetResonance(emissary, master, sync)
-
-
-@njit(cache=True, nogil=True)
-def _flush_kernel(n, ids, ints, sums, t_master, ep_t0, ep_n, ep_s, mp_t0, mp_n, mp_s, cfg_i, cfg_f,
-                  e_i, e_c, e_f, m_i, m_c, counts):
-    """End of input: every sensor's pending points, whatever its watermark."""
-    for r in range(n):
-        _emit_due(ints, sums, t_master, r, ids[r], _MAX, ep_t0, ep_n, ep_s, mp_t0, mp_n, mp_s, cfg_i, cfg_f,
-                      e_i, e_c, e_f, m_i, m_c, counts)
