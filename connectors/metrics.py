@@ -131,19 +131,44 @@ class SensorLedger:
 
 @dataclass
 class RunLedger:
-    """Per-sensor counts of this process's run, for the progress line and the summary."""
+    """Per-sensor counts of this process's run, for the progress line and the summary.
 
-    sensors: dict[str, SensorLedger] = field(default_factory=dict)
+    Key groups keep their sensors' counts as columns of their own (``attach``:
+    anything with ``count()``, ``totals()`` and ``rows()``); they are read only
+    when the progress line or the summary asks.
+    """
+
+    named: dict[str, SensorLedger] = field(default_factory=dict)
     newest_watermark: int | None = None
     decode_rejected: int = 0  # dead letters of the decode step (not attributed to a sensor)
+    groups: list = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def sensor(self, name: str) -> SensorLedger:
         with self._lock:
-            entry = self.sensors.get(name)
+            entry = self.named.get(name)
             if entry is None:
-                entry = self.sensors[name] = SensorLedger()
+                entry = self.named[name] = SensorLedger()
             return entry
+
+    def attach(self, group) -> None:
+        """Count a key group's sensors (columns of its own) in this run."""
+        with self._lock:
+            self.groups.append(group)
+
+    @property
+    def sensors(self) -> dict[str, SensorLedger]:
+        """Every sensor's entry (built from the groups' columns on each call: for the summary)."""
+        with self._lock:
+            out = dict(self.named)
+            groups = list(self.groups)
+        for g in groups:
+            out.update(g.rows())
+        return out
+
+    def sensor_count(self) -> int:
+        with self._lock:
+            return len(self.named) + sum(g.count() for g in self.groups)
 
     def watermark(self, t_us: int) -> None:
         with self._lock:
@@ -157,13 +182,19 @@ class RunLedger:
     def totals(self) -> tuple[int, int, int, int]:
         """(samples accepted, dead letters, collapses, dissipations) over all sensors."""
         with self._lock:
-            rows = list(self.sensors.values())
-        return (sum(r.samples for r in rows), self.decode_rejected + sum(r.rejected for r in rows),
-                sum(r.collapses for r in rows), sum(r.dissipations for r in rows))
+            rows = list(self.named.values())
+            groups = list(self.groups)
+        sums = [sum(r.samples for r in rows), self.decode_rejected + sum(r.rejected for r in rows),
+                sum(r.collapses for r in rows), sum(r.dissipations for r in rows)]
+        for g in groups:
+            for k, v in enumerate(g.totals()):
+                sums[k] += v
+        return sums[0], sums[1], sums[2], sums[3]
 
     def reset(self) -> None:
         with self._lock:
-            self.sensors.clear()
+            self.named.clear()
+            self.groups.clear()
             self.newest_watermark = None
             self.decode_rejected = 0
 

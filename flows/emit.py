@@ -28,7 +28,7 @@ from connectors.archive import PendingRows
 from operators.grid import WindowValues
 from operators.samples import SampleBatch
 from operators.sync import COLLAPSE, DISSIPATE_COHERENCE, SyncValues
-from operators.witness import LoggedRecords
+from operators.witness import LoggedRecords, WitnessBlock, WitnessEntries, WitnessEntry
 from schemas.archive import DATASETS, TIMESTAMP
 from schemas.messages import CollapseEvent, DeadLetter, state_texts, sync_records_json, to_json_bytes
 
@@ -39,6 +39,7 @@ __all__ = [
     "TopicBlock",
     "TopicRecord",
     "TopicRecords",
+    "bundled",
     "collapse_events",
     "dead_letter_records",
     "deferred",
@@ -352,3 +353,20 @@ def witness_rows(pieces: list[LoggedRecords]) -> ArchiveRows:
 def dead_letter_records(letters: list[DeadLetter]) -> list[TopicRecord]:
     """Dead-letter-topic messages, keyed like the original message."""
     return [TopicRecord("dlq", letter.key_bytes, to_json_bytes(letter)) for letter in letters]
+
+
+def bundled(out: list[Any]) -> list[Any]:
+    """``out`` with its topic records and witness entries gathered into one item each."""
+    records, entries, rest = TopicRecords(), WitnessEntries(), []
+    for item in out:
+        if isinstance(item, (TopicRecord, TopicBlock)):
+            records.append(item)
+        elif isinstance(item, (WitnessEntry, WitnessBlock)):
+            entries.append(item)
+        else:
+            rest.append(item)
+    if records:
+        rest.append(records)
+    if entries:
+        rest.append(entries)
+    return rest

@@ -5,12 +5,11 @@
     source (kafka | file | synthetic)
       -> decode                 stateless, per batch: JSON / Arrow IPC -> per-sensor SampleBatches,
       |                         bad rows -> dead letters; batches grouped by key group
-      -> resonate  [key group]  per sensor (operators.resonator.Resonator):
-      |                           intake: channel check, watermark, reorder,
-      |                                   late / duplicate / future, lag products
-      |                           emissary: sliding window W = emissary.tau_max on its grid
-      |                           master:   pane window W = master.tau_max on its grid
-      |                           sync: join by event time, collapse / dissipate with hysteresis
+      -> resonate  [key group]  all its sensors as columns (operators.fleet.Fleet, flows.resonate):
+      |                           event time: channel check, watermark, reorder,
+      |                                       late / duplicate / future   (one Numba pass)
+      |                           stream: lag products, Emissary and Master pane windows,
+      |                                   sync by event time, collapse / dissipate (one Numba pass)
       |                         then the outputs of all its sensors as one Arrow table per dataset
       -> witness   [one key]    the witness log: running SHA-256, meta records
       -> outputs: Kafka topics (collapse, witness, sync, dlq) and the Arrow archive
@@ -38,7 +37,6 @@ from __future__ import annotations
 import collections
 import gc
 import logging
-import math
 import threading
 import time
 import zlib
@@ -49,58 +47,22 @@ from typing import Any
 import bytewax.operators as op
 import numpy as np
 from bytewax.dataflow import Dataflow, Stream
-from confluent_kafka import Message as KafkaMessage
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from confluent_kafka import Message as KafkaMessage
 
-from connectors.metrics import SensorLedger, ledger, metrics, serve
-from flows.emit import (
-    ArchiveRows,
-    SignatureBlock,
-    SyncBlock,
-    TopicBlock,
-    TopicRecord,
-    TopicRecords,
-    collapse_events,
-    dead_letter_records,
-    deferred,
-    events_rows,
-    history_rows,
-    input_key_runs,
-    input_pieces,
-    input_rows,
-    mesh_rows,
-    on_grid,
-    picked_runs,
-    signature_key_runs,
-    signature_rows,
-    sync_key_runs,
-    sync_messages,
-    witness_rows,
-)
+from connectors.metrics import ledger, metrics, serve
+from flows.emit import ArchiveRows, TopicBlock, TopicRecords, bundled, dead_letter_records, deferred, witness_rows
+from flows.resonate import ResonateLogic
 from flows.sources import PhaseFile, SyntheticSamples, kafka_source, request_stop, stop_requested
-from operators.dead_letters import DeadLetterBudget
 from operators.decode import RawMessage, decode_messages
-from operators.grid import WindowValues
 from operators.params import KairosParams
-from operators.intake import dead_letters
-from operators.resonator import GridRows, Resonance, Resonator, ResonatorSettings
-from operators.roster import Roster, RosterState, SensorCapacity
+from operators.resonator import ResonatorSettings
+from operators.roster import SensorCapacity
 from operators.samples import SampleBatch
-from operators.sync import SyncValues
-from operators.witness import LoggedRecords, WitnessBlock, WitnessEntries, WitnessEntry, WitnessLog
+from operators.witness import LoggedRecords, WitnessEntries, WitnessEntry, WitnessLog
 from schemas.config import Config, FileSource, KafkaSource, SyntheticSource, load_config
-from schemas.messages import (
-    CollapseEvent,
-    MAX_DEAD_LETTERS_PER_MESSAGE,
-    DeadLetterLimits,
-    MacroWitness,
-    MicroWitness,
-    meso_records_json,
-    per_row,
-    to_json_bytes,
-    without_original,
-)
+from schemas.messages import MAX_DEAD_LETTERS_PER_MESSAGE, DeadLetterLimits, MicroWitness, without_original
 
 __all__ = ["Decode", "build_engine_flow", "build_flow", "kairos_params", "key_group", "request_stop",
            "resonator_settings"]  # request_stop: from flows.sources
@@ -131,23 +93,6 @@ def _worker() -> int:
     ident = threading.get_ident()
     with _worker_lock:
         return _worker_ids.setdefault(ident, len(_worker_ids))
-
-
-def _bundled(out: list[Any]) -> list[Any]:
-    """``out`` with its topic records and witness entries gathered into one item each."""
-    records, entries, rest = TopicRecords(), WitnessEntries(), []
-    for item in out:
-        if isinstance(item, (TopicRecord, TopicBlock)):
-            records.append(item)
-        elif isinstance(item, (WitnessEntry, WitnessBlock)):
-            entries.append(item)
-        else:
-            rest.append(item)
-    if records:
-        rest.append(records)
-    if entries:
-        rest.append(entries)
-    return rest
 
 
 # --------------------------------------------------------------------------
@@ -223,7 +168,7 @@ class Decode:
             out.append(WitnessEntry("micro", self.newest, None, MicroWitness(
                 operator="decode", worker=_worker(), items_in=len(messages) + len(ready), items_out=samples,
                 drops=drops, seconds=seconds)))
-        return _bundled(out)
+        return bundled(out)
 
 
 # --------------------------------------------------------------------------
@@ -290,273 +235,13 @@ def _tune_garbage_collector() -> None:
         gc.set_threshold(YOUNG_COLLECTION_AFTER, middle, FULL_COLLECTION_EVERY)
 
 
-class _ResonateLogic(StatefulBatchLogic[list[SampleBatch], Any, RosterState]):
-    """All sensors of one key group: one :class:`Resonator` each, outputs built across sensors.
-
-    Bytewax builds the logic without its key; the sensors come with the batches
-    (or from the snapshot on resume).  Idle sensors' windows are released and
-    sensors beyond ``becomingone.max_sensors`` refused (:mod:`operators.roster`).
-    """
-
-    def __init__(self, config: Config, replay: bool, resume: RosterState | dict[str, Resonator] | None,
-                 capacity: SensorCapacity, resumable: bool = False) -> None:
-        _start_metrics_once(config)
-        _tune_garbage_collector()  # done already when the flow came from build_flow
-        self.settings = resonator_settings(config, replay=replay)
-        self.limits = dead_letter_limits(config)
-        self.roster = Roster(self.settings, capacity, resume)
-        self.resumable = resumable
-        self.resonators = self.roster.state.live
-        self.node = config.becomingone.name
-        mem, sink = config.memory, config.sink
-        self.archive_input = sink.archive and mem.archive_input
-        self.signatures = sink.archive and mem.temporal_signatures
-        self.history = sink.archive and mem.coherence_history
-        self.events = sink.archive and mem.events
-        self.mesh = sink.archive and mem.mesh_sync
-        self.signature_us = mem.signature_interval_us
-        self.publish_us = config.sync.publish_interval_us
-        self.meso = config.witnessing.layer_enabled("meso")
-        self.meso_us = config.witnessing.meso_interval_us
-        self.same_meso = self.meso_us == self.signature_us
-        self.same_history = self.signature_us == self.publish_us
-        self.macro = config.witnessing.layer_enabled("macro")
-        self.per_sensor = config.metrics.per_sensor_labels
-        m = metrics()
-        for r in self.resonators.values():  # resumed: the gauges count this process's sensors
-            m.active_sensors.inc()
-            if r.collapsed:
-                m.sensors_collapsed.inc()
-
-    def _resonator(self, sensor: str) -> Resonator | None:
-        r = self.resonators.get(sensor)
-        if r is None:
-            r = self.roster.resonator(sensor)
-            if r is not None:
-                metrics().active_sensors.inc()
-        return r
-
-    def _push_all(self, values: list[list[SampleBatch]], now_us: int, rows: GridRows,
-                  budget: DeadLetterBudget) -> tuple[list[tuple[Resonator, Resonance]], list[Any]]:
-        """Each batch through its sensor's resonator, in arrival order (a sensor's batches may
-        differ in channel count); batches of sensors beyond the cap become ``capacity`` dead letters."""
-        steps, refused = [], []
-        for group in values:
-            for b in group:
-                r = self._resonator(b.sensor)
-                if r is None:
-                    text = (f"sensor {b.sensor!r} would go beyond becomingone.max_sensors "
-                            f"({self.roster.capacity.limit:,} live sensors in this process)")
-                    refused.extend(dead_letters(b, ["capacity"] * len(b), text, budget))
-                    metrics().samples.labels("capacity").inc(len(b))
-                    ledger().rejected_at_decode(len(b))
-                    continue
-                res = r.push(b, now_us, rows, budget)
-                self.roster.observe(res.watermark)
-                steps.append((r, res))
-        return steps, refused
-
-    def on_batch(self, values: list[list[SampleBatch]]) -> tuple[Iterable[Any], bool]:
-        started = time.perf_counter()
-        now_us = time.time_ns() // 1000
-        # Each sample makes at most one grid point of each transducer due (plus one pending each).
-        rows = GridRows(sum(len(b) + 2 for group in values for b in group))
-        budget = DeadLetterBudget(self.limits)  # one allowance per input message over all sensors of the call
-        steps, refused = self._push_all(values, now_us, rows, budget)
-        outputs = self._outputs(steps, rows)
-        if refused:
-            outputs.extend(dead_letter_records(refused))
-        if self.roster.sweep_due():
-            released = GridRows()
-            idle = self.roster.release_idle(released)
-            if idle:
-                outputs.extend(self._outputs(idle, released))
-                metrics().active_sensors.dec(len(idle))
-        summaries = budget.summaries()
-        if summaries:
-            outputs.extend(dead_letter_records(summaries))
-        out = _bundled(outputs)
-        metrics().batch_seconds.labels("resonate").observe(time.perf_counter() - started)
-        return out, StatefulBatchLogic.RETAIN
-
-    def on_eof(self) -> tuple[Iterable[Any], bool]:
-        if self.resumable and stop_requested():
-            # Stopped, not at the end of input: the next run resumes these grid points exactly.
-            return [], StatefulBatchLogic.RETAIN
-        rows = GridRows()
-        steps = [(r, r.flush(rows)) for _, r in sorted(self.resonators.items())]
-        return _bundled(self._outputs(steps, rows)), StatefulBatchLogic.RETAIN
-
-    def snapshot(self) -> RosterState:
-        return self.roster.state
-
-    def _outputs(self, steps: list[tuple[Resonator, Resonance]], rows: GridRows) -> list[Any]:
-        m, run = metrics(), ledger()
-        out: list[Any] = []
-        released: list[SampleBatch] = []
-        # Every call wrote its grid values to `rows`, one run after the other: the topic
-        # messages and archive rows of all the sensors are built from those columns at once.
-        emissary_runs: list[tuple[Resonator, Resonance, SensorLedger]] = []
-        master_runs: list[Resonator] = []
-        master_counts: list[int] = []
-        accepted = 0
-        rejected: dict[str, int] = {}
-        newest: int | None = None
-        for r, res in steps:
-            entry = run.sensor(r.sensor)
-            if res.reasons:
-                out.extend(dead_letter_records(res.dead))
-                for reason in res.reasons:
-                    rejected[reason] = rejected.get(reason, 0) + 1
-                entry.rejected += len(res.reasons)
-            if res.released is not None:
-                n = len(res.released)
-                accepted += n
-                entry.samples += n
-                released.append(res.released)
-            if res.watermark is not None and (newest is None or res.watermark > newest):
-                newest = res.watermark
-            if res.emissary_count:
-                emissary_runs.append((r, res, entry))
-            if res.master_count:
-                master_runs.append(r)
-                master_counts.append(res.master_count)
-        if newest is not None:
-            run.watermark(newest)
-        if accepted:
-            m.samples.labels("accepted").inc(accepted)
-        for reason, n in rejected.items():
-            m.samples.labels(reason).inc(n)
-        signatures: list[SignatureBlock] = []
-        history = mesh = None
-        events: list[CollapseEvent] = []
-        if emissary_runs:
-            counts = np.array([res.emissary_count for _, res, _ in emissary_runs], np.int64)
-            signatures.extend(self._window_outputs("emissary", [r for r, _, _ in emissary_runs], counts,
-                                                   rows.emissary, out))
-            history, mesh, events = self._sync_outputs(emissary_runs, counts, rows.sync, out)
-        if master_runs:
-            signatures.extend(self._window_outputs("master", master_runs, np.array(master_counts, np.int64),
-                                                   rows.master, out))
-        # Tables of the high-volume datasets are built on the archive's writer thread.
-        if released and self.archive_input:
-            # Only the arrays travel: a batch also references its source messages.
-            out.append(deferred(input_rows, "input", input_pieces(released), runs=input_key_runs))
-        if signatures:
-            out.append(deferred(signature_rows, "temporal_signatures", signatures, runs=signature_key_runs))
-        if history is not None:
-            out.append(deferred(history_rows, "coherence_history", [history], runs=sync_key_runs))
-        if mesh is not None and self.mesh:
-            out.append(deferred(mesh_rows, "mesh_sync", self.node, [mesh], runs=sync_key_runs))
-        if events and self.events:
-            out.append(deferred(events_rows, "events", events))
-        return out
-
-    def _window_outputs(self, kind: str, resonators: list[Resonator], counts: np.ndarray, values: WindowValues,
-                        out: list[Any]) -> list[SignatureBlock]:
-        """Meso witness entries (into ``out``) and signature rows of one transducer's values,
-        ``counts[i]`` rows of ``resonators[i]`` after the other."""
-        if not (self.signatures or self.meso):
-            return []
-        at_signature = on_grid(values.t, self.signature_us) if self.signatures or self.same_meso else None
-        signatures = None
-        if self.signatures and at_signature is not None:
-            signatures = _signature_block(kind, resonators, counts, values, at_signature)
-        if self.meso:
-            at_meso = at_signature if self.same_meso else on_grid(values.t, self.meso_us)
-            if at_meso is not None:
-                block = signatures if self.same_meso and signatures is not None else \
-                    _signature_block(kind, resonators, counts, values, at_meso)
-                T, t = block.values.T, block.values.t
-                records = meso_records_json(block.sensors, block.cells, block.transducers, block.counts, t, T.real,
-                                            T.imag, block.values.n_products)
-                out.append(WitnessBlock("meso", t.tolist(), per_row(block.sensors, block.counts), records))
-        return [] if signatures is None else [signatures]
-
-    def _sync_outputs(self, runs: list[tuple[Resonator, Resonance, SensorLedger]], counts: np.ndarray,
-                      sv: SyncValues, out: list[Any]
-                      ) -> tuple[SyncBlock | None, SyncBlock | None, list[CollapseEvent]]:
-        """Collapse and sync messages (into ``out``); the history and mesh rows, the events.
-        ``sv`` holds ``counts[i]`` rows of ``runs[i]`` after the other."""
-        m = metrics()
-        ends = np.cumsum(counts)
-        last = ends - 1
-        for (r, _, entry), coherence, collapsed in zip(runs, sv.coherence_sync[last].tolist(),
-                                                        sv.collapsed[last].tolist()):
-            entry.coherence_sync = coherence
-            entry.collapsed = collapsed
-            if self.per_sensor:
-                m.sensor_coherence.labels(r.sensor).set(coherence)
-        events: list[CollapseEvent] = []
-        changed = np.flatnonzero(sv.event)
-        if changed.size:  # few: a transition is one sensor's event
-            for i in np.unique(np.searchsorted(ends, changed, side="right")).tolist():
-                r, res, _ = runs[i]
-                events.extend(self._transitions(r, res.sync, res.ingested, out))
-        publish = on_grid(sv.t, self.publish_us)
-        at_history = (publish if self.same_history else on_grid(sv.t, self.signature_us)) if self.history else None
-        resonators = [r for r, _, _ in runs]
-        published = history = None
-        if publish is not None:
-            published = _sync_block(resonators, counts, sv, publish)
-            keys = per_row([sensor.encode("utf-8") for sensor in published.sensors], published.counts)
-            out.append(TopicBlock("sync", keys, sync_messages(self.node, published)))
-        if at_history is not None:
-            history = published if self.same_history else _sync_block(resonators, counts, sv, at_history)
-        return history, published, events
-
-    def _transitions(self, r: Resonator, sv: SyncValues, ingested: float, out: list[Any]) -> list[CollapseEvent]:
-        m, entry = metrics(), ledger().sensor(r.sensor)
-        events = collapse_events(r.sensor, r.cell, sv)
-        key = r.sensor.encode("utf-8")
-        changed = np.flatnonzero(sv.event).tolist()
-        collapses = 0
-        for event, k in zip(events, changed):
-            out.append(TopicRecord("collapse", key, to_json_bytes(event)))
-            if event.event == "collapse":
-                collapses += 1
-            if self.macro:
-                Tm, Te = complex(sv.T_master[k]), complex(sv.T_emissary[k])
-                out.append(WitnessEntry("macro", int(sv.t[k]), r.sensor, MacroWitness(
-                    event=event, coherence_master=abs(Tm) ** 2, coherence_emissary=abs(Te) ** 2,
-                    master_span=int(sv.master_span_us[k]) * 1e-6)))
-        # Counted once per sensor and batch: a burst of transitions (every steady sensor
-        # maturing at once) is where the latency of events is measured.
-        dissipations = len(events) - collapses
-        entry.collapses += collapses
-        entry.dissipations += dissipations
-        if collapses:
-            m.transitions.labels("collapse").inc(collapses)
-        if dissipations:
-            m.transitions.labels("dissipate").inc(dissipations)
-        if collapses != dissipations:
-            m.sensors_collapsed.inc(collapses - dissipations)
-        if math.isfinite(ingested):
-            latency = time.time() - ingested
-            for _ in events:
-                m.event_latency.observe(latency)
-        return events
-
-
-def _signature_block(kind: str, resonators: list[Resonator], counts: np.ndarray, values: WindowValues,
-                     index: np.ndarray) -> SignatureBlock:
-    """The rows ``index`` of one transducer's ``values`` as one block."""
-    picked, kept = _picked(resonators, counts, index)
-    return SignatureBlock([r.sensor for r in picked], [r.cell for r in picked], [kind] * len(picked), kept,
-                          values.select(index))
-
-
-def _sync_block(resonators: list[Resonator], counts: np.ndarray, sv: SyncValues, index: np.ndarray) -> SyncBlock:
-    """The rows ``index`` of ``sv`` as one block."""
-    picked, kept = _picked(resonators, counts, index)
-    return SyncBlock([r.sensor for r in picked], [r.cell for r in picked], kept, sv.select(index))
-
-
-def _picked(resonators: list[Resonator], counts: np.ndarray, index: np.ndarray) -> tuple[list[Resonator], list[int]]:
-    """Of rows in runs (``counts[i]`` rows of ``resonators[i]`` after the other): the resonators
-    that own any of the rows ``index``, and how many of those rows each owns."""
-    runs, kept = picked_runs(counts, index)
-    return [resonators[i] for i in runs.tolist()], kept.tolist()
+def _resonate_logic(config: Config, replay: bool, resume: Any, capacity: SensorCapacity,
+                    resumable: bool) -> ResonateLogic:
+    """The resonate step of one key group (:class:`flows.resonate.ResonateLogic`)."""
+    _start_metrics_once(config)
+    _tune_garbage_collector()  # done already when the flow came from build_flow
+    return ResonateLogic(config, resonator_settings(config, replay=replay), dead_letter_limits(config), resume,
+                         capacity, resumable, stop_requested)
 
 
 class _WitnessLogic(StatefulBatchLogic[WitnessEntries, Any, WitnessLog]):
@@ -731,7 +416,7 @@ def build_flow(config: Config, *, replay: bool = False, source: Any = None,
     # One cap for the flow's key groups in this process (its workers are threads of it).
     capacity = SensorCapacity(config.becomingone.max_sensors)
     resonance = op.stateful_batch("resonate", keyed_samples,
-                                  lambda resume: _ResonateLogic(config, replay, resume, capacity, resumable))
+                                  lambda resume: _resonate_logic(config, replay, resume, capacity, resumable))
     resonate_out = op.map("resonate_out", resonance, lambda kv: kv[1])
 
     everything = op.merge("outputs", decode_out, resonate_out)

@@ -27,6 +27,7 @@ from bytewax.run import cli_main
 from connectors.metrics import RunLedger, ledger, serve
 from flows.kairos import build_flow
 from flows.sources import clear_stop_request, request_stop
+from operators.fleet import STATE_LAYOUT
 from schemas.config import Config, KafkaSource, SyntheticSource
 from schemas.messages import format_utc
 from schemas.printable import printable
@@ -55,10 +56,12 @@ class RecoveryMismatch(ValueError):
 
 
 def _recovery_identity(config: Config) -> dict[str, Any]:
-    # What names the flow's state in Bytewax's store: the source's partitions and the key groups.
+    # What names the flow's state in Bytewax's store: the source's partitions and the key groups;
+    # and what reads it back: the layout of a key group's state.
     src = config.source
     where = src.topic if isinstance(src, KafkaSource) else getattr(src, "path", None)
-    return {"source": src.kind, "input": where, "key_groups": config.becomingone.key_groups}
+    return {"source": src.kind, "input": where, "key_groups": config.becomingone.key_groups,
+            "state_layout": STATE_LAYOUT}
 
 
 def _recovery_config(path: Path, config: Config) -> RecoveryConfig:
@@ -78,7 +81,8 @@ def _recovery_config(path: Path, config: Config) -> RecoveryConfig:
         if stored != identity:
             changed = ", ".join(f"{k} {stored.get(k)!r} -> {identity[k]!r}" for k in identity if stored.get(k) != identity[k])
             raise RecoveryMismatch(
-                f"the recovery state in {path} is for another input ({changed}); remove that directory to "
+                f"the recovery state in {path} is for another input or state layout ({changed}); remove that "
+                f"directory to "
                 f"start over (the archive keeps what it holds), point memory.storage.path elsewhere, or run with "
                 f"--no-recovery")
     stamp.write_text(json.dumps(identity), encoding="utf-8")
@@ -109,7 +113,7 @@ class _Progress(threading.Thread):
             where = f"event time {min(max((wm - self.span[0]) / self.span[1], 0.0), 1.0):6.1%}"
         else:
             where = f"watermark {format_utc(wm)}"
-        return (f"{where}  sensors {len(self.book.sensors):>5,}  samples {accepted:>11,}  "
+        return (f"{where}  sensors {self.book.sensor_count():>5,}  samples {accepted:>11,}  "
                 f"({accepted / elapsed:>10,.0f}/s)  rejected {rejected:>7,}  "
                 f"collapse {collapses:>4,}  dissipate {dissipations:>4,}")
 
@@ -134,8 +138,9 @@ def _summary(book: RunLedger, config: Config, out: TextIO, seconds: float, repla
     head = (f"{'sensor':<16} {'kind':<10} {'samples':>10} {'rejected':>9} {'collapses':>9} "
             f"{'dissipations':>12} {'coherence':>9}  state")
     out.write(head + "\n" + "-" * len(head) + "\n")
-    for name in sorted(book.sensors):
-        r = book.sensors[name]
+    sensors = book.sensors
+    for name in sorted(sensors):
+        r = sensors[name]
         out.write(f"{printable(name):<16} {kinds.get(name, '-'):<10} {r.samples:>10,} {r.rejected:>9,} {r.collapses:>9,} "
                   f"{r.dissipations:>12,} {r.coherence_sync:>9.4f}  {'collapsed' if r.collapsed else 'dissipated'}\n")
     accepted, rejected, collapses, dissipations = book.totals()

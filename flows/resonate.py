@@ -1,0 +1,344 @@
+"""The resonate step: one key group's sensors through :class:`operators.fleet.Fleet`, and its outputs.
+
+Per call: the group's batches go through the fleet in one pass (event time,
+lag products, Emissary and Master windows, the sync), and the grid rows come
+back as columns of all sensors.  The step turns those columns into what the
+sinks take, built only for the sinks that are on: dead letters, collapse
+events (topic, archive, macro witness), sync messages, meso witness records,
+and the archive's input, signature, history and mesh rows.  Per-sensor
+counts for the run summary are columns too (:class:`GroupLedger`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+from bytewax.operators import StatefulBatchLogic
+
+from connectors.metrics import SensorLedger, ledger, metrics
+from flows.emit import (
+    SignatureBlock,
+    SyncBlock,
+    TopicBlock,
+    TopicRecord,
+    bundled,
+    collapse_events,
+    dead_letter_records,
+    deferred,
+    events_rows,
+    history_rows,
+    input_key_runs,
+    input_rows,
+    mesh_rows,
+    on_grid,
+    picked_runs,
+    signature_key_runs,
+    signature_rows,
+    sync_key_runs,
+    sync_messages,
+)
+from operators.dead_letters import DeadLetterBudget
+from operators.fleet import Fleet, FleetStep, FleetTable, refused_reasons
+from operators.grid import WindowValues
+from operators.intake import _rejection_texts, dead_letters
+from operators.roster import SensorCapacity
+from operators.samples import SampleBatch
+from operators.sync import SyncValues
+from operators.witness import WitnessBlock, WitnessEntry
+from schemas.config import Config
+from schemas.messages import MacroWitness, meso_records_json, per_row, to_json_bytes
+
+__all__ = ["GroupLedger", "ResonateLogic"]
+
+
+class GroupLedger:
+    """Per-sensor counts of one key group for the run summary, as columns indexed by sensor id."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names  # the fleet's list: grows with it
+        self.samples = np.zeros(0, np.int64)
+        self.rejected = np.zeros(0, np.int64)
+        self.collapses = np.zeros(0, np.int64)
+        self.dissipations = np.zeros(0, np.int64)
+        self.coherence = np.zeros(0)
+        self.collapsed = np.zeros(0, np.bool_)
+        self.seen = np.zeros(0, np.bool_)
+
+    def grow(self) -> None:
+        n = len(self.names)
+        if n > self.samples.shape[0]:
+            size = max(64, 2 * n)
+            for name in ("samples", "rejected", "collapses", "dissipations", "coherence", "collapsed", "seen"):
+                old = getattr(self, name)
+                new = np.full(size, np.nan if name == "coherence" else 0, old.dtype)
+                new[:old.shape[0]] = old
+                setattr(self, name, new)
+
+    def count(self) -> int:
+        return int(self.seen.sum())
+
+    def totals(self) -> tuple[int, int, int, int]:
+        return (int(self.samples.sum()), int(self.rejected.sum()), int(self.collapses.sum()),
+                int(self.dissipations.sum()))
+
+    def rows(self) -> dict[str, SensorLedger]:
+        """The sensors seen, as the run ledger's entries (built on demand, for the summary)."""
+        return {self.names[k]: SensorLedger(int(self.samples[k]), int(self.rejected[k]), int(self.collapses[k]),
+                                            int(self.dissipations[k]), float(self.coherence[k]), bool(self.collapsed[k]))
+                for k in np.flatnonzero(self.seen).tolist()}
+
+
+def _runs(sensor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sensor id of each run of equal ids, its length)."""
+    if not sensor.size:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    starts = np.flatnonzero(np.r_[True, sensor[1:] != sensor[:-1]])
+    return sensor[starts].astype(np.int64), np.diff(np.r_[starts, sensor.size])
+
+
+class ResonateLogic(StatefulBatchLogic[list[SampleBatch], Any, FleetTable]):
+    """All sensors of one key group (state: :class:`operators.fleet.FleetTable`).
+
+    Bytewax builds the logic without its key; the sensors come with the batches
+    (or from the snapshot on resume).
+    """
+
+    def __init__(self, config: Config, settings, limits, resume: FleetTable | None, capacity: SensorCapacity,
+                 resumable: bool, stopping) -> None:
+        self.fleet = Fleet(settings, capacity, resume)
+        self.settings = settings
+        self.limits = limits
+        self.resumable = resumable
+        self.stopping = stopping
+        self.node = config.becomingone.name
+        mem, sink = config.memory, config.sink
+        self.archive_input = sink.archive and mem.archive_input
+        self.signatures = sink.archive and mem.temporal_signatures
+        self.history = sink.archive and mem.coherence_history
+        self.events = sink.archive and mem.events
+        self.mesh = sink.archive and mem.mesh_sync
+        self.kafka = config.kafka is not None
+        self.signature_us = mem.signature_interval_us
+        self.publish_us = config.sync.publish_interval_us
+        self.meso = config.witnessing.layer_enabled("meso")
+        self.meso_us = config.witnessing.meso_interval_us
+        self.same_meso = self.meso_us == self.signature_us
+        self.same_history = self.signature_us == self.publish_us
+        self.macro = config.witnessing.layer_enabled("macro")
+        self.per_sensor = config.metrics.per_sensor_labels
+        self.book = GroupLedger(self.fleet.names)
+        ledger().attach(self.book)
+        m = metrics()
+        live = self.fleet.table.live[:len(self.fleet.names)]
+        m.active_sensors.inc(int(live.sum()))  # resumed: the gauges count this process's sensors
+        m.sensors_collapsed.inc(int(self.fleet.collapsed(np.flatnonzero(live)).sum()))
+
+    def on_batch(self, values: list[list[SampleBatch]]) -> tuple[Iterable[Any], bool]:
+        started = time.perf_counter()
+        batches = [b for group in values for b in group]
+        live_before = self.fleet.live_count()
+        step = self.fleet.push(batches, time.time_ns() // 1000)
+        self.book.grow()
+        budget = DeadLetterBudget(self.limits)  # one allowance per input message over all sensors of the call
+        out = self._refused(step, budget, time.time_ns() // 1000)
+        out.extend(self._outputs(step))
+        released = self.fleet.release_idle()
+        if released is not None:
+            out.extend(self._outputs(released))
+        metrics().active_sensors.inc(self.fleet.live_count() - live_before)
+        summaries = budget.summaries()
+        if summaries:
+            out.extend(dead_letter_records(summaries))
+        metrics().batch_seconds.labels("resonate").observe(time.perf_counter() - started)
+        return bundled(out), StatefulBatchLogic.RETAIN
+
+    def on_eof(self) -> tuple[Iterable[Any], bool]:
+        if self.resumable and self.stopping():
+            # Stopped, not at the end of input: the next run resumes these grid points exactly.
+            return [], StatefulBatchLogic.RETAIN
+        self.book.grow()
+        return bundled(self._outputs(self.fleet.flush())), StatefulBatchLogic.RETAIN
+
+    def snapshot(self) -> FleetTable:
+        return self.fleet.table
+
+    # --- outputs -----------------------------------------------------------------------------------
+
+    def _refused(self, step: FleetStep, budget: DeadLetterBudget, now_us: int) -> list[Any]:
+        if not step.refusals:
+            return []
+        m, run = metrics(), ledger()
+        out: list[Any] = []
+        for refusal in step.refusals:
+            b = refusal.batch
+            rows, reasons = refused_reasons(refusal)
+            if refusal.reason is not None:
+                texts: str | list[str] = refusal.text
+                picked = b
+            else:
+                picked = b.take(rows)
+                texts = _rejection_texts(reasons, picked.t_us, refusal.watermark_in[rows].tolist(),
+                                         lateness_us=self.settings.lateness_us,
+                                         max_future_us=self.settings.max_future_us, now_us=now_us)
+            out.extend(dead_letter_records(dead_letters(picked, reasons, texts, budget)))
+            for reason in set(reasons):
+                m.samples.labels(reason).inc(reasons.count(reason))
+            if refusal.reason == "capacity":
+                run.rejected_at_decode(len(reasons))
+            else:
+                sid = self.fleet._index[b.sensor]
+                self.book.rejected[sid] += len(reasons)
+                self.book.seen[sid] = True
+        return out
+
+    def _outputs(self, step: FleetStep) -> list[Any]:
+        m, book = metrics(), self.book
+        names, cells = self.fleet.names, self.fleet.table.cells
+        out: list[Any] = []
+        if step.accepted:
+            m.samples.labels("accepted").inc(step.accepted)
+        if step.watermark is not None:
+            ledger().watermark(step.watermark)
+        pieces = []
+        for sid, t, phase in step.released:
+            run_sid, counts = _runs(sid)
+            np.add.at(book.samples, run_sid, counts)
+            book.seen[run_sid] = True
+            if self.archive_input:
+                ends = np.cumsum(counts)
+                pieces.extend((names[s], cells[s], t[e - n:e], phase[e - n:e])
+                              for s, n, e in zip(run_sid.tolist(), counts.tolist(), ends.tolist()))
+        if pieces:
+            out.append(deferred(input_rows, "input", pieces, runs=input_key_runs))
+        e, ma, sv = step.resonance
+        signatures: list[SignatureBlock] = []
+        if e.t.size:
+            run_sid, counts = _runs(e.sensor)
+            values = WindowValues(e.t, e.T, e.n_products, e.span_us)
+            signatures.extend(self._window_outputs("emissary", run_sid, counts, values, out))
+            self._sync_outputs(run_sid, counts, _sync_values(sv), step, out)
+        if ma.t.size:
+            run_sid, counts = _runs(ma.sensor)
+            signatures.extend(self._window_outputs("master", run_sid, counts,
+                                                   WindowValues(ma.t, ma.T, ma.n_products, ma.span_us), out))
+        if signatures:
+            out.append(deferred(signature_rows, "temporal_signatures", signatures, runs=signature_key_runs))
+        return out
+
+    def _labels(self, run_sid: np.ndarray) -> tuple[list[str], list[str | None]]:
+        names, cells = self.fleet.names, self.fleet.table.cells
+        ids = run_sid.tolist()
+        return [names[s] for s in ids], [cells[s] for s in ids]
+
+    def _block(self, run_sid, counts, index) -> tuple[list[str], list[str | None], list[int]]:
+        runs, kept = picked_runs(counts, index)
+        sensors, cells = self._labels(run_sid[runs])
+        return sensors, cells, kept.tolist()
+
+    def _window_outputs(self, kind: str, run_sid: np.ndarray, counts: np.ndarray, values: WindowValues,
+                        out: list[Any]) -> list[SignatureBlock]:
+        """Meso witness entries (into ``out``) and signature rows of one transducer's values."""
+        if not (self.signatures or self.meso):
+            return []
+        at_signature = on_grid(values.t, self.signature_us) if self.signatures or self.same_meso else None
+        signatures = None
+        if self.signatures and at_signature is not None:
+            signatures = SignatureBlock(*self._signature_parts(kind, run_sid, counts, values, at_signature))
+        if self.meso:
+            at_meso = at_signature if self.same_meso else on_grid(values.t, self.meso_us)
+            if at_meso is not None:
+                block = signatures if self.same_meso and signatures is not None else \
+                    SignatureBlock(*self._signature_parts(kind, run_sid, counts, values, at_meso))
+                T, t = block.values.T, block.values.t
+                records = meso_records_json(block.sensors, block.cells, block.transducers, block.counts, t, T.real,
+                                            T.imag, block.values.n_products)
+                out.append(WitnessBlock("meso", t.tolist(), per_row(block.sensors, block.counts), records))
+        return [] if signatures is None else [signatures]
+
+    def _signature_parts(self, kind, run_sid, counts, values: WindowValues, index):
+        sensors, cells, kept = self._block(run_sid, counts, index)
+        return sensors, cells, [kind] * len(sensors), kept, WindowValues(*(c[index] for c in values))
+
+    def _sync_outputs(self, run_sid: np.ndarray, counts: np.ndarray, sv: SyncValues, step: FleetStep,
+                      out: list[Any]) -> None:
+        """Collapse events and sync messages (into ``out``), the history and mesh rows; the ledger."""
+        m, book = metrics(), self.book
+        ends = np.cumsum(counts)
+        last = ends - 1
+        book.coherence[run_sid] = sv.coherence_sync[last]
+        book.collapsed[run_sid] = sv.collapsed[last]
+        book.seen[run_sid] = True
+        if self.per_sensor:
+            for s, coherence in zip(run_sid.tolist(), sv.coherence_sync[last].tolist()):
+                m.sensor_coherence.labels(self.fleet.names[s]).set(coherence)
+        events = []
+        changed = np.flatnonzero(sv.event)
+        if changed.size:  # few: a transition is one sensor's event
+            for i in np.unique(np.searchsorted(ends, changed, side="right")).tolist():
+                a, b = int(ends[i] - counts[i]), int(ends[i])
+                events.extend(self._transitions(int(run_sid[i]), sv.select(slice(a, b)),
+                                                step.ingested.get(int(run_sid[i]), math.inf), out))
+        publish = on_grid(sv.t, self.publish_us) if (self.kafka or self.mesh or self.same_history) else None
+        published = history = None
+        if publish is not None:
+            sensors, cells, kept = self._block(run_sid, counts, publish)
+            published = SyncBlock(sensors, cells, kept, sv.select(publish))
+            if self.kafka:
+                keys = per_row([sensor.encode("utf-8") for sensor in sensors], kept)
+                out.append(TopicBlock("sync", keys, sync_messages(self.node, published)))
+        if self.history:
+            at_history = publish if self.same_history else on_grid(sv.t, self.signature_us)
+            if at_history is not None:
+                if self.same_history:
+                    history = published
+                else:
+                    sensors, cells, kept = self._block(run_sid, counts, at_history)
+                    history = SyncBlock(sensors, cells, kept, sv.select(at_history))
+        if history is not None:
+            out.append(deferred(history_rows, "coherence_history", [history], runs=sync_key_runs))
+        if published is not None and self.mesh:
+            out.append(deferred(mesh_rows, "mesh_sync", self.node, [published], runs=sync_key_runs))
+        if events and self.events:
+            out.append(deferred(events_rows, "events", events))
+
+    def _transitions(self, sid: int, sv: SyncValues, ingested: float, out: list[Any]) -> list:
+        m, book = metrics(), self.book
+        sensor, cell = self.fleet.names[sid], self.fleet.table.cells[sid]
+        events = collapse_events(sensor, cell, sv)
+        key = sensor.encode("utf-8")
+        changed = np.flatnonzero(sv.event).tolist()
+        collapses = 0
+        for event, k in zip(events, changed):
+            if self.kafka:
+                out.append(TopicRecord("collapse", key, to_json_bytes(event)))
+            if event.event == "collapse":
+                collapses += 1
+            if self.macro:
+                Tm, Te = complex(sv.T_master[k]), complex(sv.T_emissary[k])
+                out.append(WitnessEntry("macro", int(sv.t[k]), sensor, MacroWitness(
+                    event=event, coherence_master=abs(Tm) ** 2, coherence_emissary=abs(Te) ** 2,
+                    master_span=int(sv.master_span_us[k]) * 1e-6)))
+        dissipations = len(events) - collapses
+        book.collapses[sid] += collapses
+        book.dissipations[sid] += dissipations
+        if collapses:
+            m.transitions.labels("collapse").inc(collapses)
+        if dissipations:
+            m.transitions.labels("dissipate").inc(dissipations)
+        if collapses != dissipations:
+            m.sensors_collapsed.inc(collapses - dissipations)
+        if math.isfinite(ingested):
+            latency = time.time() - ingested
+            for _ in events:
+                m.event_latency.observe(latency)
+        return events
+
+
+def _sync_values(sv) -> SyncValues:
+    """The fleet's sync columns without their sensor column."""
+    return SyncValues(sv.t, sv.T_master, sv.T_emissary, sv.T_sync, sv.coherence_sync, sv.delta_phase, sv.mature,
+                      sv.collapsed, sv.event, sv.master_span_us)

@@ -1,0 +1,381 @@
+"""Event time for a whole key group at once: watermark, reorder buffer, late / duplicate / future (SPEC 3).
+
+:class:`FleetGate` is :class:`operators.event_time.EventTimeGate` for many
+sensors of one channel count, as a structure of arrays, with one Numba pass
+per call over the call's rows.  The rules are the same, row by row in arrival
+order within a sensor:
+
+* ``future``: t more than ``sync.max_future`` ahead of the wall clock (not in
+  replay); such a row never moves the watermark;
+* ``late``: t at or before the watermark in force (newest t seen before it
+  minus ``sync.lateness``), unless the time was accepted before, then
+  ``duplicate``;
+* ``duplicate``: t equals a sample the sensor already accepted (waiting in
+  the reorder buffer, or released within ``dedup_horizon`` of the watermark);
+* otherwise accepted into the sensor's reorder buffer (sorted by t).
+
+At the end of a call each sensor's buffered samples up to its watermark are
+released, in time order, as columns grouped by sensor: what
+:func:`operators.columnar_stream.stream_resonance` takes.  Equal to
+EventTimeGate fed the same rows per sensor (tests hold them equal), except
+that a repeated time more than the horizon behind the watermark is always
+``late`` here, where the per-sensor gate may still call it ``duplicate`` until
+it prunes its memory; both reject it.
+
+State per sensor row (``ints``): newest non-future t, the reorder buffer
+(pool offset, capacity, head, length; a sorted ring) and the ring of recently
+released times (pool offset, capacity, oldest kept, count).  Rings grow by
+doubling when full, between rows: the kernel stops at the row, Python moves
+the ring, the kernel resumes there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from numba import njit
+
+from operators.columnar_state import Pool, _resized
+
+__all__ = ["ACCEPTED", "DUPLICATE", "FUTURE", "FleetGate", "GateStep", "LATE", "REASONS"]
+
+ACCEPTED, FUTURE, LATE, DUPLICATE = 0, 1, 2, 3
+REASONS = {FUTURE: "future", LATE: "late", DUPLICATE: "duplicate"}
+
+MAX_T, P_OFF, P_CAP, P_HEAD, P_LEN, R_OFF, R_CAP, R_LO, R_N = range(9)
+N_INTS = 9
+NEG = np.iinfo(np.int64).min
+_BIG = np.iinfo(np.int64).max
+FIRST_CAP = 4
+_DONE, _GROW_P, _GROW_R = 0, 1, 2
+GATE_VERSION = 1
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _in_pending(gi, p_t, r, tk):
+    off, cap, head, n = gi[r, P_OFF], gi[r, P_CAP], gi[r, P_HEAD], gi[r, P_LEN]
+    lo, hi = 0, n  # sorted ring: binary search on logical positions
+    while lo < hi:
+        mid = (lo + hi) // 2
+        q = head + mid
+        if q >= cap:
+            q -= cap
+        if p_t[off + q] < tk:
+            lo = mid + 1
+        else:
+            hi = mid
+    if lo == n:
+        return False
+    q = head + lo
+    if q >= cap:
+        q -= cap
+    return p_t[off + q] == tk
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _in_recent(gi, r_t, r, tk, keep_from):
+    if tk < keep_from:
+        return False
+    off, cap, lo_k, n_k = gi[r, R_OFF], gi[r, R_CAP], gi[r, R_LO], gi[r, R_N]
+    mask = cap - 1
+    lo, hi = lo_k, n_k
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if r_t[off + (mid & mask)] < tk:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo < n_k and r_t[off + (lo & mask)] == tk
+
+
+@njit(cache=True, nogil=True)
+def _gate_kernel(rows, t, phase, start, future_limit, lateness, horizon, gi, p_t, p_ph, r_t, status, wm_in):
+    """Classify rows start: in order; returns (_DONE, n) or (_GROW_P, i): a full buffer before row i."""
+    n_chan = phase.shape[1]
+    for i in range(start, t.shape[0]):
+        r, tk = rows[i], t[i]
+        if tk > future_limit:
+            status[i] = FUTURE
+            continue
+        before = gi[r, MAX_T]
+        wm = before - lateness if before != NEG else NEG
+        keep_from = wm - horizon if before != NEG else NEG
+        known = _in_pending(gi, p_t, r, tk) or _in_recent(gi, r_t, r, tk, keep_from)
+        if before != NEG and tk <= wm:
+            status[i] = DUPLICATE if known else LATE
+            wm_in[i] = wm
+        elif known:
+            status[i] = DUPLICATE
+        else:
+            off, cap, head, n = gi[r, P_OFF], gi[r, P_CAP], gi[r, P_HEAD], gi[r, P_LEN]
+            if n == cap:
+                return _GROW_P, i
+            # Insert sorted: shift the newer samples up by one (arrival is mostly in order: none).
+            j = n
+            while j > 0:
+                q = head + j - 1
+                if q >= cap:
+                    q -= cap
+                if p_t[off + q] < tk:
+                    break
+                q1 = q + 1
+                if q1 >= cap:
+                    q1 -= cap
+                p_t[off + q1] = p_t[off + q]
+                for c in range(n_chan):
+                    p_ph[off + q1, c] = p_ph[off + q, c]
+                j -= 1
+            q = head + j
+            if q >= cap:
+                q -= cap
+            p_t[off + q] = tk
+            for c in range(n_chan):
+                p_ph[off + q, c] = phase[i, c]
+            gi[r, P_LEN] = n + 1
+            status[i] = ACCEPTED
+        if tk > before:
+            gi[r, MAX_T] = tk
+    return _DONE, t.shape[0]
+
+
+@njit(cache=True, nogil=True)
+def _release_kernel(touched, start, everything, lateness, horizon, gi, p_t, p_ph, r_t, out_row, out_t, out_ph,
+                    count):
+    """Release each touched row's buffered samples up to its watermark (all of them with ``everything``),
+    in time order, into the out columns; remember their times.  Returns (_DONE, n) or (_GROW_R, j)."""
+    n_chan = p_ph.shape[1]
+    k = count[0]
+    for j in range(start, touched.shape[0]):
+        r = touched[j]
+        if gi[r, MAX_T] == NEG:
+            continue
+        wm = _BIG if everything else gi[r, MAX_T] - lateness
+        off, cap = gi[r, P_OFF], gi[r, P_CAP]
+        r_off, r_cap = gi[r, R_OFF], gi[r, R_CAP]
+        mask = r_cap - 1
+        keep_from = gi[r, MAX_T] - lateness - horizon
+        while gi[r, P_LEN] > 0:
+            head = gi[r, P_HEAD]
+            tk = p_t[off + head]
+            if tk > wm:
+                break
+            if gi[r, R_N] - gi[r, R_LO] == r_cap:  # full: forget what is beyond the horizon first
+                while gi[r, R_LO] < gi[r, R_N] and r_t[r_off + (gi[r, R_LO] & mask)] < keep_from:
+                    gi[r, R_LO] += 1
+                if gi[r, R_N] - gi[r, R_LO] == r_cap:
+                    count[0] = k
+                    return _GROW_R, j
+            r_t[r_off + (gi[r, R_N] & mask)] = tk
+            gi[r, R_N] += 1
+            out_row[k], out_t[k] = r, tk
+            for c in range(n_chan):
+                out_ph[k, c] = p_ph[off + head, c]
+            k += 1
+            gi[r, P_HEAD] = 0 if head + 1 == cap else head + 1
+            gi[r, P_LEN] -= 1
+    count[0] = k
+    return _DONE, touched.shape[0]
+
+
+class GateStep:
+    """One call of :meth:`FleetGate.push`: a status per input row and the released columns.
+
+    Attributes:
+        status: int8 per input row: ACCEPTED, FUTURE, LATE or DUPLICATE.
+        watermark_in: int64 per input row: the watermark in force when a LATE row arrived (us).
+        rows, t, phase: the released samples, grouped by sensor row (in the order of ``touched``),
+            time order within a row.
+    """
+
+    __slots__ = ("status", "watermark_in", "rows", "t", "phase")
+
+    def __init__(self, status, watermark_in, rows, t, phase):
+        self.status, self.watermark_in, self.rows, self.t, self.phase = status, watermark_in, rows, t, phase
+
+
+@dataclass
+class FleetGate:
+    """The event-time state of many sensors with ``channels`` phase channels (rows 0 .. n - 1).
+
+    Args:
+        channels: phase channels C.
+        lateness_us: ``sync.lateness`` (us, >= 0).
+        max_future_us: ``sync.max_future`` (us), or None to accept any future time (replay).
+        dedup_horizon_us: how far behind the watermark released times are remembered.
+
+    >>> gate = FleetGate(1, lateness_us=20, max_future_us=None)
+    >>> gate.add(1).tolist()
+    [0]
+    >>> step = gate.push(np.array([0, 0, 0, 0, 0]), np.array([10, 30, 20, 30, 5]), np.zeros((5, 1)), now_us=0)
+    >>> step.status.tolist(), step.t.tolist(), gate.watermark(np.array([0])).tolist()
+    ([0, 0, 0, 3, 2], [10], [10])
+    """
+
+    channels: int
+    lateness_us: int
+    max_future_us: int | None
+    dedup_horizon_us: int = 1_000_000
+    n: int = 0
+    ints: np.ndarray = field(default=None)
+    pending: Pool = field(default=None)     # t, phase (C)
+    recent: Pool = field(default=None)      # t
+
+    def __post_init__(self):
+        if self.lateness_us < 0:
+            raise ValueError(f"lateness must be >= 0, got {self.lateness_us} us")
+        self.dedup_horizon_us = max(int(self.dedup_horizon_us), int(self.lateness_us))
+        if self.ints is None:
+            self.ints = np.empty((0, N_INTS), np.int64)
+            self.pending = Pool([np.empty(0, np.int64), np.empty((0, self.channels), np.float64)])
+            self.recent = Pool([np.empty(0, np.int64)])
+
+    def add(self, k: int) -> np.ndarray:
+        """k new sensor rows; returns their numbers."""
+        if self.n + k > self.ints.shape[0]:
+            self.ints = _resized(self.ints, max(2 * self.ints.shape[0], self.n + k, 64))
+        rows = np.arange(self.n, self.n + k)
+        gi = self.ints
+        gi[rows] = 0
+        gi[rows, MAX_T] = NEG
+        self.n += k
+        for pool, col in ((self.pending, P_OFF), (self.recent, R_OFF)):
+            gi[rows, col + 1] = 0
+            gi[rows, col] = self._take(pool, col, k * FIRST_CAP) + FIRST_CAP * np.arange(k)
+            gi[rows, col + 1] = FIRST_CAP
+        return rows
+
+    def watermark(self, rows: np.ndarray) -> np.ndarray:
+        """Each row's watermark (us), NEG before any accepted sample."""
+        m = self.ints[rows, MAX_T]
+        return np.where(m == NEG, NEG, m - self.lateness_us)
+
+    def buffered(self, rows: np.ndarray | None = None) -> int:
+        """Samples waiting for the watermark."""
+        return int(self.ints[:self.n, P_LEN].sum() if rows is None else self.ints[rows, P_LEN].sum())
+
+    def push(self, rows: np.ndarray, t_us: np.ndarray, phase: np.ndarray, now_us: int) -> GateStep:
+        """Classify rows (arrival order within each sensor row) and release what became final."""
+        rows = np.ascontiguousarray(rows, np.int64)
+        t = np.ascontiguousarray(t_us, np.int64)
+        ph = np.ascontiguousarray(phase, np.float64).reshape(t.shape[0], self.channels)
+        if rows.size and (int(rows.min()) < 0 or int(rows.max()) >= self.n):
+            raise ValueError(f"rows must be in 0 .. {self.n - 1} (add them first)")
+        status = np.empty(t.shape[0], np.int8)
+        wm_in = np.zeros(t.shape[0], np.int64)
+        future = _BIG if self.max_future_us is None else min(_BIG - self.max_future_us, now_us) + self.max_future_us
+        i = 0
+        while True:
+            state, i = _gate_kernel(rows, t, ph, i, future, self.lateness_us, self.dedup_horizon_us, self.ints,
+                                    *self.pending.cols, self.recent.cols[0], status, wm_in)
+            if state == _DONE:
+                break
+            self._grow(self.pending, P_OFF, int(rows[i]), ring_mask=False)
+        touched = _first_seen(rows)
+        return GateStep(status, wm_in, *self.release(touched))
+
+    def release(self, touched: np.ndarray, everything: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Release the rows' samples up to their watermarks (all of them with ``everything``: end of
+        input); columns (row, t, phase) grouped as ``touched``."""
+        touched = np.ascontiguousarray(touched, np.int64)
+        if touched.size and (int(touched.min()) < 0 or int(touched.max()) >= self.n):
+            raise ValueError(f"rows must be in 0 .. {self.n - 1} (add them first)")
+        total = int(self.ints[touched, P_LEN].sum()) if touched.size else 0
+        out = (np.empty(total, np.int64), np.empty(total, np.int64), np.empty((total, self.channels)))
+        if not total:
+            return out
+        count = np.zeros(1, np.int64)
+        j = 0
+        while True:
+            state, j = _release_kernel(touched, j, everything, self.lateness_us, self.dedup_horizon_us, self.ints,
+                                       *self.pending.cols, self.recent.cols[0], *out, count)
+            if state == _DONE:
+                break
+            self._grow(self.recent, R_OFF, int(touched[j]), ring_mask=True)
+        k = int(count[0])
+        return out[0][:k], out[1][:k], out[2][:k]
+
+    def forget(self, rows: np.ndarray) -> None:
+        """Drop the rows' buffers (after releasing everything): their rings go to capacity 0 (the
+        segments are dropped at the next compaction); their newest time stays (older samples stay ``late``)."""
+        gi = self.ints
+        gi[rows, P_OFF] = gi[rows, P_CAP] = gi[rows, R_OFF] = gi[rows, R_CAP] = 0
+        gi[rows, P_HEAD] = gi[rows, P_LEN] = gi[rows, R_LO] = gi[rows, R_N] = 0
+
+    def _take(self, pool: Pool, off_col: int, n: int) -> int:
+        """A fresh segment of n rows, compacting the pool first if it is full and less than half live."""
+        if pool.used + n > pool.cols[0].shape[0]:
+            live = int(self.ints[:self.n, off_col + 1].sum())
+            if 2 * live < pool.used:
+                self._compact(pool, off_col)
+        return pool.take(n)
+
+    def _grow(self, pool: Pool, off_col: int, row: int, ring_mask: bool) -> None:
+        """Move one row's ring to a segment twice the size (recent: positions k mod cap; pending: head at 0)."""
+        gi = self.ints
+        new_cap = max(2 * int(gi[row, off_col + 1]), FIRST_CAP)
+        new_off = self._take(pool, off_col, new_cap)   # may compact: the offsets are read after it
+        off, cap = int(gi[row, off_col]), int(gi[row, off_col + 1])
+        if ring_mask:
+            lo, hi = int(gi[row, R_LO]), int(gi[row, R_N])
+            k = np.arange(lo, hi)
+            for col in pool.cols:
+                col[new_off + (k & (new_cap - 1))] = col[off + (k & (cap - 1))]
+        else:
+            head, length = int(gi[row, P_HEAD]), int(gi[row, P_LEN])
+            if length:
+                src = off + (head + np.arange(length)) % cap
+                for col in pool.cols:
+                    col[new_off:new_off + length] = col[src]
+            gi[row, P_HEAD] = 0
+        gi[row, off_col], gi[row, off_col + 1] = new_off, new_cap
+
+    def compact(self) -> None:
+        """Copy the live segments to fresh pools (drops abandoned ones)."""
+        for pool, base in ((self.pending, P_OFF), (self.recent, R_OFF)):
+            self._compact(pool, base)
+
+    def _compact(self, pool: Pool, base: int) -> None:
+        old, caps = self.ints[:self.n, base], self.ints[:self.n, base + 1]
+        new = np.cumsum(caps) - caps
+        total = int(caps.sum())
+        src = np.arange(total, dtype=np.int64) + np.repeat(old - new, caps)
+        pool.cols = [np.concatenate((c[src], np.zeros((total,) + c.shape[1:], c.dtype))) for c in pool.cols]
+        pool.used = total
+        self.ints[:self.n, base] = new
+
+    def __getstate__(self):
+        self.compact()
+        state = {k: getattr(self, k) for k in ("channels", "lateness_us", "max_future_us", "dedup_horizon_us", "n")}
+        state.update(version=GATE_VERSION, ints=self.ints[:self.n].copy(),
+                     pending=[c[:self.pending.used] for c in self.pending.cols],
+                     recent=[c[:self.recent.used] for c in self.recent.cols])
+        return state
+
+    def __setstate__(self, state):
+        version = state.pop("version", None)
+        if version != GATE_VERSION:
+            raise ValueError(f"this snapshot holds event-time state of layout {version}; this code reads layout "
+                             f"{GATE_VERSION}: replay the input from its start instead of restoring it")
+        pending, recent = state.pop("pending"), state.pop("recent")
+        self.__dict__.update(state)
+        self.pending, self.recent = Pool(pending, len(pending[0])), Pool(recent, len(recent[0]))
+        self.__post_init__()
+
+    def nbytes(self) -> int:
+        """Bytes of the live rows and their ring segments."""
+        per_pending = 8 + 8 * self.channels
+        return self.n * N_INTS * 8 + int(self.ints[:self.n, P_CAP].sum()) * per_pending + \
+            int(self.ints[:self.n, R_CAP].sum()) * 8
+
+
+def _first_seen(rows: np.ndarray) -> np.ndarray:
+    """The distinct values of ``rows`` in order of first appearance."""
+    if rows.size == 0:
+        return rows
+    if rows.size == 1 or bool((rows[1:] >= rows[:-1]).all()):  # grouped and sorted: the common call
+        keep = np.ones(rows.size, np.bool_)
+        keep[1:] = rows[1:] != rows[:-1]
+        return rows[keep]
+    _, first = np.unique(rows, return_index=True)
+    return rows[np.sort(first)]

@@ -1,0 +1,398 @@
+"""All sensors of one key group as columns: the resonate step's engine (SPEC sections 2, 3 and 8).
+
+A :class:`Fleet` takes a call's :class:`~operators.samples.SampleBatch` es of
+any sensors of its key group and runs, for all of them at once,
+
+1. the sensor table: a sensor id becomes an index (``sid``) the first time it
+   is seen; sensors beyond the process's cap (``becomingone.max_sensors``,
+   :class:`~operators.roster.SensorCapacity`) are refused (``capacity``);
+2. the channel check: a sensor's channel count is fixed by its first batch
+   with a usable row; a batch of another count (or one that does not match
+   ``kairos.channel_weights``) is refused (``channels``);
+3. per channel count (a *lane*), the event-time gate
+   (:class:`~operators.columnar_gate.FleetGate`) and the streaming pass
+   (:func:`~operators.columnar_stream.stream_resonance`), one Numba pass each
+   over the call's rows;
+4. idle release: a sensor whose watermark lags the group's newest by more
+   than its windows reach (:func:`~operators.roster.idle_horizon_us`) has its
+   last grid points decided and its memory given back; its newest time, sync
+   state and cell stay, so it resumes as the per-sensor engine would.
+
+Nothing per sample is Python; per call, only a dictionary lookup per batch
+and the rare rejections.  Values equal the per-sensor engine's
+(:class:`~operators.resonator.Resonator`; the tests hold them equal).
+
+>>> import numpy as np
+>>> from operators.params import KairosParams
+>>> from operators.resonator import ResonatorSettings
+>>> from operators.roster import SensorCapacity
+>>> from operators.samples import SampleBatch
+>>> settings = ResonatorSettings(KairosParams(tau_us=50_000, velocity_span_us=10_000), 200_000, 10_000,
+...                              1_000_000, 100_000, 0.95, 0.05, 0.1, 300_000)
+>>> fleet = Fleet(settings, SensorCapacity(10))
+>>> t = np.arange(1, 1001) * 1_000
+>>> step = fleet.push([SampleBatch("a", t, 2 * np.pi * 5.0 * t[:, None] * 1e-6)], now_us=0)
+>>> len(step.resonance.emissary.t), fleet.names
+(99, ['a'])
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from operators.columnar_gate import ACCEPTED, GATE_VERSION, NEG, REASONS, FleetGate, GateStep
+from operators.columnar_rows import FleetResonance, FleetSyncValues, FleetWindowValues
+from operators.columnar_state import COLLAPSED, STATE_VERSION, FleetState
+from operators.columnar_stream import emit_upto, flush_rows, stream_resonance
+from operators.resonator import ResonatorSettings
+from operators.roster import SensorCapacity, idle_horizon_us
+from operators.samples import SampleBatch
+
+__all__ = ["STATE_LAYOUT", "Fleet", "FleetStep", "FleetTable", "Lane", "Refusal"]
+
+FLEET_VERSION = 1
+#: The layout of a key group's snapshot (table, streaming state, gate): a recovery store written
+#: with another layout cannot be resumed.
+STATE_LAYOUT = f"fleet {FLEET_VERSION}.{STATE_VERSION}.{GATE_VERSION}"
+
+
+@dataclass
+class Lane:
+    """The sensors of one channel count: their gate and their streaming state, row by row."""
+
+    gate: FleetGate
+    state: FleetState
+    sids: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # lane row -> sid
+
+    def add(self, sids: np.ndarray) -> np.ndarray:
+        rows = self.gate.add(len(sids))
+        self.sids = np.concatenate((self.sids, sids))
+        return rows
+
+
+@dataclass
+class FleetTable:
+    """A key group's sensors as snapshotted: what a resumed :class:`Fleet` continues from."""
+
+    names: list[str] = field(default_factory=list)
+    cells: list[str | None] = field(default_factory=list)
+    lane: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))      # channels, 0: none yet
+    row: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))       # row in its lane
+    live: np.ndarray = field(default_factory=lambda: np.empty(0, np.bool_))      # counted against the cap
+    lanes: dict[int, Lane] = field(default_factory=dict)
+    newest: int | None = None
+    next_sweep: int | None = None
+    version: int = FLEET_VERSION
+
+
+@dataclass
+class Refusal:
+    """Rows of one batch refused by the fleet: the batch, a status per row (ACCEPTED: kept) or one
+    reason for all, and the watermark each ``late`` row met."""
+
+    batch: SampleBatch
+    reason: str | None = None                      # one reason for every row (capacity, channels)
+    text: str | None = None
+    status: np.ndarray | None = None               # else a gate status per row
+    watermark_in: np.ndarray | None = None
+
+
+@dataclass
+class FleetStep:
+    """What one call did.
+
+    Attributes:
+        resonance: grid rows of every sensor; ``sensor`` columns hold sids, rows grouped by sensor.
+        released: the samples released now as (sid per row, t, phase) per lane, grouped by sensor.
+        refusals: the rejected rows, batch by batch.
+        accepted: samples released now.
+        watermark: the newest watermark of the call's sensors (us), or None.
+        ingested: per sid of the call, the earliest decode time (epoch s) of its batches (dict).
+    """
+
+    resonance: FleetResonance
+    released: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
+    refusals: list[Refusal] = field(default_factory=list)
+    accepted: int = 0
+    watermark: int | None = None
+    ingested: dict[int, float] = field(default_factory=dict)
+
+
+class Fleet:
+    """The sensors of one key group (state: :class:`FleetTable`).
+
+    Args:
+        settings: windows, grids, thresholds, event-time rules.
+        capacity: the process's cap on live sensors (shared by its key groups).
+        table: a resumed state.
+    """
+
+    def __init__(self, settings: ResonatorSettings, capacity: SensorCapacity, table: FleetTable | None = None):
+        if table is not None and getattr(table, "version", None) != FLEET_VERSION:
+            raise ValueError(f"this snapshot holds key-group state of another layout "
+                             f"({type(table).__name__}, version {getattr(table, 'version', None)}); this code "
+                             f"reads layout {FLEET_VERSION}: replay the input from its start instead")
+        self.table = table if table is not None else FleetTable()
+        self.settings = settings
+        self.capacity = capacity
+        self.horizon_us = idle_horizon_us(settings)
+        self._index = {name: sid for sid, name in enumerate(self.table.names)}
+        weights = settings.params.weights
+        self._weights = None if weights is None else len(weights)
+        capacity.add_resumed(int(self.table.live.sum()))
+
+    @property
+    def names(self) -> list[str]:
+        return self.table.names
+
+    def live_count(self) -> int:
+        return int(self.table.live[:len(self.table.names)].sum())
+
+    def collapsed(self, sids: np.ndarray) -> np.ndarray:
+        """Whether each sensor is collapsed now."""
+        out = np.zeros(len(sids), np.bool_)
+        t = self.table
+        for channels, lane in t.lanes.items():
+            mine = t.lane[sids] == channels
+            if mine.any():
+                frows = lane.state.rows_of(t.row[sids[mine]])
+                out[mine] = lane.state.ints[frows, COLLAPSED] == 1
+        return out
+
+    # --- a call ------------------------------------------------------------------------------------
+
+    def push(self, batches: list[SampleBatch], now_us: int) -> FleetStep:
+        """Integrate a call's batches (arrival order within each sensor)."""
+        t = self.table
+        sids = np.array([self._sid(b.sensor) for b in batches], np.int64)
+        ingested: dict[int, float] = {}
+        refusals: list[Refusal] = []
+        keep = np.ones(len(batches), np.bool_)
+        self._admit(sids, batches, keep, refusals)
+        for k, (b, sid) in enumerate(zip(batches, sids.tolist())):
+            if not keep[k]:
+                continue
+            if b.cell is not None:
+                t.cells[sid] = b.cell
+            problem = self._channel_problem(sid, b.channels)
+            if problem is not None:
+                keep[k] = False
+                refusals.append(Refusal(b, "channels", problem))
+            elif t.lane[sid] == 0:
+                self._assign(sid, b.channels)
+            if keep[k] and b.ingested < ingested.get(sid, math.inf):
+                ingested[sid] = b.ingested
+        parts = []
+        kept = np.flatnonzero(keep)
+        by_lane: dict[int, list[int]] = {}
+        for k in kept.tolist():
+            by_lane.setdefault(int(t.lane[sids[k]]), []).append(k)
+        newest = None
+        accepted = 0
+        released = []
+        for channels, ks in by_lane.items():
+            lane = t.lanes[channels]
+            lane_batches = [batches[k] for k in ks]
+            counts = np.array([len(b) for b in lane_batches], np.int64)
+            rows = np.repeat(t.row[sids[ks]], counts)
+            tt = np.concatenate([b.t_us for b in lane_batches]) if len(ks) > 1 else lane_batches[0].t_us
+            ph = np.concatenate([b.phase for b in lane_batches]) if len(ks) > 1 else lane_batches[0].phase
+            step = lane.gate.push(rows, tt, ph, now_us)
+            self._gate_refusals(step, lane_batches, counts, refusals)
+            touched = np.unique(rows)
+            wm = lane.gate.watermark(touched)
+            fixed = wm != NEG
+            if fixed.any():
+                newest = max(newest or NEG, int(wm[fixed].max()))
+            part = self._stream(lane, step.rows, step.t, step.phase)
+            if self.settings.lateness_us and fixed.any():
+                # The watermark trails the newest sample: points up to it are final before a sample reaches them.
+                ids, marks = touched[fixed], wm[fixed]
+                late = _with_sids(emit_upto(lane.state, lane.state.rows_of(ids), marks), lane.sids)
+                part = _regrouped(_joined([part, late]))
+            parts.append(part)
+            released.append((lane.sids[step.rows], step.t, step.phase))
+            accepted += int(step.t.shape[0])
+        # A sensor whose batches were all future fixed nothing: its lane waits for a usable row.
+        if newest is not None and (t.newest is None or newest > t.newest):
+            t.newest = newest
+        return FleetStep(_joined(parts), released, refusals, accepted, newest, ingested)
+
+    def flush(self) -> FleetStep:
+        """End of input: release every buffered sample and decide every pending grid point."""
+        return self._finish(np.flatnonzero(self.table.lane[:len(self.table.names)] > 0), release=False)
+
+    def sweep_due(self) -> bool:
+        """True when :meth:`release_idle` would look at the sensors (every half horizon of event time)."""
+        t = self.table
+        return (self.horizon_us is not None and t.newest is not None
+                and (t.next_sweep is None or t.newest >= t.next_sweep))
+
+    def release_idle(self) -> FleetStep | None:
+        """Decide the last grid points of every sensor idle beyond the horizon and give back its
+        memory; None when no sweep is due or no sensor is idle."""
+        if not self.sweep_due():
+            return None
+        t, horizon = self.table, self.horizon_us
+        t.next_sweep = t.newest + horizon // 2
+        cutoff = t.newest - horizon
+        n = len(t.names)
+        wm = np.full(n, NEG, np.int64)
+        for channels, lane in t.lanes.items():
+            mine = np.flatnonzero(t.lane[:n] == channels)
+            wm[mine] = lane.gate.watermark(t.row[mine])
+        idle = np.flatnonzero(t.live[:n] & (wm < cutoff))   # never accepted (NEG) is idle too
+        if not idle.size:
+            return None
+        step = self._finish(idle, release=True)
+        t.live[idle] = False
+        self.capacity.give_back(int(idle.size))
+        return step
+
+    def close(self) -> None:
+        """This group's live sensors no longer count against the process's cap."""
+        self.capacity.give_back(self.live_count())
+
+    # --- parts -------------------------------------------------------------------------------------
+
+    def _sid(self, name: str) -> int:
+        sid = self._index.get(name)
+        if sid is None:
+            t = self.table
+            sid = self._index[name] = len(t.names)
+            t.names.append(name)
+            t.cells.append(None)
+            if sid >= t.lane.shape[0]:
+                size = max(64, 2 * t.lane.shape[0])
+                t.lane = _grown(t.lane, size, 0)
+                t.row = _grown(t.row, size, -1)
+                t.live = _grown(t.live, size, False)
+        return sid
+
+    def _admit(self, sids: np.ndarray, batches: list[SampleBatch], keep: np.ndarray,
+               refusals: list[Refusal]) -> None:
+        """Sensors not live take a place under the cap, in order of their first batch; the others' batches
+        are refused (``capacity``)."""
+        t = self.table
+        waiting = ~t.live[sids]
+        if not waiting.any():
+            return
+        for k in np.flatnonzero(waiting).tolist():
+            sid = int(sids[k])
+            if t.live[sid]:
+                continue  # admitted by an earlier batch of this call
+            if self.capacity.take():
+                t.live[sid] = True
+            else:
+                keep[k] = False
+                refusals.append(Refusal(batches[k], "capacity",
+                                        f"sensor {t.names[sid]!r} would go beyond becomingone.max_sensors "
+                                        f"({self.capacity.limit:,} live sensors in this process)"))
+
+    def _channel_problem(self, sid: int, channels: int) -> str | None:
+        fixed = int(self.table.lane[sid])
+        if fixed and channels != fixed:
+            return f"{channels} channels where the sensor has {fixed}"
+        if self._weights is not None and channels != self._weights:
+            return f"{channels} channels where kairos.channel_weights has {self._weights} weights"
+        return None
+
+    def _assign(self, sid: int, channels: int) -> None:
+        t = self.table
+        lane = t.lanes.get(channels)
+        if lane is None:
+            s = self.settings
+            # Duplicates are told from late samples within max(1 s, lateness) of the watermark, as the per-sensor gate.
+            lane = t.lanes[channels] = Lane(FleetGate(channels, s.lateness_us, s.max_future_us),
+                                            FleetState(s, channels))
+        t.lane[sid] = channels
+        t.row[sid] = int(lane.add(np.array([sid], np.int64))[0])
+
+    def _gate_refusals(self, step: GateStep, batches: list[SampleBatch], counts: np.ndarray,
+                       refusals: list[Refusal]) -> None:
+        bad = np.flatnonzero(step.status != ACCEPTED)
+        if not bad.size:
+            return
+        ends = np.cumsum(counts)
+        for k in np.unique(np.searchsorted(ends, bad, side="right")).tolist():
+            a, b = int(ends[k] - counts[k]), int(ends[k])
+            refusals.append(Refusal(batches[k], status=step.status[a:b], watermark_in=step.watermark_in[a:b]))
+
+    def _stream(self, lane: Lane, rows: np.ndarray, t: np.ndarray, phase: np.ndarray,
+                final_rows: np.ndarray | None = None) -> FleetResonance:
+        res = stream_resonance(lane.state, rows, t, phase)
+        if final_rows is not None and final_rows.size:
+            res = _joined([res, flush_rows(lane.state, lane.state.rows_of(final_rows))])
+        return _with_sids(res, lane.sids)
+
+    def _finish(self, sids: np.ndarray, release: bool) -> FleetStep:
+        """Release everything the sensors buffer and decide their pending grid points; with ``release``,
+        give their chains and windows back."""
+        t = self.table
+        parts, released, accepted = [], [], 0
+        for channels, lane in t.lanes.items():
+            mine = sids[t.lane[sids] == channels]
+            if not mine.size:
+                continue
+            rows = t.row[mine]
+            r, tt, ph = lane.gate.release(rows, everything=True)
+            parts.append(self._stream(lane, r, tt, ph, final_rows=rows))
+            released.append((lane.sids[r], tt, ph))
+            accepted += int(tt.shape[0])
+            if release:
+                lane.gate.forget(rows)
+                lane.state.release(lane.state.rows_of(rows))
+        return FleetStep(_joined(parts), released, [], accepted, None, {})
+
+
+def refused_reasons(refusal: Refusal) -> tuple[np.ndarray, list[str]]:
+    """(rows of the refusal's batch that were refused, the reason of each)."""
+    if refusal.reason is not None:
+        return np.arange(len(refusal.batch)), [refusal.reason] * len(refusal.batch)
+    bad = np.flatnonzero(refusal.status != ACCEPTED)
+    return bad, [REASONS[int(s)] for s in refusal.status[bad].tolist()]
+
+
+def _grown(a: np.ndarray, size: int, fill) -> np.ndarray:
+    out = np.full(size, fill, a.dtype)
+    out[:a.shape[0]] = a
+    return out
+
+
+def _with_sids(res: FleetResonance, sids: np.ndarray) -> FleetResonance:
+    """``res`` with its lane rows replaced by sensor ids."""
+    e, m, s = res
+    e_sid = sids[e.sensor]
+    return FleetResonance(e._replace(sensor=e_sid), m._replace(sensor=sids[m.sensor]), s._replace(sensor=e_sid))
+
+
+def _regrouped(res: FleetResonance) -> FleetResonance:
+    """``res`` with each sensor's rows together (stable: time order within a sensor stays)."""
+    e, m, s = res
+    eo, mo = np.argsort(e.sensor, kind="stable"), np.argsort(m.sensor, kind="stable")
+    return FleetResonance(FleetWindowValues(*(c[eo] for c in e)), FleetWindowValues(*(c[mo] for c in m)),
+                          FleetSyncValues(*(c[eo] for c in s)))
+
+
+def _joined(parts: list[FleetResonance]) -> FleetResonance:
+    if len(parts) == 1:
+        return parts[0]
+    if not parts:
+        return _EMPTY
+    return FleetResonance(FleetWindowValues(*(np.concatenate(c) for c in zip(*(p.emissary for p in parts)))),
+                          FleetWindowValues(*(np.concatenate(c) for c in zip(*(p.master for p in parts)))),
+                          FleetSyncValues(*(np.concatenate(c) for c in zip(*(p.sync for p in parts)))))
+
+
+def _empty_window() -> FleetWindowValues:
+    return FleetWindowValues(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.complex128),
+                             np.empty(0, np.int64), np.empty(0, np.int64))
+
+
+_EMPTY = FleetResonance(_empty_window(), _empty_window(), FleetSyncValues(
+    np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.complex128), np.empty(0, np.complex128),
+    np.empty(0, np.complex128), np.empty(0), np.empty(0), np.empty(0, np.bool_), np.empty(0, np.bool_),
+    np.empty(0, np.int8), np.empty(0, np.int64)))
