@@ -40,6 +40,7 @@ __all__ = [
     "TopicRecord",
     "TopicRecords",
     "bundled",
+    "witnessed",
     "collapse_events",
     "dead_letter_records",
     "deferred",
@@ -370,3 +371,10 @@ def bundled(out: list[Any]) -> list[Any]:
     if entries:
         rest.append(entries)
     return rest
+
+
+def witnessed(config, layer: str) -> bool:
+    """True when records of a witness ``layer`` are built: the layer is on and something keeps the log
+    (the witness topic, or the archive's ``witnessing_logs``).  With neither, nothing is hashed or encoded."""
+    kept = config.kafka is not None or (config.sink.archive and config.memory.witness_logs)
+    return kept and config.witnessing.layer_enabled(layer)

@@ -52,7 +52,8 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import Message as KafkaMessage
 
 from connectors.metrics import ledger, metrics, serve
-from flows.emit import ArchiveRows, TopicBlock, TopicRecords, bundled, dead_letter_records, deferred, witness_rows
+from flows.emit import (ArchiveRows, TopicBlock, TopicRecords, bundled, dead_letter_records, deferred, witness_rows,
+                        witnessed)
 from flows.resonate import ResonateLogic
 from flows.sources import PhaseFile, SyntheticSamples, kafka_source, request_stop, stop_requested
 from operators.decode import RawMessage, decode_messages
@@ -114,7 +115,7 @@ class Decode:
         src = config.source
         self.max_bytes = src.max_message_bytes if isinstance(src, KafkaSource) else None
         self.limits = dead_letter_limits(config)
-        self.micro = config.witnessing.layer_enabled("micro")
+        self.micro = witnessed(config, "micro")
         self.max_future_us = config.sync.max_future_us
         self.newest: int | None = None  # newest event time seen (the micro records' t)
 

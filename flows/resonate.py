@@ -40,6 +40,7 @@ from flows.emit import (
     signature_rows,
     sync_key_runs,
     sync_messages,
+    witnessed,
 )
 from operators.dead_letters import DeadLetterBudget
 from operators.fleet import Fleet, FleetStep, FleetTable, refused_reasons
@@ -47,7 +48,7 @@ from operators.grid import WindowValues
 from operators.intake import _rejection_texts, dead_letters
 from operators.roster import SensorCapacity
 from operators.samples import SampleBatch
-from operators.sync import SyncValues
+from operators.sync import COLLAPSE, SyncValues
 from operators.witness import WitnessBlock, WitnessEntry
 from schemas.config import Config
 from schemas.messages import MacroWitness, meso_records_json, per_row, to_json_bytes
@@ -124,11 +125,13 @@ class ResonateLogic(StatefulBatchLogic[list[SampleBatch], Any, FleetTable]):
         self.kafka = config.kafka is not None
         self.signature_us = mem.signature_interval_us
         self.publish_us = config.sync.publish_interval_us
-        self.meso = config.witnessing.layer_enabled("meso")
+        self.meso = witnessed(config, "meso")
         self.meso_us = config.witnessing.meso_interval_us
         self.same_meso = self.meso_us == self.signature_us
         self.same_history = self.signature_us == self.publish_us
-        self.macro = config.witnessing.layer_enabled("macro")
+        self.macro = witnessed(config, "macro")
+        # Collapse events as objects only for what takes them: the topic, the archive, the macro layer.
+        self.event_objects = self.kafka or self.events or self.macro
         self.per_sensor = config.metrics.per_sensor_labels
         self.book = GroupLedger(self.fleet.names)
         ledger().attach(self.book)
@@ -277,7 +280,9 @@ class ResonateLogic(StatefulBatchLogic[list[SampleBatch], Any, FleetTable]):
                 m.sensor_coherence.labels(self.fleet.names[s]).set(coherence)
         events = []
         changed = np.flatnonzero(sv.event)
-        if changed.size:  # few: a transition is one sensor's event
+        if changed.size and not self.event_objects:
+            self._counted(run_sid, counts, sv, changed, step)
+        elif changed.size:  # few: a transition is one sensor's event
             for i in np.unique(np.searchsorted(ends, changed, side="right")).tolist():
                 a, b = int(ends[i] - counts[i]), int(ends[i])
                 events.extend(self._transitions(int(run_sid[i]), sv.select(slice(a, b)),
@@ -305,8 +310,27 @@ class ResonateLogic(StatefulBatchLogic[list[SampleBatch], Any, FleetTable]):
         if events and self.events:
             out.append(deferred(events_rows, "events", events))
 
-    def _transitions(self, sid: int, sv: SyncValues, ingested: float, out: list[Any]) -> list:
+    def _counted(self, run_sid: np.ndarray, counts: np.ndarray, sv: SyncValues, changed: np.ndarray,
+                 step: FleetStep) -> None:
+        """The transitions at rows ``changed``, counted for every sensor at once (no event objects)."""
         m, book = metrics(), self.book
+        sid = np.repeat(run_sid, counts)[changed]
+        up = sv.event[changed] == COLLAPSE
+        np.add.at(book.collapses, sid[up], 1)
+        np.add.at(book.dissipations, sid[~up], 1)
+        collapses, dissipations = int(up.sum()), int((~up).sum())
+        if collapses:
+            m.transitions.labels("collapse").inc(collapses)
+        if dissipations:
+            m.transitions.labels("dissipate").inc(dissipations)
+        if collapses != dissipations:
+            m.sensors_collapsed.inc(collapses - dissipations)
+        now = time.time()
+        for ingested in (step.ingested.get(s, math.inf) for s in sid.tolist()):
+            if math.isfinite(ingested):
+                m.event_latency.observe(now - ingested)
+
+    def _transitions(self, sid: int, sv: SyncValues, ingested: float, out: list[Any]) -> list:
         sensor, cell = self.fleet.names[sid], self.fleet.table.cells[sid]
         events = collapse_events(sensor, cell, sv)
         key = sensor.encode("utf-8")
@@ -322,7 +346,11 @@ class ResonateLogic(StatefulBatchLogic[list[SampleBatch], Any, FleetTable]):
                 out.append(WitnessEntry("macro", int(sv.t[k]), sensor, MacroWitness(
                     event=event, coherence_master=abs(Tm) ** 2, coherence_emissary=abs(Te) ** 2,
                     master_span=int(sv.master_span_us[k]) * 1e-6)))
-        dissipations = len(events) - collapses
+        self._count(sid, collapses, len(events) - collapses, ingested, len(events))
+        return events
+
+    def _count(self, sid: int, collapses: int, dissipations: int, ingested: float, n: int) -> None:
+        m, book = metrics(), self.book
         book.collapses[sid] += collapses
         book.dissipations[sid] += dissipations
         if collapses:
@@ -333,9 +361,8 @@ class ResonateLogic(StatefulBatchLogic[list[SampleBatch], Any, FleetTable]):
             m.sensors_collapsed.inc(collapses - dissipations)
         if math.isfinite(ingested):
             latency = time.time() - ingested
-            for _ in events:
+            for _ in range(n):
                 m.event_latency.observe(latency)
-        return events
 
 
 def _sync_values(sv) -> SyncValues:

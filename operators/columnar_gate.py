@@ -264,6 +264,10 @@ class FleetGate:
         status = np.empty(t.shape[0], np.int8)
         wm_in = np.zeros(t.shape[0], np.int64)
         future = _BIG if self.max_future_us is None else min(_BIG - self.max_future_us, now_us) + self.max_future_us
+        if rows.size:
+            # Room in each buffer for all of the call's rows, in one step for all rows (no kernel exits).
+            touched, counts = np.unique(rows, return_counts=True)
+            self._reserve(self.pending, P_OFF, touched, self.ints[touched, P_LEN] + counts)
         i = 0
         while True:
             state, i = _gate_kernel(rows, t, ph, i, future, self.lateness_us, self.dedup_horizon_us, self.ints,
@@ -284,6 +288,9 @@ class FleetGate:
         out = (np.empty(total, np.int64), np.empty(total, np.int64), np.empty((total, self.channels)))
         if not total:
             return out
+        live = self.ints[touched, R_N] - self.ints[touched, R_LO]
+        self._reserve(self.recent, R_OFF, touched,
+                      np.minimum(live + self.ints[touched, P_LEN], np.maximum(self.ints[touched, R_CAP], 4096)))
         count = np.zeros(1, np.int64)
         j = 0
         while True:
@@ -309,6 +316,38 @@ class FleetGate:
             if 2 * live < pool.used:
                 self._compact(pool, off_col)
         return pool.take(n)
+
+    def _reserve(self, pool: Pool, off_col: int, rows: np.ndarray, need: np.ndarray) -> None:
+        """Grow the rings of ``rows`` whose capacity is below ``need``, all in one relocation: the
+        reorder buffer to need (head at 0 after), the recent times to a power of two >= need."""
+        gi = self.ints
+        grow = need > gi[rows, off_col + 1]
+        if not grow.any():
+            return
+        rows, need = rows[grow], need[grow]
+        ring = off_col == R_OFF
+        caps = np.maximum(need, np.maximum(2 * gi[rows, off_col + 1], FIRST_CAP))
+        if ring:
+            caps = 1 << np.ceil(np.log2(caps)).astype(np.int64)
+        base = self._take(pool, off_col, int(caps.sum()))   # may compact: offsets are read after it
+        new_offs = base + np.cumsum(caps) - caps
+        off, cap = gi[rows, off_col], gi[rows, off_col + 1]
+        if ring:
+            first, length = gi[rows, R_LO], gi[rows, R_N] - gi[rows, R_LO]
+        else:
+            first, length = gi[rows, P_HEAD], gi[rows, P_LEN]
+        total = int(length.sum())
+        if total:
+            which = np.repeat(np.arange(rows.size), length)
+            j = np.arange(total) - np.repeat(np.cumsum(length) - length, length)
+            e = first[which] + j
+            src = off[which] + e % cap[which]
+            dst = new_offs[which] + (e % caps[which] if ring else j)
+            for col in pool.cols:
+                col[dst] = col[src]
+        gi[rows, off_col], gi[rows, off_col + 1] = new_offs, caps
+        if not ring:
+            gi[rows, P_HEAD] = 0
 
     def _grow(self, pool: Pool, off_col: int, row: int, ring_mask: bool) -> None:
         """Move one row's ring to a segment twice the size (recent: positions k mod cap; pending: head at 0)."""

@@ -139,7 +139,7 @@ def _clear(ints, sums, r, base, sb):
         sums[r, sb + x] = 0.0
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def pane_add(ints, sums, r, base, sb, ps, wd, tk, c, a, pane, window, count_bits, delta_bits):
     """Integrate one product at tk (terms c = p e^{i omega t} dt, a = |p| dt) into the window.
     Needs room for two slots (a step slot and the pane's); products come in time order."""
@@ -180,7 +180,7 @@ def pane_add(ints, sums, r, base, sb, ps, wd, tk, c, a, pane, window, count_bits
         ps[q, x], sums[r, sb + 6 + x] = _two_sum(ps[q, x], sums[r, sb + 6 + x], vals[x])
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def pane_value(ints, sums, r, base, sb, ps, wd, g, last_pt, pane, window, count_bits, delta_bits):
     """Drop the panes ending at or before g - W; return (T, products, span us) over (g - W, g].
     ``last_pt``: the sensor's newest product time (every product up to g is in, none later)."""

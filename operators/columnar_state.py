@@ -272,27 +272,35 @@ class FleetState:
         self._relocate(self.e_panes if base == E_WIN else self.m_panes, r, base + W_OFF, np.array([new_cap]),
                        self.ints[r, base + W_HEAD], self.ints[r, base + W_LEN])
 
-    def reserve(self, rows: np.ndarray, counts: np.ndarray) -> None:
-        """Before a call bringing counts[i] samples to rows[i]: grow, in one step for all rows, each
-        ring that a short run of samples could overflow, doubling it (the kernel grows the rest one at
-        a time, as it needs).  Saves a kernel exit per growth: a new fleet's rings all grow in its first calls."""
+    def reserve(self, rows: np.ndarray, counts: np.ndarray, spans: np.ndarray | None = None) -> None:
+        """Before a call bringing counts[i] samples over spans[i] us of event time to rows[i]: grow, in one
+        step for all rows, each ring those samples could overflow, to about what they will need: the lag
+        history the samples within max(tau, d) of the newest (estimated from the run's rate), a window one
+        slot per product up to the panes its span covers.  The kernel grows what the estimate missed.
+        Saves a kernel exit and a relocation per growth: a new fleet's rings all grow in its first calls."""
         i = self.ints
-        n_seen, lo = i[rows, N_SEEN], i[rows, H_LO]
-        cap = i[rows, H_CAP]
-        # Only for short runs (a sensor's samples of a call fit in its ring): those are a fleet's, where
-        # a kernel exit per growth costs most; live + counts overstates what a long run needs.
-        grow = (n_seen - lo + counts > cap) & (counts <= np.maximum(cap, FIRST_CAP))
+        p = self.settings.params
+        spans = np.zeros(len(rows), np.int64) if spans is None else np.maximum(spans, 1)
+        n_seen, lo, cap = i[rows, N_SEEN], i[rows, H_LO], i[rows, H_CAP]
+        reach = max(p.tau_us, p.velocity_span_us)
+        in_reach = np.where(spans > reach, np.ceil(counts * (reach / np.maximum(spans, 1))).astype(np.int64) + 3,
+                            counts)
+        # The ring holds the samples within reach of the newest: about what it holds now, or the run's last ones.
+        target = np.maximum(n_seen - lo, np.minimum(counts, in_reach)) + 1
+        grow = target > cap
         if grow.any():
-            self._relocate(self.hist, rows[grow], H_OFF, np.maximum(2 * cap[grow], FIRST_CAP), lo[grow],
-                           n_seen[grow] - lo[grow])
-        for base, pool in ((E_WIN, self.e_panes), (M_WIN, self.m_panes)):
-            most = self.most_panes(base)
+            new_cap = 1 << np.ceil(np.log2(np.maximum(target[grow], FIRST_CAP))).astype(np.int64)  # powers of two
+            self._relocate(self.hist, rows[grow], H_OFF, new_cap, lo[grow], n_seen[grow] - lo[grow])
+        for base, pool, layout in ((E_WIN, self.e_panes, self.e_layout), (M_WIN, self.m_panes, self.m_layout)):
+            most = layout.most_slots
             cap, length = i[rows, base + W_CAP], i[rows, base + W_LEN]
-            grow = (length + counts + 1 > cap) & (counts <= np.maximum(cap, FIRST_CAP)) & (cap < most)
+            # A product opens at most one slot (a jump one more); a run opens at most the panes it spans.
+            target = np.minimum(length + np.minimum(counts, spans // layout.pane_us + 2) + 2, most)
+            grow = target > cap
             if grow.any():
                 r = rows[grow]
-                self._relocate(pool, r, base + W_OFF, np.minimum(np.maximum(2 * cap[grow], FIRST_CAP), most),
-                               i[r, base + W_HEAD], length[grow])
+                new_cap = np.maximum(target[grow], np.minimum(2 * cap[grow], most))
+                self._relocate(pool, r, base + W_OFF, new_cap, i[r, base + W_HEAD], length[grow])
 
     def _relocate(self, pool: Pool, rows, off_col, new_caps, first, length) -> None:
         """Copy each row's ring to a new segment of new_caps: elements first .. first + length - 1 of the

@@ -7,7 +7,7 @@ any sensors of its key group and runs, for all of them at once,
    is seen; sensors beyond the process's cap (``becomingone.max_sensors``,
    :class:`~operators.roster.SensorCapacity`) are refused (``capacity``);
 2. the channel check: a sensor's channel count is fixed by its first batch
-   with a usable row; a batch of another count (or one that does not match
+   (even one whose rows are all refused later); a batch of another count (or one that does not match
    ``kairos.channel_weights``) is refused (``channels``);
 3. per channel count (a *lane*), the event-time gate
    (:class:`~operators.columnar_gate.FleetGate`) and the streaming pass
@@ -33,7 +33,7 @@ and the rare rejections.  Values equal the per-sensor engine's
 >>> t = np.arange(1, 1001) * 1_000
 >>> step = fleet.push([SampleBatch("a", t, 2 * np.pi * 5.0 * t[:, None] * 1e-6)], now_us=0)
 >>> len(step.resonance.emissary.t), fleet.names
-(99, ['a'])
+(100, ['a'])
 """
 
 from __future__ import annotations
@@ -171,6 +171,7 @@ class Fleet:
         ingested: dict[int, float] = {}
         refusals: list[Refusal] = []
         keep = np.ones(len(batches), np.bool_)
+        new: dict[int, list[int]] = {}   # channels -> sensors that join a lane now
         self._admit(sids, batches, keep, refusals)
         for k, (b, sid) in enumerate(zip(batches, sids.tolist())):
             if not keep[k]:
@@ -182,9 +183,12 @@ class Fleet:
                 keep[k] = False
                 refusals.append(Refusal(b, "channels", problem))
             elif t.lane[sid] == 0:
-                self._assign(sid, b.channels)
+                t.lane[sid] = b.channels
+                new.setdefault(b.channels, []).append(sid)
             if keep[k] and b.ingested < ingested.get(sid, math.inf):
                 ingested[sid] = b.ingested
+        for channels, joined in new.items():
+            self._assign(np.array(joined, np.int64), channels)
         parts = []
         kept = np.flatnonzero(keep)
         by_lane: dict[int, list[int]] = {}
@@ -216,7 +220,6 @@ class Fleet:
             parts.append(part)
             released.append((lane.sids[step.rows], step.t, step.phase))
             accepted += int(step.t.shape[0])
-        # A sensor whose batches were all future fixed nothing: its lane waits for a usable row.
         if newest is not None and (t.newest is None or newest > t.newest):
             t.newest = newest
         return FleetStep(_joined(parts), released, refusals, accepted, newest, ingested)
@@ -300,7 +303,8 @@ class Fleet:
             return f"{channels} channels where kairos.channel_weights has {self._weights} weights"
         return None
 
-    def _assign(self, sid: int, channels: int) -> None:
+    def _assign(self, sids: np.ndarray, channels: int) -> None:
+        """Rows in the lane of ``channels`` for sensors that join it (their lane is set already)."""
         t = self.table
         lane = t.lanes.get(channels)
         if lane is None:
@@ -308,8 +312,7 @@ class Fleet:
             # Duplicates are told from late samples within max(1 s, lateness) of the watermark, as the per-sensor gate.
             lane = t.lanes[channels] = Lane(FleetGate(channels, s.lateness_us, s.max_future_us),
                                             FleetState(s, channels))
-        t.lane[sid] = channels
-        t.row[sid] = int(lane.add(np.array([sid], np.int64))[0])
+        t.row[sids] = lane.add(sids)
 
     def _gate_refusals(self, step: GateStep, batches: list[SampleBatch], counts: np.ndarray,
                        refusals: list[Refusal]) -> None:

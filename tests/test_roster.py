@@ -154,7 +154,7 @@ def test_the_cap_counts_live_sensors_and_a_released_one_makes_room():
 
 
 _CHURN = textwrap.dedent("""
-    import resource, sys
+    import sys, tracemalloc
     import numpy as np
     from operators.fleet import Fleet
     from operators.params import KairosParams
@@ -169,8 +169,9 @@ _CHURN = textwrap.dedent("""
     fleet = Fleet(settings, SensorCapacity(1_000_000))
     if not release:
         fleet.horizon_us = None
-    def rss():
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    def live():   # bytes allocated and not freed (NumPy's arrays included)
+        return tracemalloc.get_traced_memory()[0]
+    tracemalloc.start()
     t0 = 1_700_000_000_000_000
     seconds, per_second = 100, 1_000
     base = None
@@ -180,14 +181,14 @@ _CHURN = textwrap.dedent("""
                     for k in range(sec * per_second, (sec + 1) * per_second)], 0)
         fleet.release_idle()
         if sec == 19:
-            base = rss()
-    print(rss() - base, fleet.live_count(), len(fleet.names) - fleet.live_count())
+            base = live()
+    print(live() - base, fleet.live_count(), len(fleet.names) - fleet.live_count())
 """)
 
 
 @pytest.mark.slow
 def test_memory_stays_flat_over_a_churn_of_100000_short_lived_ids():
-    # In a process of its own, so its peak RSS is the churn's alone.  1,000 new ids per second
+    # In a process of its own, so what it holds is the churn's alone.  1,000 new ids per second
     # of event time, three samples each; the windows reach back 10 s.
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     grow = {}
@@ -201,9 +202,9 @@ def test_memory_stays_flat_over_a_churn_of_100000_short_lived_ids():
     assert live < 20_000 and retired > 80_000
     # Past the first 20,000 ids: what 80,000 more cost, per id.
     assert extra / 80_000 < 1_500, grow
-    # Kept, each of these short-lived ids holds its rings too (about 1.3 kB against 1.0 kB released, a
+    # Kept, each of these short-lived ids holds its rings too (about 1.9 kB against 0.8 kB released, a
     # tombstone's row); a sensor whose windows had filled would hold a megabyte.
-    assert grow["keep"][0] > extra, grow
+    assert grow["keep"][0] > 1.5 * extra, grow
 
 
 def test_a_flow_beyond_max_sensors_dead_letters_the_newcomers_and_keeps_going(tmp_path, capsys):
