@@ -58,6 +58,7 @@ import pyarrow.compute as pc
 from numba import njit
 
 from operators.arrow_bounds import decoded_size
+from operators.json_columns import JsonColumns, json_columns
 from operators.dead_letters import DeadLetterBudget
 from operators.samples import Origins, SampleBatch
 from schemas.messages import (
@@ -231,6 +232,34 @@ def _json_part(messages: list[RawMessage], samples: list[PhaseSample]) -> _Part:
         partition=origins[:, 0].astype(np.int32),
         offset=origins[:, 1],
         row=np.zeros(len(samples), np.int32),
+        raw=values,
+        original_at=values.__getitem__,
+        message_at=messages.__getitem__,
+    )
+
+
+def _json_columns_part(messages: list[RawMessage], cols: JsonColumns) -> _Part:
+    """A run of JSON messages read as columns (:func:`operators.json_columns.json_columns`)."""
+    n = len(messages)
+    enc = pc.dictionary_encode(cols.sensor)
+    origins = np.array([_origin(m) for m in messages], dtype=np.int64).reshape(-1, 2)
+    values = [bytes(m.value) for m in messages]  # type: ignore[arg-type]  # accepted => value present
+    cell = cols.cell
+    dense = cols.flat.reshape(n, -1) if cols.flat.shape[0] == n or bool((cols.length == cols.length[0]).all()) \
+        else None
+    return _Part(
+        names=enc.dictionary,
+        code=enc.indices.to_numpy(zero_copy_only=False).astype(np.int32, copy=False),
+        t_us=cols.t_us,
+        length=cols.length,
+        flat=cols.flat,
+        start=None if dense is not None else cols.start,
+        dense=dense,
+        cell_valid=cell.is_valid().to_numpy(zero_copy_only=False),
+        cell_at=lambda i: cell[i].as_py(),
+        partition=origins[:, 0].astype(np.int32),
+        offset=origins[:, 1],
+        row=np.zeros(n, np.int32),
         raw=values,
         original_at=values.__getitem__,
         message_at=messages.__getitem__,
@@ -794,34 +823,42 @@ def decode_messages(
     budget = DeadLetterBudget(limits or DeadLetterLimits())
     parts: list[_Part] = []
     json_messages: list[RawMessage] = []
-    json_samples: list[PhaseSample] = []
 
     def close_json_run() -> None:
-        # Consecutive JSON messages form one part, so parts stay in arrival order.
-        if json_samples:
-            parts.append(_json_part(list(json_messages), list(json_samples)))
-            json_messages.clear()
-            json_samples.clear()
+        # Consecutive JSON messages form one part, so parts (and dead letters) stay in arrival order.
+        if not json_messages:
+            return
+        columns = json_columns([bytes(m.value) for m in json_messages]) if len(json_messages) > 1 else None
+        if columns is not None:  # every message a plain valid sample: read as columns in one parse
+            parts.append(_json_columns_part(list(json_messages), columns))
+        else:
+            messages, samples = [], []
+            for message in json_messages:
+                try:
+                    samples.append(parse_sample(message.value))
+                except InvalidSample as exc:
+                    _add(out, _dead_letter(message, message.value, exc.reason, exc.detail, budget.limits))
+                    continue
+                messages.append(message)
+            if samples:
+                parts.append(_json_part(messages, samples))
+        json_messages.clear()
 
     for message in messages:
         value = message.value
         if value is None:
+            close_json_run()
             _add(out, _dead_letter(message, b"", DeadLetterReason.MALFORMED, "message has no value", budget.limits))
             continue
         size = len(value) if not isinstance(value, memoryview) else value.nbytes
         if max_message_bytes is not None and size > max_message_bytes:
+            close_json_run()
             _add(out, _dead_letter(message, value, DeadLetterReason.TOO_LARGE, f"{size} bytes, limit {max_message_bytes}",
                                    budget.limits))
             continue
         content_type = message.content_type
         if content_type is None or content_type == JSON_CONTENT_TYPE:
-            try:
-                sample = parse_sample(value)
-            except InvalidSample as exc:
-                _add(out, _dead_letter(message, value, exc.reason, exc.detail, budget.limits))
-                continue
             json_messages.append(message)
-            json_samples.append(sample)
         elif content_type == ARROW_STREAM_CONTENT_TYPE:
             close_json_run()
             try:
@@ -835,6 +872,7 @@ def decode_messages(
                 _add(out, letter)
             parts.append(part)
         else:
+            close_json_run()
             _add(out, _dead_letter(message, value, DeadLetterReason.MALFORMED,
                                    f"unsupported content-type {content_type!r}", budget.limits))
     close_json_run()
