@@ -64,8 +64,9 @@ def json_columns(values: list[bytes]) -> JsonColumns | None:
     if n == 0:
         return None
     doc = b"\n".join(values)
-    # One line per message, read byte for byte: no line breaks inside a value, no escapes.
-    if doc.count(b"\n") != n - 1 or b"\r" in doc or b"\\" in doc:
+    # One line per message, read byte for byte: no line breaks inside a value, no escapes.  No blank
+    # value either: then n rows can only come from one object per line (a blank line gives none).
+    if doc.count(b"\n") != n - 1 or b"\r" in doc or b"\\" in doc or not all(v.strip() for v in values):
         return None
     try:
         table = pj.read_json(io.BytesIO(doc), read_options=pj.ReadOptions(block_size=max(1 << 20, len(doc) + 1)))
