@@ -707,6 +707,12 @@ def _batches(parts: list[_Part], out: Decoded, ingested: float, budget: DeadLett
         start = _join([p.starts() + s for p, s in zip(parts, shift)])
 
     need_raw = any(p.raw is not None for p in parts)
+    all_raw = need_raw and all(p.raw is not None for p in parts)
+    raw_in_order = None
+    if all_raw:
+        # Every row has its own bytes (JSON only): one list in row order, sliced per sensor.
+        flat_raw = parts[0].raw if len(parts) == 1 else [x for p in parts for x in p.raw]
+        raw_in_order = flat_raw if identity else [flat_raw[i] for i in order.tolist()]
     part_of_row = _join(part_of)
     if need_raw:
         part_id, local_row = part_of_row[order], _join([np.arange(p.code.shape[0]) for p in parts])[order]
@@ -731,7 +737,9 @@ def _batches(parts: list[_Part], out: Decoded, ingested: float, budget: DeadLett
             width = int(length[rows[0]])
             phase = np.take(flat, start[rows][:, None] + np.arange(width))
         raw = None
-        if need_raw and all(parts[k].raw is not None for k in np.unique(part_id[b0:b1]).tolist()):
+        if raw_in_order is not None:
+            raw = raw_in_order[b0:b1]
+        elif need_raw and all(parts[k].raw is not None for k in np.unique(part_id[b0:b1]).tolist()):
             raw = [parts[k].raw[r] for k, r in zip(part_id[b0:b1].tolist(), local_row[b0:b1].tolist())]
         cell = None
         with_cell = np.flatnonzero(cell_valid[b0:b1]) if with_cells else ()
