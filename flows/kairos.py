@@ -3,7 +3,7 @@
 ::
 
     source (kafka | file | synthetic)
-      -> decode                 stateless, per batch: JSON / Arrow IPC -> per-sensor SampleBatches,
+      -> decode                 stateless, per batch: JSON / Arrow IPC -> SampleRuns (columns, a run per sensor),
       |                         bad rows -> dead letters; batches grouped by key group
       -> resonate  [key group]  all its sensors as columns (operators.fleet.Fleet, flows.resonate):
       |                           event time: channel check, watermark, reorder,
@@ -60,7 +60,7 @@ from operators.decode import RawMessage, decode_messages
 from operators.params import KairosParams
 from operators.resonator import ResonatorSettings
 from operators.roster import SensorCapacity
-from operators.samples import SampleBatch
+from operators.samples import SampleBatch, SampleRuns
 from operators.witness import LoggedRecords, WitnessEntries, WitnessEntry, WitnessLog
 from schemas.config import Config, FileSource, KafkaSource, SyntheticSource, load_config
 from schemas.messages import MAX_DEAD_LETTERS_PER_MESSAGE, DeadLetterLimits, MicroWitness, without_original
@@ -101,12 +101,13 @@ def _worker() -> int:
 
 
 class Decode:
-    """Raw messages of one batch -> (key group, [SampleBatch, ...]) items, dead letters,
+    """Raw messages of one batch -> (key group, [SampleRuns, ...]) items, dead letters,
     a micro witness record.
 
-    Each sensor's samples of the batch are one :class:`SampleBatch`; the batches
-    are grouped by :func:`key_group`, so a downstream step is activated once per
-    key group, not once per sensor.
+    The accepted samples of the batch are :class:`~operators.samples.SampleRuns`:
+    columns, one run of rows per sensor, no object per sensor; they are split
+    by :func:`key_group`, so a downstream step is activated once per key group
+    with all its sensors' rows.
     """
 
     def __init__(self, config: Config) -> None:
@@ -118,6 +119,21 @@ class Decode:
         self.micro = witnessed(config, "micro")
         self.max_future_us = config.sync.max_future_us
         self.newest: int | None = None  # newest event time seen (the micro records' t)
+
+    def _by_group(self, block: SampleRuns) -> list[tuple[str, SampleRuns]]:
+        """The block's runs split by key group (runs keep their order within a group)."""
+        group_of = self._group_of
+        for name in block.names:
+            if name not in group_of:
+                group_of[name] = key_group(name, self.groups)
+        groups = [group_of[name] for name in block.names]
+        first = groups[0]
+        if all(g == first for g in groups):
+            return [(first, block)]
+        keys = np.array(groups)
+        order = np.argsort(keys, kind="stable")
+        bounds = np.flatnonzero(keys[order][1:] != keys[order][:-1]) + 1
+        return [(str(keys[part[0]]), block.select(np.sort(part))) for part in np.split(order, bounds)]
 
     def __call__(self, items: list[Any]) -> Iterable[Any]:
         started = time.perf_counter()
@@ -133,11 +149,18 @@ class Decode:
             else:  # bytewax's KafkaSourceMessage
                 messages.append(RawMessage(item.key, item.value, item.headers, item.topic, item.partition,
                                            item.offset))
-        batches = list(ready)
+        blocks: list[SampleRuns] = []
+        i = 0
+        while i < len(ready):  # generated batches: consecutive ones of one channel count form one block
+            j = i + 1
+            while j < len(ready) and ready[j].channels == ready[i].channels:
+                j += 1
+            blocks.append(SampleRuns.of(ready[i:j]))
+            i = j
         out: list[Any] = []
         if messages:
-            decoded = decode_messages(messages, max_message_bytes=self.max_bytes, limits=self.limits)
-            batches.extend(decoded.batches)
+            decoded = decode_messages(messages, max_message_bytes=self.max_bytes, limits=self.limits, as_runs=True)
+            blocks.extend(decoded.runs)
             out.extend(dead_letter_records(decoded.dead))
             m = metrics()
             for reason, n in decoded.counts.items():
@@ -146,20 +169,18 @@ class Decode:
             ledger().rejected_at_decode(drops)
         else:
             drops = 0
-        samples = sum(len(b) for b in batches)
-        grouped: dict[str, list[SampleBatch]] = {}
-        for b in batches:
-            group = self._group_of.get(b.sensor)
-            if group is None:
-                group = self._group_of[b.sensor] = key_group(b.sensor, self.groups)
-            grouped.setdefault(group, []).append(b)
+        samples = sum(len(b) for b in blocks)
+        grouped: dict[str, list[SampleRuns]] = {}
+        for block in blocks:
+            for group, runs in self._by_group(block):
+                grouped.setdefault(group, []).append(runs)
         out.extend(grouped.items())
         seconds = time.perf_counter() - started
         metrics().batch_seconds.labels("decode").observe(seconds)
         if self.micro:
             # Newest event time seen, leaving out the times the intake will refuse as `future`.
             limit = time.time_ns() // 1000 + self.max_future_us
-            times = np.concatenate([b.t_us for b in batches]) if batches else np.empty(0, np.int64)
+            times = np.concatenate([b.t_us for b in blocks]) if blocks else np.empty(0, np.int64)
             usable = times[times <= limit]  # one pass over all sensors' rows, not one per sensor
             newest = int(usable.max()) if usable.size else None
             if newest is not None:
@@ -463,11 +484,11 @@ class _Discard(DynamicSink[Any]):
         return _Nothing()
 
 
-class _CountLogic(StatefulBatchLogic[list[SampleBatch], Any, None]):
+class _CountLogic(StatefulBatchLogic[list[SampleRuns], Any, None]):
     def __init__(self, config: Config) -> None:
         _start_metrics_once(config)
 
-    def on_batch(self, values: list[list[SampleBatch]]) -> tuple[Iterable[Any], bool]:
+    def on_batch(self, values: list[list[SampleRuns]]) -> tuple[Iterable[Any], bool]:
         metrics().samples.labels("decoded").inc(sum(len(b) for group in values for b in group))
         return [], StatefulBatchLogic.RETAIN
 

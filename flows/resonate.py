@@ -47,7 +47,7 @@ from operators.fleet import Fleet, FleetStep, FleetTable, refused_reasons
 from operators.grid import WindowValues
 from operators.intake import _rejection_texts, dead_letters
 from operators.roster import SensorCapacity
-from operators.samples import SampleBatch
+from operators.samples import SampleRuns
 from operators.sync import COLLAPSE, SyncValues
 from operators.witness import WitnessBlock, WitnessEntry
 from schemas.config import Config
@@ -101,7 +101,7 @@ def _runs(sensor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return sensor[starts].astype(np.int64), np.diff(np.r_[starts, sensor.size])
 
 
-class ResonateLogic(StatefulBatchLogic[list[SampleBatch], Any, FleetTable]):
+class ResonateLogic(StatefulBatchLogic[list[SampleRuns], Any, FleetTable]):
     """All sensors of one key group (state: :class:`operators.fleet.FleetTable`).
 
     Bytewax builds the logic without its key; the sensors come with the batches
@@ -140,11 +140,11 @@ class ResonateLogic(StatefulBatchLogic[list[SampleBatch], Any, FleetTable]):
         m.active_sensors.inc(int(live.sum()))  # resumed: the gauges count this process's sensors
         m.sensors_collapsed.inc(int(self.fleet.collapsed(np.flatnonzero(live)).sum()))
 
-    def on_batch(self, values: list[list[SampleBatch]]) -> tuple[Iterable[Any], bool]:
+    def on_batch(self, values: list[list[SampleRuns]]) -> tuple[Iterable[Any], bool]:
         started = time.perf_counter()
-        batches = [b for group in values for b in group]
+        blocks = [b for group in values for b in group]
         live_before = self.fleet.live_count()
-        step = self.fleet.push(batches, time.time_ns() // 1000)
+        step = self.fleet.push_runs(blocks, time.time_ns() // 1000)
         self.book.grow()
         budget = DeadLetterBudget(self.limits)  # one allowance per input message over all sensors of the call
         out = self._refused(step, budget, time.time_ns() // 1000)
@@ -286,7 +286,7 @@ class ResonateLogic(StatefulBatchLogic[list[SampleBatch], Any, FleetTable]):
             for i in np.unique(np.searchsorted(ends, changed, side="right")).tolist():
                 a, b = int(ends[i] - counts[i]), int(ends[i])
                 events.extend(self._transitions(int(run_sid[i]), sv.select(slice(a, b)),
-                                                step.ingested.get(int(run_sid[i]), math.inf), out))
+                                                step.ingested, out))
         publish = on_grid(sv.t, self.publish_us) if (self.kafka or self.mesh or self.same_history) else None
         published = history = None
         if publish is not None:
@@ -326,9 +326,9 @@ class ResonateLogic(StatefulBatchLogic[list[SampleBatch], Any, FleetTable]):
         if collapses != dissipations:
             m.sensors_collapsed.inc(collapses - dissipations)
         now = time.time()
-        for ingested in (step.ingested.get(s, math.inf) for s in sid.tolist()):
-            if math.isfinite(ingested):
-                m.event_latency.observe(now - ingested)
+        if math.isfinite(step.ingested):
+            for _ in range(sid.shape[0]):
+                m.event_latency.observe(now - step.ingested)
 
     def _transitions(self, sid: int, sv: SyncValues, ingested: float, out: list[Any]) -> list:
         sensor, cell = self.fleet.names[sid], self.fleet.table.cells[sid]

@@ -60,7 +60,7 @@ from numba import njit
 from operators.arrow_bounds import decoded_size
 from operators.json_columns import JsonColumns, json_columns
 from operators.dead_letters import DeadLetterBudget
-from operators.samples import Origins, SampleBatch
+from operators.samples import Origins, SampleBatch, SampleRuns
 from schemas.messages import (
     ARROW_STREAM_CONTENT_TYPE,
     CONTENT_TYPE_HEADER,
@@ -146,14 +146,15 @@ class Decoded:
     """
 
     batches: list[SampleBatch] = field(default_factory=list)
+    runs: list[SampleRuns] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
     counts: dict[DeadLetterReason, int] = field(default_factory=dict)
     rows: int = 0
 
     @property
     def accepted(self) -> int:
-        """Number of accepted rows over all batches."""
-        return sum(len(b) for b in self.batches)
+        """Number of accepted rows over all batches (or runs)."""
+        return sum(len(b) for b in self.batches) + sum(len(r) for r in self.runs)
 
 
 # --------------------------------------------------------------------------
@@ -621,7 +622,7 @@ def _majority_width(code: np.ndarray, length: np.ndarray, n_sensors: int) -> np.
     return chosen
 
 
-def _batches(parts: list[_Part], out: Decoded, ingested: float, budget: DeadLetterBudget) -> None:
+def _batches(parts: list[_Part], out: Decoded, ingested: float, budget: DeadLetterBudget, as_runs: bool = False) -> None:
     # One code per distinct sensor over all parts, found in Arrow: the parts' names
     # are joined and encoded once, so only the distinct names become Python strings.
     if len(parts) == 1:
@@ -719,7 +720,7 @@ def _batches(parts: list[_Part], out: Decoded, ingested: float, budget: DeadLett
     else:
         # Which messages each sensor's rows came from, for all sensors at once.
         ok = slice(None) if order.size == code.size else code >= 0
-        present = _presence(code[ok], part_of_row[ok], len(names_list), len(parts))
+        present = functools.cache(lambda: _presence(code[ok], part_of_row[ok], len(names_list), len(parts)))
     # Per message, once: its topic and its (partition, offset) -> message entry.
     part_topic = [p.message_at(0).topic if p.code.shape[0] else None for p in parts]
     part_source = [(_origin(p.message_at(0)), p.message_at(0)) if p.raw is None and p.code.shape[0] else None
@@ -728,8 +729,7 @@ def _batches(parts: list[_Part], out: Decoded, ingested: float, budget: DeadLett
     shared_sources: dict[tuple[int, ...], dict[tuple[int, int], Any]] = {}
     first_part = part_of_row[order[starts]].tolist()
 
-    batches = []
-    for sensor_code, b0, b1, first in zip(group_codes.tolist(), starts.tolist(), ends.tolist(), first_part):
+    def batch(sensor_code: int, b0: int, b1: int, first: int) -> SampleBatch:
         if phase_all is not None:
             phase = phase_all[b0:b1]
         else:
@@ -741,25 +741,49 @@ def _batches(parts: list[_Part], out: Decoded, ingested: float, budget: DeadLett
             raw = raw_in_order[b0:b1]
         elif need_raw and all(parts[k].raw is not None for k in np.unique(part_id[b0:b1]).tolist()):
             raw = [parts[k].raw[r] for k, r in zip(part_id[b0:b1].tolist(), local_row[b0:b1].tolist())]
-        cell = None
-        with_cell = np.flatnonzero(cell_valid[b0:b1]) if with_cells else ()
-        if len(with_cell):
-            last = int(order[b0 + with_cell[-1]])
-            k, r = _locate(parts, last)
-            cell = parts[k].cell_at(r)
         sources = None
         if raw is None:
             # Arrow rows: keep a reference to their messages for late dead letters.
-            part_ids = tuple((np.unique(part_id[b0:b1]) if need_raw else present[sensor_code]).tolist())
+            part_ids = tuple((np.unique(part_id[b0:b1]) if need_raw else present()[sensor_code]).tolist())
             sources = shared_sources.get(part_ids)
             if sources is None:
                 sources = shared_sources[part_ids] = dict(e for k in part_ids if (e := part_source[k]) is not None)
-        batch = SampleBatch(
-            names_list[sensor_code], t_us[b0:b1], phase, cell, raw=raw, topic=part_topic[first],
-            sources=sources or None,
-            ingested=ingested, origins=Origins(order[b0:b1], positions),
+        return SampleBatch(
+            names_list[sensor_code], t_us[b0:b1], phase, cell_of(b0, b1), raw=raw, topic=part_topic[first],
+            sources=sources or None, ingested=ingested, origins=Origins(order[b0:b1], positions),
         )
-        batches.append((int(order[b0]), batch))
+
+    def cell_of(b0: int, b1: int) -> str | None:
+        with_cell = np.flatnonzero(cell_valid[b0:b1]) if with_cells else ()
+        if not len(with_cell):
+            return None
+        k, r = _locate(parts, int(order[b0 + with_cell[-1]]))
+        return parts[k].cell_at(r)
+
+    codes_l, starts_l, ends_l = group_codes.tolist(), starts.tolist(), ends.tolist()
+    if as_runs:
+        # The sensors' rows as they are (grouped by sensor, arrival order within), one block per channel count.
+        counts = ends - starts
+        cells = [cell_of(b0, b1) for b0, b1 in zip(starts_l, ends_l)] if with_cells else None
+        make = lambda j: batch(codes_l[j], starts_l[j], ends_l[j], first_part[j])  # noqa: E731
+        if phase_all is not None:
+            out.runs.append(SampleRuns([names_list[c] for c in codes_l], counts, t_us, phase_all, cells, ingested,
+                                       make))
+            return
+        widths = length[order[starts]]
+        whole = SampleRuns([names_list[c] for c in codes_l], counts, t_us, np.zeros((t_us.shape[0], 1)), cells,
+                           ingested, make)
+        for width in np.unique(widths).tolist():
+            runs = np.flatnonzero(widths == width)
+            part = whole.select(runs)
+            rows = np.repeat(starts[runs] - (np.cumsum(counts[runs]) - counts[runs]), counts[runs]) + \
+                np.arange(int(counts[runs].sum()))
+            part.phase = np.take(flat, start[order[rows]][:, None] + np.arange(width))
+            out.runs.append(part)
+        return
+    batches = []
+    for sensor_code, b0, b1, first in zip(codes_l, starts_l, ends_l, first_part):
+        batches.append((int(order[b0]), batch(sensor_code, b0, b1, first)))
     batches.sort(key=lambda item: item[0])  # order of the sensor's first accepted row
     out.batches.extend(b for _, b in batches)
 
@@ -808,7 +832,7 @@ def _add_summaries(out: Decoded, budget: DeadLetterBudget) -> None:
 
 def decode_messages(
     messages: Iterable[RawMessage], *, max_message_bytes: int | None = None, ingested: float | None = None,
-    limits: DeadLetterLimits | None = None,
+    limits: DeadLetterLimits | None = None, as_runs: bool = False,
 ) -> Decoded:
     """Decode and validate raw messages into per-sensor batches and dead letters.
 
@@ -821,9 +845,11 @@ def decode_messages(
         limits: bounds on the dead letters (default :class:`DeadLetterLimits`()):
             their copy of the original bytes, and per-row records per message
             (the message's further bad rows go into one summary record).
+        as_runs: hand the accepted rows on as :class:`SampleRuns` (one block per channel count,
+            one run per sensor, no object per sensor) in ``runs`` instead of ``batches``.
 
     Returns:
-        The batches (one per sensor), the dead letters and the rejected rows
+        The batches (one per sensor) or runs, the dead letters and the rejected rows
         per reason.  Never raises for bad input: every row ends up accepted or
         counted as rejected (``accepted + sum(counts.values()) == rows``).
     """
@@ -885,7 +911,7 @@ def decode_messages(
                                    f"unsupported content-type {content_type!r}", budget.limits))
     close_json_run()
     if parts:
-        _batches(parts, out, time.time() if ingested is None else ingested, budget)
+        _batches(parts, out, time.time() if ingested is None else ingested, budget, as_runs)
     _add_summaries(out, budget)
     return out
 

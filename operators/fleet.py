@@ -26,7 +26,7 @@ and the rare rejections.  Values equal the per-sensor engine's
 >>> from operators.params import KairosParams
 >>> from operators.resonator import ResonatorSettings
 >>> from operators.roster import SensorCapacity
->>> from operators.samples import SampleBatch
+>>> from operators.samples import SampleBatch, SampleRuns
 >>> settings = ResonatorSettings(KairosParams(tau_us=50_000, velocity_span_us=10_000), 200_000, 10_000,
 ...                              1_000_000, 100_000, 0.95, 0.05, 0.1, 300_000)
 >>> fleet = Fleet(settings, SensorCapacity(10))
@@ -49,7 +49,7 @@ from operators.columnar_state import COLLAPSED, STATE_VERSION, FleetState
 from operators.columnar_stream import emit_upto, flush_rows, stream_resonance
 from operators.resonator import ResonatorSettings
 from operators.roster import SensorCapacity, idle_horizon_us
-from operators.samples import SampleBatch
+from operators.samples import SampleBatch, SampleRuns
 
 __all__ = ["STATE_LAYOUT", "Fleet", "FleetStep", "FleetTable", "Lane", "Refusal"]
 
@@ -110,7 +110,7 @@ class FleetStep:
         refusals: the rejected rows, batch by batch.
         accepted: samples released now.
         watermark: the newest watermark of the call's sensors (us), or None.
-        ingested: per sid of the call, the earliest decode time (epoch s) of its batches (dict).
+        ingested: the earliest decode time (epoch s) of the call's rows.
     """
 
     resonance: FleetResonance
@@ -118,7 +118,7 @@ class FleetStep:
     refusals: list[Refusal] = field(default_factory=list)
     accepted: int = 0
     watermark: int | None = None
-    ingested: dict[int, float] = field(default_factory=dict)
+    ingested: float = math.inf
 
 
 class Fleet:
@@ -166,51 +166,64 @@ class Fleet:
 
     def push(self, batches: list[SampleBatch], now_us: int) -> FleetStep:
         """Integrate a call's batches (arrival order within each sensor)."""
+        blocks, i = [], 0
+        while i < len(batches):  # consecutive batches of one channel count form one block of runs
+            j = i + 1
+            while j < len(batches) and batches[j].channels == batches[i].channels:
+                j += 1
+            blocks.append(SampleRuns.of(batches[i:j]))
+            i = j
+        return self.push_runs(blocks, now_us)
+
+    def push_runs(self, blocks: list[SampleRuns], now_us: int) -> FleetStep:
+        """Integrate a call's blocks of runs (a run: rows of one sensor, arrival order; blocks in arrival order)."""
         t = self.table
-        sids = np.array([self._sid(b.sensor) for b in batches], np.int64)
-        ingested: dict[int, float] = {}
+        blocks = [b for b in blocks if len(b.names)]
+        if not blocks:
+            return FleetStep(_EMPTY)
+        names = [n for b in blocks for n in b.names] if len(blocks) > 1 else blocks[0].names
+        sids = np.fromiter((self._sid(n) for n in names), np.int64, len(names))
+        per_block = [len(b.names) for b in blocks]
+        block_of = np.repeat(np.arange(len(blocks)), per_block)
+        local = np.arange(len(names)) - np.repeat(np.cumsum(per_block) - per_block, per_block)
+        widths = np.repeat(np.array([b.channels for b in blocks], np.int64), per_block)
+        counts = np.concatenate([b.counts for b in blocks]) if len(blocks) > 1 else blocks[0].counts
+
+        def batch(k: int) -> SampleBatch:
+            return blocks[int(block_of[k])].batch(int(local[k]))
+
         refusals: list[Refusal] = []
-        keep = np.ones(len(batches), np.bool_)
-        new: dict[int, list[int]] = {}   # channels -> sensors that join a lane now
-        self._admit(sids, batches, keep, refusals)
-        for k, (b, sid) in enumerate(zip(batches, sids.tolist())):
-            if not keep[k]:
-                continue
-            if b.cell is not None:
-                t.cells[sid] = b.cell
-            problem = self._channel_problem(sid, b.channels)
-            if problem is not None:
-                keep[k] = False
-                refusals.append(Refusal(b, "channels", problem))
-            elif t.lane[sid] == 0:
-                t.lane[sid] = b.channels
-                new.setdefault(b.channels, []).append(sid)
-            if keep[k] and b.ingested < ingested.get(sid, math.inf):
-                ingested[sid] = b.ingested
-        for channels, joined in new.items():
-            self._assign(np.array(joined, np.int64), channels)
-        parts = []
-        kept = np.flatnonzero(keep)
-        by_lane: dict[int, list[int]] = {}
-        for k in kept.tolist():
-            by_lane.setdefault(int(t.lane[sids[k]]), []).append(k)
-        newest = None
-        accepted = 0
-        released = []
-        for channels, ks in by_lane.items():
+        keep = np.ones(len(names), np.bool_)
+        self._admit(sids, batch, keep, refusals)
+        base = 0
+        for b in blocks:
+            if b.cells is not None:
+                for k, cell in enumerate(b.cells):
+                    if cell is not None:
+                        t.cells[int(sids[base + k])] = cell
+            base += len(b.names)
+        self._lanes_of(sids, widths, keep, batch, refusals)
+        parts, released, newest, accepted = [], [], None, 0
+        for channels in np.unique(widths[keep]).tolist():
             lane = t.lanes[channels]
-            lane_batches = [batches[k] for k in ks]
-            counts = np.array([len(b) for b in lane_batches], np.int64)
-            rows = np.repeat(t.row[sids[ks]], counts)
-            tt = np.concatenate([b.t_us for b in lane_batches]) if len(ks) > 1 else lane_batches[0].t_us
-            ph = np.concatenate([b.phase for b in lane_batches]) if len(ks) > 1 else lane_batches[0].phase
+            mine = keep & (widths == channels)
+            runs = np.flatnonzero(mine)
+            rows_mask = np.repeat(mine, counts)
+            tt = np.concatenate([b.t_us for b in blocks])[rows_mask] if len(blocks) > 1 else blocks[0].t_us[rows_mask]
+            ph = np.concatenate([b.phase for b in blocks if b.channels == channels]) if len(blocks) > 1 \
+                else blocks[0].phase
+            if len(blocks) > 1:
+                ph = ph[np.repeat(mine[widths == channels], counts[widths == channels])]
+            else:
+                ph = ph[rows_mask]
+            rows = np.repeat(t.row[sids[runs]], counts[runs])
             step = lane.gate.push(rows, tt, ph, now_us)
-            self._gate_refusals(step, lane_batches, counts, refusals)
+            self._gate_refusals(step, runs, counts[runs], batch, refusals)
             touched = np.unique(rows)
             wm = lane.gate.watermark(touched)
             fixed = wm != NEG
             if fixed.any():
-                newest = max(newest or NEG, int(wm[fixed].max()))
+                newest = max(newest if newest is not None else NEG, int(wm[fixed].max()))
             part = self._stream(lane, step.rows, step.t, step.phase)
             if self.settings.lateness_us and fixed.any():
                 # The watermark trails the newest sample: points up to it are final before a sample reaches them.
@@ -222,7 +235,7 @@ class Fleet:
             accepted += int(step.t.shape[0])
         if newest is not None and (t.newest is None or newest > t.newest):
             t.newest = newest
-        return FleetStep(_joined(parts), released, refusals, accepted, newest, ingested)
+        return FleetStep(_joined(parts), released, refusals, accepted, newest, min(b.ingested for b in blocks))
 
     def flush(self) -> FleetStep:
         """End of input: release every buffered sample and decide every pending grid point."""
@@ -275,9 +288,8 @@ class Fleet:
                 t.live = _grown(t.live, size, False)
         return sid
 
-    def _admit(self, sids: np.ndarray, batches: list[SampleBatch], keep: np.ndarray,
-               refusals: list[Refusal]) -> None:
-        """Sensors not live take a place under the cap, in order of their first batch; the others' batches
+    def _admit(self, sids: np.ndarray, batch, keep: np.ndarray, refusals: list[Refusal]) -> None:
+        """Sensors not live take a place under the cap, in order of their first run; the others' runs
         are refused (``capacity``)."""
         t = self.table
         waiting = ~t.live[sids]
@@ -286,14 +298,33 @@ class Fleet:
         for k in np.flatnonzero(waiting).tolist():
             sid = int(sids[k])
             if t.live[sid]:
-                continue  # admitted by an earlier batch of this call
+                continue  # admitted by an earlier run of this call
             if self.capacity.take():
                 t.live[sid] = True
             else:
                 keep[k] = False
-                refusals.append(Refusal(batches[k], "capacity",
+                refusals.append(Refusal(batch(k), "capacity",
                                         f"sensor {t.names[sid]!r} would go beyond becomingone.max_sensors "
                                         f"({self.capacity.limit:,} live sensors in this process)"))
+
+    def _lanes_of(self, sids: np.ndarray, widths: np.ndarray, keep: np.ndarray, batch,
+                  refusals: list[Refusal]) -> None:
+        """The channel check: a sensor's first run fixes its lane; runs of another count, or of a count other
+        than ``kairos.channel_weights``', are refused (``channels``)."""
+        t = self.table
+        joined: dict[int, list[int]] = {}
+        for k in np.flatnonzero(keep & (t.lane[sids] == 0)).tolist():   # new sensors, in arrival order
+            sid, w = int(sids[k]), int(widths[k])
+            if t.lane[sid] == 0 and (self._weights is None or w == self._weights):
+                t.lane[sid] = w
+                joined.setdefault(w, []).append(sid)
+        for w, new in joined.items():
+            self._assign(np.array(new, np.int64), w)
+        lane = t.lane[sids]
+        bad = keep & ((lane != widths) | (self._weights is not None and widths != self._weights))
+        for k in np.flatnonzero(bad).tolist():
+            keep[k] = False
+            refusals.append(Refusal(batch(k), "channels", self._channel_problem(int(sids[k]), int(widths[k]))))
 
     def _channel_problem(self, sid: int, channels: int) -> str | None:
         fixed = int(self.table.lane[sid])
@@ -314,15 +345,17 @@ class Fleet:
                                             FleetState(s, channels))
         t.row[sids] = lane.add(sids)
 
-    def _gate_refusals(self, step: GateStep, batches: list[SampleBatch], counts: np.ndarray,
+    def _gate_refusals(self, step: GateStep, runs: np.ndarray, counts: np.ndarray, batch,
                        refusals: list[Refusal]) -> None:
+        """Refusals of the rows the gate rejected: ``runs`` (call run numbers) hold ``counts`` rows each."""
         bad = np.flatnonzero(step.status != ACCEPTED)
         if not bad.size:
             return
         ends = np.cumsum(counts)
         for k in np.unique(np.searchsorted(ends, bad, side="right")).tolist():
             a, b = int(ends[k] - counts[k]), int(ends[k])
-            refusals.append(Refusal(batches[k], status=step.status[a:b], watermark_in=step.watermark_in[a:b]))
+            refusals.append(Refusal(batch(int(runs[k])), status=step.status[a:b],
+                                    watermark_in=step.watermark_in[a:b]))
 
     def _stream(self, lane: Lane, rows: np.ndarray, t: np.ndarray, phase: np.ndarray,
                 final_rows: np.ndarray | None = None) -> FleetResonance:
@@ -348,7 +381,7 @@ class Fleet:
             if release:
                 lane.gate.forget(rows)
                 lane.state.release(lane.state.rows_of(rows))
-        return FleetStep(_joined(parts), released, [], accepted, None, {})
+        return FleetStep(_joined(parts), released, [], accepted, None)
 
 
 def refused_reasons(refusal: Refusal) -> tuple[np.ndarray, list[str]]:

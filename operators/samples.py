@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-__all__ = ["Origins", "SampleBatch"]
+__all__ = ["Origins", "SampleBatch", "SampleRuns"]
 
 
 class Origins(NamedTuple):
@@ -177,3 +177,74 @@ class SampleBatch:
             sources,
             min(b.ingested for b in batches),
         )
+
+
+class SampleRuns:
+    """Samples of many sensors with one channel count, as columns: one run of rows per sensor.
+
+    What the decoder hands a key group: run i holds ``counts[i]`` rows of sensor
+    ``names[i]`` (arrival order), after the earlier runs.  No object per sensor
+    is made; a run becomes a :class:`SampleBatch` only when one of its rows is
+    refused later and needs a dead letter with its original bytes (``batch``).
+
+    Attributes:
+        names: the sensor of each run (a sensor may have several runs).
+        counts: int64 rows of each run.
+        t_us: int64 event times, all rows.
+        phase: float64 (n, C), all rows.
+        cells: the cell of each run (the last one given), or None when no run has one.
+        ingested: wall-clock time (epoch seconds) the rows were decoded.
+        batch: run index -> that run as a SampleBatch (with its source positions and bytes).
+
+    >>> runs = SampleRuns.of([SampleBatch("a", np.array([1, 2]), np.zeros((2, 1))),
+    ...                       SampleBatch("b", np.array([5]), np.ones((1, 1)), cell="c")])
+    >>> runs.names, runs.counts.tolist(), runs.cells, runs.batch(1).sensor, len(runs)
+    (['a', 'b'], [2, 1], [None, 'c'], 'b', 3)
+    """
+
+    __slots__ = ("names", "counts", "t_us", "phase", "cells", "ingested", "batch")
+
+    def __init__(self, names: list[str], counts: np.ndarray, t_us: np.ndarray, phase: np.ndarray,
+                 cells: list[str | None] | None, ingested: float, batch: Callable[[int], SampleBatch]) -> None:
+        self.names, self.counts, self.t_us, self.phase = names, counts, t_us, phase
+        self.cells, self.ingested, self.batch = cells, ingested, batch
+
+    def __len__(self) -> int:
+        return int(self.t_us.shape[0])
+
+    def __getstate__(self):
+        # Sent to another process: the runs' batches are made now (the decoder's arrays stay behind).
+        batches = [self.batch(i) for i in range(len(self.names))]
+        return {"names": self.names, "counts": self.counts, "t_us": self.t_us, "phase": self.phase,
+                "cells": self.cells, "ingested": self.ingested, "batches": batches}
+
+    def __setstate__(self, state):
+        batches = state.pop("batches")
+        for k, v in state.items():
+            setattr(self, k, v)
+        self.batch = batches.__getitem__
+
+    @property
+    def channels(self) -> int:
+        return int(self.phase.shape[1])
+
+    @staticmethod
+    def of(batches: "list[SampleBatch]") -> "SampleRuns":
+        """Batches of one channel count as runs (one run per batch, in order)."""
+        cells = [b.cell for b in batches]
+        return SampleRuns([b.sensor for b in batches], np.array([len(b) for b in batches], np.int64),
+                          np.concatenate([b.t_us for b in batches]) if len(batches) > 1 else batches[0].t_us,
+                          np.concatenate([b.phase for b in batches]) if len(batches) > 1 else batches[0].phase,
+                          cells if any(c is not None for c in cells) else None,
+                          min(b.ingested for b in batches), batches.__getitem__)
+
+    def select(self, runs: np.ndarray) -> "SampleRuns":
+        """The runs at ``runs`` (sorted indices), as runs of their own."""
+        starts = np.cumsum(self.counts) - self.counts
+        counts = self.counts[runs]
+        firsts = np.cumsum(counts) - counts
+        rows = np.repeat(starts[runs] - firsts, counts) + np.arange(int(counts.sum()))
+        idx = runs.tolist()
+        return SampleRuns([self.names[i] for i in idx], self.counts[runs], self.t_us[rows], self.phase[rows],
+                          None if self.cells is None else [self.cells[i] for i in idx], self.ingested,
+                          lambda k, batch=self.batch, idx=idx: batch(idx[k]))

@@ -97,7 +97,7 @@ def test_a_pickled_log_continues_its_chain():
         _rows(log.append([WitnessBlock("meso", t[3:], sensors[3:], values[3:])]))
 
 
-def test_decodes_micro_record_has_the_newest_event_time_that_is_not_in_the_future():
+def test_decodes_micro_record_has_the_newest_event_time_that_is_not_in_the_future(tmp_path):
     import json
     import time
 
@@ -106,7 +106,8 @@ def test_decodes_micro_record_has_the_newest_event_time_that_is_not_in_the_futur
     from operators.witness import WitnessEntries
     from schemas.config import parse_config
 
-    decode = Decode(parse_config({"sink": {"archive": False}, "metrics": {"enabled": False}}))
+    # The archive keeps the witness log (with neither it nor Kafka, no witness record is built).
+    decode = Decode(parse_config({"memory": {"storage": {"path": str(tmp_path)}}, "metrics": {"enabled": False}}))
     now_s = float(int(time.time()))  # whole seconds: exact in JSON and in microseconds
 
     def micro_t(*times: float) -> int:
@@ -119,3 +120,21 @@ def test_decodes_micro_record_has_the_newest_event_time_that_is_not_in_the_futur
     # The sample an hour ahead is refused later as `future`: it does not move the record's time.
     assert micro_t(now_s - 10, now_s - 5, now_s + 3600) == int(now_s - 5) * 1_000_000
     assert micro_t(now_s + 3600) == int(now_s - 5) * 1_000_000  # nothing usable: the newest so far
+
+
+def test_no_witness_record_is_built_when_nothing_keeps_the_log():
+    import json
+
+    from flows.emit import witnessed
+    from flows.kairos import Decode
+    from operators.decode import RawMessage
+    from operators.witness import WitnessEntries
+    from schemas.config import parse_config
+
+    config = parse_config({"sink": {"archive": False}, "metrics": {"enabled": False}})
+    assert not any(witnessed(config, layer) for layer in ("micro", "meso", "macro"))
+    out = Decode(config)([RawMessage(b"k", json.dumps({"sensor": "s", "t": 1_764_115_200, "phase": 0.5}).encode())])
+    assert not [item for item in out if isinstance(item, WitnessEntries)]
+    kept = parse_config({"sink": {"archive": False}, "kafka": {"bootstrap.servers": "localhost:9092"},
+                         "metrics": {"enabled": False}})
+    assert all(witnessed(kept, layer) for layer in ("micro", "meso", "macro"))
