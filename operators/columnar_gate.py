@@ -101,7 +101,8 @@ def _gate_kernel(rows, t, phase, start, future_limit, lateness, horizon, gi, p_t
         before = gi[r, MAX_T]
         wm = before - lateness if before != NEG else NEG
         keep_from = wm - horizon if before != NEG else NEG
-        known = _in_pending(gi, p_t, r, tk) or _in_recent(gi, r_t, r, tk, keep_from)
+        # Newer than every time seen: in neither the buffer nor the released times (the usual row).
+        known = tk <= before and (_in_pending(gi, p_t, r, tk) or _in_recent(gi, r_t, r, tk, keep_from))
         if before != NEG and tk <= wm:
             status[i] = DUPLICATE if known else LATE
             wm_in[i] = wm
@@ -266,8 +267,9 @@ class FleetGate:
         future = _BIG if self.max_future_us is None else min(_BIG - self.max_future_us, now_us) + self.max_future_us
         if rows.size:
             # Room in each buffer for all of the call's rows, in one step for all rows (no kernel exits).
-            touched, counts = np.unique(rows, return_counts=True)
-            self._reserve(self.pending, P_OFF, touched, self.ints[touched, P_LEN] + counts)
+            counts = np.bincount(rows, minlength=self.n)
+            touched = np.flatnonzero(counts)
+            self._reserve(self.pending, P_OFF, touched, self.ints[touched, P_LEN] + counts[touched])
         i = 0
         while True:
             state, i = _gate_kernel(rows, t, ph, i, future, self.lateness_us, self.dedup_horizon_us, self.ints,

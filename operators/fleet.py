@@ -219,7 +219,7 @@ class Fleet:
             rows = np.repeat(t.row[sids[runs]], counts[runs])
             step = lane.gate.push(rows, tt, ph, now_us)
             self._gate_refusals(step, runs, counts[runs], batch, refusals)
-            touched = np.unique(rows)
+            touched = np.flatnonzero(np.bincount(rows, minlength=lane.gate.n))
             wm = lane.gate.watermark(touched)
             fixed = wm != NEG
             if fixed.any():
