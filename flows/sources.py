@@ -181,7 +181,10 @@ class _FilePartition(StatefulSourcePartition[RawMessage, int]):
 
     def _messages(self, batch, first: int) -> list[RawMessage]:
         from connectors.files import PhaseFileError, phase_columns
-        from connectors.kafka import arrow_message, arrow_record_batch
+        import pyarrow as pa
+
+        from connectors.kafka import arrow_record_batch
+        from operators.decode import TableValue
 
         try:
             columns = phase_columns(batch, self._path, first, self._fmt)
@@ -191,7 +194,9 @@ class _FilePartition(StatefulSourcePartition[RawMessage, int]):
                         for m in self._messages(batch.slice(start, self._FALLBACK_ROWS), first + start)]
             return [RawMessage(None, _row_json(row), None, self._path, None, first + i)
                     for i, row in enumerate(batch.to_pylist())]
-        value = arrow_message(arrow_record_batch(columns))
+        # Handed over as the table itself (no IPC stream written and read back); it is the stream's bytes
+        # where bytes are needed (a dead letter's original).
+        value = TableValue(pa.Table.from_batches([arrow_record_batch(columns)]))
         return [RawMessage(None, value, [(CONTENT_TYPE_HEADER, ARROW_STREAM_CONTENT_TYPE)], self._path, None, first)]
 
     def snapshot(self) -> int:

@@ -280,8 +280,35 @@ class _WholeMessageError(Exception):
         self.detail = detail
 
 
-def _read_stream(value: bytes | bytearray | memoryview) -> pa.Table:
+class TableValue:
+    """An Arrow table handed over in process as a message value (a file source's chunk), so it is not
+    written to an IPC stream only to be read back.  It behaves as the stream's bytes where bytes are
+    needed (a dead letter's original: ``bytes()``; the size limit: ``len()``, its buffers' size)."""
+
+    __slots__ = ("table",)
+
+    def __init__(self, table: pa.Table) -> None:
+        self.table = table
+
+    def __len__(self) -> int:
+        return int(self.table.nbytes)
+
+    def __bytes__(self) -> bytes:
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, self.table.schema) as writer:
+            writer.write_table(self.table)
+        return sink.getvalue().to_pybytes()
+
+
+def _read_stream(value: bytes | bytearray | memoryview | TableValue) -> pa.Table:
     """All record batches of an IPC stream as one table (buffers stay in ``value``)."""
+    if isinstance(value, TableValue):
+        table = value.table
+        try:
+            table.validate(full=True)
+        except (pa.ArrowException, ValueError) as exc:
+            raise _WholeMessageError(DeadLetterReason.MALFORMED, f"not a valid Arrow table: {exc}") from None
+        return table
     try:
         with pa.ipc.open_stream(pa.py_buffer(value)) as reader:
             table = reader.read_all()
@@ -326,6 +353,8 @@ def original_row_bytes(message: RawMessage, row: int) -> bytes:
     """The original bytes of one row of a decoded message, for its dead letter:
     the value itself for JSON, the one-row IPC stream for Arrow."""
     if message.content_type == ARROW_STREAM_CONTENT_TYPE:
+        if isinstance(message.value, TableValue):
+            return _one_row_stream(message.value.table, row)
         return arrow_row_bytes(message.value or b"", row)
     if row != 0:
         raise IndexError(f"a JSON message has one row, not row {row}")
@@ -918,6 +947,11 @@ def decode_messages(
 
 def _check_decoded_size(value: bytes | bytearray | memoryview, limit: int) -> None:
     """A compressed stream is too_large by what it would decompress to, before it is decompressed."""
+    if isinstance(value, TableValue):
+        size = len(value)   # already in memory, uncompressed
+        if size > limit:
+            raise _WholeMessageError(DeadLetterReason.TOO_LARGE, f"decodes to {size:,} bytes, limit {limit:,}")
+        return
     try:
         size = decoded_size(value)
     except ValueError as exc:

@@ -222,3 +222,33 @@ def test_file_chunks_have_batch_rows_rows_and_a_resumed_source_starts_at_its_row
     assert [len(part.next_batch()), len(part.next_batch())] == [4, 3] and part.snapshot() == 10
     with pytest.raises(StopIteration):
         part.next_batch()
+
+
+def test_a_file_row_refused_by_the_event_time_gate_keeps_its_row_as_a_one_row_arrow_stream(tmp_path):
+    # The file source hands its chunks over as tables (no IPC stream in between); a dead letter
+    # still carries the refused row as the stream a producer would have sent for it alone.
+    import base64
+    import json
+
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
+
+    from flows.run import run_flow
+    from schemas.config import parse_config
+
+    t0 = 1_764_115_200.0
+    t = [t0 + k * 0.01 for k in range(1, 101)] + [t0 + 0.5]          # the last row repeats a time
+    table = pa.table({"sensor": ["s"] * 101, "t": pa.array([int(x * 1e6) for x in t], pa.timestamp("us", "UTC")),
+                      "phase": [0.1 * k for k in range(101)]})
+    path = tmp_path / "samples.arrow"
+    with ipc.new_file(path, table.schema) as w:
+        w.write_table(table)
+    config = parse_config({"source": {"kind": "file", "path": str(path)}, "metrics": {"enabled": False},
+                           "memory": {"storage": {"path": str(tmp_path / "archive")}}})
+    accepted, rejected, _, _ = run_flow(config).totals()
+    assert (accepted, rejected) == (100, 1)
+    (line,) = (tmp_path / "archive" / "dead-letters" / "worker-0.jsonl").read_text().splitlines()
+    letter = json.loads(line)
+    assert letter["reason"] == "duplicate" and letter["offset"] == 0 and letter["row"] == 100
+    row = ipc.open_stream(base64.b64decode(letter["original"])).read_all()
+    assert row.num_rows == 1 and row.column("phase").to_pylist() == [[pytest.approx(10.0)]]  # the wire schema
