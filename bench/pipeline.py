@@ -26,9 +26,10 @@ Measured per workload (and wire format where it applies):
    decode, key-group routing, a step that only counts);
 3. **full pipeline**: :func:`flows.kairos.build_flow` with Kafka output
    topics, the Arrow archive and the metrics endpoint on;
-4. **compute ceiling**: the per-sensor operators (LagState, Emissary and
-   Master transducers, sync) offline over the same samples in memory, one call
-   per sensor with all its samples;
+4. **compute ceiling**: the one-pass kernel
+   :func:`operators.columnar.fleet_resonance` offline over the same samples in
+   memory, every sensor in one call (the algorithm the flow's windows and sync
+   compute, not the exact sliding Emissary);
 5. **naive**: the per-sample full recompute of :mod:`bench.kernels`, run on a
    subsample and extrapolated (marked as such).
 
@@ -41,8 +42,8 @@ past ten minutes.
 Plus the end-to-end latency (produce to collapse event, p50/p99) at a fixed
 offered rate of 100,000 samples/s, the Master's state bytes per sensor at
 10 Hz and 10 kHz, the kernel benchmark of :mod:`bench.kernels`, and the fleet
-shapes of :mod:`bench.fleets` (one pass over all sensors against the
-per-sensor engine).
+shapes of :mod:`bench.fleets` (the flow end to end over a file against the
+one-pass compute ceiling).
 
 How a consumer run (stages 1 to 3) works
     The measured consumer runs in its own child process (``python -m
@@ -1026,13 +1027,13 @@ class KindSummary:
 
 @dataclass
 class ComputeRun:
-    """The per-sensor operators offline over a whole workload (one call per sensor, all its samples)."""
+    """The one-pass kernel offline over a whole workload (all sensors' samples in one call)."""
 
     workload: str
     span_s: float
     samples: int
     seconds: float
-    products: int
+    rows: tuple[int, int]             # Emissary and Master rows
     collapses: int
     dissipations: int
     kinds: list[KindSummary]
@@ -1042,61 +1043,49 @@ class ComputeRun:
         return self.samples / self.seconds
 
 
-class SensorChain:
-    """LagState -> Emissary and Master transducers -> sync, for one sensor, from the config's settings."""
-
-    def __init__(self, config: Any) -> None:
-        from flows.kairos import kairos_params
-
-        self.params = kairos_params(config)
-        self.config = config
-
-    def run(self, t_us: np.ndarray, phase: np.ndarray) -> tuple[int, Any]:
-        """All samples of one sensor in one call each; end of input (watermark None) at the end."""
-        from operators.emissary import EmissaryWindow
-        from operators.lag import LagState
-        from operators.master import MasterWindow
-        from operators.sync import SyncState
-        from operators.transducer import Transducer
-
-        c, p = self.config, self.params
-        products = LagState(p, channels=1).push(t_us, phase)
-        emissary = Transducer(EmissaryWindow(c.emissary.tau_max_us, p.omega), c.emissary.witness_interval_us)
-        master = Transducer(MasterWindow(c.master.tau_max_us, c.master.witness_interval_us, p.omega),
-                            c.master.witness_interval_us)
-        sync = SyncState(c.kairos.coherence_threshold, c.sync.hysteresis, c.sync.phase_threshold,
-                         c.master.min_span_us)
-        values = sync.advance(emissary.push(products, t_us, None), master.push(products, t_us, None), None)
-        return len(products), values
+COMPUTE_REPEATS = 3                   # stage 4 is short: the median of this many runs
 
 
-def compute_ceiling(workload: Workload, config: Any) -> ComputeRun:
-    """Stage 4, timed over every sensor with the garbage collector paused; sanity per sensor kind after."""
-    from operators.sync import COLLAPSE
+def compute_ceiling(workload: Workload, config: Any, repeats: int = COMPUTE_REPEATS) -> ComputeRun:
+    """Stage 4: :func:`operators.columnar.fleet_resonance` over every sensor's samples held in memory, as
+    columns grouped by sensor, in one call (end of input: everything final); the median of ``repeats``
+    runs with the garbage collector paused, after a warm-up call; sanity per sensor kind after.
 
-    chain = SensorChain(config)
-    chain.run(workload.t_us[:5_000], workload.phase[0, :5_000, None])     # warm-up: Numba cache load
-    outs = []
-    products = 0
-    with no_gc():
-        begin = time.perf_counter()
-        for i in range(workload.spec.sensors):
-            n, values = chain.run(workload.t_us, workload.phase[i][:, None])
-            products += n
-            outs.append(values)
-        seconds = time.perf_counter() - begin
+    The columns are built before the clock starts; the kernel's input checks are timed.
+    """
+    from flows.kairos import resonator_settings
+    from operators.columnar import fleet_resonance
+
+    settings = resonator_settings(config, replay=True)
+    sensors, n = workload.phase.shape
+    sensor = np.repeat(np.arange(sensors, dtype=np.int32), n)
+    times = np.tile(workload.t_us, sensors)
+    flat = workload.phase.reshape(-1)
+    warm = min(n, 5_000)
+    fleet_resonance(sensor[:warm], times[:warm], flat[:warm], settings)     # warm-up: Numba cache load
+    runs, out = [], None
+    for _ in range(repeats):
+        out = None
+        with no_gc():
+            begin = time.perf_counter()
+            out = fleet_resonance(sensor, times, flat, settings)
+            runs.append(time.perf_counter() - begin)
+    assert out is not None
+    sync = out.sync
+    last = np.searchsorted(sync.sensor, np.arange(sensors), side="right") - 1   # each sensor's last sync row
     kinds = []
-    collapses = dissipations = 0
+    kind_of = np.array(workload.kinds)
     for kind in dict.fromkeys(workload.kinds):
-        idx = [i for i, k in enumerate(workload.kinds) if k == kind]
-        c = sum(int(np.count_nonzero(outs[i].event == COLLAPSE)) for i in idx)
-        d = sum(int(np.count_nonzero(outs[i].event > COLLAPSE)) for i in idx)
-        collapses += c
-        dissipations += d
-        kinds.append(KindSummary(kind, len(idx), c, d, sum(bool(outs[i].collapsed[-1]) for i in idx),
-                                 float(np.median([outs[i].coherence_sync[-1] for i in idx]))))
-    return ComputeRun(workload.spec.key, workload.span_s, workload.samples, seconds, products, collapses,
-                      dissipations, kinds)
+        mine = np.isin(sync.sensor, np.flatnonzero(kind_of == kind))
+        ends = last[kind_of == kind]
+        kinds.append(KindSummary(kind, int(np.count_nonzero(kind_of == kind)),
+                                 int(np.count_nonzero(mine & (sync.event == 1))),
+                                 int(np.count_nonzero(mine & (sync.event > 1))),
+                                 int(np.count_nonzero(sync.collapsed[ends])),
+                                 float(np.median(sync.coherence_sync[ends]))))
+    return ComputeRun(workload.spec.key, workload.span_s, workload.samples, float(np.median(runs)),
+                      (len(out.emissary.t), len(out.master.t)), sum(k.collapses for k in kinds),
+                      sum(k.dissipations for k in kinds), kinds)
 
 
 # --- stage 5: naive per-sample recompute ------------------------------------------------------
@@ -1346,6 +1335,7 @@ class BenchResult:
     defaults: dict[str, float]
     failures: list[Failure] = field(default_factory=list)
     fleets: list[Any] = field(default_factory=list)
+    engine: str = ""                  # what the flow's resonate step ran (bench.fleets.resonate_engine)
 
 
 def check_events(label: str, full: ConsumerRun, compute: ComputeRun) -> None:
@@ -1402,7 +1392,7 @@ def run_workload(harness: ConsumerHarness, spec: WorkloadSpec, config: Any, *, w
         sizes = (messages.messages, messages.nbytes)
         del messages
         if part.span_s not in offline:
-            progress(f"{spec.key}: compute ceiling over {part.span_s:g} s (operators offline, in memory)")
+            progress(f"{spec.key}: compute ceiling over {part.span_s:g} s (one pass offline, in memory)")
             compute = compute_ceiling(part, config)
             progress(f"  {spec.key} compute: {part.samples:,} samples in {compute.seconds:.2f} s = "
                       f"{_si(compute.rate)} samples/s; {compute.collapses:,} collapses, "
@@ -1491,8 +1481,10 @@ def run_all(args: argparse.Namespace) -> BenchResult:
     defaults = {"tau_max_master_s": config.master.tau_max, "pane_s": config.master.witness_interval,
                 "tau_max_emissary_s": config.emissary.tau_max, "grid_emissary_s": config.emissary.witness_interval,
                 "min_span_s": config.master.min_span}
+    from bench.fleets import resonate_engine
+
     return BenchResult(results, latency, master, cases, machine, time.perf_counter() - begin, args.json_seconds,
-                       defaults, failures, fleet_runs)
+                       defaults, failures, fleet_runs, resonate_engine())
 
 
 # --- reporting -----------------------------------------------------------------------------------
@@ -1561,7 +1553,7 @@ def throughput_rows(res: BenchResult) -> list[list[str]]:
                              + (f" (idle {run.idle_s:.2f} s)" if math.isfinite(run.idle_s) else "")])
         for r in {r.span_s: r for r in w.wires.values()}.values():     # stages 4 and 5 once per span
             span = f"{r.span_s:g} s"
-            rows.append([w.spec.key, span, "memory", "4. compute ceiling (operators offline)",
+            rows.append([w.spec.key, span, "memory", "4. compute ceiling (one pass offline)",
                          f"{r.compute.samples:,}", f"{r.compute.seconds:.2f} s", _si(r.compute.rate),
                          "-", "-", "-", "-"])
             rows.append([w.spec.key, span, "memory", "5. naive per-sample recompute", f"{r.naive.samples:,}",
@@ -1786,6 +1778,7 @@ def render_markdown(res: BenchResult, command: str) -> str:
         "",
         f"**Machine:** {res.machine}.",
         "",
+        *([f"**Flow:** {res.engine}.", ""] if res.engine else []),
         "## Targets",
         "",
         _table(["target", "measured", "result"],
@@ -1868,10 +1861,13 @@ def render_markdown(res: BenchResult, command: str) -> str:
         "and a consumer of large messages mostly waits; at the default `fetch.queue.backoff.ms` of 1 s a client "
         "that has prefetched 100,000 messages stops fetching for a second, and with a lead of small JSON "
         "messages the plain consumer sat idle most of its run.",
-        "- **4. compute ceiling**: the per-sensor operators offline over the same samples held in memory, one "
-        "call per sensor with all its samples: `LagState.push`, the Emissary and Master `Transducer.push` (end of "
-        "input: everything final) and `SyncState.advance`, each sensor's state created in the loop; garbage "
-        "collector paused; after one warm-up call.",
+        "- **4. compute ceiling**: the one-pass kernel `operators.columnar.fleet_resonance` offline over the "
+        "same samples held in memory, all sensors in one call as columns grouped by sensor (end of input: "
+        "everything final; the kernel's input checks included, the columns built before the clock starts): "
+        "every sensor's lag products, Emissary and Master at their grid points and the sync, the rows the flow "
+        "emits. Earlier reports ran the per-sensor operators here, one sensor at a time with the exact sliding "
+        "Emissary (an algorithm the flow does not run); their stage 4 numbers are not comparable. Median of "
+        f"{COMPUTE_REPEATS} runs, garbage collector paused, after one warm-up call.",
         "- **5. naive per-sample recompute**: `bench.kernels`' prototype loop (recompute T from scratch over the "
         "whole history on every sample; see the kernel section), measured on a subsample and extrapolated. "
         "Where a sensor has many samples (w1), one sensor's first samples run for real, its step cost is probed "
@@ -1932,7 +1928,7 @@ def render_markdown(res: BenchResult, command: str) -> str:
     if res.fleets:
         from bench import fleets
 
-        out.append(fleets.markdown_section(res.fleets, level=2))  # ends with its blank line
+        out.append(fleets.markdown_section(res.fleets, level=2, machine=res.machine))  # ends with its blank line
     if res.kernel_cases:
         from bench import kernels
 

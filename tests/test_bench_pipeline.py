@@ -75,8 +75,11 @@ def test_consumer_children_count_every_sample(bootstrap, tmp_path, tiny):
     full = harness.run("full", tiny, messages)
     assert full.samples == TINY.samples and full.results == {"accepted": TINY.samples}
     assert full.scraped == full.results
-    compute = compute_ceiling(tiny, parse_config({"sink": {"archive": False}}))
+    compute = compute_ceiling(tiny, parse_config({"sink": {"archive": False}}), repeats=1)
     assert compute.samples == TINY.samples and compute.collapses > 0
+    # The one pass emits each grid point a sample reaches: every 0.01 s and every 0.1 s (from 0 s to 12 s).
+    points = [np.unique(-(-tiny.t_us // interval)).size for interval in (10_000, 100_000)]
+    assert compute.rows == (8 * points[0], 8 * points[1]) == (8 * 1_200, 8 * 121)
     check_events("tiny arrow", full, compute)
     assert full.peak_rss_bytes > 0
     head = tiny.head(3)
