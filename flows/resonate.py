@@ -144,10 +144,11 @@ class ResonateLogic(StatefulBatchLogic[list[SampleRuns], Any, FleetTable]):
         started = time.perf_counter()
         blocks = [b for group in values for b in group]
         live_before = self.fleet.live_count()
-        step = self.fleet.push_runs(blocks, time.time_ns() // 1000)
+        now_us = time.time_ns() // 1000   # the clock of the `future` rule, and of its dead letters' text
+        step = self.fleet.push_runs(blocks, now_us)
         self.book.grow()
         budget = DeadLetterBudget(self.limits)  # one allowance per input message over all sensors of the call
-        out = self._refused(step, budget, time.time_ns() // 1000)
+        out = self._refused(step, budget, now_us)
         out.extend(self._outputs(step))
         released = self.fleet.release_idle()
         if released is not None:
@@ -193,7 +194,7 @@ class ResonateLogic(StatefulBatchLogic[list[SampleRuns], Any, FleetTable]):
             if refusal.reason == "capacity":
                 run.rejected_at_decode(len(reasons))
             else:
-                sid = self.fleet._index[b.sensor]
+                sid = self.fleet.sid_of(b.sensor)
                 self.book.rejected[sid] += len(reasons)
                 self.book.seen[sid] = True
         return out

@@ -148,6 +148,10 @@ class Fleet:
     def names(self) -> list[str]:
         return self.table.names
 
+    def sid_of(self, name: str) -> int:
+        """The index of a sensor seen before."""
+        return self._index[name]
+
     def live_count(self) -> int:
         return int(self.table.live[:len(self.table.names)].sum())
 
