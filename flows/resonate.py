@@ -282,7 +282,7 @@ class ResonateLogic(StatefulBatchLogic[list[SampleRuns], Any, FleetTable]):
         events = []
         changed = np.flatnonzero(sv.event)
         if changed.size and not self.event_objects:
-            self._counted(run_sid, counts, sv, changed, step)
+            self._count(np.repeat(run_sid, counts)[changed], sv.event[changed] == COLLAPSE, step.ingested)
         elif changed.size:  # few: a transition is one sensor's event
             for i in np.unique(np.searchsorted(ends, changed, side="right")).tolist():
                 a, b = int(ends[i] - counts[i]), int(ends[i])
@@ -311,12 +311,10 @@ class ResonateLogic(StatefulBatchLogic[list[SampleRuns], Any, FleetTable]):
         if events and self.events:
             out.append(deferred(events_rows, "events", events))
 
-    def _counted(self, run_sid: np.ndarray, counts: np.ndarray, sv: SyncValues, changed: np.ndarray,
-                 step: FleetStep) -> None:
-        """The transitions at rows ``changed``, counted for every sensor at once (no event objects)."""
+    def _count(self, sid: np.ndarray, up: np.ndarray, ingested: float) -> None:
+        """Transitions of sensors ``sid`` (one entry per transition; ``up``: a collapse) into the
+        ledger and the metrics, for every sensor at once."""
         m, book = metrics(), self.book
-        sid = np.repeat(run_sid, counts)[changed]
-        up = sv.event[changed] == COLLAPSE
         np.add.at(book.collapses, sid[up], 1)
         np.add.at(book.dissipations, sid[~up], 1)
         collapses, dissipations = int(up.sum()), int((~up).sum())
@@ -326,44 +324,26 @@ class ResonateLogic(StatefulBatchLogic[list[SampleRuns], Any, FleetTable]):
             m.transitions.labels("dissipate").inc(dissipations)
         if collapses != dissipations:
             m.sensors_collapsed.inc(collapses - dissipations)
-        now = time.time()
-        if math.isfinite(step.ingested):
+        if math.isfinite(ingested):
+            latency = time.time() - ingested
             for _ in range(sid.shape[0]):
-                m.event_latency.observe(now - step.ingested)
+                m.event_latency.observe(latency)
 
     def _transitions(self, sid: int, sv: SyncValues, ingested: float, out: list[Any]) -> list:
         sensor, cell = self.fleet.names[sid], self.fleet.table.cells[sid]
         events = collapse_events(sensor, cell, sv)
         key = sensor.encode("utf-8")
-        changed = np.flatnonzero(sv.event).tolist()
-        collapses = 0
-        for event, k in zip(events, changed):
+        changed = np.flatnonzero(sv.event)
+        for event, k in zip(events, changed.tolist()):
             if self.kafka:
                 out.append(TopicRecord("collapse", key, to_json_bytes(event)))
-            if event.event == "collapse":
-                collapses += 1
             if self.macro:
                 Tm, Te = complex(sv.T_master[k]), complex(sv.T_emissary[k])
                 out.append(WitnessEntry("macro", int(sv.t[k]), sensor, MacroWitness(
                     event=event, coherence_master=abs(Tm) ** 2, coherence_emissary=abs(Te) ** 2,
                     master_span=int(sv.master_span_us[k]) * 1e-6)))
-        self._count(sid, collapses, len(events) - collapses, ingested, len(events))
+        self._count(np.full(len(events), sid, np.int64), sv.event[changed] == COLLAPSE, ingested)
         return events
-
-    def _count(self, sid: int, collapses: int, dissipations: int, ingested: float, n: int) -> None:
-        m, book = metrics(), self.book
-        book.collapses[sid] += collapses
-        book.dissipations[sid] += dissipations
-        if collapses:
-            m.transitions.labels("collapse").inc(collapses)
-        if dissipations:
-            m.transitions.labels("dissipate").inc(dissipations)
-        if collapses != dissipations:
-            m.sensors_collapsed.inc(collapses - dissipations)
-        if math.isfinite(ingested):
-            latency = time.time() - ingested
-            for _ in range(n):
-                m.event_latency.observe(latency)
 
 
 def _sync_values(sv) -> SyncValues:

@@ -242,7 +242,7 @@ class FleetGate:
         self.n += k
         for pool, col in ((self.pending, P_OFF), (self.recent, R_OFF)):
             gi[rows, col + 1] = 0
-            gi[rows, col] = self._take(pool, col, k * FIRST_CAP) + FIRST_CAP * np.arange(k)
+            gi[rows, col] = pool.segment(gi[:self.n], col, k * FIRST_CAP) + FIRST_CAP * np.arange(k)
             gi[rows, col + 1] = FIRST_CAP
         return rows
 
@@ -276,7 +276,7 @@ class FleetGate:
                                     *self.pending.cols, self.recent.cols[0], status, wm_in)
             if state == _DONE:
                 break
-            self._grow(self.pending, P_OFF, int(rows[i]), ring_mask=False)
+            self._grow(self.pending, P_OFF, int(rows[i]))
         touched = _first_seen(rows)
         return GateStep(status, wm_in, *self.release(touched))
 
@@ -300,7 +300,7 @@ class FleetGate:
                                        *self.pending.cols, self.recent.cols[0], *out, count)
             if state == _DONE:
                 break
-            self._grow(self.recent, R_OFF, int(touched[j]), ring_mask=True)
+            self._grow(self.recent, R_OFF, int(touched[j]))
         k = int(count[0])
         return out[0][:k], out[1][:k], out[2][:k]
 
@@ -311,79 +311,30 @@ class FleetGate:
         gi[rows, P_OFF] = gi[rows, P_CAP] = gi[rows, R_OFF] = gi[rows, R_CAP] = 0
         gi[rows, P_HEAD] = gi[rows, P_LEN] = gi[rows, R_LO] = gi[rows, R_N] = 0
 
-    def _take(self, pool: Pool, off_col: int, n: int) -> int:
-        """A fresh segment of n rows, compacting the pool first if it is full and less than half live."""
-        if pool.used + n > pool.cols[0].shape[0]:
-            live = int(self.ints[:self.n, off_col + 1].sum())
-            if 2 * live < pool.used:
-                self._compact(pool, off_col)
-        return pool.take(n)
-
     def _reserve(self, pool: Pool, off_col: int, rows: np.ndarray, need: np.ndarray) -> None:
-        """Grow the rings of ``rows`` whose capacity is below ``need``, all in one relocation: the
-        reorder buffer to need (head at 0 after), the recent times to a power of two >= need."""
+        """Grow the rings of ``rows`` whose capacity is below ``need``, all in one relocation: at least
+        doubled; the recent times to a power of two (their positions are k & (cap - 1))."""
         gi = self.ints
         grow = need > gi[rows, off_col + 1]
         if not grow.any():
             return
         rows, need = rows[grow], need[grow]
-        ring = off_col == R_OFF
         caps = np.maximum(need, np.maximum(2 * gi[rows, off_col + 1], FIRST_CAP))
-        if ring:
+        if off_col == R_OFF:
             caps = 1 << np.ceil(np.log2(caps)).astype(np.int64)
-        base = self._take(pool, off_col, int(caps.sum()))   # may compact: offsets are read after it
-        new_offs = base + np.cumsum(caps) - caps
-        off, cap = gi[rows, off_col], gi[rows, off_col + 1]
-        if ring:
             first, length = gi[rows, R_LO], gi[rows, R_N] - gi[rows, R_LO]
-        else:
+        else:  # the buffer's head stays where it is: positions are head + j mod cap
             first, length = gi[rows, P_HEAD], gi[rows, P_LEN]
-        total = int(length.sum())
-        if total:
-            which = np.repeat(np.arange(rows.size), length)
-            j = np.arange(total) - np.repeat(np.cumsum(length) - length, length)
-            e = first[which] + j
-            src = off[which] + e % cap[which]
-            dst = new_offs[which] + (e % caps[which] if ring else j)
-            for col in pool.cols:
-                col[dst] = col[src]
-        gi[rows, off_col], gi[rows, off_col + 1] = new_offs, caps
-        if not ring:
-            gi[rows, P_HEAD] = 0
+        pool.relocate(gi[:self.n], rows, off_col, caps, first, length)
 
-    def _grow(self, pool: Pool, off_col: int, row: int, ring_mask: bool) -> None:
-        """Move one row's ring to a segment twice the size (recent: positions k mod cap; pending: head at 0)."""
-        gi = self.ints
-        new_cap = max(2 * int(gi[row, off_col + 1]), FIRST_CAP)
-        new_off = self._take(pool, off_col, new_cap)   # may compact: the offsets are read after it
-        off, cap = int(gi[row, off_col]), int(gi[row, off_col + 1])
-        if ring_mask:
-            lo, hi = int(gi[row, R_LO]), int(gi[row, R_N])
-            k = np.arange(lo, hi)
-            for col in pool.cols:
-                col[new_off + (k & (new_cap - 1))] = col[off + (k & (cap - 1))]
-        else:
-            head, length = int(gi[row, P_HEAD]), int(gi[row, P_LEN])
-            if length:
-                src = off + (head + np.arange(length)) % cap
-                for col in pool.cols:
-                    col[new_off:new_off + length] = col[src]
-            gi[row, P_HEAD] = 0
-        gi[row, off_col], gi[row, off_col + 1] = new_off, new_cap
+    def _grow(self, pool: Pool, off_col: int, row: int) -> None:
+        """Make room for one more element of one row's ring (a kernel stopped before it)."""
+        self._reserve(pool, off_col, np.array([row]), self.ints[[row], off_col + 1] + 1)
 
     def compact(self) -> None:
         """Copy the live segments to fresh pools (drops abandoned ones)."""
         for pool, base in ((self.pending, P_OFF), (self.recent, R_OFF)):
-            self._compact(pool, base)
-
-    def _compact(self, pool: Pool, base: int) -> None:
-        old, caps = self.ints[:self.n, base], self.ints[:self.n, base + 1]
-        new = np.cumsum(caps) - caps
-        total = int(caps.sum())
-        src = np.arange(total, dtype=np.int64) + np.repeat(old - new, caps)
-        pool.cols = [np.concatenate((c[src], np.zeros((total,) + c.shape[1:], c.dtype))) for c in pool.cols]
-        pool.used = total
-        self.ints[:self.n, base] = new
+            pool.compact(self.ints[:self.n], base)
 
     def __getstate__(self):
         self.compact()

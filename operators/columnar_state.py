@@ -86,6 +86,42 @@ class Pool:
     def row_bytes(self) -> int:
         return sum(c.itemsize * int(np.prod(c.shape[1:])) for c in self.cols)
 
+    # The owner's rows say where their segments are: ints[r, off_col] the offset, ints[r, off_col + 1]
+    # the capacity; ``ints`` below is the owner's rows in use (a view: offsets are written through it).
+
+    def segment(self, ints: np.ndarray, off_col: int, n: int) -> int:
+        """A fresh segment of n rows, compacting the pool first if it is full and less than half of it
+        is live (abandoned segments are the rest)."""
+        if self.used + n > self.cols[0].shape[0] and 2 * int(ints[:, off_col + 1].sum()) < self.used:
+            self.compact(ints, off_col, n)
+        return self.take(n)
+
+    def relocate(self, ints: np.ndarray, rows, off_col: int, new_caps, first, length) -> None:
+        """Move each row's ring to a new segment of new_caps: elements first .. first + length - 1 of the
+        old ring (position off + e mod cap) to new_off + e mod new_cap (a head or oldest index stays valid)."""
+        base = self.segment(ints, off_col, int(new_caps.sum()))   # may compact: offsets are read after it
+        new_offs = base + np.concatenate(([0], np.cumsum(new_caps)[:-1])).astype(np.int64)
+        src = _ring_index(ints[rows, off_col], ints[rows, off_col + 1], first, length)
+        dst = _ring_index(new_offs, new_caps, first, length)
+        for col in self.cols:
+            col[dst] = col[src]
+        ints[rows, off_col], ints[rows, off_col + 1] = new_offs, new_caps
+
+    def compact(self, ints: np.ndarray, off_col: int, room: int = 0) -> None:
+        """Copy every row's segment to fresh arrays, in row order (drops abandoned segments), leaving
+        room for ``room`` more rows (while growing: twice what is live, as a pool grows)."""
+        old, caps = ints[:, off_col], ints[:, off_col + 1]
+        new = np.cumsum(caps) - caps
+        total = int(caps.sum())
+        src = np.arange(total, dtype=np.int64) + np.repeat(old - new, caps)   # each segment's rows, in order
+        if room:
+            size = max(2 * total, total + room, 64)
+            self.cols = [np.concatenate((c[src], np.zeros((size - total,) + c.shape[1:], c.dtype))) for c in self.cols]
+        else:
+            self.cols = [c[src] for c in self.cols]
+        self.used = total
+        ints[:, off_col] = new
+
 
 def _resized(a: np.ndarray, rows: int) -> np.ndarray:
     out = np.zeros((rows,) + a.shape[1:], a.dtype)
@@ -200,7 +236,7 @@ class FleetState:
         self.sums[rows] = 0.0
         self.t_master[rows] = 0.0
         for pool, col in self._rings():
-            ints[rows, col] = self._take(pool, col, k * FIRST_CAP) + FIRST_CAP * np.arange(k)
+            ints[rows, col] = pool.segment(ints[:self.n], col, k * FIRST_CAP) + FIRST_CAP * np.arange(k)
             ints[rows, col + 1] = FIRST_CAP
         return rows
 
@@ -242,20 +278,11 @@ class FleetState:
 
     # --- growing a ring ------------------------------------------------------------------------
 
-    def _take(self, pool: Pool, off_col: int, n: int) -> int:
-        """A fresh segment of n rows of ``pool``, compacting the pool first if it is full and less than
-        half of it is live (abandoned segments are the rest)."""
-        if pool.used + n > pool.cols[0].shape[0]:
-            live = int(self.ints[:self.n, off_col + 1].sum())
-            if 2 * live < pool.used:
-                self._compact(pool, off_col, n)
-        return pool.take(n)
-
     def grow_history(self, row: int) -> None:
         """Move the sensor's lag-history ring to a segment twice the size (positions are k mod cap)."""
         r = np.array([row])
         lo, n_seen = self.ints[r, H_LO], self.ints[r, N_SEEN]
-        self._relocate(self.hist, r, H_OFF, np.maximum(2 * self.ints[r, H_CAP], FIRST_CAP), lo, n_seen - lo)
+        self.hist.relocate(self.ints[:self.n], r, H_OFF, np.maximum(2 * self.ints[r, H_CAP], FIRST_CAP), lo, n_seen - lo)
 
     def most_panes(self, base: int) -> int:
         """The most slots a window (``base`` E_WIN or M_WIN) needs: (W + I) / P + 3 (PaneLayout.most_slots)."""
@@ -269,8 +296,9 @@ class FleetState:
         new_cap = min(max(2 * cap, FIRST_CAP), self.most_panes(base))
         if new_cap < length + 2:
             new_cap = length + 2 + cap // 8
-        self._relocate(self.e_panes if base == E_WIN else self.m_panes, r, base + W_OFF, np.array([new_cap]),
-                       self.ints[r, base + W_HEAD], self.ints[r, base + W_LEN])
+        pool = self.e_panes if base == E_WIN else self.m_panes
+        pool.relocate(self.ints[:self.n], r, base + W_OFF, np.array([new_cap]), self.ints[r, base + W_HEAD],
+                      self.ints[r, base + W_LEN])
 
     def reserve(self, rows: np.ndarray, counts: np.ndarray, spans: np.ndarray | None = None) -> None:
         """Before a call bringing counts[i] samples over spans[i] us of event time to rows[i]: grow, in one
@@ -290,7 +318,7 @@ class FleetState:
         grow = target > cap
         if grow.any():
             new_cap = 1 << np.ceil(np.log2(np.maximum(target[grow], FIRST_CAP))).astype(np.int64)  # powers of two
-            self._relocate(self.hist, rows[grow], H_OFF, new_cap, lo[grow], n_seen[grow] - lo[grow])
+            self.hist.relocate(self.ints[:self.n], rows[grow], H_OFF, new_cap, lo[grow], n_seen[grow] - lo[grow])
         for base, pool, layout in ((E_WIN, self.e_panes, self.e_layout), (M_WIN, self.m_panes, self.m_layout)):
             most = layout.most_slots
             cap, length = i[rows, base + W_CAP], i[rows, base + W_LEN]
@@ -300,19 +328,7 @@ class FleetState:
             if grow.any():
                 r = rows[grow]
                 new_cap = np.maximum(target[grow], np.minimum(2 * cap[grow], most))
-                self._relocate(pool, r, base + W_OFF, new_cap, i[r, base + W_HEAD], length[grow])
-
-    def _relocate(self, pool: Pool, rows, off_col, new_caps, first, length) -> None:
-        """Copy each row's ring to a new segment of new_caps: elements first .. first + length - 1 of the
-        old ring (position off + e mod cap) to new_off + e mod new_cap."""
-        base = self._take(pool, off_col, int(new_caps.sum()))
-        i = self.ints
-        new_offs = base + np.concatenate(([0], np.cumsum(new_caps)[:-1])).astype(np.int64)
-        src = _ring_index(i[rows, off_col], i[rows, off_col + 1], first, length)
-        dst = _ring_index(new_offs, new_caps, first, length)
-        for col in pool.cols:
-            col[dst] = col[src]
-        i[rows, off_col], i[rows, off_col + 1] = new_offs, new_caps
+                pool.relocate(self.ints[:self.n], r, base + W_OFF, new_cap, i[r, base + W_HEAD], length[grow])
 
     # --- snapshots -----------------------------------------------------------------------------
 
@@ -356,21 +372,7 @@ class FleetState:
     def compact(self) -> None:
         """Copy every live segment to fresh pools, in row order (drops abandoned segments)."""
         for pool, col in self._rings():
-            self._compact(pool, col, 0)
-
-    def _compact(self, pool: Pool, off_col: int, room: int) -> None:
-        """Compact one pool, leaving room for ``room`` more rows."""
-        old, caps = self.ints[:self.n, off_col], self.ints[:self.n, off_col + 1]
-        new = np.cumsum(caps) - caps
-        total = int(caps.sum())
-        src = np.arange(total, dtype=np.int64) + np.repeat(old - new, caps)   # each segment's rows, in order
-        if room:   # while growing: twice what is live, as a pool grows
-            size = max(2 * total, total + room, 64)
-            pool.cols = [np.concatenate((c[src], np.zeros((size - total,) + c.shape[1:], c.dtype))) for c in pool.cols]
-        else:
-            pool.cols = [c[src] for c in pool.cols]
-        pool.used = total
-        self.ints[:self.n, off_col] = new
+            pool.compact(self.ints[:self.n], col)
 
     def nbytes(self) -> int:
         """Bytes held by the rows and the live ring segments (capacity, not only live elements)."""
