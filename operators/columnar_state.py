@@ -35,9 +35,12 @@ resident memory grew by 6.9 KB per sensor (pools doubling, abandoned
 segments); pickled (highest protocol) 226 MB in 0.23 s, loaded in 0.21 s.
 
 A ring that is full is moved to a segment of twice its size at the end of its
-pool; the abandoned segments of a sensor add up to less than its live one.  A
-pool that would have to grow while less than half of it is live is compacted
-instead (live segments copied to a fresh pool, in row order), so a pool stays
+pool; the abandoned segments of a sensor add up to less than its live one.
+Rings that grow together (:meth:`FleetState.reserve` grows a call's rings in
+one step) and hold half the pool's live capacity or more rebuild the pool
+instead: one fresh array, every live element copied once by a kernel, nothing
+abandoned.  A pool that would have to grow while less than half of it is live
+is compacted instead (live segments copied to a fresh pool, in row order), so a pool stays
 within about twice what is live, also when sensors are released and come back.
 A snapshot (:meth:`FleetState.__getstate__`) holds the rows and, of each ring,
 only its live elements (the lag samples still looked at, the window's slots);
@@ -78,7 +81,7 @@ class Pool:
         """A fresh segment of n rows at the end (the arrays grow geometrically); returns its offset."""
         if self.used + n > self.cols[0].shape[0]:
             size = max(2 * self.cols[0].shape[0], self.used + n, 64)
-            self.cols = [_resized(c, size) for c in self.cols]
+            self.cols = [_resized(c, size, self.used) for c in self.cols]
         off = self.used
         self.used += n
         return off
@@ -98,35 +101,91 @@ class Pool:
 
     def relocate(self, ints: np.ndarray, rows, off_col: int, new_caps, first, length) -> None:
         """Move each row's ring to a new segment of new_caps: elements first .. first + length - 1 of the
-        old ring (position off + e mod cap) to new_off + e mod new_cap (a head or oldest index stays valid)."""
+        old ring (position off + e mod cap) to new_off + e mod new_cap (a head or oldest index stays valid).
+
+        Rows holding half the pool's live capacity or more (a fleet's rings grow together) rebuild the
+        pool instead: one fresh array of what is live, each element copied once, where new segments at
+        the end would double the pool and leave the old ones behind for a later compaction."""
+        rows = np.asarray(rows, np.int64)
+        new_caps, first, length = (np.asarray(a, np.int64) for a in (new_caps, first, length))
+        caps = ints[:, off_col + 1]
+        if 2 * int(caps[rows].sum()) >= int(caps.sum()):
+            all_caps, all_first, all_length = caps.copy(), np.zeros(len(caps), np.int64), caps.copy()
+            all_caps[rows], all_first[rows], all_length[rows] = new_caps, first, length
+            self._rebuild(ints, off_col, all_caps, all_first, all_length, room=int(all_caps.sum()) // 8)
+            return
         base = self.segment(ints, off_col, int(new_caps.sum()))   # may compact: offsets are read after it
-        new_offs = base + np.concatenate(([0], np.cumsum(new_caps)[:-1])).astype(np.int64)
-        src = _ring_index(ints[rows, off_col], ints[rows, off_col + 1], first, length)
-        dst = _ring_index(new_offs, new_caps, first, length)
-        for col in self.cols:
-            col[dst] = col[src]
+        new_offs = base + np.cumsum(new_caps) - new_caps
+        old_offs, old_caps = ints[rows, off_col], ints[rows, off_col + 1]
+        for col in self.cols:   # the new segments are fresh: they overlap no live one
+            _move_rings(_as_rows(col), _as_rows(col), _width(col), old_offs, old_caps, new_offs, new_caps, first, length)
         ints[rows, off_col], ints[rows, off_col + 1] = new_offs, new_caps
 
     def compact(self, ints: np.ndarray, off_col: int, room: int = 0) -> None:
         """Copy every row's segment to fresh arrays, in row order (drops abandoned segments), leaving
         room for ``room`` more rows (while growing: twice what is live, as a pool grows)."""
-        old, caps = ints[:, off_col], ints[:, off_col + 1]
-        new = np.cumsum(caps) - caps
+        caps = ints[:, off_col + 1].copy()
         total = int(caps.sum())
-        src = np.arange(total, dtype=np.int64) + np.repeat(old - new, caps)   # each segment's rows, in order
-        if room:
-            size = max(2 * total, total + room, 64)
-            self.cols = [np.concatenate((c[src], np.zeros((size - total,) + c.shape[1:], c.dtype))) for c in self.cols]
-        else:
-            self.cols = [c[src] for c in self.cols]
+        self._rebuild(ints, off_col, caps, np.zeros(len(caps), np.int64), caps,
+                      room=max(total, room, 64) if room else 0)
+
+    def _rebuild(self, ints, off_col, caps, first, length, room) -> None:
+        """Fresh arrays holding every row's ring at capacity caps[r] (its elements first .. first +
+        length - 1 kept at the same ring index mod cap), in row order, then ``room`` free rows."""
+        old_offs, old_caps = ints[:, off_col].copy(), ints[:, off_col + 1].copy()
+        offs = np.cumsum(caps) - caps
+        total = int(caps.sum())
+        fresh = []
+        for c in self.cols:
+            out = np.zeros((total + room,) + c.shape[1:], c.dtype)
+            _move_rings(_as_rows(c), _as_rows(out), _width(c), old_offs, old_caps, offs, caps, first, length)
+            fresh.append(out)
+        self.cols = fresh
         self.used = total
-        ints[:, off_col] = new
+        ints[:, off_col], ints[:, off_col + 1] = offs, caps
 
 
-def _resized(a: np.ndarray, rows: int) -> np.ndarray:
+def _resized(a: np.ndarray, rows: int, used: int | None = None) -> np.ndarray:
+    """``a`` with ``rows`` rows: its first ``used`` rows (default all that fit) copied, zeros after.
+    Only what is used is copied: the zeros of a fresh array cost no page until written."""
     out = np.zeros((rows,) + a.shape[1:], a.dtype)
-    out[:min(rows, a.shape[0])] = a[:rows]
+    keep = min(rows, a.shape[0]) if used is None else used
+    out[:keep] = a[:keep]
     return out
+
+
+def _width(col: np.ndarray) -> int:
+    """Values per row of a pool column."""
+    return int(np.prod(col.shape[1:]))
+
+
+def _as_rows(col: np.ndarray) -> np.ndarray:
+    """A pool column flattened (a view); :func:`_move_rings` copies ``width`` values per row."""
+    return col.reshape(-1)
+
+
+@njit(cache=True, nogil=True)
+def _move_rings(src, dst, width, offs, caps, new_offs, new_caps, first, length):
+    """Copy elements first .. first + length - 1 of each ring (element e at off + e mod cap in ``src``)
+    to new_off + e mod new_cap in ``dst``: no index arrays, no temporaries, and a ring's elements in
+    at most three contiguous blocks (each ring wraps at most once)."""
+    for r in range(offs.shape[0]):
+        left = length[r]
+        if left == 0:
+            continue
+        off, cap, new_off, new_cap = offs[r], caps[r], new_offs[r], new_caps[r]
+        s, d = first[r] % cap, first[r] % new_cap
+        while left > 0:
+            n = min(left, cap - s, new_cap - d)
+            a, b = (new_off + d) * width, (off + s) * width
+            dst[a:a + n * width] = src[b:b + n * width]
+            left -= n
+            s += n
+            if s == cap:
+                s = 0
+            d += n
+            if d == new_cap:
+                d = 0
 
 
 def _ring_index(offs, caps, first, length) -> np.ndarray:
