@@ -26,7 +26,14 @@ State per sensor row (``ints``): newest non-future t, the reorder buffer
 (pool offset, capacity, head, length; a sorted ring) and the ring of recently
 released times (pool offset, capacity, oldest kept, count).  Rings grow by
 doubling when full, between rows: the kernel stops at the row, Python moves
-the ring, the kernel resumes there.
+the ring, the kernel resumes there.  Released times more than the horizon
+behind the watermark are dropped before each call, so that ring holds about a
+horizon of samples plus a call's.
+
+At lateness 0 (the default) a sample is final as soon as it is accepted; a
+call whose rows come sensor by sensor (as :class:`operators.fleet.Fleet`
+hands them) with nothing buffered is classified and released in one pass
+that skips the reorder buffer, with the same statuses and columns.
 """
 
 from __future__ import annotations
@@ -179,6 +186,58 @@ def _release_kernel(touched, start, everything, lateness, horizon, gi, p_t, p_ph
     return _DONE, touched.shape[0]
 
 
+@njit(cache=True, nogil=True)
+def _in_order_kernel(rows, t, phase, start, future_limit, horizon, gi, r_t, status, wm_in, out_row, out_t, out_ph,
+                     count):
+    """Lateness 0, rows grouped by sensor row: classify rows start: and release each accepted row at once
+    (its watermark is its own time, so nothing waits in the reorder buffer).  Returns (_DONE, n) or
+    (_GROW_R, i): the recent-times ring of row i's sensor is full."""
+    n_chan = phase.shape[1]
+    k = count[0]
+    for i in range(start, t.shape[0]):
+        r, tk = rows[i], t[i]
+        if tk > future_limit:
+            status[i] = FUTURE
+            continue
+        before = gi[r, MAX_T]
+        if before != NEG and tk <= before:
+            status[i] = DUPLICATE if _in_recent(gi, r_t, r, tk, before - horizon) else LATE
+            wm_in[i] = before
+            continue
+        r_off, r_cap = gi[r, R_OFF], gi[r, R_CAP]
+        mask = r_cap - 1
+        if gi[r, R_N] - gi[r, R_LO] == r_cap:   # full: forget what is beyond the horizon first
+            while gi[r, R_LO] < gi[r, R_N] and r_t[r_off + (gi[r, R_LO] & mask)] < tk - horizon:
+                gi[r, R_LO] += 1
+            if gi[r, R_N] - gi[r, R_LO] == r_cap:
+                count[0] = k
+                return _GROW_R, i
+        r_t[r_off + (gi[r, R_N] & mask)] = tk
+        gi[r, R_N] += 1
+        gi[r, MAX_T] = tk
+        status[i] = ACCEPTED
+        out_row[k], out_t[k] = r, tk
+        for c in range(n_chan):
+            out_ph[k, c] = phase[i, c]
+        k += 1
+    count[0] = k
+    return _DONE, t.shape[0]
+
+
+@njit(cache=True, nogil=True)
+def _prune_recent(rows, gi, r_t, lateness, horizon):
+    """Forget each row's released times more than ``horizon`` behind its watermark: no later lookup
+    can match them (the watermark only moves forward), so a ring holds about a horizon of samples."""
+    for j in range(rows.shape[0]):
+        r = rows[j]
+        if gi[r, MAX_T] == NEG:
+            continue
+        keep_from = gi[r, MAX_T] - lateness - horizon
+        off, mask = gi[r, R_OFF], gi[r, R_CAP] - 1
+        while gi[r, R_LO] < gi[r, R_N] and r_t[off + (gi[r, R_LO] & mask)] < keep_from:
+            gi[r, R_LO] += 1
+
+
 class GateStep:
     """One call of :meth:`FleetGate.push`: a status per input row and the released columns.
 
@@ -269,6 +328,8 @@ class FleetGate:
             # Room in each buffer for all of the call's rows, in one step for all rows (no kernel exits).
             counts = np.bincount(rows, minlength=self.n)
             touched = np.flatnonzero(counts)
+            if self.lateness_us == 0 and _grouped(rows, touched.size) and not self.ints[touched, P_LEN].any():
+                return self._in_order(rows, t, ph, future, status, wm_in, touched, counts[touched])
             self._reserve(self.pending, P_OFF, touched, self.ints[touched, P_LEN] + counts[touched])
         i = 0
         while True:
@@ -280,6 +341,25 @@ class FleetGate:
         touched = _first_seen(rows)
         return GateStep(status, wm_in, *self.release(touched))
 
+    def _in_order(self, rows, t, ph, future, status, wm_in, touched, counts) -> GateStep:
+        """:meth:`push` at lateness 0 with nothing buffered and each sensor's rows together (the usual
+        call): the same statuses and released columns in one pass, without the reorder buffer."""
+        _prune_recent(touched, self.ints, self.recent.cols[0], 0, self.dedup_horizon_us)
+        live = self.ints[touched, R_N] - self.ints[touched, R_LO]
+        self._reserve(self.recent, R_OFF, touched, np.minimum(live + counts, np.maximum(self.ints[touched, R_CAP], 4096)))
+        total = t.shape[0]
+        out = (np.empty(total, np.int64), np.empty(total, np.int64), np.empty((total, self.channels)))
+        count = np.zeros(1, np.int64)
+        i = 0
+        while True:
+            state, i = _in_order_kernel(rows, t, ph, i, future, self.dedup_horizon_us, self.ints,
+                                        self.recent.cols[0], status, wm_in, *out, count)
+            if state == _DONE:
+                break
+            self._grow(self.recent, R_OFF, int(rows[i]))
+        k = int(count[0])
+        return GateStep(status, wm_in, out[0][:k], out[1][:k], out[2][:k])
+
     def release(self, touched: np.ndarray, everything: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Release the rows' samples up to their watermarks (all of them with ``everything``: end of
         input); columns (row, t, phase) grouped as ``touched``."""
@@ -290,6 +370,7 @@ class FleetGate:
         out = (np.empty(total, np.int64), np.empty(total, np.int64), np.empty((total, self.channels)))
         if not total:
             return out
+        _prune_recent(touched, self.ints, self.recent.cols[0], self.lateness_us, self.dedup_horizon_us)
         live = self.ints[touched, R_N] - self.ints[touched, R_LO]
         self._reserve(self.recent, R_OFF, touched,
                       np.minimum(live + self.ints[touched, P_LEN], np.maximum(self.ints[touched, R_CAP], 4096)))
@@ -359,6 +440,11 @@ class FleetGate:
         per_pending = 8 + 8 * self.channels
         return self.n * N_INTS * 8 + int(self.ints[:self.n, P_CAP].sum()) * per_pending + \
             int(self.ints[:self.n, R_CAP].sum()) * 8
+
+
+def _grouped(rows: np.ndarray, distinct: int) -> bool:
+    """Each value of ``rows`` in one run of consecutive entries (``distinct`` values in all)."""
+    return int(np.count_nonzero(rows[1:] != rows[:-1])) + 1 == distinct
 
 
 def _first_seen(rows: np.ndarray) -> np.ndarray:

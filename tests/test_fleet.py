@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from operators.columnar_gate import FleetGate
+from operators.columnar_gate import R_CAP, FleetGate
 from operators.event_time import EventTimeGate
 from operators.fleet import Fleet, FleetTable, refused_reasons
 from operators.params import NO_GAP_LIMIT, KairosParams
@@ -165,8 +165,10 @@ def test_a_fleet_gives_the_per_sensor_engines_rows_and_rejections(work):
 
 
 @settings(max_examples=80, deadline=None)
-@given(st.integers(0, 2**32 - 1), st.sampled_from([0, 30, 500]))
-def test_the_fleet_gate_classifies_as_the_per_sensor_gate(seed, lateness):
+@given(st.integers(0, 2**32 - 1), st.sampled_from([0, 30, 500]), st.booleans())
+def test_the_fleet_gate_classifies_as_the_per_sensor_gate(seed, lateness, grouped):
+    # grouped: each call's rows sensor by sensor, as the fleet hands them (at lateness 0 the gate then
+    # releases without its reorder buffer); otherwise interleaved.
     rng = np.random.default_rng(seed)
     sensors = int(rng.integers(1, 4))
     gate = FleetGate(1, lateness, max_future_us=1_000, dedup_horizon_us=10**9)
@@ -176,6 +178,9 @@ def test_the_fleet_gate_classifies_as_the_per_sensor_gate(seed, lateness):
         n = int(rng.integers(1, 30))
         r = rng.integers(0, sensors, n)
         t = rng.integers(0, 1_200, n)       # some beyond now + max_future (1,000)
+        if grouped:
+            order = np.argsort(r, kind="stable")
+            r, t = r[order], t[order]
         step = gate.push(rows[r], t, t[:, None] * 1.0, now_us=0)
         for k in range(sensors):
             mine = r == k
@@ -211,3 +216,18 @@ def test_a_recovery_store_of_another_state_layout_is_refused_with_the_way_out(tm
     (store / "input.json").write_text(json.dumps(stamp))
     with pytest.raises(RecoveryMismatch, match=f"state_layout None -> '{STATE_LAYOUT}'.*--no-recovery"):
         _recovery_config(store, config)
+
+
+@pytest.mark.parametrize("lateness", [0, 200_000])
+def test_the_gate_remembers_about_a_dedup_horizon_of_released_times(lateness):
+    # An hour of a 10 Hz sensor in calls of 10 s: the ring of released times (kept to tell a repeat
+    # from a late sample) holds about the horizon's samples plus a call's, not thousands per sensor.
+    gate = FleetGate(1, lateness, max_future_us=None, dedup_horizon_us=1_000_000)
+    rows = gate.add(1)
+    for call in range(360):
+        t = (call * 100 + np.arange(1, 101)) * 100_000
+        step = gate.push(np.repeat(rows, 100), t, np.zeros((100, 1)), now_us=0)
+        assert not step.status.any()
+    assert int(gate.ints[0, R_CAP]) <= 256    # the ring's capacity in samples
+    repeat = gate.push(rows, np.array([t[-1]]), np.zeros((1, 1)), now_us=0)
+    assert repeat.status.tolist() == [3]      # still told a duplicate
