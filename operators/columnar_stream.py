@@ -57,10 +57,14 @@ fleet                  offline     one call      second call
 
 A second call also pays the rings' growth (:meth:`FleetState.reserve`: the
 Master's ring grows for its first hour) and the first touch of its output
-columns.
+columns.  The output columns are therefore one set per thread, reused from
+call to call (the rows emitted are copied out): fresh columns cost a page
+fault per page the 18 output streams touch.
 """
 
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 from numba import njit
@@ -255,9 +259,24 @@ def _kernel_args(state: FleetState):
     return head, cfg_i, cfg_f
 
 
+# Output columns are sized for the most rows a call can emit (two per sample and transducer), several
+# times what it usually does, and they are written as 18 streams: fresh arrays per call cost a page
+# fault per page touched.  Each thread (a Bytewax worker) reuses one set; _unpack copies the rows out.
+_scratch = threading.local()
+SCRATCH_MAX_ROWS = 1 << 21      # a call needing more gets arrays of its own (not kept)
+
+
 def _outputs(cap: int):
-    return (np.empty((8, cap), np.int64), np.empty((3, cap), np.complex128), np.empty((2, cap), np.float64),
-            np.empty((4, cap), np.int64), np.empty(cap, np.complex128), np.zeros(2, np.int64))
+    out = getattr(_scratch, "out", None)
+    if out is None or out[0].shape[1] < cap:
+        size = max(cap, 1024)
+        fresh = (np.empty((8, size), np.int64), np.empty((3, size), np.complex128), np.empty((2, size), np.float64),
+                 np.empty((4, size), np.int64), np.empty(size, np.complex128), np.zeros(2, np.int64))
+        if size > SCRATCH_MAX_ROWS:
+            return fresh
+        out = _scratch.out = fresh
+    out[5][:] = 0
+    return out
 
 
 def _emit(state: FleetState, rows: np.ndarray, watermarks: np.ndarray, out) -> None:
@@ -368,9 +387,9 @@ def flush_rows(state: FleetState, rows) -> FleetResonance:
 def _unpack(e_i, e_c, e_f, m_i, m_c, counts) -> FleetResonance:
     """The packed output columns as the row types of the offline pass."""
     ne, nm = int(counts[0]), int(counts[1])
-    emissary = FleetWindowValues(e_i[0, :ne].astype(np.int32), e_i[1, :ne], e_c[0, :ne], e_i[2, :ne], e_i[3, :ne])
-    master = FleetWindowValues(m_i[0, :nm].astype(np.int32), m_i[1, :nm], m_c[:nm], m_i[2, :nm], m_i[3, :nm])
-    sync = FleetSyncValues(emissary.sensor, emissary.t, e_c[1, :ne], emissary.T, e_c[2, :ne], e_f[0, :ne],
-                           e_f[1, :ne], e_i[4, :ne].astype(np.bool_), e_i[5, :ne].astype(np.bool_),
-                           e_i[6, :ne].astype(np.int8), e_i[7, :ne])
+    e_i, e_c, e_f, m_i, m_c = e_i[:, :ne], e_c[:, :ne].copy(), e_f[:, :ne].copy(), m_i[:, :nm], m_c[:nm].copy()
+    emissary = FleetWindowValues(e_i[0].astype(np.int32), e_i[1].copy(), e_c[0], e_i[2].copy(), e_i[3].copy())
+    master = FleetWindowValues(m_i[0].astype(np.int32), m_i[1].copy(), m_c, m_i[2].copy(), m_i[3].copy())
+    sync = FleetSyncValues(emissary.sensor, emissary.t, e_c[1], emissary.T, e_c[2], e_f[0], e_f[1],
+                           e_i[4].astype(np.bool_), e_i[5].astype(np.bool_), e_i[6].astype(np.int8), e_i[7].copy())
     return FleetResonance(emissary, master, sync)
