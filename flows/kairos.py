@@ -112,7 +112,7 @@ class Decode:
 
     def __init__(self, config: Config) -> None:
         self.groups = config.becomingone.key_groups
-        self._group_of: dict[str, str] = {}
+        self._group_of: dict[str, int] = {}
         src = config.source
         self.max_bytes = src.max_message_bytes if isinstance(src, KafkaSource) else None
         self.limits = dead_letter_limits(config)
@@ -121,19 +121,22 @@ class Decode:
         self.newest: int | None = None  # newest event time seen (the micro records' t)
 
     def _by_group(self, block: SampleRuns) -> list[tuple[str, SampleRuns]]:
-        """The block's runs split by key group (runs keep their order within a group)."""
+        """The block's runs split by key group (runs keep their order within a group; groups in the
+        order of their names)."""
         group_of = self._group_of
-        for name in block.names:
-            if name not in group_of:
-                group_of[name] = key_group(name, self.groups)
-        groups = [group_of[name] for name in block.names]
-        first = groups[0]
-        if all(g == first for g in groups):
-            return [(first, block)]
-        keys = np.array(groups)
-        order = np.argsort(keys, kind="stable")
-        bounds = np.flatnonzero(keys[order][1:] != keys[order][:-1]) + 1
-        return [(str(keys[part[0]]), block.select(np.sort(part))) for part in np.split(order, bounds)]
+        try:    # sensors seen before (every call after the first): one C-level lookup each
+            groups = np.fromiter(map(group_of.__getitem__, block.names), np.int64, len(block.names))
+        except KeyError:
+            for name in block.names:
+                if name not in group_of:
+                    group_of[name] = _key_group_number(name, self.groups)
+            groups = np.fromiter(map(group_of.__getitem__, block.names), np.int64, len(block.names))
+        if not (groups != groups[0]).any():
+            return [(_group_name(int(groups[0])), block)]
+        order = np.argsort(groups, kind="stable")
+        bounds = np.flatnonzero(groups[order][1:] != groups[order][:-1]) + 1
+        parts = [(_group_name(int(groups[part[0]])), part) for part in np.split(order, bounds)]
+        return [(name, block.select(np.sort(part))) for name, part in sorted(parts, key=lambda p: p[0])]
 
     def __call__(self, items: list[Any]) -> Iterable[Any]:
         started = time.perf_counter()
@@ -203,7 +206,15 @@ def key_group(sensor: str, groups: int) -> str:
     >>> key_group("pmu-7", 16)
     'group-7'
     """
-    return f"group-{zlib.crc32(sensor.encode('utf-8')) % groups}"
+    return _group_name(_key_group_number(sensor, groups))
+
+
+def _key_group_number(sensor: str, groups: int) -> int:
+    return zlib.crc32(sensor.encode("utf-8")) % groups
+
+
+def _group_name(number: int) -> str:
+    return f"group-{number}"
 
 
 def dead_letter_limits(config: Config) -> DeadLetterLimits:

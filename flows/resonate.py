@@ -288,7 +288,8 @@ class ResonateLogic(StatefulBatchLogic[list[SampleRuns], Any, FleetTable]):
                 a, b = int(ends[i] - counts[i]), int(ends[i])
                 events.extend(self._transitions(int(run_sid[i]), sv.select(slice(a, b)),
                                                 step.ingested, out))
-        publish = on_grid(sv.t, self.publish_us) if (self.kafka or self.mesh or self.same_history) else None
+        needed = self.kafka or self.mesh or (self.history and self.same_history)   # the history reuses it
+        publish = on_grid(sv.t, self.publish_us) if needed else None
         published = history = None
         if publish is not None:
             sensors, cells, kept = self._block(run_sid, counts, publish)

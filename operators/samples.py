@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -245,6 +246,13 @@ class SampleRuns:
         firsts = np.cumsum(counts) - counts
         rows = np.repeat(starts[runs] - firsts, counts) + np.arange(int(counts.sum()))
         idx = runs.tolist()
-        return SampleRuns([self.names[i] for i in idx], self.counts[runs], self.t_us[rows], self.phase[rows],
-                          None if self.cells is None else [self.cells[i] for i in idx], self.ingested,
+        return SampleRuns(_picked(self.names, idx), self.counts[runs], self.t_us[rows], self.phase[rows],
+                          None if self.cells is None else _picked(self.cells, idx), self.ingested,
                           lambda k, batch=self.batch, idx=idx: batch(idx[k]))
+
+
+def _picked(items: list, idx: list[int]) -> list:
+    """``[items[i] for i in idx]`` in one C-level call."""
+    if len(idx) < 2:
+        return [items[i] for i in idx]
+    return list(itemgetter(*idx)(items))
