@@ -215,14 +215,15 @@ class Fleet:
             lane = t.lanes[channels]
             mine = keep & (widths == channels)
             runs = np.flatnonzero(mine)
-            rows_mask = np.repeat(mine, counts)
-            tt = np.concatenate([b.t_us for b in blocks])[rows_mask] if len(blocks) > 1 else blocks[0].t_us[rows_mask]
-            ph = np.concatenate([b.phase for b in blocks if b.channels == channels]) if len(blocks) > 1 \
-                else blocks[0].phase
-            if len(blocks) > 1:
-                ph = ph[np.repeat(mine[widths == channels], counts[widths == channels])]
+            if len(blocks) == 1 and mine.all():   # the usual call: every run kept, the columns as they are
+                tt, ph = blocks[0].t_us, blocks[0].phase
+            elif len(blocks) == 1:
+                rows_mask = np.repeat(mine, counts)
+                tt, ph = blocks[0].t_us[rows_mask], blocks[0].phase[rows_mask]
             else:
-                ph = ph[rows_mask]
+                tt = np.concatenate([b.t_us for b in blocks])[np.repeat(mine, counts)]
+                ph = np.concatenate([b.phase for b in blocks if b.channels == channels])
+                ph = ph[np.repeat(mine[widths == channels], counts[widths == channels])]
             rows = np.repeat(t.row[sids[runs]], counts[runs])
             step = lane.gate.push(rows, tt, ph, now_us)
             self._gate_refusals(step, runs, counts[runs], batch, refusals)
