@@ -263,7 +263,7 @@ def _kernel_args(state: FleetState):
 # times what it usually does, and they are written as 18 streams: fresh arrays per call cost a page
 # fault per page touched.  Each thread (a Bytewax worker) reuses one set; _unpack copies the rows out.
 _scratch = threading.local()
-SCRATCH_MAX_ROWS = 1 << 21      # a call needing more gets arrays of its own (not kept)
+SCRATCH_MAX_ROWS = 1 << 18      # 46 MB; a call needing more (one key group of a big call) gets its own
 
 
 def _outputs(cap: int):
