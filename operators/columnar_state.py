@@ -40,8 +40,9 @@ Rings that grow together (:meth:`FleetState.reserve` grows a call's rings in
 one step) and hold half the pool's live capacity or more rebuild the pool
 instead: one fresh array, every live element copied once by a kernel, nothing
 abandoned.  A pool that would have to grow while less than half of it is live
-is compacted instead (live segments copied to a fresh pool, in row order), so a pool stays
-within about twice what is live, also when sensors are released and come back.
+is compacted instead (live segments copied to a fresh pool, in row order), so
+a pool stays within about twice what is live, also when sensors are released
+and come back.
 A snapshot (:meth:`FleetState.__getstate__`) holds the rows and, of each ring,
 only its live elements (the lag samples still looked at, the window's slots);
 restoring gives every ring its capacity back.
