@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench figures config clean
+.PHONY: run test bench figures config clean clean-kernels
 
 # The virtualenv is rebuilt whenever the declared dependencies change.
 $(STAMP): pyproject.toml
@@ -32,5 +32,10 @@ figures: $(STAMP)
 config: $(STAMP)
 	$(BIN)/becomingone config
 
-clean:
+# Numba's on-disk cache of a kernel is keyed to its own module: it is not rebuilt when a helper it
+# inlines from another module (operators/columnar_panes.py, operators/lag.py, ...) changes.
+clean-kernels:
+	find flows operators schemas connectors bench \( -name '*.nbi' -o -name '*.nbc' \) -delete
+
+clean: clean-kernels
 	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis
