@@ -94,7 +94,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from bench.kernels import no_gc, progress
+from bench.kernels import progress
 
 if TYPE_CHECKING:
     from bench.kernels import SensorRecord
@@ -1053,23 +1053,16 @@ def compute_ceiling(workload: Workload, config: Any, repeats: int = COMPUTE_REPE
 
     The columns are built before the clock starts; the kernel's input checks are timed.
     """
+    from bench.fleets import one_pass
     from flows.kairos import resonator_settings
     from operators.columnar import fleet_resonance
 
     settings = resonator_settings(config, replay=True)
     sensors, n = workload.phase.shape
-    sensor = np.repeat(np.arange(sensors, dtype=np.int32), n)
-    times = np.tile(workload.t_us, sensors)
-    flat = workload.phase.reshape(-1)
     warm = min(n, 5_000)
-    fleet_resonance(sensor[:warm], times[:warm], flat[:warm], settings)     # warm-up: Numba cache load
-    runs, out = [], None
-    for _ in range(repeats):
-        out = None
-        with no_gc():
-            begin = time.perf_counter()
-            out = fleet_resonance(sensor, times, flat, settings)
-            runs.append(time.perf_counter() - begin)
+    # Warm-up: Numba's cache load, on the first sensor's first samples.
+    fleet_resonance(np.zeros(warm, np.int32), workload.t_us[:warm], workload.phase[0, :warm], settings)
+    runs, out = one_pass(workload.t_us, workload.phase, settings, repeats)
     assert out is not None
     sync = out.sync
     last = np.searchsorted(sync.sensor, np.arange(sensors), side="right") - 1   # each sensor's last sync row

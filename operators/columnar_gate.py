@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numba import njit
 
-from operators.columnar_state import Pool, _resized
+from operators.columnar_state import Pool, _resized, check_layout
 
 __all__ = ["ACCEPTED", "DUPLICATE", "FUTURE", "FleetGate", "GateStep", "LATE", "REASONS"]
 
@@ -94,6 +94,27 @@ def _in_recent(gi, r_t, r, tk, keep_from):
         else:
             hi = mid
     return lo < n_k and r_t[off + (lo & mask)] == tk
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _forget(gi, r_t, r, keep_from):
+    """Drop the row's released times before ``keep_from`` (oldest first)."""
+    off, mask = gi[r, R_OFF], gi[r, R_CAP] - 1
+    while gi[r, R_LO] < gi[r, R_N] and r_t[off + (gi[r, R_LO] & mask)] < keep_from:
+        gi[r, R_LO] += 1
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _remember(gi, r_t, r, tk, keep_from):
+    """Add a released time to the row's ring, forgetting those before ``keep_from`` if it is full;
+    False (nothing added) when it is still full: the ring must grow first."""
+    if gi[r, R_N] - gi[r, R_LO] == gi[r, R_CAP]:
+        _forget(gi, r_t, r, keep_from)
+        if gi[r, R_N] - gi[r, R_LO] == gi[r, R_CAP]:
+            return False
+    r_t[gi[r, R_OFF] + (gi[r, R_N] & (gi[r, R_CAP] - 1))] = tk
+    gi[r, R_N] += 1
+    return True
 
 
 @njit(cache=True, nogil=True)
@@ -160,22 +181,15 @@ def _release_kernel(touched, start, everything, lateness, horizon, gi, p_t, p_ph
             continue
         wm = _BIG if everything else gi[r, MAX_T] - lateness
         off, cap = gi[r, P_OFF], gi[r, P_CAP]
-        r_off, r_cap = gi[r, R_OFF], gi[r, R_CAP]
-        mask = r_cap - 1
         keep_from = gi[r, MAX_T] - lateness - horizon
         while gi[r, P_LEN] > 0:
             head = gi[r, P_HEAD]
             tk = p_t[off + head]
             if tk > wm:
                 break
-            if gi[r, R_N] - gi[r, R_LO] == r_cap:  # full: forget what is beyond the horizon first
-                while gi[r, R_LO] < gi[r, R_N] and r_t[r_off + (gi[r, R_LO] & mask)] < keep_from:
-                    gi[r, R_LO] += 1
-                if gi[r, R_N] - gi[r, R_LO] == r_cap:
-                    count[0] = k
-                    return _GROW_R, j
-            r_t[r_off + (gi[r, R_N] & mask)] = tk
-            gi[r, R_N] += 1
+            if not _remember(gi, r_t, r, tk, keep_from):
+                count[0] = k
+                return _GROW_R, j
             out_row[k], out_t[k] = r, tk
             for c in range(n_chan):
                 out_ph[k, c] = p_ph[off + head, c]
@@ -204,16 +218,9 @@ def _in_order_kernel(rows, t, phase, start, future_limit, horizon, gi, r_t, stat
             status[i] = DUPLICATE if _in_recent(gi, r_t, r, tk, before - horizon) else LATE
             wm_in[i] = before
             continue
-        r_off, r_cap = gi[r, R_OFF], gi[r, R_CAP]
-        mask = r_cap - 1
-        if gi[r, R_N] - gi[r, R_LO] == r_cap:   # full: forget what is beyond the horizon first
-            while gi[r, R_LO] < gi[r, R_N] and r_t[r_off + (gi[r, R_LO] & mask)] < tk - horizon:
-                gi[r, R_LO] += 1
-            if gi[r, R_N] - gi[r, R_LO] == r_cap:
-                count[0] = k
-                return _GROW_R, i
-        r_t[r_off + (gi[r, R_N] & mask)] = tk
-        gi[r, R_N] += 1
+        if not _remember(gi, r_t, r, tk, tk - horizon):
+            count[0] = k
+            return _GROW_R, i
         gi[r, MAX_T] = tk
         status[i] = ACCEPTED
         out_row[k], out_t[k] = r, tk
@@ -230,12 +237,8 @@ def _prune_recent(rows, gi, r_t, lateness, horizon):
     can match them (the watermark only moves forward), so a ring holds about a horizon of samples."""
     for j in range(rows.shape[0]):
         r = rows[j]
-        if gi[r, MAX_T] == NEG:
-            continue
-        keep_from = gi[r, MAX_T] - lateness - horizon
-        off, mask = gi[r, R_OFF], gi[r, R_CAP] - 1
-        while gi[r, R_LO] < gi[r, R_N] and r_t[off + (gi[r, R_LO] & mask)] < keep_from:
-            gi[r, R_LO] += 1
+        if gi[r, MAX_T] != NEG:
+            _forget(gi, r_t, r, gi[r, MAX_T] - lateness - horizon)
 
 
 class GateStep:
@@ -344,9 +347,7 @@ class FleetGate:
     def _in_order(self, rows, t, ph, future, status, wm_in, touched, counts) -> GateStep:
         """:meth:`push` at lateness 0 with nothing buffered and each sensor's rows together (the usual
         call): the same statuses and released columns in one pass, without the reorder buffer."""
-        _prune_recent(touched, self.ints, self.recent.cols[0], 0, self.dedup_horizon_us)
-        live = self.ints[touched, R_N] - self.ints[touched, R_LO]
-        self._reserve(self.recent, R_OFF, touched, np.minimum(live + counts, np.maximum(self.ints[touched, R_CAP], 4096)))
+        self._room_to_remember(touched, counts)
         total = t.shape[0]
         out = (np.empty(total, np.int64), np.empty(total, np.int64), np.empty((total, self.channels)))
         count = np.zeros(1, np.int64)
@@ -370,10 +371,7 @@ class FleetGate:
         out = (np.empty(total, np.int64), np.empty(total, np.int64), np.empty((total, self.channels)))
         if not total:
             return out
-        _prune_recent(touched, self.ints, self.recent.cols[0], self.lateness_us, self.dedup_horizon_us)
-        live = self.ints[touched, R_N] - self.ints[touched, R_LO]
-        self._reserve(self.recent, R_OFF, touched,
-                      np.minimum(live + self.ints[touched, P_LEN], np.maximum(self.ints[touched, R_CAP], 4096)))
+        self._room_to_remember(touched, self.ints[touched, P_LEN])
         count = np.zeros(1, np.int64)
         j = 0
         while True:
@@ -384,6 +382,15 @@ class FleetGate:
             self._grow(self.recent, R_OFF, int(touched[j]))
         k = int(count[0])
         return out[0][:k], out[1][:k], out[2][:k]
+
+    def _room_to_remember(self, touched: np.ndarray, incoming: np.ndarray) -> None:
+        """Before releasing up to ``incoming`` samples of each touched row: drop the times beyond the
+        horizon, then grow each ring to hold the rest and the new ones (up to 4,096; the kernels make
+        room beyond that by forgetting, or stop to grow)."""
+        _prune_recent(touched, self.ints, self.recent.cols[0], self.lateness_us, self.dedup_horizon_us)
+        live = self.ints[touched, R_N] - self.ints[touched, R_LO]
+        self._reserve(self.recent, R_OFF, touched,
+                      np.minimum(live + incoming, np.maximum(self.ints[touched, R_CAP], 4096)))
 
     def forget(self, rows: np.ndarray) -> None:
         """Drop the rows' buffers (after releasing everything): their rings go to capacity 0 (the
@@ -426,10 +433,7 @@ class FleetGate:
         return state
 
     def __setstate__(self, state):
-        version = state.pop("version", None)
-        if version != GATE_VERSION:
-            raise ValueError(f"this snapshot holds event-time state of layout {version}; this code reads layout "
-                             f"{GATE_VERSION}: replay the input from its start instead of restoring it")
+        check_layout(state.pop("version", None), GATE_VERSION, "event-time state")
         pending, recent = state.pop("pending"), state.pop("recent")
         self.__dict__.update(state)
         self.pending, self.recent = Pool(pending, len(pending[0])), Pool(recent, len(recent[0]))

@@ -146,6 +146,13 @@ class Pool:
         ints[:, off_col], ints[:, off_col + 1] = offs, caps
 
 
+def check_layout(version, expected: int, what: str) -> None:
+    """Refuse a snapshot of another layout by name, with the way out."""
+    if version != expected:
+        raise ValueError(f"this snapshot holds {what} of layout {version}; this code reads layout {expected}: "
+                         "replay the input from its start instead of restoring it")
+
+
 def _resized(a: np.ndarray, rows: int, used: int | None = None) -> np.ndarray:
     """``a`` with ``rows`` rows: its first ``used`` rows (default all that fit) copied, zeros after.
     Only what is used is copied: the zeros of a fresh array cost no page until written."""
@@ -411,10 +418,7 @@ class FleetState:
         return state
 
     def __setstate__(self, state):
-        version = state.pop("version", None)
-        if version != STATE_VERSION:
-            raise ValueError(f"this snapshot holds fleet state of layout {version}; this code reads layout "
-                             f"{STATE_VERSION}: replay the input from its start instead of restoring it")
+        check_layout(state.pop("version", None), STATE_VERSION, "fleet state")
         live = {k: state.pop(k) for k in ("hist", "e_panes", "m_panes")}
         self.__dict__.update(state)
         for name, col in (("hist", H_OFF), ("e_panes", E_WIN + W_OFF), ("m_panes", M_WIN + W_OFF)):
