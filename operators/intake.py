@@ -28,12 +28,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from operators.decode import original_row_bytes
+from operators.dead_letters import DeadLetterBudget
 from operators.event_time import EventTimeGate
 from operators.lag import LagState, Products
 from operators.params import KairosParams
+from operators.provenance import RowOrigin
 from operators.samples import SampleBatch
-from operators.dead_letters import DeadLetterBudget
 from schemas.messages import DeadLetter, DeadLetterLimits, PhaseSample, format_utc
 
 __all__ = ["IntakeResult", "ProductBatch", "SensorIntake", "dead_letters"]
@@ -83,18 +83,6 @@ class IntakeResult:
     reasons: list[str] = field(default_factory=list)
 
 
-def _original(batch: SampleBatch, i: int) -> bytes:
-    """The bytes row ``i`` arrived as: the JSON value, the one-row Arrow
-    stream of its message, or (generated rows) the row as a JSON sample."""
-    if batch.raw is not None:
-        return batch.raw[i]
-    key = (int(batch.partition[i]), int(batch.offset[i]))
-    message = batch.sources.get(key) if batch.sources else None
-    if message is not None and message.value is not None:
-        return original_row_bytes(message, int(batch.row[i]))
-    return PhaseSample(batch.sensor, int(batch.t_us[i]), tuple(batch.phase[i].tolist()), batch.cell).to_json_bytes()
-
-
 def dead_letters(batch: SampleBatch, reasons: list[str], detail: str | list[str],
                  budget: DeadLetterBudget | None = None) -> list[DeadLetter]:
     """One dead letter per row of ``batch`` (original bytes, source position, reason).
@@ -104,20 +92,27 @@ def dead_letters(batch: SampleBatch, reasons: list[str], detail: str | list[str]
     """
     details = [detail] * len(batch) if isinstance(detail, str) else detail
     limits = budget.limits if budget is not None else DeadLetterLimits()
+    provenance = batch.provenance
     out = []
     for i, (reason, text) in enumerate(zip(reasons, details)):
-        partition, offset = int(batch.partition[i]), int(batch.offset[i])
-        message = batch.sources.get((partition, offset)) if batch.sources else None
+        where = provenance.origin(i) if provenance is not None else _NOWHERE
+        message = where.message
         if budget is not None and message is not None and not budget.admit(message, reason):
             continue
         key = message.key if message is not None else batch.sensor.encode("utf-8")
-        row = int(batch.row[i]) if batch.raw is None and message is not None else None
+        original = provenance.original_bytes(i) if provenance is not None else None
+        if original is None:  # a row with no wire form kept (generated): the row as a JSON sample
+            original = PhaseSample(batch.sensor, int(batch.t_us[i]), tuple(batch.phase[i].tolist()),
+                                   batch.cell).to_json_bytes()
         out.append(DeadLetter.create(
-            original=_original(batch, i), reason=reason, error=text, topic=batch.topic,
-            partition=partition if partition >= 0 else None, offset=offset if offset >= 0 else None,
-            row=row, key=key, max_original_bytes=limits.max_original_bytes,
+            original=original, reason=reason, error=text, topic=batch.topic,
+            partition=where.partition, offset=where.offset,
+            row=where.row, key=key, max_original_bytes=limits.max_original_bytes,
         ))
     return out
+
+
+_NOWHERE = RowOrigin(None, None, None, None)
 
 
 def _utc(t_us: int) -> str:

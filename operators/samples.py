@@ -2,10 +2,11 @@
 
 One :class:`SampleBatch` holds samples of ONE sensor from one or more input
 messages, as NumPy arrays, so the per-sensor operators and the Numba kernels
-work on whole arrays and never on per-sample Python objects.  Every row keeps
-where it came from (partition, offset, row within the message) and its
-origin, so a sample rejected later (``duplicate``, ``late``, ``channels``)
-still reaches the dead-letter topic with its original bytes.
+work on whole arrays and never on per-sample Python objects.  Its
+:class:`~operators.provenance.Provenance` keeps where every row came from
+(partition, offset, row within the message), so a sample rejected later
+(``duplicate``, ``late``, ``channels``) still reaches the dead-letter topic
+with its original bytes.
 """
 
 from __future__ import annotations
@@ -13,26 +14,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from operator import itemgetter
-from typing import Any, NamedTuple
 
 import numpy as np
 
-__all__ = ["Origins", "SampleBatch", "SampleRuns"]
+from operators.provenance import Provenance
 
-
-class Origins(NamedTuple):
-    """Where rows came from, for many batches at once: with
-    ``partition, offset, row = positions()``, batch row i came from
-    ``partition[index[i]]``, ``offset[index[i]]``, ``row[index[i]]``.
-
-    The decoder shares one ``positions`` (joined on first call) among all the
-    batches of a call and hands each sensor's batch only its ``index`` (a
-    view): positions are built and gathered only when a row is rejected,
-    which is rare, instead of for every row.
-    """
-
-    index: np.ndarray
-    positions: Callable[[], tuple[np.ndarray, np.ndarray, np.ndarray]]
+__all__ = ["SampleBatch", "SampleRuns"]
 
 
 class SampleBatch:
@@ -43,85 +30,30 @@ class SampleBatch:
         t_us: int64 event times, microseconds since the epoch, shape (n,).
         phase: float64 radians, shape (n, C); C fixed per sensor.
         cell: the sensor's cell label (last one given), or None.
-        partition: int32 source partition per row (-1: not from Kafka).
-        offset: int64 source offset per row (-1: not from Kafka).
-        row: int32 row index inside the source message (0 for JSON messages).
-        raw: original bytes per row (the JSON message value), or None when
-            the rows came from Arrow batch messages (re-serialise a rejected row
-            with :func:`operators.decode.original_row_bytes`, found by
-            partition/offset/row) or from a source with no wire form (synthetic).
         topic: the source topic (or file path) the rows came from, or None.
-        sources: the Arrow messages the rows came from, by (partition, offset),
-            so a row rejected later still yields its original bytes; None for
-            JSON rows (they carry ``raw``) and generated rows.  Only a
-            reference per message is kept, never a copy.
         ingested: wall-clock time (epoch seconds) when the earliest row was
             decoded; the start of the ingest-to-event latency.
-
-    ``partition``, ``offset`` and ``row`` may instead be given as ``origins``
-    (see :class:`Origins`); they are then gathered on first access.
+        provenance: where each row came from and the bytes it arrived as
+            (:class:`~operators.provenance.Provenance`), so a row rejected
+            later still yields its dead letter; None for rows with no source
+            (generated, replayed from the archive).
     """
 
-    def __init__(self, sensor: str, t_us: np.ndarray, phase: np.ndarray, cell: str | None = None,
-                 partition: np.ndarray | None = None, offset: np.ndarray | None = None,
-                 row: np.ndarray | None = None, raw: list[bytes] | None = None, topic: str | None = None,
-                 sources: dict[tuple[int, int], Any] | None = None, ingested: float = math.inf, *,
-                 origins: Origins | None = None) -> None:
+    def __init__(self, sensor: str, t_us: np.ndarray, phase: np.ndarray, cell: str | None = None, *,
+                 topic: str | None = None, ingested: float = math.inf,
+                 provenance: Provenance | None = None) -> None:
         self.sensor = sensor
         self.t_us = np.asarray(t_us, dtype=np.int64)
         self.phase = np.asarray(phase, dtype=np.float64)
         self.cell = cell
-        self.raw = raw
         self.topic = topic
-        self.sources = sources
         self.ingested = ingested
+        self.provenance = provenance
         n = self.t_us.shape[0]
         if self.phase.ndim != 2 or self.phase.shape[0] != n:
             raise ValueError(f"phase must have shape (n, C) with n = {n}, got {self.phase.shape}")
-        if origins is not None and origins.index.shape[0] != n:
-            raise ValueError(f"origins cover {origins.index.shape[0]} rows, t_us has {n}")
-        self._origins = origins
-        self._positions: dict[str, np.ndarray] = {}
-        for name, arr, dtype in (("partition", partition, np.int32), ("offset", offset, np.int64),
-                                 ("row", row, np.int32)):
-            if arr is None or (np.shape(arr)[0] == 0 and n):
-                if origins is None:
-                    self._positions[name] = np.full(n, -1 if name != "row" else 0, dtype)
-            elif np.shape(arr)[0] != n:
-                raise ValueError(f"{name} has {np.shape(arr)[0]} rows, t_us has {n}")
-            else:
-                self._positions[name] = np.asarray(arr, dtype)
-        if self.raw is not None and len(self.raw) != n:
-            raise ValueError(f"raw has {len(self.raw)} rows, t_us has {n}")
-
-    def _position(self, name: str) -> np.ndarray:
-        found = self._positions.get(name)
-        if found is None:
-            origins = self._origins
-            assert origins is not None
-            column = origins.positions()[("partition", "offset", "row").index(name)]
-            found = self._positions[name] = np.take(column, origins.index)
-        return found
-
-    @property
-    def partition(self) -> np.ndarray:
-        return self._position("partition")
-
-    @property
-    def offset(self) -> np.ndarray:
-        return self._position("offset")
-
-    @property
-    def row(self) -> np.ndarray:
-        return self._position("row")
-
-    def __getstate__(self) -> dict[str, Any]:
-        # A snapshot holds this batch's own positions, not the decoder's arrays for every batch.
-        for name in ("partition", "offset", "row"):
-            self._position(name)
-        state = self.__dict__.copy()
-        state["_origins"] = None
-        return state
+        if provenance is not None and len(provenance) != n:
+            raise ValueError(f"provenance covers {len(provenance)} rows, t_us has {n}")
 
     def __repr__(self) -> str:
         return f"SampleBatch(sensor={self.sensor!r}, rows={len(self)}, channels={self.channels}, cell={self.cell!r})"
@@ -136,17 +68,9 @@ class SampleBatch:
     def take(self, index: np.ndarray) -> "SampleBatch":
         """The rows at ``index`` (integer or boolean array), same sensor and cell."""
         idx = np.flatnonzero(index) if index.dtype == np.bool_ else index
-        raw = None if self.raw is None else [self.raw[i] for i in idx]
-        if self._origins is not None and not self._positions:  # still lazy: stay lazy
-            o = self._origins
-            return SampleBatch(self.sensor, self.t_us[idx], self.phase[idx], self.cell, raw=raw, topic=self.topic,
-                               sources=self.sources, ingested=self.ingested,
-                               origins=Origins(o.index[idx], o.positions))
-        return SampleBatch(
-            self.sensor, self.t_us[idx], self.phase[idx], self.cell,
-            self.partition[idx], self.offset[idx], self.row[idx], raw,
-            self.topic, self.sources, self.ingested,
-        )
+        provenance = None if self.provenance is None else self.provenance.take(idx)
+        return SampleBatch(self.sensor, self.t_us[idx], self.phase[idx], self.cell, topic=self.topic,
+                           ingested=self.ingested, provenance=provenance)
 
     @staticmethod
     def concat(batches: "list[SampleBatch]") -> "SampleBatch":
@@ -157,26 +81,19 @@ class SampleBatch:
         if any(b.sensor != first.sensor for b in batches):
             raise ValueError("concat of batches of different sensors")
         cell = next((b.cell for b in reversed(batches) if b.cell is not None), None)
-        raw = None
-        if all(b.raw is not None for b in batches):
-            raw = [r for b in batches for r in b.raw]
-        sources: dict[tuple[int, int], Any] | None = None
-        for b in batches:
-            if b.sources:
-                sources = {**(sources or {}), **b.sources}
+        provenance = None
+        if any(b.provenance is not None for b in batches):
+            provenance = Provenance.concat([b.provenance if b.provenance is not None else Provenance.unknown(len(b))
+                                            for b in batches])
         topic = next((b.topic for b in batches if b.topic is not None), None)
         return SampleBatch(
             first.sensor,
             np.concatenate([b.t_us for b in batches]),
             np.concatenate([b.phase for b in batches]),
             cell,
-            np.concatenate([b.partition for b in batches]),
-            np.concatenate([b.offset for b in batches]),
-            np.concatenate([b.row for b in batches]),
-            raw,
-            topic,
-            sources,
-            min(b.ingested for b in batches),
+            topic=topic,
+            ingested=min(b.ingested for b in batches),
+            provenance=provenance,
         )
 
 

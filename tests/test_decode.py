@@ -79,8 +79,9 @@ def test_json_good_samples_grouped_by_sensor():
     assert a.t_us.tolist() == [T0_US, T0_US + 10_000]
     assert a.phase.tolist() == [[1.23], [2.0]]
     assert a.cell == "c-3"
-    assert a.partition.tolist() == [3, 3] and a.offset.tolist() == [10, 12] and a.row.tolist() == [0, 0]
-    assert a.raw == [msgs[0].value, msgs[2].value]
+    where = a.provenance
+    assert where.partition.tolist() == [3, 3] and where.offset.tolist() == [10, 12] and where.row.tolist() == [0, 0]
+    assert a.provenance.raw == [msgs[0].value, msgs[2].value]
     assert b.t_us.tolist() == [T0_US, T0_US + 1_000_000]
     assert b.phase.tolist() == [[0.5, -0.4], [0.25, 0.75]]
     assert b.cell == "c-1"  # the last one given
@@ -98,7 +99,7 @@ def test_json_content_type_header_is_accepted():
     out = decode_messages([msg])
     assert out.accepted == 1 and out.batches[0].t_us.tolist() == [1_000_000]
     # Not from Kafka: origin -1 in the batch.
-    assert out.batches[0].partition.tolist() == [-1] and out.batches[0].offset.tolist() == [-1]
+    assert out.batches[0].provenance.partition.tolist() == [-1] and out.batches[0].provenance.offset.tolist() == [-1]
 
 
 @pytest.mark.parametrize(
@@ -165,9 +166,9 @@ def test_json_channel_count_follows_the_sensors_majority():
     ]
     out = decode_messages(msgs)
     got = by_sensor(out)
-    assert got["a"].offset.tolist() == [1, 2] and got["a"].channels == 2
+    assert got["a"].provenance.offset.tolist() == [1, 2] and got["a"].channels == 2
     assert got["b"].channels == 3
-    assert got["c"].offset.tolist() == [4] and got["c"].channels == 1
+    assert got["c"].provenance.offset.tolist() == [4] and got["c"].channels == 1
     assert out.counts == {R.CHANNELS: 2}
     assert sorted(d.offset for d in out.dead) == [0, 5]
     assert {d.original_bytes for d in out.dead} == {msgs[0].value, msgs[5].value}
@@ -195,11 +196,12 @@ def test_arrow_several_sensors_float_time_scalar_phase():
     assert [b.sensor for b in out.batches] == ["a", "b", "c"]
     a, b, c = out.batches
     assert a.t_us.tolist() == [T0_US, T0_US + 10_000] and a.phase.tolist() == [[0.1], [0.3]]
-    assert a.row.tolist() == [0, 2] and a.offset.tolist() == [42, 42] and a.partition.tolist() == [1, 1]
+    where = a.provenance
+    assert where.row.tolist() == [0, 2] and where.offset.tolist() == [42, 42] and where.partition.tolist() == [1, 1]
     assert a.cell == "y" and b.cell == "z" and c.cell is None
     assert b.t_us.tolist() == [T0_US + 500_000, T0_US + 250_000]  # arrival order, not time order
-    assert b.row.tolist() == [1, 4]
-    assert a.raw is None  # rebuilt on demand with arrow_row_bytes
+    assert b.provenance.row.tolist() == [1, 4]
+    assert a.provenance.raw is None  # rebuilt on demand from the message
 
 
 @pytest.mark.parametrize("unit", ["s", "ms", "us", "ns"])
@@ -263,8 +265,8 @@ def test_arrow_dictionary_sensor_and_several_record_batches():
     got = by_sensor(out)
     assert [b.sensor for b in out.batches] == ["a", "b", "c"]
     assert got["a"].phase[:, 0].tolist() == [0.0, 2.0]
-    assert got["b"].phase[:, 0].tolist() == [1.0, 3.0] and got["b"].row.tolist() == [1, 3]  # rows across batches
-    assert got["c"].row.tolist() == [4]
+    assert got["b"].phase[:, 0].tolist() == [1.0, 3.0] and got["b"].provenance.row.tolist() == [1, 3]  # rows across batches
+    assert got["c"].provenance.row.tolist() == [4]
 
 
 def test_sensor_names_unify_across_messages_and_dictionaries_with_null_and_empty_names():
@@ -317,7 +319,7 @@ def test_arrow_bad_rows_are_dead_lettered_with_their_own_bytes():
     msg = arrow_message(table, offset=77, partition=4, key=b"pmu")
     out = decode_messages([msg])
     assert out.accepted == 1 and out.rows == 9
-    assert out.batches[0].row.tolist() == [0]
+    assert out.batches[0].provenance.row.tolist() == [0]
     expected = {1: R.SCHEMA, 2: R.SCHEMA, 3: R.NAN, 4: R.SCHEMA, 5: R.NAN, 6: R.CHANNELS, 7: R.SCHEMA, 8: R.SCHEMA}
     assert out.counts == {R.SCHEMA: 5, R.NAN: 2, R.CHANNELS: 1}
     for letter in out.dead:
@@ -339,13 +341,13 @@ def test_arrow_scalar_phase_nulls_and_nans():
     table = pa.table({"sensor": ["a"] * 4, "t": [T0, T0 + 1, T0 + 2, T0 + 3], "phase": [0.0, None, math.nan, -math.inf]})
     out = decode_messages([arrow_message(table)])
     assert reasons(out) == [R.SCHEMA, R.NAN, R.NAN]
-    assert out.batches[0].row.tolist() == [0]
+    assert out.batches[0].provenance.row.tolist() == [0]
 
 
 def test_arrow_fixed_size_list_nulls_nans_and_zero_width():
     phases = pa.array([[0.1, 0.2], None, [0.5, math.nan], [0.7, None]], pa.list_(pa.float64(), 2))
     out = decode_messages([arrow_message(pa.table({"sensor": ["a"] * 4, "t": [T0 + i for i in range(4)], "phase": phases}))])
-    assert out.batches[0].row.tolist() == [0] and reasons(out) == [R.SCHEMA, R.NAN, R.SCHEMA]
+    assert out.batches[0].provenance.row.tolist() == [0] and reasons(out) == [R.SCHEMA, R.NAN, R.SCHEMA]
     empty = pa.array([[], []], pa.list_(pa.float64(), 0))
     out = decode_messages([arrow_message(pa.table({"sensor": ["a", "a"], "t": [T0, T0 + 1], "phase": empty}))])
     assert out.batches == [] and reasons(out) == [R.CHANNELS, R.CHANNELS]
@@ -357,7 +359,7 @@ def test_arrow_minority_channel_counts_are_rejected():
     msg = arrow_message(table)
     out = decode_messages([msg])
     got = by_sensor(out)
-    assert got["a"].row.tolist() == [0, 2] and got["a"].phase.tolist() == [[0.0, 1.0], [0.0, 1.0]]
+    assert got["a"].provenance.row.tolist() == [0, 2] and got["a"].phase.tolist() == [[0.0, 1.0], [0.0, 1.0]]
     assert got["b"].phase.tolist() == [[5.0]]
     assert reasons(out) == [R.CHANNELS, R.CHANNELS]
     assert sorted(read_one_row(d.original_bytes)["phase"] for d in out.dead) == [[0.0], [0.0, 1.0, 2.0]]
@@ -517,7 +519,7 @@ def test_arrow_and_json_encodings_give_identical_batches():
         np.testing.assert_array_equal(j.t_us, a.t_us)
         np.testing.assert_array_equal(j.phase, a.phase)
         assert j.cell == a.cell
-        assert j.offset.tolist() == a.row.tolist()  # one JSON message per row, same positions
+        assert j.provenance.offset.tolist() == a.provenance.row.tolist()  # one JSON message per row, same positions
 
     # ISO strings in JSON against microsecond timestamps in Arrow.
     t_us = to_micros(t)
@@ -536,11 +538,12 @@ def test_mixed_encodings_of_one_sensor_keep_arrival_order():
     out = decode_messages(msgs)
     got = by_sensor(out)
     assert [b.sensor for b in out.batches] == ["a", "b", "c"]
-    assert got["a"].phase[:, 0].tolist() == [0.0, 1.0, 3.0] and got["a"].offset.tolist() == [0, 1, 2]
-    assert got["a"].raw is None  # one row came from Arrow
-    assert got["c"].raw == [msgs[3].value]
+    assert got["a"].phase[:, 0].tolist() == [0.0, 1.0, 3.0] and got["a"].provenance.offset.tolist() == [0, 1, 2]
+    assert got["a"].provenance.raw is None  # one row came from Arrow
+    assert got["c"].provenance.raw == [msgs[3].value]
     # The bytes of any row can be rebuilt from its message.
-    assert [original_row_bytes(msgs[o], r) for o, r in zip(got["a"].offset, got["a"].row)][0] == msgs[0].value
+    assert [original_row_bytes(msgs[o], r) for o, r in zip(got["a"].provenance.offset, got["a"].provenance.row)][0] \
+        == msgs[0].value
     assert read_one_row(original_row_bytes(msgs[1], 0)) == {"sensor": "a", "t": T0 + 1, "phase": 1.0}
 
 
@@ -550,7 +553,7 @@ def test_channel_majority_spans_both_encodings():
         arrow_message(pa.table({"sensor": ["a", "a"], "t": [T0 + 1, T0 + 2], "phase": [[1.0, 2.0], [3.0, 4.0]]}), offset=1),
     ]
     out = decode_messages(msgs)
-    assert out.batches[0].channels == 2 and out.batches[0].row.tolist() == [0, 1]
+    assert out.batches[0].channels == 2 and out.batches[0].provenance.row.tolist() == [0, 1]
     assert reasons(out) == [R.CHANNELS] and out.dead[0].original_bytes == msgs[0].value
 
 
@@ -705,11 +708,11 @@ def test_arbitrary_bytes_never_raise(value, arrow):
 
 @pytest.mark.parametrize("n_parts", [5, 1 << 28])  # a bit matrix; too many cells for one
 def test_presence_lists_the_parts_of_each_code(n_parts):
-    from operators import decode
+    from operators.decode import grouping
 
     rng = np.random.default_rng(5)
     code, part = rng.integers(0, 4, 50), rng.integers(0, 5, 50)  # code 4 never occurs
-    got = decode._presence(code, part, 5, n_parts)
+    got = grouping._presence(code, part, 5, n_parts)
     assert [g.tolist() for g in got] == [sorted(set(part[code == c].tolist())) for c in range(5)]
 
 

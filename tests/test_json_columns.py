@@ -14,7 +14,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import operators.decode as decode
+import operators.decode.decoder as decoder
 from operators.decode import RawMessage, decode_messages
 
 VALID = [
@@ -39,12 +39,13 @@ ODD = [  # each either valid but unusual, or wrong in one way
 
 def _run(values: list[bytes], columnar: bool, monkeypatch) -> tuple:
     if not columnar:
-        monkeypatch.setattr(decode, "json_columns", lambda values: None)
+        monkeypatch.setattr(decoder, "json_columns", lambda values: None)
     else:
         monkeypatch.undo()
     msgs = [RawMessage(b"k", v, None, "topic", 0, i) for i, v in enumerate(values)]
     d = decode_messages(msgs, ingested=0.0)
-    batches = [(b.sensor, b.t_us.tolist(), b.phase.tolist(), b.cell, b.raw, b.offset.tolist()) for b in d.batches]
+    batches = [(b.sensor, b.t_us.tolist(), b.phase.tolist(), b.cell, b.provenance.raw, b.provenance.offset.tolist())
+               for b in d.batches]
     dead = [(x.reason, x.error, x.original, x.offset) for x in d.dead]
     return batches, dead, dict(d.counts), d.rows
 
@@ -66,8 +67,8 @@ def test_a_run_read_as_columns_decodes_as_message_by_message(spec):
 
 def test_a_clean_run_is_read_as_columns(monkeypatch):
     calls = []
-    original = decode.json_columns
-    monkeypatch.setattr(decode, "json_columns", lambda values: calls.append(len(values)) or original(values))
+    original = decoder.json_columns
+    monkeypatch.setattr(decoder, "json_columns", lambda values: calls.append(len(values)) or original(values))
     values = [json.dumps(VALID[0](i)).encode() for i in range(500)]
     d = decode_messages([RawMessage(b"k", v, None, "topic", 0, i) for i, v in enumerate(values)])
     assert calls == [500] and d.accepted == 500 and not d.dead
