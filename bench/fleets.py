@@ -57,7 +57,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.kernels import _si, no_gc, progress
+from bench.kernels import no_gc, progress
+from bench.markdown import si, table
 
 EPOCH_US = 1_764_115_200_000_000          # 2025-11-26T00:00:00Z
 FILE_RECORD_BATCH = 65_536                # rows per record batch of the written Arrow file
@@ -475,7 +476,7 @@ def run_shape(shape: FleetShape, repeats: int = KERNEL_REPEATS, *, flows: bool =
                          (int(np.count_nonzero(event == 1)), int(np.count_nonzero(event > 1))),
                          base.source.batch_rows, 0, None, None, None, expected_outputs(out, base))
         del out, event
-        progress(f"  (a) one pass: {_si(fleet.kernel_rate)} samples/s")
+        progress(f"  (a) one pass: {si(fleet.kernel_rate)} samples/s")
         if flows:
             fleet.file_bytes = write_arrow_file(path, t, phase)
             for archive in (False, True):
@@ -486,7 +487,7 @@ def run_shape(shape: FleetShape, repeats: int = KERNEL_REPEATS, *, flows: bool =
                     runs.append(run_flow_once(config, shape.samples))
                     shutil.rmtree(scratch / "archive", ignore_errors=True)
                     check_flow(label, runs[-1], fleet)
-                    progress(f"  {label}: {_si(runs[-1].rate)} samples/s in {runs[-1].seconds:.1f} s, "
+                    progress(f"  {label}: {si(runs[-1].rate)} samples/s in {runs[-1].seconds:.1f} s, "
                              f"{runs[-1].rate / fleet.kernel_rate:.1%} of the one pass")
                 runs.sort(key=lambda r: r.rate)
                 run = runs[(len(runs) - 1) // 2]
@@ -501,7 +502,7 @@ def run_shape(shape: FleetShape, repeats: int = KERNEL_REPEATS, *, flows: bool =
             fleet.snapshot = snapshot_cost(t, phase, settings, base.becomingone.key_groups, fleet.batch_rows)
             s = fleet.snapshot
             progress(f"  snapshot: {s.groups} key groups, {s.total_bytes / 1e6:,.1f} MB in {s.total_seconds:.3f} s "
-                     f"(Fleet.push {_si(shape.samples / s.fill_seconds)} samples/s)")
+                     f"(Fleet.push {si(shape.samples / s.fill_seconds)} samples/s)")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return fleet
@@ -524,9 +525,9 @@ def _label(r: FleetRun) -> str:
 def _flow_cell(run: FlowRun | None) -> str:
     if run is None:
         return "-"
-    spread = (f"; median of {len(run.repeat_rates)}: {_si(run.repeat_rates[0])} to {_si(run.repeat_rates[-1])}"
+    spread = (f"; median of {len(run.repeat_rates)}: {si(run.repeat_rates[0])} to {si(run.repeat_rates[-1])}"
               if run.repeat_rates else "")
-    return f"{_si(run.rate)} ({run.seconds:.1f} s{spread})"
+    return f"{si(run.rate)} ({run.seconds:.1f} s{spread})"
 
 
 def _share(run: FlowRun | None, r: FleetRun, target: float) -> str:
@@ -543,7 +544,7 @@ HEADER = ["fleet", "event time", "samples", "samples per sensor per call", "(a) 
 
 def table_rows(runs: Sequence[FleetRun]) -> list[list[str]]:
     return [[_label(r), f"{r.shape.seconds} s", f"{r.shape.samples:,}", f"{r.per_sensor_call:,.1f}",
-             f"{_si(r.kernel_rate)} ({min(r.kernel_s):.2f} to {max(r.kernel_s):.2f} s)",
+             f"{si(r.kernel_rate)} ({min(r.kernel_s):.2f} to {max(r.kernel_s):.2f} s)",
              _flow_cell(r.off), _share(r.off, r, TARGET_ARCHIVE_OFF),
              _flow_cell(r.on), _share(r.on, r, TARGET_ARCHIVE_ON),
              f"{r.rows[0]:,} / {r.rows[1]:,}", f"{r.events[0]:,} / {r.events[1]:,}"] for r in runs]
@@ -607,7 +608,7 @@ def snapshot_rows(runs: Sequence[FleetRun]) -> list[list[str]]:
                      f"{np.mean(s.nbytes) / 1e6:,.2f} MB, {max(s.nbytes) / 1e6:,.2f} MB",
                      f"{np.mean(s.seconds) * 1e3:,.1f} ms, {max(s.seconds) * 1e3:,.1f} ms",
                      f"{s.total_bytes / 1e6:,.1f} MB, {s.total_seconds:.3f} s",
-                     f"{_si(r.shape.samples / s.fill_seconds)} samples/s ({s.calls} call{'s' if s.calls != 1 else ''} "
+                     f"{si(r.shape.samples / s.fill_seconds)} samples/s ({s.calls} call{'s' if s.calls != 1 else ''} "
                      "per group)"])
     return rows
 
@@ -623,8 +624,8 @@ def text_table(runs: Sequence[FleetRun]) -> str:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+    """A Markdown table, every column left-aligned."""
+    return table(header, rows, text_columns=range(len(header)))
 
 
 def resonate_engine() -> str:

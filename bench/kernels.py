@@ -50,6 +50,7 @@ from typing import Iterator, Sequence
 import numba
 import numpy as np
 
+from bench.markdown import ratio, si, table
 from operators import reference
 from operators.emissary import EmissaryWindow
 from operators.grid import WindowValues, emission_points
@@ -538,34 +539,8 @@ def run_case(n: int, channels: int, repeats: int, naive_prefix: int) -> CaseResu
 # --- reporting ----------------------------------------------------------------------------
 
 
-def _si(x: float, unit: str = "") -> str:
-    """3 significant figures with an SI prefix: 2.25 M, 143 k, 12.3."""
-    if x == 0 or not math.isfinite(x):
-        return f"{x:g}{' ' + unit if unit else ''}"
-    exp3 = int(math.floor(math.log10(abs(x)) / 3))
-    exp3 = max(-3, min(exp3, 3))
-    prefix = {-3: "n", -2: "u", -1: "m", 0: "", 1: "k", 2: "M", 3: "G"}[exp3]
-    scaled = x / 1000.0 ** exp3
-    digits = 2 if abs(scaled) < 10 else (1 if abs(scaled) < 100 else 0)
-    return f"{scaled:.{digits}f} {prefix}{unit}".rstrip()
-
-
 def _seconds(x: float) -> str:
-    return _si(x, "s")
-
-
-def _ratio(x: float) -> str:
-    if x >= 100:
-        return f"{x:,.0f}x"
-    return f"{x:.3g}x"
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]], text_columns: Sequence[int] = (0,)) -> str:
-    """A Markdown table; numbers right-aligned, the ``text_columns`` left-aligned."""
-    align = ["---" if i in text_columns else "---:" for i in range(len(header))]
-    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
+    return si(x, "s")
 
 
 def _batch_label(batch: int, n: int) -> str:
@@ -596,11 +571,11 @@ def headline_rows(case: CaseResult) -> list[list[str]]:
     mark = " (extrapolated)" if naive.extrapolated else ""
     rows = [
         [f"Numba streaming, batch {HEADLINE_BATCH}", f"{case.channels}", _seconds(nb.total_s),
-         _si(prods / nb.total_s), _si(updates / nb.total_s), _ratio(naive.total_s / nb.total_s)],
+         si(prods / nb.total_s), si(updates / nb.total_s), ratio(naive.total_s / nb.total_s)],
         ["NumPy reference (whole record)", f"{case.channels}", _seconds(ref.total_s) + " (scaled)",
-         _si(prods / ref.total_s), _si(updates / ref.total_s), _ratio(naive.total_s / ref.total_s)],
+         si(prods / ref.total_s), si(updates / ref.total_s), ratio(naive.total_s / ref.total_s)],
         ["naive per-sample recompute", f"{case.channels}", _seconds(naive.total_s) + mark,
-         _si(prods / naive.total_s) + mark, _si(n / naive.total_s) + mark, "1x"],
+         si(prods / naive.total_s) + mark, si(n / naive.total_s) + mark, "1x"],
     ]
     return rows
 
@@ -614,23 +589,23 @@ def stage_rows(case: CaseResult) -> list[list[str]]:
     return [
         [f"Numba: LagState.push, batch {HEADLINE_BATCH}", c,
          f"{case.samples:,} samples -> {case.products:,} products",
-         _seconds(nb.lag_s), _si(case.products / nb.lag_s) + " products/s"],
+         _seconds(nb.lag_s), si(case.products / nb.lag_s) + " products/s"],
         [f"Numba: Emissary + Master advance, batch {HEADLINE_BATCH}", c,
          f"{case.products:,} products x 2 windows, {case.updates:,} grid points",
-         _seconds(nb.window_s), _si(case.updates / nb.window_s) + " updates/s"],
+         _seconds(nb.window_s), si(case.updates / nb.window_s) + " updates/s"],
         ["Numba: LagState.push, one push", c, f"{case.samples:,} samples -> {case.products:,} products",
-         _seconds(one.lag_s), _si(case.products / one.lag_s) + " products/s"],
+         _seconds(one.lag_s), si(case.products / one.lag_s) + " products/s"],
         ["Numba: Emissary + Master advance, one push", c,
          f"{case.products:,} products x 2 windows, {case.updates:,} grid points",
-         _seconds(one.window_s), _si(case.updates / one.window_s) + " updates/s"],
+         _seconds(one.window_s), si(case.updates / one.window_s) + " updates/s"],
         ["NumPy: reference.lag_products", c, f"{case.samples:,} samples -> {case.products:,} products",
-         _seconds(ref.lag_s), _si(case.products / ref.lag_s) + " products/s"],
+         _seconds(ref.lag_s), si(case.products / ref.lag_s) + " products/s"],
         ["NumPy: reference.window_values, Emissary", c,
          f"{em_pts:,} of {case.emissary_updates:,} grid points (timed subset)",
-         _seconds(ref.emissary_s_per_point * em_pts), _si(1.0 / ref.emissary_s_per_point) + " updates/s"],
+         _seconds(ref.emissary_s_per_point * em_pts), si(1.0 / ref.emissary_s_per_point) + " updates/s"],
         ["NumPy: reference.window_values, Master", c,
          f"{ma_pts:,} of {case.master_updates:,} grid points (timed subset)",
-         _seconds(ref.master_s_per_point * ma_pts), _si(1.0 / ref.master_s_per_point) + " updates/s"],
+         _seconds(ref.master_s_per_point * ma_pts), si(1.0 / ref.master_s_per_point) + " updates/s"],
     ]
 
 
@@ -640,13 +615,13 @@ def ratio_rows(case: CaseResult) -> list[list[str]]:
     mark = " (extrapolated)" if naive.extrapolated else ""
     ref_window_s = ref.full_grid_window_s
     return [
-        [f"{case.channels}", "Numba / naive, end to end" + mark, _ratio(naive.total_s / nb.total_s)],
-        [f"{case.channels}", "Numba / NumPy, end to end", _ratio(ref.total_s / nb.total_s)],
-        [f"{case.channels}", "Numba / NumPy, products/s (lag stage)", _ratio(ref.lag_s / nb.lag_s)],
+        [f"{case.channels}", "Numba / naive, end to end" + mark, ratio(naive.total_s / nb.total_s)],
+        [f"{case.channels}", "Numba / NumPy, end to end", ratio(ref.total_s / nb.total_s)],
+        [f"{case.channels}", "Numba / NumPy, products/s (lag stage)", ratio(ref.lag_s / nb.lag_s)],
         [f"{case.channels}", "Numba / NumPy, window updates/s (window stage)",
-         _ratio(ref_window_s / nb.window_s)],
+         ratio(ref_window_s / nb.window_s)],
         [f"{case.channels}", "Numba in one push / NumPy, products/s (lag stage)",
-         _ratio(ref.lag_s / case.streaming[0].lag_s)],
+         ratio(ref.lag_s / case.streaming[0].lag_s)],
     ]
 
 
@@ -656,8 +631,8 @@ def batch_rows(case: CaseResult) -> list[list[str]]:
     rows = []
     for batch, run in case.streaming.items():
         rows.append([f"{case.channels}", _batch_label(batch, case.samples), _seconds(run.total_s),
-                     _si(case.samples / run.total_s), _si(case.products / run.total_s),
-                     _ratio(naive.total_s / run.total_s) + mark])
+                     si(case.samples / run.total_s), si(case.products / run.total_s),
+                     ratio(naive.total_s / run.total_s) + mark])
     return rows
 
 
@@ -755,13 +730,13 @@ def markdown_sections(cases: Sequence[CaseResult], level: int = 2) -> str:
         "\"Window updates\" are the grid-point values produced: Emissary plus Master grid points "
         "for the Numba and NumPy paths, one whole-history T per sample for the naive loop.",
         "",
-        _table(["path", "channels", f"time for {n:,} samples", "products/s", "window updates/s",
+        table(["path", "channels", f"time for {n:,} samples", "products/s", "window updates/s",
                 "speed-up vs naive"],
                [row for c in cases for row in headline_rows(c)]),
         "",
         h + " Ratios (same run, same data)",
         "",
-        _table(["channels", "ratio", "value"], [row for c in cases for row in ratio_rows(c)], text_columns=(1,)),
+        table(["channels", "ratio", "value"], [row for c in cases for row in ratio_rows(c)], text_columns=(1,)),
         "",
         f"Numba rows use batches of {HEADLINE_BATCH} samples unless they say otherwise. The NumPy "
         "reference computes all lag products in one vectorised call over the whole record, with "
@@ -772,7 +747,7 @@ def markdown_sections(cases: Sequence[CaseResult], level: int = 2) -> str:
         "",
         h + " Stages",
         "",
-        _table(["stage", "channels", "work", "time", "rate"], [row for c in cases for row in stage_rows(c)],
+        table(["stage", "channels", "work", "time", "rate"], [row for c in cases for row in stage_rows(c)],
                text_columns=(0, 2)),
         "",
         h + " Numba streaming path by batch size",
@@ -781,7 +756,7 @@ def markdown_sections(cases: Sequence[CaseResult], level: int = 2) -> str:
         "Python work (argument checks, array allocation) dominates. One pass for batch 1, "
         "three for batch 10, the median of several otherwise.",
         "",
-        _table(["channels", "samples per push", "time", "samples/s", "products/s", "speed-up vs naive"],
+        table(["channels", "samples per push", "time", "samples/s", "products/s", "speed-up vs naive"],
                [row for c in cases for row in batch_rows(c)]),
         "",
         h + " Naive recompute: measured cost per step",
@@ -789,20 +764,20 @@ def markdown_sections(cases: Sequence[CaseResult], level: int = 2) -> str:
         "Seconds to recompute T from scratch for one new sample, by history size. The growth is "
         "what makes the loop O(n^2).",
         "",
-        _table(["channels", "history (samples)", "cost per step", "measured as"],
+        table(["channels", "history (samples)", "cost per step", "measured as"],
                [row for c in cases for row in naive_curve_rows(c)], text_columns=(3,)),
         "",
         "Extrapolation check: the naive loop's time for its real prefix, predicted by the same "
         "method from a fifth of it, against the measured time.",
         "",
-        _table(["channels", "predicted from the first", "predicted", "measured", "predicted / measured"],
+        table(["channels", "predicted from the first", "predicted", "measured", "predicted / measured"],
                [[f"{c.channels}", f"{c.naive.check_from:,} samples", _seconds(c.naive.check_predicted_s),
                  _seconds(c.naive.prefix_s) + f" ({c.naive.prefix:,} samples)",
                  f"{c.naive.check_predicted_s / c.naive.prefix_s:.2f}"] for c in cases]),
         "",
         h + " Agreement",
         "",
-        _table(["channels", "Numba products vs reference (max rel.)", "Emissary T (max abs.)",
+        table(["channels", "Numba products vs reference (max rel.)", "Emissary T (max abs.)",
                 "Master T (max abs.)", f"naive T after {naive_prefix:,} samples (abs.)"],
                [[f"{c.channels}", f"{c.agreement.products_rel:.1e}", f"{c.agreement.emissary_abs:.1e}",
                  f"{c.agreement.master_abs:.1e}", f"{c.agreement.naive_abs:.1e}"] for c in cases]),
@@ -814,10 +789,10 @@ def markdown_sections(cases: Sequence[CaseResult], level: int = 2) -> str:
 def render_stdout(cases: Sequence[CaseResult]) -> str:
     n = cases[0].samples
     return "\n\n".join([
-        _table(["path", "channels", f"time for {n:,} samples", "products/s", "window updates/s",
+        table(["path", "channels", f"time for {n:,} samples", "products/s", "window updates/s",
                 "speed-up vs naive"], [row for c in cases for row in headline_rows(c)]),
-        _table(["channels", "ratio", "value"], [row for c in cases for row in ratio_rows(c)], text_columns=(1,)),
-        _table(["channels", "samples per push", "time", "samples/s", "products/s", "speed-up vs naive"],
+        table(["channels", "ratio", "value"], [row for c in cases for row in ratio_rows(c)], text_columns=(1,)),
+        table(["channels", "samples per push", "time", "samples/s", "products/s", "speed-up vs naive"],
                [row for c in cases for row in batch_rows(c)]),
     ])
 

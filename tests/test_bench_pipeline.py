@@ -10,17 +10,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.pipeline import (
-    PARTITIONS,
-    ConsumerHarness,
-    WorkloadSpec,
-    arrow_messages,
-    check_events,
-    compute_ceiling,
-    generate_workload,
-    json_messages,
-    master_state,
-)
+from bench.harness import ConsumerHarness
+from bench.stages import compute_ceiling, master_state
+from bench.suite import check_events
+from bench.workloads import PARTITIONS, WorkloadSpec, arrow_messages, generate_workload, json_messages
 from operators.decode import RawMessage, decode_messages
 from schemas.config import parse_config
 from schemas.messages import ARROW_STREAM_CONTENT_TYPE, CONTENT_TYPE_HEADER
