@@ -170,9 +170,9 @@ def render_stdout(res: BenchResult) -> str:
 
 
 def _fleets_text(res: BenchResult) -> str:
-    from bench import fleets
+    from bench import fleet_report
 
-    return fleets.text_table(res.fleets)
+    return fleet_report.text_table(res.fleets)
 
 
 def _failures_text(res: BenchResult) -> str:
@@ -445,9 +445,9 @@ def render_markdown(res: BenchResult, command: str) -> str:
         "",
     ]
     if res.fleets:
-        from bench import fleets
+        from bench import fleet_report
 
-        out.append(fleets.markdown_section(res.fleets, level=2, machine=res.machine))  # ends with its blank line
+        out.append(fleet_report.markdown_section(res.fleets, level=2, machine=res.machine))  # ends with its blank line
     if res.kernel_cases:
         from bench import kernels
 

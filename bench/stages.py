@@ -69,7 +69,7 @@ def compute_ceiling(workload: Workload, config: Any, repeats: int = COMPUTE_REPE
 
     The columns are built before the clock starts; the kernel's input checks are timed.
     """
-    from bench.fleets import one_pass
+    from bench.fleet_runs import one_pass
     from flows.kairos import resonator_settings
     from operators.columnar import fleet_resonance
 

@@ -83,7 +83,7 @@ class BenchResult:
     defaults: dict[str, float]
     failures: list[Failure] = field(default_factory=list)
     fleets: list[Any] = field(default_factory=list)
-    engine: str = ""                  # what the flow's resonate step ran (bench.fleets.resonate_engine)
+    engine: str = ""                  # what the flow's resonate step ran (bench.fleet_report.resonate_engine)
 
 
 def check_events(label: str, full: ConsumerRun, compute: ComputeRun) -> None:
@@ -217,19 +217,19 @@ def run_all(args: argparse.Namespace) -> BenchResult:
         bad = [c for c in cases if not c.agreement.worst <= kernels.AGREEMENT_TOLERANCE]
         if bad:
             raise RuntimeError(f"kernel results disagree with the reference: {[c.agreement for c in bad]}")
-    fleet_runs = []
+    fleet_results = []
     if not args.skip_fleets:
-        from bench import fleets
+        from bench import fleet_runs
 
         progress("fleet shapes (bench.fleets)")
         try:
-            fleet_runs = fleets.run_all()
+            fleet_results = fleet_runs.run_all()
         except RuntimeError as exc:
             failures.append(Failure("fleet shapes", str(exc)))
     defaults = {"tau_max_master_s": config.master.tau_max, "pane_s": config.master.witness_interval,
                 "tau_max_emissary_s": config.emissary.tau_max, "grid_emissary_s": config.emissary.witness_interval,
                 "min_span_s": config.master.min_span}
-    from bench.fleets import resonate_engine
+    from bench.fleet_report import resonate_engine
 
     return BenchResult(results, latency, master, cases, machine, time.perf_counter() - begin, args.json_seconds,
-                       defaults, failures, fleet_runs, resonate_engine())
+                       defaults, failures, fleet_results, resonate_engine())

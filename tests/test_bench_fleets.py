@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from bench import fleets
+from bench.fleet_report import (
+    CHECK_HEADER, HEADER, OLD_TITLES, SECTION_TITLE, SNAPSHOT_HEADER, STEP_HEADER, update_report,
+)
+from bench.fleet_runs import FLOW_REPEATS, check_flow, run_shape
+from bench.fleet_shapes import FleetRun, FleetShape, FlowRun
 
 
 @pytest.fixture(scope="module")
 def tiny_run():
     # run_shape raises if the flow's outputs differ from the one pass's where they can be seen.
-    return fleets.run_shape(fleets.FleetShape("tiny", 30, 10, 30, seed=9), repeats=1, batch_rows=1_000)
+    return run_shape(FleetShape("tiny", 30, 10, 30, seed=9), repeats=1, batch_rows=1_000)
 
 
 def test_a_small_fleet_gives_the_one_pass_rows_and_events_in_the_flow(tiny_run):
@@ -22,7 +26,7 @@ def test_a_small_fleet_gives_the_one_pass_rows_and_events_in_the_flow(tiny_run):
     for flow in (run.off, run.on):
         assert flow.accepted == 9_000 and flow.rejected == 0 and flow.events == run.events
     assert run.on.meso == run.expected["meso"]          # the archive keeps the witness log
-    assert len(run.off.repeat_rates) == fleets.FLOW_REPEATS   # short runs are repeated, the median kept
+    assert len(run.off.repeat_rates) == FLOW_REPEATS   # short runs are repeated, the median kept
     assert run.off.repeat_rates[1] == pytest.approx(run.off.rate)
     assert run.off.meso in (None, run.expected["meso"])   # nothing keeps it: the flow may build none
     assert run.off.archive_rows == {}
@@ -36,45 +40,45 @@ def test_a_small_fleet_gives_the_one_pass_rows_and_events_in_the_flow(tiny_run):
 
 
 def test_the_check_fails_when_the_flow_and_the_one_pass_differ(tiny_run):
-    wrong = fleets.FlowRun(False, 1.0, 9_000, 9_000, 0, (tiny_run.events[0] + 1, tiny_run.events[1]), None, {})
+    wrong = FlowRun(False, 1.0, 9_000, 9_000, 0, (tiny_run.events[0] + 1, tiny_run.events[1]), None, {})
     with pytest.raises(RuntimeError, match="collapses"):
-        fleets.check_flow("(b)", wrong, tiny_run)
-    few = fleets.FlowRun(False, 1.0, 9_000, 9_000, 0, tiny_run.events, tiny_run.expected["meso"] - 1, {})
+        check_flow("(b)", wrong, tiny_run)
+    few = FlowRun(False, 1.0, 9_000, 9_000, 0, tiny_run.events, tiny_run.expected["meso"] - 1, {})
     with pytest.raises(RuntimeError, match="meso witness records"):
-        fleets.check_flow("(b)", few, tiny_run)
-    short = fleets.FlowRun(True, 1.0, 9_000, 9_000, 0, tiny_run.events, tiny_run.expected["meso"], {},
+        check_flow("(b)", few, tiny_run)
+    short = FlowRun(True, 1.0, 9_000, 9_000, 0, tiny_run.events, tiny_run.expected["meso"], {},
                            dict(tiny_run.on.archive_rows, input=8_999))
     with pytest.raises(RuntimeError, match="archive input: 8,999 rows"):
-        fleets.check_flow("(c)", short, tiny_run)
+        check_flow("(c)", short, tiny_run)
 
 
 def test_the_section_is_added_then_replaced_in_place(tmp_path, tiny_run):
     report = tmp_path / "benchmarks.md"
     report.write_text("# Benchmarks\n\n## Before\n\ntext\n\n## KAIROS kernels\n\nkernels\n", encoding="utf-8")
     for _ in range(2):
-        fleets.update_report(report, [tiny_run], machine="a test machine")
+        update_report(report, [tiny_run], machine="a test machine")
     text = report.read_text(encoding="utf-8")
-    assert text.count(fleets.SECTION_TITLE) == 1
-    assert text.index("## KAIROS kernels\n\nkernels\n") < text.index(fleets.SECTION_TITLE)   # added, then replaced
+    assert text.count(SECTION_TITLE) == 1
+    assert text.index("## KAIROS kernels\n\nkernels\n") < text.index(SECTION_TITLE)   # added, then replaced
     assert "30 sensors x 10 Hz" in text and "End-to-end flow numbers" in text and "a test machine" in text
     assert "This section was regenerated alone" in text
-    for header in (fleets.HEADER, fleets.STEP_HEADER, fleets.CHECK_HEADER, fleets.SNAPSHOT_HEADER):
+    for header in (HEADER, STEP_HEADER, CHECK_HEADER, SNAPSHOT_HEADER):
         assert "| " + " | ".join(header) + " |" in text
 
 
 def test_the_old_section_is_replaced_and_ratios_are_printed_against_the_targets(tmp_path):
-    shape = fleets.FleetShape("f", 2, 10, 5)
-    off = fleets.FlowRun(False, 2.0, 100, 100, 0, (1, 0), 20, {"decode": 0.5, "resonate": 1.0})
-    on = fleets.FlowRun(True, 4.0, 100, 100, 0, (1, 0), 20, {}, {"input": 100, "coherence_history": 10, "events": 1,
+    shape = FleetShape("f", 2, 10, 5)
+    off = FlowRun(False, 2.0, 100, 100, 0, (1, 0), 20, {"decode": 0.5, "resonate": 1.0})
+    on = FlowRun(True, 4.0, 100, 100, 0, (1, 0), 20, {}, {"input": 100, "coherence_history": 10, "events": 1,
                                                                  "signatures emissary": 10, "signatures master": 10,
                                                                  "collapse": 1, "dissipate": 0})
-    run = fleets.FleetRun(shape, [0.5, 0.4, 0.6], (100, 100), (1, 0), 1_048_576, 1_000, off, on, None,
+    run = FleetRun(shape, [0.5, 0.4, 0.6], (100, 100), (1, 0), 1_048_576, 1_000, off, on, None,
                           {"meso": 20, "signatures emissary": 10, "signatures master": 10, "coherence_history": 10,
                            "events": 1})
     report = tmp_path / "benchmarks.md"
-    report.write_text(f"# B\n\n## {fleets.OLD_TITLES[0]}\n\nold numbers\n\n## KAIROS kernels\n\nkernels\n",
+    report.write_text(f"# B\n\n## {OLD_TITLES[0]}\n\nold numbers\n\n## KAIROS kernels\n\nkernels\n",
                       encoding="utf-8")
-    fleets.update_report(report, [run])
+    update_report(report, [run])
     text = report.read_text(encoding="utf-8")
     assert "old numbers" not in text and text.endswith("## KAIROS kernels\n\nkernels\n")
     # The ceiling is the fastest one pass (0.4 s: 250 samples/s), the range beside it.
