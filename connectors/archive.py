@@ -1,7 +1,7 @@
 """The Arrow archive: writer, checker, compaction and Bytewax sink (SPEC section 5).
 
 Layout under the archive root (``memory.storage.path``): one directory per
-dataset of :data:`schemas.archive.DATASETS` holding nothing but its committed
+dataset of :data:`schemas.datasets.DATASETS` holding nothing but its committed
 data files, and everything else of the dataset under ``_meta/``::
 
     <root>/<dataset>/date=YYYY-MM-DD/hour=HH/part-00000000.arrow
@@ -82,7 +82,7 @@ log's own chain there (:mod:`connectors.witness_chain`).
 
 >>> import tempfile
 >>> import pyarrow as pa
->>> from schemas.archive import TIMESTAMP
+>>> from schemas.datasets import TIMESTAMP
 >>> rows = pa.table({
 ...     "sensor": ["s1", "s1"],
 ...     "cell": pa.nulls(2, pa.string()),
@@ -127,7 +127,7 @@ from connectors.manifest_lines import line_hash as _line_hash
 from connectors.manifest_lines import manifest_line as _manifest_line
 from connectors.manifest_lines import parse_line as _parse_line
 from connectors.manifest_lines import signature_ok
-from schemas.archive import DATASETS, PARTITION_SCHEMA, partition_dir
+from schemas.datasets import DATASETS, PARTITION_SCHEMA, partition_dir
 
 __all__ = [
     "COMPACTION_STEPS",
@@ -706,7 +706,7 @@ class ArchiveWriter:
     Args:
         root: the archive root; the dataset directory and ``_meta/<dataset>/``
             are created if missing.
-        dataset: a key of :data:`schemas.archive.DATASETS`.
+        dataset: a key of :data:`schemas.datasets.DATASETS`.
         flush_rows: flush once this many rows are buffered.
         flush_seconds: flush once the oldest buffered row has waited this long
             (by ``clock``).  Checked on :meth:`write` and :meth:`flush_if_due`
@@ -1163,7 +1163,7 @@ def open_dataset(path: str | os.PathLike[str]) -> ds.Dataset:
     compaction leaves merged-away files on disk.  ``date`` and ``hour`` are
     string columns taken from the manifest's names of the files (so a file
     read from its temp name has them too).  With no file listed, a directory
-    named as a dataset of :data:`schemas.archive.DATASETS` gets that
+    named as a dataset of :data:`schemas.datasets.DATASETS` gets that
     dataset's schema (plus ``date``/``hour``); otherwise the schema is read
     from the first file.
 
@@ -1361,7 +1361,7 @@ def verify_archive(root: str | os.PathLike[str], *, key: bytes | None = None) ->
     """:func:`verify_dataset` over every dataset present under ``root``.
 
     A dataset is a subdirectory named as a dataset of
-    :data:`schemas.archive.DATASETS`, or one with a manifest (in
+    :data:`schemas.datasets.DATASETS`, or one with a manifest (in
     ``_meta/<name>/``, or in the directory itself in the older layout), or a
     ``_meta/<name>/`` with a manifest even if the directory itself is gone.
 
@@ -1873,7 +1873,7 @@ class ArchiveSink(FixedPartitionedSink[pa.Table, None]):
     Args:
         root: the archive root.
         datasets: names of the datasets to write (keys of
-            :data:`schemas.archive.DATASETS`); items for any other dataset
+            :data:`schemas.datasets.DATASETS`); items for any other dataset
             are refused by :meth:`part_fn`.
         flush_rows, flush_seconds: passed to each :class:`ArchiveWriter`.
         durable_snapshots: True (for a flow that may run with Bytewax

@@ -32,7 +32,7 @@ import pyarrow as pa
 from connectors import archive
 from connectors.archive import MANIFEST, ArchiveError
 from connectors.manifest_lines import GENESIS, line_hash, manifest_line, parse_line
-from schemas.archive import DATASETS
+from schemas.datasets import DATASETS
 
 __all__ = ["RepairResult", "repair_dataset"]
 

@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from connectors.archive import listed_files, read_archive_file, verify_archive
-from schemas.archive import DATASETS
+from schemas.datasets import DATASETS
 from schemas.timebase import to_micros
 
 __all__ = ["Reconstruction", "SignatureState", "SyncSnapshot", "TemporalMemory", "as_micros"]

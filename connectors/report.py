@@ -53,7 +53,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from connectors.memory import TemporalMemory
-from schemas.archive import DATASETS
+from schemas.datasets import DATASETS
 from schemas.printable import printable
 
 __all__ = ["MAX_PANELS", "ReportResult", "SummaryRow", "summary_rows", "write_report"]

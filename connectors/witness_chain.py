@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from schemas.archive import DATASETS
+from schemas.datasets import DATASETS
 
 __all__ = ["read_log_columns", "witness_log_problems"]
 

@@ -29,7 +29,7 @@ from operators.grid import WindowValues
 from operators.samples import SampleBatch
 from operators.sync import COLLAPSE, DISSIPATE_COHERENCE, SyncValues
 from operators.witness import LoggedRecords, WitnessBlock, WitnessEntries, WitnessEntry
-from schemas.archive import DATASETS, TIMESTAMP
+from schemas.datasets import DATASETS, TIMESTAMP
 from schemas.messages import CollapseEvent, DeadLetter, state_texts, sync_records_json, to_json_bytes
 
 __all__ = [
@@ -62,7 +62,7 @@ __all__ = [
 
 @dataclass(frozen=True)
 class ArchiveRows:
-    """Rows for archive dataset ``dataset`` (its schema from :mod:`schemas.archive`).
+    """Rows for archive dataset ``dataset`` (its schema from :mod:`schemas.datasets`).
 
     ``table`` is the rows, or a picklable zero-argument callable that builds
     them (see :func:`deferred`): the archive sink then builds the table on its

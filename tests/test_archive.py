@@ -37,7 +37,7 @@ from connectors.archive import (
     verify_archive,
     verify_dataset,
 )
-from schemas.archive import DATASETS, PARTITION_SCHEMA, TIMESTAMP
+from schemas.datasets import DATASETS, PARTITION_SCHEMA, TIMESTAMP
 
 T0 = 1_764_115_200_000_000  # 2025-11-26T00:00:00Z
 SECOND = 1_000_000

@@ -19,7 +19,7 @@ from operators.decode import (
     decode_messages,
     original_row_bytes,
 )
-from schemas.archive import partition_dir, partition_values
+from schemas.datasets import partition_dir, partition_values
 from schemas.messages import ARROW_STREAM_CONTENT_TYPE, DeadLetterLimits, format_utc
 from schemas.messages import DeadLetterReason as R
 from schemas.timebase import MAX_T_US, MIN_T_US, to_micros, unit_limit

@@ -19,7 +19,7 @@ import yaml
 from connectors.archive import MANIFEST, ArchiveWriter, meta_dir, open_dataset
 from connectors.memory import TemporalMemory, as_micros
 from flows.run import run_flow
-from schemas.archive import DATASETS, TIMESTAMP
+from schemas.datasets import DATASETS, TIMESTAMP
 from schemas.config import parse_config
 from tests.conftest import BIN, clean_env
 

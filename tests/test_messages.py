@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 from pydantic import ValidationError
 
-from schemas.archive import (
+from schemas.datasets import (
     DATASETS,
     PARTITION_COLUMNS,
     PARTITION_SCHEMA,

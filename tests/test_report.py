@@ -16,7 +16,7 @@ from matplotlib import image as mpimg
 
 from connectors.archive import ArchiveWriter
 from connectors.report import MAX_PANELS, ReportResult, summary_rows, write_report
-from schemas.archive import DATASETS, TIMESTAMP
+from schemas.datasets import DATASETS, TIMESTAMP
 
 T0 = 1_735_693_080_000_000  # 2025-01-01T00:58:00Z: the grid crosses into hour 01
 SECOND = 1_000_000
