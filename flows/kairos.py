@@ -293,7 +293,7 @@ class _WitnessLogic(StatefulBatchLogic[WitnessEntries, Any, WitnessLog]):
             last = last_witness_record(config.memory.root)
             resume.continue_from(*((last[0] + 1, last[1]) if last is not None else (0, WITNESS_LOG_GENESIS)))
         if config.sink.archive:
-            from connectors.anchor import ManifestHeads
+            from connectors.archive.anchor import ManifestHeads
 
             # Meta records anchor the archive's manifests: their heads as last committed.
             resume.heads = ManifestHeads(config.memory.root, config.memory.datasets)

@@ -3,8 +3,8 @@
 ``verify`` checks every dataset against its manifest (files, hash chain,
 signatures with ``memory.signing_key``, and the witness log's own chain),
 optionally against an anchor (a witness log kept outside the archive,
-:mod:`connectors.anchor`), and with ``--repair`` first rebuilds the manifest
-of each dataset whose files do not match it (:mod:`connectors.archive_repair`).
+:mod:`connectors.archive.anchor`), and with ``--repair`` first rebuilds the manifest
+of each dataset whose files do not match it (:mod:`connectors.archive.repair`).
 ``export-witness`` writes the archive's witness log as JSON lines, the form
 an anchor takes.  Exit codes: 0 intact (or written), 1 a problem found or a
 file that cannot be read, 2 bad usage or config.
@@ -43,7 +43,7 @@ def _repair(root: Path, problems: dict[str, list[str]], key: bytes | None) -> in
     """Rebuild the manifest of each dataset with problems of its files; print what was done.
     Returns the number of datasets that could not be repaired."""
     from connectors.archive import MANIFEST, ArchiveError
-    from connectors.archive_repair import repair_dataset
+    from connectors.archive.repair import repair_dataset
 
     failed = 0
     for dataset, found in problems.items():
@@ -70,9 +70,9 @@ def _repair(root: Path, problems: dict[str, list[str]], key: bytes | None) -> in
 
 
 def cmd_memory_verify(args: argparse.Namespace) -> int:
-    from connectors.anchor import anchor_problems, read_anchors
+    from connectors.archive.anchor import anchor_problems, read_anchors
     from connectors.archive import ArchiveError, verify_archive
-    from connectors.manifest_lines import manifest_notes
+    from connectors.archive.manifest_lines import manifest_notes
 
     root, key, code = _root_and_key(args, "verify")
     if root is None:
@@ -110,7 +110,7 @@ def cmd_memory_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_memory_export_witness(args: argparse.Namespace) -> int:
-    from connectors.anchor import export_witness_log
+    from connectors.archive.anchor import export_witness_log
     from connectors.archive import ArchiveError
 
     root, _, code = _root_and_key(args, "export-witness")

@@ -14,7 +14,7 @@ so anyone holding the log can recompute every digest.  Every ``meta_every``
 records, and at end of input, the log observes itself: a ``meta`` record
 with the records counted per layer so far, the digest of everything
 before it and, when the flow archives, every dataset's manifest head as
-last committed (:attr:`WitnessLog.heads`, :mod:`connectors.anchor`); that
+last committed (:attr:`WitnessLog.heads`, :mod:`connectors.archive.anchor`); that
 record enters the log and the digest like any other.
 """
 
@@ -155,7 +155,7 @@ class WitnessLog:
         self.newest_t: int | None = None
         self._since_meta = 0
         #: Called for each meta record: the archive's manifest heads to anchor
-        #: (:class:`connectors.anchor.ManifestHeads`), or None.  Not part of a snapshot.
+        #: (:class:`connectors.archive.anchor.ManifestHeads`), or None.  Not part of a snapshot.
         self.heads: Callable[[], dict[str, Any]] | None = None
 
     def __getstate__(self) -> dict[str, Any]:

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -16,7 +17,6 @@ from bytewax import operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSource, cluster_main, run_main
 
-from connectors import archive
 from connectors.archive import (
     COMPACTION_STEPS,
     GENESIS,
@@ -27,6 +27,7 @@ from connectors.archive import (
     ArchiveSink,
     ArchiveWriter,
     CompactionResult,
+    PendingRows,
     compact_archive,
     compact_dataset,
     last_witness_record,
@@ -262,7 +263,7 @@ def test_crash_between_manifest_and_rename_is_finished(tmp_path, monkeypatch):
     def power_cut(*args):
         raise OSError("power cut")
 
-    monkeypatch.setattr(archive.os, "link", power_cut)  # the rename into place (never replacing)
+    monkeypatch.setattr(os, "link", power_cut)  # the rename into place (never replacing)
     with pytest.raises(OSError, match="power cut"):
         crashed.flush()
     monkeypatch.undo()
@@ -505,17 +506,33 @@ def test_compaction_merges_each_hour_into_one_file(tmp_path):
     assert after["2025-11-26", "00"][-1]["sensor"] == "late"
 
 
-def test_merged_small_batches_are_joined_up_to_a_limit(tmp_path, monkeypatch):
+def record_batches(path: Path) -> list[int]:
+    """The row counts of an Arrow IPC file's record batches, in order."""
+    reader = pa.ipc.open_file(path)
+    assert reader.schema.equals(DATASETS["input"], check_metadata=True)
+    return [reader.get_batch(i).num_rows for i in range(reader.num_record_batches)]
+
+
+def test_merged_small_batches_are_joined_up_to_a_limit(tmp_path):
     directory = small_files(tmp_path)
     before = by_partition(directory)
-    monkeypatch.setattr(archive, "_MERGE_BATCH_ROWS", 3)
     compact_dataset(directory)
-    # 8 rows per partition from four 2-row files: batches of 4, 4 (joined once 3 is reached).
+    # 8 rows per partition from four 2-row files: one batch, not four.
     for name in arrow_files(directory):
-        reader = pa.ipc.open_file(directory / name)
-        assert [reader.get_batch(i).num_rows for i in range(reader.num_record_batches)] == [4, 4]
-        assert reader.schema.equals(DATASETS["input"], check_metadata=True)
+        assert record_batches(directory / name) == [8]
     assert by_partition(directory) == before
+
+    # Batches are joined until they reach 65,536 rows: five files of 20,000 rows
+    # of one hour become a batch of 80,000 and one of the 20,000 left.
+    big = tmp_path / "big"
+    with ArchiveWriter(big, "input") as writer:
+        for k in range(5):
+            writer.write(rows("input", ["a"] * 20_000, [T0 + k * 20_000 + i for i in range(20_000)]))
+            writer.flush()
+    expected = open_dataset(big / "input").to_table()
+    compact_dataset(big / "input")
+    assert [record_batches(path) for path in manifest_files(big / "input")] == [[80_000, 20_000]]
+    assert open_dataset(big / "input").to_table().equals(expected)
 
 
 def test_compaction_while_a_writer_is_open_is_refused(tmp_path):
@@ -781,7 +798,7 @@ def test_moving_the_older_layout_is_finished_after_a_crash_at_any_step(tmp_path,
     def power_cut(*args):
         raise OSError("power cut")
 
-    monkeypatch.setattr(archive.os, "link", power_cut)  # the rename into place
+    monkeypatch.setattr(os, "link", power_cut)  # the rename into place
     with pytest.raises(OSError, match="power cut"):
         crashed.flush()  # committed, not renamed: its temp file stands in
     monkeypatch.undo()
@@ -800,9 +817,9 @@ def test_moving_the_older_layout_is_finished_after_a_crash_at_any_step(tmp_path,
     # recovery finishes the interrupted rename.
     moved = []
     real, real_link = os.replace, os.link
-    monkeypatch.setattr(archive.os, "replace", lambda src, dst: (moved.append(Path(src).name), real(src, dst)))
+    monkeypatch.setattr(os, "replace", lambda src, dst: (moved.append(Path(src).name), real(src, dst)))
     # The rename into the partition links, then unlinks the temp name: it never replaces a file.
-    monkeypatch.setattr(archive.os, "link", lambda src, dst: (moved.append(Path(src).name), real_link(src, dst)))
+    monkeypatch.setattr(os, "link", lambda src, dst: (moved.append(Path(src).name), real_link(src, dst)))
     ArchiveWriter(tmp_path, "input").close()
     monkeypatch.undo()
     assert sorted(moved[:2]) == [".part-00000001.arrow.tmp", ".part-00000005.arrow.tmp"]
@@ -821,7 +838,7 @@ def test_moving_the_older_layout_is_finished_after_a_crash_at_any_step(tmp_path,
                 raise Crash(f"before rename {step}")
             real_replace(src, dst)
 
-        monkeypatch.setattr(archive.os, "replace", replace)
+        monkeypatch.setattr(os, "replace", replace)
         with pytest.raises(Crash):
             ArchiveWriter(tmp_path, "input")
         monkeypatch.undo()
@@ -1014,45 +1031,48 @@ def test_rows_at_or_below_their_keys_high_water_are_dropped_however_rows_are_ord
     writer.close()
 
 
-_builds: list[int] = []
-
-
 def _input_rows(label: str, pieces: list[tuple[str, int]]) -> pa.Table:
     """Builder of PendingRows in the tests: one input row per (sensor, t) piece."""
-    _builds.append(len(pieces))
     return rows("input", [f"{label}{s}" for s, _ in pieces], [t for _, t in pieces])
 
 
-def test_pending_rows_join_only_runs_with_the_same_builder_and_args():
-    a = archive.PendingRows(_input_rows, ("x",), [("a", 1)])
-    b = archive.PendingRows(_input_rows, ("x",), [("b", 2)])
-    other = archive.PendingRows(_input_rows, ("y",), [("c", 3)])
-    table = rows("input", ["d"], [T0])
-    joined = archive._joined([a, b, other, table, a, a])
-    assert [v.pieces if isinstance(v, archive.PendingRows) else "table" for v in joined] == [
-        [("a", 1), ("b", 2)], [("c", 3)], "table", [("a", 1), ("a", 1)]]
+def _input_runs(pieces: list[tuple[str, int]]) -> tuple[list[int], list[tuple[str]]]:
+    return [1] * len(pieces), [(f"x{s}",) for s, _ in pieces]
+
+
+def test_pending_rows_join_only_rows_built_the_same_way():
+    a = PendingRows(_input_rows, ("x",), [("a", T0)])
+    b = PendingRows(_input_rows, ("x",), [("b", T0 + 1)])
+    other = PendingRows(_input_rows, ("y",), [("c", T0 + 2)])
+    told = PendingRows(_input_rows, ("x",), [("d", T0 + 3)], _input_runs)
+    assert a.joins(b) and b.joins(a)
+    assert not a.joins(other) and not a.joins(told) and not a.joins(rows("input", ["d"], [T0]))
+    joined = a.join(b)
+    assert joined.pieces == [("a", T0), ("b", T0 + 1)] and a.pieces == [("a", T0)]  # a is left as it was
+    assert joined()["sensor"].to_pylist() == ["xa", "xb"]
+    assert told.join(told).key_runs()[1] == [("xd",), ("xd",)]
 
 
 def test_many_small_pending_batches_are_archived_in_order(tmp_path):
-    """Batches that gather while the writer thread is busy are built as one table;
-    the archive holds every row once, in the order handed over."""
-    _builds.clear()
+    """Batches that gather while the writer thread is busy are built together; the
+    archive holds every row once, in the order handed over, whatever lies between
+    rows built the same way (a plain table, rows built with other arguments)."""
     sink = ArchiveSink(tmp_path, ["input"], flush_rows=10**9, flush_seconds=1e9)
     part = sink.build_part("archive", "input", None)
     expected = []
     for k in range(2000):
         sensor = f"s{k % 7}"
-        expected.append(("x" + sensor, T0 + k))
-        value: object = archive.PendingRows(_input_rows, ("x",), [(sensor, T0 + k)])
+        label = "y" if k % 13 == 12 else "x"
+        expected.append((label + sensor, T0 + k))
+        value: object = PendingRows(_input_rows, (label,), [(sensor, T0 + k)])
         if k % 500 == 499:  # a plain table now and then: order still holds across it
-            value = rows("input", ["x" + sensor], [T0 + k])
+            value = rows("input", [label + sensor], [T0 + k])
         part.write_batch([value])
     part.close()
     table = read_dataset(tmp_path / "input")
     got = list(zip(table["sensor"].to_pylist(), [int(v) for v in table["t"].cast(pa.int64()).to_pylist()]))
     assert got == expected
     assert verify_archive(tmp_path) == {"input": []}
-    assert sum(_builds) == 2000 - 4 and len(_builds) <= 2000 - 4
 
 
 def test_a_snapshot_makes_every_row_handed_over_durable_and_starts_the_other_datasets(tmp_path):
@@ -1062,12 +1082,16 @@ def test_a_snapshot_makes_every_row_handed_over_durable_and_starts_the_other_dat
     inputs = sink.build_part("archive", "input", None)
     events = sink.build_part("archive", "events", None)
     for k in range(50):
-        inputs.write_batch([archive.PendingRows(_input_rows, ("x",), [("a", T0 + k)])])
+        inputs.write_batch([PendingRows(_input_rows, ("x",), [("a", T0 + k)])])
         events.write_batch([rows("events", ["a"], [T0 + k])])
     inputs.snapshot()
     assert read_dataset(tmp_path / "input").num_rows == 50
-    assert events._flush is not None  # started by the input snapshot
-    inputs.write_batch([archive.PendingRows(_input_rows, ("x",), [("a", T0 + 50)])])
+    # Started by the input snapshot: the events reach the disk without a snapshot of their own.
+    deadline = time.monotonic() + 60
+    while read_dataset(tmp_path / "events").num_rows < 50 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert read_dataset(tmp_path / "events").num_rows == 50
+    inputs.write_batch([PendingRows(_input_rows, ("x",), [("a", T0 + 50)])])
     events.snapshot()
     assert read_dataset(tmp_path / "events").num_rows == 50
     inputs.snapshot()  # the started flush did not cover the newest batch: a new one does
@@ -1095,7 +1119,7 @@ def test_without_recovery_a_snapshot_starts_writing_and_returns_without_waiting(
 
     monkeypatch.setattr(part.writer, "flush", held_flush)
     for k in range(20):
-        part.write_batch([archive.PendingRows(_input_rows, ("x",), [("a", T0 + k)])])
+        part.write_batch([PendingRows(_input_rows, ("x",), [("a", T0 + k)])])
     part.snapshot()
     assert not flushed.is_set()  # returned while its flush was held
     assert not (meta_dir(tmp_path / "input") / MANIFEST).exists()
@@ -1124,23 +1148,23 @@ def test_without_recovery_a_failed_snapshot_write_is_raised_by_the_flow_s_next_c
     assert read_dataset(tmp_path / "input").num_rows == 1
 
 
-def _input_runs(pieces: list[tuple[str, int]]) -> tuple[list[int], list[tuple[str]]]:
-    return [1] * len(pieces), [(f"x{s}",) for s, _ in pieces]
-
-
 def test_rows_whose_builder_tells_their_key_runs_are_deduplicated_exactly_like_compared_rows(tmp_path):
     """Pending rows that say where their row keys change (PendingRows.runs) keep
     exactly the rows a writer comparing them would keep, on a restart too."""
     pieces = [(f"{k % 3}", T0 + k // 2) for k in range(40)]  # repeats: some rows at or below high-water
     kept = {}
     for name, runs in (("told", _input_runs), ("compared", None)):
-        writer = ArchiveWriter(tmp_path / name, "input", flush_rows=10**9, flush_seconds=1e9)
-        writer.write(rows("input", ["xa", "x0", "x1"], [T0 + 5, T0 + 3, T0 + 30]))  # archived before
-        part = archive._ArchivePartition(writer)
-        part._write([archive.PendingRows(_input_rows, ("x",), pieces, runs)])
-        table = pa.concat_tables(writer._buffer)
-        kept[name] = (table["sensor"].to_pylist(), table["t"].cast(pa.int64()).to_pylist(),
-                      {s: writer.high_water(s) for s in ("x0", "x1", "x2")})
+        root = tmp_path / name
+        with ArchiveWriter(root, "input") as writer:
+            writer.write(rows("input", ["xa", "x0", "x1"], [T0 + 5, T0 + 3, T0 + 30]))  # archived before
+        part = ArchiveSink(root, ["input"], flush_rows=10**9, flush_seconds=1e9).build_part("archive", "input", None)
+        part.write_batch([PendingRows(_input_rows, ("x",), pieces, runs)])
         part.close()
+        files = manifest_files(root / "input")
+        assert len(files) == 2
+        table = pa.concat_tables(pa.ipc.open_file(path).read_all() for path in files)
+        with ArchiveWriter(root, "input") as writer:  # the high-water marks read back from the files
+            kept[name] = (table["sensor"].to_pylist(), table["t"].cast(pa.int64()).to_pylist(),
+                          {s: writer.high_water(s) for s in ("x0", "x1", "x2")})
     assert kept["told"] == kept["compared"]
     assert kept["told"][2]["x1"] == T0 + 30  # nothing newer came for x1

@@ -14,7 +14,7 @@ import shutil
 
 import pytest
 
-from connectors.anchor import ManifestHeads
+from connectors.archive.anchor import ManifestHeads
 from connectors.archive import GENESIS, MANIFEST, ArchiveWriter, meta_dir
 from tests.test_archive import HOUR, T0, rows
 from tests.test_archive_signing import DATASETS, _cli, _config, _lines, _rewrite_consistently, _run_twice

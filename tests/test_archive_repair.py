@@ -11,7 +11,6 @@ import subprocess
 import pytest
 import yaml
 
-from connectors import archive
 from connectors.archive import (
     MANIFEST,
     ArchiveError,
@@ -21,7 +20,7 @@ from connectors.archive import (
     open_dataset,
     verify_archive,
 )
-from connectors.archive_repair import repair_dataset
+from connectors.archive.repair import repair_dataset
 from tests.conftest import BIN, clean_env
 from tests.test_archive import HOUR, T0, rows
 
@@ -140,7 +139,7 @@ def test_the_rename_into_place_never_replaces_a_file(tmp_path, monkeypatch):
         intruder.write_bytes(b"raced")
         return real_link(src, dst)
 
-    monkeypatch.setattr(archive.os, "link", link)
+    monkeypatch.setattr(os, "link", link)
     writer.write(rows("input", ["s0"], [T0 + 5]))
     with pytest.raises(ArchiveError, match="appeared while it was written"):
         writer.flush()

@@ -11,7 +11,7 @@ data file of the directory in a new manifest and re-roots the chain.
 * Each line's ``rows`` and ``sha256`` are computed from the file as it is
   now.  A file that is not a readable Arrow IPC file of the dataset's schema
   stops the repair (named), with nothing changed: move it away first.
-* The first line carries ``"rerooted":true`` (:mod:`connectors.manifest_lines`):
+* The first line carries ``"rerooted":true`` (:mod:`connectors.archive.manifest_lines`):
   the chain starts over there, so a copy of the old manifest's hashes, or an
   anchor in a witness log, no longer matches, and ``memory verify`` says so.
 * The manifest it replaces, if any, is kept as
@@ -29,9 +29,22 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from connectors import archive
-from connectors.archive import MANIFEST, ArchiveError
-from connectors.manifest_lines import GENESIS, line_hash, manifest_line, parse_line
+from connectors.archive.layout import (
+    LOCK,
+    MANIFEST,
+    ArchiveError,
+    _committed_file,
+    _data_files,
+    _DatasetLock,
+    _fsync_dir,
+    _Layout,
+    _makedirs,
+    _place,
+    _write_durably,
+    meta_dir,
+)
+from connectors.archive.manifest_lines import GENESIS, line_hash, manifest_line, parse_line
+from connectors.archive.recovery import _move_older_layout, _recover_compaction
 from schemas.datasets import DATASETS
 
 __all__ = ["RepairResult", "repair_dataset"]
@@ -102,19 +115,19 @@ def repair_dataset(path: str | os.PathLike[str], *, signing_key: bytes | None = 
             open), its compaction journal is unreadable, or a data file is
             unreadable or of another schema (named; nothing changed).
     """
-    layout = archive._Layout(Path(path), archive.meta_dir(path))
+    layout = _Layout(Path(path), meta_dir(path))
     if not layout.data.is_dir():
         raise FileNotFoundError(f"no archive dataset directory at {layout.data}")
-    archive._makedirs(layout.meta)
-    lock = archive._DatasetLock(layout.meta / archive.LOCK, layout.data)
+    _makedirs(layout.meta)
+    lock = _DatasetLock(layout.meta / LOCK, layout.data)
     try:
-        archive._move_older_layout(layout)
-        archive._recover_compaction(layout)
+        _move_older_layout(layout)
+        _recover_compaction(layout)
         old = _old_entries(layout)
         for stray in layout.meta.glob("*.tmp"):
             if stray.is_file():
                 stray.unlink()
-        files = sorted(archive._data_files(layout.data), key=_order)
+        files = sorted(_data_files(layout.data), key=_order)
         if not files and not layout.manifest.exists():
             return None
         described, bad = [], []
@@ -131,13 +144,13 @@ def repair_dataset(path: str | os.PathLike[str], *, signing_key: bytes | None = 
             lines.append(manifest_line(rel, rows, digest, prev, rerooted=i == 0, key=signing_key))
             prev = line_hash(lines[-1])
         staged = layout.meta / _STAGING
-        archive._write_durably(staged, "".join(f"{line}\n" for line in lines).encode("utf-8"))
+        _write_durably(staged, "".join(f"{line}\n" for line in lines).encode("utf-8"))
         backup = None
         if layout.manifest.exists():
             backup = _free_name(layout.meta / f"{MANIFEST}.before-repair")
             os.replace(layout.manifest, backup)
         os.replace(staged, layout.manifest)
-        archive._fsync_dir(layout.meta)
+        _fsync_dir(layout.meta)
     finally:
         lock.release()
     now = {rel: (rows, digest) for rel, rows, digest in described}
@@ -163,11 +176,11 @@ def _old_entries(layout) -> dict[str, tuple[int, str]]:
         except ValueError:
             continue  # a damaged line (or the torn last one): the files decide
         final = layout.data / entry["file"]
-        found = archive._committed_file(layout, entry)
+        found = _committed_file(layout, entry)
         if found is not None and found != final:
-            archive._makedirs(final.parent)
-            archive._place(found, final, layout)
-            archive._fsync_dir(final.parent)
+            _makedirs(final.parent)
+            _place(found, final, layout)
+            _fsync_dir(final.parent)
         old[entry["file"]] = (entry["rows"], entry["sha256"])
     return old
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from connectors.archive.reading import listed_files, read_archive_file
 from schemas.datasets import DATASETS
 
 __all__ = ["read_log_columns", "witness_log_problems"]
@@ -48,8 +49,6 @@ def witness_log_problems(dataset_dir: str | os.PathLike[str]) -> list[str]:
     Raises:
         ArchiveError: a manifest line or a listed file cannot be read (named).
     """
-    from connectors.archive import listed_files
-
     directory = Path(dataset_dir)
     tables = []
     for rel, path in listed_files(directory):
@@ -110,8 +109,6 @@ def read_log_columns(path: Path, root: Path, columns: tuple[str, ...] = _COLUMNS
         ArchiveError: the file cannot be read (named).
         ValueError: a column is missing or of a type that does not cast.
     """
-    from connectors.archive import read_archive_file
-
     table = read_archive_file(path, root)
     try:
         return table.select(list(columns)).cast(pa.schema([_SCHEMA.field(c) for c in columns]))

@@ -33,7 +33,10 @@ from typing import IO
 import numpy as np
 import pyarrow as pa
 
-from connectors.manifest_lines import GENESIS, line_hash, manifest_path
+from connectors.archive.layout import ArchiveError
+from connectors.archive.manifest_lines import GENESIS, line_hash, manifest_path
+from connectors.archive.reading import listed_files
+from connectors.archive.witness_chain import read_log_columns
 
 __all__ = ["Anchor", "ManifestHeads", "anchor_problems", "export_witness_log", "read_anchors"]
 
@@ -188,9 +191,6 @@ def export_witness_log(root: str | os.PathLike[str], out: IO[bytes]) -> tuple[in
     Raises:
         ArchiveError: a listed file of ``witnessing_logs`` cannot be read (named).
     """
-    from connectors.archive import ArchiveError, listed_files
-    from connectors.witness_chain import read_log_columns
-
     directory = Path(root) / "witnessing_logs"
     tables = []
     for rel, found in listed_files(directory):
