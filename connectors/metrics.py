@@ -3,7 +3,7 @@
 Metrics live in prometheus-client's process-wide default registry, beside
 the Python process metrics and the Kafka clients' gauges
 (``becomingone_source_lag_messages``, ``becomingone_kafka_connected``; see
-:mod:`connectors.kafka_health`), so one scrape of
+:mod:`connectors.kafka.health`), so one scrape of
 ``http://<metrics.bind>:<metrics.port>/metrics`` shows them all:
 
 ==========================================  =========  =====================================

@@ -100,7 +100,6 @@ def cmd_produce(args: argparse.Namespace) -> int:
     """Feed the input topic from files or the synthetic generator."""
     from confluent_kafka import Producer, KafkaException
 
-    from connectors.files import PhaseFileError
     from connectors.kafka import (
         MessageTooLarge,
         KafkaSetupError,
@@ -113,6 +112,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
         producer_settings,
         settings_rejected,
     )
+    from connectors.phase_files import PhaseFileError
 
     _log_to_stderr("becomingone produce", level=logging.WARNING)
     config = config_or_report(args)
@@ -206,7 +206,7 @@ def _produce_topic(config, topic: str | None) -> str:
 
 def _produce_plan(config, args: argparse.Namespace) -> _ProducePlan:
     """Files (arguments, else the config's file source) or the synthetic generator."""
-    from connectors.files import check_phase_file, count_file_rows, read_phase_file
+    from connectors.phase_files import check_phase_file, count_file_rows, read_phase_file
     from schemas.config import FileSource, KafkaSource
 
     synthetic_flags = any(
@@ -240,7 +240,7 @@ def _produce_plan(config, args: argparse.Namespace) -> _ProducePlan:
 def _synthetic_plan(config, args: argparse.Namespace) -> _ProducePlan:
     from pydantic import ValidationError
 
-    from connectors.files import PhaseColumns
+    from connectors.phase_files import PhaseColumns
     from connectors.synthetic import SyntheticSensor, synthetic_batches
     from schemas.config import SyntheticSource
 

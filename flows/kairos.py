@@ -357,7 +357,7 @@ class DeadLetterFile(DynamicSink[bytes]):
 
 def _kafka_sink(config: Config):
     from connectors.kafka import admin_settings, producer_settings
-    from connectors.topic_sink import TopicSink
+    from connectors.kafka import TopicSink
 
     name = config.becomingone.name
     topics = config.sink.topics

@@ -257,7 +257,6 @@ def _replay_to_kafka(args, config, memory, start, end) -> int:
     from confluent_kafka import Producer
 
     from connectors.archive import ArchiveError
-    from connectors.files import PhaseColumns
     from connectors.kafka import (
         KafkaSetupError,
         KafkaUnreachable,
@@ -268,6 +267,7 @@ def _replay_to_kafka(args, config, memory, start, end) -> int:
         ensure_topics,
         producer_settings,
     )
+    from connectors.phase_files import PhaseColumns
     from flows.sources import ArchiveInput, ArchiveSlices
     from schemas.config import KafkaSource
 

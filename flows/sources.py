@@ -18,7 +18,7 @@ from typing import Any
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from connectors.kafka_health import set_draining
+from connectors.kafka.health import set_draining
 from operators.decode import RawMessage
 from operators.samples import SampleBatch
 from schemas.config import FILE_BATCH_ROWS, Config, FileSource, KafkaSource, SyntheticSource
@@ -141,7 +141,7 @@ class _FilePartition(StatefulSourcePartition[RawMessage, int]):
     _FALLBACK_ROWS = 4096
 
     def __init__(self, path: str, fmt: str, resume: int | None, batch_rows: int = FILE_BATCH_ROWS) -> None:
-        from connectors.files import phase_record_batches
+        from connectors.phase_files import phase_record_batches
 
         if batch_rows < 1:
             raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
@@ -180,7 +180,7 @@ class _FilePartition(StatefulSourcePartition[RawMessage, int]):
         return self._messages(batch, first)
 
     def _messages(self, batch, first: int) -> list[RawMessage]:
-        from connectors.files import PhaseFileError, phase_columns
+        from connectors.phase_files import PhaseFileError, phase_columns
         import pyarrow as pa
 
         from connectors.kafka import arrow_record_batch
@@ -239,20 +239,20 @@ class PhaseFile(FixedPartitionedSource[RawMessage, int]):
         return [f"file:{self.source.path}"]
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _Stoppable:
-        from connectors.files import check_phase_file
+        from connectors.phase_files import check_phase_file
 
         return _Stoppable(_FilePartition(self.source.path, check_phase_file(self.source.path, self.source.format),
                                          resume_state, self.source.batch_rows))
 
 
 def kafka_source(config: Config):
-    """The Kafka source over ``source.topic`` (:class:`connectors.topic_source.TopicSource`),
+    """The Kafka source over ``source.topic`` (:class:`connectors.kafka.TopicSource`),
     with the config's client settings; it creates the flow's topics first where
     the broker allows it."""
     from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
 
     from connectors.kafka import admin_settings, consumer_settings
-    from connectors.topic_source import TopicSource
+    from connectors.kafka import TopicSource
 
     src = config.source
     assert isinstance(src, KafkaSource)

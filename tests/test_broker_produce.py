@@ -20,7 +20,6 @@ import pyarrow.parquet as pq
 import pytest
 from confluent_kafka import Message
 
-from connectors.files import PhaseColumns, PhaseFileError, read_phase_file
 from connectors.kafka import (
     PHASE_BATCH_SCHEMA,
     KafkaSetupError,
@@ -32,6 +31,7 @@ from connectors.kafka import (
     ensure_topics,
     producer_settings,
 )
+from connectors.phase_files import PhaseColumns, PhaseFileError, read_phase_file
 from connectors.synthetic import SyntheticSensor, synthetic_batches
 from schemas.config import parse_config
 from schemas.messages import ARROW_STREAM_CONTENT_TYPE, parse_sample

@@ -22,8 +22,8 @@ import yaml
 from confluent_kafka import Producer
 
 from connectors.archive import open_dataset
-from connectors.files import PhaseColumns
 from connectors.kafka import PhaseProducer, producer_settings
+from connectors.phase_files import PhaseColumns
 from connectors.synthetic import SyntheticSensor, synthetic_batches
 from tests.conftest import clean_env, free_port, read_topic, unique_topic
 

@@ -23,7 +23,6 @@ import pyarrow as pa
 import pytest
 from confluent_kafka import Producer
 
-from connectors.files import PhaseColumns
 from connectors.kafka import (
     PhaseProducer,
     arrow_message,
@@ -31,6 +30,7 @@ from connectors.kafka import (
     producer_settings,
     sensor_partitions,
 )
+from connectors.phase_files import PhaseColumns
 from flows.run import run_flow
 from schemas.config import parse_config
 from schemas.messages import ARROW_STREAM_CONTENT_TYPE, CONTENT_TYPE_HEADER, DeadLetter, from_json_bytes

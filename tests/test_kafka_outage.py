@@ -20,9 +20,9 @@ import pytest
 from confluent_kafka import Producer
 from prometheus_client.parser import text_string_to_metric_families
 
-from connectors.files import PhaseColumns
 from connectors.kafka import PhaseProducer, producer_settings
-from connectors.kafka_health import RepeatFilter
+from connectors.kafka.health import RepeatFilter
+from connectors.phase_files import PhaseColumns
 from connectors.synthetic import SyntheticSensor, synthetic_batches
 from schemas.config import ConfigError, parse_config
 from tests.conftest import BIN, WAIT, clean_env, free_port, start_broker, stop_process, unique_topic

@@ -23,8 +23,8 @@ from confluent_kafka import Producer
 from prometheus_client.parser import text_string_to_metric_families
 
 from connectors.archive import open_dataset, verify_archive
-from connectors.files import PhaseColumns
 from connectors.kafka import PhaseProducer, arrow_message, arrow_record_batch, producer_settings
+from connectors.phase_files import PhaseColumns
 from connectors.synthetic import SyntheticSensor, synthetic_batches
 from flows.kairos import kairos_params
 from flows.run import run_flow

@@ -22,8 +22,8 @@ import yaml
 from confluent_kafka import Producer
 
 from connectors.archive import open_dataset
-from connectors.files import PhaseColumns
 from connectors.kafka import PhaseProducer, producer_settings
+from connectors.phase_files import PhaseColumns
 from flows.run import run_flow
 from schemas.config import parse_config
 from tests.conftest import (

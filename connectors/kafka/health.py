@@ -8,7 +8,7 @@ Log lines
     so ports, counts and client names do not make lines differ) at most once
     per :data:`REPEAT_WINDOW` seconds, the next one saying how many were
     left out.  A broker that is down makes each client retry many times a
-    second; without this, an outage wrote thousands of lines a minute.
+    second; without this, an outage would bury every other line.
 
 Connection state
     :class:`ConnectionHealth` follows one client through its ``error_cb``

@@ -1,12 +1,12 @@
 """The dataflow's Kafka output: one producer per worker, every batch delivered before the next.
 
 A batch waits for its delivery reports; a failed delivery stops the flow
-with :class:`~connectors.kafka.DeliveryFailed`.  While the cluster is
-unreachable (see :mod:`connectors.kafka_health`), the wait is bounded by
+with :class:`DeliveryFailed`.  While the cluster is
+unreachable (see :mod:`connectors.kafka.health`), the wait is bounded by
 ``unavailable_timeout``: then the undelivered messages are given up and the
-flow stops with :class:`~connectors.kafka_health.KafkaUnavailable` naming
+flow stops with :class:`~connectors.kafka.health.KafkaUnavailable` naming
 how many.  A flow that was asked to stop waits at most
-:data:`~connectors.kafka_health.DRAIN_PATIENCE` seconds for such a cluster.
+:data:`~connectors.kafka.health.DRAIN_PATIENCE` seconds for such a cluster.
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ from typing import Any
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from connectors.kafka import DeliveryFailed, connect_admin, ensure_topics
-from connectors.kafka_health import DEFAULT_UNAVAILABLE_TIMEOUT, ConnectionHealth, draining
+from connectors.kafka.health import DEFAULT_UNAVAILABLE_TIMEOUT, ConnectionHealth, draining
+from connectors.kafka.topics import connect_admin, ensure_topics
 from connectors.metrics import metrics
 
-__all__ = ["Shrink", "TopicMessages", "TopicSink"]
+__all__ = ["DeliveryFailed", "Shrink", "TopicMessages", "TopicSink"]
 
 log = logging.getLogger("becomingone.kafka")
 
@@ -35,6 +35,10 @@ FLUSH_SLICE = 0.5
 #: Seconds between polls of an idle producer (connection state, statistics, log lines).
 IDLE_POLL_SECONDS = 1.0
 _PURGED = (KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT)
+
+
+class DeliveryFailed(RuntimeError):
+    """Output messages the cluster did not take (after librdkafka's own retries)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,9 +191,8 @@ class _TopicSinkPartition(StatelessSinkPartition["tuple[str, bytes | None, bytes
                     break
                 except BufferError:
                     # The local queue is full: wait for deliveries.  Not poll(): with reports
-                    # for failures only it has no event to wake it, and waited about 20 ms
-                    # (the linger) each time on the local broker; flush() returns as soon as
-                    # the queue has drained (under 1 ms there), and gives up as a batch does.
+                    # for failures only it has no event to wake it and sleeps out the linger;
+                    # flush() returns as soon as the queue has drained, and gives up as a batch does.
                     self._flush()
         self._sent += len(values)
 
@@ -211,10 +214,10 @@ class TopicSink(DynamicSink["tuple[str, bytes | None, bytes] | TopicMessages"]):
 
     Unlike a fire-and-forget producer, each batch waits for its delivery
     reports, and a failed delivery stops the dataflow with
-    :class:`~connectors.kafka.DeliveryFailed` naming the topic and librdkafka's
+    :class:`DeliveryFailed` naming the topic and librdkafka's
     error.  Each worker first creates the missing ``topics`` where the cluster
     allows it.  A cluster unreachable longer than ``unavailable_timeout`` stops
-    it with :class:`~connectors.kafka_health.KafkaUnavailable` (see the module's
+    it with :class:`~connectors.kafka.health.KafkaUnavailable` (see the module's
     description); each producer's connection state is
     ``becomingone_kafka_connected{client="producer:<worker>"}``.
 
@@ -225,7 +228,7 @@ class TopicSink(DynamicSink["tuple[str, bytes | None, bytes] | TopicMessages"]):
     dead-letter topic :func:`schemas.messages.without_original`.
 
     Args:
-        settings: producer settings (:func:`~connectors.kafka.producer_settings`).
+        settings: producer settings (:func:`~connectors.kafka.settings.producer_settings`).
         topics: the output topics.
         admin: admin client settings for creating them (None: ``settings``).
         shrink: per topic, the smaller stand-in of a refused message.

@@ -18,8 +18,8 @@ Lag
 Health
     Each consumer reports its connection state
     (``becomingone_kafka_connected{client="consumer:<topic>/<partition>"}``,
-    see :mod:`connectors.kafka_health`), and a read raises
-    :class:`~connectors.kafka_health.KafkaUnavailable` once the cluster has
+    see :mod:`connectors.kafka.health`), and a read raises
+    :class:`~connectors.kafka.health.KafkaUnavailable` once the cluster has
     been unreachable longer than ``unavailable_timeout``.
 """
 
@@ -35,13 +35,13 @@ from typing import Any
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, Message
 
-from connectors.kafka import TopicSetupError, _metadata, connect_admin, ensure_topics
-from connectors.kafka_health import (
+from connectors.kafka.health import (
     DEFAULT_UNAVAILABLE_TIMEOUT,
     ConnectionHealth,
     cluster_unreachable,
     librdkafka_logger,
 )
+from connectors.kafka.topics import TopicSetupError, connect_admin, ensure_topics, topic_metadata
 from connectors.metrics import metrics
 
 __all__ = ["IDLE_POLL", "OffsetCommitter", "TopicSource"]
@@ -59,8 +59,8 @@ class OffsetCommitter:
 
     Through an admin client, not the reading consumers: a commit the
     consumer still owes when it closes holds ``close()`` until the group
-    coordinator answers, which during an outage took 40 s.  Failures are
-    logged (repeats held back), never raised.
+    coordinator answers, which during an outage may not be for a long time.
+    Failures are logged (repeats held back), never raised.
 
     Args:
         settings: admin-client settings.
@@ -281,11 +281,11 @@ class TopicSource(FixedPartitionedSource[Any, int]):
         admin: admin-client settings for listing the partitions and committing
             offsets (default: the ``bootstrap.servers`` of ``settings``).
         create_topics: topics to create first where the broker allows it
-            (:func:`~connectors.kafka.ensure_topics`).
+            (:func:`~connectors.kafka.topics.ensure_topics`).
         commit_offsets: commit each partition's position to ``group.id`` after
             each snapshot.
         unavailable_timeout: seconds the cluster may be unreachable before a
-            read raises :class:`~connectors.kafka_health.KafkaUnavailable`; 0 = forever.
+            read raises :class:`~connectors.kafka.health.KafkaUnavailable`; 0 = forever.
 
     >>> from confluent_kafka import OFFSET_BEGINNING
     >>> TopicSource({"bootstrap.servers": "localhost:9092"}, "phases", OFFSET_BEGINNING, 100).topic
@@ -315,7 +315,7 @@ class TopicSource(FixedPartitionedSource[Any, int]):
         client = connect_admin(self.admin)
         if self.create_topics:
             ensure_topics(client, self.create_topics)
-        metadata = _metadata(client, 10.0, self.topic)
+        metadata = topic_metadata(client, 10.0, self.topic)
         found = metadata.topics.get(self.topic)
         if found is None or found.error is not None:
             raise TopicSetupError(f"cannot list the partitions of Kafka topic {self.topic!r}: "
