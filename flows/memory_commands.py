@@ -327,7 +327,7 @@ def _replay_to_kafka(args, config, memory, start, end) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from connectors.archive import ArchiveError
-    from connectors.report import write_report
+    from flows.report import write_report
 
     config = config_or_report(args)
     if config is None:

@@ -108,7 +108,7 @@ def test_report_writes_its_png_and_escapes_the_summary(hostile_run):
 
 
 def test_plot_texts_are_plain_text():
-    from connectors.report import _plain
+    from flows.report.figure import _plain
 
     assert _plain("$\\frac{1}{$") == "$\\frac{1}{$"
     assert _plain("a\x1bb\nc") == "a\\x1bb\\nc"

@@ -15,7 +15,7 @@ import pytest
 from matplotlib import image as mpimg
 
 from connectors.archive import ArchiveWriter
-from connectors.report import MAX_PANELS, ReportResult, summary_rows, write_report
+from flows.report import MAX_PANELS, ReportResult, summary_rows, write_report
 from schemas.datasets import DATASETS, TIMESTAMP
 
 T0 = 1_735_693_080_000_000  # 2025-01-01T00:58:00Z: the grid crosses into hour 01

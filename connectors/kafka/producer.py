@@ -50,7 +50,6 @@ class MessageTooLarge(ValueError):
     """One sample alone makes a message larger than the message limit."""
 
 
-
 def arrow_record_batch(columns: PhaseColumns) -> pa.RecordBatch:
     """The rows as an Arrow record batch with :data:`PHASE_BATCH_SCHEMA`.
 

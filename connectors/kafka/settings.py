@@ -31,7 +31,6 @@ class KafkaSetupError(ValueError):
     """Kafka settings that cannot work (no bootstrap address, a bad value)."""
 
 
-
 def _base_settings(kafka: KafkaSection | None, bootstrap: str | None, client_id: str | None) -> dict[str, Any]:
     settings: dict[str, Any] = kafka.client_settings() if kafka is not None else {}
     if bootstrap:
@@ -113,7 +112,6 @@ def admin_settings(
         KafkaSetupError: no bootstrap address at all.
     """
     return _base_settings(kafka, bootstrap, client_id)
-
 
 
 def settings_rejected(exc: KafkaException, settings: Mapping[str, Any]) -> KafkaSetupError:

@@ -1,30 +1,10 @@
-"""`becomingone report`: one PNG of coherence and collapse events from the archive (SPEC section 6).
+"""Drawing `becomingone report`: one PNG of coherence and collapse events from the archive (SPEC section 6).
 
-:func:`write_report` reads an archive root written by the dataflow (layout in
-``docs/archive.md``):
-
-* ``coherence_history/`` (required): one row per sensor and signature grid
-  point g with ``coherence_master``, ``coherence_emissary``,
-  ``coherence_sync`` (all \\|T\\|^2) and ``state``, the sync state *after* g;
-* ``events/`` (optional): the collapse and dissipate transitions;
-* ``input/`` (optional): the accepted samples, counted per sensor.
-
-and draws one figure: a panel per sensor on a shared UTC event-time axis
-(at most ``max_panels`` of them), and under the panels a summary table that
-lists every sensor.  :func:`summary_rows` returns the same table as data.
-
-Definitions used by the summary (per sensor, over the rows with
-``start_us <= t <= end_us``):
-
-* ``samples``: rows of ``input/``; None when the archive has no ``input/``;
-* ``collapses``, ``dissipations``: rows of ``events/`` with that ``event``;
-  None when the archive has no ``events/``;
-* ``collapsed_pct``: share of the sensor's coherence_history grid points
-  whose state is ``collapsed``, in percent.  Each grid point stands for one
-  ``memory.signature_interval`` of event time, so on an unbroken grid this
-  is the share of time collapsed; stretches without rows do not count;
-* ``mean_coherence_sync``, ``last_coherence_sync``: the mean and the newest
-  value of ``coherence_sync`` (dimensionless, 0..1).
+:func:`write_report` reads an archive root written by the dataflow
+(:mod:`flows.report.summary` says which datasets and how the summary is
+defined) and draws one figure: a panel per sensor on a shared UTC
+event-time axis (at most ``max_panels`` of them), and under the panels a
+summary table that lists every sensor.
 
 >>> result = write_report("becomingone-data")               # doctest: +SKIP
 >>> result.path, result.rows[0]["collapses"]                 # doctest: +SKIP
@@ -35,15 +15,11 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypedDict
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 from matplotlib import dates as mdates
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -52,17 +28,15 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from connectors.memory import TemporalMemory
-from schemas.datasets import DATASETS
+from flows.report.summary import Events, History, SummaryRow, load, utc_text
 from schemas.printable import printable
 
-__all__ = ["MAX_PANELS", "ReportResult", "SummaryRow", "summary_rows", "write_report"]
+__all__ = ["MAX_PANELS", "ReportResult", "write_report"]
 
 #: Default cap on the number of sensor panels; the summary table lists every sensor.
 MAX_PANELS = 12
 
 _SECOND_US = 1_000_000
-_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
 
 # Figure geometry, inches (the figure is saved at _DPI dots per inch).
 _DPI = 100
@@ -80,18 +54,6 @@ _COLLAPSED_COLOR = "#d62728"
 _THRESHOLD_COLOR = "#7a1c1c"
 _DISSIPATE_COLOR = "#6a3d9a"
 _MUTED = "#555555"
-
-
-class SummaryRow(TypedDict):
-    """One sensor's line of the summary table (definitions in the module docstring)."""
-
-    sensor: str
-    samples: int | None
-    collapses: int | None
-    dissipations: int | None
-    collapsed_pct: float
-    mean_coherence_sync: float
-    last_coherence_sync: float
 
 
 @dataclass(frozen=True)
@@ -115,51 +77,12 @@ class ReportResult:
     end_us: int
 
 
-# -- reading the archive ------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _History:
-    """coherence_history rows sorted by (sensor in report order, t); sensor i owns
-    rows ``bounds[i]:bounds[i + 1]``."""
-
-    sensors: tuple[str, ...]
-    bounds: np.ndarray
-    t_us: np.ndarray
-    master: np.ndarray
-    emissary: np.ndarray
-    sync: np.ndarray
-    collapsed: np.ndarray
-
-
-@dataclass(frozen=True)
-class _Events:
-    """events rows of the reported sensors: ``rank`` indexes ``_History.sensors``."""
-
-    rank: np.ndarray
-    t_us: np.ndarray
-    sync: np.ndarray
-    is_collapse: np.ndarray
-
-
 def _plain(text: str) -> str:
     """An id or name as a plot shows it: control characters as visible escapes.
 
     Draw it with ``parse_math=False`` too, so that ``$`` is a dollar sign and
     not the start of mathtext (an id like ``$\\frac{1}{$`` would not parse)."""
     return printable(text)
-
-
-def _natural_key(name: str) -> tuple[tuple[int, int | str], ...]:
-    # "sensor-2" before "sensor-10": digit runs compare as numbers.
-    return tuple((0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", name) if part)
-
-
-def _utc_text(t_us: int) -> str:
-    """``YYYY-MM-DD HH:MM:SS[.ffffff]`` of an epoch time in microseconds, UTC."""
-    stamp = _EPOCH + _dt.timedelta(microseconds=int(t_us))
-    text = stamp.strftime("%Y-%m-%d %H:%M:%S")
-    return f"{text}.{stamp.microsecond:06d}".rstrip("0") if stamp.microsecond else text
 
 
 def _duration_text(us: int) -> str:
@@ -173,193 +96,6 @@ def _duration_text(us: int) -> str:
     if s < 86_400:
         return f"{s // 3600} h {s % 3600 // 60:02d} min"
     return f"{s // 86_400} d {s % 86_400 // 3600:02d} h"
-
-
-def _table(memory: TemporalMemory, dataset: str, columns: list[str], sensors: Sequence[str] | None,
-           start_us: int | None, end_us: int | None) -> pa.Table | None:
-    """``columns`` of one dataset's rows in range; None when the archive has no such dataset."""
-    if dataset not in memory.datasets():
-        return None
-    parts = list(memory.scan(dataset, start_us, end_us, sensors, columns))
-    return pa.concat_tables(parts) if parts else DATASETS[dataset].empty_table().select(columns)
-
-
-def _ranks(column: pa.ChunkedArray | pa.Array, order: dict[str, int]) -> np.ndarray:
-    """Each row's sensor as its index in ``order`` (-1 for a sensor not in it).
-
-    Dictionary encoding turns the per-row string lookup into one lookup per
-    distinct sensor."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    encoded = pc.dictionary_encode(column)
-    lut = np.array([order.get(name, -1) for name in encoded.dictionary.to_pylist()] + [-1], dtype=np.int64)
-    return lut[encoded.indices.to_numpy(zero_copy_only=False)]
-
-
-def _range_text(start_us: int | None, end_us: int | None) -> str:
-    if start_us is None and end_us is None:
-        return ""
-    lo = _utc_text(start_us) if start_us is not None else "the start"
-    hi = _utc_text(end_us) if end_us is not None else "the end"
-    return f" between {lo} and {hi} UTC"
-
-
-def _read_history(
-    memory: TemporalMemory, sensors: Sequence[str] | None, start_us: int | None, end_us: int | None
-) -> _History:
-    columns = ["sensor", "t", "coherence_master", "coherence_emissary", "coherence_sync", "state"]
-    table = _table(memory, "coherence_history", columns, sensors, start_us, end_us)
-    if table is None:
-        raise ValueError(
-            f"no coherence_history/ in {memory.root}: not an archive root (memory.storage.path), "
-            "or the run had memory.coherence_history off"
-        )
-    if table.num_rows == 0 and sensors is None:
-        raise ValueError(f"no coherence_history rows in {memory.root}{_range_text(start_us, end_us)}: nothing to report")
-
-    present = pc.unique(table["sensor"]).to_pylist()
-    if sensors is None:
-        order = tuple(sorted(present, key=_natural_key))
-    else:
-        order = tuple(dict.fromkeys(sensors))  # the caller's order, repeats dropped
-        present_set = set(present)
-        missing = [s for s in order if s not in present_set]
-        if missing:
-            every = _table(memory, "coherence_history", ["sensor"], None, start_us, end_us)
-            known = sorted(pc.unique(every["sensor"]).to_pylist(), key=_natural_key)
-            listed = ", ".join(known[:20]) + (f", ... ({len(known)} in all)" if len(known) > 20 else "")
-            raise ValueError(
-                f"unknown sensor(s) {', '.join(map(repr, missing))}: no coherence_history rows in {memory.root}"
-                f"{_range_text(start_us, end_us)}; known: {listed or 'none'}"
-            )
-
-    rank = _ranks(table["sensor"], {name: i for i, name in enumerate(order)})
-    t_us = pc.cast(table["t"], pa.int64()).to_numpy()
-    sort = np.lexsort((t_us, rank))
-    rank = rank[sort]
-
-    def column(name: str) -> np.ndarray:
-        return table[name].to_numpy()[sort]
-
-    return _History(
-        sensors=order,
-        bounds=np.searchsorted(rank, np.arange(len(order) + 1)),
-        t_us=t_us[sort],
-        master=column("coherence_master"),
-        emissary=column("coherence_emissary"),
-        sync=column("coherence_sync"),
-        collapsed=pc.equal(table["state"], "collapsed").to_numpy()[sort],
-    )
-
-
-def _read_events(memory: TemporalMemory, history: _History, start_us: int | None, end_us: int | None) -> _Events | None:
-    table = _table(memory, "events", ["sensor", "t", "event", "coherence_sync"], history.sensors, start_us, end_us)
-    if table is None:
-        return None
-    rank = _ranks(table["sensor"], {name: i for i, name in enumerate(history.sensors)})
-    return _Events(
-        rank=rank,
-        t_us=pc.cast(table["t"], pa.int64()).to_numpy(),
-        sync=table["coherence_sync"].to_numpy(),
-        is_collapse=pc.equal(table["event"], "collapse").to_numpy(zero_copy_only=False),
-    )
-
-
-def _count_samples(memory: TemporalMemory, history: _History, start_us: int | None, end_us: int | None) -> np.ndarray | None:
-    """input rows per reported sensor, or None when the archive has no input/.
-
-    Counted batch by batch: input/ is the largest dataset (every accepted
-    sample), and only the sensor column is needed."""
-    if "input" not in memory.datasets():
-        return None
-    order = {name: i for i, name in enumerate(history.sensors)}
-    counts = np.zeros(len(history.sensors), dtype=np.int64)
-    for batch in memory.scan("input", start_us, end_us, history.sensors, ["sensor"]):
-        if batch.num_rows == 0:
-            continue
-        tally = pc.value_counts(batch.column(0))
-        names = tally.field("values").to_pylist()
-        n = tally.field("counts").to_numpy()
-        for name, k in zip(names, n):
-            counts[order[name]] += k
-    return counts
-
-
-def _summarise(history: _History, events: _Events | None, samples: np.ndarray | None) -> list[SummaryRow]:
-    starts, ends = history.bounds[:-1], history.bounds[1:]
-    n_rows = ends - starts
-    # reduceat over the per-sensor row blocks; every reported sensor has >= 1 row.
-    collapsed_pct = 100.0 * np.add.reduceat(history.collapsed.astype(np.int64), starts) / n_rows
-    mean_sync = np.add.reduceat(history.sync, starts) / n_rows
-    last_sync = history.sync[ends - 1]
-    n = len(history.sensors)
-    collapses = dissipations = None
-    if events is not None:
-        collapses = np.bincount(events.rank[events.is_collapse], minlength=n)
-        dissipations = np.bincount(events.rank[~events.is_collapse], minlength=n)
-    rows: list[SummaryRow] = []
-    for i, sensor in enumerate(history.sensors):
-        rows.append(
-            SummaryRow(
-                sensor=sensor,
-                samples=None if samples is None else int(samples[i]),
-                collapses=None if collapses is None else int(collapses[i]),
-                dissipations=None if dissipations is None else int(dissipations[i]),
-                collapsed_pct=float(collapsed_pct[i]),
-                mean_coherence_sync=float(mean_sync[i]),
-                last_coherence_sync=float(last_sync[i]),
-            )
-        )
-    return rows
-
-
-def _load(
-    root: str | os.PathLike[str], sensors: Sequence[str] | None, start_us: int | None, end_us: int | None
-) -> tuple[Path, _History, _Events | None, list[SummaryRow]]:
-    path = Path(root)
-    if start_us is not None and end_us is not None and start_us > end_us:
-        raise ValueError(f"start ({_utc_text(start_us)}) is after end ({_utc_text(end_us)})")
-    if sensors is not None:
-        if isinstance(sensors, str):
-            sensors = [sensors]  # one id, not its characters
-        if not sensors:
-            raise ValueError("sensors is empty: give at least one sensor id, or None for all")
-    memory = TemporalMemory(path)
-    history = _read_history(memory, sensors, start_us, end_us)
-    events = _read_events(memory, history, start_us, end_us)
-    samples = _count_samples(memory, history, start_us, end_us)
-    return path, history, events, _summarise(history, events, samples)
-
-
-def summary_rows(
-    root: str | os.PathLike[str],
-    *,
-    sensors: Sequence[str] | None = None,
-    start_us: int | None = None,
-    end_us: int | None = None,
-) -> list[SummaryRow]:
-    """The per-sensor summary of :func:`write_report`, without drawing anything.
-
-    Args:
-        root: the archive root (``memory.storage.path``).
-        sensors: sensor ids to report, in this order; None for every sensor
-            of coherence_history, in natural name order (``s-2`` before ``s-10``).
-        start_us, end_us: only rows with ``start_us <= t <= end_us``
-            (microseconds since the epoch, UTC); None leaves that end open.
-
-    Returns:
-        One :class:`SummaryRow` per sensor (definitions in the module docstring).
-
-    Raises:
-        FileNotFoundError: ``root`` is not a directory.
-        ValueError: no coherence_history rows (in the range), a sensor
-            without coherence_history rows (naming the known ones), an empty
-            ``sensors`` or ``start_us > end_us``.
-    """
-    return _load(root, sensors, start_us, end_us)[3]
-
-
-# -- drawing ------------------------------------------------------------------
 
 
 def _collapsed_spans(t_num: np.ndarray, collapsed: np.ndarray) -> np.ndarray:
@@ -377,8 +113,8 @@ def _collapsed_spans(t_num: np.ndarray, collapsed: np.ndarray) -> np.ndarray:
 
 
 def _draw_panel(
-    ax: Axes, sensor: str, row: SummaryRow, t_num: np.ndarray, history: _History, block: slice,
-    events: _Events | None, rank: int, threshold: float, hysteresis: float,
+    ax: Axes, sensor: str, row: SummaryRow, t_num: np.ndarray, history: History, block: slice,
+    events: Events | None, rank: int, threshold: float, hysteresis: float,
 ) -> None:
     spans = _collapsed_spans(t_num, history.collapsed[block])
     if len(spans):
@@ -524,7 +260,7 @@ def write_report(
         raise ValueError(f"hysteresis must be >= 0 and below threshold ({threshold}), got {hysteresis}")
     if max_panels < 1:
         raise ValueError(f"max_panels must be >= 1, got {max_panels}")
-    path, history, events, rows = _load(root, sensors, start_us, end_us)
+    path, history, events, rows = load(root, sensors, start_us, end_us)
     out_path = path / "report.png" if out is None else Path(out)
 
     n_sensors = len(history.sensors)
@@ -545,7 +281,7 @@ def write_report(
         """Axes rectangle (figure fractions) whose top edge is top_in inches below the figure's top."""
         return [_LEFT / _WIDTH, 1.0 - (top_in + h_in) / height, 1.0 - (_LEFT + _RIGHT) / _WIDTH, h_in / height]
 
-    span = f"{_utc_text(t_first)} – {_utc_text(t_last)} UTC ({_duration_text(t_last - t_first)})"
+    span = f"{utc_text(t_first)} – {utc_text(t_last)} UTC ({_duration_text(t_last - t_first)})"
     fig.text(0.5, 1.0 - 0.22 / height, f"BecomingONE coherence report: {_plain(path.resolve().name)}",
              ha="center", va="top", fontsize=14, fontweight="bold", parse_math=False)
     fig.text(0.5, 1.0 - 0.55 / height,
