@@ -148,7 +148,7 @@ class _TopicPartitionReader(StatefulSourcePartition[Any, int]):
         self._consumer = Consumer(self._health.settings(
             {**settings, "enable.auto.commit": False, "enable.partition.eof": True}))
         # Know the partition's leader before the assignment: assigned without it,
-        # librdkafka retries the first offset lookup only after 500 ms.
+        # librdkafka retries the first offset lookup only after its retry backoff.
         try:
             self._consumer.list_topics(topic, timeout=10)
         except KafkaException as exc:
