@@ -469,3 +469,38 @@ def test_direct_encoders_write_the_same_bytes_row_by_row_and_column_by_column(mo
     assert encoded() == columnar
     monkeypatch.setattr(messages, "_COLUMNAR_ROWS", n + 1)
     assert encoded() == columnar
+
+
+def _pinned_encoder_inputs(n: int, seed: int):
+    """Rows of every awkward kind: signed zeros, integral values, extreme magnitudes, shared times."""
+    rng = np.random.default_rng(seed)
+    runs = max(1, n // 5)
+    counts = np.zeros(runs, np.int64)
+    np.add.at(counts, rng.integers(0, runs, n), 1)
+    sensors = [_AWKWARD[i % len(_AWKWARD)] + str(i) for i in range(runs)]
+    cells = [None if i % 3 else "zürich" for i in range(runs)]
+    x = rng.normal(size=n) * 10.0 ** rng.integers(-150, 150, n)
+    y = rng.uniform(-1, 1, n)
+    x[::5], y[::7] = np.round(x[::5]), -0.0
+    t = 1764115200000000 + np.sort(rng.integers(-5_000_000, 5_000_000, n))
+    flags = rng.random((2, n)) < 0.5
+    return sensors, cells, counts, t, x, y, flags
+
+
+@pytest.mark.parametrize(("n", "digest"), [
+    (1, "dbb756611ffe6051"), (7, "be0a9cc4b96b7676"), (63, "3ffc3968230b8a4b"), (64, "1406ce952c13c6cc"),
+    (300, "83c39e864b11a3ee"),
+])
+def test_direct_encoders_write_the_pinned_bytes(n, digest):
+    """The bytes of the high-volume messages do not change (pinned digests of fixed inputs)."""
+    from schemas.messages import meso_records_json, sync_records_json
+
+    sensors, cells, counts, t, x, y, flags = _pinned_encoder_inputs(n, seed=n)
+    transducers = ["master" if i % 2 else "emissary" for i in range(len(sensors))]
+    h = hashlib.sha256()
+    for value in meso_records_json(sensors, cells, transducers, counts, t, x, y, np.arange(n) * 1009):
+        h.update(value + b"\n")
+    for value in sync_records_json("node-ü", sensors, cells, counts, t, _complex(x, y), x * x, _complex(y, x),
+                                   _complex(-x, -y), np.abs(y), flags[0], flags[1]):
+        h.update(value + b"\n")
+    assert h.hexdigest()[:16] == digest
