@@ -1,0 +1,73 @@
+"""The whole config: one model of every section, checked by the cross-field rules."""
+
+from __future__ import annotations
+
+import re
+
+import yaml
+from pydantic import Field, model_validator
+
+from schemas.config.errors import REDACTED, _RuleViolations
+from schemas.config.rules import _rule_problems
+from schemas.config.seed_sections import (
+    BecomingOneSection,
+    EmissarySection,
+    KairosSection,
+    LoggingSection,
+    MasterSection,
+    MemorySection,
+    SecuritySection,
+    SyncSection,
+    WitnessingSection,
+)
+from schemas.config.stream_sections import (
+    KafkaSection,
+    MetricsSection,
+    SinkSection,
+    Source,
+    SyntheticSource,
+)
+from schemas.config.values import _Section
+
+# Settings whose values must not be printed by `becomingone config`.
+_SECRET_KEY_RE = re.compile(r"password|secret|token|^ssl\.key\.pem$|^sasl\.oauthbearer\.config$")
+
+
+class Config(_Section):
+    """The whole BecomingONE configuration (immutable once validated)."""
+
+    becomingone: BecomingOneSection = Field(default_factory=BecomingOneSection)
+    kairos: KairosSection = Field(default_factory=KairosSection)
+    master: MasterSection = Field(default_factory=MasterSection)
+    emissary: EmissarySection = Field(default_factory=EmissarySection)
+    sync: SyncSection = Field(default_factory=SyncSection)
+    memory: MemorySection = Field(default_factory=MemorySection)
+    witnessing: WitnessingSection = Field(default_factory=WitnessingSection)
+    security: SecuritySection = Field(default_factory=SecuritySection)
+    logging: LoggingSection = Field(default_factory=LoggingSection)
+    source: Source = Field(default_factory=SyntheticSource)
+    sink: SinkSection = Field(default_factory=SinkSection)
+    kafka: KafkaSection | None = None
+    metrics: MetricsSection = Field(default_factory=MetricsSection)
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> Config:
+        problems = _rule_problems({name: getattr(self, name) for name in type(self).model_fields})
+        if problems:
+            raise _RuleViolations(problems)
+        return self
+
+    def to_yaml(self, *, redact_secrets: bool = False) -> str:
+        """The effective config as YAML; ``load_config`` of it gives an equal Config.
+
+        Args:
+            redact_secrets: replace Kafka passwords, secrets, tokens and private
+                keys by ``<redacted>`` (for display; the result no longer
+                round-trips those values).
+        """
+        data = self.model_dump(mode="json")
+        if redact_secrets and data.get("kafka"):
+            data["kafka"] = {
+                k: (REDACTED if _SECRET_KEY_RE.search(k) else v) for k, v in data["kafka"].items()
+            }
+        return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True)
