@@ -445,7 +445,7 @@ def test_float_texts_are_pythons_repr_at_every_magnitude():
 
 @pytest.mark.parametrize("scale", [1.0, 1e-6, 1e12])
 def test_direct_encoders_write_the_same_bytes_row_by_row_and_column_by_column(monkeypatch, scale):
-    import schemas.messages as messages
+    import schemas.messages.encoders as messages
 
     rng = np.random.default_rng(5)
     sensors = [_AWKWARD[i % len(_AWKWARD)] + str(i) for i in range(40)]

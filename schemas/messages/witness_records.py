@@ -1,0 +1,122 @@
+"""Witness records: the pipeline observing itself (topic ``becomingone.witness``)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, model_validator
+
+from schemas.messages.sync_records import CollapseEvent
+from schemas.messages.wire import FiniteFloat, NonNegativeInt, Sha256Hex, UtcTime, _Wire, format_utc
+
+
+WitnessLayer = Literal["micro", "meso", "macro", "meta"]
+#: The running digest before the first witness record.
+WITNESS_LOG_GENESIS = "0" * 64
+
+
+def witness_log_digest(previous: str, record: bytes) -> str:
+    """Running SHA-256 of the witness log: sha256(previous digest bytes + record JSON)."""
+    return hashlib.sha256(bytes.fromhex(previous) + record).hexdigest()
+
+
+class MicroWitness(_Wire):
+    """``micro``: one operator batch."""
+
+    operator: str = Field(min_length=1)
+    worker: NonNegativeInt
+    items_in: NonNegativeInt
+    items_out: NonNegativeInt
+    drops: NonNegativeInt
+    """Items sent to the dead-letter topic."""
+    seconds: Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
+    """Wall-clock time spent on the batch, seconds."""
+
+
+class MesoWitness(_Wire):
+    """``meso``: one (sampled) transducer emission; the record's t is the grid time."""
+
+    sensor: str = Field(min_length=1)
+    cell: str | None = None
+    transducer: Literal["emissary", "master"]
+    t_re: FiniteFloat
+    t_im: FiniteFloat
+    coherence: Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
+    n_products: NonNegativeInt
+
+
+class MacroWitness(_Wire):
+    """``macro``: the full sync snapshot at a collapse or dissipate event."""
+
+    event: CollapseEvent
+    coherence_master: Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
+    coherence_emissary: Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
+    master_span: Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
+    """Newest minus oldest product time in the Master's window, seconds."""
+
+
+class ManifestHead(_Wire):
+    """An archive dataset's manifest as last committed: the anchor of its hash chain."""
+
+    lines: NonNegativeInt
+    """Lines (files) in ``_meta/<dataset>/MANIFEST.jsonl``."""
+    sha256: Sha256Hex
+    """SHA-256 of the last line's text (the next line's ``prev``); 64 zeros for no line."""
+
+
+class MetaWitness(_Wire):
+    """``meta``: the witness observing itself."""
+
+    records: dict[WitnessLayer, NonNegativeInt]
+    """Records emitted so far per layer."""
+    log_sha256: Sha256Hex
+    """Running digest (:func:`witness_log_digest`) of every record before this one."""
+    heads: dict[str, ManifestHead] = Field(default_factory=dict)
+    """Every archived dataset's manifest head when the record was built (empty without an archive)."""
+
+
+_PAYLOADS: dict[str, type[_Wire]] = {
+    "micro": MicroWitness,
+    "meso": MesoWitness,
+    "macro": MacroWitness,
+    "meta": MetaWitness,
+}
+
+
+class WitnessRecord(_Wire):
+    """One witness record (topic ``becomingone.witness``).
+
+    ``t`` is the event time the record belongs to: the grid time (meso), the
+    event time (macro), or the newest event time the operator had seen
+    (micro, meta).  ``payload`` is the model of ``layer``.
+    """
+
+    layer: WitnessLayer
+    t: UtcTime
+    payload: MicroWitness | MesoWitness | MacroWitness | MetaWitness
+
+    @model_validator(mode="before")
+    @classmethod
+    def _payload_of_layer(cls, data: Any) -> Any:
+        # Parse the payload with its layer's model, not by trying each in turn.
+        if isinstance(data, Mapping):
+            model = _PAYLOADS.get(data.get("layer"))  # type: ignore[arg-type]
+            payload = data.get("payload")
+            if model is not None and isinstance(payload, Mapping):
+                data = {**data, "payload": model.model_validate(payload)}
+        return data
+
+    @model_validator(mode="after")
+    def _layer_matches(self) -> WitnessRecord:
+        if not isinstance(self.payload, _PAYLOADS[self.layer]):
+            raise ValueError(f"payload of layer {self.layer!r} must be a {_PAYLOADS[self.layer].__name__}")
+        return self
+
+
+def witness_record_json(layer: str, t_us: int, payload: bytes) -> bytes:
+    """A :class:`WitnessRecord` as JSON bytes around an already encoded payload."""
+    return b'{"layer":"%s","t":"%s","payload":%s}' % (layer.encode("ascii"), format_utc(t_us).encode("ascii"),
+                                                        payload)
+
