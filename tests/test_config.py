@@ -105,6 +105,17 @@ def test_microsecond_views():
     assert c.source.duration_us == 120_000_000
 
 
+def test_microsecond_views_are_read_only_and_not_config_keys():
+    c = parse_config({"kairos": {"tau_scale": 0.25}})
+    assert isinstance(c.kairos.tau_us, int) and c.kairos.tau_us == 250_000
+    assert not [key for section in c.model_dump().values() if isinstance(section, dict)
+                for key in section if key.endswith("_us")]
+    assert "_us:" not in c.to_yaml()
+    with pytest.raises(ValidationError):
+        c.kairos.tau_us = 1
+    assert c.kairos.tau_us == 250_000
+
+
 def test_float_noise_in_durations_is_exact_in_microseconds():
     # 0.3 = 3 * 0.1 fails in floats (0.30000000000000004 != 0.3) but not in us.
     c = parse_config({"master": {"witness_interval": 0.1, "tau_max": 0.1 * 3, "min_span": 0.1}})
