@@ -257,7 +257,7 @@ def master_state(config: Any, rate_hz: int, seconds: int) -> MasterStateRow:
     from operators.emissary import EmissaryWindow
     from operators.lag import LagState
     from operators.master import MasterWindow
-    from operators.sync import SyncState
+    from operators.sync import SyncMachine
     from operators.transducer import Transducer
 
     p = kairos_params(config)
@@ -266,7 +266,7 @@ def master_state(config: Any, rate_hz: int, seconds: int) -> MasterStateRow:
     emissary = Transducer(EmissaryWindow(c.emissary.tau_max_us, p.omega), c.emissary.witness_interval_us)
     master = Transducer(MasterWindow(c.master.tau_max_us, c.master.witness_interval_us, p.omega),
                         c.master.witness_interval_us)
-    sync = SyncState(c.kairos.coherence_threshold, c.sync.hysteresis, c.sync.phase_threshold, c.master.min_span_us)
+    sync = SyncMachine(c.kairos.coherence_threshold, c.sync.hysteresis, c.sync.phase_threshold, c.master.min_span_us)
     period = 1_000_000 // rate_hz
     products = 0
     for second in range(seconds):

@@ -6,7 +6,7 @@ a Numba kernel computes incrementally:
 * :func:`lag_products`   <->  :class:`operators.lag.LagState`
 * :func:`window_values`  <->  :class:`operators.emissary.EmissaryWindow`,
   :class:`operators.master.MasterWindow` (at grid points)
-* :func:`resonance`      <->  :func:`operators.kairos.resonance`
+* :func:`resonance`      <->  :func:`operators.resonance.resonance`
 
 The tests hold each pair equal (relative 1e-9).  The formulas follow SPEC
 section 2 line by line; see ``docs/kairos.md`` for the derivation.

@@ -4,7 +4,7 @@ A :class:`Resonator` chains, for one sensor,
 
     SampleBatch -> SensorIntake (channels, event-time gate, lag products)
                 -> Transducer(EmissaryWindow)  \\
-                -> Transducer(MasterWindow)    -> SyncState (collapse / dissipate)
+                -> Transducer(MasterWindow)    -> SyncMachine (collapse / dissipate)
 
 in one call per batch.  Both transducers are driven by the same watermark in
 the same call, so every Master grid point up to the watermark has been
@@ -35,7 +35,7 @@ from operators.intake import IntakeResult, ProductBatch, SensorIntake
 from operators.master import MasterWindow, _master_kernel
 from operators.params import KairosParams
 from operators.samples import SampleBatch
-from operators.sync import SyncState, SyncValues, _sync_kernel
+from operators.sync import SyncMachine, SyncValues, _sync_kernel
 from operators.transducer import _ALL, Transducer, _due_points
 from schemas.messages import DeadLetter
 
@@ -174,7 +174,7 @@ def _pane_chain_kernel(pt, pp, pdt, sample_t, limit, e_omega, m_omega,
     """Emissary and Master (both pane windows) and the sync, for one sensor's products.
 
     The same steps as ``Transducer.push`` for each window and
-    ``SyncState.advance`` with no Emissary points waiting, in one call.  The
+    ``SyncMachine.advance`` with no Emissary points waiting, in one call.  The
     values go to rows ``e_at:`` and ``m_at:`` of the :class:`GridRows` columns.
     """
     e_pending, e_split = _pane_window_step(pt, pp, pdt, sample_t, limit, e_omega, e_pending, e_sre, e_sim, e_sa,
@@ -328,7 +328,7 @@ class Resonator:
                                    s.emissary_interval_us)
         self.master = Transducer(MasterWindow(s.master_window_us, s.master_interval_us, omega),
                                  s.master_interval_us)
-        self.sync = SyncState(s.threshold, s.hysteresis, s.phase_threshold, s.min_span_us)
+        self.sync = SyncMachine(s.threshold, s.hysteresis, s.phase_threshold, s.min_span_us)
 
     @property
     def cell(self) -> str | None:

@@ -29,7 +29,7 @@ from numba import njit
 
 from operators.grid import WindowValues, no_rows
 
-__all__ = ["COLLAPSE", "DISSIPATE_COHERENCE", "DISSIPATE_PHASE", "SyncState", "SyncValues"]
+__all__ = ["COLLAPSE", "DISSIPATE_COHERENCE", "DISSIPATE_PHASE", "SyncMachine", "SyncValues"]
 
 NONE, COLLAPSE, DISSIPATE_COHERENCE, DISSIPATE_PHASE = 0, 1, 2, 3
 
@@ -136,7 +136,7 @@ _NO_DECISIONS = SyncValues(no_rows(np.int64), no_rows(np.complex128), no_rows(np
                            no_rows(np.bool_), no_rows(np.int8), no_rows(np.int64))
 
 
-class SyncState:
+class SyncMachine:
     """One sensor's sync: Emissary/Master join by event time plus the collapse state machine.
 
     Args:
@@ -147,7 +147,7 @@ class SyncState:
 
     >>> import numpy as np
     >>> from operators.grid import WindowValues
-    >>> sync = SyncState(threshold=0.95, hysteresis=0.05, phase_threshold=0.1, min_span_us=10)
+    >>> sync = SyncMachine(threshold=0.95, hysteresis=0.05, phase_threshold=0.1, min_span_us=10)
     >>> em = WindowValues(np.array([10, 20]), np.array([1.0 + 0j, 0.5 + 0j]), np.array([5, 5]), np.array([9, 9]))
     >>> ma = WindowValues(np.array([10]), np.array([0.99 + 0j]), np.array([50]), np.array([40]))
     >>> out = sync.advance(em, ma, master_watermark=20)

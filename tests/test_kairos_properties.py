@@ -11,7 +11,7 @@ import pytest
 from operators import reference
 from operators.emissary import EmissaryWindow
 from operators.grid import emission_points
-from operators.kairos import resonance
+from operators.resonance import resonance
 from operators.lag import LagState, Products
 from operators.master import MasterWindow
 from operators.params import KairosParams

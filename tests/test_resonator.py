@@ -4,7 +4,7 @@ With pane windows on both sides, :class:`operators.resonator.Resonator` runs
 both transducers and the sync as one kernel call writing into shared
 :class:`~operators.resonator.GridRows`.  These tests drive a twin sensor
 through the operators themselves (``SensorIntake``, ``Transducer.push`` twice,
-``SyncState.advance``) and hold every emitted value, bit for bit, and the
+``SyncMachine.advance``) and hold every emitted value, bit for bit, and the
 state afterwards to it.
 """
 

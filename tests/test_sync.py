@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from operators.grid import WindowValues
-from operators.sync import COLLAPSE, DISSIPATE_COHERENCE, DISSIPATE_PHASE, SyncState
+from operators.sync import COLLAPSE, DISSIPATE_COHERENCE, DISSIPATE_PHASE, SyncMachine
 
 IC, H, PHASE, MIN_SPAN = 0.95, 0.05, 0.1, 1_000
 
@@ -56,7 +56,7 @@ def streams(draw):
 def test_sync_equals_section_3_whatever_the_arrival_interleaving(stream):
     em, ma, cuts = stream
     want = spec_sync(em, ma)
-    sync = SyncState(IC, H, PHASE, MIN_SPAN)
+    sync = SyncMachine(IC, H, PHASE, MIN_SPAN)
     edges = [0, *sorted(cuts), len(em.t)]
     got, sent = [], 0
     # The Master arrives in pieces; its watermark trails the Emissary's, so
@@ -73,7 +73,7 @@ def test_sync_equals_section_3_whatever_the_arrival_interleaving(stream):
 
 
 def test_collapse_needs_a_mature_master():
-    sync = SyncState(IC, H, PHASE, MIN_SPAN)
+    sync = SyncMachine(IC, H, PHASE, MIN_SPAN)
     em = _values([10, 20, 30], [1.0, 1.0, 1.0], [0, 0, 0])
     ma = _values([10, 30], [1.0, 1.0], [MIN_SPAN - 1, MIN_SPAN])
     out = sync.advance(em, ma, master_watermark=30)
@@ -83,7 +83,7 @@ def test_collapse_needs_a_mature_master():
 
 
 def test_phase_disagreement_dissipates_with_reason_phase():
-    sync = SyncState(IC, H, PHASE, MIN_SPAN)
+    sync = SyncMachine(IC, H, PHASE, MIN_SPAN)
     # |T_sync|^2 stays above I_c - h, but the Emissary's magnitude falls away from the Master's.
     em = _values([10, 20], [1.0, 0.898], [0, 0])
     ma = _values([10], [1.0], [MIN_SPAN])
@@ -94,7 +94,7 @@ def test_phase_disagreement_dissipates_with_reason_phase():
 
 
 def test_emissary_points_wait_for_the_master_watermark():
-    sync = SyncState(IC, H, PHASE, MIN_SPAN)
+    sync = SyncMachine(IC, H, PHASE, MIN_SPAN)
     out = sync.advance(_values([10, 20], [1.0, 1.0], [0, 0]), _values([], [], []), master_watermark=15)
     assert out.t.tolist() == [10] and sync.waiting == 1
     out = sync.advance(_values([], [], []), _values([20], [1.0], [MIN_SPAN]), master_watermark=20)

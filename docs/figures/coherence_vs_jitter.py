@@ -4,7 +4,7 @@
 
 A 5 Hz oscillator sampled at 100 Hz for 60 s, with Gaussian phase noise of
 standard deviation sigma (radians) added to every sample, is passed to
-:func:`operators.kairos.resonance` (tau 1 s, omega 0) with velocity spans of
+:func:`operators.resonance.resonance` (tau 1 s, omega 0) with velocity spans of
 0, 0.05 and 0.2 s, and once more with 0.05 s on irregular sampling times.
 Each point is the mean over a few noise seeds.  The left panel (linear) shows
 where the coherence threshold 0.95 is crossed; the right panel (logarithmic)
@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 # Plot the estimator of this checkout, wherever the script is started from.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from operators.kairos import resonance  # noqa: E402
+from operators.resonance import resonance  # noqa: E402
 
 START_S = 1_764_115_200.0      # 2025-11-26T00:00:00Z: real epoch-sized times
 OSCILLATOR_HZ = 5.0
