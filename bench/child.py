@@ -104,7 +104,7 @@ def _warm_up(config: Any) -> float:
     import pyarrow as pa
 
     from connectors.kafka import arrow_message
-    from flows.kairos import resonator_settings
+    from operators.resonator import resonator_settings
     from operators.decode import RawMessage, decode_messages
     from operators.resonator import Resonator
     from operators.samples import SampleBatch
@@ -130,13 +130,15 @@ def _child_flow(spec: dict[str, Any], board: ProgressBoard) -> dict[str, Any]:
     from bytewax.testing import run_main
 
     from flows.kairos import build_engine_flow, build_flow
-    from flows.sources import request_stop
+    from flows.observer import FlowObserver
     from schemas.config import parse_config
 
     config = parse_config(spec["config"], source="bench")
     warm_s = _warm_up(config)
     # run_main below runs it without recovery, as `becomingone run` does.
-    flow = build_flow(config, recovery=False) if spec["stage"] == "full" else build_engine_flow(config)
+    observer = FlowObserver.of(config)
+    flow = (build_flow(config, recovery=False, observer=observer) if spec["stage"] == "full"
+            else build_engine_flow(config, observer=observer))
     counter = SampleCounter()
     baseline = counter.by_result()
     base_total = sum(baseline.values())
@@ -153,7 +155,7 @@ def _child_flow(spec: dict[str, Any], board: ProgressBoard) -> dict[str, Any]:
                 marks["first"] = time.perf_counter()
             if n >= expected:
                 marks["all_counted"] = time.perf_counter()
-                request_stop()
+                observer.stop.request()
                 return
             time.sleep(WATCH_POLL_S)
 

@@ -142,9 +142,9 @@ def resonate_engine() -> str:
     """What the flow's resonate step runs in this checkout, in a few words (for the report)."""
     import inspect
 
-    from flows import kairos
+    from flows import resonate
 
-    logic = getattr(kairos, "ResonateLogic", None) or getattr(kairos, "_ResonateLogic", None)
+    logic = getattr(resonate, "ResonateLogic", None) or getattr(resonate, "_ResonateLogic", None)
     if logic is None:
         return ""
     try:
@@ -225,7 +225,7 @@ def markdown_section(runs: Sequence[FleetRun], level: int = 2, machine: str | No
         "",
         "Snapshot cost per key group: a key group's state as the resonate step snapshots it "
         "(`operators.fleet.FleetTable`: the sensors' names, each lane's event-time gate and "
-        "`operators.columnar_state.FleetState`; sensors placed by `flows.kairos.key_group`), filled by "
+        "`operators.columnar_state.FleetState`; sensors placed by `flows.decoding.key_group`), filled by "
         "`operators.fleet.Fleet.push` over the shape's samples in time-ordered calls of about "
         "`source.batch_rows` rows, one `SampleBatch` per sensor and call (not flushed: a state between "
         f"epochs), then `pickle.dumps` (highest protocol, as a snapshot is pickled; median of "

@@ -109,11 +109,9 @@ def run_flow_once(config, samples: int) -> FlowRun:
 
     from connectors.metrics import ledger
     from flows.kairos import build_flow
-    from flows.sources import clear_stop_request
 
     book = ledger()
     book.reset()
-    clear_stop_request()
     flow = build_flow(config, recovery=False)
     steps0, meso0 = _step_seconds(), _meso_records()
     gc.collect()
@@ -170,7 +168,7 @@ def snapshot_cost(t: np.ndarray, phase: np.ndarray, settings, key_groups: int, b
     flushed: a state between epochs), pickled."""
     import pickle
 
-    from flows.kairos import key_group
+    from flows.decoding import key_group
     from operators.fleet import Fleet
     from operators.roster import SensorCapacity
     from operators.samples import SampleBatch

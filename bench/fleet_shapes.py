@@ -128,7 +128,7 @@ def config_for(shape: FleetShape, path: Path | None = None, *, archive: bool = F
 
 def settings_for(shape: FleetShape):
     """The resonator settings of :func:`config_for` (no ``future`` check: offline)."""
-    from flows.kairos import resonator_settings
+    from operators.resonator import resonator_settings
 
     return resonator_settings(config_for(shape), replay=True)
 

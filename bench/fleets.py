@@ -35,7 +35,7 @@ sample, counted with pyarrow.
 Snapshot cost: a key group's state as the resonate step snapshots it
 (:class:`operators.fleet.FleetTable`: names, each lane's event-time gate and
 :class:`operators.columnar_state.FleetState`), one per key group
-(``becomingone.key_groups``, sensors by :func:`flows.kairos.key_group`),
+(``becomingone.key_groups``, sensors by :func:`flows.decoding.key_group`),
 filled by :meth:`operators.fleet.Fleet.push` over the shape's samples in
 time-ordered calls of about ``source.batch_rows`` rows, then pickled as
 Bytewax pickles a snapshot; bytes and seconds per key group.

@@ -60,7 +60,7 @@ How a consumer run (stages 1 to 3) works
     partition ahead of the samples the child has counted
     (``becomingone_samples_total``, read in the child every millisecond and
     written to the board).  When the child has counted every sample it calls
-    :func:`flows.sources.request_stop`, the flow drains as at end of input,
+    the flow's stop signal (:class:`flows.observer.FlowObserver`), the flow drains as at end of input,
     and the clock stops when ``run_main`` returns.  (``source.stop_at_end``
     would end a partition the first time the consumer catches up with the
     producer; with concurrent producing that can happen mid-run, so the flows

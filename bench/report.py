@@ -354,7 +354,7 @@ def render_markdown(res: BenchResult, command: str) -> str:
         "start offset of a partition whose leader it does not know yet) and the drain at the end; \"samples/s "
         "after first\" leaves the start out.",
         "- **End of input**: the flows follow the topic (`source.stop_at_end: false`) and are stopped with "
-        "`flows.sources.request_stop()` once `becomingone_samples_total` (read in the child every millisecond) "
+        "the flow's stop signal (`FlowObserver.stop.request()`) once `becomingone_samples_total` (read in the child every millisecond) "
         "counts every sample produced; the flow then drains as at end of input. (`stop_at_end: true` would end a "
         "partition the first time the consumer catches up with the producer, which can happen mid-run.) A run "
         "gives a number only if it counted exactly every sample produced, all of them decoded or accepted (the "

@@ -70,7 +70,7 @@ def compute_ceiling(workload: Workload, config: Any, repeats: int = COMPUTE_REPE
     The columns are built before the clock starts; the kernel's input checks are timed.
     """
     from bench.fleet_runs import one_pass
-    from flows.kairos import resonator_settings
+    from operators.resonator import resonator_settings
     from operators.columnar import fleet_resonance
 
     settings = resonator_settings(config, replay=True)
@@ -125,7 +125,7 @@ def naive_estimate(workload: Workload, config: Any, *, prefix: int, sensors: int
     the mean per sensor times the number of sensors.
     """
     from bench import kernels
-    from flows.kairos import kairos_params
+    from operators.params import kairos_params
 
     params = kairos_params(config)
     chosen = np.linspace(0, workload.spec.sensors - 1, sensors).round().astype(int)
@@ -253,10 +253,10 @@ def master_state(config: Any, rate_hz: int, seconds: int) -> MasterStateRow:
     """Feed a steady 1 Hz oscillator at ``rate_hz`` for ``seconds`` through LagState and both
     transducers in one-second batches, then measure the Master (``master.tau_max`` window in
     ``master.witness_interval`` panes) and the whole per-sensor chain."""
-    from flows.kairos import kairos_params
     from operators.emissary import EmissaryWindow
     from operators.lag import LagState
     from operators.master import MasterWindow
+    from operators.params import kairos_params
     from operators.sync import SyncMachine
     from operators.transducer import Transducer
 

@@ -12,17 +12,27 @@ Generation is deterministic for a given seed and sensor name, and the same
 for any batch length (each random component of a sensor has its own
 generator, drawn in time order; only the drift's running sum may differ in
 the last bit).
+
+:class:`SyntheticSamples` is the Bytewax source of the config's synthetic
+sensors (``source.kind: synthetic``).
 """
 
 from __future__ import annotations
 
+import time
 import zlib
 from dataclasses import dataclass
-from typing import Iterator, Literal
+from typing import TYPE_CHECKING, Iterator, Literal
 
 import numpy as np
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-__all__ = ["SENSOR_KINDS", "SyntheticSensor", "synthetic_batches"]
+from operators.samples import SampleBatch
+
+if TYPE_CHECKING:
+    from schemas.config import SyntheticSource
+
+__all__ = ["SENSOR_KINDS", "SyntheticSamples", "SyntheticSensor", "synthetic_batches"]
 
 SensorKind = Literal["steady", "drifting", "noise", "switching"]
 SENSOR_KINDS: tuple[str, ...] = ("steady", "drifting", "noise", "switching")
@@ -109,3 +119,46 @@ def synthetic_batches(
             else:  # switching: coherent, then noise from half-time on
                 phase = np.where((idx < n_total // 2)[:, None], coherent, noise)
             yield s.name, t_us, np.mod(phase + np.pi, 2 * np.pi) - np.pi
+
+
+class _SyntheticPartition(StatefulSourcePartition[SampleBatch, int]):
+    def __init__(self, source: SyntheticSource, resume: int | None) -> None:
+        sensors = [SyntheticSensor(s.name, s.kind, freq_hz=s.freq_hz, channels=s.channels) for s in source.sensors]
+        self._cells = {s.name: s.cell for s in source.sensors}
+        self._batches = synthetic_batches(sensors, period_us=source.period_us, duration_us=source.duration_us,
+                                          start_us=source.start_us, seed=source.seed)
+        self._done = 0
+        self._per_round = len(sensors)
+        # Resume by regenerating: the generator is deterministic.
+        for _ in range(resume or 0):
+            next(self._batches)
+            self._done += 1
+
+    def next_batch(self) -> list[SampleBatch]:
+        out = []
+        for _ in range(self._per_round):
+            try:
+                name, t_us, phase = next(self._batches)
+            except StopIteration:
+                if not out:
+                    raise
+                break
+            self._done += 1
+            out.append(SampleBatch(name, t_us, phase, self._cells[name], topic=None, ingested=time.time()))
+        return out
+
+    def snapshot(self) -> int:
+        return self._done
+
+
+class SyntheticSamples(FixedPartitionedSource[SampleBatch, int]):
+    """The config's synthetic sensors as one input partition (already valid samples, no decode)."""
+
+    def __init__(self, source: SyntheticSource) -> None:
+        self.source = source
+
+    def list_parts(self) -> list[str]:
+        return ["synthetic"]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _SyntheticPartition:
+        return _SyntheticPartition(self.source, resume_state)

@@ -196,7 +196,7 @@ def cmd_memory_compact(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     from connectors.archive import ArchiveError
     from connectors.memory import TemporalMemory
-    from flows.sources import ArchiveInput
+    from connectors.replay_source import ArchiveInput
 
     config = config_or_report(args)
     if config is None:
@@ -268,7 +268,7 @@ def _replay_to_kafka(args, config, memory, start, end) -> int:
         producer_settings,
     )
     from connectors.phase_files import PhaseColumns
-    from flows.sources import ArchiveInput, ArchiveSlices
+    from connectors.replay_source import ArchiveInput, ArchiveSlices
     from schemas.config import KafkaSource
 
     topic = args.topic or (config.source.topic if isinstance(config.source, KafkaSource)

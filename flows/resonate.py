@@ -11,20 +11,25 @@ counts for the run summary are columns too (:class:`GroupLedger`).
 
 from __future__ import annotations
 
+import copy
 import math
-import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
+import bytewax.operators as op
 import numpy as np
+from bytewax.dataflow import Stream
 from bytewax.operators import StatefulBatchLogic
 
-from connectors.metrics import SensorLedger, ledger, metrics
+from connectors.metrics import SensorLedger
 from flows.emit import (
+    ArchiveRows,
     SignatureBlock,
     SyncBlock,
     TopicBlock,
     TopicRecord,
+    TopicRecords,
     bundled,
     collapse_events,
     dead_letter_records,
@@ -42,18 +47,21 @@ from flows.emit import (
     sync_messages,
     witnessed,
 )
+from flows.observer import FlowObserver
 from operators.dead_letters import DeadLetterBudget
 from operators.fleet import Fleet, FleetStep, FleetTable, refused_reasons
+from operators.params import dead_letter_limits
 from operators.grid import WindowValues
 from operators.intake import _rejection_texts, dead_letters
 from operators.roster import SensorCapacity
+from operators.resonator import resonator_settings
 from operators.samples import SampleRuns
 from operators.sync import COLLAPSE, SyncValues
-from operators.witness import WitnessBlock, WitnessEntry
+from operators.witness import WitnessBlock, WitnessEntries, WitnessEntry
 from schemas.config import Config
 from schemas.messages import MacroWitness, meso_records_json, per_row, to_json_bytes
 
-__all__ = ["GroupLedger", "ResonateLogic"]
+__all__ = ["GroupLedger", "ResonateLogic", "ResonateOut", "resonate"]
 
 
 class GroupLedger:
@@ -109,12 +117,12 @@ class ResonateLogic(StatefulBatchLogic[list[SampleRuns], Any, FleetTable]):
     """
 
     def __init__(self, config: Config, settings, limits, resume: FleetTable | None, capacity: SensorCapacity,
-                 resumable: bool, stopping) -> None:
+                 resumable: bool, observer: FlowObserver) -> None:
         self.fleet = Fleet(settings, capacity, resume)
         self.settings = settings
         self.limits = limits
         self.resumable = resumable
-        self.stopping = stopping
+        self.observer = observer
         self.node = config.becomingone.name
         mem, sink = config.memory, config.sink
         self.archive_input = sink.archive and mem.archive_input
@@ -134,17 +142,18 @@ class ResonateLogic(StatefulBatchLogic[list[SampleRuns], Any, FleetTable]):
         self.event_objects = self.kafka or self.events or self.macro
         self.per_sensor = config.metrics.per_sensor_labels
         self.book = GroupLedger(self.fleet.names)
-        ledger().attach(self.book)
-        m = metrics()
+        observer.ledger.attach(self.book)
+        m = observer.metrics
         live = self.fleet.table.live[:len(self.fleet.names)]
         m.active_sensors.inc(int(live.sum()))  # resumed: the gauges count this process's sensors
         m.sensors_collapsed.inc(int(self.fleet.collapsed(np.flatnonzero(live)).sum()))
 
     def on_batch(self, values: list[list[SampleRuns]]) -> tuple[Iterable[Any], bool]:
-        started = time.perf_counter()
+        clock = self.observer.clock
+        started = clock.timer()
         blocks = [b for group in values for b in group]
         live_before = self.fleet.live_count()
-        now_us = time.time_ns() // 1000   # the clock of the `future` rule, and of its dead letters' text
+        now_us = clock.now_us()   # the clock of the `future` rule, and of its dead letters' text
         step = self.fleet.push_runs(blocks, now_us)
         self.book.grow()
         budget = DeadLetterBudget(self.limits)  # one allowance per input message over all sensors of the call
@@ -153,29 +162,30 @@ class ResonateLogic(StatefulBatchLogic[list[SampleRuns], Any, FleetTable]):
         released = self.fleet.release_idle()
         if released is not None:
             out.extend(self._outputs(released))
-        metrics().active_sensors.inc(self.fleet.live_count() - live_before)
+        self.observer.metrics.active_sensors.inc(self.fleet.live_count() - live_before)
         summaries = budget.summaries()
         if summaries:
             out.extend(dead_letter_records(summaries))
-        metrics().batch_seconds.labels("resonate").observe(time.perf_counter() - started)
+        self.observer.metrics.batch_seconds.labels("resonate").observe(clock.timer() - started)
         return bundled(out), StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[Iterable[Any], bool]:
-        if self.resumable and self.stopping():
+        if self.resumable and self.observer.stop.requested():
             # Stopped, not at the end of input: the next run resumes these grid points exactly.
             return [], StatefulBatchLogic.RETAIN
         self.book.grow()
         return bundled(self._outputs(self.fleet.flush())), StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> FleetTable:
-        return self.fleet.table
+        """A copy of the group's state (the fleet's table), not the live one."""
+        return copy.deepcopy(self.fleet.table)
 
     # --- outputs -----------------------------------------------------------------------------------
 
     def _refused(self, step: FleetStep, budget: DeadLetterBudget, now_us: int) -> list[Any]:
         if not step.refusals:
             return []
-        m, run = metrics(), ledger()
+        m, run = self.observer.metrics, self.observer.ledger
         out: list[Any] = []
         for refusal in step.refusals:
             b = refusal.batch
@@ -200,13 +210,13 @@ class ResonateLogic(StatefulBatchLogic[list[SampleRuns], Any, FleetTable]):
         return out
 
     def _outputs(self, step: FleetStep) -> list[Any]:
-        m, book = metrics(), self.book
+        m, book = self.observer.metrics, self.book
         names, cells = self.fleet.names, self.fleet.table.cells
         out: list[Any] = []
         if step.accepted:
             m.samples.labels("accepted").inc(step.accepted)
         if step.watermark is not None:
-            ledger().watermark(step.watermark)
+            self.observer.ledger.watermark(step.watermark)
         pieces = []
         for sid, t, phase in step.released:
             run_sid, counts = _runs(sid)
@@ -270,7 +280,7 @@ class ResonateLogic(StatefulBatchLogic[list[SampleRuns], Any, FleetTable]):
     def _sync_outputs(self, run_sid: np.ndarray, counts: np.ndarray, sv: SyncValues, step: FleetStep,
                       out: list[Any]) -> None:
         """Collapse events and sync messages (into ``out``), the history and mesh rows; the ledger."""
-        m, book = metrics(), self.book
+        m, book = self.observer.metrics, self.book
         ends = np.cumsum(counts)
         last = ends - 1
         book.coherence[run_sid] = sv.coherence_sync[last]
@@ -315,7 +325,7 @@ class ResonateLogic(StatefulBatchLogic[list[SampleRuns], Any, FleetTable]):
     def _count(self, sid: np.ndarray, up: np.ndarray, ingested: float) -> None:
         """Transitions of sensors ``sid`` (one entry per transition; ``up``: a collapse) into the
         ledger and the metrics, for every sensor at once."""
-        m, book = metrics(), self.book
+        m, book = self.observer.metrics, self.book
         np.add.at(book.collapses, sid[up], 1)
         np.add.at(book.dissipations, sid[~up], 1)
         collapses, dissipations = int(up.sum()), int((~up).sum())
@@ -326,7 +336,7 @@ class ResonateLogic(StatefulBatchLogic[list[SampleRuns], Any, FleetTable]):
         if collapses != dissipations:
             m.sensors_collapsed.inc(collapses - dissipations)
         if math.isfinite(ingested):
-            latency = time.time() - ingested
+            latency = self.observer.clock.now() - ingested
             for _ in range(sid.shape[0]):
                 m.event_latency.observe(latency)
 
@@ -351,3 +361,36 @@ def _sync_values(sv) -> SyncValues:
     """The fleet's sync columns without their sensor column."""
     return SyncValues(sv.t, sv.T_master, sv.T_emissary, sv.T_sync, sv.coherence_sync, sv.delta_phase, sv.mature,
                       sv.collapsed, sv.event, sv.master_span_us)
+
+
+@dataclass(frozen=True)
+class ResonateOut:
+    """The resonate step's streams.
+
+    Attributes:
+        records: topic messages (collapse events, sync messages, dead letters) of a call.
+        witness: the meso and macro witness records of a call.
+        archive: archive rows (input, signatures, history, mesh, events).
+    """
+
+    records: Stream[TopicRecords]
+    witness: Stream[WitnessEntries]
+    archive: Stream[ArchiveRows]
+
+
+def resonate(step_id: str, samples: Stream[tuple[str, list[SampleRuns]]], config: Config, observer: FlowObserver,
+             *, replay: bool, resumable: bool) -> ResonateOut:
+    """Each key group's sensors through its fleet (:class:`ResonateLogic`), keyed by group."""
+    settings, limits = resonator_settings(config, replay=replay), dead_letter_limits(config)
+    # One cap for the flow's key groups in this process (its workers are threads of it).
+    capacity = SensorCapacity(config.becomingone.max_sensors)
+
+    def logic(resume: FleetTable | None) -> ResonateLogic:
+        observer.start()
+        return ResonateLogic(config, settings, limits, resume, capacity, resumable, observer)
+
+    resonance = op.stateful_batch(step_id, samples, logic)
+    out = op.map(f"{step_id}_out", resonance, lambda kv: kv[1])
+    records = op.branch(f"{step_id}_records", out, lambda item: type(item) is TopicRecords)
+    rest = op.branch(f"{step_id}_witness", records.falses, lambda item: type(item) is WitnessEntries)
+    return ResonateOut(records.trues, rest.trues, rest.falses)

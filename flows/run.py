@@ -12,6 +12,7 @@ are this process's view.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import signal
 import sys
@@ -26,13 +27,16 @@ from bytewax.run import cli_main
 
 from connectors.metrics import RunLedger, ledger, serve
 from flows.kairos import build_flow
-from flows.sources import clear_stop_request, request_stop
+from flows.observer import FlowObserver
 from operators.fleet import STATE_LAYOUT
 from schemas.config import Config, KafkaSource, SyntheticSource
 from schemas.messages import format_utc
 from schemas.printable import printable
 
-__all__ = ["RECOVERY_PARTITIONS", "RecoveryMismatch", "Stopped", "check_kafka", "recovery_dir", "run_flow"]
+__all__ = ["RECOVERY_PARTITIONS", "RecoveryMismatch", "Stopped", "bytewax_run_flow", "check_kafka", "recovery_dir",
+           "run_flow"]
+
+log = logging.getLogger("becomingone.flow")
 
 #: Partitions of a recovery store ``becomingone run`` creates (fixed for the store's life).
 RECOVERY_PARTITIONS = 4
@@ -205,8 +209,9 @@ def run_flow(config: Config, *, workers: int = 1, out: TextIO | None = None, pro
         serve(config.metrics.bind, config.metrics.port)
     book = ledger()
     book.reset()
-    clear_stop_request()  # an earlier run of this process may have been stopped
-    flow = build_flow(config, replay=replay, source=source, recovery=recovery is not None)
+    observer = FlowObserver.of(config)
+    observer.stop.clear()  # an earlier run of this process may have been stopped: Kafka output waits again
+    flow = build_flow(config, replay=replay, source=source, recovery=recovery is not None, observer=observer)
     recovery_config = _recovery_config(recovery, config) if recovery is not None else None
     bar = _Progress(progress, book, config, span)
     started = time.monotonic()
@@ -219,7 +224,7 @@ def run_flow(config: Config, *, workers: int = 1, out: TextIO | None = None, pro
         if stopped_by:
             raise KeyboardInterrupt
         stopped_by.append(signum)
-        request_stop()
+        observer.stop.request()
         name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
         progress.write(f"\nstopping ({name}): finishing what was read ({name} again to abort)\n")
 
@@ -245,3 +250,71 @@ def run_flow(config: Config, *, workers: int = 1, out: TextIO | None = None, pro
 
 def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
+
+
+# --------------------------------------------------------------------------
+# `python -m bytewax.run flows.kairos`: the flow of $BECOMINGONE_CONFIG.
+
+
+def bytewax_run_flow():
+    """The flow ``python -m bytewax.run flows.kairos`` runs (``flows.kairos.flow``).
+
+    A bad config, a cluster out of reach or settings librdkafka refuses end
+    the process with one line and the exit codes of ``becomingone run``; the
+    first SIGTERM drains the flow.
+    """
+    from schemas.config import ConfigError, load_config
+
+    try:
+        config = load_config()
+    except ConfigError as exc:
+        # Each problem with its key path, as `becomingone` prints them; exit 2 as for a bad config there.
+        print(f"becomingone: invalid config:\n{exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    _check_kafka_or_exit(config)
+    observer = FlowObserver.of(config)
+    _drain_on_sigterm(observer)
+    return build_flow(config, recovery=_bytewax_recovery(sys.argv), observer=observer)
+
+
+def _check_kafka_or_exit(config: Config) -> None:
+    """Under ``python -m bytewax.run``: a cluster out of reach, or settings librdkafka refuses, is one
+    line and exit 1 (2 for the settings), as in ``becomingone run``, not a failure inside a worker."""
+    from connectors.kafka import KafkaSetupError
+
+    try:
+        check_kafka(config)
+    except KafkaSetupError as exc:
+        print(f"becomingone: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except OSError as exc:  # KafkaUnreachable
+        print(f"becomingone: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def _bytewax_recovery(argv: list[str]) -> bool:
+    """True when ``python -m bytewax.run`` was given a recovery directory (``-r`` or its variable).
+
+    >>> _bytewax_recovery(["flows.kairos", "-r", "rec", "-s", "5", "-b", "0"]), _bytewax_recovery(["flows.kairos"])
+    (True, False)
+    """
+    import os
+
+    return bool(os.environ.get("BYTEWAX_RECOVERY_DIRECTORY")) or any(
+        a == "-r" or a.startswith("--recovery-directory") or (a.startswith("-r") and not a.startswith("--"))
+        for a in argv[1:])
+
+
+def _drain_on_sigterm(observer: FlowObserver) -> None:
+    """Under ``python -m bytewax.run``: the first SIGTERM (Kubernetes' stop signal) stops the
+    sources and lets the flow drain, as ``becomingone run`` does; a second one aborts."""
+    if not _main_thread():
+        return
+
+    def on_term(signum: int, frame: Any) -> None:
+        if observer.stop.requested():
+            raise KeyboardInterrupt
+        log.warning("SIGTERM: stopping the sources and draining (a second SIGTERM aborts)")
+        observer.stop.request()
+
+    signal.signal(signal.SIGTERM, on_term)

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
+from schemas.messages import MAX_DEAD_LETTERS_PER_MESSAGE, DeadLetterLimits
 from schemas.timebase import duration_to_micros
 
-__all__ = ["NO_GAP_LIMIT", "KairosParams"]
+if TYPE_CHECKING:
+    from schemas.config import Config
+
+__all__ = ["NO_GAP_LIMIT", "KairosParams", "dead_letter_limits", "kairos_params"]
 
 #: ``max_gap`` meaning "never split a chain" (int64 max).
 NO_GAP_LIMIT = np.iinfo(np.int64).max
@@ -106,3 +110,19 @@ class KairosParams:
                 f"weights has {len(self.weights)} entries but the phase has {channels} channels"
             )
         return np.asarray(self.weights, dtype=np.float64)
+
+
+def kairos_params(config: Config) -> KairosParams:
+    """The estimator parameters of ``config`` in exact microseconds."""
+    k = config.kairos
+    return KairosParams(
+        tau_us=k.tau_us, velocity_span_us=k.velocity_span_us, max_gap_us=k.max_gap_us, omega=k.omega,
+        weights=None if k.channel_weights is None else tuple(k.channel_weights),
+    )
+
+
+def dead_letter_limits(config: Config) -> DeadLetterLimits:
+    """The dead-letter bounds of ``config`` (``sink.dlq_max_original_bytes``,
+    ``source.max_dead_letters_per_message`` of a Kafka source)."""
+    per_message = getattr(config.source, "max_dead_letters_per_message", MAX_DEAD_LETTERS_PER_MESSAGE)
+    return DeadLetterLimits(max_original_bytes=config.sink.dlq_max_original_bytes, max_per_message=per_message)

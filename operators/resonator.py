@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numba import njit
@@ -33,13 +34,16 @@ from operators.emissary import emissary_window
 from operators.grid import WindowValues
 from operators.intake import IntakeResult, ProductBatch, SensorIntake
 from operators.master import MasterWindow, _master_kernel
-from operators.params import KairosParams
+from operators.params import KairosParams, kairos_params
 from operators.samples import SampleBatch
 from operators.sync import SyncMachine, SyncValues, _sync_kernel
 from operators.transducer import _ALL, Transducer, _due_points
 from schemas.messages import DeadLetter
 
-__all__ = ["GridRows", "Resonance", "Resonator", "ResonatorSettings"]
+if TYPE_CHECKING:
+    from schemas.config import Config
+
+__all__ = ["GridRows", "Resonance", "Resonator", "ResonatorSettings", "resonator_settings"]
 
 _NO_VALUES = WindowValues.empty()
 
@@ -220,6 +224,16 @@ class ResonatorSettings:
     min_span_us: int
     lateness_us: int = 0
     max_future_us: int | None = None
+
+
+def resonator_settings(config: Config, *, replay: bool = False) -> ResonatorSettings:
+    """The per-sensor settings of ``config``; ``replay`` accepts any event time (no ``future``)."""
+    em, ma, sync = config.emissary, config.master, config.sync
+    return ResonatorSettings(
+        kairos_params(config), em.tau_max_us, em.witness_interval_us, ma.tau_max_us, ma.witness_interval_us,
+        config.kairos.coherence_threshold, sync.hysteresis, sync.phase_threshold, ma.min_span_us,
+        lateness_us=sync.lateness_us, max_future_us=None if replay else sync.max_future_us,
+    )
 
 
 @dataclass(slots=True)

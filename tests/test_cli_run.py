@@ -92,10 +92,10 @@ def test_a_stopped_run_does_not_stop_the_next_one_in_the_same_process(tmp_path):
     import io
 
     from flows.run import run_flow
-    from flows.sources import request_stop
+    from connectors.stopping import StopSignal
     from schemas.config import parse_config
 
-    request_stop()  # as the first Ctrl-C of an earlier run would
+    StopSignal().request()  # as the first Ctrl-C of an earlier run would
     config = parse_config({"source": {"kind": "synthetic", "duration": 5.0}, "sink": {"archive": False},
                            "metrics": {"enabled": False}})
     book = run_flow(config, out=io.StringIO(), progress=io.StringIO())

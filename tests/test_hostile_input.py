@@ -236,7 +236,7 @@ def test_replay_into_kafka_over_four_partitions_gives_no_late_sample(runs, boots
 _RSS_SCRIPT = textwrap.dedent("""
     import resource, sys
     import numpy as np, pyarrow as pa
-    from flows.kairos import Decode
+    from flows.decoding import Decode
     from operators.decode import RawMessage
     from schemas.config import parse_config
     from schemas.messages import ARROW_STREAM_CONTENT_TYPE

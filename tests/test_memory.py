@@ -419,7 +419,7 @@ def test_replay_into_kafka_sends_every_archived_sample(flow_archive, bootstrap):
 
 
 def test_replay_source_holds_each_slice_until_its_event_time_is_due(flow_archive, monkeypatch):
-    import flows.sources as sources
+    import connectors.replay_source as sources
 
     root, _ = flow_archive
     clock = [100.0]

@@ -26,9 +26,9 @@ from connectors.archive import open_dataset, verify_archive
 from connectors.kafka import PhaseProducer, arrow_message, arrow_record_batch, producer_settings
 from connectors.phase_files import PhaseColumns
 from connectors.synthetic import SyntheticSensor, synthetic_batches
-from flows.kairos import kairos_params
 from flows.run import run_flow
 from operators.grid import emission_points
+from operators.params import kairos_params
 from operators.reference import lag_products, window_values
 from schemas.config import parse_config
 from schemas.messages import (

@@ -131,6 +131,16 @@ def _write_arrow(path, table, record_batch_rows: int) -> None:
             writer.write_batch(batch)
 
 
+def _file_partition(path, resume: int | None, batch_rows: int):
+    """The partition the flow's file source reads ``path`` with (``source.batch_rows``), resumed at row ``resume``."""
+    from connectors.file_source import PhaseFile
+    from schemas.config import parse_config
+
+    source = PhaseFile(parse_config({"source": {"kind": "file", "path": str(path), "batch_rows": batch_rows}}).source)
+    (part,) = source.list_parts()
+    return source.build_part("source", part, resume)
+
+
 def _run_file(path, root, batch_rows: int | None) -> dict:
     import io
 
@@ -175,8 +185,6 @@ def test_a_file_source_gives_the_same_archive_rows_whatever_its_batch_rows(tmp_p
 def test_a_bad_row_in_a_large_chunk_is_the_only_dead_letter_and_the_rest_is_read(tmp_path):
     import pyarrow as pa
 
-    from flows.sources import _FilePartition
-
     table = _fleet_table(sensors=4, seconds=25)                # 10,000 rows
     phase = table["phase"].to_pylist()
     phase[5_000] = None                                        # a null phase: its chunk fails validation
@@ -184,7 +192,7 @@ def test_a_bad_row_in_a_large_chunk_is_the_only_dead_letter_and_the_rest_is_read
     path = tmp_path / "samples.arrow"
     _write_arrow(path, table, record_batch_rows=1_000)
     # One chunk of 10,000 rows: checked again in pieces of 4,096; only the piece with the bad row goes row by row.
-    messages = _FilePartition(str(path), "arrow", None, 1_048_576).next_batch()
+    messages = _file_partition(path, None, 1_048_576).next_batch()
     assert [m.offset for m in messages if m.headers] == [0, 8_192]
     assert [m.offset for m in messages if not m.headers] == list(range(4_096, 8_192))
     small = _run_file(path, tmp_path / "small", 100)
@@ -196,7 +204,6 @@ def test_a_bad_row_in_a_large_chunk_is_the_only_dead_letter_and_the_rest_is_read
 
 
 def test_file_chunks_have_batch_rows_rows_and_a_resumed_source_starts_at_its_row(tmp_path):
-    from flows.sources import _FilePartition
     from operators.decode import decode_messages
 
     table = _fleet_table(sensors=2, rate_hz=10, seconds=10)   # 200 rows
@@ -212,13 +219,13 @@ def test_file_chunks_have_batch_rows_rows_and_a_resumed_source_starts_at_its_row
                 return calls
             calls.append((sum(len(b) for b in decode_messages(messages).batches), part.snapshot()))
 
-    assert drain(_FilePartition(str(path), "arrow", None, 64)) == [(64, 64), (64, 128), (64, 192), (8, 200)]
+    assert drain(_file_partition(path, None, 64)) == [(64, 64), (64, 128), (64, 192), (8, 200)]
     # A snapshot taken with another batch_rows (row 50, inside the first chunk of 64) resumes at row 50.
-    resumed = drain(_FilePartition(str(path), "arrow", 50, 64))
+    resumed = drain(_file_partition(path, 50, 64))
     assert resumed == [(14, 64), (64, 128), (64, 192), (8, 200)]
     lines = tmp_path / "samples.jsonl"
     lines.write_text("".join('{"sensor": "a", "t": %d, "phase": 0.5}\n' % (1_764_115_200 + k) for k in range(10)))
-    part = _FilePartition(str(lines), "jsonl", 3, 4)            # JSON lines: 4 lines per call, from line 3
+    part = _file_partition(lines, 3, 4)            # JSON lines: 4 lines per call, from line 3
     assert [len(part.next_batch()), len(part.next_batch())] == [4, 3] and part.snapshot() == 10
     with pytest.raises(StopIteration):
         part.next_batch()

@@ -101,7 +101,7 @@ def test_decodes_micro_record_has_the_newest_event_time_that_is_not_in_the_futur
     import json
     import time
 
-    from flows.kairos import Decode
+    from flows.decoding import Decode
     from operators.decode import RawMessage
     from operators.witness import WitnessEntries
     from schemas.config import parse_config
@@ -126,7 +126,7 @@ def test_no_witness_record_is_built_when_nothing_keeps_the_log():
     import json
 
     from flows.emit import witnessed
-    from flows.kairos import Decode
+    from flows.decoding import Decode
     from operators.decode import RawMessage
     from operators.witness import WitnessEntries
     from schemas.config import parse_config

@@ -73,11 +73,11 @@ def _config(root: Path):
 
 
 def test_a_log_resumed_from_an_older_snapshot_continues_from_what_the_archive_holds(tmp_path):
-    from flows.kairos import _WitnessLogic
+    from flows.witnessing import WitnessLogic
 
     config = _config(tmp_path)
     writer = ArchiveWriter(tmp_path, "witnessing_logs")
-    logic = _WitnessLogic(config, None)
+    logic = WitnessLogic(config, None)
     for k in range(3):
         _archive(writer, logic.on_batch(_batch(k, 0.001))[0])
     snapshot = pickle.dumps(logic.snapshot())  # the last epoch Bytewax will resume from
@@ -88,7 +88,7 @@ def test_a_log_resumed_from_an_older_snapshot_continues_from_what_the_archive_ho
 
     # The restart: the same input again from the snapshot, with other measured times.
     writer = ArchiveWriter(tmp_path, "witnessing_logs")
-    resumed = _WitnessLogic(config, pickle.loads(snapshot))
+    resumed = WitnessLogic(config, pickle.loads(snapshot))
     for k in range(3, 8):
         _archive(writer, resumed.on_batch(_batch(k, 0.003))[0])
     _archive(writer, resumed.on_eof()[0])

@@ -1,0 +1,53 @@
+"""The flow's Kafka ends, built from a config: the phase topic as a source, the output topics as a sink.
+
+Both are the general Kafka connectors (:class:`connectors.kafka.TopicSource`,
+:class:`connectors.kafka.TopicSink`) with the config's client settings,
+topics and outage limits.
+"""
+
+from __future__ import annotations
+
+from schemas.config import Config, KafkaSource
+from schemas.messages import without_original
+
+__all__ = ["OUTPUT_ROLES", "kafka_sink", "kafka_source"]
+
+#: The output topic roles (``sink.topics``), in the order the sink and the source's topic creation take them.
+OUTPUT_ROLES = ("collapse", "witness", "sync", "dlq")
+
+
+def kafka_source(config: Config):
+    """The Kafka source over ``source.topic`` (:class:`connectors.kafka.TopicSource`),
+    with the config's client settings; it creates the flow's topics first where
+    the broker allows it."""
+    from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
+
+    from connectors.kafka import TopicSource, admin_settings, consumer_settings
+
+    src = config.source
+    assert isinstance(src, KafkaSource)
+    # Offsets are Bytewax's, kept by its recovery; they are committed to group.id for lag tools only.
+    settings = consumer_settings(config.kafka, src.group_id, from_beginning=src.from_beginning,
+                                 client_id=config.becomingone.name)
+    settings.pop("auto.offset.reset", None)  # the start is starting_offset or Bytewax's resume state
+    topics = [src.topic] + [getattr(config.sink.topics, r) for r in OUTPUT_ROLES]
+    return TopicSource(settings, src.topic, OFFSET_BEGINNING if src.from_beginning else OFFSET_END, src.batch_size,
+                       tail=not src.stop_at_end, admin=admin_settings(config.kafka, client_id=config.becomingone.name),
+                       create_topics=topics, unavailable_timeout=config.kafka.unavailable_timeout)
+
+
+def kafka_sink(config: Config):
+    """The sink of the output topics (:class:`connectors.kafka.TopicSink`): its items are
+    ``(topic, key, value)`` tuples or :class:`connectors.kafka.TopicMessages`."""
+    from connectors.kafka import TopicSink, admin_settings, producer_settings
+
+    name = config.becomingone.name
+    topics = config.sink.topics
+    settings = producer_settings(config.kafka, client_id=name)
+    wait = config.kafka.unavailable_timeout
+    if "message.timeout.ms" not in config.kafka.root:
+        # Output waits for an unreachable cluster as long as the flow does (then 30 s more; 0: forever).
+        settings["message.timeout.ms"] = str(int((wait + 30.0) * 1000)) if wait > 0 else "0"
+    return TopicSink(settings, [getattr(topics, r) for r in OUTPUT_ROLES],
+                     admin=admin_settings(config.kafka, client_id=name), shrink={topics.dlq: without_original},
+                     unavailable_timeout=wait)
