@@ -88,22 +88,32 @@ def test_synthetic_rejects_unknown_kind():
         SyntheticSensor("x", "sine")
 
 
-def test_due_points_kernel_equals_emission_points_merged_with_pending():
-    """The transducer's Numba merge of pending and new grid points, held to the NumPy
-    statement: union of ``emission_points`` and the pending points, split at the watermark."""
+def test_a_transducer_emits_the_grid_points_of_its_samples_once_each_as_the_watermark_passes_them():
+    """Held to the NumPy statement: after every push, the points emitted so far are the
+    ``emission_points`` of all samples so far up to the watermark, each once, in order; the
+    others are pending, and the flush emits exactly them."""
+    from operators.emissary import EmissaryWindow
     from operators.grid import emission_points
-    from operators.transducer import _due_points
+    from operators.lag import Products
+    from operators.transducer import Transducer
 
     rng = np.random.default_rng(3)
-    for _ in range(5_000):
-        t = np.sort(rng.choice(np.arange(-60, 200), rng.integers(0, 8), replace=False)).astype(np.int64)
+    for _ in range(2_000):
         interval = int(rng.integers(1, 25))
-        pending = np.unique(rng.integers(-3, 12, rng.integers(0, 4)) * interval).astype(np.int64)
-        watermark = int(rng.integers(-70, 220))
-        due = np.union1d(pending, emission_points(t, interval)) if pending.size else emission_points(t, interval)
-        got, split = _due_points(t, interval, pending, watermark)
-        assert got.tolist() == due.tolist()
-        assert split == int(np.searchsorted(due, watermark, side="right"))
+        transducer = Transducer(EmissaryWindow(1_000_000), interval_us=interval)
+        samples, emitted = np.empty(0, np.int64), []
+        watermark = int(rng.integers(-70, 0))
+        for _ in range(int(rng.integers(1, 5))):
+            step = rng.choice(np.arange(1, 40), int(rng.integers(0, 6)), replace=False)
+            t = watermark + np.cumsum(np.sort(step)).astype(np.int64)      # later than the watermark: not late
+            watermark = (int(t[-1]) if t.size else watermark) + int(rng.integers(0, 30))
+            emitted.extend(transducer.push(Products.empty(), sample_t_us=t, watermark_us=watermark).t.tolist())
+            samples = np.concatenate((samples, t))
+            points = emission_points(samples, interval)
+            assert emitted == points[points <= watermark].tolist()
+            assert transducer.pending.tolist() == points[points > watermark].tolist()
+        rest = transducer.pending.tolist()
+        assert transducer.flush().t.tolist() == rest and transducer.pending.size == 0
 
 
 # --------------------------------------------------------------------------

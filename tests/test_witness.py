@@ -138,3 +138,99 @@ def test_no_witness_record_is_built_when_nothing_keeps_the_log():
     kept = parse_config({"sink": {"archive": False}, "kafka": {"bootstrap.servers": "localhost:9092"},
                          "metrics": {"enabled": False}})
     assert all(witnessed(kept, layer) for layer in ("micro", "meso", "macro"))
+
+
+class _FixedClock:
+    """A clock that stands still at ``now_us``; each timer reading is 0.25 s after the one before."""
+
+    def __init__(self, now_us: int) -> None:
+        self.now_us_value = now_us
+        self.ticks = 0
+
+    def now_us(self) -> int:
+        return self.now_us_value
+
+    def now(self) -> float:
+        return self.now_us_value / 1e6
+
+    def timer(self) -> float:
+        self.ticks += 1
+        return self.ticks * 0.25
+
+
+def _recording_observer(now_us: int):
+    """An observer of its own: a private metrics registry, a fresh run ledger, a fixed clock."""
+    from prometheus_client import CollectorRegistry
+
+    from connectors.metrics import PipelineMetrics, RunLedger
+    from flows.observer import FlowObserver
+
+    registry = CollectorRegistry()
+    return FlowObserver(metrics=PipelineMetrics(registry), ledger=RunLedger(), clock=_FixedClock(now_us)), registry
+
+
+def test_the_decode_step_reports_to_its_observer_and_reads_its_clock(tmp_path):
+    """The decode step driven directly: no Prometheus endpoint, no process-wide metrics, no flow."""
+    import json
+
+    from flows.decoding import Decode, key_group
+    from flows.emit import TopicRecords
+    from operators.decode import RawMessage
+    from operators.witness import WitnessEntries
+    from schemas.config import parse_config
+
+    now_us = T0 + 3_600_000_000
+    observer, registry = _recording_observer(now_us)
+    config = parse_config({"memory": {"storage": {"path": str(tmp_path)}}, "metrics": {"enabled": False},
+                           "becomingone": {"key_groups": 4}})
+    decode = Decode(config, observer)
+    now_s = now_us // 1_000_000
+    values = [json.dumps({"sensor": "a", "t": now_s - 2, "phase": 0.5}).encode(),
+              json.dumps({"sensor": "b", "t": now_s - 1, "phase": 0.25}).encode(),
+              json.dumps({"sensor": "b", "t": now_s + 3600, "phase": 0.25}).encode(),   # ahead of the fixed clock
+              b'{"sensor": "c", "t": "not a time", "phase": 0.1}']                       # refused here
+    out = decode([RawMessage(b"k", value, None, "in", 0, offset) for offset, value in enumerate(values)])
+
+    groups = dict(item for item in out if type(item) is tuple)
+    assert set(groups) == {key_group("a", 4), key_group("b", 4)}
+    assert sum(len(runs) for block in groups.values() for runs in block) == 3   # the future one is the intake's
+    (letters,) = [item for item in out if type(item) is TopicRecords]
+    assert [r.role for r in letters] == ["dlq"] and b'"offset":3' in letters[0].value.replace(b" ", b"")
+    assert observer.ledger.decode_rejected == 1
+    assert registry.get_sample_value("becomingone_samples_total", {"result": "schema"}) == 1
+    # The step's time is the observer's timer (0.25 s between its two readings), its micro record's t
+    # the newest event time that is not ahead of the observer's clock, its worker the observer's.
+    assert registry.get_sample_value("becomingone_batch_seconds_sum", {"step": "decode"}) == 0.25
+    (entries,) = [item for item in out if type(item) is WitnessEntries]
+    (micro,) = entries
+    assert micro.t_us == (now_s - 1) * 1_000_000
+    assert micro.payload.worker == 0 and micro.payload.items_in == 4 and micro.payload.items_out == 3
+
+
+def test_the_witness_step_counts_its_records_and_snapshots_a_copy(tmp_path):
+    """The witness step driven directly with a recording observer; its snapshot is state, not the live log."""
+    import pickle
+
+    from flows.emit import ArchiveRows, TopicRecords
+    from flows.witnessing import WitnessLogic
+    from operators.witness import WitnessEntries
+    from schemas.config import parse_config
+
+    observer, registry = _recording_observer(T0)
+    config = parse_config({"memory": {"storage": {"path": str(tmp_path)}}, "metrics": {"enabled": False},
+                           "witnessing": {"meta_every": 3}})
+    logic = WitnessLogic(config, None, observer)
+    out, _ = logic.on_batch([WitnessEntries([_micro(T0 + k) for k in range(4)])])
+    (records,) = [item for item in out if type(item) is TopicRecords]
+    assert sum(len(block.values) for block in records) == 5                  # 4 micro, 1 meta after the third
+    assert [type(item) for item in out].count(ArchiveRows) == 1
+    assert registry.get_sample_value("becomingone_witness_records_total", {"layer": "micro"}) == 4
+    assert registry.get_sample_value("becomingone_witness_records_total", {"layer": "meta"}) == 1
+    assert registry.get_sample_value("becomingone_batch_seconds_sum", {"step": "witness"}) == 0.25
+
+    state = logic.snapshot()
+    assert state is not logic.log and state.heads is None
+    seq, digest = state.seq, state.digest
+    logic.on_batch([WitnessEntries([_micro(T0 + 9)])])                      # the live log moves on
+    assert (state.seq, state.digest) == (seq, digest) != (logic.log.seq, logic.log.digest)  # the snapshot does not
+    assert pickle.loads(pickle.dumps(state)).seq == seq
