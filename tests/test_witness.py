@@ -234,3 +234,61 @@ def test_the_witness_step_counts_its_records_and_snapshots_a_copy(tmp_path):
     logic.on_batch([WitnessEntries([_micro(T0 + 9)])])                      # the live log moves on
     assert (state.seq, state.digest) == (seq, digest) != (logic.log.seq, logic.log.digest)  # the snapshot does not
     assert pickle.loads(pickle.dumps(state)).seq == seq
+
+
+def test_the_resonate_step_resumed_from_its_snapshot_ends_as_the_uninterrupted_one(tmp_path):
+    """The resonate step driven directly with a recording observer: its snapshot is a copy of the
+    group's state (later calls do not change it), and a logic resumed from it emits the rows and
+    counts the samples the uninterrupted one does."""
+    import pickle
+
+    from connectors.synthetic import SyntheticSensor, synthetic_batches
+    from flows.emit import ArchiveRows
+    from flows.resonate import ResonateLogic
+    from operators.params import dead_letter_limits
+    from operators.resonator import resonator_settings
+    from operators.roster import SensorCapacity
+    from operators.samples import SampleBatch, SampleRuns
+    from schemas.config import parse_config
+
+    config = parse_config({"memory": {"storage": {"path": str(tmp_path)}}, "metrics": {"enabled": False}})
+    sensors = [SyntheticSensor("steady-1", "steady", freq_hz=2.0), SyntheticSensor("noise-1", "noise")]
+    calls = [[[SampleRuns.of([SampleBatch(name, t, phase)])]]          # one item of one key group a call
+             for name, t, phase in synthetic_batches(sensors, period_us=10_000, duration_us=30_000_000,
+                                                     start_us=T0, seed=1)]
+
+    def logic(resume=None):
+        observer, registry = _recording_observer(T0 + 3_600_000_000)
+        return ResonateLogic(config, resonator_settings(config, replay=True), dead_letter_limits(config), resume,
+                             SensorCapacity(config.becomingone.max_sensors), True, observer), observer, registry
+
+    def rows(outputs) -> dict[str, list]:
+        out: dict[str, list] = {}
+        for item in outputs:
+            if type(item) is ArchiveRows:
+                table = item.table if not callable(item.table) else item.table()
+                out.setdefault(item.dataset, []).extend(table.to_pylist())
+        return out
+
+    whole, whole_observer, whole_registry = logic()
+    expected = rows(o for values in calls for o in whole.on_batch(values)[0])
+    for dataset, more in rows(whole.on_eof()[0]).items():
+        expected.setdefault(dataset, []).extend(more)
+
+    first, _, _ = logic()
+    got = rows(o for values in calls[:len(calls) // 2] for o in first.on_batch(values)[0])
+    state = first.snapshot()
+    frozen = pickle.dumps(state)
+    first.on_batch(calls[len(calls) // 2])                     # the live state moves on, the snapshot does not
+    assert pickle.dumps(state) == frozen
+    resumed, observer, registry = logic(pickle.loads(frozen))
+    for dataset, more in rows(o for values in calls[len(calls) // 2:] for o in resumed.on_batch(values)[0]).items():
+        got.setdefault(dataset, []).extend(more)
+    for dataset, more in rows(resumed.on_eof()[0]).items():
+        got.setdefault(dataset, []).extend(more)
+
+    assert set(expected) >= {"input", "temporal_signatures", "coherence_history"} and got == expected
+    assert whole_observer.ledger.totals()[0] == 2 * 3_000
+    assert whole_registry.get_sample_value("becomingone_samples_total", {"result": "accepted"}) == 2 * 3_000
+    resumed_samples = observer.ledger.totals()[0]          # the resumed logic counts in its own observer only
+    assert registry.get_sample_value("becomingone_samples_total", {"result": "accepted"}) == resumed_samples > 0
