@@ -107,7 +107,7 @@ def _warm_up(config: Any) -> float:
     from operators.resonator import resonator_settings
     from operators.decode import RawMessage, decode_messages
     from operators.resonator import Resonator
-    from operators.samples import SampleBatch
+    from schemas.samples import SampleBatch
     from schemas.messages import ARROW_STREAM_CONTENT_TYPE, CONTENT_TYPE_HEADER
 
     begin = time.perf_counter()

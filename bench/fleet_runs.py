@@ -171,7 +171,7 @@ def snapshot_cost(t: np.ndarray, phase: np.ndarray, settings, key_groups: int, b
     from flows.decoding import key_group
     from operators.fleet import Fleet
     from operators.roster import SensorCapacity
-    from operators.samples import SampleBatch
+    from schemas.samples import SampleBatch
 
     sensors, n = phase.shape
     names = sensor_names(sensors)

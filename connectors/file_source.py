@@ -13,7 +13,7 @@ from typing import Any
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from operators.decode import RawMessage
+from schemas.raw_messages import RawMessage
 from schemas.config import FILE_BATCH_ROWS, FileSource
 from schemas.messages import ARROW_STREAM_CONTENT_TYPE, CONTENT_TYPE_HEADER
 

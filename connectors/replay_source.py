@@ -1,7 +1,7 @@
 """An archive's input rows as a Bytewax source: :class:`ArchiveInput`, what ``becomingone replay`` reads.
 
 The archive holds only accepted samples, so its items are ready
-:class:`~operators.samples.SampleBatch` es (no decode), in slices of event
+:class:`~schemas.samples.SampleBatch` es (no decode), in slices of event
 time, paced by ``speed``.
 """
 
@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from operators.samples import SampleBatch
+from schemas.samples import SampleBatch
 
 __all__ = ["ArchiveInput", "ArchiveSlices"]
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Iterator, Literal
 import numpy as np
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from operators.samples import SampleBatch
+from schemas.samples import SampleBatch
 
 if TYPE_CHECKING:
     from schemas.config import SyntheticSource

@@ -1,7 +1,7 @@
 """The decode step: raw messages -> each key group's samples, dead letters, micro witness records.
 
 Stateless, per batch.  The accepted samples of a batch are
-:class:`~operators.samples.SampleRuns` (columns, one run of rows per sensor,
+:class:`~schemas.samples.SampleRuns` (columns, one run of rows per sensor,
 no object per sensor) split by :func:`key_group`, so the resonate step is
 activated once per key group with all its sensors' rows.
 """
@@ -22,7 +22,7 @@ from flows.emit import TopicRecords, bundled, dead_letter_records, witnessed
 from flows.observer import FlowObserver
 from operators.decode import RawMessage, decode_messages
 from operators.params import dead_letter_limits
-from operators.samples import SampleBatch, SampleRuns
+from schemas.samples import SampleBatch, SampleRuns
 from operators.witness import WitnessEntries, WitnessEntry
 from schemas.config import Config, KafkaSource
 from schemas.messages import MicroWitness
@@ -34,7 +34,7 @@ class Decode:
     """Raw messages of one batch -> (key group, [SampleRuns, ...]) items, dead letters,
     a micro witness record.
 
-    The accepted samples of the batch are :class:`~operators.samples.SampleRuns`:
+    The accepted samples of the batch are :class:`~schemas.samples.SampleRuns`:
     columns, one run of rows per sensor, no object per sensor; they are split
     by :func:`key_group`, so a downstream step is activated once per key group
     with all its sensors' rows.

@@ -26,7 +26,7 @@ import pyarrow as pa
 
 from connectors.archive import PendingRows
 from operators.grid import WindowValues
-from operators.samples import SampleBatch
+from schemas.samples import SampleBatch
 from operators.sync import COLLAPSE, DISSIPATE_COHERENCE, SyncValues
 from operators.witness import LoggedRecords, WitnessBlock, WitnessEntries, WitnessEntry
 from schemas.datasets import DATASETS, TIMESTAMP

@@ -54,7 +54,7 @@ from flows.observer import FlowObserver
 from flows.outputs import to_archive, to_dead_letter_file, to_topics
 from flows.resonate import resonate
 from flows.witnessing import witness
-from operators.samples import SampleRuns
+from schemas.samples import SampleRuns
 from schemas.config import Config, FileSource, SyntheticSource
 
 __all__ = ["build_engine_flow", "build_flow"]

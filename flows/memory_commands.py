@@ -16,9 +16,12 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flows.arguments import config_or_report, positive_int
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 __all__ = ["add_parsers"]
 

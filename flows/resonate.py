@@ -55,7 +55,7 @@ from operators.grid import WindowValues
 from operators.intake import _rejection_texts, dead_letters
 from operators.roster import SensorCapacity
 from operators.resonator import resonator_settings
-from operators.samples import SampleRuns
+from schemas.samples import SampleRuns
 from operators.sync import COLLAPSE, SyncValues
 from operators.witness import WitnessBlock, WitnessEntries, WitnessEntry
 from schemas.config import Config

@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from operators.samples import SampleBatch
+from schemas.samples import SampleBatch
 
 __all__ = ["EventTimeGate", "GateResult"]
 
@@ -65,7 +65,7 @@ class EventTimeGate:
             remembered for duplicate detection.
 
     >>> import numpy as np
-    >>> from operators.samples import SampleBatch
+    >>> from schemas.samples import SampleBatch
     >>> gate = EventTimeGate(lateness_us=20, max_future_us=None)
     >>> res = gate.push(SampleBatch("s", np.array([10, 30, 20, 30, 5]), np.zeros((5, 1))), now_us=0)
     >>> res.released.t_us.tolist(), res.reasons, res.watermark

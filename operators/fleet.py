@@ -1,6 +1,6 @@
 """All sensors of one key group as columns: the resonate step's engine (SPEC sections 2, 3 and 8).
 
-A :class:`Fleet` takes a call's :class:`~operators.samples.SampleBatch` es of
+A :class:`Fleet` takes a call's :class:`~schemas.samples.SampleBatch` es of
 any sensors of its key group and runs, for all of them at once,
 
 1. the sensor table: a sensor id becomes an index (``sid``) the first time it
@@ -26,7 +26,7 @@ and the rare rejections.  Values equal the per-sensor engine's
 >>> from operators.params import KairosParams
 >>> from operators.resonator import ResonatorSettings
 >>> from operators.roster import SensorCapacity
->>> from operators.samples import SampleBatch, SampleRuns
+>>> from schemas.samples import SampleBatch, SampleRuns
 >>> settings = ResonatorSettings(KairosParams(tau_us=50_000, velocity_span_us=10_000), 200_000, 10_000,
 ...                              1_000_000, 100_000, 0.95, 0.05, 0.1, 300_000)
 >>> fleet = Fleet(settings, SensorCapacity(10))
@@ -49,11 +49,13 @@ from operators.columnar_state import COLLAPSED, STATE_VERSION, FleetState
 from operators.columnar_stream import emit_upto, flush_rows, stream_resonance
 from operators.resonator import ResonatorSettings
 from operators.roster import SensorCapacity, idle_horizon_us
-from operators.samples import SampleBatch, SampleRuns
+from schemas.samples import SampleBatch, SampleRuns
 
 __all__ = ["STATE_LAYOUT", "Fleet", "FleetStep", "FleetTable", "Lane", "Refusal"]
 
-FLEET_VERSION = 1
+#: 2: the snapshot's classes moved module (samples, provenance and raw messages to ``schemas``,
+#: ``SyncState`` became ``SyncMachine``): a pickle of version 1 names modules that are gone.
+FLEET_VERSION = 2
 #: The layout of a key group's snapshot (table, streaming state, gate): a recovery store written
 #: with another layout cannot be resumed.
 STATE_LAYOUT = f"fleet {FLEET_VERSION}.{STATE_VERSION}.{GATE_VERSION}"

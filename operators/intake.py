@@ -1,7 +1,7 @@
 """A sensor's intake: channel check, event time, lag products (SPEC sections 2 and 3).
 
 :class:`SensorIntake` is the first per-sensor step of the dataflow.  It takes
-the sensor's decoded :class:`~operators.samples.SampleBatch` es in arrival
+the sensor's decoded :class:`~schemas.samples.SampleBatch` es in arrival
 order and
 
 1. rejects rows whose channel count differs from the sensor's (``channels``;
@@ -32,8 +32,8 @@ from operators.dead_letters import DeadLetterBudget
 from operators.event_time import EventTimeGate
 from operators.lag import LagState, Products
 from operators.params import KairosParams
-from operators.provenance import RowOrigin
-from operators.samples import SampleBatch
+from schemas.provenance import RowOrigin
+from schemas.samples import SampleBatch
 from schemas.messages import DeadLetter, DeadLetterLimits, PhaseSample, format_utc
 
 __all__ = ["IntakeResult", "ProductBatch", "SensorIntake", "dead_letters"]

@@ -35,7 +35,7 @@ from operators.grid import WindowValues
 from operators.intake import IntakeResult, ProductBatch, SensorIntake
 from operators.master import MasterWindow, _master_kernel
 from operators.params import KairosParams, kairos_params
-from operators.samples import SampleBatch
+from schemas.samples import SampleBatch
 from operators.sync import SyncMachine, SyncValues, _sync_kernel
 from operators.transducer import _ALL, Transducer, _due_points
 from schemas.messages import DeadLetter

@@ -21,7 +21,7 @@ from operators.columnar_rows import FleetResonance, FleetSyncValues, FleetWindow
 from operators.lag import LagState
 from operators.params import NO_GAP_LIMIT, KairosParams
 from operators.resonator import Resonator, ResonatorSettings
-from operators.samples import SampleBatch
+from schemas.samples import SampleBatch
 from operators.sync import COLLAPSE
 
 EPOCH_US = 1_764_115_200_000_000  # 2025-11-26: epoch-sized times

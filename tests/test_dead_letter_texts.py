@@ -14,7 +14,7 @@ import pytest
 
 from operators.intake import SensorIntake
 from operators.params import KairosParams
-from operators.samples import SampleBatch
+from schemas.samples import SampleBatch
 from tests.conftest import BIN, clean_env
 
 T0 = 1_764_115_200  # 2025-11-26T00:00:00Z

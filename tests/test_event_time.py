@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from operators.event_time import EventTimeGate
-from operators.samples import SampleBatch
+from schemas.samples import SampleBatch
 
 NOW = 1_000_000_000
 

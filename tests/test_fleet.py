@@ -24,7 +24,7 @@ from operators.fleet import Fleet, FleetTable, refused_reasons
 from operators.params import NO_GAP_LIMIT, KairosParams
 from operators.resonator import GridRows, Resonator, ResonatorSettings
 from operators.roster import SensorCapacity
-from operators.samples import SampleBatch
+from schemas.samples import SampleBatch
 
 EPOCH_US = 1_764_115_200_000_000
 

@@ -18,7 +18,7 @@ import pytest
 from operators.master import MasterWindow
 from operators.params import KairosParams
 from operators.resonator import GridRows, Resonator, ResonatorSettings
-from operators.samples import SampleBatch
+from schemas.samples import SampleBatch
 
 
 def _settings(**overrides) -> ResonatorSettings:

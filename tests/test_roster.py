@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from operators.params import KairosParams
-from operators.resonator import Resonator, ResonatorSettings
+from operators.resonator import ResonatorSettings
 from operators.roster import Roster, SensorCapacity, idle_horizon_us
-from operators.samples import SampleBatch
+from schemas.samples import SampleBatch
 
 STEP_US = 10_000  # 100 Hz
 BATCH_US = 100_000
@@ -160,7 +160,7 @@ _CHURN = textwrap.dedent("""
     from operators.params import KairosParams
     from operators.resonator import ResonatorSettings
     from operators.roster import SensorCapacity
-    from operators.samples import SampleBatch
+    from schemas.samples import SampleBatch
 
     release = sys.argv[1] == "release"
     settings = ResonatorSettings(KairosParams.from_seconds(1.0, velocity_span=0.1, max_gap=5.0),

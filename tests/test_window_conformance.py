@@ -41,7 +41,7 @@ from operators.params import KairosParams
 from operators.reference import lag_products, window_values
 from operators.resonator import Resonator, ResonatorSettings
 from operators.roster import SensorCapacity
-from operators.samples import SampleBatch
+from schemas.samples import SampleBatch
 from tests.test_columnar import EPOCH_US, _assert_same, fleets, tolerances
 
 # ---------------------------------------------------------------------------

@@ -248,7 +248,7 @@ def test_the_resonate_step_resumed_from_its_snapshot_ends_as_the_uninterrupted_o
     from operators.params import dead_letter_limits
     from operators.resonator import resonator_settings
     from operators.roster import SensorCapacity
-    from operators.samples import SampleBatch, SampleRuns
+    from schemas.samples import SampleBatch, SampleRuns
     from schemas.config import parse_config
 
     config = parse_config({"memory": {"storage": {"path": str(tmp_path)}}, "metrics": {"enabled": False}})

@@ -1,7 +1,7 @@
 """Decode and validate raw input messages into per-sensor sample batches (SPEC section 4).
 
 This is the stateless first step of the dataflow.  It takes the raw Kafka
-messages of one poll and returns one :class:`~operators.samples.SampleBatch`
+messages of one poll and returns one :class:`~schemas.samples.SampleBatch`
 per sensor plus the dead letters of everything that cannot be a sample.
 Nothing here depends on earlier messages, so it may run on any worker; the
 checks that need a sensor's history (``duplicate``, ``late``, ``future``, a
@@ -30,13 +30,13 @@ schema, nan, channels wins, as in :func:`schemas.messages.sample_from_object`.
 
 Original bytes of Arrow rows.  Serialising every row of a high-rate message
 just in case it is rejected later would cost more than the decoding itself,
-so a batch's :class:`~operators.provenance.Provenance` keeps, for Arrow rows,
+so a batch's :class:`~schemas.provenance.Provenance` keeps, for Arrow rows,
 a reference to their messages and :func:`original_row_bytes` to cut a row
 out again; a downstream operator that rejects such a row asks the provenance
 for its bytes and never reads the wire format itself.  Rows rejected here get
 their one-row IPC stream directly.
 
-The package, by job: :mod:`~operators.decode.raw` (the input message),
+The package, by job: :mod:`~schemas.raw_messages` (the input message),
 :mod:`~operators.decode.json_rows` and :mod:`~operators.decode.arrow` (the two
 wire formats, each into :class:`~operators.decode.parts.Part` s),
 :mod:`~operators.decode.grouping` (the call's rows by sensor),
@@ -53,7 +53,7 @@ wire formats, each into :class:`~operators.decode.parts.Part` s),
 from operators.decode.arrow import arrow_row_bytes, original_row_bytes
 from operators.decode.decoder import decode_messages
 from operators.decode.output import Decoded
-from operators.decode.raw import RawMessage, TableValue
+from schemas.raw_messages import RawMessage, TableValue
 
 __all__ = [
     "Decoded",

@@ -13,7 +13,7 @@ from operators.arrow_bounds import decoded_size
 from operators.dead_letters import DeadLetterBudget
 from operators.decode.output import WholeMessageError, dead_letter
 from operators.decode.parts import Part, origin
-from operators.decode.raw import RawMessage, TableValue
+from schemas.raw_messages import RawMessage, TableValue
 from schemas.messages import ARROW_STREAM_CONTENT_TYPE, DeadLetter, DeadLetterReason
 from schemas.timebase import MAX_ABS_SECONDS, MAX_ABS_WHOLE_SECONDS, RANGE_TEXT, to_micros, unit_limit
 

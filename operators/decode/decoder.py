@@ -11,7 +11,7 @@ from operators.decode.grouping import group_by_sensor
 from operators.decode.json_rows import json_columns_part, json_part
 from operators.decode.output import Decoded, WholeMessageError, add, add_summaries, dead_letter
 from operators.decode.parts import Part
-from operators.decode.raw import RawMessage
+from schemas.raw_messages import RawMessage
 from operators.json_columns import json_columns
 from schemas.messages import (
     ARROW_STREAM_CONTENT_TYPE,

@@ -1,6 +1,6 @@
 """The whole call's accepted rows by sensor: one code per distinct sensor over all parts, channel
 agreement per sensor, a counting sort, then one batch per sensor or one block of runs per channel count.
-No Python runs per accepted row; each batch carries the :class:`~operators.provenance.Provenance` of
+No Python runs per accepted row; each batch carries the :class:`~schemas.provenance.Provenance` of
 its rows, built from the parts' positions only when a row is rejected later."""
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from operators.dead_letters import DeadLetterBudget
 from operators.decode.arrow import original_row_bytes
 from operators.decode.output import Decoded, add, dead_letter
 from operators.decode.parts import Part, origin
-from operators.provenance import Provenance
-from operators.samples import SampleBatch, SampleRuns
+from schemas.provenance import Provenance
+from schemas.samples import SampleBatch, SampleRuns
 from schemas.messages import DeadLetterReason
 
 __all__ = ["group_by_sensor"]

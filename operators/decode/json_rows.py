@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from operators.decode.parts import Part, origin
-from operators.decode.raw import RawMessage
+from schemas.raw_messages import RawMessage
 from operators.json_columns import JsonColumns
 from schemas.messages import PhaseSample
 

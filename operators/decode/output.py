@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from operators.dead_letters import DeadLetterBudget
-from operators.decode.raw import RawMessage
-from operators.samples import SampleBatch, SampleRuns
+from schemas.raw_messages import RawMessage
+from schemas.samples import SampleBatch, SampleRuns
 from schemas.messages import DeadLetter, DeadLetterLimits, DeadLetterReason
 
 __all__ = ["Decoded", "WholeMessageError", "add", "add_summaries", "dead_letter"]
@@ -24,7 +24,7 @@ class Decoded:
         dead: dead letters, one per rejected row (or per message when the
             whole message is unreadable), plus one summary per message with
             more bad rows than ``DeadLetterLimits.max_per_message``.
-        runs: the same rows as :class:`~operators.samples.SampleRuns` instead
+        runs: the same rows as :class:`~schemas.samples.SampleRuns` instead
             of ``batches``, when asked for (``as_runs``).
         counts: rejected rows per reason (reasons with none absent).
         rows: rows seen: accepted rows plus rejected rows.

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from operators.decode.raw import RawMessage
+from schemas.raw_messages import RawMessage
 
 __all__ = ["Part", "origin"]
 

@@ -3,7 +3,7 @@
 One :class:`SampleBatch` holds samples of ONE sensor from one or more input
 messages, as NumPy arrays, so the per-sensor operators and the Numba kernels
 work on whole arrays and never on per-sample Python objects.  Its
-:class:`~operators.provenance.Provenance` keeps where every row came from
+:class:`~schemas.provenance.Provenance` keeps where every row came from
 (partition, offset, row within the message), so a sample rejected later
 (``duplicate``, ``late``, ``channels``) still reaches the dead-letter topic
 with its original bytes.
@@ -17,7 +17,7 @@ from operator import itemgetter
 
 import numpy as np
 
-from operators.provenance import Provenance
+from schemas.provenance import Provenance
 
 __all__ = ["SampleBatch", "SampleRuns"]
 
@@ -34,7 +34,7 @@ class SampleBatch:
         ingested: wall-clock time (epoch seconds) when the earliest row was
             decoded; the start of the ingest-to-event latency.
         provenance: where each row came from and the bytes it arrived as
-            (:class:`~operators.provenance.Provenance`), so a row rejected
+            (:class:`~schemas.provenance.Provenance`), so a row rejected
             later still yields its dead letter; None for rows with no source
             (generated, replayed from the archive).
     """
