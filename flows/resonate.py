@@ -11,8 +11,8 @@ counts for the run summary are columns too (:class:`GroupLedger`).
 
 from __future__ import annotations
 
-import copy
 import math
+import pickle
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -109,15 +109,17 @@ def _runs(sensor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return sensor[starts].astype(np.int64), np.diff(np.r_[starts, sensor.size])
 
 
-class ResonateLogic(StatefulBatchLogic[list[SampleRuns], Any, FleetTable]):
-    """All sensors of one key group (state: :class:`operators.fleet.FleetTable`).
+class ResonateLogic(StatefulBatchLogic[list[SampleRuns], Any, bytes | None]):
+    """All sensors of one key group (state: :class:`operators.fleet.FleetTable`, pickled).
 
     Bytewax builds the logic without its key; the sensors come with the batches
     (or from the snapshot on resume).
     """
 
-    def __init__(self, config: Config, settings, limits, resume: FleetTable | None, capacity: SensorCapacity,
-                 resumable: bool, observer: FlowObserver) -> None:
+    def __init__(self, config: Config, settings, limits, resume: bytes | FleetTable | None,
+                 capacity: SensorCapacity, resumable: bool, observer: FlowObserver) -> None:
+        if isinstance(resume, bytes):
+            resume = pickle.loads(resume)
         self.fleet = Fleet(settings, capacity, resume)
         self.settings = settings
         self.limits = limits
@@ -176,9 +178,16 @@ class ResonateLogic(StatefulBatchLogic[list[SampleRuns], Any, FleetTable]):
         self.book.grow()
         return bundled(self._outputs(self.fleet.flush())), StatefulBatchLogic.RETAIN
 
-    def snapshot(self) -> FleetTable:
-        """A copy of the group's state (the fleet's table), not the live one."""
-        return copy.deepcopy(self.fleet.table)
+    def snapshot(self) -> bytes | None:
+        """The group's state (the fleet's table) as a pickle: a copy later batches cannot change.
+
+        Pickled here rather than deep-copied: the table is a few large arrays and a name list,
+        which pickle copies at memory speed where a deep copy walks them in Python, and Bytewax
+        then stores the bytes as they are.  Without recovery nothing is stored: None.
+        """
+        if not self.resumable:
+            return None
+        return pickle.dumps(self.fleet.table, protocol=pickle.HIGHEST_PROTOCOL)
 
     # --- outputs -----------------------------------------------------------------------------------
 
@@ -385,7 +394,7 @@ def resonate(step_id: str, samples: Stream[tuple[str, list[SampleRuns]]], config
     # One cap for the flow's key groups in this process (its workers are threads of it).
     capacity = SensorCapacity(config.becomingone.max_sensors)
 
-    def logic(resume: FleetTable | None) -> ResonateLogic:
+    def logic(resume: bytes | None) -> ResonateLogic:
         observer.start()
         return ResonateLogic(config, settings, limits, resume, capacity, resumable, observer)
 
