@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench figures config clean clean-kernels
+.PHONY: run test test-fast bench figures config clean clean-kernels
 
 # The virtualenv is rebuilt whenever the declared dependencies change.
 $(STAMP): pyproject.toml
@@ -21,6 +21,12 @@ run: $(STAMP)
 test: $(STAMP)
 	@$(BIN)/python -m pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+# The quick loop while editing: everything but the tests marked `slow` (kill -9 loops, whole
+# flows against a broker, memory churn). CI runs `make test`, all of it.
+test-fast: $(STAMP)
+	@$(BIN)/python -m pytest -m "not slow"; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test-fast: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 # The end-to-end benchmark (its own local broker) and the kernel benchmark, one report.
 bench: $(STAMP)

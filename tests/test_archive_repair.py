@@ -51,6 +51,7 @@ def run_config(tmp_path_factory):
     return cfg, root
 
 
+@pytest.mark.slow
 def test_a_lost_manifest_stops_the_next_run_and_repair_brings_every_row_back(run_config, tmp_path):
     import shutil
 

@@ -58,6 +58,7 @@ def test_wire_formats_carry_the_generated_samples(tiny):
             == {c.partition}
 
 
+@pytest.mark.slow
 def test_consumer_children_count_every_sample(bootstrap, tmp_path, tiny):
     harness = ConsumerHarness(bootstrap, tmp_path)
     messages = arrow_messages(tiny, 1_000_000)

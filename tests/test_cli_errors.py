@@ -69,6 +69,7 @@ def test_bytewax_run_with_a_bad_config_exits_2_naming_the_key_paths(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_bytewax_run_against_an_unreachable_broker_fails_in_one_line(tmp_path):
     address = f"127.0.0.1:{free_port()}"
     config = _kafka_config(tmp_path, **{"bootstrap.servers": address})

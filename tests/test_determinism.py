@@ -27,6 +27,8 @@ from connectors.phase_files import PhaseColumns
 from connectors.synthetic import SyntheticSensor, synthetic_batches
 from tests.conftest import clean_env, free_port, read_topic, unique_topic
 
+pytestmark = pytest.mark.slow  # brokers and whole flows: out of `make test-fast`
+
 START_US = 1_735_689_600_000_000
 DATASETS = ("events", "temporal_signatures", "coherence_history", "mesh_sync", "input")
 RUNS = {  # name -> (bytewax.run arguments per process, source.batch_size)

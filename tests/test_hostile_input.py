@@ -263,6 +263,7 @@ _RSS_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("limit", [1_048_576, 100_000_000])
 def test_a_compressed_message_of_500000_bad_rows_costs_little_memory(limit):
     # In a process of its own, so its peak RSS is this message's alone.  With the default

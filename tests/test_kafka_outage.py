@@ -27,6 +27,8 @@ from connectors.synthetic import SyntheticSensor, synthetic_batches
 from schemas.config import ConfigError, parse_config
 from tests.conftest import BIN, WAIT, clean_env, free_port, start_broker, stop_process, unique_topic
 
+pytestmark = pytest.mark.slow  # brokers and whole flows: out of `make test-fast`
+
 PARTITIONS = 4  # the development broker's partitions per topic
 MAX_LINES = 50  # stderr lines a whole run with an outage may take (it took ~2,600 in 30 s before)
 

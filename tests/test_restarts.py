@@ -149,6 +149,7 @@ def test_kill_9_loop_of_bytewax_run_keeps_one_witness_chain(bootstrap, tmp_path)
     assert sorted(seq) == list(range(len(seq)))  # one seq each, no gap
 
 
+@pytest.mark.slow
 def test_sigterm_drains_and_exits_0_with_the_archive_equal_to_the_topics(bootstrap, tmp_path):
     samples = fleet_samples(20_000_000, seed=9)
     topic = partitioned_topic(bootstrap)
@@ -178,6 +179,7 @@ def test_sigterm_drains_and_exits_0_with_the_archive_equal_to_the_topics(bootstr
     assert any((root / "_recovery").glob("part-*.sqlite3"))
 
 
+@pytest.mark.slow
 def test_recovery_state_of_another_topic_is_refused_with_the_way_out(bootstrap, tmp_path):
     samples = fleet_samples(2_000_000, seed=1)
     topics = [partitioned_topic(bootstrap), partitioned_topic(bootstrap)]

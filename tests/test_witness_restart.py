@@ -213,6 +213,7 @@ def _lines(path: Path) -> int:
         return 0
 
 
+@pytest.mark.slow
 def test_kill_9_in_a_loop_keeps_one_witness_chain_and_every_sample_once(tmp_path):
     root, recovery = tmp_path / "archive", tmp_path / "recovery"
     recovery.mkdir()
