@@ -706,14 +706,25 @@ def test_arbitrary_bytes_never_raise(value, arrow):
     assert out.accepted + len(out.dead) == out.rows >= 1
 
 
-@pytest.mark.parametrize("n_parts", [5, 1 << 28])  # a bit matrix; too many cells for one
-def test_presence_lists_the_parts_of_each_code(n_parts):
-    from operators.decode import grouping
-
+@pytest.mark.parametrize("n_messages, n_sensors", [(5, 4), (5_000, 4_100)])  # few; more pairs than a bit matrix
+def test_every_arrow_row_keeps_the_way_back_to_its_own_bytes(n_messages, n_sensors):
+    """Rows of many sensors spread over many Arrow messages: each batch row's original bytes are
+    that row alone, cut from the message it came in (what a later dead letter carries)."""
     rng = np.random.default_rng(5)
-    code, part = rng.integers(0, 4, 50), rng.integers(0, 5, 50)  # code 4 never occurs
-    got = grouping._presence(code, part, 5, n_parts)
-    assert [g.tolist() for g in got] == [sorted(set(part[code == c].tolist())) for c in range(5)]
+    rows = max(2 * n_messages, 50)
+    sensor = np.array([f"s{k}" for k in range(n_sensors)])[np.r_[np.arange(n_sensors), rng.integers(0, n_sensors, rows)]
+                                                           [:max(rows, n_sensors)]]
+    message = np.sort(rng.integers(0, n_messages, len(sensor)))
+    t = T0 + np.arange(len(sensor)) * 0.001
+    msgs = [arrow_message(pa.table({"sensor": sensor[message == m].tolist(), "t": t[message == m],
+                                    "phase": np.full(int((message == m).sum()), 0.25)}), offset=m)
+            for m in range(n_messages) if (message == m).any()]
+    out = decode_messages(msgs)
+    assert out.accepted == len(sensor) and not out.dead
+    for batch in out.batches:
+        for i in range(0, len(batch.t_us), max(1, len(batch.t_us) // 3)):
+            (back,) = pa.ipc.open_stream(batch.provenance.original_bytes(i)).read_all().to_pylist()
+            assert back["sensor"] == batch.sensor and round(back["t"] * 1e6) == batch.t_us[i]
 
 
 # --------------------------------------------------------------------------
