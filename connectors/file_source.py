@@ -80,7 +80,7 @@ class _FilePartition(StatefulSourcePartition[RawMessage, int]):
         import pyarrow as pa
 
         from connectors.kafka import arrow_record_batch
-        from operators.decode import TableValue
+        from schemas.raw_messages import TableValue
 
         try:
             columns = phase_columns(batch, self._path, first, self._fmt)
