@@ -172,20 +172,17 @@ FULL_COLLECTION_EVERY = 100
 def tune_garbage_collector() -> None:
     """Keep the garbage collector's full collections rare, once per process.
 
-    By the time the flow is built, the imports (Numba, pyarrow,
-    pydantic, Bytewax) have left over 100,000 long-lived objects; each full
-    collection walked all of them, a pause of about 40 ms in the middle of a
-    stream.  Frozen (``gc.freeze``), they are never scanned again.  The
-    sensors' state then adds objects of its own that live for seconds (the
-    values waiting for the next batch): with 10,000 sensors the default
-    thresholds ran a full collection every few hundred milliseconds, each
-    walking a million objects, a fifth of the flow's time.  Full collections
-    now wait for :data:`FULL_COLLECTION_EVERY` middle-generation ones.  A
-    batch's own objects (lists, samples, records) die with the batch; a young
-    collection every 700 of them caught each in mid-batch and moved it on
-    to the middle generation, 1,800 young and 170 middle collections in a
-    20 s run of 10,000 sensors (1.0 s).  Young collections now wait for
-    :data:`YOUNG_COLLECTION_AFTER` new objects (0.6 s in that run).
+    By the time the flow is built, the imports (Numba, pyarrow, pydantic,
+    Bytewax) have left many long-lived objects that every full collection
+    would walk again, a pause in the middle of a stream: they are frozen
+    (``gc.freeze``) and never scanned again.  The sensors' state adds objects
+    that live for seconds, so at the default thresholds full collections would
+    walk them over and over: full collections wait for
+    :data:`FULL_COLLECTION_EVERY` middle-generation ones.  A batch's own
+    objects die with the batch; a young collection every 700 of them would
+    catch each in mid-batch and move it on: young collections wait for
+    :data:`YOUNG_COLLECTION_AFTER` new objects.  The measurements are in
+    ``docs/pipeline.md`` (the resonate step).
     """
     young, middle, full = gc.get_threshold()
     if (young, full) != (YOUNG_COLLECTION_AFTER, FULL_COLLECTION_EVERY):  # the thresholds tell it is done

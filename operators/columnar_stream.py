@@ -40,20 +40,9 @@ point and sync state in local variables, and emits once per sample (the
 points due before it, with those of the sample before it at its own time).
 Its helpers are inlined with array arguments, which in Numba costs an atomic
 reference count increment and decrement per array per call; the kernels are
-compiled without reference counting (``_nrt=False``: they allocate nothing),
-which took 10,000 sensors x 10 Hz from 3.95 to 6.7 M samples/s.  Measured in
-CPU time (min of 3, one channel, the config defaults, tau 1 s; 1 Hz with tau
-5 s) against the offline pass over the same samples, one call / a second call
-after one over the first half:
-
-=====================  ==========  ============  ==============
-fleet                  offline     one call      second call
-=====================  ==========  ============  ==============
-10,000 x 10 Hz, 25 s   10.7 M/s    6.7 (0.63)    5.3 (0.50)
-50,000 x 1 Hz, 60 s    10.1        6.1 (0.60)    4.9 (0.49)
-2,000 x 60 Hz, 25 s    12.2        7.9 (0.65)    7.4 (0.61)
-100 x 1 kHz, 25 s      18.5        15.9 (0.86)   14.6 (0.79)
-=====================  ==========  ============  ==============
+compiled without reference counting (``_nrt=False``: they allocate nothing).
+Its speed against the offline pass is measured in ``docs/pipeline.md``
+(Limitations, speed at low rates).
 
 A second call also pays the rings' growth (:meth:`FleetState.reserve`: the
 Master's ring grows for its first hour) and the first touch of its output

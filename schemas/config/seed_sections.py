@@ -39,7 +39,7 @@ class BecomingOneSection(_Section):
     key_groups: Annotated[int, BeforeValidator(_reject_bool), Field(ge=1, le=65_536)] = 16
     """Sensors are hashed into this many key groups, the unit of state placed on a worker.
     More groups spread sensors more evenly over workers; fewer mean fewer, larger
-    activations (each costs a fixed ~0.1 ms).  Keep it fixed for the life of a
+    activations (each has a fixed cost).  Keep it fixed for the life of a
     recovery store."""
 
     @field_validator("name")

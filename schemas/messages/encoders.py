@@ -2,7 +2,7 @@
 
 They are written once per sensor and publish interval: with thousands of
 sensors that is hundreds of thousands of messages per second of event time.
-Building them through pydantic costs ~10 us each, so these write the same
+Building each through pydantic would cost more than computing it, so these write the same
 JSON objects (same fields, same order) directly from values that are already
 of their wire types.  The models (:class:`~schemas.messages.SyncRecord`,
 :class:`~schemas.messages.MesoWitness`) stay the schema: tests hold the
