@@ -18,7 +18,7 @@ import numpy as np
 from bytewax.dataflow import Stream
 from confluent_kafka import Message as KafkaMessage
 
-from flows.emit import TopicRecords, bundled, dead_letter_records, witnessed
+from flows.emit import Emitted, TopicRecords, dead_letter_records, emitted_streams, witnessed
 from flows.observer import FlowObserver
 from operators.decode import RawMessage, decode_messages
 from operators.params import dead_letter_limits
@@ -93,11 +93,11 @@ class Decode:
                 j += 1
             blocks.append(SampleRuns.of(ready[i:j]))
             i = j
-        out: list[Any] = []
+        out = Emitted()
         if messages:
             decoded = decode_messages(messages, max_message_bytes=self.max_bytes, limits=self.limits, as_runs=True)
             blocks.extend(decoded.runs)
-            out.extend(dead_letter_records(decoded.dead))
+            out.records.extend(dead_letter_records(decoded.dead))
             m = observer.metrics
             for reason, n in decoded.counts.items():
                 m.samples.labels(str(reason)).inc(n)
@@ -110,7 +110,7 @@ class Decode:
         for block in blocks:
             for group, runs in self._by_group(block):
                 grouped.setdefault(group, []).append(runs)
-        out.extend(grouped.items())
+        out.keyed.extend(grouped.items())
         seconds = clock.timer() - started
         observer.metrics.batch_seconds.labels("decode").observe(seconds)
         if self.micro:
@@ -123,10 +123,10 @@ class Decode:
                 self.newest = max(self.newest or newest, newest)
             elif self.newest is None:  # nothing usable seen yet: the wall clock stands in
                 self.newest = clock.now_us()
-            out.append(WitnessEntry("micro", self.newest, None, MicroWitness(
+            out.witness.append(WitnessEntry("micro", self.newest, None, MicroWitness(
                 operator="decode", worker=observer.worker(), items_in=len(messages) + len(ready),
                 items_out=samples, drops=drops, seconds=seconds)))
-        return bundled(out)
+        return out.handed_on()
 
 
 @dataclass(frozen=True)
@@ -146,10 +146,8 @@ class DecodeOut:
 
 def decode(step_id: str, up: Stream[Any], config: Config, observer: FlowObserver) -> DecodeOut:
     """Decode ``up``'s raw messages and generated batches (:class:`Decode`), grouped by key group."""
-    decoded = op.flat_map_batch(step_id, up, Decode(config, observer))
-    keyed = op.branch(f"{step_id}_split", decoded, lambda item: type(item) is tuple)
-    rest = op.branch(f"{step_id}_records", keyed.falses, lambda item: type(item) is TopicRecords)
-    return DecodeOut(keyed.trues, rest.trues, rest.falses)
+    out = emitted_streams(step_id, op.flat_map_batch(step_id, up, Decode(config, observer)))
+    return DecodeOut(out.keyed, out.records, out.witness)
 
 
 # --------------------------------------------------------------------------

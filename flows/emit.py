@@ -9,6 +9,10 @@ them into the two output forms of SPEC sections 4 and 5:
 * :class:`TopicRecord`: one Kafka message (topic role, key, JSON value), or
   :class:`TopicBlock`: many messages of one topic role.
 
+A step's call hands on one :class:`Emitted`: its outputs by destination, a
+field per stream, which the step splits into its named streams
+(:func:`emitted_streams`).
+
 Both go to the sinks as they are; the dataflow never formats output anywhere
 else, so the topic and the archive always agree.
 """
@@ -18,32 +22,35 @@ from __future__ import annotations
 import binascii
 import itertools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+import bytewax.operators as op
 import numpy as np
 import pyarrow as pa
+from bytewax.dataflow import Stream
 
 from connectors.archive import PendingRows
 from operators.grid import WindowValues
 from schemas.samples import SampleBatch
 from operators.sync import COLLAPSE, DISSIPATE_COHERENCE, SyncValues
-from operators.witness import LoggedRecords, WitnessBlock, WitnessEntries, WitnessEntry
+from operators.witness import LoggedRecords, WitnessEntries
 from schemas.datasets import DATASETS, TIMESTAMP
 from schemas.messages import CollapseEvent, DeadLetter, state_texts, sync_records_json, to_json_bytes
 
 __all__ = [
     "ArchiveRows",
+    "Emitted",
+    "EmittedStreams",
     "SignatureBlock",
     "SyncBlock",
     "TopicBlock",
     "TopicRecord",
     "TopicRecords",
-    "bundled",
-    "witnessed",
     "collapse_events",
     "dead_letter_records",
     "deferred",
+    "emitted_streams",
     "events_rows",
     "history_rows",
     "input_key_runs",
@@ -57,6 +64,7 @@ __all__ = [
     "sync_key_runs",
     "sync_messages",
     "witness_rows",
+    "witnessed",
 ]
 
 
@@ -356,21 +364,47 @@ def dead_letter_records(letters: list[DeadLetter]) -> list[TopicRecord]:
     return [TopicRecord("dlq", letter.key_bytes, to_json_bytes(letter)) for letter in letters]
 
 
-def bundled(out: list[Any]) -> list[Any]:
-    """``out`` with its topic records and witness entries gathered into one item each."""
-    records, entries, rest = TopicRecords(), WitnessEntries(), []
-    for item in out:
-        if isinstance(item, (TopicRecord, TopicBlock)):
-            records.append(item)
-        elif isinstance(item, (WitnessEntry, WitnessBlock)):
-            entries.append(item)
-        else:
-            rest.append(item)
-    if records:
-        rest.append(records)
-    if entries:
-        rest.append(entries)
-    return rest
+@dataclass(slots=True)
+class Emitted:
+    """What one call of a step hands on, by destination: one item per call, one field per stream.
+
+    Attributes:
+        records: topic messages (:class:`TopicRecord`, :class:`TopicBlock`): the topics, or the
+            dead-letter file without Kafka.
+        witness: witness entries and blocks, for the witness step.
+        archive: :class:`ArchiveRows` for the archive.
+        keyed: ``(key group, [SampleRuns, ...])`` for the resonate step (the decode step's).
+    """
+
+    records: TopicRecords = field(default_factory=lambda: TopicRecords())
+    witness: WitnessEntries = field(default_factory=lambda: WitnessEntries())
+    archive: list[ArchiveRows] = field(default_factory=list)
+    keyed: list[tuple[str, Any]] = field(default_factory=list)
+
+    def handed_on(self) -> list[Emitted]:
+        """``[self]``, or nothing when there is nothing in it."""
+        return [self] if self.records or self.witness or self.archive or self.keyed else []
+
+
+class EmittedStreams(NamedTuple):
+    """The streams of a step's :class:`Emitted` items, one per destination."""
+
+    records: Stream[TopicRecords]
+    witness: Stream[WitnessEntries]
+    archive: Stream[ArchiveRows]
+    keyed: Stream[tuple[str, Any]]
+
+
+def emitted_streams(step_id: str, emitted: Stream[Emitted]) -> EmittedStreams:
+    """One stream per field of ``emitted``: a call's records and witness entries stay one item
+    each (a Bytewax item costs Python calls at every step it passes), its archive rows and key
+    groups are items of their own."""
+    return EmittedStreams(
+        op.flat_map(f"{step_id}_records", emitted, lambda e: [e.records] if e.records else []),
+        op.flat_map(f"{step_id}_witness", emitted, lambda e: [e.witness] if e.witness else []),
+        op.flat_map(f"{step_id}_archive", emitted, lambda e: e.archive),
+        op.flat_map(f"{step_id}_keyed", emitted, lambda e: e.keyed),
+    )
 
 
 def witnessed(config, layer: str) -> bool:

@@ -25,15 +25,16 @@ from bytewax.operators import StatefulBatchLogic
 from connectors.metrics import SensorLedger
 from flows.emit import (
     ArchiveRows,
+    Emitted,
     SignatureBlock,
     SyncBlock,
     TopicBlock,
     TopicRecord,
     TopicRecords,
-    bundled,
     collapse_events,
     dead_letter_records,
     deferred,
+    emitted_streams,
     events_rows,
     history_rows,
     input_key_runs,
@@ -159,24 +160,27 @@ class ResonateLogic(StatefulBatchLogic[list[SampleRuns], Any, bytes | None]):
         step = self.fleet.push_runs(blocks, now_us)
         self.book.grow()
         budget = DeadLetterBudget(self.limits)  # one allowance per input message over all sensors of the call
-        out = self._refused(step, budget, now_us)
-        out.extend(self._outputs(step))
+        out = Emitted()
+        self._refused(step, budget, now_us, out)
+        self._outputs(step, out)
         released = self.fleet.release_idle()
         if released is not None:
-            out.extend(self._outputs(released))
+            self._outputs(released, out)
         self.observer.metrics.active_sensors.inc(self.fleet.live_count() - live_before)
         summaries = budget.summaries()
         if summaries:
-            out.extend(dead_letter_records(summaries))
+            out.records.extend(dead_letter_records(summaries))
         self.observer.metrics.batch_seconds.labels("resonate").observe(clock.timer() - started)
-        return bundled(out), StatefulBatchLogic.RETAIN
+        return out.handed_on(), StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[Iterable[Any], bool]:
         if self.resumable and self.observer.stop.requested():
             # Stopped, not at the end of input: the next run resumes these grid points exactly.
             return [], StatefulBatchLogic.RETAIN
         self.book.grow()
-        return bundled(self._outputs(self.fleet.flush())), StatefulBatchLogic.RETAIN
+        out = Emitted()
+        self._outputs(self.fleet.flush(), out)
+        return out.handed_on(), StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> bytes | None:
         """The group's state (the fleet's table) as a pickle: a copy later batches cannot change.
@@ -191,11 +195,11 @@ class ResonateLogic(StatefulBatchLogic[list[SampleRuns], Any, bytes | None]):
 
     # --- outputs -----------------------------------------------------------------------------------
 
-    def _refused(self, step: FleetStep, budget: DeadLetterBudget, now_us: int) -> list[Any]:
+    def _refused(self, step: FleetStep, budget: DeadLetterBudget, now_us: int, out: Emitted) -> None:
+        """Dead letters of the refused rows (into ``out``), their metrics and ledger counts."""
         if not step.refusals:
-            return []
+            return
         m, run = self.observer.metrics, self.observer.ledger
-        out: list[Any] = []
         for refusal in step.refusals:
             b = refusal.batch
             rows, reasons = refused_reasons(refusal)
@@ -207,7 +211,7 @@ class ResonateLogic(StatefulBatchLogic[list[SampleRuns], Any, bytes | None]):
                 texts = _rejection_texts(reasons, picked.t_us, refusal.watermark_in[rows].tolist(),
                                          lateness_us=self.settings.lateness_us,
                                          max_future_us=self.settings.max_future_us, now_us=now_us)
-            out.extend(dead_letter_records(dead_letters(picked, reasons, texts, budget)))
+            out.records.extend(dead_letter_records(dead_letters(picked, reasons, texts, budget)))
             for reason in set(reasons):
                 m.samples.labels(reason).inc(reasons.count(reason))
             if refusal.reason == "capacity":
@@ -216,12 +220,11 @@ class ResonateLogic(StatefulBatchLogic[list[SampleRuns], Any, bytes | None]):
                 sid = self.fleet.sid_of(b.sensor)
                 self.book.rejected[sid] += len(reasons)
                 self.book.seen[sid] = True
-        return out
 
-    def _outputs(self, step: FleetStep) -> list[Any]:
+    def _outputs(self, step: FleetStep, out: Emitted) -> None:
+        """A step's rows (into ``out``): archive rows, topic messages, witness entries; the ledger."""
         m, book = self.observer.metrics, self.book
         names, cells = self.fleet.names, self.fleet.table.cells
-        out: list[Any] = []
         if step.accepted:
             m.samples.labels("accepted").inc(step.accepted)
         if step.watermark is not None:
@@ -236,7 +239,7 @@ class ResonateLogic(StatefulBatchLogic[list[SampleRuns], Any, bytes | None]):
                 pieces.extend((names[s], cells[s], t[e - n:e], phase[e - n:e])
                               for s, n, e in zip(run_sid.tolist(), counts.tolist(), ends.tolist()))
         if pieces:
-            out.append(deferred(input_rows, "input", pieces, runs=input_key_runs))
+            out.archive.append(deferred(input_rows, "input", pieces, runs=input_key_runs))
         e, ma, sv = step.resonance
         signatures: list[SignatureBlock] = []
         if e.t.size:
@@ -249,8 +252,7 @@ class ResonateLogic(StatefulBatchLogic[list[SampleRuns], Any, bytes | None]):
             signatures.extend(self._window_outputs("master", run_sid, counts,
                                                    WindowValues(ma.t, ma.T, ma.n_products, ma.span_us), out))
         if signatures:
-            out.append(deferred(signature_rows, "temporal_signatures", signatures, runs=signature_key_runs))
-        return out
+            out.archive.append(deferred(signature_rows, "temporal_signatures", signatures, runs=signature_key_runs))
 
     def _labels(self, run_sid: np.ndarray) -> tuple[list[str], list[str | None]]:
         names, cells = self.fleet.names, self.fleet.table.cells
@@ -263,7 +265,7 @@ class ResonateLogic(StatefulBatchLogic[list[SampleRuns], Any, bytes | None]):
         return sensors, cells, kept.tolist()
 
     def _window_outputs(self, kind: str, run_sid: np.ndarray, counts: np.ndarray, values: WindowValues,
-                        out: list[Any]) -> list[SignatureBlock]:
+                        out: Emitted) -> list[SignatureBlock]:
         """Meso witness entries (into ``out``) and signature rows of one transducer's values."""
         if not (self.signatures or self.meso):
             return []
@@ -279,7 +281,7 @@ class ResonateLogic(StatefulBatchLogic[list[SampleRuns], Any, bytes | None]):
                 T, t = block.values.T, block.values.t
                 records = meso_records_json(block.sensors, block.cells, block.transducers, block.counts, t, T.real,
                                             T.imag, block.values.n_products)
-                out.append(WitnessBlock("meso", t.tolist(), per_row(block.sensors, block.counts), records))
+                out.witness.append(WitnessBlock("meso", t.tolist(), per_row(block.sensors, block.counts), records))
         return [] if signatures is None else [signatures]
 
     def _signature_parts(self, kind, run_sid, counts, values: WindowValues, index):
@@ -287,7 +289,7 @@ class ResonateLogic(StatefulBatchLogic[list[SampleRuns], Any, bytes | None]):
         return sensors, cells, [kind] * len(sensors), kept, WindowValues(*(c[index] for c in values))
 
     def _sync_outputs(self, run_sid: np.ndarray, counts: np.ndarray, sv: SyncValues, step: FleetStep,
-                      out: list[Any]) -> None:
+                      out: Emitted) -> None:
         """Collapse events and sync messages (into ``out``), the history and mesh rows; the ledger."""
         m, book = self.observer.metrics, self.book
         ends = np.cumsum(counts)
@@ -315,7 +317,7 @@ class ResonateLogic(StatefulBatchLogic[list[SampleRuns], Any, bytes | None]):
             published = SyncBlock(sensors, cells, kept, sv.select(publish))
             if self.kafka:
                 keys = per_row([sensor.encode("utf-8") for sensor in sensors], kept)
-                out.append(TopicBlock("sync", keys, sync_messages(self.node, published)))
+                out.records.append(TopicBlock("sync", keys, sync_messages(self.node, published)))
         if self.history:
             at_history = publish if self.same_history else on_grid(sv.t, self.signature_us)
             if at_history is not None:
@@ -325,11 +327,11 @@ class ResonateLogic(StatefulBatchLogic[list[SampleRuns], Any, bytes | None]):
                     sensors, cells, kept = self._block(run_sid, counts, at_history)
                     history = SyncBlock(sensors, cells, kept, sv.select(at_history))
         if history is not None:
-            out.append(deferred(history_rows, "coherence_history", [history], runs=sync_key_runs))
+            out.archive.append(deferred(history_rows, "coherence_history", [history], runs=sync_key_runs))
         if published is not None and self.mesh:
-            out.append(deferred(mesh_rows, "mesh_sync", self.node, [published], runs=sync_key_runs))
+            out.archive.append(deferred(mesh_rows, "mesh_sync", self.node, [published], runs=sync_key_runs))
         if events and self.events:
-            out.append(deferred(events_rows, "events", events))
+            out.archive.append(deferred(events_rows, "events", events))
 
     def _count(self, sid: np.ndarray, up: np.ndarray, ingested: float) -> None:
         """Transitions of sensors ``sid`` (one entry per transition; ``up``: a collapse) into the
@@ -349,17 +351,17 @@ class ResonateLogic(StatefulBatchLogic[list[SampleRuns], Any, bytes | None]):
             for _ in range(sid.shape[0]):
                 m.event_latency.observe(latency)
 
-    def _transitions(self, sid: int, sv: SyncValues, ingested: float, out: list[Any]) -> list:
+    def _transitions(self, sid: int, sv: SyncValues, ingested: float, out: Emitted) -> list:
         sensor, cell = self.fleet.names[sid], self.fleet.table.cells[sid]
         events = collapse_events(sensor, cell, sv)
         key = sensor.encode("utf-8")
         changed = np.flatnonzero(sv.event)
         for event, k in zip(events, changed.tolist()):
             if self.kafka:
-                out.append(TopicRecord("collapse", key, to_json_bytes(event)))
+                out.records.append(TopicRecord("collapse", key, to_json_bytes(event)))
             if self.macro:
                 Tm, Te = complex(sv.T_master[k]), complex(sv.T_emissary[k])
-                out.append(WitnessEntry("macro", int(sv.t[k]), sensor, MacroWitness(
+                out.witness.append(WitnessEntry("macro", int(sv.t[k]), sensor, MacroWitness(
                     event=event, coherence_master=abs(Tm) ** 2, coherence_emissary=abs(Te) ** 2,
                     master_span=int(sv.master_span_us[k]) * 1e-6)))
         self._count(np.full(len(events), sid, np.int64), sv.event[changed] == COLLAPSE, ingested)
@@ -399,7 +401,5 @@ def resonate(step_id: str, samples: Stream[tuple[str, list[SampleRuns]]], config
         return ResonateLogic(config, settings, limits, resume, capacity, resumable, observer)
 
     resonance = op.stateful_batch(step_id, samples, logic)
-    out = op.map(f"{step_id}_out", resonance, lambda kv: kv[1])
-    records = op.branch(f"{step_id}_records", out, lambda item: type(item) is TopicRecords)
-    rest = op.branch(f"{step_id}_witness", records.falses, lambda item: type(item) is WitnessEntries)
-    return ResonateOut(records.trues, rest.trues, rest.falses)
+    out = emitted_streams(step_id, op.map(f"{step_id}_out", resonance, lambda kv: kv[1]))
+    return ResonateOut(out.records, out.witness, out.archive)

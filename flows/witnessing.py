@@ -16,7 +16,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Stream
 from bytewax.operators import StatefulBatchLogic
 
-from flows.emit import ArchiveRows, TopicBlock, TopicRecords, deferred, witness_rows
+from flows.emit import ArchiveRows, Emitted, TopicBlock, TopicRecords, deferred, emitted_streams, witness_rows
 from flows.observer import FlowObserver
 from operators.witness import LoggedRecords, WitnessEntries, WitnessLog
 from schemas.config import Config
@@ -53,14 +53,14 @@ class WitnessLogic(StatefulBatchLogic[WitnessEntries, Any, WitnessLog]):
         # One key for every witness record: one partition, so the topic keeps the log's order.
         self.key = config.becomingone.name.encode("utf-8")
 
-    def _out(self, records: LoggedRecords) -> list[Any]:
+    def _out(self, records: LoggedRecords) -> list[Emitted]:
         m = self.observer.metrics
         for layer, n in collections.Counter(records.layers).items():
             m.witness_records.labels(layer).inc(n)
-        out: list[Any] = [TopicRecords([TopicBlock("witness", [self.key] * len(records), records.values)])]
+        out = Emitted(records=TopicRecords([TopicBlock("witness", [self.key] * len(records), records.values)]))
         if self.archive and records:
-            out.append(deferred(witness_rows, "witnessing_logs", [records]))
-        return out
+            out.archive.append(deferred(witness_rows, "witnessing_logs", [records]))
+        return [out]
 
     def on_batch(self, values: list[WitnessEntries]) -> tuple[Iterable[Any], bool]:
         clock = self.observer.clock
@@ -90,6 +90,5 @@ def witness(step_id: str, entries: Stream[WitnessEntries], config: Config, obser
     """Log every witness entry of ``entries`` (one log for the flow: :class:`WitnessLogic`)."""
     keyed = op.key_on(f"{step_id}_key", entries, lambda _: _WITNESS_KEY)
     logged = op.stateful_batch(step_id, keyed, lambda resume: WitnessLogic(config, resume, observer))
-    out = op.map(f"{step_id}_out", logged, lambda kv: kv[1])
-    split = op.branch(f"{step_id}_split", out, lambda item: type(item) is TopicRecords)
-    return WitnessOut(split.trues, split.falses)
+    out = emitted_streams(step_id, op.map(f"{step_id}_out", logged, lambda kv: kv[1]))
+    return WitnessOut(out.records, out.archive)

@@ -257,8 +257,8 @@ _RSS_SCRIPT = textwrap.dedent("""
     message = RawMessage(b"s", value, [("content-type", ARROW_STREAM_CONTENT_TYPE.encode())], "in", 0, 1)
     out = decode([message])
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    records = sum(len(r.values) if hasattr(r, "values") else 1 for item in out for r in
-                  (item if isinstance(item, list) else [item]) if getattr(r, "role", None) == "dlq")
+    records = sum(len(r.values) if hasattr(r, "values") else 1 for emitted in out for r in emitted.records
+                  if r.role == "dlq")
     print(len(value), (after - before) * 1024, records)
 """)
 

@@ -103,7 +103,6 @@ def test_decodes_micro_record_has_the_newest_event_time_that_is_not_in_the_futur
 
     from flows.decoding import Decode
     from operators.decode import RawMessage
-    from operators.witness import WitnessEntries
     from schemas.config import parse_config
 
     # The archive keeps the witness log (with neither it nor Kafka, no witness record is built).
@@ -113,7 +112,7 @@ def test_decodes_micro_record_has_the_newest_event_time_that_is_not_in_the_futur
     def micro_t(*times: float) -> int:
         messages = [RawMessage(b"k", json.dumps({"sensor": f"s{i}", "t": t, "phase": 0.5}).encode())
                     for i, t in enumerate(times)]
-        entries = [e for item in decode(messages) if isinstance(item, WitnessEntries) for e in item]
+        entries = [e for emitted in decode(messages) for e in emitted.witness]
         (micro,) = [e for e in entries if e.layer == "micro"]
         return micro.t_us
 
@@ -128,13 +127,12 @@ def test_no_witness_record_is_built_when_nothing_keeps_the_log():
     from flows.emit import witnessed
     from flows.decoding import Decode
     from operators.decode import RawMessage
-    from operators.witness import WitnessEntries
     from schemas.config import parse_config
 
     config = parse_config({"sink": {"archive": False}, "metrics": {"enabled": False}})
     assert not any(witnessed(config, layer) for layer in ("micro", "meso", "macro"))
     out = Decode(config)([RawMessage(b"k", json.dumps({"sensor": "s", "t": 1_764_115_200, "phase": 0.5}).encode())])
-    assert not [item for item in out if isinstance(item, WitnessEntries)]
+    assert not [e for emitted in out for e in emitted.witness]
     kept = parse_config({"sink": {"archive": False}, "kafka": {"bootstrap.servers": "localhost:9092"},
                          "metrics": {"enabled": False}})
     assert all(witnessed(kept, layer) for layer in ("micro", "meso", "macro"))
@@ -174,9 +172,7 @@ def test_the_decode_step_reports_to_its_observer_and_reads_its_clock(tmp_path):
     import json
 
     from flows.decoding import Decode, key_group
-    from flows.emit import TopicRecords
     from operators.decode import RawMessage
-    from operators.witness import WitnessEntries
     from schemas.config import parse_config
 
     now_us = T0 + 3_600_000_000
@@ -191,18 +187,18 @@ def test_the_decode_step_reports_to_its_observer_and_reads_its_clock(tmp_path):
               b'{"sensor": "c", "t": "not a time", "phase": 0.1}']                       # refused here
     out = decode([RawMessage(b"k", value, None, "in", 0, offset) for offset, value in enumerate(values)])
 
-    groups = dict(item for item in out if type(item) is tuple)
+    (emitted,) = out                                          # one item a call, a field per stream
+    groups = dict(emitted.keyed)
     assert set(groups) == {key_group("a", 4), key_group("b", 4)}
     assert sum(len(runs) for block in groups.values() for runs in block) == 3   # the future one is the intake's
-    (letters,) = [item for item in out if type(item) is TopicRecords]
+    letters = emitted.records
     assert [r.role for r in letters] == ["dlq"] and b'"offset":3' in letters[0].value.replace(b" ", b"")
     assert observer.ledger.decode_rejected == 1
     assert registry.get_sample_value("becomingone_samples_total", {"result": "schema"}) == 1
     # The step's time is the observer's timer (0.25 s between its two readings), its micro record's t
     # the newest event time that is not ahead of the observer's clock, its worker the observer's.
     assert registry.get_sample_value("becomingone_batch_seconds_sum", {"step": "decode"}) == 0.25
-    (entries,) = [item for item in out if type(item) is WitnessEntries]
-    (micro,) = entries
+    (micro,) = emitted.witness
     assert micro.t_us == (now_s - 1) * 1_000_000
     assert micro.payload.worker == 0 and micro.payload.items_in == 4 and micro.payload.items_out == 3
 
@@ -211,7 +207,7 @@ def test_the_witness_step_counts_its_records_and_snapshots_a_copy(tmp_path):
     """The witness step driven directly with a recording observer; its snapshot is state, not the live log."""
     import pickle
 
-    from flows.emit import ArchiveRows, TopicRecords
+    from flows.emit import ArchiveRows
     from flows.witnessing import WitnessLogic
     from operators.witness import WitnessEntries
     from schemas.config import parse_config
@@ -221,9 +217,9 @@ def test_the_witness_step_counts_its_records_and_snapshots_a_copy(tmp_path):
                            "witnessing": {"meta_every": 3}})
     logic = WitnessLogic(config, None, observer)
     out, _ = logic.on_batch([WitnessEntries([_micro(T0 + k) for k in range(4)])])
-    (records,) = [item for item in out if type(item) is TopicRecords]
-    assert sum(len(block.values) for block in records) == 5                  # 4 micro, 1 meta after the third
-    assert [type(item) for item in out].count(ArchiveRows) == 1
+    (emitted,) = out
+    assert sum(len(block.values) for block in emitted.records) == 5          # 4 micro, 1 meta after the third
+    assert [type(item) for item in emitted.archive] == [ArchiveRows]
     assert registry.get_sample_value("becomingone_witness_records_total", {"layer": "micro"}) == 4
     assert registry.get_sample_value("becomingone_witness_records_total", {"layer": "meta"}) == 1
     assert registry.get_sample_value("becomingone_batch_seconds_sum", {"step": "witness"}) == 0.25
@@ -264,7 +260,7 @@ def test_the_resonate_step_resumed_from_its_snapshot_ends_as_the_uninterrupted_o
 
     def rows(outputs) -> dict[str, list]:
         out: dict[str, list] = {}
-        for item in outputs:
+        for item in (rows for emitted in outputs for rows in emitted.archive):
             if type(item) is ArchiveRows:
                 table = item.table if not callable(item.table) else item.table()
                 out.setdefault(item.dataset, []).extend(table.to_pylist())

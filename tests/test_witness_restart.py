@@ -44,8 +44,8 @@ def _batch(k: int, seconds: float) -> list[WitnessEntries]:
 
 def _archive(writer: ArchiveWriter, out) -> None:
     """What the flow's archive sink does with the witness step's output."""
-    for item in out:
-        if getattr(item, "dataset", None) == "witnessing_logs":
+    for item in (rows for emitted in out for rows in emitted.archive):
+        if item.dataset == "witnessing_logs":
             table = item.table() if callable(item.table) else item.table
             writer.write(table)
     writer.flush()
