@@ -144,7 +144,7 @@ def resonate_engine() -> str:
 
     from flows import resonate
 
-    logic = getattr(resonate, "ResonateLogic", None) or getattr(resonate, "_ResonateLogic", None)
+    logic = getattr(resonate, "ResonateLogic", None)
     if logic is None:
         return ""
     try:

@@ -122,7 +122,7 @@ def sensor_record(n: int, channels: int, seed: int = 20251126) -> SensorRecord:
     return SensorRecord(t_us, phase)
 
 
-def kairos_params() -> KairosParams:
+def bench_params() -> KairosParams:
     return KairosParams.from_seconds(TAU_S, velocity_span=VELOCITY_SPAN_S, max_gap=MAX_GAP_S)
 
 
@@ -494,7 +494,7 @@ class CaseResult:
 
 
 def run_case(n: int, channels: int, repeats: int, naive_prefix: int) -> CaseResult:
-    params = kairos_params()
+    params = bench_params()
     record = sensor_record(n, channels)
     grids = Grids.of(record)
     progress(f"{channels} channel(s): {n:,} samples, {grids.emissary.shape[0]:,} Emissary and "

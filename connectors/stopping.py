@@ -14,8 +14,6 @@ from typing import Any
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from connectors.kafka.health import set_draining
-
 __all__ = ["StopSignal", "StoppableSource"]
 
 
@@ -34,8 +32,10 @@ class StopSignal:
         are not final yet in its snapshot; otherwise they are decided as at end
         of input.
         """
+        from connectors.kafka.health import set_draining  # here: a flow without Kafka never loads it
+
         self._event.set()
-        set_draining(True)  # output for an unreachable Kafka cluster no longer holds the stop
+        set_draining(True)  # output for an unreachable Kafka cluster no longer holds the stop (process-wide)
 
     def requested(self) -> bool:
         """True once :meth:`request` was called (and not cleared since)."""
@@ -43,6 +43,8 @@ class StopSignal:
 
     def clear(self) -> None:
         """Let the sources read again, and Kafka output wait for the cluster again (a new run in this process)."""
+        from connectors.kafka.health import set_draining
+
         self._event.clear()
         set_draining(False)
 

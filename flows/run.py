@@ -295,14 +295,23 @@ def _check_kafka_or_exit(config: Config) -> None:
 def _bytewax_recovery(argv: list[str]) -> bool:
     """True when ``python -m bytewax.run`` was given a recovery directory (``-r`` or its variable).
 
+    Bytewax's parser takes any unambiguous prefix of a long option, so ``--rec DIR`` and
+    ``--recovery-dir=DIR`` count too.
+
     >>> _bytewax_recovery(["flows.kairos", "-r", "rec", "-s", "5", "-b", "0"]), _bytewax_recovery(["flows.kairos"])
     (True, False)
+    >>> _bytewax_recovery(["flows.kairos", "--recovery-dir", "rec"]), _bytewax_recovery(["flows.kairos", "--rec=x"])
+    (True, True)
     """
     import os
 
-    return bool(os.environ.get("BYTEWAX_RECOVERY_DIRECTORY")) or any(
-        a == "-r" or a.startswith("--recovery-directory") or (a.startswith("-r") and not a.startswith("--"))
-        for a in argv[1:])
+    def names_recovery(a: str) -> bool:
+        if a.startswith("--"):
+            name = a.split("=", 1)[0]
+            return len(name) > 3 and "--recovery-directory".startswith(name)
+        return a.startswith("-r")
+
+    return bool(os.environ.get("BYTEWAX_RECOVERY_DIRECTORY")) or any(names_recovery(a) for a in argv[1:])
 
 
 def _drain_on_sigterm(observer: FlowObserver) -> None:

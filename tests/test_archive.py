@@ -1054,9 +1054,9 @@ def test_pending_rows_join_only_rows_built_the_same_way():
 
 
 def test_many_small_pending_batches_are_archived_in_order(tmp_path):
-    """Batches that gather while the writer thread is busy are built together; the
-    archive holds every row once, in the order handed over, whatever lies between
-    rows built the same way (a plain table, rows built with other arguments)."""
+    """Batches that gather while the writer thread is busy may be built together; however
+    they are joined, the archive holds every row once, in the order handed over, whatever
+    lies between rows built the same way (a plain table, rows built with other arguments)."""
     sink = ArchiveSink(tmp_path, ["input"], flush_rows=10**9, flush_seconds=1e9)
     part = sink.build_part("archive", "input", None)
     expected = []

@@ -91,15 +91,18 @@ def test_run_from_a_file_source_dead_letters_bad_rows(tmp_path):
 def test_a_stopped_run_does_not_stop_the_next_one_in_the_same_process(tmp_path):
     import io
 
-    from flows.run import run_flow
+    from connectors.kafka.health import draining
     from connectors.stopping import StopSignal
+    from flows.run import run_flow
     from schemas.config import parse_config
 
     StopSignal().request()  # as the first Ctrl-C of an earlier run would
+    assert draining()       # what outlives a run: Kafka output no longer waits for the cluster
     config = parse_config({"source": {"kind": "synthetic", "duration": 5.0}, "sink": {"archive": False},
                            "metrics": {"enabled": False}})
     book = run_flow(config, out=io.StringIO(), progress=io.StringIO())
     assert book.totals()[0] == 4 * 500
+    assert not draining()   # the new run waits for the cluster again
 
 
 def test_a_rerun_on_the_same_input_adds_no_archive_rows_and_continues_the_witness_chain(tmp_path):
