@@ -110,7 +110,7 @@ def _runs(sensor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return sensor[starts].astype(np.int64), np.diff(np.r_[starts, sensor.size])
 
 
-class ResonateLogic(StatefulBatchLogic[list[SampleRuns], Any, bytes]):
+class ResonateLogic(StatefulBatchLogic[list[SampleRuns], Any, bytes | None]):
     """All sensors of one key group (state: :class:`operators.fleet.FleetTable`, pickled).
 
     Bytewax builds the logic without its key; the sensors come with the batches
@@ -182,14 +182,17 @@ class ResonateLogic(StatefulBatchLogic[list[SampleRuns], Any, bytes]):
         self._outputs(self.fleet.flush(), out)
         return out.handed_on(), StatefulBatchLogic.RETAIN
 
-    def snapshot(self) -> bytes:
+    def snapshot(self) -> bytes | None:
         """The group's state (the fleet's table) as a pickle: a copy later batches cannot change.
 
         Pickled here rather than deep-copied: the table is a few large arrays and a name list,
         which pickle copies at memory speed where a deep copy walks them in Python, and Bytewax
-        then stores the bytes as they are.  Always built: whether Bytewax keeps it is Bytewax's
-        to know, and a snapshot missing from a store would resume the source without the state.
+        then stores the bytes as they are.  A flow built without recovery (``becomingone run
+        --no-recovery``, or ``python -m bytewax.run`` given no recovery directory in any form
+        its parser takes) stores no snapshot, so it builds none: None.
         """
+        if not self.resumable:
+            return None
         return pickle.dumps(self.fleet.table, protocol=pickle.HIGHEST_PROTOCOL)
 
     # --- outputs -----------------------------------------------------------------------------------

@@ -300,15 +300,15 @@ def _bytewax_recovery(argv: list[str]) -> bool:
 
     >>> _bytewax_recovery(["flows.kairos", "-r", "rec", "-s", "5", "-b", "0"]), _bytewax_recovery(["flows.kairos"])
     (True, False)
-    >>> _bytewax_recovery(["flows.kairos", "--recovery-dir", "rec"]), _bytewax_recovery(["flows.kairos", "--rec=x"])
-    (True, True)
+    >>> [_bytewax_recovery(["flows.kairos", a, "rec"]) for a in ("--recovery-dir", "--rec=x", "--r", "-rx", "-w")]
+    [True, True, True, True, False]
     """
     import os
 
     def names_recovery(a: str) -> bool:
         if a.startswith("--"):
             name = a.split("=", 1)[0]
-            return len(name) > 3 and "--recovery-directory".startswith(name)
+            return len(name) > 2 and "--recovery-directory".startswith(name)
         return a.startswith("-r")
 
     return bool(os.environ.get("BYTEWAX_RECOVERY_DIRECTORY")) or any(names_recovery(a) for a in argv[1:])

@@ -284,6 +284,11 @@ def test_the_resonate_step_resumed_from_its_snapshot_ends_as_the_uninterrupted_o
         got.setdefault(dataset, []).extend(more)
 
     assert set(expected) >= {"input", "temporal_signatures", "coherence_history"} and got == expected
+    # A flow built without recovery stores no snapshot, so the step builds none.
+    unkept = ResonateLogic(config, resonator_settings(config, replay=True), dead_letter_limits(config), None,
+                           SensorCapacity(config.becomingone.max_sensors), False, _recording_observer(T0)[0])
+    unkept.on_batch(calls[0])
+    assert unkept.snapshot() is None and isinstance(first.snapshot(), bytes)
     assert whole_observer.ledger.totals()[0] == 2 * 3_000
     assert whole_registry.get_sample_value("becomingone_samples_total", {"result": "accepted"}) == 2 * 3_000
     resumed_samples = observer.ledger.totals()[0]          # the resumed logic counts in its own observer only
