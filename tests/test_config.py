@@ -82,6 +82,7 @@ def test_spec_defaults():
         "witness": "becomingone.witness",
         "sync": "becomingone.sync",
         "dlq": "becomingone.dlq",
+        "mesh": "becomingone.mesh",
     }
     assert (c.metrics.bind, c.metrics.per_sensor_labels) == ("127.0.0.1", False)
 

@@ -23,9 +23,11 @@ from schemas.config.seed_sections import (
 from schemas.config.stream_sections import (
     KafkaSection,
     MetricsSection,
+    RelaySection,
     SinkSection,
     Source,
     SyntheticSource,
+    WitnessNodeSection,
 )
 from schemas.config.values import _Section
 
@@ -49,6 +51,8 @@ class Config(_Section):
     sink: SinkSection = Field(default_factory=SinkSection)
     kafka: KafkaSection | None = None
     metrics: MetricsSection = Field(default_factory=MetricsSection)
+    witness_node: WitnessNodeSection = Field(default_factory=WitnessNodeSection)
+    relay: RelaySection = Field(default_factory=RelaySection)
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> Config:

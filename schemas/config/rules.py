@@ -158,6 +158,39 @@ def _publish_on_emissary_grid(c: Any) -> Iterator[tuple[str, str]]:
     )
 
 
+@_rule("sync.mesh.window", "sync.mesh.interval")
+def _mesh_window_on_grid(c: Any) -> Iterator[tuple[str, str]]:
+    yield from _whole_multiple(
+        "sync.mesh.window", c.sync.mesh.window, "sync.mesh.interval", c.sync.mesh.interval,
+        "the window holds whole mesh grid points",
+    )
+
+
+@_rule("sync.mesh.publish_interval", "sync.mesh.interval")
+def _mesh_publish_on_grid(c: Any) -> Iterator[tuple[str, str]]:
+    yield from _whole_multiple(
+        "sync.mesh.publish_interval", c.sync.mesh.publish_interval, "sync.mesh.interval", c.sync.mesh.interval,
+        "mesh rows exist only on mesh grid points",
+    )
+
+
+@_rule("sync.mesh.threshold", "sync.hysteresis", "kairos.coherence_threshold")
+def _mesh_hysteresis_below_threshold(c: Any) -> Iterator[tuple[str, str]]:
+    threshold = c.sync.mesh.threshold if c.sync.mesh.threshold is not None else c.kairos.coherence_threshold
+    if not c.sync.hysteresis < threshold:
+        yield (
+            "sync.mesh.threshold",
+            f"sync.mesh.threshold ({_fmt(threshold)}) must be larger than sync.hysteresis ({_fmt(c.sync.hysteresis)})",
+        )
+
+
+@_rule("becomingone.node", "kafka")
+def _kafka_node_needs_kafka(c: Any) -> Iterator[tuple[str, str]]:
+    if c.becomingone.node in ("witness", "relay") and c.kafka is None and (
+            c.becomingone.node == "relay" or c.witness_node.kafka is None):
+        yield "kafka", f"kafka: required by becomingone.node {c.becomingone.node!r} (set kafka.bootstrap.servers)"
+
+
 @_rule("witnessing.meso_interval", "emissary.witness_interval")
 def _meso_on_emissary_grid(c: Any) -> Iterator[tuple[str, str]]:
     yield from _whole_multiple(

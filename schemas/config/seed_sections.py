@@ -23,6 +23,7 @@ from schemas.config.values import (
     Number,
     Port,
     PositiveSeconds,
+    TopicName,
     _reject_bool,
     _Section,
 )
@@ -32,7 +33,11 @@ class BecomingOneSection(_Section):
     """``becomingone``: the node's identity."""
 
     name: str = "becomingone"
-    """Node name; labels metrics, Kafka client ids and mesh sync records."""
+    """Node name; labels metrics, Kafka client ids and mesh records; the default cell."""
+    node: Literal["full", "light", "witness", "relay"] = "full"
+    """What this node runs (SPEC section 7): ``full`` everything; ``light`` intake, Emissary and
+    mesh; ``witness`` audits another node's witness topic; ``relay`` copies topics between
+    clusters."""
     max_sensors: Annotated[int, BeforeValidator(_reject_bool), Field(ge=1)] = 100_000
     """Live sensors per process; samples of sensors beyond it are dead letters `capacity`.
     Idle sensors' windows are released and stop counting (docs/pipeline.md)."""
@@ -111,16 +116,66 @@ class EmissarySection(_Section):
 
 
 class MeshPeer(_Section):
-    """One mesh peer: ``{host, port}``."""
+    """One Kafka cluster a node reads the mesh from (``sync.mesh.peers[i]``).
 
-    host: NonEmptyStr
-    port: Port
+    The seed's ``{host, port}`` names the cluster's bootstrap address; ``bootstrap`` (a
+    ``bootstrap.servers`` list) may be given instead.  ``kafka`` holds further librdkafka settings
+    of that side (TLS, SASL), merged over the node's own ``kafka`` section.
+    """
+
+    host: NonEmptyStr | None = None
+    port: Port | None = None
+    bootstrap: NonEmptyStr | None = None
+    """``bootstrap.servers`` of the peer cluster (instead of host and port)."""
+    topic: TopicName = "becomingone.mesh"
+    """The topic the peer's cells publish their partial sums to."""
+    kafka: dict[str, Any] = Field(default_factory=dict)
+    """librdkafka settings of this side, over the node's ``kafka`` section."""
+
+    @model_validator(mode="after")
+    def _one_address(self) -> MeshPeer:
+        if self.bootstrap is None and (self.host is None or self.port is None):
+            raise ValueError("a peer needs host and port, or bootstrap")
+        if self.bootstrap is not None and (self.host is not None or self.port is not None):
+            raise ValueError("give host and port, or bootstrap, not both")
+        return self
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """The peer cluster's ``bootstrap.servers``."""
+        return self.bootstrap if self.bootstrap is not None else f"{self.host}:{self.port}"
 
 
 class MeshSection(_Section):
-    """``sync.mesh``: peers exchanging T_sync."""
+    """``sync.mesh``: the mesh order parameter per cell and across cells (SPEC section 7)."""
 
+    interval: PositiveSeconds = 0.1
+    """Mesh grid spacing (epoch aligned), seconds: each sensor's phasor is interpolated onto it."""
+    window: PositiveSeconds = 10.0
+    """R2 = mean of r^2 over this much event time; the lock's window too, seconds."""
+    publish_interval: PositiveSeconds = 1.0
+    """Event-time interval of the ``mesh_sync/`` and ``mesh_members/`` rows, seconds."""
+    threshold: Annotated[Number, Field(gt=0.0, le=1.0)] | None = None
+    """A cell collapses when R2 reaches this; None = kairos.coherence_threshold."""
+    lock_threshold: Annotated[Number, Field(gt=0.0, le=1.0)] = 0.9
+    """A sensor is locked to its cell's mean field when its lock reaches this."""
+    lateness: NonNegativeSeconds = 0.0
+    """Mesh grid points wait this much more event time than the sensors' watermark, seconds."""
+    weights: dict[str, Annotated[Number, Field(ge=0.0)]] = Field(default_factory=dict)
+    """Sensor weight W_P by sensor id; sensors not listed weigh 1."""
+    cells: tuple[NonEmptyStr, ...] = ()
+    """The cells T_global waits for; empty = every cell heard within cell_timeout."""
+    cell_timeout: PositiveSeconds = 30.0
+    """A cell not heard for this long (wall clock) is no longer waited for, seconds."""
     peers: tuple[MeshPeer, ...] = ()
+    """Kafka clusters (and topics) this node reads other cells' partial sums from; empty = its own
+    cells only."""
+
+    interval_us = Micros("interval")
+    window_us = Micros("window")
+    publish_interval_us = Micros("publish_interval")
+    lateness_us = Micros("lateness")
+    cell_timeout_us = Micros("cell_timeout")
 
 
 class SyncSection(_Section):
@@ -137,7 +192,7 @@ class SyncSection(_Section):
     publish_interval: PositiveSeconds = 1.0
     """Event-time interval of the T_sync feed (sync topic, mesh_sync), seconds."""
     mesh_enabled: bool = False
-    """Exchange T_sync with the mesh peers."""
+    """Compute the mesh (SPEC section 7): cell order parameters, member locks and T_global."""
     mesh: MeshSection = Field(default_factory=MeshSection)
 
     lateness_us = Micros("lateness")
@@ -207,7 +262,9 @@ class MemorySection(_Section):
     events: bool = True
     """Archive ``events/`` (collapse and dissipate transitions)."""
     mesh_sync: bool = True
-    """Archive ``mesh_sync/`` (the T_sync feed)."""
+    """Archive ``mesh_sync/`` (the cells' and the global order parameter, when the mesh is on)."""
+    mesh_members: bool = True
+    """Archive ``mesh_members/`` (each sensor's lock to its cell, when the mesh is on)."""
     archive_input: bool = True
     """Archive the accepted raw samples in ``input/`` (what replay reads)."""
     signature_interval: PositiveSeconds = 1.0
@@ -233,6 +290,7 @@ class MemorySection(_Section):
         return tuple(name for name, on in (
             ("temporal_signatures", self.temporal_signatures), ("coherence_history", self.coherence_history),
             ("witnessing_logs", self.witness_logs), ("events", self.events), ("mesh_sync", self.mesh_sync),
+            ("mesh_members", self.mesh_members),
             ("input", self.archive_input)) if on)
 
     @property

@@ -165,6 +165,8 @@ class SinkTopics(_Section):
     witness: TopicName = "becomingone.witness"
     sync: TopicName = "becomingone.sync"
     dlq: TopicName = "becomingone.dlq"
+    mesh: TopicName = "becomingone.mesh"
+    """Cell partial sums per mesh grid point (key = cell), when the mesh is on."""
 
 
 class SinkSection(_Section):
@@ -216,6 +218,30 @@ def _kafka_value_text(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+class WitnessNodeSection(_Section):
+    """``witness_node``: what a ``becomingone.node: witness`` audits (SPEC section 7)."""
+
+    topic: TopicName = "becomingone.witness"
+    """The audited node's witness topic."""
+    kafka: dict[str, Any] | None = None
+    """librdkafka settings of the audited cluster; None = the node's own ``kafka`` section."""
+    group_id: NonEmptyStr = "becomingone-witness"
+    """Consumer group of the auditor."""
+
+
+class RelaySection(_Section):
+    """``relay``: what a ``becomingone.node: relay`` copies, from one Kafka cluster to another."""
+
+    source: dict[str, Any] | None = None
+    """librdkafka settings of the side read from; None = the node's own ``kafka`` section."""
+    target: dict[str, Any] = Field(default_factory=dict)
+    """librdkafka settings of the side written to (``bootstrap.servers`` required for a relay)."""
+    topics: tuple[TopicName, ...] = ("becomingone.mesh",)
+    """Topics copied, each to the topic of the same name on the other side."""
+    group_id: NonEmptyStr = "becomingone-relay"
+    """Consumer group of the relay on the source side."""
 
 
 class MetricsSection(_Section):
