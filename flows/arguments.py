@@ -8,17 +8,25 @@ the value, so bad usage also exits with 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 __all__ = ["config_or_report", "positive_int"]
 
 
 def config_or_report(args: argparse.Namespace):
-    """The validated config of ``args.config``, or None after printing every problem to stderr."""
+    """The validated config of ``args.config``, or None after printing every problem to stderr.
+
+    ``args.node`` (``becomingone run --node``), when given, overrides ``becomingone.node`` as its
+    environment variable would, so the rules that depend on the node type see it.
+    """
     from schemas.config import ConfigError, load_config
 
+    environ = None
+    if getattr(args, "node", None):
+        environ = {**os.environ, "BECOMINGONE__BECOMINGONE__NODE": args.node}
     try:
-        return load_config(args.config)
+        return load_config(args.config, environ)
     except ConfigError as exc:
         print(f"becomingone: invalid config:\n{exc}", file=sys.stderr)
         return None

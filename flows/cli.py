@@ -254,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "again at most about this much of its input")
     p.add_argument("--no-recovery", action="store_true",
                    help="keep no recovery state: a killed run starts over (Kafka: per source.from_beginning)")
+    p.add_argument("--node", choices=("full", "light", "witness", "relay"), default=None,
+                   help="what this node runs (overrides becomingone.node): full, light (no Master), "
+                   "witness (audits another node's witness topic), relay (copies topics between clusters)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("config", help="print the effective config (file + environment) as YAML")
