@@ -10,10 +10,10 @@ from __future__ import annotations
 from schemas.config import Config, KafkaSource
 from schemas.messages import without_original
 
-__all__ = ["OUTPUT_ROLES", "kafka_sink", "kafka_source"]
+__all__ = ["OUTPUT_ROLES", "kafka_sink", "kafka_source", "mesh_peer_source"]
 
 #: The output topic roles (``sink.topics``), in the order the sink and the source's topic creation take them.
-OUTPUT_ROLES = ("collapse", "witness", "sync", "dlq")
+OUTPUT_ROLES = ("collapse", "witness", "sync", "dlq", "mesh")
 
 
 def kafka_source(config: Config):
@@ -51,3 +51,27 @@ def kafka_sink(config: Config):
     return TopicSink(settings, [getattr(topics, r) for r in OUTPUT_ROLES],
                      admin=admin_settings(config.kafka, client_id=name), shrink={topics.dlq: without_original},
                      unavailable_timeout=wait)
+
+
+def mesh_peer_source(config: Config, peer):
+    """The mesh topic of one ``sync.mesh.peers`` entry (:class:`connectors.kafka.TopicSource`): the
+    node's ``kafka`` settings (if any) with the peer's address and its own settings over them.
+
+    From the beginning when ``source.from_beginning`` (else the end); ends at the end of the topic when
+    the main source does (``source.stop_at_end``, or a file or synthetic source)."""
+    from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
+
+    from connectors.kafka import TopicSource, admin_settings, consumer_settings
+    from schemas.config import KafkaSection
+
+    base = dict(config.kafka.root) if config.kafka is not None else {}
+    kafka = KafkaSection({**base, **peer.kafka, "bootstrap.servers": peer.bootstrap_servers})
+    src = config.source
+    from_beginning = src.from_beginning if isinstance(src, KafkaSource) else True
+    tail = isinstance(src, KafkaSource) and not src.stop_at_end
+    name = config.becomingone.name
+    settings = consumer_settings(kafka, f"{name}-mesh", from_beginning=from_beginning, client_id=f"{name}-mesh")
+    settings.pop("auto.offset.reset", None)
+    return TopicSource(settings, peer.topic, OFFSET_BEGINNING if from_beginning else OFFSET_END, 1000, tail=tail,
+                       admin=admin_settings(kafka, client_id=f"{name}-mesh"), create_topics=[peer.topic],
+                       unavailable_timeout=kafka.unavailable_timeout)

@@ -169,13 +169,16 @@ class TemporalMemory:
         return read_archive_file(path, self.root)
 
     def scan(self, dataset: str, start_us: int | None = None, end_us: int | None = None,
-             sensors: Iterable[str] | None = None, columns: list[str] | None = None) -> Iterator[pa.Table]:
-        """Per file (manifest order), the rows with start_us <= t <= end_us and ``sensor`` in
-        ``sensors``, as ``columns`` (None: all).  None leaves a bound or a filter open.
+             sensors: Iterable[str] | None = None, columns: list[str] | None = None,
+             cells: Iterable[str] | None = None) -> Iterator[pa.Table]:
+        """Per file (manifest order), the rows with start_us <= t <= end_us, ``sensor`` in
+        ``sensors`` and ``cell`` in ``cells``, as ``columns`` (None: all).  None leaves a bound or a
+        filter open; a filter on a column the dataset does not have keeps every row.
 
         One table per file keeps memory bounded for large datasets (``input/``).
         """
         wanted = None if sensors is None else pa.array(sorted(set(sensors)), pa.string())
+        in_cells = None if cells is None else pa.array(sorted(set(cells)), pa.string())
         for path in self.files(dataset, start_us, end_us):
             table = self.read_file(path)
             mask = None
@@ -184,16 +187,17 @@ class TemporalMemory:
                 if bound is not None:
                     term = test(t, bound)
                     mask = term if mask is None else pc.and_(mask, term)
-            if wanted is not None and "sensor" in table.column_names:
-                term = pc.is_in(table["sensor"], value_set=wanted)
-                mask = term if mask is None else pc.and_(mask, term)
+            for column, values in (("sensor", wanted), ("cell", in_cells)):
+                if values is not None and column in table.column_names:
+                    term = pc.fill_null(pc.is_in(table[column], value_set=values), False)
+                    mask = term if mask is None else pc.and_(mask, term)
             if mask is not None:
                 table = table.filter(mask)
             yield table if columns is None else table.select(columns)
 
     def retrieve(self, start: Any, end: Any, sensors: Iterable[str] | None = None,
-                 dataset: str = "coherence_history") -> pa.Table:
-        """Rows of ``dataset`` with start <= t <= end (and ``sensor`` in ``sensors``).
+                 dataset: str = "coherence_history", cells: Iterable[str] | None = None) -> pa.Table:
+        """Rows of ``dataset`` with start <= t <= end (and ``sensor`` in ``sensors``, ``cell`` in ``cells``).
 
         Rows come in archive order (manifest order, then row order);
         ``witnessing_logs`` rows are sorted by ``seq``, the log's order.
@@ -206,7 +210,7 @@ class TemporalMemory:
         start_us, end_us = as_micros(start), as_micros(end)
         if start_us > end_us:
             raise ValueError(f"start ({start}) is after end ({end})")
-        parts = list(self.scan(dataset, start_us, end_us, sensors))
+        parts = list(self.scan(dataset, start_us, end_us, sensors, cells=cells))
         table = pa.concat_tables(parts) if parts else DATASETS[dataset].empty_table()
         if dataset == "witnessing_logs":
             table = table.sort_by("seq")

@@ -74,6 +74,16 @@ class PipelineMetrics:
         self.source_lag = Gauge("becomingone_source_lag_messages",
                                 "Messages of the input partition not read yet (high watermark minus the next offset)",
                                 ["topic", "partition"], registry=registry)
+        self.mesh_cells = Gauge("becomingone_mesh_cells", "Cells of the mesh with a decided grid point in this process",
+                                registry=registry)
+        self.mesh_cells_collapsed = Gauge("becomingone_mesh_cells_collapsed", "Cells (and the global mesh) in the "
+                                          "collapsed state", ["scope"], registry=registry)
+        self.mesh_r = Gauge("becomingone_mesh_order_parameter", "Latest order parameter r per cell "
+                            "(metrics.per_sensor_labels; the global mesh as cell '*')", ["cell"], registry=registry)
+        self.mesh_late = Counter("becomingone_mesh_late", "Sensor phasors left out of the mesh: their grid point "
+                                 "was final already", registry=registry)
+        self.mesh_grid_points = Counter("becomingone_mesh_grid_points", "Mesh grid points decided, by scope",
+                                        ["scope"], registry=registry)
         self.per_sensor_labels = False
         # Pre-create the label values, so a scrape lists every series from the start.
         for result in ("accepted", "malformed", "schema", "nan", "duplicate", "late", "future", "too_large",
@@ -85,6 +95,11 @@ class PipelineMetrics:
             self.dead_letter_refusals.labels(outcome)
         for layer in ("micro", "meso", "macro", "meta"):
             self.witness_records.labels(layer)
+        for scope in ("cell", "global"):
+            self.mesh_cells_collapsed.labels(scope)
+            self.mesh_grid_points.labels(scope)
+        for event in ("mesh_collapse", "mesh_dissipate"):
+            self.transitions.labels(event)
 
 
 _lock = threading.Lock()

@@ -25,6 +25,7 @@ from operators.params import dead_letter_limits
 from schemas.samples import SampleBatch, SampleRuns
 from operators.witness import WitnessEntries, WitnessEntry
 from schemas.config import Config, KafkaSource
+from schemas.mesh import MeshProgress
 from schemas.messages import MicroWitness
 
 __all__ = ["Decode", "DecodeOut", "decode", "key_group"]
@@ -40,7 +41,7 @@ class Decode:
     with all its sensors' rows.
     """
 
-    def __init__(self, config: Config, observer: FlowObserver | None = None) -> None:
+    def __init__(self, config: Config, observer: FlowObserver | None = None, *, replay: bool = False) -> None:
         self.groups = config.becomingone.key_groups
         self._group_of: dict[str, int] = {}
         src = config.source
@@ -49,6 +50,8 @@ class Decode:
         self.micro = witnessed(config, "micro")
         self.max_future_us = config.sync.max_future_us
         self.newest: int | None = None  # newest event time seen (the micro records' t)
+        self.mesh = config.sync.mesh_enabled
+        self.replay = replay
         self.observer = FlowObserver() if observer is None else observer
 
     def _by_group(self, block: SampleRuns) -> list[tuple[str, SampleRuns]]:
@@ -86,6 +89,7 @@ class Decode:
                 messages.append(RawMessage(item.key, item.value, item.headers, item.topic, item.partition,
                                            item.offset))
         blocks: list[SampleRuns] = []
+        drops = 0
         i = 0
         while i < len(ready):  # generated batches: consecutive ones of one channel count form one block
             j = i + 1
@@ -94,22 +98,27 @@ class Decode:
             blocks.append(SampleRuns.of(ready[i:j]))
             i = j
         out = Emitted()
+        progress: dict[str, int] = {}
+        if self.mesh and ready:
+            self._progress(progress, "input", [b.t_us for b in blocks])
         if messages:
-            decoded = decode_messages(messages, max_message_bytes=self.max_bytes, limits=self.limits, as_runs=True)
-            blocks.extend(decoded.runs)
-            out.records.extend(dead_letter_records(decoded.dead))
-            m = observer.metrics
-            for reason, n in decoded.counts.items():
-                m.samples.labels(str(reason)).inc(n)
-            drops = sum(decoded.counts.values())
-            observer.ledger.rejected_at_decode(drops)
-        else:
-            drops = 0
+            parts = _by_partition(messages) if self.mesh else [messages]
+            for part in parts:
+                decoded = decode_messages(part, max_message_bytes=self.max_bytes, limits=self.limits, as_runs=True)
+                if self.mesh:
+                    self._progress(progress, f"{part[0].topic}:{part[0].partition}", [b.t_us for b in decoded.runs])
+                self._decoded(decoded, blocks, out)
+                drops += sum(decoded.counts.values())
         samples = sum(len(b) for b in blocks)
-        grouped: dict[str, list[SampleRuns]] = {}
+        grouped: dict[str, list[Any]] = {}
         for block in blocks:
             for group, runs in self._by_group(block):
                 grouped.setdefault(group, []).append(runs)
+        if progress:
+            # Every key group hears every partition's progress, after the samples it covers.
+            for number in range(self.groups):
+                group = _group_name(number)
+                grouped.setdefault(group, []).extend(MeshProgress(group, p, t) for p, t in progress.items())
         out.keyed.extend(grouped.items())
         seconds = clock.timer() - started
         observer.metrics.batch_seconds.labels("decode").observe(seconds)
@@ -129,6 +138,33 @@ class Decode:
         return out.handed_on()
 
 
+    def _decoded(self, decoded, blocks: list[SampleRuns], out: Emitted) -> None:
+        blocks.extend(decoded.runs)
+        out.records.extend(dead_letter_records(decoded.dead))
+        m = self.observer.metrics
+        for reason, n in decoded.counts.items():
+            m.samples.labels(str(reason)).inc(n)
+        self.observer.ledger.rejected_at_decode(sum(decoded.counts.values()))
+
+    def _progress(self, progress: dict[str, int], partition: str, times: list[np.ndarray]) -> None:
+        """The newest event time of a partition's rows in this call, leaving out what the intake will
+        refuse as ``future`` (one bad clock must not decide the mesh's grid points)."""
+        t = np.concatenate(times) if times else np.empty(0, np.int64)
+        if not self.replay:
+            t = t[t <= self.observer.clock.now_us() + self.max_future_us]
+        if t.size:
+            newest = int(t.max())
+            progress[partition] = max(progress.get(partition, newest), newest)
+
+
+def _by_partition(messages: list[RawMessage]) -> list[list[RawMessage]]:
+    """The messages of each source partition, in order (most calls hold one partition)."""
+    parts: dict[tuple[Any, Any], list[RawMessage]] = {}
+    for m in messages:
+        parts.setdefault((m.topic, m.partition), []).append(m)
+    return list(parts.values())
+
+
 @dataclass(frozen=True)
 class DecodeOut:
     """The decode step's streams.
@@ -144,9 +180,10 @@ class DecodeOut:
     witness: Stream[WitnessEntries]
 
 
-def decode(step_id: str, up: Stream[Any], config: Config, observer: FlowObserver) -> DecodeOut:
+def decode(step_id: str, up: Stream[Any], config: Config, observer: FlowObserver, *,
+           replay: bool = False) -> DecodeOut:
     """Decode ``up``'s raw messages and generated batches (:class:`Decode`), grouped by key group."""
-    out = emitted_streams(step_id, op.flat_map_batch(step_id, up, Decode(config, observer)))
+    out = emitted_streams(step_id, op.flat_map_batch(step_id, up, Decode(config, observer, replay=replay)))
     return DecodeOut(out.keyed, out.records, out.witness)
 
 

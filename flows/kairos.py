@@ -11,6 +11,7 @@
       |                           stream: lag products, Emissary and Master pane windows,
       |                                   sync by event time, collapse / dissipate (one Numba pass)
       |                         then the outputs of all its sensors as one Arrow table per dataset
+      -> mesh      [one key]    with sync.mesh_enabled: cells' order parameter, R2, locks, T_global  (flows.mesh)
       -> witness   [one key]    the witness log: running SHA-256, meta records                 (flows.witnessing)
       -> outputs: Kafka topics (collapse, witness, sync, dlq) and the Arrow archive           (flows.outputs)
 
@@ -50,6 +51,7 @@ from bytewax.operators import StatefulBatchLogic
 from connectors.discard import Discard
 from connectors.stopping import StoppableSource
 from flows.decoding import decode
+from flows.mesh import heard_cells, mesh
 from flows.observer import FlowObserver
 from flows.outputs import to_archive, to_dead_letter_file, to_topics
 from flows.resonate import resonate
@@ -92,16 +94,25 @@ def build_flow(config: Config, *, replay: bool = False, source: Any = None, flow
     tune_garbage_collector()
     flow = Dataflow(flow_id)
     raw = op.input("source", flow, _source(config, source, observer))
-    decoded = decode("decode", raw, config, observer)
+    decoded = decode("decode", raw, config, observer, replay=replay)
     resonated = resonate("resonate", decoded.samples, config, observer, replay=replay, resumable=recovery)
+    archive_rows = [resonated.archive]
+    records = [decoded.records, resonated.records]
+    if config.sync.mesh_enabled:
+        mesh_in = resonated.mesh
+        if config.sync.mesh.peers:
+            mesh_in = op.merge("mesh_in", mesh_in, heard_cells("mesh_peers", flow, config))
+        meshed = mesh("mesh", mesh_in, config, observer)
+        archive_rows.append(meshed.archive)
+        records.append(meshed.records)
     logged = witness("witness", op.merge("witness_entries", decoded.witness, resonated.witness), config, observer)
-    records = op.merge("records", decoded.records, resonated.records, logged.records)
+    records = op.merge("records", *records, logged.records)
     if config.kafka is not None:
         to_topics("kafka", records, config)
     else:
         to_dead_letter_file("dead_letter_file", records, config)
     if config.sink.archive:
-        to_archive("archive", op.merge("archive_rows_in", resonated.archive, logged.archive), config,
+        to_archive("archive", op.merge("archive_rows_in", *archive_rows, logged.archive), config,
                    durable_snapshots=recovery)
     return flow
 

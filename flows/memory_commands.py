@@ -83,7 +83,7 @@ def cmd_memory_retrieve(args: argparse.Namespace) -> int:
         return code
     try:
         _time(args.start, "--start"), _time(args.end, "--end")  # named errors for bad times
-        table = memory.retrieve(args.start, args.end, sensors=args.sensor, dataset=args.dataset)
+        table = memory.retrieve(args.start, args.end, sensors=args.sensor, dataset=args.dataset, cells=args.cell)
     except ArchiveError as exc:  # before ValueError: pyarrow's read errors are ValueErrors too
         return _fail("memory retrieve", str(exc), code=1)
     except ValueError as exc:
@@ -367,9 +367,11 @@ def add_parsers(sub, config_help: str) -> None:
     p.add_argument("--start", required=True, metavar="TIME", help=time_help)
     p.add_argument("--end", required=True, metavar="TIME", help=time_help)
     p.add_argument("--sensor", action="append", metavar="ID", help="only this sensor (repeatable)")
+    p.add_argument("--cell", action="append", metavar="NAME",
+                   help="only rows of this cell (repeatable; the global mesh is '*')")
     p.add_argument("--dataset", default="coherence_history",
                    choices=("temporal_signatures", "coherence_history", "witnessing_logs", "events", "mesh_sync",
-                            "input"), help="dataset (default coherence_history)")
+                            "mesh_members", "input"), help="dataset (default coherence_history)")
     p.add_argument("--format", choices=("table", "csv", "json", "arrow"), default="table",
                    help="table (default), csv, json (one object per line) or arrow (an IPC stream on stdout)")
     p.add_argument("--archive", metavar="DIR", default=None, help=archive_help)

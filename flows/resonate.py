@@ -5,7 +5,9 @@ lag products, Emissary and Master windows, the sync), and the grid rows come
 back as columns of all sensors.  The step turns those columns into what the
 sinks take, built only for the sinks that are on: dead letters, collapse
 events (topic, archive, macro witness), sync messages, meso witness records,
-and the archive's input, signature, history and mesh rows.  Per-sensor
+and the archive's input, signature, history and events rows; with the mesh
+on (``sync.mesh_enabled``), each sensor's phasors on the mesh grid and the
+input's progress, for the mesh step (:mod:`flows.mesh`).  Per-sensor
 counts for the run summary are columns too (:class:`GroupLedger`).
 """
 
@@ -39,7 +41,6 @@ from flows.emit import (
     history_rows,
     input_key_runs,
     input_rows,
-    mesh_rows,
     on_grid,
     picked_runs,
     signature_key_runs,
@@ -51,11 +52,13 @@ from flows.emit import (
 from flows.observer import FlowObserver
 from operators.dead_letters import DeadLetterBudget
 from operators.fleet import Fleet, FleetStep, FleetTable, refused_reasons
+from operators.mesh_phasor import MeshFeed
 from operators.params import dead_letter_limits
 from operators.grid import WindowValues
 from operators.intake import _rejection_texts, dead_letters
 from operators.roster import SensorCapacity
 from operators.resonator import resonator_settings
+from schemas.mesh import MESH_KEY, MeshProgress
 from schemas.samples import SampleRuns
 from operators.sync import COLLAPSE, SyncValues
 from operators.witness import WitnessBlock, WitnessEntries, WitnessEntry
@@ -121,7 +124,15 @@ class ResonateLogic(StatefulBatchLogic[list[SampleRuns], Any, bytes | None]):
                  capacity: SensorCapacity, resumable: bool, observer: FlowObserver) -> None:
         if isinstance(resume, bytes):
             resume = pickle.loads(resume)
+        track = None
+        if isinstance(resume, tuple):   # with the mesh on: (table, the mesh feed's track)
+            resume, track = resume
         self.fleet = Fleet(settings, capacity, resume)
+        self.mesh = None
+        if config.sync.mesh_enabled:
+            mesh = config.sync.mesh
+            self.mesh = MeshFeed(track, settings.params.weights, settings.params.max_gap_us, mesh.interval_us,
+                                 dict(mesh.weights), config.becomingone.name)
         self.settings = settings
         self.limits = limits
         self.resumable = resumable
@@ -132,7 +143,6 @@ class ResonateLogic(StatefulBatchLogic[list[SampleRuns], Any, bytes | None]):
         self.signatures = sink.archive and mem.temporal_signatures
         self.history = sink.archive and mem.coherence_history
         self.events = sink.archive and mem.events
-        self.mesh = sink.archive and mem.mesh_sync
         self.kafka = config.kafka is not None
         self.signature_us = mem.signature_interval_us
         self.publish_us = config.sync.publish_interval_us
@@ -154,7 +164,7 @@ class ResonateLogic(StatefulBatchLogic[list[SampleRuns], Any, bytes | None]):
     def on_batch(self, values: list[list[SampleRuns]]) -> tuple[Iterable[Any], bool]:
         clock = self.observer.clock
         started = clock.timer()
-        blocks = [b for group in values for b in group]
+        blocks = [b for group in values for b in group if isinstance(b, SampleRuns)]
         live_before = self.fleet.live_count()
         now_us = clock.now_us()   # the clock of the `future` rule, and of its dead letters' text
         step = self.fleet.push_runs(blocks, now_us)
@@ -166,6 +176,8 @@ class ResonateLogic(StatefulBatchLogic[list[SampleRuns], Any, bytes | None]):
         released = self.fleet.release_idle()
         if released is not None:
             self._outputs(released, out)
+        if self.mesh is not None:
+            self._mesh(step, released, [p for group in values for p in group if isinstance(p, MeshProgress)], out)
         self.observer.metrics.active_sensors.inc(self.fleet.live_count() - live_before)
         summaries = budget.summaries()
         if summaries:
@@ -179,7 +191,10 @@ class ResonateLogic(StatefulBatchLogic[list[SampleRuns], Any, bytes | None]):
             return [], StatefulBatchLogic.RETAIN
         self.book.grow()
         out = Emitted()
-        self._outputs(self.fleet.flush(), out)
+        step = self.fleet.flush()
+        self._outputs(step, out)
+        if self.mesh is not None:
+            self._mesh(step, None, [], out)
         return out.handed_on(), StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> bytes | None:
@@ -193,7 +208,22 @@ class ResonateLogic(StatefulBatchLogic[list[SampleRuns], Any, bytes | None]):
         """
         if not self.resumable:
             return None
-        return pickle.dumps(self.fleet.table, protocol=pickle.HIGHEST_PROTOCOL)
+        state = self.fleet.table if self.mesh is None else (self.fleet.table, self.mesh.track)
+        return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def _mesh(self, step: FleetStep, released: FleetStep | None, progress: list[MeshProgress],
+              out: Emitted) -> None:
+        """The grid phasors of the samples released now, then the input's progress (SPEC section 7),
+        for the mesh step, in this order: progress follows the phasors it covers."""
+        names, cells = self.fleet.names, self.fleet.table.cells
+        lanes = step.released + (released.released if released is not None else [])
+        items: list[Any] = []
+        phasors = self.mesh.phasors(lanes, names, cells)
+        if phasors is not None:
+            items.append(phasors)
+        items.extend(progress)
+        if items:
+            out.keyed.append((MESH_KEY, items))
 
     # --- outputs -----------------------------------------------------------------------------------
 
@@ -311,7 +341,7 @@ class ResonateLogic(StatefulBatchLogic[list[SampleRuns], Any, bytes | None]):
                 a, b = int(ends[i] - counts[i]), int(ends[i])
                 events.extend(self._transitions(int(run_sid[i]), sv.select(slice(a, b)),
                                                 step.ingested, out))
-        needed = self.kafka or self.mesh or (self.history and self.same_history)   # the history reuses it
+        needed = self.kafka or (self.history and self.same_history)   # the history reuses it
         publish = on_grid(sv.t, self.publish_us) if needed else None
         published = history = None
         if publish is not None:
@@ -330,8 +360,6 @@ class ResonateLogic(StatefulBatchLogic[list[SampleRuns], Any, bytes | None]):
                     history = SyncBlock(sensors, cells, kept, sv.select(at_history))
         if history is not None:
             out.archive.append(deferred(history_rows, "coherence_history", [history], runs=sync_key_runs))
-        if published is not None and self.mesh:
-            out.archive.append(deferred(mesh_rows, "mesh_sync", self.node, [published], runs=sync_key_runs))
         if events and self.events:
             out.archive.append(deferred(events_rows, "events", events))
 
@@ -389,6 +417,7 @@ class ResonateOut:
     records: Stream[TopicRecords]
     witness: Stream[WitnessEntries]
     archive: Stream[ArchiveRows]
+    mesh: Stream[tuple[str, list[Any]]]
 
 
 def resonate(step_id: str, samples: Stream[tuple[str, list[SampleRuns]]], config: Config, observer: FlowObserver,
@@ -404,4 +433,4 @@ def resonate(step_id: str, samples: Stream[tuple[str, list[SampleRuns]]], config
 
     resonance = op.stateful_batch(step_id, samples, logic)
     out = emitted_streams(step_id, op.map(f"{step_id}_out", resonance, lambda kv: kv[1]))
-    return ResonateOut(out.records, out.witness, out.archive)
+    return ResonateOut(out.records, out.witness, out.archive, out.keyed)

@@ -29,6 +29,7 @@ __all__ = [
     "DATASETS",
     "EVENTS",
     "INPUT",
+    "MESH_MEMBERS",
     "MESH_SYNC",
     "PARTITION_COLUMNS",
     "PARTITION_SCHEMA",
@@ -122,36 +123,53 @@ WITNESSING_LOGS = _schema(
     pa.field("log_sha256", pa.string(), nullable=False),  # running digest including this record
 )
 
-#: Collapse and dissipate transitions (the collapse topic's messages).
+#: Collapse and dissipate transitions (the collapse topic's messages).  Mesh transitions
+#: (``mesh_collapse``, ``mesh_dissipate``, SPEC section 7) share it: ``sensor`` and ``cell`` are the
+#: cell (``*``: the global mesh), ``coherence_sync`` is R2, ``t_sync`` the order parameter Z, and the
+#: transducer columns are null.
 EVENTS = _schema(
     "events",
     pa.field("event_id", pa.string(), nullable=False),
-    pa.field("event", pa.string(), nullable=False),  # collapse | dissipate
+    pa.field("event", pa.string(), nullable=False),  # collapse | dissipate | mesh_collapse | mesh_dissipate
     pa.field("reason", pa.string(), nullable=True),  # coherence | phase | null
     _sensor(),
     _cell(),
     _time(),
     _f64("coherence_sync"),
     *_complex("t_sync"),
-    *_complex("t_master"),
-    *_complex("t_emissary"),
-    _f64("delta_phase"),
+    _f64("t_master_re", nullable=True),
+    _f64("t_master_im", nullable=True),
+    _f64("t_emissary_re", nullable=True),
+    _f64("t_emissary_im", nullable=True),
+    _f64("delta_phase", nullable=True),
 )
 
-#: The T_sync feed (the sync topic's messages).
+#: The mesh order parameter (SPEC section 7): one row per cell (scope ``cell``) and one for the
+#: whole mesh (scope ``global``, cell ``*``) every sync.mesh.publish_interval of event time.
 MESH_SYNC = _schema(
     "mesh_sync",
-    pa.field("node", pa.string(), nullable=False),
-    _sensor(),
-    _cell(),
+    pa.field("scope", pa.string(), nullable=False),  # "cell" | "global"
+    pa.field("cell", pa.string(), nullable=False),
     _time(),
-    *_complex("t_sync"),
-    _f64("coherence_sync"),
-    *_complex("t_master"),
-    *_complex("t_emissary"),
-    _f64("delta_phase"),
-    pa.field("state", pa.string(), nullable=False),
-    pa.field("mature", pa.bool_(), nullable=False),
+    pa.field("n_sensors", pa.int64(), nullable=False),
+    _f64("weight"),
+    _f64("z_re"),
+    _f64("z_im"),
+    _f64("r"),
+    _f64("psi"),
+    _f64("r2_window"),
+    _f64("locked_fraction", nullable=True),  # null for the global rows
+    pa.field("state", pa.string(), nullable=False),  # "collapsed" | "dissipated"
+)
+
+#: Each sensor's lock to its cell's mean field, on the mesh_sync cadence.
+MESH_MEMBERS = _schema(
+    "mesh_members",
+    pa.field("cell", pa.string(), nullable=False),
+    _sensor(),
+    _time(),
+    _f64("lock"),
+    _f64("rel_phase"),  # arg(u_P conj(Z)) at t, radians
 )
 
 #: Accepted raw samples (memory.archive_input): what `becomingone replay` reads.
@@ -170,6 +188,7 @@ DATASETS: dict[str, pa.Schema] = {
     "witnessing_logs": WITNESSING_LOGS,
     "events": EVENTS,
     "mesh_sync": MESH_SYNC,
+    "mesh_members": MESH_MEMBERS,
     "input": INPUT,
 }
 

@@ -17,7 +17,8 @@ from connectors.archive import MANIFEST, meta_dir
 from flows.run import run_flow
 from schemas.config import parse_config
 
-DATASETS = ("coherence_history", "events", "input", "mesh_sync", "temporal_signatures", "witnessing_logs")
+DATASETS = ("coherence_history", "events", "input", "mesh_members", "mesh_sync", "temporal_signatures",
+            "witnessing_logs")
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +29,7 @@ def archive(tmp_path_factory):
             {"name": "steady-1", "kind": "steady"}, {"name": "switch-1", "kind": "switching", "freq_hz": 2.0},
             {"name": "noise-1", "kind": "noise", "channels": 2}]},
         "memory": {"storage": {"path": str(root)}, "flush_rows": 1500},  # several files per dataset
+        "sync": {"mesh_enabled": True},
         "metrics": {"enabled": False},
     }
     run_flow(parse_config(config), out=io.StringIO(), progress=io.StringIO())

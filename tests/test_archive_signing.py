@@ -31,7 +31,8 @@ from tests.test_archive import T0, rows
 
 KEY_ENV = "BECOMINGONE_TEST_SIGNING_KEY"
 KEY = "k3y-that-must-never-be-printed-0123456789"
-DATASETS = ("coherence_history", "events", "input", "mesh_sync", "temporal_signatures", "witnessing_logs")
+DATASETS = ("coherence_history", "events", "input", "mesh_members", "mesh_sync", "temporal_signatures",
+            "witnessing_logs")
 
 
 def _config(root, **memory) -> dict:
@@ -40,6 +41,7 @@ def _config(root, **memory) -> dict:
             {"name": "steady-1", "kind": "steady"}, {"name": "switch-1", "kind": "switching", "freq_hz": 2.0}]},
         "memory": {"storage": {"path": str(root)}, "flush_rows": 1000, **memory},
         "witnessing": {"meta_every": 100},
+        "sync": {"mesh_enabled": True},
         "metrics": {"enabled": False},
     }
 
@@ -102,7 +104,7 @@ def test_every_line_is_signed_and_verifies_with_the_key(signed):
     assert all("hmac" in json.loads(line) for d in DATASETS for line in _lines(root, d))
     proc = _cli("memory", "verify", "--config", str(cfg), **{KEY_ENV: KEY})
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.count(": ok\n") == 6
+    assert proc.stdout.count(": ok\n") == len(DATASETS)
     unchecked = _cli("memory", "verify", "--archive", str(root))
     assert unchecked.returncode == 0
     assert "signed with an HMAC, unchecked: memory.signing_key is not set" in unchecked.stdout

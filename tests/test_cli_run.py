@@ -113,9 +113,9 @@ def test_a_rerun_on_the_same_input_adds_no_archive_rows_and_continues_the_witnes
     from schemas.messages import witness_log_digest
 
     config = parse_config({"source": {"kind": "synthetic", "duration": 20.0}, "metrics": {"enabled": False},
-                           "memory": {"storage": {"path": str(tmp_path / "archive")}}})
+                           "sync": {"mesh_enabled": True}, "memory": {"storage": {"path": str(tmp_path / "archive")}}})
     root = tmp_path / "archive"
-    datasets = ("events", "input", "temporal_signatures", "coherence_history", "mesh_sync")
+    datasets = ("events", "input", "temporal_signatures", "coherence_history", "mesh_sync", "mesh_members")
     run_flow(config, out=io.StringIO(), progress=io.StringIO())
     first = {d: open_dataset(root / d).to_table() for d in datasets}
     log_1 = open_dataset(root / "witnessing_logs").to_table().sort_by("seq")

@@ -30,7 +30,7 @@ from tests.conftest import clean_env, free_port, read_topic, unique_topic
 pytestmark = pytest.mark.slow  # brokers and whole flows: out of `make test-fast`
 
 START_US = 1_735_689_600_000_000
-DATASETS = ("events", "temporal_signatures", "coherence_history", "mesh_sync", "input")
+DATASETS = ("events", "temporal_signatures", "coherence_history", "mesh_sync", "mesh_members", "input")
 RUNS = {  # name -> (bytewax.run arguments per process, source.batch_size)
     "one-worker": ([["-w", "1"]], 1000),
     "two-workers": ([["-w", "2"]], 7),
@@ -68,7 +68,8 @@ def _run(bootstrap: str, topic: str, tmp_path, name: str) -> dict:
         "source": {"kind": "kafka", "topic": topic, "from_beginning": True, "stop_at_end": True,
                    "batch_size": batch_size},
         "kafka": {"bootstrap.servers": bootstrap},
-        "sink": {"topics": {r: f"{prefix}.{r}" for r in ("collapse", "witness", "sync", "dlq")}},
+        "sink": {"topics": {r: f"{prefix}.{r}" for r in ("collapse", "witness", "sync", "dlq", "mesh")}},
+        "sync": {"mesh_enabled": True},
         "memory": {"storage": {"path": str(root)}},
         "metrics": {"enabled": False},
     }
@@ -92,7 +93,8 @@ def _run(bootstrap: str, topic: str, tmp_path, name: str) -> dict:
     collapse = sorted(m.value() for m in read_topic(bootstrap, f"{prefix}.collapse"))
     dlq = sorted(m.value() for m in read_topic(bootstrap, f"{prefix}.dlq"))
     sync = sorted(m.value() for m in read_topic(bootstrap, f"{prefix}.sync"))
-    return {"tables": tables, "collapse": collapse, "dlq": dlq, "sync": sync}
+    mesh = sorted(m.value() for m in read_topic(bootstrap, f"{prefix}.mesh"))
+    return {"tables": tables, "collapse": collapse, "dlq": dlq, "sync": sync, "mesh": mesh}
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +118,7 @@ def test_same_events_and_archive_rows_as_one_worker(runs, name):
     assert other["collapse"] == base["collapse"]
     assert other["dlq"] == base["dlq"]
     assert other["sync"] == base["sync"]
+    assert other["mesh"] == base["mesh"] and base["mesh"]
     for dataset in DATASETS:
         assert other["tables"][dataset].equals(base["tables"][dataset]), dataset
         assert other["tables"][dataset].num_rows > 0, dataset

@@ -154,6 +154,7 @@ def flow_archive(tmp_path_factory):
             {"name": "steady-1", "kind": "steady"}, {"name": "switch-1", "kind": "switching", "freq_hz": 2.0},
             {"name": "noise-1", "kind": "noise", "channels": 2}]},
         "memory": {"storage": {"path": str(root)}, "flush_rows": 2000},  # several files per dataset
+        "sync": {"mesh_enabled": True},
         "metrics": {"enabled": False},
     }
     import io
@@ -217,7 +218,7 @@ def test_verify_passes_on_an_intact_archive(flow_archive):
     root, _ = flow_archive
     proc = _cli("memory", "verify", "--archive", str(root))
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.count(": ok") == 6
+    assert proc.stdout.count(": ok") == len(DATASETS)
 
 
 def _first_file(root, dataset="temporal_signatures"):
@@ -279,7 +280,7 @@ def test_the_commands_read_an_archive_of_the_older_layout_and_compact_moves_it(f
     assert not (root / "_meta").exists() and (root / "input" / MANIFEST).exists()
 
     proc = _cli("memory", "verify", "--archive", str(root))
-    assert proc.returncode == 0 and proc.stdout.count(": ok") == 6, proc.stdout + proc.stderr
+    assert proc.returncode == 0 and proc.stdout.count(": ok") == len(DATASETS), proc.stdout + proc.stderr
     proc = _cli("memory", "retrieve", "--archive", str(root), "--start", "2025-01-01T00:00:10Z",
                 "--end", "2025-01-01T00:00:10Z", "--format", "json")
     assert proc.returncode == 0 and len(proc.stdout.splitlines()) == 3, proc.stderr

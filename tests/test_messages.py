@@ -284,7 +284,7 @@ def test_dead_letter_from_an_invalid_sample():
 
 def test_archive_datasets_and_columns():
     assert set(DATASETS) == {"temporal_signatures", "coherence_history", "witnessing_logs", "events",
-                             "mesh_sync", "input"}
+                             "mesh_sync", "mesh_members", "input"}
     assert DATASETS["temporal_signatures"].names == ["sensor", "cell", "transducer", "t", "t_re", "t_im",
                                                      "coherence", "n_products"]
     assert DATASETS["coherence_history"].names == ["sensor", "t", "coherence_master", "coherence_emissary",
@@ -308,7 +308,9 @@ def test_archive_types():
     assert DATASETS["temporal_signatures"].field("n_products").type == pa.int64()
     assert DATASETS["temporal_signatures"].field("cell").nullable
     assert not DATASETS["events"].field("sensor").nullable
-    assert DATASETS["mesh_sync"].field("mature").type == pa.bool_()
+    assert DATASETS["mesh_sync"].names == ["scope", "cell", "t", "n_sensors", "weight", "z_re", "z_im", "r", "psi",
+                                           "r2_window", "locked_fraction", "state"]
+    assert DATASETS["mesh_members"].names == ["cell", "sensor", "t", "lock", "rel_phase"]
 
 
 def test_archive_rows_from_messages_fit_the_schemas():

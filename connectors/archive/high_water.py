@@ -5,7 +5,8 @@ The writer keeps a high-water mark per row key, the largest ``t`` already
 archived (read from every listed file on open, then kept up to date), and
 drops incoming rows with ``t <= high-water``.  Row keys (:data:`ROW_KEYS`):
 ``temporal_signatures`` by (sensor, transducer); ``events``,
-``coherence_history``, ``mesh_sync`` and ``input`` by sensor.
+``coherence_history`` and ``input`` by sensor; ``mesh_sync`` by (scope, cell);
+``mesh_members`` by (cell, sensor).
 ``witnessing_logs`` is a log of observations, kept by ``seq`` instead: a row
 whose seq is at or below the largest one archived is dropped.
 """
@@ -29,7 +30,8 @@ ROW_KEYS: dict[str, tuple[str, ...]] = {
     "coherence_history": ("sensor",),
     "witnessing_logs": (),
     "events": ("sensor",),
-    "mesh_sync": ("sensor",),
+    "mesh_sync": ("scope", "cell"),
+    "mesh_members": ("cell", "sensor"),
     "input": ("sensor",),
 }
 

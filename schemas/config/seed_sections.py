@@ -159,8 +159,10 @@ class MeshSection(_Section):
     """A cell collapses when R2 reaches this; None = kairos.coherence_threshold."""
     lock_threshold: Annotated[Number, Field(gt=0.0, le=1.0)] = 0.9
     """A sensor is locked to its cell's mean field when its lock reaches this."""
-    lateness: NonNegativeSeconds = 0.0
-    """Mesh grid points wait this much more event time than the sensors' watermark, seconds."""
+    lateness: NonNegativeSeconds = 1.0
+    """Mesh grid points wait this much more event time than the input watermark, seconds: at least
+    how far apart in event time a partition's sensors may run (a producer sending one sensor's
+    batch after another's), and the sample interval of the slowest sensor."""
     weights: dict[str, Annotated[Number, Field(ge=0.0)]] = Field(default_factory=dict)
     """Sensor weight W_P by sensor id; sensors not listed weigh 1."""
     cells: tuple[NonEmptyStr, ...] = ()
