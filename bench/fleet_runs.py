@@ -32,6 +32,10 @@ FLOW_REPEAT_BELOW_S = 10.0                # a flow run shorter than this is repe
 
 
 FLOW_REPEATS = 3                          # ... to this many runs, and the median rate reported
+#: Shapes whose flow also runs with the mesh on (``sync.mesh_enabled``), against the same flow with it off.
+MESH_SHAPES = ("f2",)
+#: Runs of each (mesh off, mesh on) pair, alternated, so that a slow spell of the machine hits both.
+MESH_PAIRS = 3
 
 
 def one_pass(t: np.ndarray, phase: np.ndarray, settings, repeats: int):
@@ -232,9 +236,10 @@ def warm_up() -> None:
 
 
 def run_shape(shape: FleetShape, repeats: int = KERNEL_REPEATS, *, flows: bool = True, snapshots: bool = True,
-              batch_rows: int | None = None) -> FleetRun:
+              batch_rows: int | None = None, mesh: bool | None = None) -> FleetRun:
     """One shape: (a), (b), (c) and the snapshot cost, over the same samples; raises if the flow's
-    outputs differ from the one pass's."""
+    outputs differ from the one pass's.  ``mesh``: also the flow with the mesh off and on (None: for
+    the shapes of :data:`MESH_SHAPES`)."""
     warm_up()
     progress(f"fleet {shape.key}: {shape.label} for {shape.seconds} s = {shape.samples:,} samples")
     settings = settings_for(shape)
@@ -270,6 +275,8 @@ def run_shape(shape: FleetShape, repeats: int = KERNEL_REPEATS, *, flows: bool =
                     fleet.on = run
                 else:
                     fleet.off = run
+            if mesh or (mesh is None and shape.key in MESH_SHAPES):
+                mesh_pairs(fleet, shape, path, scratch, batch_rows)
             path.unlink()
         if snapshots:
             fleet.snapshot = snapshot_cost(t, phase, settings, base.becomingone.key_groups, fleet.batch_rows)
@@ -279,6 +286,23 @@ def run_shape(shape: FleetShape, repeats: int = KERNEL_REPEATS, *, flows: bool =
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return fleet
+
+
+def mesh_pairs(fleet: FleetRun, shape: FleetShape, path: Path, scratch: Path, batch_rows: int | None) -> None:
+    """The flow with the mesh off and on, archive off and on, :data:`MESH_PAIRS` times alternated
+    (``fleet.mesh``: ``"off archive off"`` ... -> runs)."""
+    for archive in (False, True):
+        where = "archive on" if archive else "archive off"
+        for _ in range(MESH_PAIRS):
+            for mesh in (False, True):
+                config = config_for(shape, path, archive=archive, root=scratch / "archive", batch_rows=batch_rows,
+                                    mesh=mesh)
+                run = run_flow_once(config, shape.samples)
+                shutil.rmtree(scratch / "archive", ignore_errors=True)
+                label = f"mesh {'on' if mesh else 'off'}, {where}"
+                check_flow(label, run, fleet)
+                fleet.mesh.setdefault(label, []).append(run)
+                progress(f"  {label}: {si(run.rate)} samples/s in {run.seconds:.1f} s")
 
 
 def run_all(keys: Sequence[str] | None = None, scale: float = 1.0, **options) -> list[FleetRun]:

@@ -100,6 +100,7 @@ class FleetRun:
     on: FlowRun | None
     snapshot: SnapshotRun | None
     expected: dict[str, int] = field(default_factory=dict)   # (a)'s rows as the flow's outputs show them
+    mesh: dict[str, list[FlowRun]] = field(default_factory=dict)  # "off"/"on" x archive: runs, mesh off and on
 
     @property
     def kernel_rate(self) -> float:
@@ -111,12 +112,13 @@ class FleetRun:
 
 
 def config_for(shape: FleetShape, path: Path | None = None, *, archive: bool = False, root: Path | None = None,
-               batch_rows: int | None = None):
-    """The config defaults with the shape's tau_scale, a file source of ``path``, no metrics endpoint."""
+               batch_rows: int | None = None, mesh: bool = False):
+    """The config defaults with the shape's tau_scale, a file source of ``path``, no metrics endpoint;
+    ``mesh``: ``sync.mesh_enabled`` (every sensor in the default cell)."""
     from schemas.config import parse_config
 
     data: dict = {"kairos": {"tau_scale": shape.tau_scale_s}, "sink": {"archive": archive},
-                  "metrics": {"enabled": False}}
+                  "metrics": {"enabled": False}, "sync": {"mesh_enabled": mesh}}
     if path is not None:
         data["source"] = {"kind": "file", "path": str(path), "format": "arrow"}
         if batch_rows is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bench.fleet_report import (
-    CHECK_HEADER, HEADER, OLD_TITLES, SECTION_TITLE, SNAPSHOT_HEADER, STEP_HEADER, update_report,
+    CHECK_HEADER, HEADER, MESH_HEADER, OLD_TITLES, SECTION_TITLE, SNAPSHOT_HEADER, STEP_HEADER, update_report,
 )
 from bench.fleet_runs import FLOW_REPEATS, check_flow, run_shape
 from bench.fleet_shapes import FleetRun, FleetShape, FlowRun
@@ -14,7 +14,7 @@ from bench.fleet_shapes import FleetRun, FleetShape, FlowRun
 @pytest.fixture(scope="module")
 def tiny_run():
     # run_shape raises if the flow's outputs differ from the one pass's where they can be seen.
-    return run_shape(FleetShape("tiny", 30, 10, 30, seed=9), repeats=1, batch_rows=1_000)
+    return run_shape(FleetShape("tiny", 30, 10, 30, seed=9), repeats=1, batch_rows=1_000, mesh=True)
 
 
 def test_a_small_fleet_gives_the_one_pass_rows_and_events_in_the_flow(tiny_run):
@@ -34,6 +34,10 @@ def test_a_small_fleet_gives_the_one_pass_rows_and_events_in_the_flow(tiny_run):
     assert rows["input"] == 9_000
     assert rows["signatures emissary"] == rows["signatures master"] == rows["coherence_history"] == 900
     assert (rows["collapse"], rows["dissipate"]) == run.events
+    for label in ("mesh off, archive off", "mesh on, archive off", "mesh off, archive on", "mesh on, archive on"):
+        assert len(run.mesh[label]) == 3, label       # checked against the one pass like (b) and (c)
+    assert run.mesh["mesh on, archive off"][0].steps["mesh"] > 0
+    assert run.mesh["mesh off, archive off"][0].steps.get("mesh", 0.0) == 0.0
     snap = run.snapshot
     assert snap.groups == 16 and sum(snap.sensors) == 30
     assert all(b > 0 for b, n in zip(snap.nbytes, snap.sensors) if n)
@@ -62,8 +66,10 @@ def test_the_section_is_added_then_replaced_in_place(tmp_path, tiny_run):
     assert text.index("## KAIROS kernels\n\nkernels\n") < text.index(SECTION_TITLE)   # added, then replaced
     assert "30 sensors x 10 Hz" in text and "End-to-end flow numbers" in text and "a test machine" in text
     assert "This section was regenerated alone" in text
-    for header in (HEADER, STEP_HEADER, CHECK_HEADER, SNAPSHOT_HEADER):
+    for header in (HEADER, STEP_HEADER, CHECK_HEADER, SNAPSHOT_HEADER, MESH_HEADER):
         assert "| " + " | ".join(header) + " |" in text
+    assert "| 30 sensors x 10 Hz | archive off |" in text
+    assert "(meets 80%)" in text or "(below 80%)" in text
 
 
 def test_the_old_section_is_replaced_and_ratios_are_printed_against_the_targets(tmp_path):
