@@ -338,6 +338,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     try:
         result = write_report(args.archive, args.out, threshold=config.kairos.coherence_threshold,
                               hysteresis=config.sync.hysteresis, sensors=args.sensor,
+                              mesh_threshold=config.sync.mesh.threshold,
                               start_us=_time(args.start, "--start"), end_us=_time(args.end, "--end"))
     except ArchiveError as exc:
         return _fail("report", str(exc), code=1)

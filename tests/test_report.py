@@ -235,3 +235,37 @@ def test_many_sensors_cap_the_panels(tmp_path) -> None:
     assert all(row["collapses"] == 1 and row["dissipations"] == 1 for row in result.rows)
     height, width, _ = _rgb(result.path).shape
     assert width > 600 and height > 600
+
+
+def test_a_mesh_archive_gets_a_panel_of_r_per_cell(tmp_path) -> None:
+    root = tmp_path / "meshed"
+    build_archive(root)
+    grid = T0 + SECOND * np.arange(N, dtype=np.int64)
+    rows: dict[str, list] = {k: [] for k in DATASETS["mesh_sync"].names}
+    for scope, cell, r in (("cell", "north", 0.98), ("cell", "south", 0.2), ("global", "*", 0.6)):
+        state = np.where(np.arange(N) >= 100, "collapsed", "dissipated") if cell == "north" else ["dissipated"] * N
+        rows["scope"] += [scope] * N
+        rows["cell"] += [cell] * N
+        rows["t"] += grid.tolist()
+        rows["n_sensors"] += [10] * N
+        rows["weight"] += [10.0] * N
+        rows["z_re"] += [r] * N
+        rows["z_im"] += [0.0] * N
+        rows["r"] += [r] * N
+        rows["psi"] += [0.0] * N
+        rows["r2_window"] += [r * r] * N
+        rows["locked_fraction"] += [None if scope == "global" else 0.5] * N
+        rows["state"] += list(state)
+    _write(root, "mesh_sync", _table("mesh_sync", rows))
+    with_mesh = write_report(root, root / "with.png")
+    without = write_report(tmp_path / "meshed", root / "without.png", start_us=T0, end_us=T0 + 10 * SECOND)
+    assert with_mesh.cells == ("north", "south", "*")            # cells by name, then the global mesh
+    assert without.cells == ("north", "south", "*")
+    build_archive(tmp_path / "plain")
+    plain = write_report(tmp_path / "plain")
+    assert plain.cells == ()
+    taller = _rgb(with_mesh.path).shape[0] - _rgb(plain.path).shape[0]
+    assert taller > 200                                          # the mesh panel's height
+    # north's collapsed stretch is shaded in its colour (#1f77b4 at alpha 0.12 over white).
+    shade = 0.88 + 0.12 * np.array([0x1F, 0x77, 0xB4]) / 255
+    assert _pixels_near(_rgb(with_mesh.path), tuple(shade), tol=0.015) > 2_000

@@ -28,6 +28,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from connectors.memory import TemporalMemory
+from flows.report.mesh_panel import draw_mesh_panel, load_mesh
 from flows.report.summary import Events, History, SummaryRow, load, utc_text
 from schemas.printable import printable
 
@@ -43,6 +45,7 @@ _DPI = 100
 _WIDTH = 12.5
 _LEFT, _RIGHT = 0.8, 0.3
 _PANEL_H, _PANEL_GAP = 1.55, 0.42
+_MESH_PANEL_H = 2.2
 _AXIS_LABELS_H = 0.68  # tick labels and the x label under the last panel
 _TABLE_TITLE_H, _TABLE_ROW_H = 0.4, 0.25
 _BOTTOM = 0.3
@@ -75,6 +78,7 @@ class ReportResult:
     rows: list[SummaryRow]
     start_us: int
     end_us: int
+    cells: tuple[str, ...] = ()
 
 
 def _plain(text: str) -> str:
@@ -214,6 +218,7 @@ def write_report(
     start_us: int | None = None,
     end_us: int | None = None,
     max_panels: int = MAX_PANELS,
+    mesh_threshold: float | None = None,
 ) -> ReportResult:
     """Draw the archive's coherence and collapse events into one PNG.
 
@@ -230,6 +235,11 @@ def write_report(
       a solid line at ``threshold`` and a dashed one at
       ``threshold - hysteresis``, collapse (▲) and dissipate (▼) events at
       their ``coherence_sync``; y from 0 to 1, labelled \\|T\\|^2;
+    * above them, when the archive has ``mesh_sync`` rows in range (the mesh
+      was on), a panel of the order parameter r of each cell and of the
+      global mesh, R2 thin, collapsed stretches shaded
+      (:mod:`flows.report.mesh_panel`), with ``mesh_threshold`` (default
+      ``threshold``) as a line;
     * the summary table of every reported sensor (:func:`summary_rows`).
 
     Args:
@@ -261,6 +271,7 @@ def write_report(
     if max_panels < 1:
         raise ValueError(f"max_panels must be >= 1, got {max_panels}")
     path, history, events, rows = load(root, sensors, start_us, end_us)
+    mesh = load_mesh(TemporalMemory(path), start_us, end_us)
     out_path = path / "report.png" if out is None else Path(out)
 
     n_sensors = len(history.sensors)
@@ -272,6 +283,8 @@ def write_report(
     # rows keep their size whatever the number of sensors.
     header_h = 1.25 + (0.3 if capped else 0.0)
     panels_h = len(plotted) * _PANEL_H + (len(plotted) - 1) * _PANEL_GAP
+    if mesh is not None:
+        panels_h += _MESH_PANEL_H + _PANEL_GAP
     table_h = (n_sensors + 1) * _TABLE_ROW_H
     height = header_h + _PANEL_GAP + panels_h + _AXIS_LABELS_H + _TABLE_TITLE_H + table_h + _BOTTOM
     fig = Figure(figsize=(_WIDTH, height), dpi=_DPI, facecolor="white")
@@ -298,6 +311,11 @@ def write_report(
 
     top = header_h + _PANEL_GAP
     axes = []
+    if mesh is not None:
+        ax = fig.add_axes(box(top, _MESH_PANEL_H))
+        draw_mesh_panel(ax, mesh, threshold if mesh_threshold is None else mesh_threshold)
+        axes.append(ax)
+        top += _MESH_PANEL_H + _PANEL_GAP
     for i, sensor in enumerate(plotted):
         ax = fig.add_axes(box(top, _PANEL_H), sharex=axes[0] if axes else None)
         block = slice(int(history.bounds[i]), int(history.bounds[i + 1]))
@@ -328,5 +346,6 @@ def write_report(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_path, format="png", dpi=_DPI, facecolor="white")
     return ReportResult(
-        path=out_path, sensors=history.sensors, plotted=tuple(plotted), rows=rows, start_us=t_first, end_us=t_last
+        path=out_path, sensors=history.sensors, plotted=tuple(plotted), rows=rows, start_us=t_first, end_us=t_last,
+        cells=tuple(mesh.cells) if mesh is not None else (),
     )
