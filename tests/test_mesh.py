@@ -219,3 +219,45 @@ def test_the_watermark_waits_for_every_key_group_and_the_slowest_partition():
     cells.progress(MeshProgress("group-0", "p1", T0 + 5_000_000))
     cells.progress(MeshProgress("group-1", "p1", T0 + 5_000_000))
     assert cells.watermark() == T0 + 700_000                      # min over partitions, less the lateness
+
+
+# --- an archive of the version before the mesh --------------------------------------------------------
+
+
+def test_an_old_per_sensor_mesh_sync_is_moved_aside_unchanged_and_still_verifies(tmp_path):
+    import hashlib
+    import io
+    import subprocess
+
+    import pyarrow as pa
+
+    from connectors.archive import open_dataset
+    from connectors.archive.manifest_lines import GENESIS, manifest_line
+    from flows.run import run_flow
+    from schemas.config import parse_config
+    from tests.conftest import BIN, clean_env
+
+    root = tmp_path / "archive"
+    # The old mesh_sync/: the sync feed per sensor, as the version before the mesh wrote it.
+    old = pa.table({"node": ["n"], "sensor": ["s"], "cell": [None], "t": pa.array([T0], pa.timestamp("us", "UTC")),
+                    "t_sync_re": [1.0], "t_sync_im": [0.0], "coherence_sync": [1.0], "t_master_re": [1.0],
+                    "t_master_im": [0.0], "t_emissary_re": [1.0], "t_emissary_im": [0.0], "delta_phase": [0.0],
+                    "state": ["collapsed"], "mature": [True]})
+    rel = "date=2025-01-01/hour=00/part-00000000.arrow"
+    (root / "mesh_sync" / rel).parent.mkdir(parents=True)
+    with pa.ipc.new_file(str(root / "mesh_sync" / rel), old.schema) as writer:
+        writer.write_table(old)
+    digest = hashlib.sha256((root / "mesh_sync" / rel).read_bytes()).hexdigest()
+    (root / "_meta" / "mesh_sync").mkdir(parents=True)
+    (root / "_meta" / "mesh_sync" / "MANIFEST.jsonl").write_text(manifest_line(rel, 1, digest, GENESIS) + "\n")
+
+    config = parse_config({"source": {"kind": "synthetic", "duration": 5.0}, "metrics": {"enabled": False},
+                           "sync": {"mesh_enabled": True}, "memory": {"storage": {"path": str(root)}}})
+    run_flow(config, out=io.StringIO(), progress=io.StringIO())
+    retired = root / "_retired" / "mesh_sync-tsync-feed"
+    assert open_dataset(retired / "mesh_sync").to_table().drop_columns(["date", "hour"]).equals(old)
+    assert open_dataset(root / "mesh_sync").to_table().column_names[:3] == ["scope", "cell", "t"]
+    for archive in (root, retired):
+        proc = subprocess.run([str(BIN), "memory", "verify", "--archive", str(archive)], capture_output=True,
+                              text=True, env=clean_env(), timeout=120)
+        assert proc.returncode == 0 and "mesh_sync: ok" in proc.stdout, proc.stdout + proc.stderr

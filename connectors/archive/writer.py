@@ -40,6 +40,7 @@ from connectors.archive.manifest_lines import GENESIS, signature_ok
 from connectors.archive.manifest_lines import line_hash as _line_hash
 from connectors.archive.manifest_lines import manifest_line as _manifest_line
 from connectors.archive.recovery import _recover_dataset
+from connectors.archive.retired import retire_old_schema
 from schemas.datasets import DATASETS, partition_dir
 
 __all__ = ["ArchiveWriter"]
@@ -139,6 +140,7 @@ class ArchiveWriter(_HighWaterMarks):
         self._log_order = dataset == "witnessing_logs"
         self._seq_high = -1
 
+        retire_old_schema(root, dataset)
         _makedirs(self.path)
         _makedirs(self.meta)
         self._lock = _DatasetLock(self.meta / LOCK, self.path)
