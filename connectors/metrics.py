@@ -82,7 +82,7 @@ class PipelineMetrics:
                             "(metrics.per_sensor_labels; the global mesh as cell '*')", ["cell"], registry=registry)
         self.mesh_late = Counter("becomingone_mesh_late", "Sensor phasors left out of the mesh: their grid point "
                                  "was final already", registry=registry)
-        self.mesh_grid_points = Counter("becomingone_mesh_grid_points", "Mesh grid points decided, by scope",
+        self.mesh_grid_points = Counter("becomingone_mesh_grid_points", "Mesh rows decided on the publish grid, by scope",
                                         ["scope"], registry=registry)
         self.per_sensor_labels = False
         # Pre-create the label values, so a scrape lists every series from the start.

@@ -43,6 +43,6 @@ def to_archive(step_id: str, rows: Stream[ArchiveRows], config: Config, *, durab
 
     mem = config.memory
     items = op.map("archive_rows", rows, lambda r: (r.dataset, r.table))
-    op.output(step_id, items, ArchiveSink(mem.root, mem.datasets, flush_rows=mem.flush_rows,
+    op.output(step_id, items, ArchiveSink(mem.root, config.archived_datasets, flush_rows=mem.flush_rows,
                                          flush_seconds=mem.flush_interval, durable_snapshots=durable_snapshots,
                                          signing_key=mem.signing_key_bytes))

@@ -48,7 +48,7 @@ class WitnessLogic(StatefulBatchLogic[WitnessEntries, Any, WitnessLog]):
             from connectors.archive.anchor import ManifestHeads
 
             # Meta records anchor the archive's manifests: their heads as last committed.
-            resume.heads = ManifestHeads(config.memory.root, config.memory.datasets)
+            resume.heads = ManifestHeads(config.memory.root, config.archived_datasets)
         self.log = resume
         # One key for every witness record: one partition, so the topic keeps the log's order.
         self.key = config.becomingone.name.encode("utf-8")

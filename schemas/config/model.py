@@ -61,6 +61,15 @@ class Config(_Section):
             raise _RuleViolations(problems)
         return self
 
+    @property
+    def archived_datasets(self) -> tuple[str, ...]:
+        """The datasets the flow writes: ``memory``'s switches, the mesh's only with the mesh on, none
+        without the archive (``sink.archive``)."""
+        if not self.sink.archive:
+            return ()
+        mesh = ("mesh_sync", "mesh_members")
+        return tuple(d for d in self.memory.datasets if self.sync.mesh_enabled or d not in mesh)
+
     def to_yaml(self, *, redact_secrets: bool = False) -> str:
         """The effective config as YAML; ``load_config`` of it gives an equal Config.
 

@@ -174,6 +174,14 @@ def _mesh_publish_on_grid(c: Any) -> Iterator[tuple[str, str]]:
     )
 
 
+@_rule("sync.mesh.window", "sync.mesh.publish_interval")
+def _mesh_window_in_panes(c: Any) -> Iterator[tuple[str, str]]:
+    yield from _whole_multiple(
+        "sync.mesh.window", c.sync.mesh.window, "sync.mesh.publish_interval", c.sync.mesh.publish_interval,
+        "each sensor's lock sums its phasors in panes of publish_interval",
+    )
+
+
 @_rule("sync.mesh.threshold", "sync.hysteresis", "kairos.coherence_threshold")
 def _mesh_hysteresis_below_threshold(c: Any) -> Iterator[tuple[str, str]]:
     threshold = c.sync.mesh.threshold if c.sync.mesh.threshold is not None else c.kairos.coherence_threshold
