@@ -145,6 +145,18 @@ class SensorLedger:
 
 
 @dataclass
+class CellLedger:
+    """One mesh cell's run so far (``*``: the global mesh)."""
+
+    sensors: int = 0
+    collapses: int = 0
+    dissipations: int = 0
+    r: float = float("nan")
+    r2_window: float = float("nan")
+    collapsed: bool = False
+
+
+@dataclass
 class RunLedger:
     """Per-sensor counts of this process's run, for the progress line and the summary.
 
@@ -157,7 +169,24 @@ class RunLedger:
     newest_watermark: int | None = None
     decode_rejected: int = 0  # dead letters of the decode step (not attributed to a sensor)
     groups: list = field(default_factory=list)
+    cells: dict[str, CellLedger] = field(default_factory=dict)   # the mesh's cells, when it is on
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def mesh_rows(self, cells: list[str], n: list[int], r: list[float], r2: list[float],
+                  collapsed: list[bool]) -> None:
+        """The newest mesh rows of some cells (in time order: the last one of a cell stays)."""
+        with self._lock:
+            for k, cell in enumerate(cells):
+                entry = self.cells.setdefault(cell, CellLedger())
+                entry.sensors, entry.r, entry.r2_window, entry.collapsed = n[k], r[k], r2[k], collapsed[k]
+
+    def mesh_transition(self, cell: str, collapse: bool) -> None:
+        with self._lock:
+            entry = self.cells.setdefault(cell, CellLedger())
+            if collapse:
+                entry.collapses += 1
+            else:
+                entry.dissipations += 1
 
     def sensor(self, name: str) -> SensorLedger:
         with self._lock:
@@ -212,6 +241,7 @@ class RunLedger:
             self.groups.clear()
             self.newest_watermark = None
             self.decode_rejected = 0
+            self.cells.clear()
 
 
 _ledger = RunLedger()

@@ -147,6 +147,11 @@ class MeshLogic(StatefulBatchLogic[list[Any], Emitted, tuple]):
             for e in events:
                 m.transitions.labels(e.event).inc()
                 m.mesh_cells_collapsed.labels(e.scope).inc(1 if e.event == "mesh_collapse" else -1)
+                self.observer.ledger.mesh_transition(e.cell, e.event == "mesh_collapse")
+        if len(rows["t"]):
+            self.observer.ledger.mesh_rows(list(rows["cell"]), np.asarray(rows["n_sensors"]).tolist(),
+                                           np.asarray(rows["r"]).tolist(), np.asarray(rows["r2_window"]).tolist(),
+                                           (np.asarray(rows["state"]) == 1).tolist())
         if own:
             m.mesh_cells.set(len(self.cells.t.cells))
         for scope in ("cell", "global"):

@@ -147,12 +147,29 @@ def _summary(book: RunLedger, config: Config, out: TextIO, seconds: float, repla
         r = sensors[name]
         out.write(f"{printable(name):<16} {kinds.get(name, '-'):<10} {r.samples:>10,} {r.rejected:>9,} {r.collapses:>9,} "
                   f"{r.dissipations:>12,} {r.coherence_sync:>9.4f}  {'collapsed' if r.collapsed else 'dissipated'}\n")
+    if book.cells:
+        _mesh_summary(book, config, out)
     accepted, rejected, collapses, dissipations = book.totals()
     out.write(f"\n{accepted:,} samples accepted, {rejected:,} rejected (dead letters), {collapses:,} collapse and "
               f"{dissipations:,} dissipate events in {seconds:.1f} s; coherence = |T_sync|^2 at the last "
               f"Emissary grid point, threshold I_c = {config.kairos.coherence_threshold}\n")
     if config.sink.archive:
         out.write(f"archive: {printable(str(config.memory.root))}\n")
+
+
+def _mesh_summary(book: RunLedger, config: Config, out: TextIO) -> None:
+    """The mesh's cells at their last row (``*``: the global mesh)."""
+    mesh = config.sync.mesh
+    threshold = mesh.threshold if mesh.threshold is not None else config.kairos.coherence_threshold
+    head = f"{'mesh cell':<16} {'sensors':>10} {'collapses':>9} {'dissipations':>12} {'r':>9} {'R2':>9}  state"
+    out.write("\n" + head + "\n" + "-" * len(head) + "\n")
+    for name in sorted(book.cells, key=lambda c: (c == "*", c)):
+        c = book.cells[name]
+        label = "* (global)" if name == "*" else printable(name)
+        out.write(f"{label:<16} {c.sensors:>10,} {c.collapses:>9,} {c.dissipations:>12,} {c.r:>9.4f} "
+                  f"{c.r2_window:>9.4f}  {'collapsed' if c.collapsed else 'dissipated'}\n")
+    out.write(f"r = |Z| of the cell's sensors at its last mesh row, R2 = mean r^2 over {mesh.window:g} s, "
+              f"threshold {threshold:g}\n")
 
 
 def check_kafka(config: Config, timeout: float = 10.0) -> None:

@@ -261,3 +261,33 @@ def test_an_old_per_sensor_mesh_sync_is_moved_aside_unchanged_and_still_verifies
         proc = subprocess.run([str(BIN), "memory", "verify", "--archive", str(archive)], capture_output=True,
                               text=True, env=clean_env(), timeout=120)
         assert proc.returncode == 0 and "mesh_sync: ok" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_a_run_with_the_mesh_prints_its_cells_and_counts_its_rows(tmp_path):
+    import io
+
+    from connectors.archive import open_dataset
+    from connectors.metrics import metrics
+    from flows.run import run_flow
+    from schemas.config import parse_config
+
+    config = parse_config({"source": {"kind": "synthetic", "duration": 20.0, "sensors": [
+        {"name": "a-1", "kind": "steady", "cell": "north"}, {"name": "a-2", "kind": "steady", "cell": "north"},
+        {"name": "b-1", "kind": "noise", "cell": "south"}]},
+        "sync": {"mesh_enabled": True}, "metrics": {"enabled": False},
+        "memory": {"storage": {"path": str(tmp_path / "archive")}}})
+    m = metrics()
+    rows_before = {s: m.mesh_grid_points.labels(s)._value.get() for s in ("cell", "global")}
+    late_before = m.mesh_late._value.get()
+    out = io.StringIO()
+    run_flow(config, out=out, progress=io.StringIO())
+    text = out.getvalue()
+    table = open_dataset(tmp_path / "archive" / "mesh_sync").to_table()
+    assert sorted(set(table["cell"].to_pylist())) == ["*", "north", "south"]
+    assert "mesh cell" in text and "* (global)" in text
+    for line in text.splitlines():
+        if line.startswith(("north ", "south ")):
+            assert line.split()[1] == ("2" if line.startswith("north") else "1")    # sensors in the cell
+    assert m.mesh_grid_points.labels("cell")._value.get() - rows_before["cell"] == 2 * 20
+    assert m.mesh_grid_points.labels("global")._value.get() - rows_before["global"] == 20
+    assert m.mesh_late._value.get() == late_before
