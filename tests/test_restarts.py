@@ -28,6 +28,7 @@ from flows.run import run_flow
 from schemas.config import parse_config
 from tests.conftest import (
     BIN,
+    COMPARED_DATASETS,
     WAIT,
     archive_rows,
     clean_env,
@@ -37,12 +38,17 @@ from tests.conftest import (
     unique_topic,
 )
 
+#: The compared datasets, the mesh's included (its state is in the snapshots too).
+WITH_MESH = {**COMPARED_DATASETS, "mesh_sync": ["scope", "cell", "t"], "mesh_members": ["cell", "sensor", "t"]}
+
+
 def _config_file(tmp_path, bootstrap: str, topic: str, root, **source) -> str:
     prefix = unique_topic("test.out")
     data = {
         "source": {"kind": "kafka", "topic": topic, "from_beginning": True, "batch_size": 100, **source},
         "kafka": {"bootstrap.servers": bootstrap},
-        "sink": {"topics": {role: f"{prefix}.{role}" for role in ("collapse", "witness", "sync", "dlq")}},
+        "sink": {"topics": {role: f"{prefix}.{role}" for role in ("collapse", "witness", "sync", "dlq", "mesh")}},
+        "sync": {"mesh_enabled": True},
         "memory": {"storage": {"path": str(root)}, "flush_interval": 0.3},
         "metrics": {"enabled": False},
     }
@@ -102,7 +108,8 @@ def _kill_loop(tmp_path, bootstrap: str, start) -> tuple[dict, dict, int]:
     clean_root = tmp_path / "clean"
     run_flow(parse_config(yaml.safe_load(open(_config_file(tmp_path, bootstrap, topic, clean_root,
                                                            stop_at_end=True)))), recovery=tmp_path / "rec")
-    return archive_rows(root), archive_rows(clean_root), sum(len(t) for t, _ in samples.values())
+    return (archive_rows(root, WITH_MESH), archive_rows(clean_root, WITH_MESH),
+            sum(len(t) for t, _ in samples.values()))
 
 
 def _assert_exact(killed: dict, clean: dict, produced: int) -> None:
