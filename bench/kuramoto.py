@@ -253,6 +253,10 @@ class Ensemble:
         omega0 = np.array([c.omega0 for c in self.run.cells])
         return self.z * np.exp(1j * self.elapsed[:, None] * omega0)
 
+    def global_order(self) -> np.ndarray:
+        """Z_global per sample: the cells' partial sums combined, sum_c n_c Z_c / sum_c n_c (unit weights)."""
+        return (self.order() * self.layout.counts).sum(axis=1) / self.layout.counts.sum()
+
     def r(self) -> np.ndarray:
         """r = |Z| per sample and cell."""
         return np.abs(self.z)

@@ -14,6 +14,7 @@ from bench.kuramoto import (
     r_theory, simulate,
 )
 from connectors.phase_files import read_phase_file
+from operators.resonance import resonance
 
 GAMMA = 0.5
 RATIOS = (1.5, 2.0, 4.0)
@@ -75,6 +76,34 @@ def test_an_incoherent_cell_stays_at_the_finite_n_floor(incoherent_cells):
 def test_random_frequencies_raise_the_floor_by_the_susceptibility(incoherent_cells):
     r2 = incoherent_cells.r()[:, 10:] ** 2
     assert 200 * r2.mean() == pytest.approx(1.0 / (1.0 - 0.5), abs=0.5)   # measured 1.92 to 2.15
+
+
+def test_per_sensor_resonance_cannot_see_the_phase_offsets_the_mesh_sees():
+    # SPEC section 7: T is blind to constant phase offsets, so only the phases themselves tell an
+    # in-phase cell from one whose sensors sit at scattered offsets.
+    ens = simulate(KuramotoRun((CellSpec("c0", 30, 4 * critical_coupling(GAMMA), GAMMA),), 20.0,
+                               transient_s=30.0, seed=2))
+    t, phases = ens.t_us * 1e-6, ens.phases()
+    offsets = np.random.default_rng(0).uniform(-np.pi, np.pi, 30)
+    t_plain = [resonance(t, phases[:, i], tau=1.0, velocity_span=0.05) for i in range(30)]
+    t_offset = [resonance(t, phases[:, i] + offsets[i], tau=1.0, velocity_span=0.05) for i in range(30)]
+    np.testing.assert_allclose(t_offset, t_plain, atol=1e-12)
+    r_offset = np.abs(np.exp(1j * (phases + offsets)).mean(axis=1))
+    assert ens.r().min() > 0.7 and r_offset.mean() < 0.4    # measured 0.81 and 0.29
+
+
+def test_two_cells_slipping_against_each_other_are_each_coherent_while_the_global_r_swings():
+    # Two coherent groups whose centre frequencies differ by 0.1 Hz: Delta psi turns once every 10 s,
+    # and with equal sizes r_global = r_cell |cos(Delta psi / 2)|.
+    k = 4 * critical_coupling(GAMMA)
+    cells = (CellSpec("west", 100, k, GAMMA, omega0=2 * np.pi * 1.0),
+             CellSpec("east", 100, k, GAMMA, omega0=2 * np.pi * 1.1))
+    ens = simulate(KuramotoRun(cells, 20.0, transient_s=30.0, seed=4))
+    z, r_global = ens.order(), np.abs(ens.global_order())
+    assert ens.r().min() > 0.75                     # r_theory 0.87, give or take the finite-n wobble
+    assert r_global.min() < 0.1 and r_global.max() > 0.8
+    expected = np.abs(z[:, 0] + z[:, 1]) / 2
+    np.testing.assert_allclose(r_global, expected, atol=1e-12)
 
 
 def test_a_seed_gives_the_same_samples_and_another_seed_others():
