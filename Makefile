@@ -34,6 +34,7 @@ bench: $(STAMP)
 
 figures: $(STAMP)
 	$(BIN)/python docs/figures/coherence_vs_jitter.py docs/figures/coherence_vs_jitter.png
+	$(BIN)/python docs/figures/mesh_coupling.py docs/figures/mesh_coupling.png
 
 config: $(STAMP)
 	$(BIN)/becomingone config
