@@ -115,11 +115,13 @@ class TopicRecord:
 
 @dataclass(slots=True)
 class TopicBlock:
-    """Many output messages of one topic role: message i is ``keys[i]``, ``values[i]``."""
+    """Many output messages of one topic role: message i is ``keys[i]``, ``values[i]``, and
+    carries the Kafka headers ``headers[i]`` when ``headers`` is given."""
 
     role: str
     keys: list[bytes | None]
     values: list[bytes]
+    headers: list[list[tuple[str, bytes]]] | None = None
 
 
 class TopicRecords(list):

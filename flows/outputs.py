@@ -24,7 +24,7 @@ def to_topics(step_id: str, records: Stream[TopicRecords], config: Config) -> No
 
     names = {role: getattr(config.sink.topics, role) for role in OUTPUT_ROLES}
     messages = op.flat_map("to_kafka", records, lambda records: [
-        TopicMessages(names[r.role], r.keys, r.values) if type(r) is TopicBlock else (names[r.role], r.key, r.value)
+        TopicMessages(names[r.role], r.keys, r.values, r.headers) if type(r) is TopicBlock else (names[r.role], r.key, r.value)
         for r in records])
     op.output(step_id, messages, kafka_sink(config))
 

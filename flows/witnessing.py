@@ -2,10 +2,14 @@
 
 One key for the whole flow, so the log has one order; its records go to the
 witness topic and, when the archive keeps them, to ``witnessing_logs/``.
+Each witness-topic message carries its ``seq`` and ``log_sha256`` as Kafka
+headers, so a reader of the topic alone (a witness node) can place every
+record in the log and check its digest.
 """
 
 from __future__ import annotations
 
+import binascii
 import collections
 import copy
 from collections.abc import Iterable
@@ -20,8 +24,9 @@ from flows.emit import ArchiveRows, Emitted, TopicBlock, TopicRecords, deferred,
 from flows.observer import FlowObserver
 from operators.witness import LoggedRecords, WitnessEntries, WitnessLog
 from schemas.config import Config
+from schemas.messages import WITNESS_DIGEST_HEADER, WITNESS_SEQ_HEADER
 
-__all__ = ["WitnessLogic", "WitnessOut", "witness"]
+__all__ = ["WitnessLogic", "WitnessOut", "log_headers", "witness"]
 
 _WITNESS_KEY = "witness-log"
 
@@ -57,7 +62,8 @@ class WitnessLogic(StatefulBatchLogic[WitnessEntries, Any, WitnessLog]):
         m = self.observer.metrics
         for layer, n in collections.Counter(records.layers).items():
             m.witness_records.labels(layer).inc(n)
-        out = Emitted(records=TopicRecords([TopicBlock("witness", [self.key] * len(records), records.values)]))
+        out = Emitted(records=TopicRecords([TopicBlock("witness", [self.key] * len(records), records.values,
+                                                       log_headers(records))]))
         if self.archive and records:
             out.archive.append(deferred(witness_rows, "witnessing_logs", [records]))
         return [out]
@@ -76,6 +82,12 @@ class WitnessLogic(StatefulBatchLogic[WitnessEntries, Any, WitnessLog]):
     def snapshot(self) -> WitnessLog:
         """A copy of the log's state (without its manifest heads, which are not part of a snapshot)."""
         return copy.deepcopy(self.log)
+
+
+def log_headers(records: LoggedRecords) -> list[list[tuple[str, bytes]]]:
+    """Each record's Kafka headers: its ``seq`` (decimal) and ``log_sha256`` (hex), as in ``witnessing_logs/``."""
+    return [[(WITNESS_SEQ_HEADER, b"%d" % seq), (WITNESS_DIGEST_HEADER, binascii.hexlify(digest))]
+            for seq, digest in enumerate(records.digests, records.seq)]
 
 
 @dataclass(frozen=True)

@@ -293,3 +293,24 @@ def test_the_resonate_step_resumed_from_its_snapshot_ends_as_the_uninterrupted_o
     assert whole_registry.get_sample_value("becomingone_samples_total", {"result": "accepted"}) == 2 * 3_000
     resumed_samples = observer.ledger.totals()[0]          # the resumed logic counts in its own observer only
     assert registry.get_sample_value("becomingone_samples_total", {"result": "accepted"}) == resumed_samples > 0
+
+
+def test_witness_topic_messages_carry_their_seq_and_digest_as_headers(tmp_path):
+    """So that a reader of the topic alone (a witness node) can place and check every record."""
+    from flows.witnessing import WitnessLogic
+    from operators.witness import WitnessEntries
+    from schemas.config import parse_config
+
+    config = parse_config({"kafka": {"bootstrap.servers": "k:9092"}, "sink": {"archive": False},
+                           "metrics": {"enabled": False}, "witnessing": {"meta_every": 3}})
+    logic = WitnessLogic(config, None)
+    blocks = [out.records[0] for batch in range(2)
+              for out in logic.on_batch([WitnessEntries([_micro(T0 + 10 * batch + k) for k in range(4)])])[0]]
+    digest, seq = WITNESS_LOG_GENESIS, 0
+    for block in blocks:
+        assert len(block.headers) == len(block.values)
+        for value, headers in zip(block.values, block.headers):
+            digest = witness_log_digest(digest, value)
+            assert headers == [("seq", str(seq).encode()), ("log_sha256", digest.encode())]
+            seq += 1
+    assert seq == 10  # 8 micro records and 2 meta records

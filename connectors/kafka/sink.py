@@ -44,7 +44,8 @@ class DeliveryFailed(RuntimeError):
 @dataclass(frozen=True, slots=True)
 class TopicMessages:
     """Many messages for one topic as one :class:`TopicSink` item: message i is
-    ``keys[i]`` (bytes or None) and ``values[i]``, in order.
+    ``keys[i]`` (bytes or None) and ``values[i]``, with the Kafka headers
+    ``headers[i]`` (``(name, value)`` pairs) when ``headers`` is given, in order.
 
     One item instead of a ``(topic, key, value)`` tuple per message: a
     dataflow item costs Python calls at every step it passes.
@@ -53,6 +54,7 @@ class TopicMessages:
     topic: str
     keys: Sequence[bytes | None]
     values: Sequence[bytes]
+    headers: Sequence[Sequence[tuple[str, bytes]]] | None = None
 
 
 #: A smaller stand-in for a message its topic refused (None: nothing left to drop).
@@ -122,7 +124,7 @@ class _TopicSinkPartition(StatelessSinkPartition["tuple[str, bytes | None, bytes
         with self._lock:
             for item in items:
                 if type(item) is TopicMessages:
-                    self._produce(item.topic, item.keys, item.values)
+                    self._produce(item.topic, item.keys, item.values, item.headers)
                 else:
                     topic, key, value = item
                     self._produce(topic, (key,), (value,))
@@ -177,12 +179,16 @@ class _TopicSinkPartition(StatelessSinkPartition["tuple[str, bytes | None, bytes
         what = f"{remaining} output message(s) not delivered{f' ({topics})' if topics else ''}: "
         raise self._health.unavailable(seconds, prefix=what, stopping=draining())
 
-    def _produce(self, topic: str, keys: Sequence[bytes | None], values: Sequence[bytes]) -> None:
+    def _produce(self, topic: str, keys: Sequence[bytes | None], values: Sequence[bytes],
+                 headers: Sequence[Sequence[tuple[str, bytes]]] | None = None) -> None:
         produce = self._producer.produce
-        for key, value in zip(keys, values, strict=True):
+        for i, (key, value) in enumerate(zip(keys, values, strict=True)):
             while True:
                 try:
-                    produce(topic, value, key)
+                    if headers is None:
+                        produce(topic, value, key)
+                    else:
+                        produce(topic, value, key, headers=headers[i])
                     break
                 except KafkaException as exc:  # refused before queueing, e.g. above message.max.bytes
                     if topic not in self._shrink:

@@ -51,7 +51,9 @@ from schemas.messages.input_samples import (
 from schemas.messages.sync_records import CollapseEvent, SyncRecord, SyncState, collapse_event_id
 from schemas.messages.wire import format_utc, from_json_bytes, parse_utc, to_json_bytes
 from schemas.messages.witness_records import (
+    WITNESS_DIGEST_HEADER,
     WITNESS_LOG_GENESIS,
+    WITNESS_SEQ_HEADER,
     MacroWitness,
     ManifestHead,
     MesoWitness,
@@ -70,7 +72,9 @@ __all__ = [
     "JSON_CONTENT_TYPE",
     "MAX_DEAD_LETTERS_PER_MESSAGE",
     "MAX_ERROR_CHARS",
+    "WITNESS_DIGEST_HEADER",
     "WITNESS_LOG_GENESIS",
+    "WITNESS_SEQ_HEADER",
     "CollapseEvent",
     "DeadLetter",
     "DeadLetterLimits",

@@ -15,6 +15,10 @@ from schemas.messages.wire import FiniteFloat, NonNegativeInt, Sha256Hex, UtcTim
 WitnessLayer = Literal["micro", "meso", "macro", "meta"]
 #: The running digest before the first witness record.
 WITNESS_LOG_GENESIS = "0" * 64
+#: Kafka headers of every witness-topic message: its position in the log (decimal ASCII) and the
+#: running digest including it (hex), as the ``seq`` and ``log_sha256`` columns of ``witnessing_logs/``.
+WITNESS_SEQ_HEADER = "seq"
+WITNESS_DIGEST_HEADER = "log_sha256"
 
 
 def witness_log_digest(previous: str, record: bytes) -> str:
