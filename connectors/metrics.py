@@ -20,6 +20,14 @@ name                                        type       labels
 ``becomingone_sensors_collapsed``           gauge      sensors in the collapsed state
 ``becomingone_sensor_coherence_sync``       gauge      ``sensor``; only with
                                                        ``metrics.per_sensor_labels``
+``becomingone_witness_breaks_total``        counter    ``kind``: removed, changed, reordered,
+                                                       rollback, malformed (witness node)
+``becomingone_witness_audited_seq``         gauge      ``node``: the newest seq of its log read
+                                                       in order (witness node)
+``becomingone_witness_audited_total``       counter    ``result``: checked, repeated (an exact
+                                                       repeat), unchecked (older than the
+                                                       remembered window), other_node (witness
+                                                       node)
 ==========================================  =========  =====================================
 
 Every dataflow worker of a process updates the same metrics (they are
@@ -84,6 +92,12 @@ class PipelineMetrics:
                                  "was final already", registry=registry)
         self.mesh_grid_points = Counter("becomingone_mesh_grid_points", "Mesh rows decided on the publish grid, by scope",
                                         ["scope"], registry=registry)
+        self.witness_breaks = Counter("becomingone_witness_breaks", "Breaks of the audited witness log, by kind "
+                                      "(witness node)", ["kind"], registry=registry)
+        self.witness_audited_seq = Gauge("becomingone_witness_audited_seq", "The newest seq of the audited "
+                                         "node's witness log read in order (witness node)", ["node"], registry=registry)
+        self.witness_audited = Counter("becomingone_witness_audited", "Witness-topic messages read by the audit, "
+                                       "by how they were taken (witness node)", ["result"], registry=registry)
         self.per_sensor_labels = False
         # Pre-create the label values, so a scrape lists every series from the start.
         for result in ("accepted", "malformed", "schema", "nan", "duplicate", "late", "future", "too_large",
@@ -100,6 +114,10 @@ class PipelineMetrics:
             self.mesh_grid_points.labels(scope)
         for event in ("mesh_collapse", "mesh_dissipate"):
             self.transitions.labels(event)
+        for kind in ("removed", "changed", "reordered", "rollback", "malformed"):
+            self.witness_breaks.labels(kind)
+        for result in ("checked", "repeated", "unchecked", "other_node"):
+            self.witness_audited.labels(result)
 
 
 _lock = threading.Lock()

@@ -221,20 +221,41 @@ def _mutual_tls_needs_tls(c: Any) -> Iterator[tuple[str, str]]:
 def _kafka_settings(c: Any) -> Iterator[tuple[str, str]]:
     if c.kafka is None:
         return
-    settings = c.kafka.root
+    yield from _client_settings_problems("kafka", c.kafka.root, "source.group_id")
+
+
+@_rule("witness_node.kafka")
+def _witness_node_kafka_settings(c: Any) -> Iterator[tuple[str, str]]:
+    if c.witness_node.kafka is not None:
+        yield from _client_settings_problems("witness_node.kafka", c.witness_node.kafka, "witness_node.group_id")
+
+
+def _client_settings_problems(section: str, settings: Mapping[str, Any], group_key: str) -> Iterator[tuple[str, str]]:
+    """Problems of a mapping of librdkafka settings at ``section`` (``kafka``, ``witness_node.kafka``)."""
     for key, value in settings.items():
-        path = f"kafka.{key}"
+        path = f"{section}.{key}"
         if not _KAFKA_KEY_RE.match(key):
             yield path, f"{path}: not a librdkafka property name (lower case words joined by '.')"
         elif key == "group.id":
-            yield path, f"{path}: set source.group_id instead (the consumer group belongs to the source)"
+            yield path, f"{path}: set {group_key} instead (the consumer group belongs to the reader)"
         elif key == "unavailable_timeout":
             yield from _unavailable_timeout_problems(path, value)
         elif isinstance(value, (dict, list, tuple)) or value is None:
             yield path, f"{path} ({_fmt(value)}) must be a string, number or true/false"
     servers = settings.get("bootstrap.servers")
     if not isinstance(servers, str) or not servers.strip():
-        yield "kafka.bootstrap.servers", "kafka.bootstrap.servers: required (e.g. 'localhost:9092') when kafka is set"
+        yield (f"{section}.bootstrap.servers",
+               f"{section}.bootstrap.servers: required (e.g. 'localhost:9092') when {section} is set")
+
+
+@_rule("becomingone.node", "witness_node.topic", "witness_node.kafka", "kafka", "sink.topics.collapse")
+def _witness_reads_no_topic_it_writes(c: Any) -> Iterator[tuple[str, str]]:
+    # Its break events go to the collapse topic of its own cluster, or of the audited one when it has
+    # none: on the cluster it reads, that topic must not be the one it audits.
+    same_cluster = c.kafka is None or c.witness_node.kafka is None
+    if c.becomingone.node == "witness" and same_cluster and c.witness_node.topic == c.sink.topics.collapse:
+        yield ("witness_node.topic", f"witness_node.topic ({c.witness_node.topic!r}) is this node's "
+               "sink.topics.collapse, where its break events go")
 
 
 def _unavailable_timeout_problems(path: str, value: Any) -> Iterator[tuple[str, str]]:

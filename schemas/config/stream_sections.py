@@ -229,6 +229,16 @@ class WitnessNodeSection(_Section):
     """librdkafka settings of the audited cluster; None = the node's own ``kafka`` section."""
     group_id: NonEmptyStr = "becomingone-witness"
     """Consumer group of the auditor."""
+    node: NonEmptyStr = "becomingone"
+    """The audited node: its ``becomingone.name``, the key of its witness-topic messages.
+    Messages of other keys on the topic (other nodes' logs) are skipped."""
+    from_beginning: bool = True
+    """Without recovery state, read the topic from its oldest message (False: only new ones)."""
+    stop_at_end: bool = False
+    """End the run at the topic's end (an audit of what the topic holds) instead of tailing it."""
+    window: Annotated[int, BeforeValidator(_reject_bool), Field(ge=1, le=10_000_000)] = 10_000
+    """Records of the log remembered (their digests) to tell an exact repeat (Kafka's at-least-once)
+    from another record under the same seq; also the most records held back behind a missing seq."""
 
 
 class RelaySection(_Section):

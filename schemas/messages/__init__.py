@@ -6,13 +6,14 @@ Input
     (:mod:`~schemas.messages.input_samples`).
 
 Output
-    :class:`CollapseEvent` (collapse topic), :class:`WitnessRecord` (witness
-    topic), :class:`SyncRecord` (sync topic) and :class:`DeadLetter` (dead-letter
-    topic) are pydantic models: they are produced at grid or event rate, not
-    sample rate, and validation guards the contract.  :func:`to_json_bytes`
-    gives their compact JSON.  Times on the wire are ISO-8601 UTC strings with
-    microseconds (``2025-11-26T00:00:00.125000Z``); complex values are
-    ``[re, im]`` pairs.  The high-volume sync and meso records are written by
+    :class:`CollapseEvent` and a witness node's :class:`WitnessBreak` (collapse
+    topic), :class:`WitnessRecord` (witness topic), :class:`SyncRecord` (sync
+    topic) and :class:`DeadLetter` (dead-letter topic) are pydantic models:
+    they are produced at grid or event rate, not sample rate, and validation
+    guards the contract.  :func:`to_json_bytes` gives their compact JSON.
+    Times on the wire are ISO-8601 UTC strings with microseconds
+    (``2025-11-26T00:00:00.125000Z``); complex values are ``[re, im]`` pairs.
+    The high-volume sync and meso records are written by
     :mod:`~schemas.messages.encoders` directly, with the models' bytes.
 
 The modules: :mod:`~schemas.messages.wire` (time and values on the wire, the
@@ -59,8 +60,11 @@ from schemas.messages.witness_records import (
     MesoWitness,
     MetaWitness,
     MicroWitness,
+    WitnessBreak,
+    WitnessBreakKind,
     WitnessLayer,
     WitnessRecord,
+    witness_break_id,
     witness_log_digest,
     witness_record_json,
 )
@@ -88,6 +92,8 @@ __all__ = [
     "PhaseSample",
     "SyncRecord",
     "SyncState",
+    "WitnessBreak",
+    "WitnessBreakKind",
     "WitnessLayer",
     "WitnessRecord",
     "classify_sample",
@@ -104,6 +110,7 @@ __all__ = [
     "sync_records_json",
     "to_json_bytes",
     "utc_texts",
+    "witness_break_id",
     "witness_log_digest",
     "witness_record_json",
     "without_original",

@@ -1,8 +1,10 @@
-"""Witness records: the pipeline observing itself (topic ``becomingone.witness``)."""
+"""Witness records: the pipeline observing itself (topic ``becomingone.witness``), and the
+``witness_break`` event a witness node raises when another node's log breaks."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
@@ -124,3 +126,45 @@ def witness_record_json(layer: str, t_us: int, payload: bytes) -> bytes:
     return b'{"layer":"%s","t":"%s","payload":%s}' % (layer.encode("ascii"), format_utc(t_us).encode("ascii"),
                                                         payload)
 
+
+
+WitnessBreakKind = Literal["removed", "changed", "reordered", "rollback", "malformed"]
+
+
+def witness_break_id(node: str, kind: str, seq: int | None, dataset: str | None = None) -> str:
+    """Deterministic id of a break: SHA-256 hex of ``[node, kind, seq, dataset]`` as compact JSON
+    (a re-read of the same log names the same break with the same id)."""
+    text = json.dumps([node, kind, seq, dataset], separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+class WitnessBreak(_Wire):
+    """``witness_break``: a witness node found another node's witness log broken (collapse topic, key = node).
+
+    Kinds: ``removed`` (seqs missing), ``changed`` (a record whose ``log_sha256`` does not follow
+    from the digest before it and its bytes, or other bytes under a seq already read with the same
+    digest), ``reordered`` (seqs out of order, or a seq again with another digest: the log forks),
+    ``rollback`` (a meta record's manifest head of a dataset behind an earlier one), ``malformed``
+    (a message that is no witness record, or without its seq and digest headers).
+    """
+
+    event_id: Sha256Hex
+    event: Literal["witness_break"] = "witness_break"
+    kind: WitnessBreakKind
+    node: str
+    """The audited node (the key of its witness records)."""
+    seq: NonNegativeInt | None
+    """The seq the break is at (None: a malformed message without one)."""
+    read_seq: NonNegativeInt | None
+    """The newest seq read in order when the break was decided: how far the audit had come."""
+    dataset: str | None = None
+    """``rollback``: the archive dataset whose manifest head went back."""
+    witness: str
+    """The witness node reporting it (its ``becomingone.name``)."""
+    detail: str
+
+    @classmethod
+    def of(cls, kind: str, node: str, seq: int | None, read_seq: int | None, detail: str, witness: str,
+           dataset: str | None = None) -> WitnessBreak:
+        return cls(event_id=witness_break_id(node, kind, seq, dataset), kind=kind, node=node, seq=seq,
+                   read_seq=read_seq, dataset=dataset, witness=witness, detail=detail)
