@@ -66,6 +66,9 @@ def build_flow(config: Config, *, replay: bool = False, source: Any = None, flow
                recovery: bool = True, observer: FlowObserver | None = None) -> Dataflow:
     """The dataflow of ``config``.
 
+    A witness node (``becomingone.node: witness``) runs the auditor of another node's witness log
+    instead: :func:`flows.witness_node.build_witness_flow` (``source``, if given, replaces its topic).
+
     Args:
         config: a validated config.
         replay: accept any event time (no ``future`` rejection), for replays.
@@ -89,6 +92,10 @@ def build_flow(config: Config, *, replay: bool = False, source: Any = None, flow
     >>> flow.flow_id
     'becomingone'
     """
+    if config.becomingone.node == "witness":
+        from flows.witness_node import build_witness_flow
+
+        return build_witness_flow(config, flow_id=flow_id, recovery=recovery, observer=observer, source=source)
     observer = FlowObserver.of(config) if observer is None else observer
     # Before the flow runs, not at its first batch: the full collection it starts with is a pause.
     tune_garbage_collector()

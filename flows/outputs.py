@@ -37,12 +37,15 @@ def to_dead_letter_file(step_id: str, records: Stream[TopicRecords], config: Con
     op.output(step_id, letters, DeadLetterFile(config.memory.root))
 
 
-def to_archive(step_id: str, rows: Stream[ArchiveRows], config: Config, *, durable_snapshots: bool) -> None:
-    """Every row into its archive dataset (:class:`connectors.archive.ArchiveSink`)."""
+def to_archive(step_id: str, rows: Stream[ArchiveRows], config: Config, *, durable_snapshots: bool,
+               datasets: tuple[str, ...] | None = None) -> None:
+    """Every row into its archive dataset (:class:`connectors.archive.ArchiveSink`) of ``datasets``
+    (default: those the config switches on)."""
     from connectors.archive import ArchiveSink
 
     mem = config.memory
     items = op.map("archive_rows", rows, lambda r: (r.dataset, r.table))
-    op.output(step_id, items, ArchiveSink(mem.root, config.archived_datasets, flush_rows=mem.flush_rows,
+    op.output(step_id, items, ArchiveSink(mem.root, config.archived_datasets if datasets is None else datasets,
+                                         flush_rows=mem.flush_rows,
                                          flush_seconds=mem.flush_interval, durable_snapshots=durable_snapshots,
                                          signing_key=mem.signing_key_bytes))

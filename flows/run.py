@@ -62,6 +62,8 @@ class RecoveryMismatch(ValueError):
 def _recovery_identity(config: Config) -> dict[str, Any]:
     # What names the flow's state in Bytewax's store: the source's partitions and the key groups;
     # and what reads it back: the layout of a key group's state.
+    if config.becomingone.node == "witness":
+        return {"source": "witness", "input": config.witness_node.topic, "node": config.witness_node.node}
     src = config.source
     where = src.topic if isinstance(src, KafkaSource) else getattr(src, "path", None)
     return {"source": src.kind, "input": where, "key_groups": config.becomingone.key_groups,
@@ -173,7 +175,8 @@ def _mesh_summary(book: RunLedger, config: Config, out: TextIO) -> None:
 
 
 def check_kafka(config: Config, timeout: float = 10.0) -> None:
-    """When ``config`` uses Kafka, wait up to ``timeout`` seconds for the cluster to answer.
+    """When ``config`` uses Kafka, wait up to ``timeout`` seconds for the cluster to answer
+    (a witness node: its own cluster and the audited one).
 
     Before the flow starts, so that a cluster out of reach is one line naming
     the bootstrap address, not a failure inside a Bytewax worker.
@@ -182,11 +185,15 @@ def check_kafka(config: Config, timeout: float = 10.0) -> None:
         connectors.kafka.KafkaUnreachable: no broker answered (a ConnectionError).
         connectors.kafka.KafkaSetupError: librdkafka rejected the settings.
     """
-    if config.kafka is None:
-        return
     from connectors.kafka import admin_settings, connect_admin
 
-    connect_admin(admin_settings(config.kafka, client_id=config.becomingone.name), timeout=timeout)
+    clusters = [config.kafka] if config.kafka is not None else []
+    if config.becomingone.node == "witness" and config.witness_node.kafka is not None:
+        from connectors.flow_topics import audited_cluster
+
+        clusters.append(audited_cluster(config))  # the audited node's cluster
+    for kafka in clusters:
+        connect_admin(admin_settings(kafka, client_id=config.becomingone.name), timeout=timeout)
 
 
 def run_flow(config: Config, *, workers: int = 1, out: TextIO | None = None, progress: TextIO | None = None,
@@ -259,10 +266,16 @@ def run_flow(config: Config, *, workers: int = 1, out: TextIO | None = None, pro
     _summary(book, config, out, time.monotonic() - started, replayed=source is not None)
     if stopped_by:
         raise Stopped(stopped_by[0])
-    if recovery is not None and source is None and not isinstance(config.source, KafkaSource):
+    if recovery is not None and source is None and not _reads_topic(config):
         # The input was read to its end: nothing is left to resume.
         shutil.rmtree(recovery, ignore_errors=True)
     return book
+
+
+def _reads_topic(config: Config) -> bool:
+    """True when the flow reads a Kafka topic, whose state a later run continues (a witness node
+    reads the audited topic whatever ``source`` says)."""
+    return isinstance(config.source, KafkaSource) or config.becomingone.node == "witness"
 
 
 def _main_thread() -> bool:

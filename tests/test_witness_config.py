@@ -1,4 +1,4 @@
-"""The witness node's config (`becomingone.node: witness`, `witness_node.*`): its rules."""
+"""The witness node's config (`becomingone.node: witness`, `witness_node.*`): its rules and the flow it builds."""
 
 from __future__ import annotations
 
@@ -40,4 +40,14 @@ def test_a_witness_node_may_read_and_report_on_the_audited_cluster_alone():
     # Its own collapse topic on another cluster may share the audited topic's name.
     parse_config({**WITNESS, "kafka": {"bootstrap.servers": "k:9092"},
                   "witness_node": {"kafka": {"bootstrap.servers": "a:9092"}, "topic": "becomingone.collapse"}})
+
+
+def test_build_flow_dispatches_on_the_node_type():
+    from flows.kairos import build_flow
+
+    config = parse_config({**WITNESS, "kafka": {"bootstrap.servers": "k:9092"}, "metrics": {"enabled": False}})
+    flow = build_flow(config, recovery=False)
+    steps = {step.step_id.split(".")[-1] for step in flow.substeps}
+    assert {"source", "audited", "audit", "kafka", "archive"} <= steps
+    assert "resonate" not in steps
 
