@@ -75,12 +75,15 @@ class Config(_Section):
 
         Args:
             redact_secrets: replace Kafka passwords, secrets, tokens and private
-                keys by ``<redacted>`` (for display; the result no longer
+                keys (``kafka``, ``relay.source``, ``relay.target``) by ``<redacted>`` (for display; the result no longer
                 round-trips those values).
         """
         data = self.model_dump(mode="json")
-        if redact_secrets and data.get("kafka"):
-            data["kafka"] = {
-                k: (REDACTED if _SECRET_KEY_RE.search(k) else v) for k, v in data["kafka"].items()
-            }
+        if redact_secrets:
+            # Every section of librdkafka settings: the node's own and each side of the relay.
+            for section, key in (("kafka", None), ("relay", "source"), ("relay", "target")):
+                holder, name = (data, section) if key is None else (data[section], key)
+                if holder.get(name):
+                    holder[name] = {k: (REDACTED if _SECRET_KEY_RE.search(k) else v)
+                                    for k, v in holder[name].items()}
         return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True)

@@ -194,9 +194,57 @@ def _mesh_hysteresis_below_threshold(c: Any) -> Iterator[tuple[str, str]]:
 
 @_rule("becomingone.node", "kafka")
 def _kafka_node_needs_kafka(c: Any) -> Iterator[tuple[str, str]]:
-    if c.becomingone.node in ("witness", "relay") and c.kafka is None and (
-            c.becomingone.node == "relay" or c.witness_node.kafka is None):
-        yield "kafka", f"kafka: required by becomingone.node {c.becomingone.node!r} (set kafka.bootstrap.servers)"
+    own = c.witness_node.kafka if c.becomingone.node == "witness" else c.relay.source
+    if c.becomingone.node in ("witness", "relay") and c.kafka is None and own is None:
+        where = "witness_node.kafka" if c.becomingone.node == "witness" else "relay.source"
+        yield "kafka", (f"kafka: required by becomingone.node {c.becomingone.node!r} "
+                        f"(set kafka.bootstrap.servers, or {where})")
+
+
+@_rule("relay.source")
+def _relay_source_settings(c: Any) -> Iterator[tuple[str, str]]:
+    if c.relay.source is not None:
+        yield from _client_settings_problems("relay.source", c.relay.source.root, "set relay.group_id instead")
+
+
+@_rule("becomingone.node", "relay.target")
+def _relay_target_settings(c: Any) -> Iterator[tuple[str, str]]:
+    settings = c.relay.target.root
+    if c.becomingone.node != "relay" and not settings:
+        return
+    yield from _client_settings_problems(
+        "relay.target", settings, "not used (the relay only writes to the target; its group is relay.group_id)",
+        required="by becomingone.node 'relay' (the cluster it writes to)" if c.becomingone.node == "relay" else "")
+
+
+@_rule("becomingone.node", "kafka", "relay.source", "relay.target")
+def _relay_between_two_clusters(c: Any) -> Iterator[tuple[str, str]]:
+    # A relay from a cluster to itself would copy every topic onto itself, forever.
+    source = c.relay.source if c.relay.source is not None else c.kafka
+    if c.becomingone.node != "relay" or source is None:
+        return
+    here = _servers(source.root.get("bootstrap.servers"))
+    there = _servers(c.relay.target.root.get("bootstrap.servers"))
+    if here and here == there:
+        yield ("relay.target.bootstrap.servers",
+               f"relay.target.bootstrap.servers ({c.relay.target.root['bootstrap.servers']!r}) is the cluster the "
+               "relay reads from: each topic would be copied onto itself")
+
+
+def _servers(text: Any) -> frozenset[str]:
+    """The addresses of a ``bootstrap.servers`` list, without order, spaces or case."""
+    if not isinstance(text, str):
+        return frozenset()
+    return frozenset(a.strip().lower() for a in text.split(",") if a.strip())
+
+
+@_rule("relay.topics")
+def _relay_topics_unique(c: Any) -> Iterator[tuple[str, str]]:
+    seen: set[str] = set()
+    for i, topic in enumerate(c.relay.topics):
+        if topic in seen:
+            yield f"relay.topics[{i}]", f"relay.topics[{i}] ({topic!r}) is listed already"
+        seen.add(topic)
 
 
 @_rule("witnessing.meso_interval", "emissary.witness_interval")
@@ -219,33 +267,36 @@ def _mutual_tls_needs_tls(c: Any) -> Iterator[tuple[str, str]]:
 
 @_rule("kafka")
 def _kafka_settings(c: Any) -> Iterator[tuple[str, str]]:
-    if c.kafka is None:
-        return
-    yield from _client_settings_problems("kafka", c.kafka.root, "source.group_id")
+    if c.kafka is not None:
+        yield from _client_settings_problems("kafka", c.kafka.root, "set source.group_id instead "
+                                             "(the consumer group belongs to the source)")
 
 
 @_rule("witness_node.kafka")
 def _witness_node_kafka_settings(c: Any) -> Iterator[tuple[str, str]]:
     if c.witness_node.kafka is not None:
-        yield from _client_settings_problems("witness_node.kafka", c.witness_node.kafka, "witness_node.group_id")
+        yield from _client_settings_problems("witness_node.kafka", c.witness_node.kafka,
+                                             "set witness_node.group_id instead (the consumer group belongs to "
+                                             "the reader)")
 
 
-def _client_settings_problems(section: str, settings: Mapping[str, Any], group_key: str) -> Iterator[tuple[str, str]]:
-    """Problems of a mapping of librdkafka settings at ``section`` (``kafka``, ``witness_node.kafka``)."""
+def _client_settings_problems(prefix: str, settings: Mapping[str, Any], group_hint: str,
+                              required: str = "") -> Iterator[tuple[str, str]]:
+    """Problems of one side's librdkafka settings (the ``kafka`` section or a section of that shape)."""
     for key, value in settings.items():
-        path = f"{section}.{key}"
+        path = f"{prefix}.{key}"
         if not _KAFKA_KEY_RE.match(key):
             yield path, f"{path}: not a librdkafka property name (lower case words joined by '.')"
         elif key == "group.id":
-            yield path, f"{path}: set {group_key} instead (the consumer group belongs to the reader)"
+            yield path, f"{path}: {group_hint}"
         elif key == "unavailable_timeout":
             yield from _unavailable_timeout_problems(path, value)
         elif isinstance(value, (dict, list, tuple)) or value is None:
             yield path, f"{path} ({_fmt(value)}) must be a string, number or true/false"
     servers = settings.get("bootstrap.servers")
     if not isinstance(servers, str) or not servers.strip():
-        yield (f"{section}.bootstrap.servers",
-               f"{section}.bootstrap.servers: required (e.g. 'localhost:9092') when {section} is set")
+        why = required or f"when {prefix} is set"
+        yield f"{prefix}.bootstrap.servers", f"{prefix}.bootstrap.servers: required (e.g. 'localhost:9092') {why}"
 
 
 @_rule("becomingone.node", "witness_node.topic", "witness_node.kafka", "kafka", "sink.topics.collapse")

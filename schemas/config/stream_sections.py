@@ -242,16 +242,27 @@ class WitnessNodeSection(_Section):
 
 
 class RelaySection(_Section):
-    """``relay``: what a ``becomingone.node: relay`` copies, from one Kafka cluster to another."""
+    """``relay``: what a ``becomingone.node: relay`` copies, from one Kafka cluster to another.
 
-    source: dict[str, Any] | None = None
+    Each side has client settings of its own, in the shape of the ``kafka``
+    section (librdkafka properties with their dotted names, plus
+    ``unavailable_timeout``), so each side has its own TLS and SASL.
+    """
+
+    source: KafkaSection | None = None
     """librdkafka settings of the side read from; None = the node's own ``kafka`` section."""
-    target: dict[str, Any] = Field(default_factory=dict)
+    target: KafkaSection = Field(default_factory=lambda: KafkaSection({}))
     """librdkafka settings of the side written to (``bootstrap.servers`` required for a relay)."""
-    topics: tuple[TopicName, ...] = ("becomingone.mesh",)
+    topics: Annotated[tuple[TopicName, ...], Field(min_length=1)] = ("becomingone.mesh",)
     """Topics copied, each to the topic of the same name on the other side."""
     group_id: NonEmptyStr = "becomingone-relay"
-    """Consumer group of the relay on the source side."""
+    """Consumer group of the relay on the source side; its committed offsets are where a restart resumes."""
+    from_beginning: bool = True
+    """With no committed offset, start at the earliest offset (else the latest)."""
+    batch_size: Annotated[int, BeforeValidator(_reject_bool), Field(ge=1, le=100_000)] = 1000
+    """Messages copied per round: delivered to the target, then their offsets committed."""
+    dedup_window: Annotated[int, BeforeValidator(_reject_bool), Field(ge=0, le=10_000_000)] = 10_000
+    """Recent messages remembered per target partition to drop repeats (SHA-256 of topic, key, value); 0 = off."""
 
 
 class MetricsSection(_Section):
