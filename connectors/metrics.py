@@ -28,6 +28,9 @@ name                                        type       labels
                                                        repeat), unchecked (older than the
                                                        remembered window), other_node (witness
                                                        node)
+``becomingone_relay_messages_total``        counter    ``topic``: copied by a relay node
+``becomingone_relay_duplicates_total``      counter    ``topic``: repeats it dropped
+``becomingone_relay_lag_messages``          gauge      ``topic``, ``partition`` (relay source)
 ==========================================  =========  =====================================
 
 Every dataflow worker of a process updates the same metrics (they are
@@ -98,6 +101,16 @@ class PipelineMetrics:
                                          "node's witness log read in order (witness node)", ["node"], registry=registry)
         self.witness_audited = Counter("becomingone_witness_audited", "Witness-topic messages read by the audit, "
                                        "by how they were taken (witness node)", ["result"], registry=registry)
+        self.relay_messages = Counter("becomingone_relay_messages",
+                                      "Messages a relay node copied to the target cluster (delivered), by topic",
+                                      ["topic"], registry=registry)
+        self.relay_duplicates = Counter("becomingone_relay_duplicates",
+                                        "Repeats a relay node dropped (same topic, key and value within its window)",
+                                        ["topic"], registry=registry)
+        self.relay_lag = Gauge("becomingone_relay_lag_messages",
+                               "Messages of a relayed source partition not yet confirmed by the target "
+                               "(high watermark minus the committed offset)", ["topic", "partition"],
+                               registry=registry)
         self.per_sensor_labels = False
         # Pre-create the label values, so a scrape lists every series from the start.
         for result in ("accepted", "malformed", "schema", "nan", "duplicate", "late", "future", "too_large",

@@ -21,6 +21,11 @@ Producing samples (:mod:`connectors.kafka.producer`, ``becomingone produce``)
     to a topic in either input wire format of SPEC section 4, at a given
     rate, and counts what was delivered.
 
+Relaying topics between clusters (:mod:`connectors.kafka.relay`, a ``relay`` node)
+    :class:`Relay` copies topics from one cluster to another at least once,
+    repeats dropped by :class:`DedupWindow`; :class:`RelayTarget` is the side
+    written to; :class:`RelaySource` runs a relay inside a dataflow.
+
 The dataflow's source and sink
     :class:`TopicSource` (:mod:`connectors.kafka.source`) and
     :class:`TopicSink` (:mod:`connectors.kafka.sink`); the clients' log
@@ -33,6 +38,7 @@ The dataflow's source and sink
 """
 
 from connectors.kafka.broker import MOCK_PARTITIONS, MockBroker
+from connectors.kafka.dedup import DedupWindow, message_digest
 from connectors.kafka.health import KafkaUnavailable
 from connectors.kafka.producer import (
     PHASE_BATCH_SCHEMA,
@@ -51,6 +57,9 @@ from connectors.kafka.settings import (
     producer_settings,
     settings_rejected,
 )
+from connectors.kafka.relay import Relay, RelayCounts, RelayError
+from connectors.kafka.relay_source import RelaySource
+from connectors.kafka.relay_target import RelayTarget, target_partition
 from connectors.kafka.sink import DeliveryFailed, TopicMessages, TopicSink
 from connectors.kafka.source import TopicSource
 from connectors.kafka.topics import KafkaUnreachable, TopicSetupError, connect_admin, ensure_topics
@@ -58,6 +67,7 @@ from connectors.kafka.topics import KafkaUnreachable, TopicSetupError, connect_a
 __all__ = [
     "MOCK_PARTITIONS",
     "PHASE_BATCH_SCHEMA",
+    "DedupWindow",
     "DeliveryFailed",
     "KafkaSetupError",
     "KafkaUnavailable",
@@ -65,6 +75,11 @@ __all__ = [
     "MessageTooLarge",
     "MockBroker",
     "PhaseProducer",
+    "Relay",
+    "RelayCounts",
+    "RelayError",
+    "RelaySource",
+    "RelayTarget",
     "TopicMessages",
     "TopicSetupError",
     "TopicSink",
@@ -76,8 +91,10 @@ __all__ = [
     "consumer_settings",
     "ensure_topics",
     "json_messages",
+    "message_digest",
     "produce_waiting",
     "producer_settings",
     "sensor_partitions",
     "settings_rejected",
+    "target_partition",
 ]

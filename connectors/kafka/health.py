@@ -136,9 +136,9 @@ class KafkaUnavailable(ConnectionError):
     """
 
     def __init__(self, bootstrap: str, seconds: float, timeout: float, reason: str, prefix: str = "",
-                 stopping: bool = False) -> None:
+                 stopping: bool = False, key: str = "kafka.unavailable_timeout") -> None:
         self.bootstrap, self.seconds, self.reason = bootstrap, seconds, reason
-        why = "while stopping" if stopping else f"(kafka.unavailable_timeout: {timeout:g} s)"
+        why = "while stopping" if stopping else f"({key}: {timeout:g} s)"
         super().__init__(f"{prefix}Kafka at {bootstrap} unreachable for {seconds:.1f} s {why}; "
                          f"last error: {reason or 'none reported'}")
 
@@ -188,11 +188,14 @@ class ConnectionHealth:
         unavailable_timeout: seconds unreachable before :meth:`check` raises;
             0 waits forever.
         on_stats: also given each parsed statistics report.
+        timeout_key: the config key of ``unavailable_timeout``, for messages.
     """
 
     def __init__(self, client: str, bootstrap: str, unavailable_timeout: float = DEFAULT_UNAVAILABLE_TIMEOUT,
-                 on_stats: Callable[[dict], None] | None = None) -> None:
+                 on_stats: Callable[[dict], None] | None = None,
+                 timeout_key: str = "kafka.unavailable_timeout") -> None:
         self.client = client
+        self.timeout_key = timeout_key
         self.bootstrap = bootstrap
         self.timeout = float(unavailable_timeout)
         self.down_since: float | None = None
@@ -257,8 +260,8 @@ class ConnectionHealth:
         self.down_since = time.monotonic()
         self._up_reports = 0
         self._gauge.set(0)
-        then = (f"the flow stops if it stays unreachable for {self.timeout:g} s (kafka.unavailable_timeout)"
-                if self.timeout > 0 else "waiting for it (kafka.unavailable_timeout: 0)")
+        then = (f"the flow stops if it stays unreachable for {self.timeout:g} s ({self.timeout_key})"
+                if self.timeout > 0 else f"waiting for it ({self.timeout_key}: 0)")
         log.warning("Kafka at %s unreachable: %s; %s", self.bootstrap, why or "no broker answers", then)
 
     def up(self) -> None:
@@ -301,4 +304,5 @@ class ConnectionHealth:
 
     def unavailable(self, seconds: float, prefix: str = "", stopping: bool = False) -> KafkaUnavailable:
         """The error to raise after ``seconds`` unreachable (``prefix``: what was lost)."""
-        return KafkaUnavailable(self.bootstrap, seconds, self.timeout, self.reason, prefix, stopping)
+        return KafkaUnavailable(self.bootstrap, seconds, self.timeout, self.reason, prefix, stopping,
+                                self.timeout_key)
