@@ -26,6 +26,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if config is None:
         return 2
     _log_to_stderr("becomingone run", level=logging.WARNING)
+    if config.becomingone.node == "relay":
+        from flows.relay import relay_command
+
+        return relay_command(config, args)
     from connectors.kafka import KafkaSetupError
     from flows.run import RecoveryMismatch, Stopped, recovery_dir, run_flow
 

@@ -85,7 +85,9 @@ def build_flow(config: Config, *, replay: bool = False, source: Any = None, flow
         observer: the metrics, ledger, clock and stop signal of the steps
             (default: :meth:`FlowObserver.of` the config).
 
-    Nothing connects to Kafka or opens files until the flow runs.
+    A relay node (``becomingone.node: relay``) gets the relay's flow instead
+    (:func:`flows.relay.build_relay_flow`).  Nothing connects to Kafka or
+    opens files until the flow runs.
 
     >>> from schemas.config import parse_config
     >>> flow = build_flow(parse_config({"sink": {"archive": False}}))
@@ -96,6 +98,10 @@ def build_flow(config: Config, *, replay: bool = False, source: Any = None, flow
         from flows.witness_node import build_witness_flow
 
         return build_witness_flow(config, flow_id=flow_id, recovery=recovery, observer=observer, source=source)
+    if config.becomingone.node == "relay":
+        from flows.relay import build_relay_flow
+
+        return build_relay_flow(config, observer, flow_id=f"{flow_id}-relay")
     observer = FlowObserver.of(config) if observer is None else observer
     # Before the flow runs, not at its first batch: the full collection it starts with is a pause.
     tune_garbage_collector()

@@ -176,7 +176,7 @@ def _mesh_summary(book: RunLedger, config: Config, out: TextIO) -> None:
 
 def check_kafka(config: Config, timeout: float = 10.0) -> None:
     """When ``config`` uses Kafka, wait up to ``timeout`` seconds for the cluster to answer
-    (a witness node: its own cluster and the audited one).
+    (a witness node: its own cluster and the audited one; a relay node: both of its clusters).
 
     Before the flow starts, so that a cluster out of reach is one line naming
     the bootstrap address, not a failure inside a Bytewax worker.
@@ -185,6 +185,10 @@ def check_kafka(config: Config, timeout: float = 10.0) -> None:
         connectors.kafka.KafkaUnreachable: no broker answered (a ConnectionError).
         connectors.kafka.KafkaSetupError: librdkafka rejected the settings.
     """
+    if config.becomingone.node == "relay":
+        from flows.relay import check_relay_clusters
+
+        return check_relay_clusters(config, timeout)
     from connectors.kafka import admin_settings, connect_admin
 
     clusters = [config.kafka] if config.kafka is not None else []
