@@ -4,8 +4,9 @@ the global rows of one node holding both cells."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
-import sys
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -14,7 +15,7 @@ import pytest
 import yaml
 
 from connectors.archive import open_dataset
-from tests.conftest import BIN, clean_env, read_topic, unique_topic
+from tests.conftest import BIN, WAIT, clean_env, read_topic, start_broker, stop_process, unique_topic
 
 pytestmark = pytest.mark.slow  # brokers and whole flows: out of `make test-fast`
 
@@ -70,7 +71,32 @@ def base_config(root, source_path) -> dict:
             "memory": {"storage": {"path": str(root)}}, "metrics": {"enabled": False}}
 
 
-def test_two_cell_nodes_and_an_aggregator_give_the_global_rows_of_one_node(bootstrap, files, tmp_path):
+@pytest.fixture(scope="module")
+def far(tmp_path_factory):
+    """A second development broker: the far side of a relay."""
+    log = tmp_path_factory.mktemp("far") / "stderr.txt"
+    proc, address = start_broker(stderr_path=log)
+    try:
+        yield address
+    finally:
+        stop_process(proc)
+
+
+def aggregator_config(root, bootstrap: str, mesh_topic: str) -> dict:
+    """A node with no sensors of its own whose T_global is the cells north and south heard on ``mesh_topic``."""
+    return {
+        "becomingone": {"name": "aggregator"},
+        "source": {"kind": "kafka", "topic": unique_topic(), "from_beginning": True, "stop_at_end": True},
+        "kafka": {"bootstrap.servers": bootstrap},
+        "sink": {"topics": {r: unique_topic(f"test.agg.{r}") for r in ("collapse", "witness", "sync", "dlq",
+                                                                        "mesh")}},
+        "sync": {"mesh_enabled": True, "mesh": {"cells": ["north", "south"],
+                                                "peers": [{"bootstrap": bootstrap, "topic": mesh_topic}]}},
+        "memory": {"storage": {"path": str(root)}}, "metrics": {"enabled": False},
+    }
+
+
+def test_two_cell_nodes_and_an_aggregator_give_the_global_rows_of_one_node(bootstrap, far, files, tmp_path):
     one = tmp_path / "one"
     run(base_config(one, files["both"]), tmp_path / "one.yaml")
     expected = global_rows(one)
@@ -88,15 +114,26 @@ def test_two_cell_nodes_and_an_aggregator_give_the_global_rows_of_one_node(boots
     assert {m.key() for m in read_topic(bootstrap, mesh_topic)} == {b"north", b"south"}
 
     aggregator = tmp_path / "aggregator"
-    config = {
-        "becomingone": {"name": "aggregator"},
-        "source": {"kind": "kafka", "topic": unique_topic(), "from_beginning": True, "stop_at_end": True},
-        "kafka": {"bootstrap.servers": bootstrap},
-        "sink": {"topics": {r: unique_topic(f"test.agg.{r}") for r in ("collapse", "witness", "sync", "dlq",
-                                                                        "mesh")}},
-        "sync": {"mesh_enabled": True, "mesh": {"cells": ["north", "south"],
-                                                "peers": [{"bootstrap": bootstrap, "topic": mesh_topic}]}},
-        "memory": {"storage": {"path": str(aggregator)}}, "metrics": {"enabled": False},
-    }
-    run(config, tmp_path / "aggregator.yaml")
+    run(aggregator_config(aggregator, bootstrap, mesh_topic), tmp_path / "aggregator.yaml")
     assert global_rows(aggregator) == expected
+
+    # A relay carries the mesh topic to another cluster, where an aggregator computes the same T_global.
+    relay = {"becomingone": {"name": "relay", "node": "relay"}, "metrics": {"enabled": False},
+             "kafka": {"bootstrap.servers": bootstrap, "session.timeout.ms": 6000},
+             "relay": {"target": {"bootstrap.servers": far}, "topics": [mesh_topic]}}
+    (tmp_path / "relay.yaml").write_text(yaml.safe_dump(relay))
+    proc = subprocess.Popen([str(BIN), "run", "--config", str(tmp_path / "relay.yaml")], env=clean_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + WAIT * 6
+        while len(read_topic(far, mesh_topic)) < len(heard) and time.monotonic() < deadline:
+            time.sleep(0.5)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=WAIT * 3)
+    assert proc.returncode == 0, err
+    assert sorted(m.value() for m in read_topic(far, mesh_topic)) == sorted(
+        m.value() for m in read_topic(bootstrap, mesh_topic))
+    far_side = tmp_path / "far-aggregator"
+    run(aggregator_config(far_side, far, mesh_topic), tmp_path / "far-aggregator.yaml")
+    assert global_rows(far_side) == expected
