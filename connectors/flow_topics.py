@@ -11,8 +11,8 @@ from __future__ import annotations
 from schemas.config import Config, KafkaSection, KafkaSource
 from schemas.messages import without_original
 
-__all__ = ["OUTPUT_ROLES", "WITNESS_BATCH_SIZE", "audited_cluster", "kafka_sink", "kafka_source", "mesh_peer_source",
-           "witness_source"]
+__all__ = ["OUTPUT_ROLES", "WITNESS_BATCH_SIZE", "audited_cluster", "kafka_sink", "kafka_source", "mesh_peer_cluster",
+           "mesh_peer_source", "witness_source"]
 
 #: Messages a witness node takes from the audited topic per poll.
 WITNESS_BATCH_SIZE = 1000
@@ -60,6 +60,15 @@ def kafka_sink(config: Config, roles: tuple[str, ...] = OUTPUT_ROLES, kafka: Kaf
                      unavailable_timeout=wait)
 
 
+def mesh_peer_cluster(config: Config, peer):
+    """The client settings of a ``sync.mesh.peers`` entry: the node's ``kafka`` section (if any) with the
+    peer's address and its own settings over them."""
+    from schemas.config import KafkaSection
+
+    base = dict(config.kafka.root) if config.kafka is not None else {}
+    return KafkaSection({**base, **peer.kafka, "bootstrap.servers": peer.bootstrap_servers})
+
+
 def mesh_peer_source(config: Config, peer):
     """The mesh topic of one ``sync.mesh.peers`` entry (:class:`connectors.kafka.TopicSource`): the
     node's ``kafka`` settings (if any) with the peer's address and its own settings over them.
@@ -69,10 +78,8 @@ def mesh_peer_source(config: Config, peer):
     from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
 
     from connectors.kafka import TopicSource, admin_settings, consumer_settings
-    from schemas.config import KafkaSection
 
-    base = dict(config.kafka.root) if config.kafka is not None else {}
-    kafka = KafkaSection({**base, **peer.kafka, "bootstrap.servers": peer.bootstrap_servers})
+    kafka = mesh_peer_cluster(config, peer)
     src = config.source
     from_beginning = src.from_beginning if isinstance(src, KafkaSource) else True
     tail = isinstance(src, KafkaSource) and not src.stop_at_end

@@ -176,7 +176,8 @@ def _mesh_summary(book: RunLedger, config: Config, out: TextIO) -> None:
 
 def check_kafka(config: Config, timeout: float = 10.0) -> None:
     """When ``config`` uses Kafka, wait up to ``timeout`` seconds for the cluster to answer
-    (a witness node: its own cluster and the audited one; a relay node: both of its clusters).
+    (a witness node: its own cluster and the audited one; a relay node: both of its clusters; with the
+    mesh on, the cluster of every ``sync.mesh.peers`` entry too).
 
     Before the flow starts, so that a cluster out of reach is one line naming
     the bootstrap address, not a failure inside a Bytewax worker.
@@ -196,6 +197,10 @@ def check_kafka(config: Config, timeout: float = 10.0) -> None:
         from connectors.flow_topics import audited_cluster
 
         clusters.append(audited_cluster(config))  # the audited node's cluster
+    if config.sync.mesh_enabled:
+        from connectors.flow_topics import mesh_peer_cluster
+
+        clusters.extend(mesh_peer_cluster(config, peer) for peer in config.sync.mesh.peers)
     for kafka in clusters:
         connect_admin(admin_settings(kafka, client_id=config.becomingone.name), timeout=timeout)
 

@@ -512,3 +512,14 @@ def test_cli_bad_config_exits_2_with_the_key_path(tmp_path):
     assert done.returncode == 2
     assert "kairos.velocity_span (1.5) must be smaller than kairos.tau_scale (1.0)" in done.stderr
     assert done.stdout == ""
+
+
+def test_the_secrets_of_mesh_peers_and_of_an_audited_cluster_are_not_printed():
+    c = parse_config({
+        "sync": {"mesh": {"peers": [{"bootstrap": "far:9093", "kafka": {"sasl.password": "peer-s3cret",
+                                                                      "security.protocol": "SASL_SSL"}}]}},
+        "witness_node": {"kafka": {"bootstrap.servers": "audited:9092", "sasl.password": "audit-s3cret"}},
+    })
+    shown = c.to_yaml(redact_secrets=True)
+    assert "peer-s3cret" not in shown and "audit-s3cret" not in shown
+    assert shown.count("sasl.password: <redacted>") == 2 and "security.protocol: SASL_SSL" in shown

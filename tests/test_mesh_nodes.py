@@ -137,3 +137,14 @@ def test_two_cell_nodes_and_an_aggregator_give_the_global_rows_of_one_node(boots
     far_side = tmp_path / "far-aggregator"
     run(aggregator_config(far_side, far, mesh_topic), tmp_path / "far-aggregator.yaml")
     assert global_rows(far_side) == expected
+
+
+def test_a_mesh_peer_out_of_reach_is_one_line_at_start(tmp_path):
+    config = {"sync": {"mesh_enabled": True, "mesh": {"peers": [{"host": "127.0.0.1", "port": 1}]}},
+              "memory": {"storage": {"path": str(tmp_path / "archive")}}, "metrics": {"enabled": False}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    proc = subprocess.run([str(BIN), "run", "--config", str(tmp_path / "c.yaml"), "--timeout", "2"],
+                          capture_output=True, text=True, env=clean_env(), timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("becomingone run: cannot reach Kafka at 127.0.0.1:1 within 2 s")
+    assert len(proc.stderr.strip().splitlines()) == 1

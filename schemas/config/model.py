@@ -75,14 +75,18 @@ class Config(_Section):
 
         Args:
             redact_secrets: replace Kafka passwords, secrets, tokens and private
-                keys (``kafka``, ``relay.source``, ``relay.target``) by ``<redacted>`` (for display; the result no longer
+                keys (``kafka``, ``relay.source``, ``relay.target``, ``witness_node.kafka``,
+                ``sync.mesh.peers[i].kafka``) by ``<redacted>`` (for display; the result no longer
                 round-trips those values).
         """
         data = self.model_dump(mode="json")
         if redact_secrets:
-            # Every section of librdkafka settings: the node's own and each side of the relay.
-            for section, key in (("kafka", None), ("relay", "source"), ("relay", "target")):
-                holder, name = (data, section) if key is None else (data[section], key)
+            # Every mapping of librdkafka settings: the node's own, each side of the relay, the audited
+            # cluster of a witness node, each mesh peer.
+            holders = [(data, "kafka"), (data["relay"], "source"), (data["relay"], "target"),
+                       (data["witness_node"], "kafka")]
+            holders += [(peer, "kafka") for peer in data["sync"]["mesh"]["peers"]]
+            for holder, name in holders:
                 if holder.get(name):
                     holder[name] = {k: (REDACTED if _SECRET_KEY_RE.search(k) else v)
                                     for k, v in holder[name].items()}
