@@ -12,14 +12,21 @@ name                                        type       labels
 ``becomingone_samples_total``               counter    ``result``: accepted, malformed,
                                                        schema, nan, duplicate, late, future,
                                                        too_large, channels
-``becomingone_transitions_total``           counter    ``event``: collapse, dissipate
+``becomingone_transitions_total``           counter    ``event``: collapse, dissipate,
+                                                       mesh_collapse, mesh_dissipate
 ``becomingone_witness_records_total``       counter    ``layer``: micro, meso, macro, meta
-``becomingone_batch_seconds``               histogram  ``step``: decode, resonate, witness
+``becomingone_batch_seconds``               histogram  ``step``: decode, resonate, mesh, witness
 ``becomingone_event_latency_seconds``       histogram  (ingest of the samples to the event)
 ``becomingone_active_sensors``              gauge      sensors with state in this process
 ``becomingone_sensors_collapsed``           gauge      sensors in the collapsed state
 ``becomingone_sensor_coherence_sync``       gauge      ``sensor``; only with
                                                        ``metrics.per_sensor_labels``
+``becomingone_mesh_cells``                  gauge      cells the mesh step has seen
+``becomingone_mesh_cells_collapsed``        gauge      ``scope``: cell, global
+``becomingone_mesh_order_parameter``        gauge      ``cell`` (``*``: global); only with
+                                                       ``metrics.per_sensor_labels``
+``becomingone_mesh_late_total``             counter    phasors left out: grid point decided
+``becomingone_mesh_grid_points_total``      counter    ``scope``: mesh rows decided
 ``becomingone_witness_breaks_total``        counter    ``kind``: removed, changed, reordered,
                                                        rollback, malformed (witness node)
 ``becomingone_witness_audited_seq``         gauge      ``node``: the newest seq of its log read
