@@ -115,7 +115,7 @@ def build_flow(config: Config, *, replay: bool = False, source: Any = None, flow
         mesh_in = resonated.mesh
         if config.sync.mesh.peers:
             mesh_in = op.merge("mesh_in", mesh_in, heard_cells("mesh_peers", flow, config))
-        meshed = mesh("mesh", mesh_in, config, observer)
+        meshed = mesh("mesh", mesh_in, config, observer, resumable=recovery)
         archive_rows.append(meshed.archive)
         records.append(meshed.records)
     logged = witness("witness", op.merge("witness_entries", decoded.witness, resonated.witness), config, observer)

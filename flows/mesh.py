@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 from collections.abc import Iterable
 from typing import Any
 
@@ -54,11 +55,13 @@ def mesh_settings(config: Config, *, from_peers: bool) -> MeshSettings:
                         config.becomingone.key_groups, global_from_cells=not from_peers)
 
 
-class MeshLogic(StatefulBatchLogic[list[Any], Emitted, tuple]):
+class MeshLogic(StatefulBatchLogic[list[Any], Emitted, bytes | None]):
     """The flow's cells and global mesh (state: :class:`MeshTable` and :class:`HeardCells`)."""
 
-    def __init__(self, config: Config, resume: tuple | None, observer: FlowObserver) -> None:
+    def __init__(self, config: Config, resume: bytes | None, observer: FlowObserver, resumable: bool = True) -> None:
         self.observer = observer
+        self.resumable = resumable
+        resume = pickle.loads(resume) if isinstance(resume, bytes) else resume
         peers = bool(config.sync.mesh.peers)
         self.settings = mesh_settings(config, from_peers=peers)
         table, heard = resume if resume is not None else (None, None)
@@ -109,7 +112,7 @@ class MeshLogic(StatefulBatchLogic[list[Any], Emitted, tuple]):
         return out.handed_on(), StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[Iterable[Emitted], bool]:
-        if self.observer.stop.requested():
+        if self.resumable and self.observer.stop.requested():
             return [], StatefulBatchLogic.RETAIN   # stopped, not ended: the next run decides the rest
         out = Emitted()
         self._emit(self.cells.decide(np.iinfo(np.int64).max), out, own=True)
@@ -117,10 +120,12 @@ class MeshLogic(StatefulBatchLogic[list[Any], Emitted, tuple]):
             self._emit(self.heard.decide(self.observer.clock.now(), everything=True), out, own=False)
         return out.handed_on(), StatefulBatchLogic.RETAIN
 
-    def snapshot(self) -> tuple:
-        import copy
-
-        return copy.deepcopy((self.cells.t, self.heard.state if self.heard is not None else None))
+    def snapshot(self) -> bytes | None:
+        """The state pickled (a copy later batches cannot change, at memory speed); None without recovery."""
+        if not self.resumable:
+            return None
+        state = (self.cells.t, self.heard.state if self.heard is not None else None)
+        return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
 
     # --- outputs -----------------------------------------------------------------------------------
 
@@ -235,11 +240,13 @@ def heard_cells(step_id: str, flow, config: Config) -> Stream[tuple[str, list[An
     return op.flat_map_batch(f"{step_id}_parsed", merged, parsed)
 
 
-def mesh(step_id: str, items: Stream[tuple[str, list[Any]]], config: Config, observer: FlowObserver) -> EmittedStreams:
-    """The mesh step (:class:`MeshLogic`) over the resonate step's phasors and progress (and heard cells)."""
+def mesh(step_id: str, items: Stream[tuple[str, list[Any]]], config: Config, observer: FlowObserver, *,
+         resumable: bool = True) -> EmittedStreams:
+    """The mesh step (:class:`MeshLogic`) over the resonate step's phasors and progress (and heard cells);
+    ``resumable``: the flow runs with recovery (else no snapshot is built)."""
 
-    def logic(resume: tuple | None) -> MeshLogic:
-        return MeshLogic(config, resume, observer)
+    def logic(resume: bytes | None) -> MeshLogic:
+        return MeshLogic(config, resume, observer, resumable)
 
     decided = op.stateful_batch(step_id, items, logic)
     return emitted_streams(step_id, op.map(f"{step_id}_out", decided, lambda kv: kv[1]))
