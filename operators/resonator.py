@@ -6,7 +6,9 @@ A :class:`Resonator` chains, for one sensor,
                 -> Transducer(EmissaryWindow)  \\
                 -> Transducer(MasterWindow)    -> SyncMachine (collapse / dissipate)
 
-in one call per batch.  Both transducers are driven by the same watermark in
+in one call per batch.  On a light node (``settings.light``) there is no
+Master: the Emissary goes to an :class:`~operators.light_sync.EmissarySync`,
+which decides collapse on the Emissary alone.  Both transducers are driven by the same watermark in
 the same call, so every Master grid point up to the watermark has been
 computed before the sync decides the Emissary points up to it: the join by
 event time of SPEC section 3 holds by construction, whatever order batches
@@ -33,6 +35,7 @@ from operators.dead_letters import DeadLetterBudget
 from operators.emissary import emissary_window
 from operators.grid import WindowValues
 from operators.intake import IntakeResult, ProductBatch, SensorIntake
+from operators.light_sync import EmissarySync
 from operators.master import MasterWindow, _master_kernel
 from operators.params import KairosParams, kairos_params
 from schemas.samples import SampleBatch
@@ -211,7 +214,11 @@ def _pane_chain_kernel(pt, pp, pdt, sample_t, limit, e_omega, m_omega,
 @dataclass(frozen=True)
 class ResonatorSettings:
     """Everything a resonator needs, in exact microseconds (from the ``kairos``,
-    ``emissary``, ``master`` and ``sync`` config sections)."""
+    ``emissary``, ``master`` and ``sync`` config sections).
+
+    ``light``: a light node (``becomingone.node: light``): no Master, collapse
+    decided on the Emissary alone (:mod:`operators.light_sync`); the Master's
+    settings and ``min_span_us`` then play no part."""
 
     params: KairosParams
     emissary_window_us: int
@@ -224,6 +231,7 @@ class ResonatorSettings:
     min_span_us: int
     lateness_us: int = 0
     max_future_us: int | None = None
+    light: bool = False
 
 
 def resonator_settings(config: Config, *, replay: bool = False) -> ResonatorSettings:
@@ -340,9 +348,14 @@ class Resonator:
         self.intake = SensorIntake(sensor, s.params, lateness_us=s.lateness_us, max_future_us=s.max_future_us)
         self.emissary = Transducer(emissary_window(s.emissary_window_us, s.emissary_interval_us, omega),
                                    s.emissary_interval_us)
-        self.master = Transducer(MasterWindow(s.master_window_us, s.master_interval_us, omega),
-                                 s.master_interval_us)
-        self.sync = SyncMachine(s.threshold, s.hysteresis, s.phase_threshold, s.min_span_us)
+        self.master: Transducer | None = None
+        self.sync: SyncMachine | EmissarySync
+        if s.light:  # no Master: nothing of it is allocated
+            self.sync = EmissarySync(s.threshold, s.hysteresis, s.phase_threshold, s.emissary_window_us)
+        else:
+            self.master = Transducer(MasterWindow(s.master_window_us, s.master_interval_us, omega),
+                                     s.master_interval_us)
+            self.sync = SyncMachine(s.threshold, s.hysteresis, s.phase_threshold, s.min_span_us)
 
     @property
     def cell(self) -> str | None:
@@ -356,8 +369,8 @@ class Resonator:
 
     @property
     def master_state_bytes(self) -> int:
-        """Bytes of the Master's pane state (fixed by tau_max / interval, not by the rate)."""
-        return self.master.window.state_bytes
+        """Bytes of the Master's pane state (fixed by tau_max / interval, not by the rate); 0 on a light node."""
+        return 0 if self.master is None else self.master.window.state_bytes
 
     def push(self, batch: SampleBatch, now_us: int, rows: GridRows | None = None,
              budget: DeadLetterBudget | None = None) -> Resonance:
@@ -383,6 +396,9 @@ class Resonator:
         ``max_gap`` after the last: :meth:`revive` then gives the values this resonator would."""
         res = self.flush(rows)
         gate, sync = self.intake.gate, self.sync
+        if isinstance(sync, EmissarySync):  # its run ends: the next product, after the horizon, starts one
+            return res, RetiredSensor(gate._max_t, gate._recent(), self.intake.watermark, self.intake.channels,
+                                      self.intake.cell, sync.collapsed, 0j, 0, None)
         left = sync._ma if len(sync._ma) else None
         return res, RetiredSensor(gate._max_t, gate._recent(), self.intake.watermark, self.intake.channels,
                                   self.intake.cell, sync.collapsed, sync._ma_T, sync._ma_span, left)
@@ -396,7 +412,10 @@ class Resonator:
         r.intake._last_watermark = retired.watermark
         r.intake.channels, r.intake.cell = retired.channels, retired.cell
         sync = r.sync
-        sync.collapsed, sync._ma_T, sync._ma_span = retired.collapsed, retired.master_T, retired.master_span_us
+        sync.collapsed = retired.collapsed
+        if isinstance(sync, EmissarySync):
+            return r
+        sync._ma_T, sync._ma_span = retired.master_T, retired.master_span_us
         if retired.master_left is not None:
             sync._ma = retired.master_left
         return r
@@ -408,7 +427,11 @@ class Resonator:
         if rows is None:
             rows = GridRows(b.sample_t.shape[0] + 2)
         e_at, m_at = rows.n_emissary, rows.n_master
-        if isinstance(self.emissary.window, MasterWindow) and not self.sync.waiting:
+        if isinstance(self.sync, EmissarySync):
+            emissary = self.emissary.push(b.products, b.sample_t, b.watermark)
+            # Every Emissary point emitted is final, and no Master to wait for: all are decided now.
+            rows.append(emissary, _NO_VALUES, self.sync.advance(emissary, b.products.t))
+        elif isinstance(self.emissary.window, MasterWindow) and not self.sync.waiting:
             self._pane_chain(b, rows)
         else:
             emissary = self.emissary.push(b.products, b.sample_t, b.watermark)

@@ -44,9 +44,13 @@ __all__ = ["Roster", "RosterState", "SensorCapacity", "idle_horizon_us"]
 def idle_horizon_us(settings: ResonatorSettings) -> int | None:
     """Event time a sensor must lag its key group before its windows are released (us):
     the longest window or ``max_gap``, whichever is longer, plus both emission intervals
-    and the lateness.  None when ``max_gap`` never splits a chain (nothing is released)."""
+    and the lateness (a light node has no Master: the Emissary's window and interval only).
+    None when ``max_gap`` never splits a chain (nothing is released)."""
     if settings.params.max_gap_us >= NO_GAP_LIMIT:
         return None
+    if settings.light:
+        reach = max(settings.emissary_window_us, settings.params.max_gap_us)
+        return reach + settings.emissary_interval_us + settings.lateness_us
     reach = max(settings.master_window_us, settings.emissary_window_us, settings.params.max_gap_us)
     return reach + settings.master_interval_us + settings.emissary_interval_us + settings.lateness_us
 
