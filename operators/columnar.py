@@ -29,7 +29,9 @@ input has ended (everything is final, nothing is late):
 * SPEC 3 sync, at every Emissary point g with the Master of the latest Master
   point <= g (0 and span 0 before the first): T_sync = (T_master + T_emissary) / 2,
   coherence |T_sync|^2, delta_phase = ||T_master| - |T_emissary||, the
-  hysteresis state machine and its events.
+  hysteresis state machine and its events;
+* on a light node (``settings.light``) no Master rows, and the sync on the
+  Emissary alone (:mod:`operators.light_sync`).
 
 Windows are two pointers over a sensor's products and differences of prefix
 sums.  The prefix sums are compensated (each kept as a float64 pair by
@@ -57,6 +59,7 @@ from numba import njit
 from operators.columnar_rows import (FleetProducts, FleetResonance, FleetSyncValues, FleetWindowValues,
                                      check_settings, fleet_columns)
 from operators.lag import _wrap, lag_product, phase_velocity, window_term
+from operators.light_sync import NO_PRODUCT, _light_sync_kernel
 from operators.params import KairosParams
 from operators.resonator import ResonatorSettings
 from operators.sync import sync_step
@@ -211,10 +214,11 @@ def _sync_rows(e_t, e_T, e0, e1, m_t, m_T, m_span, m0, m1, threshold, hysteresis
 
 @njit(cache=True, nogil=True)
 def _fleet_kernel(sensor, t, phase, longest, tau, d, max_gap, w, omega, e_window, e_interval, m_window,
-                  m_interval, threshold, hysteresis, phase_threshold, min_span, e_sensor, e_t, e_T, e_n, e_span,
-                  m_sensor, m_t, m_T, m_n, m_span, s_T_master, s_T_sync, s_coh, s_dphase, s_mature, s_collapsed,
-                  s_event, s_span):
-    """Every sensor run: products, Master rows, Emissary rows, sync rows, into the output columns."""
+                  m_interval, threshold, hysteresis, phase_threshold, min_span, light, e_sensor, e_t, e_T, e_n,
+                  e_span, m_sensor, m_t, m_T, m_n, m_span, s_T_master, s_T_sync, s_coh, s_dphase, s_mature,
+                  s_collapsed, s_event, s_span):
+    """Every sensor run: products, Master rows (none on a light node), Emissary rows, sync rows, into the
+    output columns."""
     n_chan = phase.shape[1]
     # Scratch for one run at a time, sized once for the longest.
     unw = np.empty((longest, n_chan), np.float64)
@@ -233,12 +237,19 @@ def _fleet_kernel(sensor, t, phase, longest, tau, d, max_gap, w, omega, e_window
         n_prod = _chain_products(t, phase, s0, s1, tau, d, max_gap, w, unw, v, hasv, pt, pp, pdt)
         _prefix_sums(pt, pp, pdt, n_prod, omega, pre)
         m0, e0 = m_at, e_at
-        m_at = _window_rows(t, s0, s1, m_interval, m_window, pt, n_prod, pre, sensor[s0],
-                            m_sensor, m_t, m_T, m_n, m_span, m_at)
+        if not light:
+            m_at = _window_rows(t, s0, s1, m_interval, m_window, pt, n_prod, pre, sensor[s0],
+                                m_sensor, m_t, m_T, m_n, m_span, m_at)
         e_at = _window_rows(t, s0, s1, e_interval, e_window, pt, n_prod, pre, sensor[s0],
                             e_sensor, e_t, e_T, e_n, e_span, e_at)
-        _sync_rows(e_t, e_T, e0, e_at, m_t, m_T, m_span, m0, m_at, threshold, hysteresis, phase_threshold,
-                   min_span, s_T_master, s_T_sync, s_coh, s_dphase, s_mature, s_collapsed, s_event, s_span)
+        if light:
+            _light_sync_kernel(e_t[e0:e_at], e_T[e0:e_at], e_n[e0:e_at], pt[:n_prod], e_window, NO_PRODUCT,
+                               NO_PRODUCT, threshold, hysteresis, phase_threshold, False, s_T_master[e0:e_at],
+                               s_T_sync[e0:e_at], s_coh[e0:e_at], s_dphase[e0:e_at], s_mature[e0:e_at],
+                               s_collapsed[e0:e_at], s_event[e0:e_at], s_span[e0:e_at])
+        else:
+            _sync_rows(e_t, e_T, e0, e_at, m_t, m_T, m_span, m0, m_at, threshold, hysteresis, phase_threshold,
+                       min_span, s_T_master, s_T_sync, s_coh, s_dphase, s_mature, s_collapsed, s_event, s_span)
         s0 = s1
 
 
@@ -324,6 +335,8 @@ def _fleet_resonance(sensor: np.ndarray, t: np.ndarray, ph: np.ndarray, w: np.nd
                      s: ResonatorSettings) -> FleetResonance:
     """The fast path: checked columns in, one kernel call, output columns of exactly the right size."""
     n_e, n_m, longest = _layout(sensor, t, s.emissary_interval_us, s.master_interval_us)
+    if s.light:
+        n_m = 0
     emissary = FleetWindowValues(np.empty(n_e, np.int32), np.empty(n_e, np.int64), np.empty(n_e, np.complex128),
                                  np.empty(n_e, np.int64), np.empty(n_e, np.int64))
     master = FleetWindowValues(np.empty(n_m, np.int32), np.empty(n_m, np.int64), np.empty(n_m, np.complex128),
@@ -335,7 +348,7 @@ def _fleet_resonance(sensor: np.ndarray, t: np.ndarray, ph: np.ndarray, w: np.nd
     p = s.params
     _fleet_kernel(sensor, t, ph, longest, p.tau_us, p.velocity_span_us, p.max_gap_us, w, p.omega,
                   s.emissary_window_us, s.emissary_interval_us, s.master_window_us, s.master_interval_us,
-                  float(s.threshold), float(s.hysteresis), float(s.phase_threshold), s.min_span_us,
+                  float(s.threshold), float(s.hysteresis), float(s.phase_threshold), s.min_span_us, bool(s.light),
                   *emissary, *master, sync.T_master, sync.T_sync, sync.coherence_sync, sync.delta_phase,
                   sync.mature, sync.collapsed, sync.event, sync.master_span_us)
     return FleetResonance(emissary, master, sync)

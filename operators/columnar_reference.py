@@ -6,7 +6,9 @@ For each sensor, in the input's order of sensors:
 * grid points: :func:`operators.grid.emission_points` of the sensor's samples (SPEC 3);
 * windows: :func:`operators.reference.window_values`, each window summed directly (SPEC 2 step 5);
 * sync: :func:`sync_reference`, the Master in force found by ``searchsorted``
-  and the state machine as a loop (SPEC 3).
+  and the state machine as a loop (SPEC 3); on a light node no Master and
+  :func:`light_sync_reference`, the runs of :mod:`operators.light_sync` from
+  the gaps between products.
 
 Nothing here is fast, and nothing is shared with the kernel but the input checks.
 """
@@ -23,7 +25,8 @@ from operators.params import KairosParams
 from operators.resonator import ResonatorSettings
 from operators.sync import COLLAPSE, DISSIPATE_COHERENCE, DISSIPATE_PHASE, NONE, SyncValues
 
-__all__ = ["fleet_products_reference", "fleet_resonance_reference", "sync_reference", "window_conditioning"]
+__all__ = ["fleet_products_reference", "fleet_resonance_reference", "light_sync_reference", "sync_reference",
+           "window_conditioning"]
 
 
 def _runs(sensor: np.ndarray) -> list[slice]:
@@ -44,10 +47,17 @@ def sync_reference(emissary: WindowValues, master: WindowValues, settings: Reson
     coherence = T_sync.real ** 2 + T_sync.imag ** 2
     delta_phase = np.abs(np.abs(T_m) - np.abs(T_e))
     mature = span >= settings.min_span_us
-    collapsed = np.zeros(g.shape[0], np.bool_)
-    event = np.zeros(g.shape[0], np.int8)
+    collapsed, event = _state_machine(coherence, delta_phase, mature, settings)
+    return SyncValues(g, T_m, T_e, T_sync, coherence, delta_phase, mature, collapsed, event, span)
+
+
+def _state_machine(coherence: np.ndarray, delta_phase: np.ndarray, mature: np.ndarray,
+                   settings: ResonatorSettings) -> tuple[np.ndarray, np.ndarray]:
+    """The hysteresis state machine as a loop: (state after each point, event at each point)."""
+    collapsed = np.zeros(coherence.shape[0], np.bool_)
+    event = np.zeros(coherence.shape[0], np.int8)
     state = False
-    for k in range(g.shape[0]):
+    for k in range(coherence.shape[0]):
         e = NONE
         if state and coherence[k] < settings.threshold - settings.hysteresis:
             state, e = False, DISSIPATE_COHERENCE
@@ -57,7 +67,27 @@ def sync_reference(emissary: WindowValues, master: WindowValues, settings: Reson
                 and delta_phase[k] < settings.phase_threshold:
             state, e = True, COLLAPSE
         collapsed[k], event[k] = state, e
-    return SyncValues(g, T_m, T_e, T_sync, coherence, delta_phase, mature, collapsed, event, span)
+    return collapsed, event
+
+
+def light_sync_reference(emissary: WindowValues, product_t: np.ndarray, settings: ResonatorSettings) -> SyncValues:
+    """One sensor's sync on a light node at each Emissary point g (SPEC section 7, node types): T_sync =
+    T_emissary, delta_phase 0, T_master NaN; mature where the window holds a product and the run of
+    products (consecutive products at most W apart) in force at g started at least W before it."""
+    g, T_e, window = emissary.t, emissary.T, settings.emissary_window_us
+    pt = np.asarray(product_t, np.int64)
+    starts = np.flatnonzero(np.r_[True, np.diff(pt) > window]) if pt.size else np.empty(0, np.int64)
+    # The run of the newest product at or before each g, and where it started.
+    newest = np.searchsorted(pt, g, side="right") - 1
+    run = np.searchsorted(starts, np.maximum(newest, 0), side="right") - 1
+    run_start = pt[starts[np.maximum(run, 0)]] if pt.size else np.zeros(g.shape[0], np.int64)
+    mature = (emissary.n_products > 0) & (newest >= 0) & (g - run_start >= window)
+    coherence = T_e.real ** 2 + T_e.imag ** 2
+    T_m = np.full(g.shape[0], complex(np.nan, np.nan))
+    delta_phase = np.zeros(g.shape[0])
+    collapsed, event = _state_machine(coherence, delta_phase, mature, settings)
+    return SyncValues(g, T_m, T_e, T_e.copy(), coherence, delta_phase, mature, collapsed, event,
+                      np.zeros(g.shape[0], np.int64))
 
 
 def fleet_products_reference(sensor_index, t_us, phase, params: KairosParams) -> FleetProducts:
@@ -96,9 +126,13 @@ def fleet_resonance_reference(sensor_index, t_us, phase, settings: ResonatorSett
         products = reference.lag_products(ts, ph[run], settings.params)
         em = reference.window_values(products, omega, emission_points(ts, settings.emissary_interval_us),
                                      settings.emissary_window_us)
-        ma = reference.window_values(products, omega, emission_points(ts, settings.master_interval_us),
-                                     settings.master_window_us)
-        sy = sync_reference(em, ma, settings)
+        if settings.light:
+            ma = WindowValues.empty()
+            sy = light_sync_reference(em, products.t, settings)
+        else:
+            ma = reference.window_values(products, omega, emission_points(ts, settings.master_interval_us),
+                                         settings.master_window_us)
+            sy = sync_reference(em, ma, settings)
         who = sensor[run.start]
         em_parts.append(FleetWindowValues(np.full(len(em), who, np.int32), *em))
         ma_parts.append(FleetWindowValues(np.full(len(ma), who, np.int32), *ma))

@@ -9,7 +9,8 @@ A key group's sensors are rows of a structure of arrays.  Per sensor:
   points, both pane windows (pool offset, capacity, head, length, products in
   the window, newest product with a nonzero weight, pane numbers of the oldest
   and newest slot), the sync state (collapsed, span of the Master in force, us)
-  and the newest sample time;
+  and the newest sample time (on a light node, ``settings.light``, the span
+  column holds the start of the Emissary's run instead: :mod:`operators.light_sync`);
 * ``sums[row]`` (float64): each window's running sums S.re, S.im, A of its
   closed panes, a compensated pair (hi, lo) each, and its open pane's three
   rounding errors;
@@ -303,8 +304,9 @@ class FleetState:
         self.sums[rows] = 0.0
         self.t_master[rows] = 0.0
         for pool, col in self._rings():
-            ints[rows, col] = pool.segment(ints[:self.n], col, k * FIRST_CAP) + FIRST_CAP * np.arange(k)
-            ints[rows, col + 1] = FIRST_CAP
+            first = 0 if pool is self.m_panes and self.settings.light else FIRST_CAP   # a light node: no Master
+            ints[rows, col] = pool.segment(ints[:self.n], col, k * first) + first * np.arange(k)
+            ints[rows, col + 1] = first
         return rows
 
     def release(self, rows: np.ndarray) -> None:
@@ -386,7 +388,8 @@ class FleetState:
         if grow.any():
             new_cap = 1 << np.ceil(np.log2(np.maximum(target[grow], FIRST_CAP))).astype(np.int64)  # powers of two
             self.hist.relocate(self.ints[:self.n], rows[grow], H_OFF, new_cap, lo[grow], n_seen[grow] - lo[grow])
-        for base, pool, layout in ((E_WIN, self.e_panes, self.e_layout), (M_WIN, self.m_panes, self.m_layout)):
+        windows = ((E_WIN, self.e_panes, self.e_layout), (M_WIN, self.m_panes, self.m_layout))
+        for base, pool, layout in windows[:1] if self.settings.light else windows:
             most = layout.most_slots
             cap, length = i[rows, base + W_CAP], i[rows, base + W_LEN]
             # A product opens at most one slot (a jump one more); a run opens at most the panes it spans.

@@ -25,6 +25,13 @@ A = 0 exactly (T = 0), as offline: the newest time of a product with
 |p| dt > 0 decides that, since a running sum after subtractions need not
 return to exactly 0.
 
+Light node.  With ``settings.light`` (``cfg_i[_LIGHT]``) no product enters a
+Master window, no Master point is due, and no Master ring is ever grown (a
+sensor's Master ring has capacity 0): the sync at each Emissary point is
+decided on the Emissary alone (:mod:`operators.light_sync`).  The sensor's
+``SPAN_IN`` column, the Master span in force on a full node, holds the start
+of its Emissary run there, so the row's layout is the full node's.
+
 Some rows only.  :func:`flush_rows` is the end of input for the given rows
 (``final`` for every row), :func:`emit_upto` emits what is due up to each
 row's own watermark, and :meth:`FleetState.release` then gives back the
@@ -65,14 +72,16 @@ from operators.columnar_state import (CS, E_G, E_PEND, E_SUMS, E_WIN, H_CAP, H_L
                                       M_PEND, M_SUMS, M_WIN, MP, N_SEEN, SPAN_IN, T_LAST, COLLAPSED, W_CAP,
                                       W_LEN, NO_TIME, FleetState)
 from operators.lag import _wrap, lag_product, phase_velocity, window_term
+from operators.light_sync import emissary_mature, run_start_after
 from operators.sync import sync_step
 
 __all__ = ["FleetState", "emit_upto", "flush_rows", "stream_resonance"]
 
 _GROW_HIST, _GROW_E, _GROW_M, _DONE = 1, 2, 3, 0
 _MAX = np.iinfo(np.int64).max
-# cfg_i: the estimator, the sync's min span, the intervals, then each window's pane layout (P, W, bits).
-_TAU, _D, _MAX_GAP, _MIN_SPAN, _E_INTERVAL, _M_INTERVAL, _E_LAYOUT, _M_LAYOUT = 0, 1, 2, 3, 4, 5, 6, 10
+# cfg_i: the estimator, the sync's min span, the intervals, each window's pane layout (P, W, bits), then
+# 1 on a light node (no Master) else 0.
+_TAU, _D, _MAX_GAP, _MIN_SPAN, _E_INTERVAL, _M_INTERVAL, _E_LAYOUT, _M_LAYOUT, _LIGHT = 0, 1, 2, 3, 4, 5, 6, 10, 14
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -85,6 +94,7 @@ def _emit_points(ints, sums, r, sensor_id, wm, e_pend, e_g, m_pend, m_g, collaps
     columns are packed (few arguments: a call of a Numba function copies each array's descriptor):
     e_i rows sensor, t, products, span, mature, collapsed, event, Master span; e_c rows T_emissary,
     T_master, T_sync; e_f rows coherence, delta_phase; m_i rows sensor, t, products, span; m_c T.
+    On a light node no Master point is ever pending, and ``span_in`` is the start of the Emissary's run.
     """
     m_due = m_pend and m_g <= wm
     e_due = e_pend and e_g <= wm
@@ -97,14 +107,18 @@ def _emit_points(ints, sums, r, sensor_id, wm, e_pend, e_g, m_pend, m_g, collaps
             m_pend = m_due = False
         if step == 0 and e_due:
             te, n, span = _value(ints, sums, r, E_WIN, E_SUMS, e_ps, e_wd, e_g, last_pt, cfg_i, _E_LAYOUT)
-            ts = (T_in + te) / 2
+            if cfg_i[_LIGHT]:   # the Emissary alone (operators.light_sync)
+                T_m, ts, dphase, span_m = complex(np.nan, np.nan), te, 0.0, 0
+                mature = emissary_mature(n, e_g, span_in, cfg_i[_E_LAYOUT + 1])
+            else:
+                T_m, ts, span_m = T_in, (T_in + te) / 2, span_in
+                dphase = abs(abs(T_in) - abs(te))
+                mature = span_in >= cfg_i[_MIN_SPAN]
             coh = ts.real * ts.real + ts.imag * ts.imag
-            dphase = abs(abs(T_in) - abs(te))
-            mature = span_in >= cfg_i[_MIN_SPAN]
             collapsed, event = sync_step(collapsed, coh, dphase, mature, cfg_f[1], cfg_f[2], cfg_f[3])
             e_i[0, ne], e_i[1, ne], e_i[2, ne], e_i[3, ne], e_c[0, ne] = sensor_id, e_g, n, span, te
-            e_c[1, ne], e_c[2, ne], e_f[0, ne], e_f[1, ne] = T_in, ts, coh, dphase
-            e_i[4, ne], e_i[5, ne], e_i[6, ne], e_i[7, ne] = mature, collapsed, event, span_in
+            e_c[1, ne], e_c[2, ne], e_f[0, ne], e_f[1, ne] = T_m, ts, coh, dphase
+            e_i[4, ne], e_i[5, ne], e_i[6, ne], e_i[7, ne] = mature, collapsed, event, span_m
             ne += 1
             e_pend = False
     return e_pend, m_pend, collapsed, span_in, T_in, ne, nm
@@ -131,6 +145,8 @@ def _stream_kernel(rows, sensor, t, phase, start, ints, sums, t_master, h_t, h_p
     n_chan = phase.shape[1]
     tau, d, max_gap = cfg_i[_TAU], cfg_i[_D], cfg_i[_MAX_GAP]
     e_interval, m_interval, ea, ma = cfg_i[_E_INTERVAL], cfg_i[_M_INTERVAL], _E_LAYOUT, _M_LAYOUT
+    light = cfg_i[_LIGHT] != 0
+    e_window = cfg_i[_E_LAYOUT + 1]
     omega = cfg_f[0]
     ne, nm = counts[0], counts[1]
     n_rows = t.shape[0]
@@ -156,7 +172,7 @@ def _stream_kernel(rows, sensor, t, phase, start, ints, sums, t_master, h_t, h_p
                 status = _GROW_HIST
             elif ints[r, E_WIN + W_LEN] + 2 > ints[r, E_WIN + W_CAP]:   # a product may take two slots
                 status = _GROW_E
-            elif ints[r, M_WIN + W_LEN] + 2 > ints[r, M_WIN + W_CAP]:
+            elif not light and ints[r, M_WIN + W_LEN] + 2 > ints[r, M_WIN + W_CAP]:
                 status = _GROW_M
             else:
                 at_end = False
@@ -199,8 +215,11 @@ def _stream_kernel(rows, sensor, t, phase, start, ints, sums, t_master, h_t, h_p
                 cterm, aterm = window_term(tk, acc, (tk - t_last) * 1e-6, omega)
                 pane_add(ints, sums, r, E_WIN, E_SUMS, e_ps, e_wd, tk, cterm, aterm, cfg_i[ea], cfg_i[ea + 1],
                          cfg_i[ea + 2], cfg_i[ea + 3])
-                pane_add(ints, sums, r, M_WIN, M_SUMS, m_ps, m_wd, tk, cterm, aterm, cfg_i[ma], cfg_i[ma + 1],
-                         cfg_i[ma + 2], cfg_i[ma + 3])
+                if light:
+                    span_in = run_start_after(span_in, last_pt, tk, e_window)
+                else:
+                    pane_add(ints, sums, r, M_WIN, M_SUMS, m_ps, m_wd, tk, cterm, aterm, cfg_i[ma], cfg_i[ma + 1],
+                             cfg_i[ma + 2], cfg_i[ma + 3])
                 last_pt = tk
             k += 1
             t_last = tk
@@ -208,7 +227,7 @@ def _stream_kernel(rows, sensor, t, phase, start, ints, sums, t_master, h_t, h_p
             lo = min(max(cs, min(jp, mp)), k - 1)
             if not e_pend:
                 e_pend, e_g = True, _ceil_grid(tk, e_interval)
-            if not m_pend:
+            if not m_pend and not light:
                 m_pend, m_g = True, _ceil_grid(tk, m_interval)
             i += 1
         ints[r, N_SEEN], ints[r, CS], ints[r, JP], ints[r, MP], ints[r, H_LO] = k, cs, jp, mp, lo
@@ -243,7 +262,8 @@ def _kernel_args(state: FleetState):
     s, p = state.settings, state.settings.params
     head = (state.ints, state.sums, state.t_master, *state.hist.cols, *state.e_panes.cols, *state.m_panes.cols)
     cfg_i = np.array([p.tau_us, p.velocity_span_us, p.max_gap_us, s.min_span_us, s.emissary_interval_us,
-                      s.master_interval_us, *state.e_layout.config(), *state.m_layout.config()], np.int64)
+                      s.master_interval_us, *state.e_layout.config(), *state.m_layout.config(), int(s.light)],
+                     np.int64)
     cfg_f = np.array([p.omega, s.threshold, s.hysteresis, s.phase_threshold], np.float64)
     return head, cfg_i, cfg_f
 

@@ -51,7 +51,7 @@ from operators.resonator import ResonatorSettings
 from operators.roster import SensorCapacity, idle_horizon_us
 from schemas.samples import SampleBatch, SampleRuns
 
-__all__ = ["STATE_LAYOUT", "Fleet", "FleetStep", "FleetTable", "Lane", "Refusal"]
+__all__ = ["STATE_LAYOUT", "Fleet", "FleetStep", "FleetTable", "Lane", "Refusal", "state_layout"]
 
 #: 2: the snapshot's classes moved module (samples, provenance and raw messages to ``schemas``,
 #: ``SyncState`` became ``SyncMachine``): a pickle of version 1 names modules that are gone.
@@ -59,6 +59,16 @@ FLEET_VERSION = 2
 #: The layout of a key group's snapshot (table, streaming state, gate): a recovery store written
 #: with another layout cannot be resumed.
 STATE_LAYOUT = f"fleet {FLEET_VERSION}.{STATE_VERSION}.{GATE_VERSION}"
+
+
+def state_layout(light: bool) -> str:
+    """The layout a recovery store is stamped with: a light node's key-group state (no Master
+    rings, its run starts where a full node keeps the Master's span) is not a full node's.
+
+    >>> state_layout(False) == STATE_LAYOUT, state_layout(True) == STATE_LAYOUT + " light"
+    (True, True)
+    """
+    return f"{STATE_LAYOUT} light" if light else STATE_LAYOUT
 
 
 @dataclass
@@ -137,6 +147,10 @@ class Fleet:
             raise ValueError(f"this snapshot holds key-group state of another layout "
                              f"({type(table).__name__}, version {getattr(table, 'version', None)}); this code "
                              f"reads layout {FLEET_VERSION}: replay the input from its start instead")
+        if table is not None and any(lane.state.settings.light != settings.light for lane in table.lanes.values()):
+            held, wanted = ("light", "full") if not settings.light else ("full", "light")
+            raise ValueError(f"this snapshot holds the key-group state of a {held} node, and becomingone.node is "
+                             f"{wanted!r}: run it as a {held} node, or replay the input from its start instead")
         self.table = table if table is not None else FleetTable()
         self.settings = settings
         self.capacity = capacity

@@ -40,8 +40,9 @@ def _settings(params: KairosParams, **overrides) -> ResonatorSettings:
 
 
 @st.composite
-def fleets(draw):
-    """A few sensors (ids not dense, in any order) with irregular sampling, gaps, one channel count."""
+def fleets(draw, light: bool = False):
+    """A few sensors (ids not dense, in any order) with irregular sampling, gaps, one channel count;
+    ``light``: the settings of a light node (no Master)."""
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     channels = draw(st.integers(1, 3))
     n_sensors = draw(st.integers(1, 5))
@@ -75,7 +76,7 @@ def fleets(draw):
     # An Emissary window off its grid runs the engine's exact sliding window, on it the pane window.
     overrides = dict(emissary_window_us=draw(st.sampled_from([200_000, 215_000, 1_000_000])),
                      master_window_us=draw(st.sampled_from([500_000, 2_000_000])),
-                     min_span_us=draw(st.sampled_from([0, 300_000])))
+                     min_span_us=draw(st.sampled_from([0, 300_000])), light=light)
     return (np.concatenate(sensor), np.concatenate(t), np.concatenate(phase), _settings(params, **overrides))
 
 
@@ -118,6 +119,8 @@ def _assert_same(got: FleetResonance, want: FleetResonance, tol: dict[str, np.nd
             if name in exact:
                 np.testing.assert_array_equal(x, y, err_msg=f"{part}.{name}")
             else:
+                # NaN (T_master of a light node) where the other has NaN, within tolerance elsewhere.
+                np.testing.assert_array_equal(np.isnan(x), np.isnan(y), err_msg=f"{part}.{name} NaN")
                 off = np.abs(x - y) > tol[part]
                 assert not off.any(), (f"{part}.{name} rows {np.flatnonzero(off)[:5]}: {x[off][:3]} vs {y[off][:3]}"
                                        f" (allowed {tol[part][off][:3]})")
@@ -128,6 +131,21 @@ def _assert_same(got: FleetResonance, want: FleetResonance, tol: dict[str, np.nd
 def test_the_pass_equals_the_reference_and_the_engine(fleet):
     sensor, t, phase, s = fleet
     got = fleet_resonance(sensor, t, phase, s)
+    tol = tolerances(got, fleet)
+    _assert_same(got, fleet_resonance_reference(sensor, t, phase, s), tol)
+    _assert_same(got, _engine(sensor, t, phase, s), tol)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(fleets(light=True))
+def test_a_light_node_pass_equals_the_reference_and_the_engine(fleet):
+    # No Master: no Master rows, T_master NaN, T_sync = T_emissary, delta_phase 0, maturity from the
+    # Emissary's runs of products; the same in the Numba pass, the NumPy reference and the Resonator.
+    sensor, t, phase, s = fleet
+    got = fleet_resonance(sensor, t, phase, s)
+    assert len(got.master.t) == 0
+    assert np.isnan(got.sync.T_master).all() and not got.sync.delta_phase.any()
+    np.testing.assert_array_equal(got.sync.T_sync, got.emissary.T)
     tol = tolerances(got, fleet)
     _assert_same(got, fleet_resonance_reference(sensor, t, phase, s), tol)
     _assert_same(got, _engine(sensor, t, phase, s), tol)

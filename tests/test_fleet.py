@@ -11,6 +11,7 @@ changes nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 
 import numpy as np
@@ -162,6 +163,29 @@ def _assert_same(got: dict, want: dict) -> None:
 def test_a_fleet_gives_the_per_sensor_engines_rows_and_rejections(work):
     s, calls, pickled = work
     _assert_same(_fleet(s, calls, pickled), _per_sensor(s, calls))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(workloads())
+def test_a_light_node_fleet_gives_the_per_sensor_engines_rows_and_rejections(work):
+    # A light node (no Master): the same arrival orders, lateness and splits; Master rows there are none.
+    s, calls, pickled = work
+    light = dataclasses.replace(s, light=True)
+    got = _fleet(light, calls, pickled)
+    _assert_same(got, _per_sensor(light, calls))
+    assert not any(len(m[0]) for o in got.values() for m in o["m"])
+
+
+def test_a_snapshot_of_the_other_node_type_is_refused_by_name():
+    s = ResonatorSettings(KairosParams(tau_us=50_000), 200_000, 10_000, 1_000_000, 100_000, 0.8, 0.05, 0.3, 0)
+    t = EPOCH_US + np.arange(1, 101) * 10_000
+    for held, wanted in ((s, dataclasses.replace(s, light=True)), (dataclasses.replace(s, light=True), s)):
+        fleet = Fleet(held, SensorCapacity(10))
+        fleet.push([SampleBatch("a", t, np.zeros((100, 1)))], 0)
+        table = pickle.loads(pickle.dumps(fleet.table))
+        kind = "light" if held.light else "full"
+        with pytest.raises(ValueError, match=f"state of a {kind} node.*run it as a {kind} node, or replay"):
+            Fleet(wanted, SensorCapacity(10), table)
 
 
 @settings(max_examples=80, deadline=None)

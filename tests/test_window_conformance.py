@@ -245,6 +245,20 @@ def _run(engine_type, s, sensor, t, phase, calls: np.ndarray, pickled: bool) -> 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(fleet=fleets(), seed=st.integers(0, 2**32 - 1), pickled=st.booleans())
 def test_an_engine_equals_the_reference_in_any_split_and_across_pickling(name, fleet, seed, pickled):
+    _conforms(name, fleet, seed, pickled)
+
+
+@pytest.mark.parametrize("name", ENGINES)
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(fleet=fleets(light=True), seed=st.integers(0, 2**32 - 1), pickled=st.booleans())
+def test_a_light_node_engine_equals_the_reference_in_any_split_and_across_pickling(name, fleet, seed, pickled):
+    # A light node's settings: no Master rows, the sync on the Emissary alone.
+    _conforms(name, fleet, seed, pickled)
+
+
+def _conforms(name: str, fleet, seed: int, pickled: bool) -> None:
+    """The engine equals the reference on the whole input in one call, and itself in a random split
+    into calls (each sensor's rows in nondecreasing calls), its state pickled between calls or not."""
     sensor, t, phase, s = fleet
     order = {sid: k for k, sid in enumerate(dict.fromkeys(sensor.tolist()))}
     want = _canonical(fleet_resonance_reference(sensor, t, phase, s), order)
