@@ -390,10 +390,8 @@ class ResonateLogic(StatefulBatchLogic[list[SampleRuns], Any, bytes | None]):
             if self.kafka:
                 out.records.append(TopicRecord("collapse", key, to_json_bytes(event)))
             if self.macro:
-                Tm, Te = complex(sv.T_master[k]), complex(sv.T_emissary[k])
-                out.witness.append(WitnessEntry("macro", int(sv.t[k]), sensor, MacroWitness(
-                    event=event, coherence_master=abs(Tm) ** 2, coherence_emissary=abs(Te) ** 2,
-                    master_span=int(sv.master_span_us[k]) * 1e-6)))
+                out.witness.append(WitnessEntry("macro", int(sv.t[k]), sensor, MacroWitness.at(
+                    event, complex(sv.T_master[k]), complex(sv.T_emissary[k]), int(sv.master_span_us[k]))))
         self._count(np.full(len(events), sid, np.int64), sv.event[changed] == COLLAPSE, ingested)
         return events
 

@@ -373,6 +373,29 @@ def test_sync_records_json_are_the_models_messages(sensor, cell, n):
         assert list(json.loads(value)) == list(json.loads(to_json_bytes(expected)))  # same fields, same order
 
 
+@pytest.mark.parametrize("n", [1, 9, 70])  # Python numbers, NumPy check, Arrow texts
+def test_sync_records_json_write_a_missing_master_as_null(n):
+    # A light node has no Master: T_master is NaN, and its sync records say "t_master": null.
+    from schemas.messages import sync_records_json
+
+    x = np.resize(np.array(_FLOATS), n)
+    t = 1764115200000000 + np.arange(n, dtype=np.int64)
+    master = _complex(x, -x)
+    master[::2] = complex(np.nan, np.nan)
+    flags = np.zeros(n, bool)
+    values = sync_records_json("node-1", ["s"], [None], [n], t, _complex(x, x), np.abs(x), master, _complex(x, x),
+                               np.zeros(n), flags, flags)
+    for i, value in enumerate(values):
+        parsed = from_json_bytes(SyncRecord, value)
+        assert parsed.t_master == (None if i % 2 == 0 else (float(x[i]), -float(x[i])))
+        assert json.loads(value) == json.loads(to_json_bytes(parsed))   # the model's fields, null included
+    # Rows encoded one at a time (Python texts) are the bytes of many at once (Arrow texts from 64 rows on).
+    one_by_one = [sync_records_json("node-1", ["s"], [None], [1], t[i:i + 1], _complex(x, x)[i:i + 1],
+                                    np.abs(x)[i:i + 1], master[i:i + 1], _complex(x, x)[i:i + 1], np.zeros(1),
+                                    flags[:1], flags[:1])[0] for i in range(n)]
+    assert one_by_one == values
+
+
 @pytest.mark.parametrize("n", [1, len(_FLOATS), 3 * len(_FLOATS), 70])  # 70: built column by column
 @pytest.mark.parametrize("sensor", _AWKWARD)
 def test_meso_records_json_are_the_models_records(sensor, n):

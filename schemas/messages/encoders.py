@@ -115,6 +115,23 @@ class _Floats(_Column):
         return float_texts(self.values[r])
 
 
+class _PairsOrNull(_Column):
+    """Complex values as ``[re,im]`` pairs of finite floats, or ``null`` where the value is NaN
+    (T_master on a light node, which has no Master)."""
+
+    __slots__ = ()
+
+    def rows(self) -> list[str]:
+        return ["null" if math.isnan(z.real) else f"[{z.real!r},{z.imag!r}]" for z in self.values.tolist()]
+
+    def arrow(self, r: slice) -> pa.Array:
+        values = self.values[r]
+        missing = np.isnan(values.real)
+        known = np.where(missing, 0j, values)
+        pairs = pc.binary_join_element_wise("[", float_texts(known.real), ",", float_texts(known.imag), "]", "")
+        return pc.if_else(pa.array(missing), "null", pairs)
+
+
 class _Ints(_Column):
     __slots__ = ()
 
@@ -239,14 +256,16 @@ def sync_records_json(node: str, sensors: Sequence[str], cells: Sequence[str | N
     """:class:`SyncRecord` messages of grid points as JSON bytes, field for field.
 
     The rows come in runs: the ``counts[i]`` rows after the earlier runs are of
-    ``sensors[i]`` (cell ``cells[i]``).  ValueError for a NaN or infinite value.
+    ``sensors[i]`` (cell ``cells[i]``).  ``t_master`` NaN (a light node: no Master) is written as
+    ``null``; ValueError for any other NaN or infinite value.
     """
     heads = [f'{{"node":{json_text(node)},"sensor":{json_text(sensor)},"cell":{json_text(cell)},"t":"'
              for sensor, cell in zip(sensors, cells)]
-    _check_finite("sync record", (t_sync, coherence_sync, t_master, t_emissary, delta_phase))
+    _check_finite("sync record", (t_sync, coherence_sync, t_master[~np.isnan(t_master.real)], t_emissary,
+                                  delta_phase))
     return _written(t_us.shape[0], (
         _Runs(heads, counts), _Times(t_us), '","t_sync":[', _Floats(t_sync.real), ",", _Floats(t_sync.imag),
-        '],"coherence_sync":', _Floats(coherence_sync), ',"t_master":[', _Floats(t_master.real), ",",
-        _Floats(t_master.imag), '],"t_emissary":[', _Floats(t_emissary.real), ",", _Floats(t_emissary.imag),
+        '],"coherence_sync":', _Floats(coherence_sync), ',"t_master":', _PairsOrNull(t_master),
+        ',"t_emissary":[', _Floats(t_emissary.real), ",", _Floats(t_emissary.imag),
         '],"delta_phase":', _Floats(delta_phase), ',"state":"', _States(collapsed), '","mature":', _Bools(mature),
         "}"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cmath
 import hashlib
 import json
 from typing import Annotated, Literal
@@ -42,11 +43,12 @@ class CollapseEvent(_Wire):
     coherence_sync: Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
     """|T_sync|^2 (dimensionless)."""
     t_sync: ComplexPair
-    """T_sync = (T_master + T_emissary) / 2 as [re, im]."""
-    t_master: ComplexPair
+    """T_sync = (T_master + T_emissary) / 2 as [re, im]; T_emissary on a light node."""
+    t_master: ComplexPair | None
+    """T_master as [re, im]; null on a light node (no Master)."""
     t_emissary: ComplexPair
     delta_phase: Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
-    """||T_master| - |T_emissary||."""
+    """||T_master| - |T_emissary||; 0 on a light node."""
 
     @model_validator(mode="after")
     def _reason_fits_event(self) -> CollapseEvent:
@@ -63,13 +65,21 @@ class CollapseEvent(_Wire):
         event: Literal["collapse", "dissipate"],
         sensor: str,
         t_us: int,
-        t_master: complex,
+        t_master: complex | None,
         t_emissary: complex,
         reason: Literal["coherence", "phase"] | None = None,
         cell: str | None = None,
     ) -> CollapseEvent:
         """Build the event from the two transducer values; T_sync, |T_sync|^2,
-        delta_phase and event_id are derived as SPEC section 3 defines them."""
+        delta_phase and event_id are derived as SPEC section 3 defines them.
+        ``t_master`` None or NaN: a light node (no Master), where T_sync is
+        T_emissary and delta_phase 0 (:mod:`operators.light_sync`)."""
+        if t_master is None or cmath.isnan(t_master):
+            return cls(
+                event_id=collapse_event_id(sensor, t_us, event), event=event, reason=reason, sensor=sensor,
+                cell=cell, t=format_utc(t_us), coherence_sync=abs(t_emissary) ** 2, t_sync=_pair(t_emissary),
+                t_master=None, t_emissary=_pair(t_emissary), delta_phase=0.0,
+            )
         t_sync = (complex(t_master) + complex(t_emissary)) / 2
         return cls(
             event_id=collapse_event_id(sensor, t_us, event),
@@ -101,12 +111,13 @@ class SyncRecord(_Wire):
     t: UtcTime
     t_sync: ComplexPair
     coherence_sync: Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
-    t_master: ComplexPair
+    t_master: ComplexPair | None
+    """null on a light node (no Master)."""
     t_emissary: ComplexPair
     delta_phase: Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
     state: SyncState
     mature: bool
-    """The Master has reached master.min_span."""
+    """The Master has reached master.min_span (a light node: the Emissary spans its window)."""
 
     @property
     def t_us(self) -> int:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import cmath
 import hashlib
 import json
 from collections.abc import Mapping
@@ -57,10 +58,26 @@ class MacroWitness(_Wire):
     """``macro``: the full sync snapshot at a collapse or dissipate event."""
 
     event: CollapseEvent
-    coherence_master: Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
+    coherence_master: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] | None
+    """|T_master|^2; null on a light node (no Master)."""
     coherence_emissary: Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
-    master_span: Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
-    """Newest minus oldest product time in the Master's window, seconds."""
+    master_span: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] | None
+    """Newest minus oldest product time in the Master's window, seconds; null on a light node."""
+
+    @classmethod
+    def at(cls, event: CollapseEvent, t_master: complex, t_emissary: complex, master_span_us: int) -> MacroWitness:
+        """The snapshot of the sync values at ``event``; ``t_master`` NaN: a light node, no Master.
+
+        >>> from schemas.messages.sync_records import CollapseEvent
+        >>> e = CollapseEvent.create(event="collapse", sensor="s", t_us=0, t_master=None, t_emissary=1j)
+        >>> m = MacroWitness.at(e, complex("nan+nanj"), 1j, 0)
+        >>> m.coherence_master, m.coherence_emissary, m.master_span, m.event.delta_phase
+        (None, 1.0, None, 0.0)
+        """
+        if cmath.isnan(t_master):
+            return cls(event=event, coherence_master=None, coherence_emissary=abs(t_emissary) ** 2, master_span=None)
+        return cls(event=event, coherence_master=abs(t_master) ** 2, coherence_emissary=abs(t_emissary) ** 2,
+                   master_span=master_span_us * 1e-6)
 
 
 class ManifestHead(_Wire):
