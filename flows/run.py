@@ -28,7 +28,7 @@ from bytewax.run import cli_main
 from connectors.metrics import RunLedger, ledger, serve
 from flows.kairos import build_flow
 from flows.observer import FlowObserver
-from operators.fleet import STATE_LAYOUT
+from operators.fleet import state_layout
 from schemas.config import Config, KafkaSource, SyntheticSource
 from schemas.messages import format_utc
 from schemas.printable import printable
@@ -67,7 +67,7 @@ def _recovery_identity(config: Config) -> dict[str, Any]:
     src = config.source
     where = src.topic if isinstance(src, KafkaSource) else getattr(src, "path", None)
     return {"source": src.kind, "input": where, "key_groups": config.becomingone.key_groups,
-            "state_layout": STATE_LAYOUT}
+            "state_layout": state_layout(config.becomingone.node == "light")}
 
 
 def _recovery_config(path: Path, config: Config) -> RecoveryConfig:

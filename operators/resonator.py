@@ -241,6 +241,7 @@ def resonator_settings(config: Config, *, replay: bool = False) -> ResonatorSett
         kairos_params(config), em.tau_max_us, em.witness_interval_us, ma.tau_max_us, ma.witness_interval_us,
         config.kairos.coherence_threshold, sync.hysteresis, sync.phase_threshold, ma.min_span_us,
         lateness_us=sync.lateness_us, max_future_us=None if replay else sync.max_future_us,
+        light=config.becomingone.node == "light",
     )
 
 
