@@ -34,6 +34,8 @@ ring of 4,096 slots).  100,000 sensors at 1 Hz with tau 5 s for 60 s, a call
 per second: 2,760 bytes per sensor by ``nbytes()``, and the process's peak
 resident memory grew by 6.9 KB per sensor (pools doubling, abandoned
 segments); pickled (highest protocol) 226 MB in 0.23 s, loaded in 0.21 s.
+A light node (no Master ring) at 10 Hz after an hour, calls of one second:
+1,744 bytes per sensor (docs/pipeline.md compares the two).
 
 A ring that is full is moved to a segment of twice its size at the end of its
 pool; the abandoned segments of a sensor add up to less than its live one.

@@ -3,9 +3,9 @@
 A ``light`` node (``becomingone.node: light``) runs the intake and the
 Emissary but no Master: no Master panes are allocated or integrated, which
 is what makes it fit an edge device (a full node's Master holds about 1 MB
-per sensor, the light node's whole state about 1.5 KB).  Without a Master
-the sync of SPEC section 3 is decided on the Emissary alone, on each
-Emissary grid point g:
+per sensor, a light node's whole state is under 2 KB at 10 Hz; see
+docs/pipeline.md).  Without a Master the sync of SPEC section 3 is decided
+on the Emissary alone, on each Emissary grid point g:
 
 * ``T_sync = T_emissary``, coherence ``|T_emissary|^2``;
 * ``delta_phase = 0``: the phase rule compares two transducers, and with
