@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import binascii
 import itertools
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -317,9 +316,9 @@ def events_rows(events: list[CollapseEvent]) -> ArchiveRows:
         "cell": [e.cell for e in events], "t": _times(np.array([e.t_us for e in events], np.int64)),
         "coherence_sync": [e.coherence_sync for e in events],
         "t_sync_re": [e.t_sync[0] for e in events], "t_sync_im": [e.t_sync[1] for e in events],
-        # A light node's events have no Master: NaN in the archive, as its other datasets hold.
-        "t_master_re": [math.nan if e.t_master is None else e.t_master[0] for e in events],
-        "t_master_im": [math.nan if e.t_master is None else e.t_master[1] for e in events],
+        # A light node's events have no Master: null, as on the topic (and as for mesh events).
+        "t_master_re": [None if e.t_master is None else e.t_master[0] for e in events],
+        "t_master_im": [None if e.t_master is None else e.t_master[1] for e in events],
         "t_emissary_re": [e.t_emissary[0] for e in events], "t_emissary_im": [e.t_emissary[1] for e in events],
         "delta_phase": [e.delta_phase for e in events],
     }))

@@ -15,9 +15,9 @@ on the Emissary alone, on each Emissary grid point g:
   state machine (:func:`operators.sync.sync_step`) is the full node's, and
   the value stays a finite number where the wire formats need one.  A light
   node therefore never dissipates with reason ``phase``;
-* ``T_master`` is NaN (the archive's ``coherence_master`` and
-  ``t_master_re/_im`` hold NaN, the topics' ``t_master`` is null), and the
-  span of the Master in force is 0.
+* ``T_master`` is NaN (``coherence_history/``'s ``coherence_master`` holds
+  NaN; the topics' ``t_master`` and ``events/``' ``t_master_re/_im`` are
+  null), and the span of the Master in force is 0.
 
 Maturity.  The full node waits until the Master's products span
 ``master.min_span``.  The light node waits until the Emissary *spans its

@@ -97,15 +97,14 @@ def _samples_file(path, seconds: float) -> None:
 
 
 def _file_config(tmp_path, data) -> dict:
-    # memory.mesh_members: off, as no dataset of that name is written yet.
     return {"source": {"kind": "file", "path": str(data)}, "metrics": {"enabled": False},
-            "memory": {"mesh_members": False, "storage": {"path": str(tmp_path / "archive")}}}
+            "memory": {"storage": {"path": str(tmp_path / "archive")}}}
 
 
 def test_a_light_node_run_collapses_the_coherent_sensor_only_and_archives_no_master(tmp_path):
     data = tmp_path / "samples.jsonl"
     _samples_file(data, seconds=8.0)
-    config = _file_config(tmp_path, data)
+    config = {**_file_config(tmp_path, data), "sync": {"mesh_enabled": True}}   # intake, Emissary and mesh
     cfg = tmp_path / "light.yaml"
     cfg.write_text(json.dumps(config))          # JSON is YAML
     proc = subprocess.run([str(BIN), "run", "--node", "light", "--config", str(cfg)], capture_output=True,
@@ -117,13 +116,15 @@ def test_a_light_node_run_collapses_the_coherent_sensor_only_and_archives_no_mas
     assert verify_archive(root) == {name: [] for name in verify_archive(root)}
     events = open_dataset(root / "events").to_table().to_pylist()
     assert [(e["sensor"], e["event"]) for e in events] == [("osc", "collapse")]
-    assert math.isnan(events[0]["t_master_re"]) and events[0]["delta_phase"] == 0.0
+    assert events[0]["t_master_re"] is None and events[0]["delta_phase"] == 0.0   # as on the topic
     assert events[0]["t_sync_re"] == events[0]["t_emissary_re"]
     signatures = open_dataset(root / "temporal_signatures").to_table()
     assert set(signatures["transducer"].to_pylist()) == {"emissary"}
     history = open_dataset(root / "coherence_history").to_table().sort_by([("sensor", "ascending"), ("t", "ascending")])
     assert all(math.isnan(x) for x in history["coherence_master"].to_pylist())
     assert set(history["delta_phase"].to_pylist()) == {0.0}
+    mesh = open_dataset(root / "mesh_sync").to_table()
+    assert mesh.num_rows and set(mesh["n_sensors"].to_pylist()) == {2}     # the mesh runs on a light node
     macro = [json.loads(p)["payload"] for p, layer in zip(*open_dataset(root / "witnessing_logs").to_table()
                                                           .select(["payload", "layer"]).to_pydict().values())
              if layer == "macro"]
