@@ -8,11 +8,12 @@ A :class:`Resonator` chains, for one sensor,
 
 in one call per batch.  On a light node (``settings.light``) there is no
 Master: the Emissary goes to an :class:`~operators.light_sync.EmissarySync`,
-which decides collapse on the Emissary alone.  Both transducers are driven by the same watermark in
-the same call, so every Master grid point up to the watermark has been
-computed before the sync decides the Emissary points up to it: the join by
-event time of SPEC section 3 holds by construction, whatever order batches
-arrive in.  The dataflow keeps many resonators per key group and calls them
+which decides collapse on the Emissary alone.
+
+Both transducers are driven by the same watermark in the same call, so
+every Master grid point up to the watermark has been computed before the
+sync decides the Emissary points up to it: the join by event time of SPEC
+section 3 holds by construction, whatever order batches arrive in.  The dataflow keeps many resonators per key group and calls them
 with whole arrays; nothing here runs per sample in Python.
 
 With pane windows on both sides (the default), the two transducers and the
