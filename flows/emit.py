@@ -56,7 +56,6 @@ __all__ = [
     "input_key_runs",
     "input_pieces",
     "input_rows",
-    "mesh_rows",
     "on_grid",
     "picked_runs",
     "signature_key_runs",
@@ -279,7 +278,7 @@ def _sync_columns(blocks: Sequence[SyncBlock]) -> tuple[list[int], SyncValues]:
 
 
 def sync_key_runs(blocks: Sequence[SyncBlock]) -> tuple[list[int], list[tuple[str]]]:
-    """Rows and row key (the sensor) of each run of :func:`history_rows` and :func:`mesh_rows`, in order."""
+    """Rows and row key (the sensor) of each run of :func:`history_rows`, in order."""
     return [n for b in blocks for n in b.counts], [(s,) for b in blocks for s in b.sensors]
 
 
@@ -329,20 +328,6 @@ def sync_messages(node: str, block: SyncBlock) -> list[bytes]:
     sv = block.values
     return sync_records_json(node, block.sensors, block.cells, block.counts, sv.t, sv.T_sync, sv.coherence_sync,
                              sv.T_master, sv.T_emissary, sv.delta_phase, sv.collapsed, sv.mature)
-
-
-def mesh_rows(node: str, blocks: Sequence[SyncBlock]) -> ArchiveRows:
-    """``mesh_sync/`` rows: the sync feed of any sensors, column for column."""
-    counts, sv = _sync_columns(blocks)
-    n = len(sv)
-    return ArchiveRows("mesh_sync", _table("mesh_sync", {
-        "node": _repeat(node, n), "sensor": _labels([s for b in blocks for s in b.sensors], counts),
-        "cell": _labels([c for b in blocks for c in b.cells], counts), "t": _times(sv.t),
-        "t_sync_re": sv.T_sync.real, "t_sync_im": sv.T_sync.imag, "coherence_sync": sv.coherence_sync,
-        "t_master_re": sv.T_master.real, "t_master_im": sv.T_master.imag,
-        "t_emissary_re": sv.T_emissary.real, "t_emissary_im": sv.T_emissary.imag,
-        "delta_phase": sv.delta_phase, "state": state_texts(sv.collapsed), "mature": sv.mature,
-    }))
 
 
 def witness_rows(pieces: list[LoggedRecords]) -> ArchiveRows:
