@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import pickle
+from datetime import datetime, timedelta, timezone
 from collections.abc import Iterable
 from typing import Any
 
@@ -52,7 +53,8 @@ def mesh_settings(config: Config, *, from_peers: bool) -> MeshSettings:
     threshold = m.threshold if m.threshold is not None else config.kairos.coherence_threshold
     return MeshSettings(m.interval_us, m.window_us, m.publish_interval_us, sync.lateness_us + m.lateness_us,
                         float(threshold), float(sync.hysteresis), float(m.lock_threshold),
-                        config.becomingone.key_groups, global_from_cells=not from_peers)
+                        config.becomingone.key_groups, global_from_cells=not from_peers,
+                        idle_s=float(m.idle_timeout))
 
 
 class MeshLogic(StatefulBatchLogic[list[Any], Emitted, bytes | None]):
@@ -85,28 +87,28 @@ class MeshLogic(StatefulBatchLogic[list[Any], Emitted, bytes | None]):
                 if isinstance(item, MeshPhasors):
                     late += self.cells.add(item)
                 elif isinstance(item, MeshProgress):
-                    self.cells.progress(item)
+                    self.cells.progress(item, clock.now())
                 elif isinstance(item, CellSums) and self.heard is not None:
                     late += self.heard.hear(item, clock.now())
         if late:
             self.observer.metrics.mesh_late.inc(late)
         out = Emitted()
-        self._emit(self.cells.decide(), out, own=True)
+        self._emit(self.cells.decide(now=clock.now()), out, own=True)
         if self.heard is not None:
             self._emit(self.heard.decide(clock.now()), out, own=False)
         self.observer.metrics.batch_seconds.labels("mesh").observe(clock.timer() - started)
         return out.handed_on(), StatefulBatchLogic.RETAIN
 
-    def notify_at(self):
-        # Heard cells may wait for one that stopped reporting: look again once its timeout may have passed.
-        if self.heard is not None and self.heard.state.sums:
-            from datetime import datetime, timedelta, timezone
-
+    def notify_at(self) -> datetime | None:
+        # Heard cells may wait for one that stopped reporting, and the own cells for an idle partition:
+        # look again once a timeout may have passed.
+        if (self.heard is not None and self.heard.state.sums) or self.cells.t.pending:
             return datetime.now(timezone.utc) + timedelta(seconds=_RECHECK_SECONDS)
         return None
 
     def on_notify(self) -> tuple[Iterable[Emitted], bool]:
         out = Emitted()
+        self._emit(self.cells.decide(now=self.observer.clock.now()), out, own=True)
         if self.heard is not None:
             self._emit(self.heard.decide(self.observer.clock.now()), out, own=False)
         return out.handed_on(), StatefulBatchLogic.RETAIN

@@ -22,6 +22,7 @@ State is :class:`MeshTable` (snapshotted as is); the logic is :class:`MeshCells`
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -50,6 +51,7 @@ class MeshSettings:
     lock_threshold: float
     groups: int               # key groups that report progress
     global_from_cells: bool = True   # False: T_global comes from the cells heard on the mesh topic
+    idle_s: float = math.inf  # a partition whose progress stood still this long (wall clock) waits no more
 
 
 @dataclass
@@ -113,6 +115,7 @@ class MeshTable:
     sensor_cell: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
     pending: list[tuple[np.ndarray, ...]] = field(default_factory=list)  # (sensor idx, g, u, W fixed)
     progress: dict[tuple[str, str], int] = field(default_factory=dict)   # (group, partition) -> newest us
+    advanced: dict[str, float] = field(default_factory=dict)   # partition -> wall time its progress last grew
     decided: int = _NONE                                      # grid points <= this are final
     cell_rings: _Rings | None = None
     mesh_rings: _Rings | None = None                           # one row: the global mesh
@@ -154,16 +157,27 @@ class MeshCells:
             self.t.pending.append((sidx[kept], block.g[kept], block.u[kept], w[kept]))
         return int(late.sum())
 
-    def progress(self, report: MeshProgress) -> None:
+    def progress(self, report: MeshProgress, now: float = 0.0) -> None:
+        """A key group's report of a partition's progress, heard at wall-clock time ``now`` (s)."""
         key = (report.group, report.partition)
         if report.newest_us > self.t.progress.get(key, _NONE):
             self.t.progress[key] = report.newest_us
+            self.t.advanced[report.partition] = now
 
-    def watermark(self) -> int:
-        """The input watermark less the mesh lateness: grid points at or below it may be decided."""
+    def watermark(self, now: float | None = None) -> int:
+        """The input watermark less the mesh lateness: grid points at or below it may be decided.
+
+        With ``now`` (wall clock, s), a partition whose progress has not grown for ``idle_s`` is not
+        waited for while another one moves: a partition that ran dry (or was emptied by its producer)
+        would otherwise hold every cell back.  Its later phasors, if any, are then mesh-late.
+        """
         by_partition: dict[str, list[int]] = {}
         for (group, partition), newest in self.t.progress.items():
             by_partition.setdefault(partition, []).append(newest)
+        if now is not None and math.isfinite(self.s.idle_s):
+            moving = {p: r for p, r in by_partition.items() if now - self.t.advanced.get(p, now) <= self.s.idle_s}
+            if moving:
+                by_partition = moving
         if not by_partition:
             return _NONE
         marks = []
@@ -174,9 +188,10 @@ class MeshCells:
         mark = min(marks)
         return END_OF_INPUT if mark == END_OF_INPUT else mark - self.s.lateness_us
 
-    def decide(self, upto: int | None = None) -> MeshFinal | None:
-        """Decide every pending grid point <= ``upto`` (default: the watermark); None when none is due."""
-        upto = self.watermark() if upto is None else upto
+    def decide(self, upto: int | None = None, now: float | None = None) -> MeshFinal | None:
+        """Decide every pending grid point <= ``upto`` (default: the watermark at wall-clock time ``now``);
+        None when none is due."""
+        upto = self.watermark(now) if upto is None else upto
         if upto == _NONE or upto <= self.t.decided:
             return None
         g_last = (upto // self.s.interval_us) * self.s.interval_us if upto != END_OF_INPUT else upto

@@ -291,3 +291,15 @@ def test_a_run_with_the_mesh_prints_its_cells_and_counts_its_rows(tmp_path):
     assert m.mesh_grid_points.labels("cell")._value.get() - rows_before["cell"] == 2 * 20
     assert m.mesh_grid_points.labels("global")._value.get() - rows_before["global"] == 20
     assert m.mesh_late._value.get() == late_before
+
+
+def test_a_partition_that_stood_still_past_the_idle_timeout_is_no_longer_waited_for():
+    cells = MeshCells(settings(idle_s=60.0))
+    cells.progress(MeshProgress("group-0", "p0", T0 + 1_000_000), now=100.0)
+    cells.progress(MeshProgress("group-0", "p1", T0 + 2_000_000), now=100.0)
+    cells.progress(MeshProgress("group-0", "p1", T0 + 9_000_000), now=150.0)
+    assert cells.watermark(now=150.0) == T0 + 1_000_000          # p0 stood still 50 s: still waited for
+    assert cells.watermark(now=170.0) == T0 + 9_000_000          # 70 s: p1 alone decides
+    assert cells.watermark() == T0 + 1_000_000                   # without a clock nothing is idle
+    cells.progress(MeshProgress("group-0", "p0", T0 + 3_000_000), now=171.0)
+    assert cells.watermark(now=171.0) == T0 + 3_000_000          # p0 moves again: waited for again

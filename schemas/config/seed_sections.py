@@ -163,6 +163,9 @@ class MeshSection(_Section):
     """Mesh grid points wait this much more event time than the input watermark, seconds: at least
     how far apart in event time a partition's sensors may run (a producer sending one sensor's
     batch after another's), and the sample interval of the slowest sensor."""
+    idle_timeout: PositiveSeconds = 60.0
+    """A source partition whose newest event time has not grown for this long (wall clock) is not
+    waited for while another one moves, seconds."""
     weights: dict[str, Annotated[Number, Field(ge=0.0)]] = Field(default_factory=dict)
     """Sensor weight W_P by sensor id; sensors not listed weigh 1."""
     cells: tuple[NonEmptyStr, ...] = ()
