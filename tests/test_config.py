@@ -523,3 +523,10 @@ def test_the_secrets_of_mesh_peers_and_of_an_audited_cluster_are_not_printed():
     shown = c.to_yaml(redact_secrets=True)
     assert "peer-s3cret" not in shown and "audit-s3cret" not in shown
     assert shown.count("sasl.password: <redacted>") == 2 and "security.protocol: SASL_SSL" in shown
+
+
+def test_a_mesh_weight_out_of_range_names_the_sensor():
+    with pytest.raises(ConfigError) as err:
+        parse_config({"sync": {"mesh": {"weights": {"pmu-7": 1e9, "pmu-8": -1}}}})
+    text = str(err.value)
+    assert "sync.mesh.weights.pmu-7" in text and "sync.mesh.weights.pmu-8" in text

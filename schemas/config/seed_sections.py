@@ -166,8 +166,9 @@ class MeshSection(_Section):
     idle_timeout: PositiveSeconds = 60.0
     """A source partition whose newest event time has not grown for this long (wall clock) is not
     waited for while another one moves, seconds."""
-    weights: dict[str, Annotated[Number, Field(ge=0.0)]] = Field(default_factory=dict)
-    """Sensor weight W_P by sensor id; sensors not listed weigh 1."""
+    weights: dict[str, Annotated[Number, Field(ge=0.0, le=10_000.0)]] = Field(default_factory=dict)
+    """Sensor weight W_P by sensor id, 0 to 10,000; sensors not listed weigh 1.  (The cells' sums are
+    integers in units of 2**-32: bounded weights keep them far inside int64.)"""
     cells: tuple[NonEmptyStr, ...] = ()
     """The cells T_global waits for; empty = every cell heard within cell_timeout."""
     cell_timeout: PositiveSeconds = 30.0
