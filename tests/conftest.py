@@ -71,15 +71,25 @@ def stop_process(proc: subprocess.Popen, signum: int = signal.SIGTERM) -> int:
             proc.stdout.close()
 
 
-@pytest.fixture(scope="module")
-def bootstrap(tmp_path_factory) -> Iterator[str]:
-    """A `becomingone broker` subprocess for the test module; its bootstrap address."""
-    log = tmp_path_factory.mktemp("broker") / "stderr.txt"
+def _broker_for_module(tmp_path_factory, name: str) -> Iterator[str]:
+    log = tmp_path_factory.mktemp(name) / "stderr.txt"
     proc, address = start_broker(stderr_path=log)
     try:
         yield address
     finally:
         assert stop_process(proc) == 0, log.read_text()
+
+
+@pytest.fixture(scope="module")
+def bootstrap(tmp_path_factory) -> Iterator[str]:
+    """A `becomingone broker` subprocess for the test module; its bootstrap address."""
+    yield from _broker_for_module(tmp_path_factory, "broker")
+
+
+@pytest.fixture(scope="module")
+def far(tmp_path_factory) -> Iterator[str]:
+    """A second `becomingone broker` for the module (the far side of a relay); its bootstrap address."""
+    yield from _broker_for_module(tmp_path_factory, "far")
 
 
 def unique_topic(prefix: str = "test.phases") -> str:

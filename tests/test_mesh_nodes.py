@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from connectors.archive import open_dataset
-from tests.conftest import BIN, WAIT, clean_env, read_topic, start_broker, stop_process, unique_topic
+from tests.conftest import BIN, WAIT, clean_env, read_topic, unique_topic
 
 pytestmark = pytest.mark.slow  # brokers and whole flows: out of `make test-fast`
 
@@ -71,15 +71,6 @@ def base_config(root, source_path) -> dict:
             "memory": {"storage": {"path": str(root)}}, "metrics": {"enabled": False}}
 
 
-@pytest.fixture(scope="module")
-def far(tmp_path_factory):
-    """A second development broker: the far side of a relay."""
-    log = tmp_path_factory.mktemp("far") / "stderr.txt"
-    proc, address = start_broker(stderr_path=log)
-    try:
-        yield address
-    finally:
-        stop_process(proc)
 
 
 def aggregator_config(root, bootstrap: str, mesh_topic: str) -> dict:

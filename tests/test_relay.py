@@ -34,15 +34,6 @@ from tests.conftest import BIN, WAIT, clean_env, free_port, read_topic, start_br
 CELLS = [f"c{i}" for i in range(1, 7)]
 
 
-@pytest.fixture(scope="module")
-def far(tmp_path_factory):
-    """Side B: a second `becomingone broker` for the module; its bootstrap address."""
-    log = tmp_path_factory.mktemp("far") / "stderr.txt"
-    proc, address = start_broker(stderr_path=log)
-    try:
-        yield address
-    finally:
-        assert stop_process(proc) == 0, log.read_text()
 
 
 def mesh_record(cell: str, i: int) -> bytes:
