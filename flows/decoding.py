@@ -137,7 +137,6 @@ class Decode:
                 items_out=samples, drops=drops, seconds=seconds)))
         return out.handed_on()
 
-
     def _decoded(self, decoded, blocks: list[SampleRuns], out: Emitted) -> None:
         blocks.extend(decoded.runs)
         out.records.extend(dead_letter_records(decoded.dead))

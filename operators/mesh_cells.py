@@ -274,13 +274,15 @@ class MeshCells:
         if i is None:
             i = self._sensor_index[name] = len(t.sensors)
             t.sensors.append(name)
-            t.sensor_cell = np.append(t.sensor_cell, c)
-            if i >= t.pane_id.shape[0]:
+            if i >= t.pane_id.shape[0]:     # room for twice as many: a sensor's arrival costs O(1)
                 grow = max(64, t.pane_id.shape[0])
                 panes = t.pane_id.shape[1]
                 t.pane_id = np.vstack((t.pane_id, np.full((grow, panes), _NONE, np.int64)))
                 t.pane_sum = np.vstack((t.pane_sum, np.zeros((grow, panes), np.complex128)))
                 t.pane_n = np.vstack((t.pane_n, np.zeros((grow, panes), np.int64)))
+                t.sensor_cell = np.concatenate((t.sensor_cell, np.full(t.pane_id.shape[0] - len(t.sensor_cell),
+                                                                       -1, np.int64)))
+            t.sensor_cell[i] = c
         elif t.sensor_cell[i] != c:
             t.sensor_cell[i] = c       # a sensor that moved cells counts in its new one from now on
         return i
