@@ -113,7 +113,7 @@ class MeshTable:
     cells: list[str] = field(default_factory=list)            # cell index -> name
     sensors: list[str] = field(default_factory=list)          # sensor index -> name
     sensor_cell: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
-    pending: list[tuple[np.ndarray, ...]] = field(default_factory=list)  # (sensor idx, g, u, W fixed)
+    pending: list[tuple[np.ndarray, ...]] = field(default_factory=list)  # (sensor, cell, g, u, W fixed)
     progress: dict[tuple[str, str], int] = field(default_factory=dict)   # (group, partition) -> newest us
     advanced: dict[str, float] = field(default_factory=dict)   # partition -> wall time its progress last grew
     decided: int = _NONE                                      # grid points <= this are final
@@ -147,14 +147,14 @@ class MeshCells:
         """Keep a key group's phasors until their grid points are final; returns how many were mesh-late."""
         if not len(block):
             return 0
-        names = np.fromiter((self._sensor(s, c) for s, c in zip(block.sensors, block.cells)), np.int64,
-                            len(block.sensors))
+        names = self._indices(block.sensors, block.cells)
         sidx = names[block.code]
         late = block.g <= self.t.decided
         kept = ~late
         if kept.any():
             w = np.rint(block.weights * MESH_FIXED_POINT).astype(np.int64)[block.code]
-            self.t.pending.append((sidx[kept], block.g[kept], block.u[kept], w[kept]))
+            cidx = self.t.sensor_cell[sidx]      # the cell the sample named, now: a later move changes nothing
+            self.t.pending.append((sidx[kept], cidx[kept], block.g[kept], block.u[kept], w[kept]))
         return int(late.sum())
 
     def progress(self, report: MeshProgress, now: float = 0.0) -> None:
@@ -199,22 +199,21 @@ class MeshCells:
         if not t.pending:
             t.decided = max(t.decided, g_last) if g_last != END_OF_INPUT else t.decided
             return None
-        sidx, g, u, w = (np.concatenate(c) for c in zip(*t.pending))
+        sidx, cidx, g, u, w = (np.concatenate(c) for c in zip(*t.pending))
         due = g <= g_last
-        t.pending = [(sidx[~due], g[~due], u[~due], w[~due])] if (~due).any() else []
+        t.pending = [(sidx[~due], cidx[~due], g[~due], u[~due], w[~due])] if (~due).any() else []
         if g_last != END_OF_INPUT:
             t.decided = g_last
         elif due.any():
             t.decided = int(g[due].max())
         if not due.any():
             return None
-        return self._final(sidx[due], g[due], u[due], w[due])
+        return self._final(sidx[due], cidx[due], g[due], u[due], w[due])
 
     # --- the math ----------------------------------------------------------------------------------
 
-    def _final(self, sidx: np.ndarray, g: np.ndarray, u: np.ndarray, w: np.ndarray) -> MeshFinal:
+    def _final(self, sidx: np.ndarray, cidx: np.ndarray, g: np.ndarray, u: np.ndarray, w: np.ndarray) -> MeshFinal:
         s, t = self.s, self.t
-        cidx = t.sensor_cell[sidx]
         # Per (cell, g): fixed-point sums, exact in any order.
         order = np.lexsort((sidx, g, cidx))
         sidx, g, u, w, cidx = sidx[order], g[order], u[order], w[order], cidx[order]
@@ -263,6 +262,19 @@ class MeshCells:
         """T_global of the cells' sums at each g, appended to ``final``."""
         glob = combine_sums(sums)
         _append_global(final, glob, self.t.mesh_rings, self.s)
+
+    def _indices(self, sensors: list[str], cells: list[str]) -> np.ndarray:
+        """Each sensor's index (new sensors and cells registered; a sensor that moved cells moves)."""
+        n = len(sensors)
+        try:    # known sensors and cells (every call after a sensor's first): C-level lookups, no Python per sensor
+            index = np.fromiter(map(self._sensor_index.__getitem__, sensors), np.int64, n)
+            cell = np.fromiter(map(self._cell_index.__getitem__, cells), np.int64, n)
+        except KeyError:
+            return np.fromiter((self._sensor(s, c) for s, c in zip(sensors, cells)), np.int64, n)
+        moved = self.t.sensor_cell[index] != cell
+        if moved.any():
+            self.t.sensor_cell[index[moved]] = cell[moved]
+        return index
 
     def _sensor(self, name: str, cell: str) -> int:
         i = self._sensor_index.get(name)

@@ -303,3 +303,13 @@ def test_a_partition_that_stood_still_past_the_idle_timeout_is_no_longer_waited_
     assert cells.watermark() == T0 + 1_000_000                   # without a clock nothing is idle
     cells.progress(MeshProgress("group-0", "p0", T0 + 3_000_000), now=171.0)
     assert cells.watermark(now=171.0) == T0 + 3_000_000          # p0 moves again: waited for again
+
+
+def test_a_sensor_that_moves_to_another_cell_counts_there_from_then_on():
+    cells = MeshCells(settings())
+    first = phasors(np.zeros((3, 2)), ["x", "x"])
+    cells.add(first)
+    cells.add(phasors(np.zeros((3, 2)), ["x", "y"], start=3))       # s001 now names cell y
+    final = cells.decide(END_OF_INPUT)
+    counts = {(c, int(t - T0) // INTERVAL): int(n) for c, t, n in zip(final.sums.cell, final.sums.t, final.sums.n)}
+    assert counts[("x", 2)] == 2 and counts[("x", 3)] == 1 and counts[("y", 3)] == 1
