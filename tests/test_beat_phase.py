@@ -155,3 +155,15 @@ def test_arguments_are_checked():
         beat_phases(track, RULE, one[:1], np.array([2], np.int64), np.zeros(1))
     with pytest.raises(ValueError, match="finite"):
         beat_phases(track, RULE, one[:1], np.array([5], np.int64), np.array([np.nan]))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_beat_phase_of_band_passed_noise_never_collapses(seed):
+    rng = np.random.default_rng(seed)
+    t = 1_764_115_200_000_000 + np.round(np.arange(300 * 360) / FS * 1e6).astype(np.int64)
+    out = beat_phases(BeatTrack.empty(), BeatRule(), np.zeros(t.size, np.int64), t,
+                      qrs_band(rng.normal(size=t.size), FS))
+    assert out.event_t.size > 1000          # noise peaks taken for beats, at about the refractory period
+    chain = Resonator("noise", _chain_settings())
+    runs = [chain.push(SampleBatch("noise", out.t, out.phase[:, None]), 0), chain.flush()]
+    assert not np.concatenate([r.sync.collapsed for r in runs]).any()
