@@ -193,6 +193,8 @@ def beat_phases(track: BeatTrack, rule: BeatRule, sids: np.ndarray, t: np.ndarra
 
 
 def _check_time_order(track: BeatTrack, sid: np.ndarray, t: np.ndarray) -> None:
+    if not sid.size:
+        return
     same = sid[1:] == sid[:-1]
     first = np.concatenate(([True], ~same))
     if (np.diff(t)[same] <= 0).any() or (t[first] <= track.t_prev[sid[first]]).any():

@@ -151,6 +151,8 @@ def test_arguments_are_checked():
     with pytest.raises(ValueError, match="increasing"):
         beat_phases(track, RULE, one, np.array([0, 2, 1], np.int64), np.zeros(3))
     beat_phases(track, RULE, one, np.array([0, 1, 2], np.int64), np.zeros(3))
+    empty = beat_phases(track, RULE, one[:0], one[:0], np.zeros(0))
+    assert empty.t.size == empty.event_t.size == 0
     with pytest.raises(ValueError, match="increasing"):
         beat_phases(track, RULE, one[:1], np.array([2], np.int64), np.zeros(1))
     with pytest.raises(ValueError, match="finite"):
