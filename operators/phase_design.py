@@ -25,7 +25,7 @@ the transitions: the cut-offs are f_lo - tw/2 and f_hi + tw/2, each transition t
 tw = min(f_lo, f_hi - f_lo, fs/2 - f_hi). Then every in-band frequency lies at least tw from the
 negative band's transition (and from its alias beyond Nyquist), where the Kaiser window keeps the
 leak below delta = 10^(-ATTENUATION_DB/20) = 0.001: phase error below about 0.001 rad, amplitude
-within 0.1 %. Below f_lo - tw and above f_hi + tw (the stop bands) the amplitude is at most
+within 0.15 %. Below f_lo - tw and above f_hi + tw (the stop bands) the amplitude is at most
 2 delta = 0.002 of an in-band sinusoid's (-54 dB). Kaiser's rule [Kaiser 1974; O&S 7.6] gives
 N = (ATTENUATION_DB - 7.95) / (2.285 * 2 pi tw / fs) + 1 (about 3.6 fs / tw): the filter spans
 about 3.6 / tw seconds, several cycles of f_lo. Bands that need more than MAX_TAPS taps (a narrow
