@@ -177,6 +177,8 @@ def _extract(sids, t, x, row, k, max_gap, t_last, period, count, design, dperiod
     for i in range(row, n):
         s = sids[i]
         a = t_last[s]
+        if a != _NONE and t[i] <= a:
+            raise ValueError("a sensor's samples must come in strictly increasing time")
         restart = a == _NONE or t[i] - a > max_gap
         if not restart and count[s] >= 2 and 2 * abs(t[i] - a - period[s]) > period[s]:
             restart = True

@@ -164,3 +164,20 @@ def test_jittered_timestamps_keep_the_chain_and_cost_about_2_pi_f_dt():
     assert len(out.t) == len(t) - len(track.designs[0].taps) + 1        # one chain, no restart
     truth = 2 * np.pi * f * (out.t - T0) * 1e-6
     assert np.abs(wrap(out.phase[:, 0] - truth)).max() < 2 * np.pi * f * 41e-6 + 0.01
+
+
+def test_a_new_rate_without_a_gap_starts_a_new_chain_with_the_filter_of_that_rate():
+    band, f = (2.0, 12.0), 7.0
+    t = np.concatenate((regular_times(100.0, 20.0), regular_times(250.0, 20.0) + 20_000_000))
+    x = np.cos(2 * np.pi * f * (t - T0) * 1e-6)
+    track, out = run(x, t, band)
+    assert sorted(track.by_rate) == [100.0, 250.0]
+    slow, fast = (len(track.designs[track.by_rate[r]].taps) for r in (100.0, 250.0))
+    assert len(out.t) == (2000 - slow + 1) + (5000 - fast + 1)
+    assert np.abs(wrap(out.phase[:, 0] - 2 * np.pi * f * (out.t - T0) * 1e-6)).max() < 0.01
+
+
+def test_samples_out_of_time_order_are_refused():
+    t = regular_times(100.0, 1.0)
+    with pytest.raises(ValueError, match="strictly increasing"):
+        run(np.zeros(len(t)), t[::-1].copy(), (1.0, 5.0))
