@@ -20,6 +20,16 @@ in time order, any interleaving) with its state in :class:`PhaseTrack`: the last
 each sensor (a ring) carried across calls, so any split of the rows into calls gives bitwise the
 same output. :func:`extract_phases_reference` states the same for one sensor's whole record with
 ``np.convolve``, for the tests.
+
+>>> track = PhaseTrack(8.0, 12.0)                          # the band, Hz
+>>> t = np.arange(300, dtype=np.int64) * 4_000              # 250 Hz, us
+>>> x = np.cos(2 * np.pi * 10.0 * t * 1e-6 + 1.0)[:, None]  # 10 Hz, phase 1 rad at t = 0
+>>> out = extract_phases(track, np.zeros(300, np.int64), t, x, max_gap_us=5_000_000)
+>>> len(track.designs[0].taps), len(out.t), int(out.t[0])   # 229 taps: 228 samples of warm-up
+(229, 72, 456000)
+>>> true = 2 * np.pi * 10.0 * out.t * 1e-6 + 1.0
+>>> float(np.abs(np.angle(np.exp(1j * (out.phase[:, 0] - true)))).max()) < 1e-3
+True
 """
 
 from __future__ import annotations
@@ -52,8 +62,10 @@ class PhaseSamples:
 class PhaseTrack:
     """The filters of a band and, per sensor (by sid), its chain and the ring of its last N samples.
 
-    Rings live in one pool: sensor s owns rows ``off[s] .. off[s] + cap[s] - 1`` of ``pool_x``
-    (values, one column per channel) and ``pool_t`` (times).
+    Rings live in one pool: sensor s owns columns ``off[s] .. off[s] + cap[s] - 1`` of ``pool_x``
+    (values, one row per channel) and ``pool_t`` (times). A ring of an N-tap filter has 2N slots and
+    each sample is written at ``head`` and ``head + N``, so the last N samples always lie side by
+    side (``head + 1 .. head + N``) and the filter's inner loop runs without a wrap.
     """
 
     f_lo: float
@@ -70,7 +82,7 @@ class PhaseTrack:
     off: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
     cap: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
     x_first: np.ndarray = field(default_factory=lambda: np.empty((0, 1)))        # chain's 1st value
-    pool_x: np.ndarray = field(default_factory=lambda: np.empty((0, 1)))
+    pool_x: np.ndarray = field(default_factory=lambda: np.empty((1, 0)))         # (channels, slots)
     pool_t: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
     pool_used: int = 0
     taps_re: np.ndarray = field(default_factory=lambda: np.empty((0, 1)))        # (designs, N max)
@@ -90,7 +102,7 @@ class PhaseTrack:
             self.x_first = np.vstack((self.x_first, np.zeros((grow, c))))
         if channels > self.x_first.shape[1]:
             self.x_first = np.hstack((self.x_first, np.zeros((len(self.x_first), channels - c))))
-            self.pool_x = np.hstack((self.pool_x, np.zeros((len(self.pool_x), channels - c))))
+            self.pool_x = np.vstack((self.pool_x, np.zeros((channels - c, self.pool_x.shape[1]))))
 
 
 def extract_phases(track: PhaseTrack, sids: np.ndarray, t: np.ndarray, values: np.ndarray,
@@ -145,12 +157,12 @@ def _assign(track: PhaseTrack, s: int, period_us: int) -> None:
         track.by_rate[rate] = len(track.designs) - 1
     d = track.by_rate[rate]
     track.design[s] = d
-    need = int(track.lengths[d])
+    need = 2 * int(track.lengths[d])
     if track.cap[s] < need:
         if track.pool_used + need > len(track.pool_t):
             size = max(track.pool_used + need, 2 * len(track.pool_t))
-            pool_x = np.zeros((size, track.x_first.shape[1]))
-            pool_x[:track.pool_used] = track.pool_x[:track.pool_used]
+            pool_x = np.zeros((track.x_first.shape[1], size))
+            pool_x[:, :track.pool_used] = track.pool_x[:, :track.pool_used]
             track.pool_x = pool_x
             track.pool_t = np.concatenate((track.pool_t, np.zeros(size - len(track.pool_t), np.int64)))
         track.off[s], track.cap[s] = track.pool_used, need
@@ -172,8 +184,6 @@ def _add_design(track: PhaseTrack, design: AnalyticFilter) -> None:
 def _extract(sids, t, x, row, k, max_gap, t_last, period, count, design, dperiod, head, off, cap,
              x_first, pool_x, pool_t, taps_re, taps_im, lengths, out_sid, out_t, out_phase, out_amp):
     n, channels = x.shape
-    acc_re = np.empty(channels)
-    acc_im = np.empty(channels)
     for i in range(row, n):
         s = sids[i]
         a = t_last[s]
@@ -197,9 +207,12 @@ def _extract(sids, t, x, row, k, max_gap, t_last, period, count, design, dperiod
             d = design[s]
             if d >= 0:
                 o = off[s]
+                size = lengths[d]
                 for c in range(channels):
-                    pool_x[o, c] = x_first[s, c]
+                    pool_x[c, o] = x_first[s, c]
+                    pool_x[c, o + size] = x_first[s, c]
                 pool_t[o] = a
+                pool_t[o + size] = a
                 head[s] = 0
         t_last[s] = t[i]
         count[s] += 1
@@ -213,37 +226,29 @@ def _extract(sids, t, x, row, k, max_gap, t_last, period, count, design, dperiod
             h = 0
         head[s] = h
         for c in range(channels):
-            pool_x[o + h, c] = x[i, c]
+            pool_x[c, o + h] = x[i, c]
+            pool_x[c, o + h + size] = x[i, c]
         pool_t[o + h] = t[i]
+        pool_t[o + h + size] = t[i]
         if count[s] < size:
             continue                 # warm-up
         # z = sum_k h[k] x[n-k]; h_re is even and h_im odd about M: pair x[n-k] with x[n-(N-1-k)].
         half = (size - 1) // 2
+        newest = o + h + size        # x[n - k] at newest - k, for k = 0 .. N - 1
+        oldest = newest - size + 1
         for c in range(channels):
-            acc_re[c] = 0.0
-            acc_im[c] = 0.0
-        j1 = h                       # x[n - k]
-        j2 = h + 1                   # x[n - (N - 1 - k)]: the oldest, for k = 0
-        if j2 == size:
-            j2 = 0
-        for q in range(half):
-            hr = taps_re[d, q]
-            hi = taps_im[d, q]
-            for c in range(channels):
-                u = pool_x[o + j1, c]
-                v = pool_x[o + j2, c]
-                acc_re[c] += hr * (u + v)
-                acc_im[c] += hi * (u - v)
-            j1 = j1 - 1 if j1 > 0 else size - 1
-            j2 = j2 + 1 if j2 < size - 1 else 0
-        # j1 is now the centre sample, n - M
-        hc = taps_re[d, half]
-        for c in range(channels):
-            re = acc_re[c] + hc * pool_x[o + j1, c]
-            out_phase[k, c] = np.arctan2(acc_im[c], re)
-            out_amp[k, c] = np.hypot(re, acc_im[c])
+            re = 0.0
+            im = 0.0
+            for q in range(half):
+                u = pool_x[c, newest - q]
+                v = pool_x[c, oldest + q]
+                re += taps_re[d, q] * (u + v)
+                im += taps_im[d, q] * (u - v)
+            re += taps_re[d, half] * pool_x[c, newest - half]
+            out_phase[k, c] = np.arctan2(im, re)
+            out_amp[k, c] = np.hypot(re, im)
         out_sid[k] = s
-        out_t[k] = pool_t[o + j1]
+        out_t[k] = pool_t[newest - half]     # the centre sample's time: delay compensation
         k += 1
     return n, k
 
