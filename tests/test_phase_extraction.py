@@ -219,3 +219,15 @@ def test_a_track_saved_mid_stream_resumes_with_the_same_bits():
     tail = extract_phases(resumed, sid[700:], t[700:], x[700:], MAX_GAP)
     np.testing.assert_array_equal(np.concatenate((head.t, tail.t)), whole.t)
     np.testing.assert_array_equal(np.concatenate((head.phase, tail.phase)), whole.phase)
+
+
+def test_amplitude_times_cos_phase_is_the_band_passed_signal_at_the_centre_sample():
+    """The real part of the analytic output is the band-pass half alone (scipy.signal.lfilter of the
+    real taps), stamped at the centre: the signal an event detector takes."""
+    t = regular_times(360.0, 5.0)
+    x = np.random.default_rng(4).normal(0, 1, len(t))
+    track, out = run(x, t, (5.0, 30.0))
+    f = track.designs[0]
+    band_passed = signal.lfilter(f.taps.real, 1.0, x)[len(f.taps) - 1:]
+    np.testing.assert_array_equal(out.t, t[f.delay:len(t) - f.delay])
+    np.testing.assert_allclose(out.amplitude[:, 0] * np.cos(out.phase[:, 0]), band_passed, rtol=0, atol=1e-12)
