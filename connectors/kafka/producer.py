@@ -51,14 +51,14 @@ class MessageTooLarge(ValueError):
 
 
 def arrow_record_batch(columns: PhaseColumns) -> pa.RecordBatch:
-    """The rows as an Arrow record batch with :data:`PHASE_BATCH_SCHEMA`.
+    """The rows as an Arrow record batch with :data:`PHASE_BATCH_SCHEMA`, then any extra columns.
 
     >>> import numpy as np
     >>> cols = PhaseColumns.from_numpy("pmu-7", np.array([1_764_115_200_125_000]), np.array([1.23]))
     >>> arrow_record_batch(cols).column("t")[0].value      # microseconds since the epoch
     1764115200125000
     """
-    return pa.RecordBatch.from_arrays(
+    batch = pa.RecordBatch.from_arrays(
         [
             columns.sensor,
             pa.array(columns.t_us, pa.timestamp("us", tz="UTC")),
@@ -67,6 +67,9 @@ def arrow_record_batch(columns: PhaseColumns) -> pa.RecordBatch:
         ],
         schema=PHASE_BATCH_SCHEMA,
     )
+    for name, values in columns.extra:  # after the four of the input format, which readers ignore
+        batch = batch.append_column(pa.field(name, pa.float64()), pa.array(values, pa.float64()))
+    return batch
 
 
 def arrow_message(batch: pa.RecordBatch) -> bytes:

@@ -49,6 +49,9 @@ class PhaseColumns:
         cell: utf8 array; null where a sample has no cell.
         origin: where the rows came from (file path, ``synthetic``), for messages.
         first_row: index of the first row within ``origin`` (0-based).
+        extra: further float64 columns as ``(name, array)`` pairs (a PMU's
+            frequency and ROCOF), sent as extra Arrow columns, which
+            consumers ignore.
     """
 
     sensor: pa.Array
@@ -57,6 +60,7 @@ class PhaseColumns:
     cell: pa.Array
     origin: str = ""
     first_row: int = 0
+    extra: tuple[tuple[str, np.ndarray], ...] = ()
 
     def __post_init__(self) -> None:
         n = len(self.t_us)
@@ -65,6 +69,9 @@ class PhaseColumns:
                 f"columns differ in length: sensor {len(self.sensor)}, t_us {n}, "
                 f"phase {len(self.phase)}, cell {len(self.cell)}"
             )
+        for name, values in self.extra:
+            if name in PHASE_COLUMNS or len(values) != n:
+                raise ValueError(f"extra column {name!r}: {len(values)} values for {n} rows, or a reserved name")
 
     def __len__(self) -> int:
         return int(len(self.t_us))
@@ -113,13 +120,15 @@ class PhaseColumns:
             self.cell.slice(offset, end - offset),
             self.origin,
             self.first_row + offset,
+            tuple((name, values[offset:end]) for name, values in self.extra),
         )
 
     def take(self, rows: np.ndarray) -> PhaseColumns:
         """The rows at the indices ``rows``, in that order (origin and first row kept)."""
         indices = pa.array(rows, pa.int64())
         return PhaseColumns(self.sensor.take(indices), self.t_us[rows], self.phase.take(indices),
-                            self.cell.take(indices), self.origin, self.first_row)
+                            self.cell.take(indices), self.origin, self.first_row,
+                            tuple((name, values[rows]) for name, values in self.extra))
 
     @staticmethod
     def concat(chunks: Sequence[PhaseColumns]) -> PhaseColumns:
@@ -135,6 +144,7 @@ class PhaseColumns:
             pa.concat_arrays([c.cell for c in chunks]),
             chunks[0].origin,
             chunks[0].first_row,
+            _concat_extra(chunks),
         )
 
     def channels(self) -> np.ndarray:
@@ -169,3 +179,11 @@ class PhaseColumns:
         if bad_rows:
             row, why = min(bad_rows)
             raise PhaseFileError(self.origin, f"row {self.first_row + row + 1} {why}", column="phase")
+
+
+def _concat_extra(chunks: Sequence[PhaseColumns]) -> tuple[tuple[str, np.ndarray], ...]:
+    """The extra columns of chunks that all have the same ones; none when they differ."""
+    names = [tuple(name for name, _ in c.extra) for c in chunks]
+    if any(n != names[0] for n in names):
+        raise ValueError(f"chunks with different extra columns cannot be joined: {sorted(set(names))}")
+    return tuple((name, np.concatenate([c.extra[k][1] for c in chunks])) for k, name in enumerate(names[0]))
