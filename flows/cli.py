@@ -335,8 +335,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_produce)
 
+    from flows.ingest_commands import add_parsers as add_ingest_parsers
     from flows.memory_commands import add_parsers
 
+    add_ingest_parsers(sub, config_help)
     add_parsers(sub, config_help)
     _add_debug(parser)
     return parser

@@ -1,0 +1,226 @@
+"""The work of ``becomingone ingest c37118 HOST:PORT``: a PMU's or PDC's phasor angles to the input topic.
+
+The client asks for the configuration frame (CFG-2), starts the data
+stream, and turns each run of data frames into phase samples, one sensor per
+phasor (``<station>/<phasor>``), sent as Arrow messages by partition with
+the stream's frequency and ROCOF as extra columns (SPEC section 9).  A frame
+that fails its CRC, FRAMESIZE or type, and bytes that are no frame, become
+dead letters (reason ``malformed``, the original bytes) and the stream goes
+on.  SIGTERM or Ctrl-C stops it: what was received is sent and flushed, exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from connectors.c37118 import (
+    Command,
+    FrameError,
+    FrameKind,
+    FrameReader,
+    PdcConnection,
+    ReadPiece,
+    StreamConfig,
+    check_frame,
+    decode_data_frames,
+    parse_config,
+)
+from connectors.c37118.frames import data_frame_dtype
+from connectors.phase_files import PhaseColumns
+from flows.arguments import config_or_report
+
+__all__ = ["C37Ingest", "IngestState", "ingest_c37118", "phase_columns"]
+
+#: Data frames are sent at least this often (seconds), and in runs of at most this many frames.
+FLUSH_SECONDS = 0.2
+FLUSH_FRAMES = 1024
+
+
+def phase_columns(config: StreamConfig, frames: bytes, origin: str) -> PhaseColumns:
+    """Checked data frames of ``config`` as phase samples: per frame, one row per phasor in config order."""
+    rows = decode_data_frames(frames, config)
+    sensors = pa.array(config.sensors(), pa.string())
+    n_frames, n_phasors = rows.angle.shape
+    which = np.tile(np.arange(n_phasors, dtype=np.int64), n_frames)
+    columns = PhaseColumns.from_numpy("", np.repeat(rows.t_us, n_phasors), rows.angle.ravel(), origin=origin)
+    return PhaseColumns(sensors.take(pa.array(which)), columns.t_us, columns.phase, columns.cell, origin, 0,
+                        (("frequency", rows.frequency.ravel()), ("rocof", rows.rocof.ravel())))
+
+
+@dataclass
+class IngestState:
+    """What the ingest knows and holds between reads."""
+
+    config: StreamConfig | None = None
+    frame_bytes: int = 0
+    pending: list[bytes] = field(default_factory=list)
+    started: bool = False
+    data_frames: int = 0
+    dead_letters: int = 0
+    stream_offset: int = 0
+    last_flush: float = field(default_factory=time.monotonic)
+
+
+class C37Ingest:
+    """Frames in, phase samples and dead letters out."""
+
+    def __init__(self, sender, dead_letter, origin: str, limit: int | None) -> None:
+        self.sender, self.dead_letter, self.origin, self.limit = sender, dead_letter, origin, limit
+        self.state = IngestState()
+
+    @property
+    def done(self) -> bool:
+        return self.limit is not None and self.state.data_frames >= self.limit
+
+    def take(self, piece: ReadPiece) -> None:
+        """One piece cut from the stream."""
+        s = self.state
+        offset, s.stream_offset = s.stream_offset, s.stream_offset + len(piece.data)
+        if piece.junk:
+            self._reject(piece.data, offset, f"{len(piece.data)} byte(s) outside any frame (no SYNC 0xAA)")
+            return
+        try:
+            head = check_frame(piece.data)
+            if head.kind in (FrameKind.CFG1, FrameKind.CFG2):
+                self._configure(parse_config(piece.data))
+            elif head.kind == FrameKind.DATA:
+                self._data(piece.data, head.idcode)
+        except FrameError as exc:
+            self._reject(piece.data, offset, str(exc))
+
+    def flush(self, force: bool = False) -> None:
+        """Send the held data frames (when due, or ``force``)."""
+        s = self.state
+        due = len(s.pending) >= FLUSH_FRAMES or time.monotonic() - s.last_flush >= FLUSH_SECONDS
+        if s.pending and (force or due) and s.config is not None:
+            self.sender.send(phase_columns(s.config, b"".join(s.pending), self.origin))
+            self.sender.send_held()
+            s.pending.clear()
+        if force or due:
+            s.last_flush = time.monotonic()
+
+    def _configure(self, config: StreamConfig) -> None:
+        self.flush(force=True)
+        self.state.config = config
+        self.state.frame_bytes = data_frame_dtype(config).itemsize
+
+    def _data(self, frame: bytes, idcode: int) -> None:
+        s = self.state
+        if s.config is None:
+            raise FrameError("data frame before any configuration frame")
+        if idcode != s.config.idcode or len(frame) != s.frame_bytes:
+            raise FrameError(f"data frame of IDCODE {idcode}, {len(frame)} bytes; the configuration says "
+                             f"IDCODE {s.config.idcode}, {s.frame_bytes} bytes")
+        if self.done:
+            return
+        s.pending.append(frame)
+        s.data_frames += 1
+
+    def _reject(self, data: bytes, offset: int, problem: str) -> None:
+        self.state.dead_letters += 1
+        self.dead_letter(data, offset, problem)
+
+
+def ingest_c37118(args: argparse.Namespace) -> int:
+    """Stream a PMU/PDC to the input topic until stopped, ``--limit`` data frames, or the peer closes."""
+    from confluent_kafka import KafkaException, Producer
+
+    from connectors.kafka import (
+        KafkaSetupError, KafkaUnreachable, PhaseProducer, TopicSetupError, admin_settings, connect_admin,
+        ensure_topics, producer_settings, settings_rejected,
+    )
+    from flows.produce_command import delivery_wait, message_limit, produce_topic
+    from schemas.messages import DeadLetter, DeadLetterReason, to_json_bytes
+
+    name = "becomingone ingest c37118"
+    config = config_or_report(args)
+    if config is None:
+        return 2
+    try:
+        host, port = _address(args.address)
+        topic, dlq = produce_topic(config, None), config.sink.topics.dlq
+        client_id = f"{config.becomingone.name}-ingest"
+        settings = producer_settings(config.kafka, bootstrap=args.bootstrap, client_id=client_id)
+        admin = connect_admin(admin_settings(config.kafka, bootstrap=args.bootstrap, client_id=client_id),
+                              timeout=args.timeout)
+        ensure_topics(admin, [topic, dlq], 1, timeout=args.timeout)
+        producer = Producer(settings)
+    except (ValueError, KafkaSetupError) as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        return 2
+    except KafkaException as exc:
+        print(f"{name}: {settings_rejected(exc, settings)}", file=sys.stderr)
+        return 2
+    except (KafkaUnreachable, TopicSetupError) as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        return 1
+    origin = f"c37118://{host}:{port}"
+    sender = PhaseProducer(producer, topic, wire="arrow", batch_rows=65536, max_message_bytes=message_limit(settings))
+
+    def dead_letter(data: bytes, offset: int, problem: str) -> None:
+        letter = DeadLetter.create(original=data, reason=DeadLetterReason.MALFORMED, error=problem, topic=origin,
+                                   offset=offset, max_original_bytes=config.sink.dlq_max_original_bytes)
+        producer.produce(dlq, value=to_json_bytes(letter))
+        print(f"{name}: dead letter at byte {offset:,}: {problem}", file=sys.stderr)
+
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        connection = PdcConnection(host, port, idcode=args.idcode, connect_timeout=args.timeout)
+    except OSError as exc:
+        print(f"{name}: cannot connect to {host}:{port}: {exc}", file=sys.stderr)
+        return 1
+    ingest = C37Ingest(sender, dead_letter, origin, args.limit)
+    status = _stream(connection, ingest, stop, args.timeout, name)
+    connection.close()
+    ingest.flush(force=True)
+    sender.finish(timeout=delivery_wait(settings))
+    producer.flush(delivery_wait(settings))
+    s = ingest.state
+    print(f"ingested {s.data_frames:,} data frames ({sender.samples:,} samples, {sender.messages:,} messages) "
+          f"from {host}:{port} to {topic} in {sender.seconds:.2f} s; dead letters {s.dead_letters:,}; "
+          f"delivered {sender.delivered:,}, failed {sender.failed:,}")
+    if sender.failed:
+        print(f"{name}: {sender.failed:,} message(s) not delivered to {topic}: {sender.first_error}", file=sys.stderr)
+        return 1
+    return status
+
+
+def _stream(connection: PdcConnection, ingest: C37Ingest, stop: threading.Event, timeout: float, name: str) -> int:
+    """Read until stopped, done or closed; 1 when the peer stays silent for ``timeout`` s."""
+    reader = FrameReader()
+    connection.send(Command.SEND_CFG2)
+    heard = time.monotonic()
+    while not stop.is_set() and not ingest.done:
+        data = connection.receive()
+        if connection.closed_by_peer:
+            print(f"{name}: the PMU closed the connection", file=sys.stderr)
+            break
+        if data:
+            heard = time.monotonic()
+        elif time.monotonic() - heard > timeout:
+            print(f"{name}: no frame from the PMU for {timeout:g} s", file=sys.stderr)
+            return 1
+        for piece in reader.feed(data):
+            ingest.take(piece)
+        if ingest.state.config is not None and not ingest.state.started:
+            connection.send(Command.DATA_ON)
+            ingest.state.started = True
+        ingest.flush()
+    return 0
+
+
+def _address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{text!r}: expected HOST:PORT")
+    return host.strip("[]"), int(port)
