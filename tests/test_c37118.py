@@ -1,0 +1,324 @@
+"""`becomingone ingest c37118` against the PMU simulator of the `pyc37` package (IEEE C37.118.2).
+
+The frames under test are built by pyc37 from values chosen here, so every
+expected angle, time, frequency and ROCOF is computed from what the PMU was
+told to send, not from our parser.  The end-to-end module starts a pyc37
+``Pmu`` on loopback, feeds it data frames (one of them with a flipped byte,
+and a few stray bytes), runs the ingest through the command line, reads the
+topics back, then runs the flow on the topic and reads the archive.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import yaml
+
+from connectors.c37118 import (
+    Command,
+    FrameError,
+    FrameReader,
+    check_frame,
+    command_frame,
+    crc_ccitt,
+    decode_data_frames,
+    parse_config,
+)
+from connectors.kafka import sensor_partitions
+from schemas.messages import ARROW_STREAM_CONTENT_TYPE, DeadLetter
+
+from tests.conftest import BIN, WAIT, archive_rows, clean_env, free_port, read_topic, unique_topic
+
+pyc37_frame = pytest.importorskip("pyc37.frame")
+pyc37_pmu = pytest.importorskip("pyc37.pmu")
+
+START_SOC = 1_764_115_200  # 2025-11-26T00:00:00Z
+FRAMES = 150
+OK_STAT = ("ok", True, "timestamp", False, False, False, 0, "<10", 0)
+
+
+def _config_frame(rate: int = 100, formats=((True, True, False, True), (False, False, False, False))):
+    """Two stations: North (2 phasors) and South (1 phasor, 1 analog); FORMAT per station as pyc37 tuples
+    (polar, float phasors, float analogs, float FREQ/DFREQ)."""
+    return pyc37_frame.ConfigFrame2(
+        7, 1_000_000, 2, ["North", "South"], [7, 8], list(formats), [2, 1], [0, 1], [0, 0],
+        [["VA", "VB"], ["IA", "AN1"]], [[(0, "v"), (0, "v")], [(45776, "i")]], [[], [(1, "pow")]], [[], []],
+        [60, 50], [1, 1], rate,
+    )
+
+
+def _atan2(y: float, x: float) -> float:
+    """atan2 as NumPy computes it (C libraries differ from ``math.atan2`` in the last bit at times)."""
+    return float(np.arctan2(np.float64(y), np.float64(x)))
+
+
+@dataclass(frozen=True)
+class Sent:
+    """What the PMU was told to send in one data frame, and the values a reader must find."""
+
+    soc: int
+    fraction: int
+    leap_dir: str
+    quality: int
+    north: tuple[tuple[float, float], tuple[float, float]]  # polar float: (magnitude, angle)
+    south: tuple[int, int]  # rectangular 16-bit: (real, imaginary)
+    north_freq: float
+    north_dfreq: float
+    south_freq: int  # mHz from 50 Hz
+    south_dfreq: int  # 0.01 Hz/s
+
+    @property
+    def t_us(self) -> int:  # TIME_BASE 1,000,000: FRACSEC counts microseconds
+        return self.soc * 1_000_000 + self.fraction
+
+    def angles(self) -> dict[str, float]:
+        """Per sensor the angle as it travels: a float32 for polar float phasors, atan2 for rectangular."""
+        return {"North/VA": float(np.float32(self.north[0][1])), "North/VB": float(np.float32(self.north[1][1])),
+                "South/IA": _atan2(self.south[1], self.south[0])}
+
+    def frame(self, cfg) -> bytes:
+        return pyc37_frame.DataFrame(
+            7, [OK_STAT, OK_STAT], [list(self.north), [self.south]], [self.north_freq, self.south_freq],
+            [self.north_dfreq, self.south_dfreq], [[], [123]], [[], []], cfg,
+            soc=self.soc, frasec=(self.fraction, self.leap_dir, False, self.quality % 2 == 1, self.quality),
+        ).convert2bytes()
+
+
+def _sent(k: int) -> Sent:
+    a, b, c = (0.37 * k) % 6.2 - 3.1, 3.1 - (0.53 * k) % 6.2, 0.21 * k
+    return Sent(
+        soc=START_SOC + k // 100, fraction=(k % 100) * 10_000 + 7, leap_dir="-" if k % 2 else "+",
+        quality=k % 12, north=((230.0 + k, a), (229.5, b)), south=(int(9000 * math.cos(c)), int(9000 * math.sin(c))),
+        north_freq=0.25 + k / 1000, north_dfreq=-0.125, south_freq=k - 75, south_dfreq=3 - k % 7,
+    )
+
+
+# --------------------------------------------------------------------------
+# Frames: pyc37 builds them, our parser reads them.
+
+def test_crc_is_the_ccitt_check_value_and_pyc37_reads_our_command_frames():
+    assert crc_ccitt(b"123456789") == 0x29B1
+    for command, name in ((Command.SEND_CFG2, "cfg2"), (Command.DATA_ON, "start"), (Command.DATA_OFF, "stop")):
+        frame = pyc37_frame.CommonFrame.convert2frame(command_frame(7, command))
+        assert frame.get_command() == name and frame.get_id_code() == 7
+
+
+def test_configuration_frame_of_pyc37():
+    config = parse_config(_config_frame().convert2bytes())
+    assert config.idcode == 7 and config.time_base == 1_000_000 and config.data_rate == 100
+    assert config.sensors() == ["North/VA", "North/VB", "South/IA"]
+    assert [(s.polar, s.phasor_float, s.freq_float, s.nominal_hz) for s in config.stations] == [
+        (True, True, True, 60), (False, False, False, 50)]
+
+
+@pytest.mark.parametrize("polar", [True, False])
+@pytest.mark.parametrize("floats", [True, False])
+def test_every_phasor_format_gives_the_sent_angle(polar, floats):
+    cfg = _config_frame(formats=((polar, floats, False, floats),) * 2)
+    config = parse_config(cfg.convert2bytes())
+    if polar:
+        values = [(100, 12345), (7, -31416), (65535, 0)] if not floats else [(1.5, 2.5), (2.0, -3.14), (9.0, 0.0)]
+        expected = [v[1] * (1e-4 if not floats else 1) for v in values]
+    else:
+        values = [(-7318, 12676), (0, -5), (32767, 1)] if not floats else [(-1.5, 2.0), (0.0, -5.0), (3.0, 1e-3)]
+        f = np.float32 if floats else int  # what the frame carries
+        expected = [_atan2(f(im), f(re)) for re, im in values]
+    if floats and polar:
+        expected = [float(np.float32(e)) for e in expected]
+    freq, dfreq = (0.5, -0.25) if floats else (-123, 45)
+    frame = pyc37_frame.DataFrame(7, [OK_STAT, OK_STAT], [values[:2], values[2:]], [freq, freq], [dfreq, dfreq],
+                                  [[], [1]], [[], []], cfg, soc=START_SOC, frasec=(999_999, "-", True, True, 11))
+    data = frame.convert2bytes()
+    check_frame(data)
+    rows = decode_data_frames(data + data, config)  # two frames at once
+    assert rows.t_us.tolist() == [START_SOC * 1_000_000 + 999_999] * 2
+    np.testing.assert_array_equal(rows.angle, [expected, expected])
+    if floats:
+        np.testing.assert_array_equal(rows.frequency[0], [0.5] * 3)
+        np.testing.assert_array_equal(rows.rocof[0], [-0.25] * 3)
+    else:  # 16-bit: mHz from FNOM (60, 60, 50 Hz), 0.01 Hz/s
+        np.testing.assert_allclose(rows.frequency[0], [59.877, 59.877, 49.877], rtol=0, atol=1e-12)
+        np.testing.assert_allclose(rows.rocof[0], [0.45] * 3, rtol=0, atol=1e-12)
+
+
+def test_a_time_base_that_does_not_divide_a_second_rounds_to_the_nearest_microsecond():
+    cfg = _config_frame()
+    cfg.set_time_base(3)  # FRACSEC in thirds of a second
+    config = parse_config(cfg.convert2bytes())
+    times = []
+    for fraction in (1, 2):
+        sent = _sent(0)
+        frame = pyc37_frame.DataFrame(7, [OK_STAT, OK_STAT], [list(sent.north), [sent.south]], [0.0, 0], [0.0, 0],
+                                      [[], [0]], [[], []], cfg, soc=START_SOC, frasec=(fraction, "+", False, False, 0))
+        times += decode_data_frames(frame.convert2bytes(), config).t_us.tolist()
+    assert times == [START_SOC * 1_000_000 + 333_333, START_SOC * 1_000_000 + 666_667]
+
+
+def test_bad_frames_are_refused_with_their_reason():
+    cfg = _config_frame()
+    good = _sent(3).frame(cfg)
+    flipped = bytearray(good)
+    flipped[20] ^= 0x40
+    with pytest.raises(FrameError, match="CRC-CCITT mismatch"):
+        check_frame(bytes(flipped))
+    with pytest.raises(FrameError, match="FRAMESIZE"):
+        check_frame(good[:-1])
+    unknown = bytearray(good)
+    unknown[1] = (unknown[1] & 0x0F) | 0x70  # frame type 7
+    unknown[-2:] = crc_ccitt(bytes(unknown[:-2])).to_bytes(2, "big")
+    with pytest.raises(FrameError, match="unknown frame type 7"):
+        check_frame(bytes(unknown))
+
+
+def test_frame_reader_cuts_frames_from_any_split_and_returns_stray_bytes():
+    cfg = _config_frame()
+    frames = [cfg.convert2bytes()] + [_sent(k).frame(cfg) for k in range(5)]
+    stream = b"\x01\x02" + frames[0] + frames[1] + b"\xaa\x00\x03" + b"".join(frames[2:])
+    for step in (1, 7, 64, len(stream)):
+        reader = FrameReader()
+        pieces = [p for at in range(0, len(stream), step) for p in reader.feed(stream[at:at + step])]
+        assert [p.data for p in pieces if not p.junk] == frames
+        assert b"".join(p.data for p in pieces) == stream  # nothing lost, nothing doubled
+        assert reader.buffer == bytearray()
+
+
+# --------------------------------------------------------------------------
+# End to end: the pyc37 PMU on loopback, the ingest, the topics, the flow.
+
+@dataclass
+class Ingest:
+    proc: subprocess.CompletedProcess
+    sent: list[Sent]
+    bad_frame: bytes
+    stray: bytes
+    topic: str
+    dlq: str
+    config_path: Path
+    root: Path
+    bootstrap: str
+
+
+@pytest.fixture(scope="module")
+def ingest(bootstrap, tmp_path_factory) -> Ingest:
+    tmp = tmp_path_factory.mktemp("c37118")
+    pyc37_pmu.Pmu.logger.setLevel(logging.WARNING)
+    port = free_port()
+    pmu = pyc37_pmu.Pmu(pmu_id=7, data_rate=100, port=port, ip="127.0.0.1", set_timestamp=False)
+    cfg = _config_frame(rate=100)
+    pmu.set_configuration(cfg)
+    pmu.run()
+    prefix = unique_topic("test.c37")
+    topic, dlq, root = f"{prefix}.phases", f"{prefix}.dlq", tmp / "archive"
+    config_path = tmp / "config.yaml"
+    config_path.write_text(yaml.safe_dump({
+        "source": {"kind": "kafka", "topic": topic, "from_beginning": True, "stop_at_end": True},
+        "kafka": {"bootstrap.servers": bootstrap},
+        "sink": {"topics": {role: f"{prefix}.{role}" for role in ("collapse", "witness", "sync", "dlq")}},
+        "memory": {"storage": {"path": str(root)}},
+        "metrics": {"enabled": False},
+    }))
+    sent = [_sent(k) for k in range(FRAMES)]
+    frames = [s.frame(cfg) for s in sent]
+    bad = bytearray(frames[50])
+    bad[30] ^= 0x01  # inside North's first phasor: the CHK no longer matches
+    stray = b"\x13\x37\x00"
+    proc = subprocess.Popen(
+        [str(BIN), "ingest", "c37118", f"127.0.0.1:{port}", "--config", str(config_path), "--limit", str(FRAMES),
+         "--timeout", "20"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env())
+    try:
+        deadline = time.monotonic() + WAIT
+        while not pmu.client_buffers and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert pmu.client_buffers, "the ingest never connected to the PMU"
+        for k, frame in enumerate(frames):
+            if k == 50:
+                pmu.send(bytes(bad))
+                pmu.send(stray)
+            pmu.send(frame)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        pmu.stop()
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    return Ingest(done, sent, bytes(bad), stray, topic, dlq, config_path, root, bootstrap)
+
+
+def _rows(messages) -> list[dict]:
+    rows = []
+    for msg in messages:
+        assert dict(msg.headers())["content-type"] == ARROW_STREAM_CONTENT_TYPE.encode()
+        table = pa.ipc.open_stream(msg.value()).read_all()
+        names = set(table.column("sensor").to_pylist())
+        assert msg.key() == (names.pop().encode() if len(names) == 1 else None)
+        for row in table.to_pylist():
+            row["partition"] = msg.partition()
+            rows.append(row)
+    return rows
+
+
+@pytest.mark.slow
+def test_ingest_sends_every_angle_and_time_the_pmu_sent(ingest):
+    assert ingest.proc.returncode == 0, ingest.proc.stderr
+    assert f"ingested {FRAMES} data frames ({3 * FRAMES} samples" in ingest.proc.stdout
+    rows = _rows(read_topic(ingest.bootstrap, ingest.topic))
+    assert len(rows) == 3 * FRAMES
+    got = {(r["sensor"], _us(r["t"])): r for r in rows}
+    for s in ingest.sent:
+        for sensor, angle in s.angles().items():
+            row = got[(sensor, s.t_us)]
+            assert row["phase"] == [angle]  # exact: same float64
+            assert row["cell"] is None
+    north = [got[("North/VA", s.t_us)] for s in ingest.sent]
+    south = [got[("South/IA", s.t_us)] for s in ingest.sent]
+    assert [r["frequency"] for r in north] == [float(np.float32(s.north_freq)) for s in ingest.sent]
+    assert [r["rocof"] for r in north] == [-0.125] * FRAMES
+    np.testing.assert_allclose([r["frequency"] for r in south], [50 + s.south_freq / 1000 for s in ingest.sent],
+                               rtol=0, atol=1e-12)
+    np.testing.assert_allclose([r["rocof"] for r in south], [s.south_dfreq / 100 for s in ingest.sent],
+                               rtol=0, atol=1e-12)
+    # Keyed per sensor: each sensor on the partition of its key, its samples in time order.
+    from confluent_kafka.admin import AdminClient
+
+    topic = AdminClient({"bootstrap.servers": ingest.bootstrap}).list_topics(ingest.topic, timeout=WAIT)
+    partitions = len(topic.topics[ingest.topic].partitions)
+    for sensor in ("North/VA", "North/VB", "South/IA"):
+        mine = [r for r in rows if r["sensor"] == sensor]
+        assert {r["partition"] for r in mine} == {int(sensor_partitions(pa.array([sensor]), partitions)[0])}
+        times = [_us(r["t"]) for r in mine]
+        assert times == [s.t_us for s in ingest.sent]
+
+
+def _us(t) -> int:
+    return int(pa.scalar(t, pa.timestamp("us", tz="UTC")).value)
+
+
+@pytest.mark.slow
+def test_a_corrupted_frame_and_stray_bytes_are_dead_letters_and_the_ingest_goes_on(ingest):
+    letters = [DeadLetter.model_validate_json(m.value()) for m in read_topic(ingest.bootstrap, ingest.dlq)]
+    assert [(d.reason.value, d.original_bytes) for d in letters] == [
+        ("malformed", ingest.bad_frame), ("malformed", ingest.stray)]
+    assert "CRC-CCITT mismatch" in letters[0].error and "outside any frame" in letters[1].error
+    assert letters[0].topic.startswith("c37118://127.0.0.1:")
+    assert letters[1].offset == letters[0].offset + len(ingest.bad_frame)
+    assert "dead letters 2" in ingest.proc.stdout
+
+
+@pytest.mark.slow
+def test_the_flow_archives_the_ingested_samples(ingest):
+    proc = subprocess.run([str(BIN), "run", "--config", str(ingest.config_path)], capture_output=True, text=True,
+                          env=clean_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = archive_rows(ingest.root, {"input": ["sensor", "t"]})["input"]
+    assert len(rows) == 3 * FRAMES
+    expected = sorted((sensor, s.t_us, angle) for s in ingest.sent for sensor, angle in s.angles().items())
+    assert sorted((r["sensor"], _us(r["t"]), r["phase"][0]) for r in rows) == expected
