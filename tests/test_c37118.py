@@ -11,6 +11,7 @@ topics back, then runs the flow on the topic and reads the archive.
 from __future__ import annotations
 
 import logging
+import signal
 import math
 import subprocess
 import time
@@ -41,7 +42,7 @@ pyc37_frame = pytest.importorskip("pyc37.frame")
 pyc37_pmu = pytest.importorskip("pyc37.pmu")
 
 START_SOC = 1_764_115_200  # 2025-11-26T00:00:00Z
-FRAMES = 150
+FRAMES = 120
 OK_STAT = ("ok", True, "timestamp", False, False, False, 0, "<10", 0)
 
 
@@ -193,6 +194,21 @@ def test_frame_reader_cuts_frames_from_any_split_and_returns_stray_bytes():
 # --------------------------------------------------------------------------
 # End to end: the pyc37 PMU on loopback, the ingest, the topics, the flow.
 
+def _config_file(bootstrap: str, tmp: Path) -> tuple[str, str, Path, Path]:
+    """A config reading a new input topic, with its own output topics and archive: (topic, dlq, archive, file)."""
+    prefix = unique_topic("test.c37")
+    topic, dlq, root = f"{prefix}.phases", f"{prefix}.dlq", tmp / "archive"
+    path = tmp / "config.yaml"
+    path.write_text(yaml.safe_dump({
+        "source": {"kind": "kafka", "topic": topic, "from_beginning": True, "stop_at_end": True},
+        "kafka": {"bootstrap.servers": bootstrap},
+        "sink": {"topics": {role: f"{prefix}.{role}" for role in ("collapse", "witness", "sync", "dlq")}},
+        "memory": {"storage": {"path": str(root)}},
+        "metrics": {"enabled": False},
+    }))
+    return topic, dlq, root, path
+
+
 @dataclass
 class Ingest:
     proc: subprocess.CompletedProcess
@@ -215,16 +231,7 @@ def ingest(bootstrap, tmp_path_factory) -> Ingest:
     cfg = _config_frame(rate=100)
     pmu.set_configuration(cfg)
     pmu.run()
-    prefix = unique_topic("test.c37")
-    topic, dlq, root = f"{prefix}.phases", f"{prefix}.dlq", tmp / "archive"
-    config_path = tmp / "config.yaml"
-    config_path.write_text(yaml.safe_dump({
-        "source": {"kind": "kafka", "topic": topic, "from_beginning": True, "stop_at_end": True},
-        "kafka": {"bootstrap.servers": bootstrap},
-        "sink": {"topics": {role: f"{prefix}.{role}" for role in ("collapse", "witness", "sync", "dlq")}},
-        "memory": {"storage": {"path": str(root)}},
-        "metrics": {"enabled": False},
-    }))
+    topic, dlq, root, config_path = _config_file(bootstrap, tmp)
     sent = [_sent(k) for k in range(FRAMES)]
     frames = [s.frame(cfg) for s in sent]
     bad = bytearray(frames[50])
@@ -322,3 +329,43 @@ def test_the_flow_archives_the_ingested_samples(ingest):
     assert len(rows) == 3 * FRAMES
     expected = sorted((sensor, s.t_us, angle) for s in ingest.sent for sensor, angle in s.angles().items())
     assert sorted((r["sensor"], _us(r["t"]), r["phase"][0]) for r in rows) == expected
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_ingest_cleanly_after_sending_what_it_received(bootstrap, tmp_path):
+    pyc37_pmu.Pmu.logger.setLevel(logging.WARNING)
+    port = free_port()
+    pmu = pyc37_pmu.Pmu(pmu_id=7, data_rate=100, port=port, ip="127.0.0.1", set_timestamp=False)
+    cfg = _config_frame(rate=100)
+    pmu.set_configuration(cfg)
+    pmu.run()
+    topic, _, _, config_path = _config_file(bootstrap, tmp_path)
+    proc = subprocess.Popen([str(BIN), "ingest", "c37118", f"127.0.0.1:{port}", "--config", str(config_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env())
+    try:
+        deadline = time.monotonic() + WAIT
+        while not pmu.client_buffers and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert pmu.client_buffers, f"the ingest never connected to the PMU: {proc.poll()} {proc.stderr.read()}"
+        for k in range(40):
+            pmu.send(_sent(k).frame(cfg))
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline and _row_count(bootstrap, topic) < 3 * 40:
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=WAIT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        pmu.stop()
+    assert proc.returncode == 0, err
+    assert "ingested 40 data frames (120 samples" in out and "dead letters 0" in out
+    assert len(_rows(read_topic(bootstrap, topic))) == 120
+
+
+def _row_count(bootstrap: str, topic: str) -> int:
+    try:
+        return len(_rows(read_topic(bootstrap, topic)))
+    except Exception:  # the topic does not exist yet
+        return 0
