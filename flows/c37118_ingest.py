@@ -16,7 +16,9 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -30,12 +32,15 @@ from connectors.c37118 import (
     ReadPiece,
     StreamConfig,
     check_frame,
+    data_frame_dtype,
     decode_data_frames,
     parse_config,
 )
-from connectors.c37118.frames import data_frame_dtype
-from connectors.phase_files import PhaseColumns
+from connectors.phase_files.columns import PHASE_TYPE, PhaseColumns
 from flows.arguments import config_or_report
+
+if TYPE_CHECKING:
+    from connectors.kafka import PhaseProducer
 
 __all__ = ["C37Ingest", "IngestState", "ingest_c37118", "phase_columns"]
 
@@ -45,14 +50,20 @@ FLUSH_FRAMES = 1024
 
 
 def phase_columns(config: StreamConfig, frames: bytes, origin: str) -> PhaseColumns:
-    """Checked data frames of ``config`` as phase samples: per frame, one row per phasor in config order."""
+    """Checked data frames of ``config`` as phase samples: per frame, one row per usable phasor in config order."""
     rows = decode_data_frames(frames, config)
-    sensors = pa.array(config.sensors(), pa.string())
+    keep = rows.usable.ravel()
     n_frames, n_phasors = rows.angle.shape
-    which = np.tile(np.arange(n_phasors, dtype=np.int64), n_frames)
-    columns = PhaseColumns.from_numpy("", np.repeat(rows.t_us, n_phasors), rows.angle.ravel(), origin=origin)
-    return PhaseColumns(sensors.take(pa.array(which)), columns.t_us, columns.phase, columns.cell, origin, 0,
-                        (("frequency", rows.frequency.ravel()), ("rocof", rows.rocof.ravel())))
+    which = np.tile(np.arange(n_phasors, dtype=np.int64), n_frames)[keep]
+    angle = rows.angle.ravel()[keep]
+    return PhaseColumns(
+        sensor=pa.array(config.sensors(), pa.string()).take(pa.array(which)),
+        t_us=np.repeat(rows.t_us, n_phasors)[keep],
+        phase=pa.FixedSizeListArray.from_arrays(pa.array(angle, pa.float64()), 1).cast(PHASE_TYPE),
+        cell=pa.nulls(len(angle), pa.string()),
+        origin=origin,
+        extra=(("frequency", rows.frequency.ravel()[keep]), ("rocof", rows.rocof.ravel()[keep])),
+    )
 
 
 @dataclass
@@ -64,6 +75,7 @@ class IngestState:
     pending: list[bytes] = field(default_factory=list)
     started: bool = False
     data_frames: int = 0
+    phasors: int = 0
     dead_letters: int = 0
     stream_offset: int = 0
     last_flush: float = field(default_factory=time.monotonic)
@@ -72,7 +84,8 @@ class IngestState:
 class C37Ingest:
     """Frames in, phase samples and dead letters out."""
 
-    def __init__(self, sender, dead_letter, origin: str, limit: int | None) -> None:
+    def __init__(self, sender: PhaseProducer, dead_letter: Callable[[bytes, int, str], None], origin: str,
+                 limit: int | None) -> None:
         self.sender, self.dead_letter, self.origin, self.limit = sender, dead_letter, origin, limit
         self.state = IngestState()
 
@@ -101,6 +114,7 @@ class C37Ingest:
         s = self.state
         due = len(s.pending) >= FLUSH_FRAMES or time.monotonic() - s.last_flush >= FLUSH_SECONDS
         if s.pending and (force or due) and s.config is not None:
+            s.phasors += len(s.pending) * len(s.config.sensors())
             self.sender.send(phase_columns(s.config, b"".join(s.pending), self.origin))
             self.sender.send_held()
             s.pending.clear()
@@ -187,7 +201,8 @@ def ingest_c37118(args: argparse.Namespace) -> int:
     producer.flush(delivery_wait(settings))
     s = ingest.state
     print(f"ingested {s.data_frames:,} data frames ({sender.samples:,} samples, {sender.messages:,} messages) "
-          f"from {host}:{port} to {topic} in {sender.seconds:.2f} s; dead letters {s.dead_letters:,}; "
+          f"from {host}:{port} to {topic} in {sender.seconds:.2f} s; {s.phasors - sender.samples:,} phasor "
+          f"values not usable (STAT, NaN); dead letters {s.dead_letters:,}; "
           f"delivered {sender.delivered:,}, failed {sender.failed:,}")
     if sender.failed:
         print(f"{name}: {sender.failed:,} message(s) not delivered to {topic}: {sender.first_error}", file=sys.stderr)

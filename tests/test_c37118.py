@@ -150,6 +150,32 @@ def test_every_phasor_format_gives_the_sent_angle(polar, floats):
         np.testing.assert_allclose(rows.rocof[0], [0.45] * 3, rtol=0, atol=1e-12)
 
 
+def test_values_the_stat_word_marks_not_to_use_are_left_out():
+    from flows.c37118_ingest import phase_columns
+
+    cfg = _config_frame()
+    config = parse_config(cfg.convert2bytes())
+    # STAT bits 15-14 set by hand: pyc37 shifts its measurement status one bit too far
+    # ("error" comes out as 10, "test" overflows).
+    stat_at = (14, 14 + 2 + 2 * 8 + 2 * 4)  # North: 2 float phasors, float FREQ and DFREQ
+    frames = b""
+    for k, (north, south) in enumerate(((0b00, 0b00), (0b10, 0b00), (0b00, 0b11), (0b01, 0b00))):
+        frame = bytearray(_sent(k).frame(cfg))
+        for at, bits in zip(stat_at, (north, south)):
+            frame[at:at + 2] = (bits << 14).to_bytes(2, "big")
+        frame[-2:] = crc_ccitt(bytes(frame[:-2])).to_bytes(2, "big")
+        frames += bytes(frame)
+    columns = phase_columns(config, frames, "pmu")
+    # 10 (test mode, absent data) and 11 (PMU error) say: do not use; 01 says nothing about the data.
+    kept = [(k, sensor) for k, keep in enumerate(((1, 1, 1), (0, 0, 1), (1, 1, 0), (1, 1, 1)))
+            for sensor, used in zip(config.sensors(), keep) if used]
+    assert list(zip(columns.t_us.tolist(), columns.sensor.to_pylist())) == [(_sent(k).t_us, n) for k, n in kept]
+    assert [name for name, _ in columns.extra] == ["frequency", "rocof"]
+    halves = columns.slice(0, 3), columns.slice(3)
+    joined = type(columns).concat(list(halves)).take(np.arange(len(columns)))
+    assert [(n, v.tolist()) for n, v in joined.extra] == [(n, v.tolist()) for n, v in columns.extra]
+
+
 def test_a_time_base_that_does_not_divide_a_second_rounds_to_the_nearest_microsecond():
     cfg = _config_frame()
     cfg.set_time_base(3)  # FRACSEC in thirds of a second

@@ -11,6 +11,7 @@ from connectors.c37118.frames import (
     check_frame,
     command_frame,
     crc_ccitt,
+    data_frame_dtype,
     decode_data_frames,
     parse_config,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "check_frame",
     "command_frame",
     "crc_ccitt",
+    "data_frame_dtype",
     "decode_data_frames",
     "parse_config",
 ]

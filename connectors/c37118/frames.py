@@ -34,6 +34,7 @@ __all__ = [
     "check_frame",
     "command_frame",
     "crc_ccitt",
+    "data_frame_dtype",
     "decode_data_frames",
     "frame_head",
     "parse_config",
@@ -46,6 +47,8 @@ MIN_FRAME_BYTES = HEAD_BYTES + 2
 #: FRACSEC's fraction of a second: its low 24 bits (the top byte is time quality and leap-second flags).
 FRACTION_MASK = 0x00FF_FFFF
 US_PER_S = 1_000_000
+#: STAT bits 15-14 from this value up: test mode or absent data (10), PMU error (11): values not to be used.
+DO_NOT_USE = 0b10
 
 
 class FrameKind(enum.IntEnum):
@@ -231,12 +234,16 @@ class PhasorRows:
         angle: (frames, phasors) float64, radians.
         frequency: (frames, phasors) float64, Hz (each phasor gets its station's FREQ).
         rocof: (frames, phasors) float64, Hz/s (its station's DFREQ).
+        usable: (frames, phasors) bool: False where the station's STAT says
+            not to use the values (data error bits 15-14 = 10, test mode or
+            absent data, or 11, PMU error) or the angle is not finite.
     """
 
     t_us: np.ndarray
     angle: np.ndarray
     frequency: np.ndarray
     rocof: np.ndarray
+    usable: np.ndarray
 
 
 def data_frame_dtype(config: StreamConfig) -> np.dtype:
@@ -263,7 +270,8 @@ def decode_data_frames(frames: bytes, config: StreamConfig) -> PhasorRows:
     Angle: polar float phasors as sent; polar 16-bit ones in 10^-4 rad;
     rectangular ones atan2(imaginary, real).  Frequency: float FREQ in Hz,
     16-bit FREQ a deviation from FNOM in mHz; ROCOF: float DFREQ in Hz/s,
-    16-bit DFREQ in 0.01 Hz/s.
+    16-bit DFREQ in 0.01 Hz/s.  Values the STAT word marks as not to be used
+    (data error bits 15-14 of 10 or 11) are flagged in ``usable``.
     """
     dtype = data_frame_dtype(config)
     if len(frames) % dtype.itemsize:
@@ -272,7 +280,7 @@ def decode_data_frames(frames: bytes, config: StreamConfig) -> PhasorRows:
     fraction = (rows["fracsec"] & FRACTION_MASK).astype(np.int64)
     tb = config.time_base
     t_us = rows["soc"].astype(np.int64) * US_PER_S + (fraction * US_PER_S + tb // 2) // tb
-    angles, freqs, rocofs = [], [], []
+    angles, freqs, rocofs, usable = [], [], [], []
     for k, s in enumerate(config.stations):
         if not s.phasors:
             continue
@@ -287,10 +295,12 @@ def decode_data_frames(frames: bytes, config: StreamConfig) -> PhasorRows:
             freq = s.nominal_hz + freq / 1000.0
             dfreq = dfreq / 100.0
         n = len(s.phasors)
+        trusted = (rows[f"stat{k}"] >> 14) < DO_NOT_USE
         angles.append(angle)
         freqs.append(np.repeat(freq[:, None], n, axis=1))
         rocofs.append(np.repeat(dfreq[:, None], n, axis=1))
+        usable.append(np.isfinite(angle) & trusted[:, None])
     if not angles:
         empty = np.zeros((len(rows), 0))
-        return PhasorRows(t_us, empty, empty, empty)
-    return PhasorRows(t_us, np.hstack(angles), np.hstack(freqs), np.hstack(rocofs))
+        return PhasorRows(t_us, empty, empty, empty, empty.astype(bool))
+    return PhasorRows(t_us, np.hstack(angles), np.hstack(freqs), np.hstack(rocofs), np.hstack(usable))
