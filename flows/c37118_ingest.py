@@ -98,7 +98,8 @@ class C37Ingest:
         s = self.state
         offset, s.stream_offset = s.stream_offset, s.stream_offset + len(piece.data)
         if piece.junk:
-            self._reject(piece.data, offset, f"{len(piece.data)} byte(s) outside any frame (no SYNC 0xAA)")
+            self._reject(piece.data, offset,
+                         f"{len(piece.data)} byte(s) that start no frame (SYNC 0xAA, a known type and version)")
             return
         try:
             head = check_frame(piece.data)

@@ -340,7 +340,7 @@ def test_a_corrupted_frame_and_stray_bytes_are_dead_letters_and_the_ingest_goes_
     letters = [DeadLetter.model_validate_json(m.value()) for m in read_topic(ingest.bootstrap, ingest.dlq)]
     assert [(d.reason.value, d.original_bytes) for d in letters] == [
         ("malformed", ingest.bad_frame), ("malformed", ingest.stray)]
-    assert "CRC-CCITT mismatch" in letters[0].error and "outside any frame" in letters[1].error
+    assert "CRC-CCITT mismatch" in letters[0].error and "start no frame" in letters[1].error
     assert letters[0].topic.startswith("c37118://127.0.0.1:")
     assert letters[1].offset == letters[0].offset + len(ingest.bad_frame)
     assert "dead letters 2" in ingest.proc.stdout
@@ -395,3 +395,12 @@ def _row_count(bootstrap: str, topic: str) -> int:
         return len(_rows(read_topic(bootstrap, topic)))
     except Exception:  # the topic does not exist yet
         return 0
+
+
+def test_a_bad_address_is_a_usage_error_and_an_unreachable_pmu_a_failure(bootstrap, tmp_path):
+    _, _, _, config_path = _config_file(bootstrap, tmp_path)
+    for address, code, message in (("no-port", 2, "expected HOST:PORT"),
+                                   (f"127.0.0.1:{free_port()}", 1, "cannot connect to 127.0.0.1:")):
+        proc = subprocess.run([str(BIN), "ingest", "c37118", address, "--config", str(config_path), "--timeout", "5"],
+                              capture_output=True, text=True, env=clean_env(), timeout=120)
+        assert (proc.returncode, message in proc.stderr) == (code, True), proc.stderr
