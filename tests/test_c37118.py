@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyc37.frame as pyc37_frame
+import pyc37.pmu as pyc37_pmu
 import pytest
 import yaml
 
@@ -38,8 +40,6 @@ from schemas.messages import ARROW_STREAM_CONTENT_TYPE, DeadLetter
 
 from tests.conftest import BIN, WAIT, archive_rows, clean_env, free_port, read_topic, unique_topic
 
-pyc37_frame = pytest.importorskip("pyc37.frame")
-pyc37_pmu = pytest.importorskip("pyc37.pmu")
 
 START_SOC = 1_764_115_200  # 2025-11-26T00:00:00Z
 FRAMES = 120
