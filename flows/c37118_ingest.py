@@ -183,7 +183,8 @@ def ingest_c37118(args: argparse.Namespace) -> int:
     def dead_letter(data: bytes, offset: int, problem: str) -> None:
         letter = DeadLetter.create(original=data, reason=DeadLetterReason.MALFORMED, error=problem, topic=origin,
                                    offset=offset, max_original_bytes=config.sink.dlq_max_original_bytes)
-        producer.produce(dlq, value=to_json_bytes(letter))
+        # Keyed by the PMU's address: one partition, so its dead letters stay in stream order.
+        producer.produce(dlq, key=origin.encode("utf-8"), value=to_json_bytes(letter))
         print(f"{name}: dead letter at byte {offset:,}: {problem}", file=sys.stderr)
 
     stop = threading.Event()

@@ -338,6 +338,8 @@ def _us(t) -> int:
 @pytest.mark.slow
 def test_a_corrupted_frame_and_stray_bytes_are_dead_letters_and_the_ingest_goes_on(ingest):
     letters = [DeadLetter.model_validate_json(m.value()) for m in read_topic(ingest.bootstrap, ingest.dlq)]
+    keys = {m.key() for m in read_topic(ingest.bootstrap, ingest.dlq)}
+    assert len(keys) == 1 and keys.pop().startswith(b"c37118://127.0.0.1:")   # one key, one partition: in order
     assert [(d.reason.value, d.original_bytes) for d in letters] == [
         ("malformed", ingest.bad_frame), ("malformed", ingest.stray)]
     assert "CRC-CCITT mismatch" in letters[0].error and "start no frame" in letters[1].error
