@@ -98,6 +98,15 @@ def _first_at_or_after(t, interval):
     return q * interval if q * interval >= t else (q + 1) * interval
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _bracketed(a, b, g_next, max_gap, interval):
+    """The grid points (first, last) the pair of samples at a and b completes; last < first for none
+    (no earlier sample, or a pair across a gap)."""
+    if a == _NONE or b - a > max_gap:
+        return 0, -1
+    return max(g_next, _first_at_or_after(a, interval)), (b // interval) * interval
+
+
 @njit(cache=True, nogil=True)
 def _phasors(sids, t, ph, w, t_prev, phi_prev, g_next, max_gap, interval):
     n, channels = ph.shape
@@ -107,13 +116,10 @@ def _phasors(sids, t, ph, w, t_prev, phi_prev, g_next, max_gap, interval):
     total = 0
     for i in range(n):
         s = sids[i]
-        a = last_t[s]
-        if a != _NONE and t[i] - a <= max_gap:
-            g0 = max(next_g[s], _first_at_or_after(a, interval))
-            g1 = (t[i] // interval) * interval
-            if g1 >= g0:
-                total += (g1 - g0) // interval + 1
-                next_g[s] = g1 + interval
+        g0, g1 = _bracketed(last_t[s], t[i], next_g[s], max_gap, interval)
+        if g1 >= g0:
+            total += (g1 - g0) // interval + 1
+            next_g[s] = g1 + interval
         last_t[s] = t[i]
     out_sid = np.empty(total, np.int64)
     out_g = np.empty(total, np.int64)
@@ -122,9 +128,8 @@ def _phasors(sids, t, ph, w, t_prev, phi_prev, g_next, max_gap, interval):
     for i in range(n):
         s = sids[i]
         a = t_prev[s]
-        if a != _NONE and t[i] - a <= max_gap:
-            g0 = max(g_next[s], _first_at_or_after(a, interval))
-            g1 = (t[i] // interval) * interval
+        g0, g1 = _bracketed(a, t[i], g_next[s], max_gap, interval)
+        if g1 >= g0:
             span = float(t[i] - a)
             g = g0
             while g <= g1:
@@ -142,8 +147,7 @@ def _phasors(sids, t, ph, w, t_prev, phi_prev, g_next, max_gap, interval):
                 out_u[k] = complex(re, im)
                 k += 1
                 g += interval
-            if g1 >= g0:
-                g_next[s] = g1 + interval
+            g_next[s] = g1 + interval
         t_prev[s] = t[i]
         for c in range(channels):
             phi_prev[s, c] = ph[i, c]

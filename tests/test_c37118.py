@@ -248,15 +248,21 @@ class Ingest:
     bootstrap: str
 
 
-@pytest.fixture(scope="module")
-def ingest(bootstrap, tmp_path_factory) -> Ingest:
-    tmp = tmp_path_factory.mktemp("c37118")
+def _running_pmu():
+    """pyc37's PMU simulator listening on a free loopback port with our configuration: (pmu, port, cfg)."""
     pyc37_pmu.Pmu.logger.setLevel(logging.WARNING)
     port = free_port()
     pmu = pyc37_pmu.Pmu(pmu_id=7, data_rate=100, port=port, ip="127.0.0.1", set_timestamp=False)
     cfg = _config_frame(rate=100)
     pmu.set_configuration(cfg)
     pmu.run()
+    return pmu, port, cfg
+
+
+@pytest.fixture(scope="module")
+def ingest(bootstrap, tmp_path_factory) -> Ingest:
+    tmp = tmp_path_factory.mktemp("c37118")
+    pmu, port, cfg = _running_pmu()
     topic, dlq, root, config_path = _config_file(bootstrap, tmp)
     sent = [_sent(k) for k in range(FRAMES)]
     frames = [s.frame(cfg) for s in sent]
@@ -361,12 +367,7 @@ def test_the_flow_archives_the_ingested_samples(ingest):
 
 @pytest.mark.slow
 def test_sigterm_stops_the_ingest_cleanly_after_sending_what_it_received(bootstrap, tmp_path):
-    pyc37_pmu.Pmu.logger.setLevel(logging.WARNING)
-    port = free_port()
-    pmu = pyc37_pmu.Pmu(pmu_id=7, data_rate=100, port=port, ip="127.0.0.1", set_timestamp=False)
-    cfg = _config_frame(rate=100)
-    pmu.set_configuration(cfg)
-    pmu.run()
+    pmu, port, cfg = _running_pmu()
     topic, _, _, config_path = _config_file(bootstrap, tmp_path)
     proc = subprocess.Popen([str(BIN), "ingest", "c37118", f"127.0.0.1:{port}", "--config", str(config_path)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env())

@@ -530,3 +530,12 @@ def test_a_mesh_weight_out_of_range_names_the_sensor():
         parse_config({"sync": {"mesh": {"weights": {"pmu-7": 1e9, "pmu-8": -1}}}})
     text = str(err.value)
     assert "sync.mesh.weights.pmu-7" in text and "sync.mesh.weights.pmu-8" in text
+
+
+def test_a_mesh_peers_kafka_settings_are_checked_like_the_kafka_section():
+    with pytest.raises(ConfigError) as err:
+        parse_config({"sync": {"mesh": {"peers": [{"host": "far", "port": 9092, "kafka": {
+            "group.id": "x", "Bad Key": 1, "ssl.ca.location": None, "bootstrap.servers": "other:9092"}}]}}})
+    text = str(err.value)
+    for key in ("group.id", "Bad Key", "ssl.ca.location", "bootstrap.servers"):
+        assert f"sync.mesh.peers[0].kafka.{key}" in text, key

@@ -280,6 +280,19 @@ def _witness_node_kafka_settings(c: Any) -> Iterator[tuple[str, str]]:
                                              "the reader)")
 
 
+@_rule("sync.mesh.peers")
+def _mesh_peer_kafka_settings(c: Any) -> Iterator[tuple[str, str]]:
+    # A peer's settings go over the node's kafka section; its address is host/port or bootstrap.
+    for i, peer in enumerate(c.sync.mesh.peers):
+        prefix = f"sync.mesh.peers[{i}].kafka"
+        if "bootstrap.servers" in peer.kafka:
+            yield (f"{prefix}.bootstrap.servers", f"{prefix}.bootstrap.servers: give the peer's address as "
+                   f"sync.mesh.peers[{i}].bootstrap (or host and port) instead")
+        settings = {k: v for k, v in peer.kafka.items() if k != "bootstrap.servers"}
+        yield from _client_settings_problems(prefix, {**settings, "bootstrap.servers": peer.bootstrap_servers},
+                                             "the mesh's consumer group is <becomingone.name>-mesh")
+
+
 def _client_settings_problems(prefix: str, settings: Mapping[str, Any], group_hint: str,
                               required: str = "") -> Iterator[tuple[str, str]]:
     """Problems of one side's librdkafka settings (the ``kafka`` section or a section of that shape)."""
