@@ -53,23 +53,30 @@ class ArchiveSlices(StatefulSourcePartition[SampleBatch, int]):
         t_us = table["t"].cast("int64").to_numpy()
         names = table["sensor"].dictionary_encode().combine_chunks()
         code = names.indices.to_numpy()
+        # A row holds a phase or (files since raw samples, SPEC section 9) a raw value: the other is null.
         phase_col = table["phase"].combine_chunks()
+        raw = ~phase_col.is_valid().to_numpy(zero_copy_only=False)
+        if raw.any():
+            phase_col = pc.if_else(pa.array(raw), table["value"].combine_chunks(), phase_col)
         flat = phase_col.values.to_numpy()
         offsets = phase_col.offsets.to_numpy()
         cells = table["cell"].to_pylist() if src.keep_cells else None
-        # One slice per `slice_us` of event time; inside it one batch per sensor,
+        # One slice per `slice_us` of event time; inside it one batch per sensor (and kind),
         # each sensor's rows in archive order (their time order).
         bucket = (t_us - t_us.min()) // src.slice_us
         for b in np.unique(bucket):
             rows = np.flatnonzero(bucket == b)
             out = []
             for c in np.unique(code[rows]):
-                mine = rows[code[rows] == c]
-                width = int(offsets[mine[0] + 1] - offsets[mine[0]])
-                phase = flat[offsets[mine][:, None] + np.arange(width)]
-                cell = None if cells is None else cells[int(mine[-1])]
-                out.append(SampleBatch(names.dictionary[int(c)].as_py(), t_us[mine], phase, cell,
-                                       topic=None, ingested=time.time()))
+                for kind in (False, True):
+                    mine = rows[(code[rows] == c) & (raw[rows] == kind)]
+                    if not mine.size:
+                        continue
+                    width = int(offsets[mine[0] + 1] - offsets[mine[0]])
+                    phase = flat[offsets[mine][:, None] + np.arange(width)]
+                    cell = None if cells is None else cells[int(mine[-1])]
+                    out.append(SampleBatch(names.dictionary[int(c)].as_py(), t_us[mine], phase, cell,
+                                           topic=None, ingested=time.time(), raw=kind))
             self.pending.append(out)
 
     def next_batch(self) -> list[SampleBatch]:

@@ -88,15 +88,8 @@ class Decode:
             else:  # bytewax's KafkaSourceMessage
                 messages.append(RawMessage(item.key, item.value, item.headers, item.topic, item.partition,
                                            item.offset))
-        blocks: list[SampleRuns] = []
+        blocks = SampleRuns.blocks(ready)   # generated or replayed batches
         drops = 0
-        i = 0
-        while i < len(ready):  # generated batches: consecutive ones of one channel count form one block
-            j = i + 1
-            while j < len(ready) and ready[j].channels == ready[i].channels:
-                j += 1
-            blocks.append(SampleRuns.of(ready[i:j]))
-            i = j
         out = Emitted()
         progress: dict[str, int] = {}
         if self.mesh and ready:

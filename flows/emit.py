@@ -197,34 +197,41 @@ def _labels(names: Sequence[str | None], counts: Sequence[int]) -> pa.Array:
 
 
 #: One sensor's accepted samples: (sensor, cell, t_us (n,), phase (n, C)).
-InputPiece = tuple[str, "str | None", np.ndarray, np.ndarray]
+#: (sensor, cell, t, values (n, C), raw): a run of one sensor's accepted samples; ``raw``: the values are raw
+#: ``value`` samples (SPEC section 9), else phases.
+InputPiece = tuple[str, "str | None", np.ndarray, np.ndarray, bool]
 
 
 def input_pieces(batches: Sequence[SampleBatch]) -> list[InputPiece]:
     """Just the arrays of ``batches`` that ``input/`` keeps (not their source messages)."""
-    return [(b.sensor, b.cell, b.t_us, b.phase) for b in batches]
+    return [(b.sensor, b.cell, b.t_us, b.phase, b.raw) for b in batches]
 
 
 def input_key_runs(pieces: Sequence[InputPiece]) -> tuple[list[int], list[tuple[str]]]:
     """Rows and row key (the sensor) of each piece of :func:`input_rows`, in order.
 
-    >>> input_key_runs([("a", None, np.arange(3), np.zeros((3, 1))), ("b", None, np.arange(2), np.zeros((2, 1)))])
+    >>> input_key_runs([("a", None, np.arange(3), np.zeros((3, 1)), False), ("b", None, np.arange(2), np.zeros((2, 1)), True)])
     ([3, 2], [('a',), ('b',)])
     """
     return [p[2].shape[0] for p in pieces], [(p[0],) for p in pieces]
 
 
 def input_rows(pieces: Sequence[InputPiece]) -> ArchiveRows:
-    """Accepted samples of any sensors for ``input/`` (phase as list<float64>)."""
+    """Accepted samples of any sensors for ``input/``: phases in ``phase``, raw samples in ``value``
+    (list<float64> each, the other column null)."""
     counts = [p[2].shape[0] for p in pieces]
     widths = np.repeat(np.array([p[3].shape[1] for p in pieces], np.int32), counts)
     offsets = np.zeros(widths.shape[0] + 1, np.int32)
     np.cumsum(widths, out=offsets[1:])
     values = np.concatenate([np.ascontiguousarray(p[3]).reshape(-1) for p in pieces])
-    phase = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(values, pa.float64()))
+    raw = np.repeat(np.array([p[4] for p in pieces], np.bool_), counts)
+    lists = {}
+    for name, null in (("phase", raw), ("value", ~raw)):
+        mask = None if not null.any() else pa.array(null)
+        lists[name] = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(values, pa.float64()), mask=mask)
     return ArchiveRows("input", _table("input", {
         "sensor": _labels([p[0] for p in pieces], counts), "cell": _labels([p[1] for p in pieces], counts),
-        "t": _times(np.concatenate([p[2] for p in pieces])), "phase": phase,
+        "t": _times(np.concatenate([p[2] for p in pieces])), **lists,
     }))
 
 

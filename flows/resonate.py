@@ -216,7 +216,7 @@ class ResonateLogic(StatefulBatchLogic[list[SampleRuns], Any, bytes | None]):
         """The grid phasors of the samples released now, then the input's progress (SPEC section 7),
         for the mesh step, in this order: progress follows the phasors it covers."""
         names, cells = self.fleet.names, self.fleet.table.cells
-        lanes = step.released + (released.released if released is not None else [])
+        lanes = step.phases + (released.phases if released is not None else [])
         items: list[Any] = []
         phasors = self.mesh.phasors(lanes, names, cells)
         if phasors is not None:
@@ -262,13 +262,13 @@ class ResonateLogic(StatefulBatchLogic[list[SampleRuns], Any, bytes | None]):
         if step.watermark is not None:
             self.observer.ledger.watermark(step.watermark)
         pieces = []
-        for sid, t, phase in step.released:
+        for (sid, t, phase), raw in zip(step.released, step.raw):
             run_sid, counts = _runs(sid)
             np.add.at(book.samples, run_sid, counts)
             book.seen[run_sid] = True
             if self.archive_input:
                 ends = np.cumsum(counts)
-                pieces.extend((names[s], cells[s], t[e - n:e], phase[e - n:e])
+                pieces.extend((names[s], cells[s], t[e - n:e], phase[e - n:e], raw)
                               for s, n, e in zip(run_sid.tolist(), counts.tolist(), ends.tolist()))
         if pieces:
             out.archive.append(deferred(input_rows, "input", pieces, runs=input_key_runs))

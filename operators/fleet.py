@@ -9,10 +9,13 @@ any sensors of its key group and runs, for all of them at once,
 2. the channel check: a sensor's channel count is fixed by its first batch
    (even one whose rows are all refused later); a batch of another count (or one that does not match
    ``kairos.channel_weights``) is refused (``channels``);
-3. per channel count (a *lane*), the event-time gate
+3. per channel count and kind (a *lane*), the event-time gate
    (:class:`~operators.columnar_gate.FleetGate`) and the streaming pass
    (:func:`~operators.columnar_stream.stream_resonance`), one Numba pass each
-   over the call's rows;
+   over the call's rows; a lane of raw ``value`` sensors (SPEC section 9) has
+   its released samples turned into phase samples first
+   (:class:`~operators.raw_phase.RawPhase`); a sensor's kind is fixed by its
+   first batch, like its channel count;
 4. idle release: a sensor whose watermark lags the group's newest by more
    than its windows reach (:func:`~operators.roster.idle_horizon_us`) has its
    last grid points decided and its memory given back; its newest time, sync
@@ -47,6 +50,7 @@ from operators.columnar_gate import ACCEPTED, GATE_VERSION, NEG, REASONS, FleetG
 from operators.columnar_rows import FleetResonance, FleetSyncValues, FleetWindowValues
 from operators.columnar_state import COLLAPSED, STATE_VERSION, FleetState
 from operators.columnar_stream import emit_upto, flush_rows, stream_resonance
+from operators.raw_phase import RawPhase, phase_channels
 from operators.resonator import ResonatorSettings
 from operators.roster import SensorCapacity, idle_horizon_us
 from schemas.samples import SampleBatch, SampleRuns
@@ -73,11 +77,13 @@ def state_layout(light: bool) -> str:
 
 @dataclass
 class Lane:
-    """The sensors of one channel count: their gate and their streaming state, row by row."""
+    """The sensors of one channel count and kind: their gate and their streaming state, row by row;
+    for raw sensors, their phase extraction (``raw``)."""
 
     gate: FleetGate
     state: FleetState
     sids: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # lane row -> sid
+    raw: RawPhase | None = None
 
     def add(self, sids: np.ndarray) -> np.ndarray:
         rows = self.gate.add(len(sids))
@@ -91,7 +97,7 @@ class FleetTable:
 
     names: list[str] = field(default_factory=list)
     cells: list[str | None] = field(default_factory=list)
-    lane: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))      # channels, 0: none yet
+    lane: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))      # lane key, 0: none yet
     row: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))       # row in its lane
     live: np.ndarray = field(default_factory=lambda: np.empty(0, np.bool_))      # counted against the cap
     lanes: dict[int, Lane] = field(default_factory=dict)
@@ -118,7 +124,11 @@ class FleetStep:
 
     Attributes:
         resonance: grid rows of every sensor; ``sensor`` columns hold sids, rows grouped by sensor.
-        released: the samples released now as (sid per row, t, phase) per lane, grouped by sensor.
+        released: the samples released now as (sid per row, t, phase) per lane, grouped by sensor;
+            a raw lane's hold its raw values.
+        phases: the phase samples that entered the estimator now, as (sid, t, phase) per lane: the
+            released samples of phase lanes, the extracted phases of raw lanes.
+        raw: per entry of ``released``, whether it holds raw values.
         refusals: the rejected rows, batch by batch.
         accepted: samples released now.
         watermark: the newest watermark of the call's sensors (us), or None.
@@ -131,6 +141,8 @@ class FleetStep:
     accepted: int = 0
     watermark: int | None = None
     ingested: float = math.inf
+    phases: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
+    raw: list[bool] = field(default_factory=list)
 
 
 class Fleet:
@@ -186,14 +198,7 @@ class Fleet:
 
     def push(self, batches: list[SampleBatch], now_us: int) -> FleetStep:
         """Integrate a call's batches (arrival order within each sensor)."""
-        blocks, i = [], 0
-        while i < len(batches):  # consecutive batches of one channel count form one block of runs
-            j = i + 1
-            while j < len(batches) and batches[j].channels == batches[i].channels:
-                j += 1
-            blocks.append(SampleRuns.of(batches[i:j]))
-            i = j
-        return self.push_runs(blocks, now_us)
+        return self.push_runs(SampleRuns.blocks(batches), now_us)
 
     def push_runs(self, blocks: list[SampleRuns], now_us: int) -> FleetStep:
         """Integrate a call's blocks of runs (a run: rows of one sensor, arrival order; blocks in arrival order)."""
@@ -209,7 +214,8 @@ class Fleet:
         per_block = [len(b.names) for b in blocks]
         block_of = np.repeat(np.arange(len(blocks)), per_block)
         local = np.arange(len(names)) - np.repeat(np.cumsum(per_block) - per_block, per_block)
-        widths = np.repeat(np.array([b.channels for b in blocks], np.int64), per_block)
+        keys = [_lane_key(b.channels, b.raw) for b in blocks]
+        widths = np.repeat(np.array(keys, np.int64), per_block)
         counts = np.concatenate([b.counts for b in blocks]) if len(blocks) > 1 else blocks[0].counts
 
         def batch(k: int) -> SampleBatch:
@@ -226,10 +232,10 @@ class Fleet:
                         t.cells[int(sids[base + k])] = cell
             base += len(b.names)
         self._lanes_of(sids, widths, keep, batch, refusals)
-        parts, released, newest, accepted = [], [], None, 0
-        for channels in np.unique(widths[keep]).tolist():
-            lane = t.lanes[channels]
-            mine = keep & (widths == channels)
+        parts, released, phases, newest, accepted = [], [], [], None, 0
+        for key in np.unique(widths[keep]).tolist():
+            lane = t.lanes[key]
+            mine = keep & (widths == key)
             runs = np.flatnonzero(mine)
             if len(blocks) == 1 and mine.all():   # the usual call: every run kept, the columns as they are
                 tt, ph = blocks[0].t_us, blocks[0].phase
@@ -238,8 +244,8 @@ class Fleet:
                 tt, ph = blocks[0].t_us[rows_mask], blocks[0].phase[rows_mask]
             else:
                 tt = np.concatenate([b.t_us for b in blocks])[np.repeat(mine, counts)]
-                ph = np.concatenate([b.phase for b in blocks if b.channels == channels])
-                ph = ph[np.repeat(mine[widths == channels], counts[widths == channels])]
+                ph = np.concatenate([b.phase for b, k in zip(blocks, keys) if k == key])
+                ph = ph[np.repeat(mine[widths == key], counts[widths == key])]
             rows = np.repeat(t.row[sids[runs]], counts[runs])
             step = lane.gate.push(rows, tt, ph, now_us)
             self._gate_refusals(step, runs, counts[runs], batch, refusals)
@@ -248,18 +254,22 @@ class Fleet:
             fixed = wm != NEG
             if fixed.any():
                 newest = max(newest if newest is not None else NEG, int(wm[fixed].max()))
-            part = self._stream(lane, step.rows, step.t, step.phase)
-            if self.settings.lateness_us and fixed.any():
+            part, entered = self._stream(lane, step.rows, step.t, step.phase)
+            # A raw lane's phases lag its input (the filter's half length): its points are decided by
+            # the phase samples as they come, never ahead of them by the input's watermark.
+            if self.settings.lateness_us and fixed.any() and lane.raw is None:
                 # The watermark trails the newest sample: points up to it are final before a sample reaches them.
                 ids, marks = touched[fixed], wm[fixed]
                 late = _with_sids(emit_upto(lane.state, lane.state.rows_of(ids), marks), lane.sids)
                 part = _regrouped(_joined([part, late]))
             parts.append(part)
             released.append((lane.sids[step.rows], step.t, step.phase))
+            phases.append(entered)
             accepted += int(step.t.shape[0])
         if newest is not None and (t.newest is None or newest > t.newest):
             t.newest = newest
-        return FleetStep(_joined(parts), released, refusals, accepted, newest, min(b.ingested for b in blocks))
+        return FleetStep(_joined(parts), released, refusals, accepted, newest, min(b.ingested for b in blocks),
+                         phases, [key < 0 for key in np.unique(widths[keep]).tolist()])
 
     def flush(self) -> FleetStep:
         """End of input: release every buffered sample and decide every pending grid point."""
@@ -333,40 +343,59 @@ class Fleet:
 
     def _lanes_of(self, sids: np.ndarray, widths: np.ndarray, keep: np.ndarray, batch,
                   refusals: list[Refusal]) -> None:
-        """The channel check: a sensor's first run fixes its lane; runs of another count, or of a count other
-        than ``kairos.channel_weights``', are refused (``channels``)."""
+        """The kind and channel check: a sensor's first run fixes its lane (``widths``: lane keys, see
+        :func:`_lane_key`); runs of another kind are refused (``schema``), as are raw runs when no
+        ``kairos.phase_band`` is set; runs of another count, or of a count other than
+        ``kairos.channel_weights``', are refused (``channels``)."""
         t = self.table
+        if self.settings.phase_band is None and (widths < 0).any():
+            for k in np.flatnonzero(keep & (widths < 0)).tolist():
+                keep[k] = False
+                refusals.append(Refusal(batch(k), "schema", "raw value samples need kairos.phase_band, the band "
+                                        "their phase is extracted from (docs/raw-signals.md)"))
         joined: dict[int, list[int]] = {}
         for k in np.flatnonzero(keep & (t.lane[sids] == 0)).tolist():   # new sensors, in arrival order
             sid, w = int(sids[k]), int(widths[k])
-            if t.lane[sid] == 0 and (self._weights is None or w == self._weights):
+            if t.lane[sid] == 0 and (self._weights is None or self._phase_width(w) == self._weights):
                 t.lane[sid] = w
                 joined.setdefault(w, []).append(sid)
         for w, new in joined.items():
             self._assign(np.array(new, np.int64), w)
         lane = t.lane[sids]
-        bad = keep & ((lane != widths) | (self._weights is not None and widths != self._weights))
+        bad = keep & ((lane != widths) | (self._weights is not None and
+                                          np.array([self._phase_width(w) for w in widths.tolist()]) != self._weights))
         for k in np.flatnonzero(bad).tolist():
             keep[k] = False
-            refusals.append(Refusal(batch(k), "channels", self._channel_problem(int(sids[k]), int(widths[k]))))
+            fixed, w = int(lane[k]), int(widths[k])
+            if fixed and (fixed < 0) != (w < 0):
+                kind = "raw values where the sensor sends phases" if w < 0 else \
+                    "phases where the sensor sends raw values"
+                refusals.append(Refusal(batch(k), "schema", kind))
+            else:
+                refusals.append(Refusal(batch(k), "channels", self._channel_problem(int(sids[k]), w)))
 
-    def _channel_problem(self, sid: int, channels: int) -> str | None:
-        fixed = int(self.table.lane[sid])
-        if fixed and channels != fixed:
-            return f"{channels} channels where the sensor has {fixed}"
-        if self._weights is not None and channels != self._weights:
-            return f"{channels} channels where kairos.channel_weights has {self._weights} weights"
+    def _phase_width(self, key: int) -> int:
+        """The phase channels a sensor of lane ``key`` gives the estimator."""
+        return key if key > 0 else phase_channels(self.settings.phase_method, -key)
+
+    def _channel_problem(self, sid: int, key: int) -> str | None:
+        fixed, channels = int(self.table.lane[sid]), abs(key)
+        if fixed and key != fixed:
+            return f"{channels} channels where the sensor has {abs(fixed)}"
+        if self._weights is not None and self._phase_width(key) != self._weights:
+            return f"{self._phase_width(key)} phase channels where kairos.channel_weights has {self._weights} weights"
         return None
 
-    def _assign(self, sids: np.ndarray, channels: int) -> None:
-        """Rows in the lane of ``channels`` for sensors that join it (their lane is set already)."""
+    def _assign(self, sids: np.ndarray, key: int) -> None:
+        """Rows in the lane ``key`` for sensors that join it (their lane is set already)."""
         t = self.table
-        lane = t.lanes.get(channels)
+        lane = t.lanes.get(key)
         if lane is None:
             s = self.settings
+            raw = None if key > 0 else RawPhase.for_band(s.phase_band, s.phase_method, s.params.max_gap_us)
             # Duplicates are told from late samples within max(1 s, lateness) of the watermark, as the per-sensor gate.
-            lane = t.lanes[channels] = Lane(FleetGate(channels, s.lateness_us, s.max_future_us),
-                                            FleetState(s, channels))
+            lane = t.lanes[key] = Lane(FleetGate(abs(key), s.lateness_us, s.max_future_us),
+                                       FleetState(s, self._phase_width(key)), raw=raw)
         t.row[sids] = lane.add(sids)
 
     def _gate_refusals(self, step: GateStep, runs: np.ndarray, counts: np.ndarray, batch,
@@ -382,30 +411,39 @@ class Fleet:
                                     watermark_in=step.watermark_in[a:b]))
 
     def _stream(self, lane: Lane, rows: np.ndarray, t: np.ndarray, phase: np.ndarray,
-                final_rows: np.ndarray | None = None) -> FleetResonance:
+                final_rows: np.ndarray | None = None
+                ) -> tuple[FleetResonance, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """The lane's grid rows for the released samples, and the phase samples that entered (sid, t, phase)."""
+        if lane.raw is not None:
+            rows, t, phase = lane.raw.phases(rows, t, phase)
         res = stream_resonance(lane.state, rows, t, phase)
         if final_rows is not None and final_rows.size:
             res = _joined([res, flush_rows(lane.state, lane.state.rows_of(final_rows))])
-        return _with_sids(res, lane.sids)
+        return _with_sids(res, lane.sids), (lane.sids[rows], t, phase)
 
     def _finish(self, sids: np.ndarray, release: bool) -> FleetStep:
         """Release everything the sensors buffer and decide their pending grid points; with ``release``,
         give their chains and windows back."""
         t = self.table
-        parts, released, accepted = [], [], 0
-        for channels, lane in t.lanes.items():
-            mine = sids[t.lane[sids] == channels]
+        parts, released, phases, raw, accepted = [], [], [], [], 0
+        for key, lane in t.lanes.items():
+            mine = sids[t.lane[sids] == key]
             if not mine.size:
                 continue
             rows = t.row[mine]
             r, tt, ph = lane.gate.release(rows, everything=True)
-            parts.append(self._stream(lane, r, tt, ph, final_rows=rows))
+            part, entered = self._stream(lane, r, tt, ph, final_rows=rows)
+            parts.append(part)
             released.append((lane.sids[r], tt, ph))
+            phases.append(entered)
+            raw.append(key < 0)
             accepted += int(tt.shape[0])
             if release:
                 lane.gate.forget(rows)
                 lane.state.release(lane.state.rows_of(rows))
-        return FleetStep(_joined(parts), released, [], accepted, None)
+                if lane.raw is not None:
+                    lane.raw.forget(rows)
+        return FleetStep(_joined(parts), released, [], accepted, None, phases=phases, raw=raw)
 
 
 def refused_reasons(refusal: Refusal) -> tuple[np.ndarray, list[str]]:
@@ -414,6 +452,15 @@ def refused_reasons(refusal: Refusal) -> tuple[np.ndarray, list[str]]:
         return np.arange(len(refusal.batch)), [refusal.reason] * len(refusal.batch)
     bad = np.flatnonzero(refusal.status != ACCEPTED)
     return bad, [REASONS[int(s)] for s in refusal.status[bad].tolist()]
+
+
+def _lane_key(channels: int, raw: bool) -> int:
+    """A lane's key in :attr:`FleetTable.lanes`: its channel count, negative for raw sensors.
+
+    >>> _lane_key(3, False), _lane_key(3, True)
+    (3, -3)
+    """
+    return -channels if raw else channels
 
 
 def _grown(a: np.ndarray, size: int, fill) -> np.ndarray:

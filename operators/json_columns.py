@@ -8,8 +8,9 @@ the columns as a whole.  It answers only when the result is certainly what
 the message-by-message path would give: one object per message, no escapes
 or line breaks inside a value (so text is read byte for byte alike), the
 fields of the wire format with their types (``sensor`` non-empty text, ``t``
-epoch seconds as a number in range, ``phase`` a number or a non-empty list
-of numbers, ``cell`` text or null), nothing missing, nothing out of range.
+epoch seconds as a number in range, ``phase`` -- or ``value`` in every
+message, for raw samples -- a number or a non-empty list of numbers,
+``cell`` text or null), nothing missing, nothing out of range.
 Otherwise it returns None and the caller takes the messages one by one, so
 every bad message still gets its own dead letter with its own reason.
 """
@@ -36,9 +37,10 @@ class JsonColumns(NamedTuple):
         sensor: the sensor ids (Arrow strings).
         t_us: int64 event times.
         length: int64 channel count per row.
-        flat: float64 phase values, row i at flat[start[i]:start[i] + length[i]].
+        flat: float64 phase values (raw values when ``raw``), row i at flat[start[i]:start[i] + length[i]].
         start: int64 offsets into flat.
         cell: the cells (Arrow strings, null where none).
+        raw: every message is a raw ``value`` sample.
     """
 
     sensor: pa.StringArray
@@ -47,6 +49,7 @@ class JsonColumns(NamedTuple):
     flat: np.ndarray
     start: np.ndarray
     cell: pa.Array
+    raw: bool = False
 
 
 def json_columns(values: list[bytes]) -> JsonColumns | None:
@@ -72,13 +75,15 @@ def json_columns(values: list[bytes]) -> JsonColumns | None:
         table = pj.read_json(io.BytesIO(doc), read_options=pj.ReadOptions(block_size=max(1 << 20, len(doc) + 1)))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, UnicodeDecodeError, ValueError):
         return None
-    if table.num_rows != n or not {"sensor", "t", "phase"} <= set(table.column_names):
+    names = set(table.column_names)
+    field = "value" if "value" in names else "phase"
+    if table.num_rows != n or not {"sensor", "t", field} <= names or {"phase", "value"} <= names:
         return None
     try:
         table.validate(full=True)   # the reader passes bytes that are not UTF-8 through into strings
     except pa.ArrowInvalid:
         return None
-    sensor, t, phase = (table.column(k).combine_chunks() for k in ("sensor", "t", "phase"))
+    sensor, t, phase = (table.column(k).combine_chunks() for k in ("sensor", "t", field))
     if sensor.null_count or t.null_count or phase.null_count or not pa.types.is_string(sensor.type):
         return None
     if pc.min(pc.utf8_length(sensor)).as_py() < 1:
@@ -97,7 +102,7 @@ def json_columns(values: list[bytes]) -> JsonColumns | None:
             return None
     else:
         cell = pa.nulls(n, pa.string())
-    return JsonColumns(sensor, t_us, *phases, cell)
+    return JsonColumns(sensor, t_us, *phases, cell, raw=field == "value")
 
 
 def _times(t: pa.Array) -> np.ndarray | None:

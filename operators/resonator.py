@@ -219,7 +219,9 @@ class ResonatorSettings:
 
     ``light``: a light node (``becomingone.node: light``): no Master, collapse
     decided on the Emissary alone (:mod:`operators.light_sync`); the Master's
-    settings and ``min_span_us`` then play no part."""
+    settings and ``min_span_us`` then play no part.  ``phase_band`` and
+    ``phase_method``: how raw ``value`` sensors' phase is made (SPEC section 9;
+    None: raw samples are refused)."""
 
     params: KairosParams
     emissary_window_us: int
@@ -233,6 +235,8 @@ class ResonatorSettings:
     lateness_us: int = 0
     max_future_us: int | None = None
     light: bool = False
+    phase_band: tuple[float, float] | None = None
+    phase_method: str = "hilbert"
 
 
 def resonator_settings(config: Config, *, replay: bool = False) -> ResonatorSettings:
@@ -243,6 +247,7 @@ def resonator_settings(config: Config, *, replay: bool = False) -> ResonatorSett
         config.kairos.coherence_threshold, sync.hysteresis, sync.phase_threshold, ma.min_span_us,
         lateness_us=sync.lateness_us, max_future_us=None if replay else sync.max_future_us,
         light=config.becomingone.node == "light",
+        phase_band=config.kairos.phase_band, phase_method=config.kairos.phase_method,
     )
 
 

@@ -40,6 +40,7 @@ __all__ = [
     "dataset_schema",
     "partition_dir",
     "partition_values",
+    "readable_as",
 ]
 
 SCHEMA_VERSION = "1"
@@ -172,13 +173,16 @@ MESH_MEMBERS = _schema(
     _f64("rel_phase"),  # arg(u_P conj(Z)) at t, radians
 )
 
-#: Accepted raw samples (memory.archive_input): what `becomingone replay` reads.
+#: Accepted input samples (memory.archive_input): what `becomingone replay` reads.  A row holds a
+#: phase sample (``phase``) or a raw sample (``value``, SPEC section 9), the other column null.
+#: Files written before raw samples existed have no ``value`` and a non-null ``phase``.
 INPUT = _schema(
     "input",
     _sensor(),
     _cell(),
     _time(),
-    pa.field("phase", pa.list_(pa.float64()), nullable=False),  # radians, one per channel
+    pa.field("phase", pa.list_(pa.float64()), nullable=True),  # radians, one per channel
+    pa.field("value", pa.list_(pa.float64()), nullable=True),  # raw values, one per channel
 )
 
 #: Dataset directory name -> schema.
@@ -203,6 +207,30 @@ def dataset_schema(name: str) -> pa.Schema:
         return DATASETS[name]
     except KeyError:
         raise KeyError(f"unknown archive dataset {name!r}; known: {', '.join(DATASETS)}") from None
+
+
+def readable_as(schema: pa.Schema, name: str) -> bool:
+    """Whether a file of ``schema`` holds rows of dataset ``name`` as this version writes them, or as an
+    earlier version did: the same columns and types, except columns a newer version added (nullable:
+    read as null) and columns that were non-null before and may be null now.
+
+    >>> old = pa.schema([f.with_nullable(f.name != "value") for f in INPUT if f.name != "value"])
+    >>> readable_as(old, "input"), readable_as(INPUT, "input"), readable_as(EVENTS, "input")
+    (True, True, False)
+    """
+    expected = DATASETS.get(name)
+    if expected is None:
+        return False
+    names = set(schema.names)
+    for field in expected:
+        if field.name not in names:
+            if not field.nullable:
+                return False
+            continue
+        found = schema.field(field.name)
+        if not found.type.equals(field.type) or (found.nullable and not field.nullable):
+            return False
+    return names <= set(expected.names)
 
 
 def partition_values(t_us: int) -> tuple[str, str]:

@@ -28,7 +28,8 @@ class SampleBatch:
     Attributes:
         sensor: sensor id.
         t_us: int64 event times, microseconds since the epoch, shape (n,).
-        phase: float64 radians, shape (n, C); C fixed per sensor.
+        phase: float64 radians, shape (n, C); C fixed per sensor.  For a raw
+            sensor (``raw``), its raw values instead (SPEC section 9).
         cell: the sensor's cell label (last one given), or None.
         topic: the source topic (or file path) the rows came from, or None.
         ingested: wall-clock time (epoch seconds) when the earliest row was
@@ -37,11 +38,12 @@ class SampleBatch:
             (:class:`~schemas.provenance.Provenance`), so a row rejected
             later still yields its dead letter; None for rows with no source
             (generated, replayed from the archive).
+        raw: the rows are raw ``value`` samples, not phases.
     """
 
     def __init__(self, sensor: str, t_us: np.ndarray, phase: np.ndarray, cell: str | None = None, *,
                  topic: str | None = None, ingested: float = math.inf,
-                 provenance: Provenance | None = None) -> None:
+                 provenance: Provenance | None = None, raw: bool = False) -> None:
         self.sensor = sensor
         self.t_us = np.asarray(t_us, dtype=np.int64)
         self.phase = np.asarray(phase, dtype=np.float64)
@@ -49,6 +51,7 @@ class SampleBatch:
         self.topic = topic
         self.ingested = ingested
         self.provenance = provenance
+        self.raw = raw
         n = self.t_us.shape[0]
         if self.phase.ndim != 2 or self.phase.shape[0] != n:
             raise ValueError(f"phase must have shape (n, C) with n = {n}, got {self.phase.shape}")
@@ -56,7 +59,8 @@ class SampleBatch:
             raise ValueError(f"provenance covers {len(provenance)} rows, t_us has {n}")
 
     def __repr__(self) -> str:
-        return f"SampleBatch(sensor={self.sensor!r}, rows={len(self)}, channels={self.channels}, cell={self.cell!r})"
+        kind = ", raw" if self.raw else ""
+        return f"SampleBatch(sensor={self.sensor!r}, rows={len(self)}, channels={self.channels}, cell={self.cell!r}{kind})"
 
     def __len__(self) -> int:
         return len(self.t_us)  # called several times per batch: the cheapest form
@@ -70,7 +74,7 @@ class SampleBatch:
         idx = np.flatnonzero(index) if index.dtype == np.bool_ else index
         provenance = None if self.provenance is None else self.provenance.take(idx)
         return SampleBatch(self.sensor, self.t_us[idx], self.phase[idx], self.cell, topic=self.topic,
-                           ingested=self.ingested, provenance=provenance)
+                           ingested=self.ingested, provenance=provenance, raw=self.raw)
 
     @staticmethod
     def concat(batches: "list[SampleBatch]") -> "SampleBatch":
@@ -80,6 +84,8 @@ class SampleBatch:
         first = batches[0]
         if any(b.sensor != first.sensor for b in batches):
             raise ValueError("concat of batches of different sensors")
+        if any(b.raw != first.raw for b in batches):
+            raise ValueError("concat of raw and phase batches")
         cell = next((b.cell for b in reversed(batches) if b.cell is not None), None)
         provenance = None
         if any(b.provenance is not None for b in batches):
@@ -94,11 +100,13 @@ class SampleBatch:
             topic=topic,
             ingested=min(b.ingested for b in batches),
             provenance=provenance,
+            raw=first.raw,
         )
 
 
 class SampleRuns:
-    """Samples of many sensors with one channel count, as columns: one run of rows per sensor.
+    """Samples of many sensors with one channel count and one kind (phase or raw), as columns: one run of
+    rows per sensor.
 
     What the decoder hands a key group: run i holds ``counts[i]`` rows of sensor
     ``names[i]`` (arrival order), after the earlier runs.  No object per sensor
@@ -113,6 +121,7 @@ class SampleRuns:
         cells: the cell of each run (the last one given), or None when no run has one.
         ingested: wall-clock time (epoch seconds) the rows were decoded.
         batch: run index -> that run as a SampleBatch (with its source positions and bytes).
+        raw: the rows are raw ``value`` samples (``phase`` holds the values).
 
     >>> runs = SampleRuns.of([SampleBatch("a", np.array([1, 2]), np.zeros((2, 1))),
     ...                       SampleBatch("b", np.array([5]), np.ones((1, 1)), cell="c")])
@@ -120,12 +129,13 @@ class SampleRuns:
     (['a', 'b'], [2, 1], [None, 'c'], 'b', 3)
     """
 
-    __slots__ = ("names", "counts", "t_us", "phase", "cells", "ingested", "batch")
+    __slots__ = ("names", "counts", "t_us", "phase", "cells", "ingested", "batch", "raw")
 
     def __init__(self, names: list[str], counts: np.ndarray, t_us: np.ndarray, phase: np.ndarray,
-                 cells: list[str | None] | None, ingested: float, batch: Callable[[int], SampleBatch]) -> None:
+                 cells: list[str | None] | None, ingested: float, batch: Callable[[int], SampleBatch],
+                 raw: bool = False) -> None:
         self.names, self.counts, self.t_us, self.phase = names, counts, t_us, phase
-        self.cells, self.ingested, self.batch = cells, ingested, batch
+        self.cells, self.ingested, self.batch, self.raw = cells, ingested, batch, raw
 
     def __len__(self) -> int:
         return int(self.t_us.shape[0])
@@ -134,7 +144,7 @@ class SampleRuns:
         # Sent to another process: the runs' batches are made now (the decoder's arrays stay behind).
         batches = [self.batch(i) for i in range(len(self.names))]
         return {"names": self.names, "counts": self.counts, "t_us": self.t_us, "phase": self.phase,
-                "cells": self.cells, "ingested": self.ingested, "batches": batches}
+                "cells": self.cells, "ingested": self.ingested, "batches": batches, "raw": self.raw}
 
     def __setstate__(self, state):
         batches = state.pop("batches")
@@ -148,13 +158,32 @@ class SampleRuns:
 
     @staticmethod
     def of(batches: "list[SampleBatch]") -> "SampleRuns":
-        """Batches of one channel count as runs (one run per batch, in order)."""
+        """Batches of one channel count and kind as runs (one run per batch, in order)."""
+        if any(b.raw != batches[0].raw for b in batches):
+            raise ValueError("runs of raw and phase batches")
         cells = [b.cell for b in batches]
         return SampleRuns([b.sensor for b in batches], np.array([len(b) for b in batches], np.int64),
                           np.concatenate([b.t_us for b in batches]) if len(batches) > 1 else batches[0].t_us,
                           np.concatenate([b.phase for b in batches]) if len(batches) > 1 else batches[0].phase,
                           cells if any(c is not None for c in cells) else None,
-                          min(b.ingested for b in batches), batches.__getitem__)
+                          min(b.ingested for b in batches), batches.__getitem__, batches[0].raw)
+
+    @staticmethod
+    def blocks(batches: "list[SampleBatch]") -> "list[SampleRuns]":
+        """Batches as blocks of runs: consecutive batches of one channel count and kind form one block.
+
+        >>> [len(b.names) for b in SampleRuns.blocks([SampleBatch("a", np.array([1]), np.zeros((1, 1))),
+        ...     SampleBatch("b", np.array([1]), np.zeros((1, 1))), SampleBatch("c", np.array([1]), np.zeros((1, 1)), raw=True)])]
+        [2, 1]
+        """
+        out, i = [], 0
+        while i < len(batches):
+            j = i + 1
+            while j < len(batches) and (batches[j].channels, batches[j].raw) == (batches[i].channels, batches[i].raw):
+                j += 1
+            out.append(SampleRuns.of(batches[i:j]))
+            i = j
+        return out
 
     def select(self, runs: np.ndarray) -> "SampleRuns":
         """The runs at ``runs`` (sorted indices), as runs of their own."""
@@ -165,7 +194,7 @@ class SampleRuns:
         idx = runs.tolist()
         return SampleRuns(_picked(self.names, idx), self.counts[runs], self.t_us[rows], self.phase[rows],
                           None if self.cells is None else _picked(self.cells, idx), self.ingested,
-                          lambda k, batch=self.batch, idx=idx: batch(idx[k]))
+                          lambda k, batch=self.batch, idx=idx: batch(idx[k]), self.raw)
 
 
 def _picked(items: list, idx: list[int]) -> list:

@@ -31,10 +31,11 @@ BUILT: dict[str, tuple[list[tuple[int, int]], int]] = {
 
 
 def _table(dataset: str, columns: dict) -> pa.Table:
-    """A table of ``dataset``'s schema from plain columns (``t`` in int64 us)."""
+    """A table of ``dataset``'s schema from plain columns (``t`` in int64 us); a nullable column not given is null."""
     arrays = []
+    rows = len(next(iter(columns.values())))
     for field in DATASETS[dataset]:
-        value = columns[field.name]
+        value = columns[field.name] if field.name in columns or not field.nullable else [None] * rows
         if field.type == TIMESTAMP:
             arrays.append(pa.array(np.asarray(value, np.int64), pa.int64()).cast(TIMESTAMP))
         else:

@@ -42,6 +42,7 @@ from connectors.archive.manifest_lines import GENESIS, signature_ok
 from connectors.archive.manifest_lines import line_hash as _line_hash
 from connectors.archive.manifest_lines import manifest_line as _manifest_line
 from connectors.archive.recovery import _finish_compaction, _no_fault, _recover_dataset
+from schemas.datasets import DATASETS, readable_as
 
 __all__ = ["COMPACTION_STEPS", "CompactionResult", "compact_archive", "compact_dataset"]
 
@@ -100,6 +101,13 @@ def _read_checked(dataset_dir: Path, entry: dict[str, Any]) -> tuple[pa.Schema, 
     return reader.schema, batches
 
 
+def _conformed(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    """A batch of an earlier version's schema in ``schema`` (``readable_as``): added columns null."""
+    columns = [batch.column(f.name) if f.name in batch.schema.names else pa.nulls(batch.num_rows, f.type)
+               for f in schema]
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
 def _merge_into(dataset_dir: Path, group: list[dict[str, Any]], temp: Path) -> tuple[int, str]:
     """Write the rows of the listed files ``group``, in order, into one Arrow IPC file
     ``temp`` (the first file's schema), fsynced.
@@ -111,19 +119,26 @@ def _merge_into(dataset_dir: Path, group: list[dict[str, Any]], temp: Path) -> t
         ArchiveError: a file is changed or unreadable (:func:`_read_checked`),
             or its schema differs from the first file's.
     """
-    schema, batches = _read_checked(dataset_dir, group[0])
+    first, batches = _read_checked(dataset_dir, group[0])
+    # A known dataset's files are merged into this version's schema, so files an earlier version
+    # wrote (a column added since) merge with newer ones; other datasets keep the first file's.
+    name = dataset_dir.name
+    schema = DATASETS[name] if name in DATASETS and readable_as(first, name) else first
     pending: list[pa.RecordBatch] = []
     pending_rows = 0
     with open(temp, "wb") as raw:
         writer = pa.ipc.new_file(raw, schema)
         for index, entry in enumerate(group):
+            other = first
             if index:
                 other, batches = _read_checked(dataset_dir, entry)
-                if not other.equals(schema, check_metadata=True):
+            if not other.equals(schema, check_metadata=True):
+                if schema is not DATASETS.get(name) or not readable_as(other, name):
                     raise ArchiveError(
                         f"cannot merge {entry['file']} in {dataset_dir}: its schema differs from "
                         f"{group[0]['file']}'s"
                     )
+                batches = [_conformed(b, schema) for b in batches]
             for batch in batches:
                 pending.append(batch)
                 pending_rows += batch.num_rows

@@ -13,7 +13,7 @@ import pyarrow.fs as pafs
 
 from connectors.archive.layout import MANIFEST, ArchiveError, _committed_file, _damaged, _layout, _read_manifest
 from connectors.archive.manifest_lines import parse_line as _parse_line
-from schemas.datasets import DATASETS, PARTITION_SCHEMA
+from schemas.datasets import DATASETS, PARTITION_SCHEMA, readable_as
 
 __all__ = ["last_witness_record", "listed_files", "manifest_files", "open_dataset", "read_archive_file"]
 
@@ -94,10 +94,11 @@ def open_dataset(path: str | os.PathLike[str]) -> ds.Dataset:
     the rows are the manifest's, each once, even while an interrupted
     compaction leaves merged-away files on disk.  ``date`` and ``hour`` are
     string columns taken from the manifest's names of the files (so a file
-    read from its temp name has them too).  With no file listed, a directory
-    named as a dataset of :data:`schemas.datasets.DATASETS` gets that
-    dataset's schema (plus ``date``/``hour``); otherwise the schema is read
-    from the first file.
+    read from its temp name has them too).  A directory named as a dataset
+    of :data:`schemas.datasets.DATASETS` whose files hold its rows
+    (:func:`~schemas.datasets.readable_as`) gets that dataset's schema (plus
+    ``date``/``hour``), so files an earlier version wrote read with nulls in
+    a column added since; otherwise the schema is read from the first file.
 
     Raises:
         FileNotFoundError: ``path`` is not a directory.
@@ -107,10 +108,15 @@ def open_dataset(path: str | os.PathLike[str]) -> ds.Dataset:
     if not directory.is_dir():
         raise FileNotFoundError(f"no archive dataset directory at {directory}")
     files = listed_files(directory)
+    name = directory.name
     if files:
         data_schema = ds.dataset(os.fspath(files[0][1]), format="ipc").schema
-    elif directory.name in DATASETS:
-        data_schema = DATASETS[directory.name]
+        if name in DATASETS and readable_as(data_schema, name):
+            # This version's schema: files of an earlier version (a column added since, a column now
+            # nullable) read with nulls in its place, whichever file comes first.
+            data_schema = DATASETS[name]
+    elif name in DATASETS:
+        data_schema = DATASETS[name]
     else:
         data_schema = pa.schema([])
     hive = ds.partitioning(PARTITION_SCHEMA, flavor="hive")

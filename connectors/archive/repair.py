@@ -45,7 +45,7 @@ from connectors.archive.layout import (
 )
 from connectors.archive.manifest_lines import GENESIS, line_hash, manifest_line, parse_line
 from connectors.archive.recovery import _move_older_layout, _recover_compaction
-from schemas.datasets import DATASETS
+from schemas.datasets import DATASETS, readable_as
 
 __all__ = ["RepairResult", "repair_dataset"]
 
@@ -89,8 +89,7 @@ def _describe(path: Path, dataset: str) -> tuple[int, str]:
         rows = sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
     except pa.ArrowException as exc:
         raise ValueError(f"not a readable Arrow IPC file: {exc}") from None
-    expected = DATASETS.get(dataset)
-    if expected is not None and not reader.schema.equals(expected, check_metadata=False):
+    if dataset in DATASETS and not readable_as(reader.schema, dataset):
         raise ValueError(f"its schema is not the {dataset} schema")
     return rows, hashlib.sha256(data).hexdigest()
 

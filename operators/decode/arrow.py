@@ -112,14 +112,22 @@ def _is_var_list(typ: pa.DataType) -> bool:
     return pa.types.is_list(typ) or pa.types.is_large_list(typ)
 
 
-def _check_schema(schema: pa.Schema) -> None:
-    """Whole-message ``schema`` errors: missing, duplicated or mistyped columns."""
-    for name in ("sensor", "t", "phase", "cell"):
+def _check_schema(schema: pa.Schema) -> str:
+    """Whole-message ``schema`` errors: missing, duplicated or mistyped columns.  Returns the column that
+    holds the samples: ``phase``, or ``value`` for raw samples (SPEC section 9)."""
+    for name in ("sensor", "t", "phase", "value", "cell"):
         count = schema.get_all_field_indices(name)
         if len(count) > 1:
             raise WholeMessageError(DeadLetterReason.SCHEMA, f"column {name!r} appears {len(count)} times")
-        if not count and name != "cell":
-            raise WholeMessageError(DeadLetterReason.SCHEMA, f"missing column {name!r}")
+    names = set(schema.names)
+    if {"phase", "value"} <= names:
+        raise WholeMessageError(DeadLetterReason.SCHEMA, "columns 'phase' and 'value' both given: a message holds "
+                                                         "phase samples or raw values, not both")
+    field = "value" if "value" in names else "phase"
+    for name in ("sensor", "t", field):
+        if name not in names:
+            hint = " (or 'value' for raw samples)" if name == "phase" else ""
+            raise WholeMessageError(DeadLetterReason.SCHEMA, f"missing column {name!r}{hint}")
     sensor = schema.field("sensor").type
     if not _is_text_column(sensor):
         raise WholeMessageError(DeadLetterReason.SCHEMA, f"column 'sensor' must be utf8 (or a dictionary of it), not {sensor}")
@@ -127,13 +135,14 @@ def _check_schema(schema: pa.Schema) -> None:
     # Not float32: near 1.7e9 s it resolves about two minutes.
     if not (pa.types.is_timestamp(t) or pa.types.is_integer(t) or pa.types.is_float64(t)):
         raise WholeMessageError(DeadLetterReason.SCHEMA, f"column 't' must be float64 seconds or a timestamp, not {t}")
-    phase = schema.field("phase").type
+    phase = schema.field(field).type
     if not (_is_number(phase) or ((_is_var_list(phase) or _is_fixed_list(phase)) and _is_number(phase.value_type))):
-        raise WholeMessageError(DeadLetterReason.SCHEMA, f"column 'phase' must be float64 or a list of float64, not {phase}")
+        raise WholeMessageError(DeadLetterReason.SCHEMA, f"column {field!r} must be float64 or a list of float64, not {phase}")
     if "cell" in schema.names:
         cell = schema.field("cell").type
         if not (_is_text_column(cell) or pa.types.is_null(cell)):
             raise WholeMessageError(DeadLetterReason.SCHEMA, f"column 'cell' must be utf8 or null, not {cell}")
+    return field
 
 
 def _valid(arr: pa.Array) -> np.ndarray:
@@ -215,17 +224,17 @@ def _times(arr: pa.Array, status: np.ndarray, why: dict[int, str]) -> np.ndarray
 
 
 def _phases(
-    arr: pa.Array, status: np.ndarray, why: dict[int, str]
+    arr: pa.Array, status: np.ndarray, why: dict[int, str], name: str = "phase"
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray]:
-    """Phase storage of the phase column: (flat values, row starts or None,
+    """Storage of the phase (or raw ``value``) column ``name``: (flat values, row starts or None,
     dense (n, C) view or None, channel count per row); bad rows get a status."""
     n = len(arr)
     valid = _valid(arr)
-    _mark(status, why, ~valid, _SCHEMA, "phase is null")
+    _mark(status, why, ~valid, _SCHEMA, f"{name} is null")
     typ = arr.type
     if _is_number(typ):
         values = _float64(arr)
-        _mark(status, why, valid & ~np.isfinite(values), _NAN, "phase holds NaN or infinity")
+        _mark(status, why, valid & ~np.isfinite(values), _NAN, f"{name} holds NaN or infinity")
         dense = values.reshape(n, 1)
         return values, None, dense, np.ones(n, np.int64)
     if _is_fixed_list(typ):
@@ -234,12 +243,12 @@ def _phases(
         values = _float64(child).reshape(n, width)
         if child.null_count:
             elem_null = ~_valid(child).reshape(n, width)
-            _mark(status, why, valid & elem_null.any(axis=1), _SCHEMA, "phase list holds null")
+            _mark(status, why, valid & elem_null.any(axis=1), _SCHEMA, f"{name} list holds null")
         nonfinite = ~np.isfinite(values)
         if nonfinite.any():  # a row-wise reduction only when some element is bad
-            _mark(status, why, valid & nonfinite.any(axis=1), _NAN, "phase holds NaN or infinity")
+            _mark(status, why, valid & nonfinite.any(axis=1), _NAN, f"{name} holds NaN or infinity")
         if width == 0:
-            _mark(status, why, valid, _CHANNELS, "phase is an empty list")
+            _mark(status, why, valid, _CHANNELS, f"{name} is an empty list")
         return values.reshape(-1), None, values, np.full(n, width, np.int64)
     # list / large_list: the offsets index into the child values.
     offsets = arr.offsets.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
@@ -250,15 +259,15 @@ def _phases(
     # Per-row "any bad element" through prefix sums: no per-row loop, and
     # empty rows need no special case (unlike np.add.reduceat).
     for bad, code, text in (
-        (~_valid(child.slice(lo, hi - lo)), _SCHEMA, "phase list holds null"),
-        (~np.isfinite(values[lo:hi]), _NAN, "phase holds NaN or infinity"),
+        (~_valid(child.slice(lo, hi - lo)), _SCHEMA, f"{name} list holds null"),
+        (~np.isfinite(values[lo:hi]), _NAN, f"{name} holds NaN or infinity"),
     ):
         if not bad.any():
             continue
         csum = np.zeros(hi - lo + 1, np.int64)
         np.cumsum(bad, out=csum[1:])
         _mark(status, why, valid & (csum[offsets[1:] - lo] > csum[offsets[:-1] - lo]), code, text)
-    _mark(status, why, valid & (length == 0), _CHANNELS, "phase is an empty list")
+    _mark(status, why, valid & (length == 0), _CHANNELS, f"{name} is an empty list")
     if n and (length == length[0]).all() and hi - lo == n * int(length[0]):
         # Every row has the same width and rows are packed: a dense view.
         width = int(length[0])
@@ -281,7 +290,7 @@ def _mark(status: np.ndarray, why: dict[int, str], mask: np.ndarray, code: int, 
 def arrow_part(message: RawMessage, value: bytes | bytearray | memoryview,
                 budget: DeadLetterBudget) -> tuple[Part, list[DeadLetter]]:
     table = _read_stream(value)
-    _check_schema(table.schema)
+    field = _check_schema(table.schema)
     n = table.num_rows
     status = np.zeros(n, np.int8)
     why: dict[int, str] = {}
@@ -290,7 +299,7 @@ def arrow_part(message: RawMessage, value: bytes | bytearray | memoryview,
     _mark(status, why, code == -1, _SCHEMA, "sensor is null")
     _mark(status, why, code == -2, _SCHEMA, "sensor is an empty string")
     t_us = _times(table.column("t").combine_chunks(), status, why)
-    flat, start, dense, length = _phases(table.column("phase").combine_chunks(), status, why)
+    flat, start, dense, length = _phases(table.column(field).combine_chunks(), status, why, field)
 
     if "cell" in table.schema.names:
         cell_column = table.column("cell")
@@ -328,6 +337,7 @@ def arrow_part(message: RawMessage, value: bytes | bytearray | memoryview,
         raw=None,
         original_at=lambda i: _one_row_stream(table, i),
         message_at=lambda i: message,
+        raw_values=field == "value",
     )
     return part, dead
 

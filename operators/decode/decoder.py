@@ -69,8 +69,12 @@ def decode_messages(
                     add(out, dead_letter(message, message.value, exc.reason, exc.detail, budget.limits))
                     continue
                 messages.append(message)
-            if samples:
-                parts.append(json_part(messages, samples))
+            # One part per stretch of one kind: a part is all phase samples or all raw ones.
+            start = 0
+            for i in range(1, len(samples) + 1):
+                if i == len(samples) or samples[i].raw != samples[start].raw:
+                    parts.append(json_part(messages[start:i], samples[start:i]))
+                    start = i
         json_messages.clear()
 
     for message in messages:

@@ -90,6 +90,35 @@ def group_by_sensor(parts: list[Part], out: Decoded, ingested: float, budget: De
         part_of.append(np.full(part.code.shape[0], k, np.int32))
     code = _join(codes)
 
+    def refuse(wrong: np.ndarray, reason: DeadLetterReason, text_of) -> None:
+        """Dead letters of the rows ``wrong`` (indices over all parts), which then count as rejected."""
+        part_id, local_row = _join(part_of), _join([np.arange(p.code.shape[0]) for p in parts])
+        for i in wrong.tolist():
+            part, r = parts[int(part_id[i])], int(local_row[i])
+            message = part.message_at(r)
+            if part.raw is None and not budget.admit(message, reason):
+                continue  # counted for the message's summary
+            text = text_of(i)
+            row = None
+            if part.raw is None:
+                row = int(part.row[r])
+                text = f"row {row}: {text}"
+            add(out, dead_letter(message, part.original_at(r), reason, text, budget.limits, row=row))
+        code[wrong] = -1
+
+    # A sensor is a phase sensor or a raw one (SPEC section 9): rows of the kind the fewer of the
+    # sensor's rows in this call have are rejected as `schema` (ties: the kind of its first row).
+    raw_sensor = np.full(len(names), parts[0].raw_values, np.bool_)
+    if len({p.raw_values for p in parts}) == 2:
+        raw_row = _join([np.full(p.code.shape[0], p.raw_values, np.bool_) for p in parts])
+        accepted = np.flatnonzero(code >= 0)
+        raw_sensor = _majority_kind(code[accepted], raw_row[accepted], len(names))
+        wrong = accepted[raw_row[accepted] != raw_sensor[code[accepted]]]
+        if wrong.size:
+            refuse(wrong, DeadLetterReason.SCHEMA, lambda i: (
+                f"a raw value where sensor {names_list[code[i]]!r} sends phases in this batch" if raw_row[i] else
+                f"a phase where sensor {names_list[code[i]]!r} sends raw values in this batch"))
+
     # A sensor has one channel count; rows that disagree with the majority of
     # the sensor's rows in this call are rejected as `channels`.  Parts that
     # all hold one dense width cannot disagree: no per-row look needed.
@@ -103,21 +132,9 @@ def group_by_sensor(parts: list[Part], out: Decoded, ingested: float, budget: De
             chosen = _majority_width(code[accepted], acc_length, len(names))
             wrong = accepted[acc_length != chosen[code[accepted]]]
             if wrong.size:
-                part_id, local_row = _join(part_of), _join([np.arange(p.code.shape[0]) for p in parts])
-                for i in wrong.tolist():
-                    part, r = parts[int(part_id[i])], int(local_row[i])
-                    message = part.message_at(r)
-                    if part.raw is None and not budget.admit(message, DeadLetterReason.CHANNELS):
-                        continue  # counted for the message's summary
-                    width = int(chosen[code[i]])
-                    text = f"{int(length[i])} channels where sensor {names_list[code[i]]!r} has {width} in this batch"
-                    row = None
-                    if part.raw is None:
-                        row = int(part.row[r])
-                        text = f"row {row}: {text}"
-                    add(out, dead_letter(message, part.original_at(r), DeadLetterReason.CHANNELS, text,
-                                           budget.limits, row=row))
-                code[wrong] = -1
+                refuse(wrong, DeadLetterReason.CHANNELS, lambda i: (
+                    f"{int(length[i])} channels where sensor {names_list[code[i]]!r} has "
+                    f"{int(chosen[code[i]])} in this batch"))
 
     # Group rows by sensor, arrival order kept inside a sensor.
     order, group_start = _group_rows(code, len(names_list))
@@ -197,7 +214,7 @@ def group_by_sensor(parts: list[Part], out: Decoded, ingested: float, budget: De
         provenance = Provenance.gathered(order[b0:b1], positions, raw=raw, sources=sources or None,
                                          rebuild=original_row_bytes)
         return SampleBatch(names_list[sensor_code], t_us[b0:b1], phase, cell_of(b0, b1), topic=part_topic[first],
-                           ingested=ingested, provenance=provenance)
+                           ingested=ingested, provenance=provenance, raw=bool(raw_sensor[sensor_code]))
 
     def cell_of(b0: int, b1: int) -> str | None:
         with_cell = np.flatnonzero(cell_valid[b0:b1]) if with_cells else ()
@@ -208,30 +225,44 @@ def group_by_sensor(parts: list[Part], out: Decoded, ingested: float, budget: De
 
     codes_l, starts_l, ends_l = group_codes.tolist(), starts.tolist(), ends.tolist()
     if as_runs:
-        # The sensors' rows as they are (grouped by sensor, arrival order within), one block per channel count.
+        # The sensors' rows as they are (grouped by sensor, arrival order within), one block per channel
+        # count and kind.
         counts = ends - starts
         cells = [cell_of(b0, b1) for b0, b1 in zip(starts_l, ends_l)] if with_cells else None
         make = lambda j: batch(codes_l[j], starts_l[j], ends_l[j], first_part[j])  # noqa: E731
-        if phase_all is not None:
-            out.runs.append(SampleRuns([names_list[c] for c in codes_l], counts, t_us, phase_all, cells, ingested,
-                                       make))
-            return
-        widths = length[order[starts]]
-        whole = SampleRuns([names_list[c] for c in codes_l], counts, t_us, np.zeros((t_us.shape[0], 1)), cells,
-                           ingested, make)
+        kinds = raw_sensor[group_codes]
+        whole = SampleRuns([names_list[c] for c in codes_l], counts, t_us,
+                           phase_all if phase_all is not None else np.zeros((t_us.shape[0], 1)), cells, ingested, make)
+        widths = np.zeros(len(codes_l), np.int64) if phase_all is not None else length[order[starts]]
         for width in np.unique(widths).tolist():
-            runs = np.flatnonzero(widths == width)
-            part = whole.select(runs)
-            rows = np.repeat(starts[runs] - (np.cumsum(counts[runs]) - counts[runs]), counts[runs]) + \
-                np.arange(int(counts[runs].sum()))
-            part.phase = np.take(flat, start[order[rows]][:, None] + np.arange(width))
-            out.runs.append(part)
+            for raw in (False, True):
+                runs = np.flatnonzero((widths == width) & (kinds == raw))
+                if not runs.size:
+                    continue
+                part = whole if runs.size == len(codes_l) else whole.select(runs)
+                part.raw = raw
+                if phase_all is None:
+                    rows = np.repeat(starts[runs] - (np.cumsum(counts[runs]) - counts[runs]), counts[runs]) + \
+                        np.arange(int(counts[runs].sum()))
+                    part.phase = np.take(flat, start[order[rows]][:, None] + np.arange(width))
+                out.runs.append(part)
         return
     batches = []
     for sensor_code, b0, b1, first in zip(codes_l, starts_l, ends_l, first_part):
         batches.append((int(order[b0]), batch(sensor_code, b0, b1, first)))
     batches.sort(key=lambda item: item[0])  # order of the sensor's first accepted row
     out.batches.extend(b for _, b in batches)
+
+
+def _majority_kind(code: np.ndarray, raw: np.ndarray, n_sensors: int) -> np.ndarray:
+    """Per sensor, whether most of its rows are raw (ties: the kind of its first row); ``code`` and ``raw``
+    cover accepted rows only, in arrival order."""
+    total = np.bincount(code, minlength=n_sensors)
+    raws = np.bincount(code, weights=raw, minlength=n_sensors)
+    first_raw = np.zeros(n_sensors, np.bool_)
+    seen, first = np.unique(code, return_index=True)
+    first_raw[seen] = raw[first]
+    return np.where(2 * raws == total, first_raw, 2 * raws > total)
 
 
 def _presence(code: np.ndarray, part: np.ndarray, n_codes: int, n_parts: int) -> list[np.ndarray]:

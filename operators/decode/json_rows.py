@@ -16,6 +16,7 @@ __all__ = ["json_columns_part", "json_part"]
 
 
 def json_part(messages: list[RawMessage], samples: list[PhaseSample]) -> Part:
+    """Samples parsed one by one, all phase samples or all raw ones."""
     names: dict[str, int] = {}
     code = np.fromiter((names.setdefault(s.sensor, len(names)) for s in samples), np.int32, len(samples))
     length = np.fromiter((len(s.phase) for s in samples), np.int64, len(samples))
@@ -41,6 +42,7 @@ def json_part(messages: list[RawMessage], samples: list[PhaseSample]) -> Part:
         raw=values,
         original_at=values.__getitem__,
         message_at=messages.__getitem__,
+        raw_values=samples[0].raw,
     )
 
 
@@ -69,4 +71,5 @@ def json_columns_part(messages: list[RawMessage], cols: JsonColumns) -> Part:
         raw=values,
         original_at=values.__getitem__,
         message_at=messages.__getitem__,
+        raw_values=cols.raw,
     )

@@ -16,7 +16,8 @@ __all__ = ["Part", "origin"]
 
 @dataclass
 class Part:
-    """Rows of one Arrow message or one run of JSON messages; rows already rejected have code -1."""
+    """Rows of one Arrow message or one run of JSON messages, all phase samples or all raw ``value`` samples;
+    rows already rejected have code -1."""
 
     names: pa.StringArray  # local sensor names; code indexes this
     code: np.ndarray  # int32, local sensor code per row, -1 for rows already dead
@@ -33,6 +34,7 @@ class Part:
     raw: list[bytes] | None  # per row (JSON) or None (Arrow)
     original_at: Callable[[int], bytes]
     message_at: Callable[[int], RawMessage]
+    raw_values: bool = False  # flat holds raw values (``value`` samples, SPEC section 9), not phases
 
     def starts(self) -> np.ndarray:
         if self.start is not None:

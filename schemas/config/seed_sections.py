@@ -73,6 +73,20 @@ class KairosSection(_Section):
     """A sample more than this after its predecessor starts a new chain, seconds."""
     channel_weights: tuple[Annotated[Number, Field(ge=0.0)], ...] | None = None
     """Weights of the phase channels (normalised to sum 1); null = uniform."""
+    phase_band: tuple[Annotated[Number, Field(gt=0.0)], Annotated[Number, Field(gt=0.0)]] | None = None
+    """[f_lo, f_hi], Hz: the band raw ``value`` sensors' phase is extracted from (SPEC section 9), one
+    band per flow; null: raw samples are dead letters ``schema``.  A sensor must be sampled faster
+    than 2 f_hi."""
+    phase_method: Literal["hilbert", "events"] = "hilbert"
+    """How a raw sensor's phase is made: ``hilbert``, the analytic signal of the band; ``events``, 2 pi
+    per detected peak of the band-passed signal, linear in between (pulse trains: ECG, spikes)."""
+
+    @field_validator("phase_band")
+    @classmethod
+    def _band_rises(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not value[0] < value[1]:
+            raise ValueError(f"f_lo must be below f_hi, got [{value[0]}, {value[1]}] Hz")
+        return value
 
     tau_us = Micros("tau_scale")
     velocity_span_us = Micros("velocity_span")

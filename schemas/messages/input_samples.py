@@ -3,7 +3,10 @@
 A JSON sample ``{"sensor": "pmu-7", "t": 1764115200.125, "phase": 1.23}``
 (``"phase"`` may be a list of channels; ``"cell"`` is optional; ``"t"`` is
 epoch seconds or an ISO-8601 string with a zone) becomes a
-:class:`PhaseSample` with exact integer microseconds ``t_us``.  A sample
+:class:`PhaseSample` with exact integer microseconds ``t_us``.  A raw sensor
+sends ``"value"`` (a number or a list, one per channel: microvolts,
+millivolts, ...) instead of ``"phase"`` (SPEC section 9); the flow extracts
+its phase.  A sample carries one of the two, never both.  A sample
 that cannot be one raises :class:`InvalidSample` carrying its
 :class:`DeadLetterReason`.  Unknown extra fields are ignored, so producers
 may add fields without breaking the flow.
@@ -79,14 +82,17 @@ class PhaseSample:
     Attributes:
         sensor: sensor id (also the Kafka key).
         t_us: event time, int microseconds since the Unix epoch.
-        phase: phase angles in radians, one per channel (any wrapping).
+        phase: phase angles in radians, one per channel (any wrapping); for a
+            raw sample, its values.
         cell: optional cell label.
+        raw: True for a raw ``value`` sample (SPEC section 9).
     """
 
     sensor: str
     t_us: int
     phase: tuple[float, ...]
     cell: str | None = None
+    raw: bool = False
 
     @property
     def channels(self) -> int:
@@ -102,7 +108,7 @@ class PhaseSample:
         obj: dict[str, Any] = {
             "sensor": self.sensor,
             "t": self.t_us / MICROS_PER_SECOND,
-            "phase": self.phase[0] if len(self.phase) == 1 else list(self.phase),
+            "value" if self.raw else "phase": self.phase[0] if len(self.phase) == 1 else list(self.phase),
         }
         if self.cell is not None:
             obj["cell"] = self.cell
@@ -126,16 +132,22 @@ def sample_from_object(obj: Any) -> PhaseSample:
     """
     if not isinstance(obj, Mapping):
         raise InvalidSample(DeadLetterReason.MALFORMED, f"not a JSON object but {type(obj).__name__}")
-    missing = [key for key in ("sensor", "t", "phase") if key not in obj]
+    raw = "value" in obj
+    if raw and "phase" in obj:
+        raise InvalidSample(DeadLetterReason.SCHEMA, "fields 'phase' and 'value' both given: a sample is a phase "
+                                                     "or a raw value, not both")
+    field = "value" if raw else "phase"
+    missing = [key for key in ("sensor", "t", field) if key not in obj]
     if missing:
-        raise InvalidSample(DeadLetterReason.SCHEMA, "missing field(s) " + ", ".join(repr(k) for k in missing))
-    sensor, t, phase, cell = obj["sensor"], obj["t"], obj["phase"], obj.get("cell")
+        text = "missing field(s) " + ", ".join(repr(k) for k in missing)
+        raise InvalidSample(DeadLetterReason.SCHEMA, text + (" (or 'value' for a raw sample)" if field in missing else ""))
+    sensor, t, phase, cell = obj["sensor"], obj["t"], obj[field], obj.get("cell")
     if not isinstance(sensor, str) or not sensor:
         raise InvalidSample(DeadLetterReason.SCHEMA, "field 'sensor' must be a non-empty string")
     if cell is not None and not isinstance(cell, str):
         raise InvalidSample(DeadLetterReason.SCHEMA, "field 'cell' must be a string or null")
     if not (_is_number(phase) or (isinstance(phase, list) and all(_is_number(x) for x in phase))):
-        raise InvalidSample(DeadLetterReason.SCHEMA, "field 'phase' must be a number or a list of numbers")
+        raise InvalidSample(DeadLetterReason.SCHEMA, f"field {field!r} must be a number or a list of numbers")
 
     t_us: int | None = None
     if isinstance(t, str):
@@ -155,12 +167,12 @@ def sample_from_object(obj: Any) -> PhaseSample:
     except OverflowError:  # an integer literal beyond float64
         values = (math.inf,)
     if not all(math.isfinite(x) for x in values):
-        raise InvalidSample(DeadLetterReason.NAN, "field 'phase' holds NaN or infinity")
+        raise InvalidSample(DeadLetterReason.NAN, f"field {field!r} holds NaN or infinity")
     if not values:
-        raise InvalidSample(DeadLetterReason.CHANNELS, "field 'phase' is an empty list")
+        raise InvalidSample(DeadLetterReason.CHANNELS, f"field {field!r} is an empty list")
     if t_us is None:
         t_us = number_to_micros(t)  # finite and in range: checked above
-    return PhaseSample(sensor=sensor, t_us=t_us, phase=values, cell=cell)
+    return PhaseSample(sensor=sensor, t_us=t_us, phase=values, cell=cell, raw=raw)
 
 
 def parse_sample(value: bytes | bytearray | memoryview | str, *, max_bytes: int | None = None) -> PhaseSample:
