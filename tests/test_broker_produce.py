@@ -231,7 +231,7 @@ def test_produce_synthetic_arrow_with_limit_and_rate(bootstrap):
 
 def test_produce_refuses_a_file_with_a_missing_column_before_connecting(tmp_path):
     csv = tmp_path / "no_phase.csv"
-    csv.write_text("sensor,t,value\npmu-1,1764115200.0,1.0\n")
+    csv.write_text("sensor,t,amplitude\npmu-1,1764115200.0,1.0\n")
     # Nothing listens at the bootstrap: the file is refused before any connection.
     proc = _produce(str(csv), "--bootstrap", f"127.0.0.1:{_free_port()}", timeout=60)
     assert proc.returncode == 2

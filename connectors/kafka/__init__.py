@@ -42,6 +42,7 @@ from connectors.kafka.dedup import DedupWindow, message_digest
 from connectors.kafka.health import KafkaUnavailable
 from connectors.kafka.producer import (
     PHASE_BATCH_SCHEMA,
+    RAW_BATCH_SCHEMA,
     MessageTooLarge,
     PhaseProducer,
     arrow_message,
@@ -67,6 +68,7 @@ from connectors.kafka.topics import KafkaUnreachable, TopicSetupError, connect_a
 __all__ = [
     "MOCK_PARTITIONS",
     "PHASE_BATCH_SCHEMA",
+    "RAW_BATCH_SCHEMA",
     "DedupWindow",
     "DeliveryFailed",
     "KafkaSetupError",

@@ -26,6 +26,7 @@ from schemas.messages import ARROW_STREAM_CONTENT_TYPE, CONTENT_TYPE_HEADER, Pha
 
 __all__ = [
     "PHASE_BATCH_SCHEMA",
+    "RAW_BATCH_SCHEMA",
     "MessageTooLarge",
     "PhaseProducer",
     "arrow_message",
@@ -44,6 +45,8 @@ PHASE_BATCH_SCHEMA = pa.schema(
         pa.field("cell", pa.string(), nullable=True),
     ]
 )
+#: The same for raw samples (SPEC section 9): ``value`` in place of ``phase``.
+RAW_BATCH_SCHEMA = PHASE_BATCH_SCHEMA.set(2, pa.field("value", pa.list_(pa.float64()), nullable=False))
 
 
 class MessageTooLarge(ValueError):
@@ -65,7 +68,7 @@ def arrow_record_batch(columns: PhaseColumns) -> pa.RecordBatch:
             columns.phase,
             columns.cell,
         ],
-        schema=PHASE_BATCH_SCHEMA,
+        schema=RAW_BATCH_SCHEMA if columns.raw else PHASE_BATCH_SCHEMA,
     )
     for name, values in columns.extra:  # after the four of the input format, which readers ignore
         batch = batch.append_column(pa.field(name, pa.float64()), pa.array(values, pa.float64()))
@@ -94,7 +97,7 @@ def json_messages(columns: PhaseColumns) -> Iterator[tuple[bytes, bytes]]:
     phases = columns.phase.to_pylist()
     cells = columns.cell.to_pylist()
     for sensor, t_us, phase, cell in zip(sensors, times, phases, cells):
-        yield sensor.encode("utf-8"), PhaseSample(sensor, t_us, tuple(phase), cell).to_json_bytes()
+        yield sensor.encode("utf-8"), PhaseSample(sensor, t_us, tuple(phase), cell, columns.raw).to_json_bytes()
 
 
 def produce_waiting(producer: Producer, topic: str, **message: Any) -> None:

@@ -14,12 +14,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["PHASE_COLUMNS", "PHASE_TYPE", "REQUIRED_COLUMNS", "PhaseColumns", "PhaseFileError"]
+__all__ = ["PHASE_COLUMNS", "PHASE_TYPE", "RAW_COLUMN", "REQUIRED_COLUMNS", "PhaseColumns", "PhaseFileError"]
 
 #: Required columns, then the optional one.
 PHASE_COLUMNS: tuple[str, ...] = ("sensor", "t", "phase", "cell")
 #: The columns every file must have.
 REQUIRED_COLUMNS = ("sensor", "t", "phase")
+#: The column of a raw sensor's samples, instead of ``phase`` (SPEC section 9).
+RAW_COLUMN = "value"
 #: The Arrow type of the phase column: one list of radians per sample.
 PHASE_TYPE = pa.list_(pa.float64())
 
@@ -52,6 +54,8 @@ class PhaseColumns:
         extra: further float64 columns as ``(name, array)`` pairs (a PMU's
             frequency and ROCOF), sent as extra Arrow columns, which
             consumers ignore.
+        raw: ``phase`` holds raw samples (microvolts, ...), sent as the
+            ``value`` column (SPEC section 9).
     """
 
     sensor: pa.Array
@@ -61,6 +65,7 @@ class PhaseColumns:
     origin: str = ""
     first_row: int = 0
     extra: tuple[tuple[str, np.ndarray], ...] = ()
+    raw: bool = False
 
     def __post_init__(self) -> None:
         n = len(self.t_us)
@@ -70,7 +75,7 @@ class PhaseColumns:
                 f"phase {len(self.phase)}, cell {len(self.cell)}"
             )
         for name, values in self.extra:
-            if name in PHASE_COLUMNS or len(values) != n:
+            if name in PHASE_COLUMNS or name == RAW_COLUMN or len(values) != n:
                 raise ValueError(f"extra column {name!r}: {len(values)} values for {n} rows, or a reserved name")
 
     def __len__(self) -> int:
@@ -86,8 +91,10 @@ class PhaseColumns:
         *,
         origin: str = "",
         first_row: int = 0,
+        raw: bool = False,
     ) -> PhaseColumns:
-        """One sensor's samples from arrays: ``t_us`` shape (n,), ``phase`` shape (n,) or (n, C).
+        """One sensor's samples from arrays: ``t_us`` shape (n,), ``phase`` shape (n,) or (n, C)
+        (raw values with ``raw``).
 
         >>> cols = PhaseColumns.from_numpy("pmu-7", np.array([1, 2]), np.zeros((2, 3)))
         >>> len(cols), cols.channels().tolist()
@@ -108,6 +115,7 @@ class PhaseColumns:
             cell=pa.repeat(pa.scalar(cell, pa.string()), n),
             origin=origin,
             first_row=first_row,
+            raw=raw,
         )
 
     def slice(self, offset: int, length: int | None = None) -> PhaseColumns:
@@ -121,6 +129,7 @@ class PhaseColumns:
             self.origin,
             self.first_row + offset,
             tuple((name, values[offset:end]) for name, values in self.extra),
+            self.raw,
         )
 
     def take(self, rows: np.ndarray) -> PhaseColumns:
@@ -128,7 +137,7 @@ class PhaseColumns:
         indices = pa.array(rows, pa.int64())
         return PhaseColumns(self.sensor.take(indices), self.t_us[rows], self.phase.take(indices),
                             self.cell.take(indices), self.origin, self.first_row,
-                            tuple((name, values[rows]) for name, values in self.extra))
+                            tuple((name, values[rows]) for name, values in self.extra), self.raw)
 
     @staticmethod
     def concat(chunks: Sequence[PhaseColumns]) -> PhaseColumns:
@@ -137,6 +146,8 @@ class PhaseColumns:
             raise ValueError("concat needs at least one chunk")
         if len(chunks) == 1:
             return chunks[0]
+        if any(c.raw != chunks[0].raw for c in chunks):
+            raise ValueError("concat of raw and phase chunks")
         return PhaseColumns(
             pa.concat_arrays([c.sensor for c in chunks]),
             np.concatenate([c.t_us for c in chunks]),
@@ -145,6 +156,7 @@ class PhaseColumns:
             chunks[0].origin,
             chunks[0].first_row,
             _concat_extra(chunks),
+            chunks[0].raw,
         )
 
     def channels(self) -> np.ndarray:
@@ -164,21 +176,22 @@ class PhaseColumns:
         Raises:
             PhaseFileError: naming :attr:`origin`, the column and the row (counting from 1).
         """
+        kind = "raw value" if self.raw else "phase"
         lengths = self.channels()
         empty = np.flatnonzero(lengths == 0)
         values = pc.list_flatten(self.phase).to_numpy(zero_copy_only=False)
         bad_values = np.flatnonzero(~np.isfinite(values))
         bad_rows = []
         if empty.size:
-            bad_rows.append((int(empty[0]), "has no phase values (an empty list)"))
+            bad_rows.append((int(empty[0]), f"has no {kind}s (an empty list)" if self.raw else "has no phase values (an empty list)"))
         if bad_values.size:
             # The flat index back to its row: the row whose offsets span it.
             offsets = self.phase.offsets.to_numpy(zero_copy_only=False) - self.phase.offsets[0].as_py()
             row = int(np.searchsorted(offsets, bad_values[0], side="right") - 1)
-            bad_rows.append((row, f"has a phase that is {float(values[bad_values[0]])!r}"))
+            bad_rows.append((row, f"has a {kind} that is {float(values[bad_values[0]])!r}"))
         if bad_rows:
             row, why = min(bad_rows)
-            raise PhaseFileError(self.origin, f"row {self.first_row + row + 1} {why}", column="phase")
+            raise PhaseFileError(self.origin, f"row {self.first_row + row + 1} {why}", column=RAW_COLUMN if self.raw else "phase")
 
 
 def _concat_extra(chunks: Sequence[PhaseColumns]) -> tuple[tuple[str, np.ndarray], ...]:

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from connectors.phase_files.columns import PHASE_TYPE, PhaseColumns, PhaseFileError
+from connectors.phase_files.columns import PHASE_TYPE, RAW_COLUMN, PhaseColumns, PhaseFileError
 from schemas.timebase import seconds_to_micros, to_micros
 
 __all__ = ["object_times", "to_columns"]
@@ -27,12 +27,13 @@ def to_columns(batch: pa.RecordBatch, path: str, first_row: int, *, naive_is_utc
     names = batch.schema.names
     sensor = _text_column(batch.column(names.index("sensor")), path, "sensor", first_row, nullable=False)
     t_us = _time_column(batch.column(names.index("t")), path, first_row, naive_is_utc=naive_is_utc)
-    phase = _phase_column(batch.column(names.index("phase")), path, first_row)
+    field = RAW_COLUMN if RAW_COLUMN in names else "phase"
+    phase = _phase_column(batch.column(names.index(field)), path, first_row, field)
     if "cell" in names:
         cell = _text_column(batch.column(names.index("cell")), path, "cell", first_row, nullable=True)
     else:
         cell = pa.nulls(n, pa.string())
-    return PhaseColumns(sensor, t_us, phase, cell, path, first_row)
+    return PhaseColumns(sensor, t_us, phase, cell, path, first_row, raw=field == RAW_COLUMN)
 
 
 def _first_null(col: pa.Array) -> int:
@@ -124,19 +125,20 @@ def object_times(path: str, values: Sequence[object], first_row: int) -> np.ndar
     return out
 
 
-def _phase_column(col: pa.Array, path: str, first_row: int) -> pa.Array:
+def _phase_column(col: pa.Array, path: str, first_row: int, name: str = "phase") -> pa.Array:
+    """The phase (or raw ``value``) column ``name`` as lists of float64."""
     typ = col.type
-    _no_nulls(col, path, "phase", first_row)
+    _no_nulls(col, path, name, first_row)
     if pa.types.is_integer(typ) or pa.types.is_floating(typ):
         values = col.cast(pa.float64())
         return pa.ListArray.from_arrays(pa.array(np.arange(len(values) + 1, dtype=np.int32)), values)
     if pa.types.is_list(typ) or pa.types.is_large_list(typ) or pa.types.is_fixed_size_list(typ):
         inner = typ.value_type
         if not (pa.types.is_integer(inner) or pa.types.is_floating(inner)):
-            raise PhaseFileError(path, f"column 'phase' is a list of {inner}; expected numbers", column="phase")
+            raise PhaseFileError(path, f"column {name!r} is a list of {inner}; expected numbers", column=name)
         lists = col.cast(PHASE_TYPE)
         if lists.values.null_count:
-            raise PhaseFileError(path, "column 'phase' has an empty value inside a list", column="phase")
+            raise PhaseFileError(path, f"column {name!r} has an empty value inside a list", column=name)
         return lists
     if pa.types.is_string(typ) or pa.types.is_large_string(typ):
         # "[1.23, -0.4]", "1.23;-0.4" or "1.23": split and cast as columns.
@@ -149,10 +151,10 @@ def _phase_column(col: pa.Array, path: str, first_row: int) -> pa.Array:
             values = pc.list_flatten(parts).cast(pa.float64())
         except pa.ArrowInvalid as exc:
             raise PhaseFileError(
-                path, f"column 'phase' has text that is not a number or a list of numbers ({exc})", column="phase"
+                path, f"column {name!r} has text that is not a number or a list of numbers ({exc})", column=name
             ) from None
         offsets = np.concatenate([[0], np.cumsum(lengths.to_numpy(zero_copy_only=False))]).astype(np.int32)
         return pa.ListArray.from_arrays(pa.array(offsets), values)
     raise PhaseFileError(
-        path, f"column 'phase' has type {typ}; expected a number or a list of numbers", column="phase"
+        path, f"column {name!r} has type {typ}; expected a number or a list of numbers", column=name
     )

@@ -17,7 +17,14 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from connectors.phase_files.columns import PHASE_COLUMNS, PHASE_TYPE, REQUIRED_COLUMNS, PhaseColumns, PhaseFileError
+from connectors.phase_files.columns import (
+    PHASE_COLUMNS,
+    PHASE_TYPE,
+    RAW_COLUMN,
+    REQUIRED_COLUMNS,
+    PhaseColumns,
+    PhaseFileError,
+)
 from connectors.phase_files.conversion import object_times, to_columns
 from schemas.config import FILE_FORMATS, FILE_SUFFIXES
 
@@ -204,17 +211,23 @@ def count_file_rows(path: str | os.PathLike[str], format: str | None = None) -> 
 
 
 def _check_columns(path: str, names: Sequence[str]) -> list[str]:
-    """The phase columns present; raises for a missing required one."""
-    missing = [c for c in REQUIRED_COLUMNS if c not in names]
+    """The input columns present (``value`` in place of ``phase`` in a file of raw samples); raises for a
+    missing required one, or for both ``phase`` and ``value``."""
+    raw = RAW_COLUMN in names
+    if raw and "phase" in names:
+        raise PhaseFileError(path, "columns 'phase' and 'value' both given: a file holds phase samples or raw "
+                                   "values, not both", column=RAW_COLUMN)
+    wanted = [RAW_COLUMN if c == "phase" and raw else c for c in PHASE_COLUMNS]
+    missing = [c for c in REQUIRED_COLUMNS if c not in names and not (c == "phase" and raw)]
     if missing:
         found = ", ".join(names) if names else "none"
         raise PhaseFileError(
             path,
             f"missing column {missing[0]!r} (found: {found}); "
-            "the columns are sensor, t, phase and optional cell",
+            "the columns are sensor, t, phase (or value, for raw samples) and optional cell",
             column=missing[0],
         )
-    return [c for c in PHASE_COLUMNS if c in names]
+    return [c for c in wanted if c in names]
 
 
 def _csv_batches(path: str, chunk_rows: int) -> Iterator[pa.RecordBatch]:
@@ -235,7 +248,7 @@ def _csv_batches(path: str, chunk_rows: int) -> Iterator[pa.RecordBatch]:
         with pcsv.open_csv(path, read_options=read, convert_options=pcsv.ConvertOptions(
                 column_types=types, **convert)) as probe:
             inferred = probe.schema
-        for col in ("t", "phase"):
+        for col in columns[1:3]:   # t, and phase or value
             if pa.types.is_integer(inferred.field(col).type):
                 types[col] = pa.float64()
         with pcsv.open_csv(path, read_options=read, convert_options=pcsv.ConvertOptions(
@@ -295,6 +308,7 @@ def _jsonl_by_line(path: str) -> pa.Table:
     phase: list[list[float]] = []
     cell: list[object] = []
     seen: set[str] = set()
+    field = None       # "phase", or "value" in a file of raw samples: one for the whole file
     with open(path, encoding="utf-8") as f:
         for line_no, line in enumerate(f, start=1):
             if not line.strip():
@@ -306,10 +320,11 @@ def _jsonl_by_line(path: str) -> pa.Table:
             if not isinstance(obj, dict):
                 raise PhaseFileError(path, f"line {line_no}: not a JSON object")
             seen.update(obj)
-            missing = [c for c in REQUIRED_COLUMNS if c not in obj]
+            field = field or (RAW_COLUMN if RAW_COLUMN in obj else "phase")
+            missing = [c if c != "phase" else field for c in REQUIRED_COLUMNS if (c if c != "phase" else field) not in obj]
             if missing:
                 raise PhaseFileError(path, f"line {line_no}: missing field {missing[0]!r}", column=missing[0])
-            value = obj["phase"]
+            value = obj[field]
             if isinstance(value, list):
                 ok = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value)
             else:
@@ -317,7 +332,7 @@ def _jsonl_by_line(path: str) -> pa.Table:
                 value = [value]
             if not ok:
                 raise PhaseFileError(
-                    path, f"line {line_no}: field 'phase' must be a number or a list of numbers", column="phase"
+                    path, f"line {line_no}: field {field!r} must be a number or a list of numbers", column=field
                 )
             sensor.append(obj["sensor"])
             t.append(obj["t"])
@@ -331,7 +346,7 @@ def _jsonl_by_line(path: str) -> pa.Table:
     columns = {
         "sensor": pa.array(sensor, pa.string()),
         "t": pa.array(t_us, pa.timestamp("us", tz="UTC")),
-        "phase": pa.array(phase, PHASE_TYPE),
+        field or "phase": pa.array(phase, PHASE_TYPE),
     }
     if "cell" in seen:
         columns["cell"] = pa.array(cell, pa.string())
