@@ -254,6 +254,9 @@ def test_older_input_files_without_value_read_verify_and_compact_beside_new_ones
     rows = open_dataset(root / "input").to_table().sort_by("t").select(["sensor", "phase", "value"]).to_pylist()
     assert rows == [{"sensor": "a", "phase": [0.5], "value": None}, {"sensor": "b", "phase": None, "value": [7.0]}]
     assert not any(verify_archive(root).values())
+    (root / "_meta" / "input" / "MANIFEST.jsonl").unlink()      # a lost manifest is rebuilt from both files
+    repair_dataset(root / "input")
+    assert not any(verify_archive(root).values())
     compact_archive(root)
     (merged,) = listed_files(root / "input")                   # one file now, of this version's schema
     assert pa.ipc.open_file(str(merged[1])).schema.equals(INPUT)
