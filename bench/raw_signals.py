@@ -14,8 +14,10 @@ rhythm the config is meant to find (empty for signals that never do).  Times in 
 - :func:`pmu_mode`: a PMU voltage angle (degrees) at ``fs`` frames/s: a wandering operating
   point (a random walk of ``drift_deg`` rms per sqrt(s), the load following the system) plus,
   from ``quiet_s`` on, an oscillation mode of ``mode_deg`` amplitude at ``f_hz`` with a
-  slowly wandering frequency (``wander_hz``), and measurement noise ``noise_deg``.
-  ``mode_deg = 0`` is the wandering angle without any oscillation.
+  slowly wandering frequency (``wander_hz``), and measurement noise ``noise_deg``; with
+  ``offset_hz`` the system runs that far off nominal, so the angle also turns steadily by
+  ``360 * offset_hz`` degrees per second (unwrapped).  ``mode_deg = 0`` is the wandering angle
+  without any oscillation.
 
 The ECG-like pulse train is :func:`bench.ecg.ecg_record`.
 """
@@ -110,7 +112,7 @@ def tone(*, fs: float, f_hz: float, duration_s: float = 60.0, amplitude: float =
 
 def pmu_mode(*, fs: float = 30.0, quiet_s: float = 0.0, duration_s: float = 240.0, f_hz: float = 0.5,
              mode_deg: float = 2.0, wander_hz: float = 0.02, drift_deg: float = 1.0, noise_deg: float = 0.05,
-             seed: int = 0) -> RawRecord:
+             offset_hz: float = 0.0, seed: int = 0) -> RawRecord:
     """A wandering angle, with an oscillation mode from ``quiet_s`` on (none if ``mode_deg`` is 0)."""
     rng = np.random.default_rng(seed)
     t = _times(fs, duration_s)
@@ -118,6 +120,6 @@ def pmu_mode(*, fs: float = 30.0, quiet_s: float = 0.0, duration_s: float = 240.
     walk = np.cumsum(rng.normal(0.0, drift_deg / np.sqrt(fs), t.size))
     phase = _wandering_phase(rng, t.size, fs, f_hz, wander_hz, 0.2 * f_hz)
     mode = mode_deg * _ramp(s, quiet_s, np.inf, 2.0 / f_hz) * np.cos(phase)
-    x = 10.0 + walk + mode + rng.normal(0.0, noise_deg, t.size)
+    x = 10.0 + 360.0 * offset_hz * s + walk + mode + rng.normal(0.0, noise_deg, t.size)
     on = t[0] + round(quiet_s * 1e6)
     return RawRecord(t, x, on if mode_deg else t[0], t[-1] + 1 if mode_deg else t[0])
