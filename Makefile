@@ -35,6 +35,8 @@ bench: $(STAMP)
 figures: $(STAMP)
 	$(BIN)/python docs/figures/coherence_vs_jitter.py docs/figures/coherence_vs_jitter.png
 	$(BIN)/python docs/figures/mesh_coupling.py docs/figures/mesh_coupling.png
+	$(BIN)/python docs/figures/raw_examples.py docs/figures/raw_examples.png
+	$(BIN)/python docs/figures/raw_settings.py docs/figures/raw_settings.png
 
 config: $(STAMP)
 	$(BIN)/becomingone config
