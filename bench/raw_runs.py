@@ -1,16 +1,12 @@
-"""Raw samples through phase extraction and the estimator, as the flow composes them (SPEC section 9).
+"""Raw samples through the estimator of a config, as the flow's resonate step runs them (SPEC section 9).
 
-Per raw sensor, after the event-time gate:
-
-- ``kairos.phase_method: hilbert`` - :func:`~operators.phase_extraction.extract_phases` with
-  the band ``kairos.phase_band`` and ``kairos.max_gap``; its phases are the phase samples;
-- ``kairos.phase_method: events`` - the same analytic band-pass, then
-  :func:`~operators.beat_phase.beat_phases` on its real part (``amplitude * cos(phase)``, the
-  band-passed signal, first channel) with ``BeatRule(max_gap_us=kairos.max_gap)``;
-
-and the phase samples go through an :class:`~operators.fleet.Fleet` (windows, sync state
-machine).  :func:`raw_sync` runs records of several sensors in calls of ``call_s`` seconds of
-event time and returns each sensor's sync rows, for the example configs' docs, figures and tests.
+A raw sensor's ``value`` samples go through an :class:`~operators.fleet.Fleet` whose settings
+carry ``kairos.phase_band`` and ``kairos.phase_method``: after the event-time gate its lane
+extracts the phase (:mod:`operators.raw_phase`: the analytic band-pass of the band, and for
+``events`` the beat phase of its real part) and runs the estimator and the sync state machine
+on it.  :func:`raw_sync` runs records of several sensors in calls of ``call_s`` seconds of event
+time and returns each sensor's sync rows, for the example configs' docs, figures and tests;
+:func:`raw_settings` reads a config file's settings.
 """
 
 from __future__ import annotations
@@ -19,35 +15,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from bench.raw_signals import RawRecord
-from operators.beat_phase import BeatRule, BeatTrack, beat_phases
 from operators.fleet import Fleet
-from operators.phase_extraction import PhaseTrack, extract_phases
 from operators.resonator import ResonatorSettings, resonator_settings
 from operators.roster import SensorCapacity
-from schemas.config import parse_config
+from schemas.config import load_config
 from schemas.samples import SampleBatch
 
-__all__ = ["RawSettings", "SyncTrace", "raw_settings", "raw_sync"]
-
-
-@dataclass(frozen=True)
-class RawSettings:
-    """A raw sensor's path: the band (Hz), the method, max_gap (us) and the estimator's settings."""
-
-    band: tuple[float, float]
-    method: str
-    max_gap_us: int
-    resonator: ResonatorSettings
+__all__ = ["SyncTrace", "raw_settings", "raw_sync"]
 
 
 @dataclass(frozen=True)
 class SyncTrace:
     """One sensor's sync rows: Emissary grid times (us), |T_sync|^2, whether the Master was mature,
     collapsed (0/1), event codes (0 none, 1 collapse, 2 dissipate: coherence, 3 dissipate: phase),
-    Emissary and Master |T|^2, and the times of the phase samples that reached the estimator (us)."""
+    and the Emissary's and the Master's |T|^2."""
 
     t: np.ndarray
     coherence: np.ndarray
@@ -56,7 +39,6 @@ class SyncTrace:
     event: np.ndarray
     emissary: np.ndarray
     master: np.ndarray
-    phase_t: np.ndarray
 
     def events(self) -> list[tuple[int, int]]:
         """(time us, code) of every collapse and dissipation."""
@@ -69,61 +51,41 @@ class SyncTrace:
         return float(self.collapsed[inside].mean()) if inside.any() else 0.0
 
 
-def raw_settings(path: str | Path) -> RawSettings:
-    """The raw-sensor settings of a config file (``kairos.phase_band``, ``kairos.phase_method``)."""
-    data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    kairos = dict(data.get("kairos") or {})
-    band = kairos.pop("phase_band")
-    method = kairos.pop("phase_method", "hilbert")
-    if method not in ("hilbert", "events"):
-        raise ValueError(f"kairos.phase_method must be hilbert or events, got {method!r}")
-    config = parse_config({**data, "kairos": kairos})
-    return RawSettings((float(band[0]), float(band[1])), method, config.kairos.max_gap_us,
-                       resonator_settings(config, replay=True))
+def raw_settings(path: str | Path) -> ResonatorSettings:
+    """The estimator's settings of a config file (no environment overrides), band and method included."""
+    settings = resonator_settings(load_config(path, environ={}), replay=True)
+    if settings.phase_band is None:
+        raise ValueError(f"{path}: kairos.phase_band is not set, so raw samples would be refused")
+    return settings
 
 
-def raw_sync(raw: RawSettings, records: dict[str, RawRecord], call_s: float = 10.0) -> dict[str, SyncTrace]:
-    """Each record through extraction (and the beat detector) and one Fleet, in calls of ``call_s``."""
-    names = list(records)
-    sid = np.concatenate([np.full(r.t.size, i, np.int64) for i, r in enumerate(records.values())])
-    t = np.concatenate([r.t for r in records.values()])
-    x = np.concatenate([r.value for r in records.values()])
-    order = np.argsort(t, kind="stable")
-    sid, t, x = sid[order], t[order], x[order]
-    track, beats = PhaseTrack(*raw.band), BeatTrack.empty()
-    rule = BeatRule(max_gap_us=raw.max_gap_us)
-    fleet = Fleet(raw.resonator, SensorCapacity(len(names)))
-    steps, stamped = [], [[] for _ in names]
-    edges = np.arange(t[0], t[-1] + 1, round(call_s * 1e6))
-    for lo, hi in zip(np.searchsorted(t, edges), np.append(np.searchsorted(t, edges[1:]), t.size)):
-        out = extract_phases(track, sid[lo:hi], t[lo:hi], x[lo:hi, None], raw.max_gap_us)
-        if raw.method == "events":
-            b = beat_phases(beats, rule, out.sid, out.t, out.amplitude[:, 0] * np.cos(out.phase[:, 0]))
-            s_sid, s_t, s_phase = b.sid, b.t, b.phase[:, None]
-        else:
-            s_sid, s_t, s_phase = out.sid, out.t, out.phase
+def raw_sync(settings: ResonatorSettings, records: dict[str, RawRecord], call_s: float = 10.0
+             ) -> dict[str, SyncTrace]:
+    """Each record as raw samples through one Fleet, in calls of ``call_s`` seconds of event time."""
+    if call_s <= 0:
+        raise ValueError(f"call_s must be positive, got {call_s}")
+    fleet = Fleet(settings, SensorCapacity(len(records)))
+    start = min(int(r.t[0]) for r in records.values())
+    end = max(int(r.t[-1]) for r in records.values())
+    steps = []
+    for lo in range(start, end + 1, round(call_s * 1e6)):
+        hi = lo + round(call_s * 1e6)
         batches = []
-        for i, name in enumerate(names):
-            mine = s_sid == i
-            if mine.any():
-                batches.append(SampleBatch(name, s_t[mine], s_phase[mine]))
-                stamped[i].append(s_t[mine])
-        if batches:
-            steps.append(fleet.push(batches, now_us=int(t[hi - 1])))
+        for name, rec in records.items():
+            a, b = np.searchsorted(rec.t, [lo, hi])
+            if b > a:
+                batches.append(SampleBatch(name, rec.t[a:b], rec.value[a:b, None], raw=True))
+        steps.append(fleet.push(batches, now_us=hi))
     steps.append(fleet.flush())
-    return {name: _trace(fleet, steps, name, stamped[i]) for i, name in enumerate(names)}
+    return {name: _trace(fleet, steps, name) for name in records}
 
 
-def _trace(fleet: Fleet, steps: list, name: str, stamped: list[np.ndarray]) -> SyncTrace:
+def _trace(fleet: Fleet, steps: list, name: str) -> SyncTrace:
+    fields = ("t", "coherence_sync", "mature", "collapsed", "event", "T_emissary", "T_master")
     if name not in fleet.names:
-        e = np.empty(0)
-        return SyncTrace(e.astype(np.int64), e, e.astype(bool), e.astype(np.int8), e.astype(np.int8), e, e,
-                         e.astype(np.int64))
+        return SyncTrace(*(np.empty(0) for _ in fields))
     s = fleet.sid_of(name)
     parts = [step.resonance.sync for step in steps]
-    pick = [p.sensor == s for p in parts]
-    col = {f: np.concatenate([getattr(p, f)[m] for p, m in zip(parts, pick)])
-           for f in ("t", "coherence_sync", "mature", "collapsed", "event", "T_emissary", "T_master")}
-    return SyncTrace(col["t"], col["coherence_sync"], col["mature"].astype(bool), col["collapsed"].astype(np.int8), col["event"].astype(np.int8),
-                     np.abs(col["T_emissary"]) ** 2, np.abs(col["T_master"]) ** 2,
-                     np.concatenate(stamped) if stamped else np.empty(0, np.int64))
+    col = {f: np.concatenate([getattr(p, f)[p.sensor == s] for p in parts]) for f in fields}
+    return SyncTrace(col["t"], col["coherence_sync"], col["mature"].astype(bool), col["collapsed"].astype(np.int8),
+                     col["event"].astype(np.int8), np.abs(col["T_emissary"]) ** 2, np.abs(col["T_master"]) ** 2)

@@ -37,8 +37,8 @@ def never_collapses(trace: SyncTrace) -> bool:
 @pytest.mark.parametrize("name", ["ecg-rhythm", "eeg-alpha", "pmu-modes"])
 def test_example_config_has_a_band_and_a_method(name):
     raw = raw_settings(CONFIG / f"{name}.yaml")
-    assert 0 < raw.band[0] < raw.band[1]
-    assert raw.method == ("events" if name == "ecg-rhythm" else "hilbert")
+    assert 0 < raw.phase_band[0] < raw.phase_band[1]
+    assert raw.phase_method == ("events" if name == "ecg-rhythm" else "hilbert")
 
 
 # --- ECG: beat phase --------------------------------------------------------------------------

@@ -70,7 +70,7 @@ def draw(out: Path) -> list[str]:
             near = (s >= at) & (s < at + show_s)
             x = rec.value[near] - rec.value[near].mean()
             raw_ax.plot(s[near], x / np.ptp(x) - 1.2 * i, linewidth=0.7, color=f"C{i}", label=label)
-            lines.append(_plot_trace(coh_ax, traces[label], rec.t[0], label, i, raw.resonator.threshold))
+            lines.append(_plot_trace(coh_ax, traces[label], rec.t[0], label, i, raw.threshold))
         if rhythm.rhythm_to > rhythm.rhythm_from:
             coh_ax.axvspan((rhythm.rhythm_from - t0) * 1e-6, (min(rhythm.rhythm_to, rhythm.t[-1]) - t0) * 1e-6,
                            color="C0", alpha=0.07, linewidth=0)

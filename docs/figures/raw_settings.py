@@ -34,7 +34,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from bench.ecg import ecg_record  # noqa: E402
-from bench.raw_runs import RawSettings, SyncTrace, raw_settings, raw_sync  # noqa: E402
+from bench.raw_runs import SyncTrace, raw_settings, raw_sync  # noqa: E402
+from operators.resonator import ResonatorSettings  # noqa: E402
 from bench.raw_signals import RawRecord, alpha_burst, pink_noise, white_noise  # noqa: E402
 
 SEEDS = range(4)
@@ -44,19 +45,19 @@ MASTER_S = (3, 5, 10, 20, 40)
 BEAT_S, ALPHA_S = 0.857, 0.1
 
 
-def with_tau(raw: RawSettings, tau_s: float) -> RawSettings:
-    p = raw.resonator.params
+def with_tau(raw: ResonatorSettings, tau_s: float) -> ResonatorSettings:
+    p = raw.params
     params = replace(p, tau_us=round(tau_s * 1e6), velocity_span_us=min(p.velocity_span_us, round(tau_s * 5e5)))
-    return replace(raw, resonator=replace(raw.resonator, params=params))
+    return replace(raw, params=params)
 
 
-def with_windows(raw: RawSettings, emissary_s: float | None = None, master_s: float | None = None) -> RawSettings:
-    r = raw.resonator
+def with_windows(raw: ResonatorSettings, emissary_s: float | None = None, master_s: float | None = None
+                 ) -> ResonatorSettings:
     if emissary_s is not None:
-        r = replace(r, emissary_window_us=round(emissary_s * 1e6))
+        raw = replace(raw, emissary_window_us=round(emissary_s * 1e6))
     if master_s is not None:
-        r = replace(r, master_window_us=round(master_s * 1e6))
-    return replace(raw, resonator=r)
+        raw = replace(raw, master_window_us=round(master_s * 1e6))
+    return raw
 
 
 def median_in(trace: SyncTrace, t_from: int, t_to: int) -> float:
@@ -75,7 +76,7 @@ def column_means(rows: list[tuple[float, ...]]) -> np.ndarray:
     return np.where(seen.any(axis=0), np.where(seen, a, 0.0).sum(axis=0) / np.maximum(seen.sum(axis=0), 1), np.nan)
 
 
-def ecg_runs(raw: RawSettings) -> dict[str, float]:
+def ecg_runs(raw: ResonatorSettings) -> dict[str, float]:
     """Means over the seeds of the ECG measures."""
     rows = []
     for seed in SEEDS:
@@ -93,7 +94,7 @@ def ecg_runs(raw: RawSettings) -> dict[str, float]:
     return dict(regular=m[0], ectopic=m[1], ectopic_collapsed=m[2], noise=m[3], delay=m[4], emissary_noise=m[5])
 
 
-def eeg_runs(raw: RawSettings) -> dict[str, float]:
+def eeg_runs(raw: ResonatorSettings) -> dict[str, float]:
     rows = []
     for seed in SEEDS:
         burst = alpha_burst(seed=seed)
@@ -156,7 +157,7 @@ def draw(out: Path) -> list[str]:
     ma_ax.set_title("Master: the collapse waits until it holds mostly rhythm", fontsize=10)
 
     for ax in (tau_ax, em_ax, ma_ax):
-        ax.axhline(ecg_raw.resonator.threshold, color="0.3", linestyle=":", linewidth=0.8)
+        ax.axhline(ecg_raw.threshold, color="0.3", linestyle=":", linewidth=0.8)
         ax.set_ylim(0.0, 1.02)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7.5, loc="lower left")
