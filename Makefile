@@ -38,8 +38,10 @@ figures: $(STAMP)
 	$(BIN)/python docs/figures/raw_examples.py docs/figures/raw_examples.png
 	$(BIN)/python docs/figures/raw_settings.py docs/figures/raw_settings.png
 
+# The embedded default, then a check of every shipped config.
 config: $(STAMP)
 	$(BIN)/becomingone config
+	@for f in config/*.yaml; do printf '%s: ' $$f; $(BIN)/becomingone config --check --config $$f || exit 1; done
 
 # Numba's on-disk cache of a kernel is keyed to its own module: it is not rebuilt when a helper it
 # inlines from another module (operators/columnar_panes.py, operators/lag.py, ...) changes.

@@ -68,6 +68,13 @@ def test_example_config_loads_with_a_kafka_source():
     assert [(p.host, p.port) for p in config.sync.mesh.peers] == [("witness-seed", 18789), ("kairos-seed", 18789)]
 
 
+@pytest.mark.parametrize("path", sorted((REPO / "config").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_validates(path):
+    config = load_config(path, environ=NO_ENV)
+    raw_example = path != EXAMPLE
+    assert (config.kairos.phase_band is not None) == raw_example   # the others are raw-sensor examples
+
+
 def test_spec_defaults():
     c = Config()
     assert (c.kairos.tau_scale, c.kairos.velocity_span, c.kairos.omega) == (1.0, 0.1, 0.0)
