@@ -3,11 +3,14 @@
 Each config's raw-sensor path (band-pass and Hilbert phase, or beat phase for ECG, then the
 estimator and the sync state machine) runs on synthetic signals of known rhythm: the rhythm
 collapses, noise, out-of-band tones and a wandering angle never do, and an ECG dissipates at
-its first premature beat.
+its first premature beat.  First through the resonate step's engine (a Fleet, many records and
+call sizes in little time), then through `becomingone run` on a Parquet file of raw `value`
+samples, whose events/ must equal the engine's.
 """
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -115,3 +118,81 @@ def test_pmu_config_never_collapses_on_a_wandering_angle_noise_or_a_fast_tone():
             "local": tone(fs=30.0, f_hz=3.0, duration_s=240.0, amplitude=2.0, noise=0.05, seed=2)}
     traces = raw_sync(raw_settings(CONFIG / "pmu-modes.yaml"), recs, call_s=30.0)
     assert all(never_collapses(traces[name]) for name in recs)
+
+
+# --- Through the flow: `becomingone run` on a Parquet file of raw samples ------------------------
+
+
+def run_flow(tmp_path: Path, name: str, records: dict[str, RawRecord]) -> dict[str, list[tuple[int, str]]]:
+    """The config's flow on the records as raw `value` samples; each sensor's (time us, event) from events/."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from connectors.archive import open_dataset
+    from tests.conftest import BIN, clean_env
+
+    t = np.concatenate([r.t for r in records.values()])
+    order = np.argsort(t, kind="stable")
+    sensors = np.concatenate([np.full(r.t.size, k, object) for k, r in records.items()])
+    pq.write_table(pa.table({"sensor": pa.array(sensors[order], pa.string()),
+                             "t": pa.array(t[order], pa.timestamp("us", tz="UTC")),
+                             "value": np.concatenate([r.value for r in records.values()])[order]}),
+                   tmp_path / "raw.parquet")
+    archive = tmp_path / "archive"
+    proc = subprocess.run([str(BIN), "run", "--config", str(CONFIG / f"{name}.yaml")], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=300,
+                          env=clean_env(BECOMINGONE__SOURCE__PATH=str(tmp_path / "raw.parquet"),
+                                        BECOMINGONE__MEMORY__STORAGE__PATH=str(archive)))
+    assert proc.returncode == 0, proc.stderr
+    assert f"{t.size:,} samples accepted, 0 rejected" in proc.stdout
+    out: dict[str, list[tuple[int, str]]] = {k: [] for k in records}
+    if (archive / "events").exists():
+        for e in sorted(open_dataset(archive / "events").to_table().to_pylist(), key=lambda e: e["t"]):
+            when = e["t"]
+            out[e["sensor"]].append((round(when.timestamp() * 1e6), e["event"]))
+    return out
+
+
+def fleet_events(name: str, records: dict[str, RawRecord]) -> dict[str, list[tuple[int, str]]]:
+    traces = raw_sync(raw_settings(CONFIG / f"{name}.yaml"), records)
+    return {k: [(t, "collapse" if code == COLLAPSE else "dissipate") for t, code in tr.events()]
+            for k, tr in traces.items()}
+
+
+def test_ecg_config_through_the_flow(tmp_path):
+    rec = ecg_record(seed=0, noise_mv=0.05, hrv=0.03)
+    records = {"ecg/II": RawRecord(rec.t, rec.value, rec.t[0], rec.ectopic_from),
+               "noise/white": white_noise(fs=360.0, duration_s=120.0, rms=0.05, seed=4)}
+    events = run_flow(tmp_path, "ecg-rhythm", records)
+    assert events == fleet_events("ecg-rhythm", records)
+    ecg = events["ecg/II"]
+    assert ecg[0][1] == "collapse" and ecg[0][0] < rec.t[0] + 20 * S
+    premature = rec.beats[rec.ectopic][0]
+    assert ecg[1][1] == "dissipate"
+    assert rec.beats[np.flatnonzero(rec.ectopic)[0] - 1] < ecg[1][0] <= premature + 100_000
+    assert events["noise/white"] == []
+
+
+def test_eeg_config_through_the_flow(tmp_path):
+    burst = alpha_burst(seed=3)
+    records = {"eeg/O1": burst, "eeg/pink": pink_noise(duration_s=70.0, seed=3),
+               "eeg/beta": tone(fs=250.0, f_hz=30.0, duration_s=70.0, amplitude=20.0, noise=1.0, seed=3)}
+    events = run_flow(tmp_path, "eeg-alpha", records)
+    assert events == fleet_events("eeg-alpha", records)
+    (up, kind_up), (down, kind_down) = events["eeg/O1"]
+    assert (kind_up, kind_down) == ("collapse", "dissipate")
+    assert burst.rhythm_from < up < burst.rhythm_from + 8 * S
+    assert burst.rhythm_to - S < down < burst.rhythm_to + S
+    assert events["eeg/pink"] == events["eeg/beta"] == []
+
+
+def test_pmu_config_through_the_flow(tmp_path):
+    mode = pmu_mode(quiet_s=60.0, duration_s=180.0, drift_deg=0.3, wander_hz=0.01, seed=4)
+    records = {"pmu/mode": mode,
+               "pmu/wander": pmu_mode(mode_deg=0.0, duration_s=180.0, drift_deg=1.0, offset_hz=0.01, seed=4),
+               "pmu/white": white_noise(fs=30.0, duration_s=180.0, rms=0.05, seed=4)}
+    events = run_flow(tmp_path, "pmu-modes", records)
+    assert events == fleet_events("pmu-modes", records)
+    assert events["pmu/mode"][0][1] == "collapse"
+    assert mode.rhythm_from < events["pmu/mode"][0][0] < mode.rhythm_from + 40 * S
+    assert events["pmu/wander"] == events["pmu/white"] == []
