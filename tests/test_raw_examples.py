@@ -19,6 +19,8 @@ import pytest
 from bench.ecg import ecg_record
 from bench.raw_runs import SyncTrace, raw_settings, raw_sync
 from bench.raw_signals import RawRecord, alpha_burst, pink_noise, pmu_mode, tone, white_noise
+from operators.beat_phase import BeatRule, BeatTrack, beat_phases
+from operators.phase_extraction import PhaseTrack, extract_phases
 
 CONFIG = Path(__file__).resolve().parents[1] / "config"
 COLLAPSE = 1
@@ -60,6 +62,20 @@ def test_ecg_collapses_in_the_regular_stretch_and_dissipates_at_the_first_premat
     gone = dissipations(trace)[0]
     assert before < gone <= premature + 100_000             # the interval ending at the premature beat
     assert trace.collapsed_share(gone, rec.t[-1]) < 0.25    # only short runs of normal beats re-collapse
+
+
+@pytest.mark.parametrize("band, extra", [((5.0, 30.0), True), ((10.0, 30.0), False)])
+def test_the_qrs_band_keeps_t_waves_out_of_the_beats(band, extra):
+    """Why the ECG config's band starts at 10 Hz: at 5 Hz the filter's lower edge (2.5 Hz) lets T waves
+    through, 0.25 s after each QRS, and the detector takes them for beats (the flow's composition:
+    the analytic band-pass, then the detector on its real part)."""
+    rec = ecg_record(seed=1, noise_mv=0.05, hrv=0.03)
+    out = extract_phases(PhaseTrack(*band), np.zeros(rec.t.size, np.int64), rec.t, rec.value[:, None], S)
+    events = beat_phases(BeatTrack.empty(), BeatRule(max_gap_us=S), out.sid, out.t,
+                         out.amplitude[:, 0] * np.cos(out.phase[:, 0])).event_t
+    nearest = np.abs(events[:, None] - rec.beats[None, :]).min(axis=1)
+    assert (nearest > 20_000).any() == extra                 # an event 20 ms or more from every beat
+    assert (nearest <= 20_000).sum() >= rec.beats.size - 3   # every beat after the 2 s learning phase
 
 
 def test_ecg_config_never_collapses_on_noise_or_mains():
