@@ -180,6 +180,9 @@ class SensorLedger:
     dissipations: int = 0
     coherence_sync: float = float("nan")
     collapsed: bool = False
+    raw: bool = False                 # a raw `value` sensor (SPEC section 9)
+    rate_hz: float | None = None      # a raw sensor's sampling rate as measured
+    no_phase: str | None = None       # why a raw sensor gives no phase at that rate
 
 
 @dataclass

@@ -339,6 +339,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         result = write_report(args.archive, args.out, threshold=config.kairos.coherence_threshold,
                               hysteresis=config.sync.hysteresis, sensors=args.sensor,
                               mesh_threshold=config.sync.mesh.threshold,
+                              phase_band=config.kairos.phase_band, phase_method=config.kairos.phase_method,
                               start_us=_time(args.start, "--start"), end_us=_time(args.end, "--end"))
     except ArchiveError as exc:
         return _fail("report", str(exc), code=1)

@@ -13,6 +13,8 @@ counts for the run summary are columns too (:class:`GroupLedger`).
 
 from __future__ import annotations
 
+import logging
+
 import math
 import pickle
 from collections.abc import Iterable
@@ -67,12 +69,15 @@ from schemas.messages import MacroWitness, meso_records_json, per_row, to_json_b
 
 __all__ = ["GroupLedger", "ResonateLogic", "ResonateOut", "resonate"]
 
+_LOG = logging.getLogger("becomingone.raw")
+
 
 class GroupLedger:
     """Per-sensor counts of one key group for the run summary, as columns indexed by sensor id."""
 
-    def __init__(self, names: list[str]) -> None:
+    def __init__(self, names: list[str], raw_rates=None) -> None:
         self.names = names  # the fleet's list: grows with it
+        self.raw_rates = raw_rates  # () -> {sid: (Hz or None, why no phase or None)} of the raw sensors
         self.samples = np.zeros(0, np.int64)
         self.rejected = np.zeros(0, np.int64)
         self.collapses = np.zeros(0, np.int64)
@@ -100,8 +105,10 @@ class GroupLedger:
 
     def rows(self) -> dict[str, SensorLedger]:
         """The sensors seen, as the run ledger's entries (built on demand, for the summary)."""
+        rates = self.raw_rates() if self.raw_rates is not None else {}
         return {self.names[k]: SensorLedger(int(self.samples[k]), int(self.rejected[k]), int(self.collapses[k]),
-                                            int(self.dissipations[k]), float(self.coherence[k]), bool(self.collapsed[k]))
+                                            int(self.dissipations[k]), float(self.coherence[k]), bool(self.collapsed[k]),
+                                            k in rates, *rates.get(k, (None, None)))
                 for k in np.flatnonzero(self.seen).tolist()}
 
 
@@ -154,7 +161,8 @@ class ResonateLogic(StatefulBatchLogic[list[SampleRuns], Any, bytes | None]):
         # Collapse events as objects only for what takes them: the topic, the archive, the macro layer.
         self.event_objects = self.kafka or self.events or self.macro
         self.per_sensor = config.metrics.per_sensor_labels
-        self.book = GroupLedger(self.fleet.names)
+        self.book = GroupLedger(self.fleet.names, self.fleet.raw_rates)
+        self._warned: set[float] = set()
         observer.ledger.attach(self.book)
         m = observer.metrics
         live = self.fleet.table.live[:len(self.fleet.names)]
@@ -168,6 +176,8 @@ class ResonateLogic(StatefulBatchLogic[list[SampleRuns], Any, bytes | None]):
         live_before = self.fleet.live_count()
         now_us = clock.now_us()   # the clock of the `future` rule, and of its dead letters' text
         step = self.fleet.push_runs(blocks, now_us)
+        if any(step.raw):
+            self._warn_no_phase()
         self.book.grow()
         budget = DeadLetterBudget(self.limits)  # one allowance per input message over all sensors of the call
         out = Emitted()
@@ -210,6 +220,14 @@ class ResonateLogic(StatefulBatchLogic[list[SampleRuns], Any, bytes | None]):
             return None
         state = self.fleet.table if self.mesh is None else (self.fleet.table, self.mesh.track)
         return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def _warn_no_phase(self) -> None:
+        """Once per rate: raw sensors sampled at a rate the band does not fit give no phase (and their
+        samples are archived but move nothing); the run summary lists them too."""
+        for rate, why in self.fleet.refused_rates().items():
+            if rate not in self._warned:
+                self._warned.add(rate)
+                _LOG.warning("raw sensors sampled at %g Hz give no phase: %s", rate, why)
 
     def _mesh(self, step: FleetStep, released: FleetStep | None, progress: list[MeshProgress],
               out: Emitted) -> None:

@@ -141,14 +141,20 @@ def _summary(book: RunLedger, config: Config, out: TextIO, seconds: float, repla
         kinds = {}
     # 'rejected' per sensor counts the event-time step's dead letters (duplicate,
     # late, future, channels); the total line counts every dead letter.
-    head = (f"{'sensor':<16} {'kind':<10} {'samples':>10} {'rejected':>9} {'collapses':>9} "
+    sensors = book.sensors
+    for name, r in sensors.items():   # a raw sensor: its kind is its measured rate (SPEC section 9)
+        if r.raw:
+            kinds[name] = "raw" if r.rate_hz is None else f"raw {r.rate_hz:g} Hz"
+    width = max([10, *(len(k) for k in kinds.values())])
+    head = (f"{'sensor':<16} {'kind':<{width}} {'samples':>10} {'rejected':>9} {'collapses':>9} "
             f"{'dissipations':>12} {'coherence':>9}  state")
     out.write(head + "\n" + "-" * len(head) + "\n")
-    sensors = book.sensors
     for name in sorted(sensors):
         r = sensors[name]
-        out.write(f"{printable(name):<16} {kinds.get(name, '-'):<10} {r.samples:>10,} {r.rejected:>9,} {r.collapses:>9,} "
-                  f"{r.dissipations:>12,} {r.coherence_sync:>9.4f}  {'collapsed' if r.collapsed else 'dissipated'}\n")
+        out.write(f"{printable(name):<16} {kinds.get(name, '-'):<{width}} {r.samples:>10,} {r.rejected:>9,} "
+                  f"{r.collapses:>9,} {r.dissipations:>12,} {r.coherence_sync:>9.4f}  "
+                  f"{'collapsed' if r.collapsed else 'dissipated'}\n")
+    _raw_summary(sensors, config, out)
     if book.cells:
         _mesh_summary(book, config, out)
     accepted, rejected, collapses, dissipations = book.totals()
@@ -157,6 +163,20 @@ def _summary(book: RunLedger, config: Config, out: TextIO, seconds: float, repla
               f"Emissary grid point, threshold I_c = {config.kairos.coherence_threshold}\n")
     if config.sink.archive:
         out.write(f"archive: {printable(str(config.memory.root))}\n")
+
+
+def _raw_summary(sensors: dict, config: Config, out: TextIO) -> None:
+    """How the raw sensors' phase was made, and the raw sensors that gave none."""
+    raw = {name: r for name, r in sensors.items() if r.raw}
+    if not raw:
+        return
+    f_lo, f_hi = config.kairos.phase_band
+    method = ("the analytic signal" if config.kairos.phase_method == "hilbert"
+              else "2 pi per detected peak (events)")
+    out.write(f"\nraw sensors ({len(raw):,}): phase from {method} of the band {f_lo:g} to {f_hi:g} Hz "
+              f"(kairos.phase_band), stamped at the filter's centre sample\n")
+    for name in sorted(n for n, r in raw.items() if r.no_phase):
+        out.write(f"  {printable(name)}: no phase at {raw[name].rate_hz:g} Hz: {raw[name].no_phase}\n")
 
 
 def _mesh_summary(book: RunLedger, config: Config, out: TextIO) -> None:

@@ -194,6 +194,24 @@ class Fleet:
                 out[mine] = lane.state.ints[frows, COLLAPSED] == 1
         return out
 
+    def raw_rates(self) -> dict[int, tuple[float | None, str | None]]:
+        """Raw sensors (sid): the sampling rate (Hz) each one's current chain measured (None: not yet), and
+        why it gives no phase at that rate (None: it does)."""
+        t, out = self.table, {}
+        for key, lane in t.lanes.items():
+            if lane.raw is not None:
+                sids = np.flatnonzero(t.lane[:len(t.names)] == key)
+                out.update(zip(sids.tolist(), lane.raw.rates(t.row[sids])))
+        return out
+
+    def refused_rates(self) -> dict[float, str]:
+        """Sampling rates (Hz) whose raw sensors give no phase (the band does not fit), and why."""
+        out: dict[float, str] = {}
+        for lane in self.table.lanes.values():
+            if lane.raw is not None:
+                out.update(lane.raw.refused())
+        return out
+
     # --- a call ------------------------------------------------------------------------------------
 
     def push(self, batches: list[SampleBatch], now_us: int) -> FleetStep:

@@ -18,7 +18,7 @@ depend on how the input is split into calls; they lag the input by the filter's 
 >>> t = np.arange(300, dtype=np.int64) * 4_000                         # 250 Hz
 >>> rows, ts, ph = rp.phases(np.zeros(300, np.int64), t, np.cos(2 * np.pi * 10.0 * t * 1e-6)[:, None])
 >>> len(ts), int(ts[0]), ph.shape, rp.rates(np.array([0]))
-(72, 456000, (72, 1), [250.0])
+(72, 456000, (72, 1), [(250.0, None)])
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from operators.beat_phase import BeatRule, BeatTrack, beat_phases
+from operators.phase_design import design_rate
 from operators.phase_extraction import PhaseTrack, extract_phases
 
 __all__ = ["RawPhase", "phase_channels"]
@@ -94,13 +95,18 @@ class RawPhase:
             waiting = ~np.isin(b.wait_sid, rows)
             b.wait_sid, b.wait_t = b.wait_sid[waiting], b.wait_t[waiting]
 
-    def rates(self, rows: np.ndarray) -> list[float | None]:
-        """Each row's sampling rate as its current chain measured it (Hz), None before two samples."""
+    def rates(self, rows: np.ndarray) -> list[tuple[float | None, str | None]]:
+        """Each row's sampling rate as its current chain measured it (Hz; None before two samples), and why
+        no phase comes from it when the band cannot be extracted at that rate (else None)."""
         tr = self.track
-        out: list[float | None] = []
+        out: list[tuple[float | None, str | None]] = []
         for r in rows.tolist():
-            period = int(tr.period[r]) if r < tr.period.shape[0] else 0
-            out.append(1e6 / period if period > 0 else None)
+            period = int(tr.dperiod[r]) if r < tr.dperiod.shape[0] else 0
+            if period <= 0:
+                out.append((None, None))
+            else:
+                rate = design_rate(period)      # 4 significant digits: 360 Hz, not 359.97
+                out.append((rate, tr.refused.get(rate)))
         return out
 
     def refused(self) -> dict[float, str]:

@@ -279,3 +279,25 @@ def test_replay_sends_raw_rows_back_as_raw_samples(tmp_path):
             break
     assert batches and all(b.raw for b in batches)
     assert sum(len(b) for b in batches) == 2 * 500
+
+
+def test_the_run_summary_and_the_report_show_raw_sensors_with_their_rate_and_band(tmp_path):
+    from flows.report import write_report
+
+    data = tmp_path / "raw.jsonl"
+    with open(data, "w") as f:
+        for k in range(250 * 12):
+            f.write(json.dumps({"sensor": "alpha", "t": 1764115200 + k / 250,
+                                "value": float(np.cos(2 * np.pi * 10.0 * k / 250))}) + "\n")
+            if k % 25 == 0:     # 10 Hz: too slow for the band
+                f.write(json.dumps({"sensor": "slow", "t": 1764115200 + k / 250, "value": 1.0}) + "\n")
+    out = io.StringIO()
+    run_flow(_config(tmp_path, data, phase_band=[8, 12]), out=out, progress=io.StringIO())
+    text = out.getvalue()
+    assert [line.split()[:4] for line in text.splitlines() if line.startswith(("alpha ", "slow "))] == [
+        ["alpha", "raw", "250", "Hz"], ["slow", "raw", "10", "Hz"]]
+    assert ("raw sensors (2): phase from the analytic signal of the band 8 to 12 Hz (kairos.phase_band), "
+            "stamped at the filter's centre sample") in text
+    assert "  slow: no phase at 10 Hz: phase band [8, 12] Hz needs a rate above 24 Hz (twice f_hi), got 10 Hz" in text
+    result = write_report(tmp_path / "archive", tmp_path / "report.png", phase_band=(8.0, 12.0))
+    assert [(r["sensor"], r["kind"]) for r in result.rows] == [("alpha", "raw 250 Hz")]

@@ -167,8 +167,9 @@ def _cell_text(row: SummaryRow) -> list[str]:
     def count(value: int | None) -> str:
         return "-" if value is None else f"{value:,}"
 
+    name = _plain(row["sensor"]) + (f" ({row['kind']})" if row["kind"].startswith("raw") else "")
     return [
-        _plain(row["sensor"]), count(row["samples"]), count(row["collapses"]), count(row["dissipations"]),
+        name, count(row["samples"]), count(row["collapses"]), count(row["dissipations"]),
         f"{row['collapsed_pct']:.1f}", f"{row['mean_coherence_sync']:.3f}", f"{row['last_coherence_sync']:.3f}",
     ]
 
@@ -195,6 +196,15 @@ def _draw_table(ax: Axes, rows: list[SummaryRow]) -> None:
             cell.set_facecolor("#f7f7f7")
 
 
+def _raw_text(rows: list[SummaryRow], phase_band: tuple[float, float] | None, method: str) -> str:
+    """`` (2 raw: 8 to 12 Hz, hilbert)`` when some sensors are raw, else nothing."""
+    raw = sum(r["kind"].startswith("raw") for r in rows)
+    if not raw:
+        return ""
+    band = "band: see --config" if phase_band is None else f"{phase_band[0]:g} to {phase_band[1]:g} Hz, {method}"
+    return f" ({raw} raw: {band})"
+
+
 def _legend_handles() -> list[Line2D | Patch]:
     return [
         Line2D([], [], color=_SYNC_COLOR, lw=1.5, label="|T_sync|²"),
@@ -219,6 +229,8 @@ def write_report(
     end_us: int | None = None,
     max_panels: int = MAX_PANELS,
     mesh_threshold: float | None = None,
+    phase_band: tuple[float, float] | None = None,
+    phase_method: str = "hilbert",
 ) -> ReportResult:
     """Draw the archive's coherence and collapse events into one PNG.
 
@@ -253,6 +265,8 @@ def write_report(
         start_us, end_us: only rows with ``start_us <= t <= end_us``
             (microseconds since the epoch, UTC); None leaves that end open.
         max_panels: at most this many sensor panels (>= 1).
+        phase_band, phase_method: ``kairos.phase_band`` and ``kairos.phase_method``, named in the header
+            when the archive has raw sensors (their rows are marked with their rate in the table).
 
     Returns:
         A :class:`ReportResult`.
@@ -298,7 +312,7 @@ def write_report(
     fig.text(0.5, 1.0 - 0.22 / height, f"BecomingONE coherence report: {_plain(path.resolve().name)}",
              ha="center", va="top", fontsize=14, fontweight="bold", parse_math=False)
     fig.text(0.5, 1.0 - 0.55 / height,
-             f"{span}  ·  {n_sensors} sensor{'s' * (n_sensors != 1)}  ·  "
+             f"{span}  ·  {n_sensors} sensor{'s' * (n_sensors != 1)}{_raw_text(rows, phase_band, phase_method)}  ·  "
              f"I_c = {threshold:g}, hysteresis {hysteresis:g} (dissipate below {threshold - hysteresis:g})",
              ha="center", va="top", fontsize=10.5, color="#333333")
     fig.legend(handles=_legend_handles(), loc="upper center", bbox_to_anchor=(0.5, 1.0 - 0.82 / height),

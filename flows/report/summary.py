@@ -15,6 +15,10 @@ Definitions used by the summary (per sensor, over the rows with
 ``start_us <= t <= end_us``):
 
 * ``samples``: rows of ``input/``; None when the archive has no ``input/``;
+* ``kind``: ``phase``, or for a raw sensor (its ``input/`` rows hold
+  ``value``, SPEC section 9) ``raw`` and its sampling rate, the median
+  interval of its rows to 4 significant digits (``raw 250 Hz``); ``-``
+  without ``input/``;
 * ``collapses``, ``dissipations``: rows of ``events/`` with that ``event``;
   None when the archive has no ``events/``;
 * ``collapsed_pct``: share of the sensor's coherence_history grid points
@@ -51,6 +55,7 @@ class SummaryRow(TypedDict):
     """One sensor's line of the summary table (definitions in the module docstring)."""
 
     sensor: str
+    kind: str
     samples: int | None
     collapses: int | None
     dissipations: int | None
@@ -185,16 +190,21 @@ def _read_events(memory: TemporalMemory, history: History, start_us: int | None,
     )
 
 
-def _count_samples(memory: TemporalMemory, history: History, start_us: int | None, end_us: int | None) -> np.ndarray | None:
-    """input rows per reported sensor, or None when the archive has no input/.
+def _count_samples(memory: TemporalMemory, history: History, start_us: int | None, end_us: int | None
+                   ) -> tuple[np.ndarray, list[str]] | None:
+    """input rows per reported sensor and each one's kind, or None when the archive has no input/.
 
     Counted batch by batch: input/ is the largest dataset (every accepted
-    sample), and only the sensor column is needed."""
+    sample); only the sensor and time columns and the validity of ``value``
+    are used, and a raw sensor's rate comes from the first batch holding two
+    of its rows."""
     if "input" not in memory.datasets():
         return None
     order = {name: i for i, name in enumerate(history.sensors)}
     counts = np.zeros(len(history.sensors), dtype=np.int64)
-    for batch in memory.scan("input", start_us, end_us, history.sensors, ["sensor"]):
+    kinds = ["phase"] * len(history.sensors)
+    rated: set[str] = set()
+    for batch in memory.scan("input", start_us, end_us, history.sensors, ["sensor", "t", "value"]):
         if batch.num_rows == 0:
             continue
         tally = pc.value_counts(batch.column(0))
@@ -202,10 +212,25 @@ def _count_samples(memory: TemporalMemory, history: History, start_us: int | Non
         n = tally.field("counts").to_numpy()
         for name, k in zip(names, n):
             counts[order[name]] += k
-    return counts
+        raw = batch.column(2).is_valid()
+        if not pc.any(raw).as_py():
+            continue
+        raw_rows = batch.filter(raw)
+        for name in pc.unique(raw_rows.column(0)).to_pylist():
+            if name in rated:
+                continue
+            t = raw_rows.filter(pc.equal(raw_rows.column(0), name)).column(1).cast(pa.int64()).to_numpy()
+            step = np.diff(np.sort(t))
+            if step.size:
+                rated.add(name)
+                kinds[order[name]] = f"raw {1e6 / float(np.median(step)):.4g} Hz"
+            else:
+                kinds[order[name]] = "raw"
+    return counts, kinds
 
 
-def _summarise(history: History, events: Events | None, samples: np.ndarray | None) -> list[SummaryRow]:
+def _summarise(history: History, events: Events | None,
+               samples: tuple[np.ndarray, list[str]] | None) -> list[SummaryRow]:
     starts, ends = history.bounds[:-1], history.bounds[1:]
     n_rows = ends - starts
     # reduceat over the per-sensor row blocks; every reported sensor has >= 1 row.
@@ -222,7 +247,8 @@ def _summarise(history: History, events: Events | None, samples: np.ndarray | No
         rows.append(
             SummaryRow(
                 sensor=sensor,
-                samples=None if samples is None else int(samples[i]),
+                kind="-" if samples is None else samples[1][i],
+                samples=None if samples is None else int(samples[0][i]),
                 collapses=None if collapses is None else int(collapses[i]),
                 dissipations=None if dissipations is None else int(dissipations[i]),
                 collapsed_pct=float(collapsed_pct[i]),
