@@ -301,3 +301,24 @@ def test_the_run_summary_and_the_report_show_raw_sensors_with_their_rate_and_ban
     assert "  slow: no phase at 10 Hz: phase band [8, 12] Hz needs a rate above 24 Hz (twice f_hi), got 10 Hz" in text
     result = write_report(tmp_path / "archive", tmp_path / "report.png", phase_band=(8.0, 12.0))
     assert [(r["sensor"], r["kind"]) for r in result.rows] == [("alpha", "raw 250 Hz")]
+
+
+def test_raw_sensors_join_the_mesh_with_their_extracted_phases(tmp_path):
+    """Four 10 Hz sinusoids 0.3 rad apart in one cell: the cell's r is that of their phase offsets."""
+    data = tmp_path / "cell.jsonl"
+    offsets = 0.3 * np.arange(4)
+    with open(data, "w") as f:
+        for k in range(250 * 20):
+            for j, phi in enumerate(offsets):
+                f.write(json.dumps({"sensor": f"eeg/{j}", "cell": "head", "t": 1764115200 + k / 250,
+                                    "value": float(50 * np.cos(2 * np.pi * 10.0 * k / 250 + phi))}) + "\n")
+    config = parse_config({"source": {"kind": "file", "path": str(data)}, "metrics": {"enabled": False},
+                           "kairos": {"tau_scale": 0.1, "velocity_span": 0.02, "phase_band": [8, 12]},
+                           "master": {"tau_max": 20.0, "min_span": 5.0},
+                           "sync": {"mesh_enabled": True, "mesh": {"window": 2.0}},
+                           "memory": {"storage": {"path": str(tmp_path / "archive")}}})
+    run_flow(config, out=io.StringIO(), progress=io.StringIO())
+    rows = open_dataset(tmp_path / "archive" / "mesh_sync").to_table()
+    r = np.array([x["r"] for x in rows.to_pylist() if x["cell"] == "head" and x["n_sensors"] == 4])
+    assert r.size >= 15                  # one row per sync.mesh.publish_interval (1 s) after the warm-up
+    np.testing.assert_allclose(r, abs(np.exp(1j * offsets).mean()), atol=1e-3)
