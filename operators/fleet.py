@@ -41,21 +41,22 @@ and the rare rejections.  Values equal the per-sensor engine's
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from operators.columnar_gate import ACCEPTED, GATE_VERSION, NEG, REASONS, FleetGate, GateStep
-from operators.columnar_rows import FleetResonance, FleetSyncValues, FleetWindowValues
+from operators.columnar_gate import ACCEPTED, GATE_VERSION, NEG, FleetGate, GateStep
+from operators.columnar_rows import FleetResonance
 from operators.columnar_state import COLLAPSED, STATE_VERSION, FleetState
 from operators.columnar_stream import emit_upto, flush_rows, stream_resonance
+from operators.fleet_step import EMPTY, FleetStep, Refusal, joined, refused_reasons, regrouped, with_sids
 from operators.raw_phase import RawPhase, phase_channels
 from operators.resonator import ResonatorSettings
 from operators.roster import SensorCapacity, idle_horizon_us
 from schemas.samples import SampleBatch, SampleRuns
 
-__all__ = ["STATE_LAYOUT", "Fleet", "FleetStep", "FleetTable", "Lane", "Refusal", "state_layout"]
+# FleetStep, Refusal and refused_reasons are what a call hands back (operators.fleet_step), named here too.
+__all__ = ["STATE_LAYOUT", "Fleet", "FleetStep", "FleetTable", "Lane", "Refusal", "refused_reasons", "state_layout"]
 
 #: 2: the snapshot's classes moved module (samples, provenance and raw messages to ``schemas``,
 #: ``SyncState`` became ``SyncMachine``): a pickle of version 1 names modules that are gone.
@@ -104,45 +105,6 @@ class FleetTable:
     newest: int | None = None
     next_sweep: int | None = None
     version: int = FLEET_VERSION
-
-
-@dataclass
-class Refusal:
-    """Rows of one batch refused by the fleet: the batch, a status per row (ACCEPTED: kept) or one
-    reason for all, and the watermark each ``late`` row met."""
-
-    batch: SampleBatch
-    reason: str | None = None                      # one reason for every row (capacity, channels)
-    text: str | None = None
-    status: np.ndarray | None = None               # else a gate status per row
-    watermark_in: np.ndarray | None = None
-
-
-@dataclass
-class FleetStep:
-    """What one call did.
-
-    Attributes:
-        resonance: grid rows of every sensor; ``sensor`` columns hold sids, rows grouped by sensor.
-        released: the samples released now as (sid per row, t, phase) per lane, grouped by sensor;
-            a raw lane's hold its raw values.
-        phases: the phase samples that entered the estimator now, as (sid, t, phase) per lane: the
-            released samples of phase lanes, the extracted phases of raw lanes.
-        raw: per entry of ``released``, whether it holds raw values.
-        refusals: the rejected rows, batch by batch.
-        accepted: samples released now.
-        watermark: the newest watermark of the call's sensors (us), or None.
-        ingested: the earliest decode time (epoch s) of the call's rows.
-    """
-
-    resonance: FleetResonance
-    released: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
-    refusals: list[Refusal] = field(default_factory=list)
-    accepted: int = 0
-    watermark: int | None = None
-    ingested: float = math.inf
-    phases: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
-    raw: list[bool] = field(default_factory=list)
 
 
 class Fleet:
@@ -223,7 +185,7 @@ class Fleet:
         t = self.table
         blocks = [b for b in blocks if len(b.names)]
         if not blocks:
-            return FleetStep(_EMPTY)
+            return FleetStep(EMPTY)
         names = [n for b in blocks for n in b.names] if len(blocks) > 1 else blocks[0].names
         try:    # known sensors (every call after the first): one C-level lookup each
             sids = np.fromiter(map(self._index.__getitem__, names), np.int64, len(names))
@@ -278,15 +240,15 @@ class Fleet:
             if self.settings.lateness_us and fixed.any() and lane.raw is None:
                 # The watermark trails the newest sample: points up to it are final before a sample reaches them.
                 ids, marks = touched[fixed], wm[fixed]
-                late = _with_sids(emit_upto(lane.state, lane.state.rows_of(ids), marks), lane.sids)
-                part = _regrouped(_joined([part, late]))
+                late = with_sids(emit_upto(lane.state, lane.state.rows_of(ids), marks), lane.sids)
+                part = regrouped(joined([part, late]))
             parts.append(part)
             released.append((lane.sids[step.rows], step.t, step.phase))
             phases.append(entered)
             accepted += int(step.t.shape[0])
         if newest is not None and (t.newest is None or newest > t.newest):
             t.newest = newest
-        return FleetStep(_joined(parts), released, refusals, accepted, newest, min(b.ingested for b in blocks),
+        return FleetStep(joined(parts), released, refusals, accepted, newest, min(b.ingested for b in blocks),
                          phases, [key < 0 for key in np.unique(widths[keep]).tolist()])
 
     def flush(self) -> FleetStep:
@@ -436,8 +398,8 @@ class Fleet:
             rows, t, phase = lane.raw.phases(rows, t, phase)
         res = stream_resonance(lane.state, rows, t, phase)
         if final_rows is not None and final_rows.size:
-            res = _joined([res, flush_rows(lane.state, lane.state.rows_of(final_rows))])
-        return _with_sids(res, lane.sids), (lane.sids[rows], t, phase)
+            res = joined([res, flush_rows(lane.state, lane.state.rows_of(final_rows))])
+        return with_sids(res, lane.sids), (lane.sids[rows], t, phase)
 
     def _finish(self, sids: np.ndarray, release: bool) -> FleetStep:
         """Release everything the sensors buffer and decide their pending grid points; with ``release``,
@@ -461,15 +423,7 @@ class Fleet:
                 lane.state.release(lane.state.rows_of(rows))
                 if lane.raw is not None:
                     lane.raw.forget(rows)
-        return FleetStep(_joined(parts), released, [], accepted, None, phases=phases, raw=raw)
-
-
-def refused_reasons(refusal: Refusal) -> tuple[np.ndarray, list[str]]:
-    """(rows of the refusal's batch that were refused, the reason of each)."""
-    if refusal.reason is not None:
-        return np.arange(len(refusal.batch)), [refusal.reason] * len(refusal.batch)
-    bad = np.flatnonzero(refusal.status != ACCEPTED)
-    return bad, [REASONS[int(s)] for s in refusal.status[bad].tolist()]
+        return FleetStep(joined(parts), released, [], accepted, None, phases=phases, raw=raw)
 
 
 def _lane_key(channels: int, raw: bool) -> int:
@@ -485,39 +439,3 @@ def _grown(a: np.ndarray, size: int, fill) -> np.ndarray:
     out = np.full(size, fill, a.dtype)
     out[:a.shape[0]] = a
     return out
-
-
-def _with_sids(res: FleetResonance, sids: np.ndarray) -> FleetResonance:
-    """``res`` with its lane rows replaced by sensor ids."""
-    e, m, s = res
-    e_sid = sids[e.sensor]
-    return FleetResonance(e._replace(sensor=e_sid), m._replace(sensor=sids[m.sensor]), s._replace(sensor=e_sid))
-
-
-def _regrouped(res: FleetResonance) -> FleetResonance:
-    """``res`` with each sensor's rows together (stable: time order within a sensor stays)."""
-    e, m, s = res
-    eo, mo = np.argsort(e.sensor, kind="stable"), np.argsort(m.sensor, kind="stable")
-    return FleetResonance(FleetWindowValues(*(c[eo] for c in e)), FleetWindowValues(*(c[mo] for c in m)),
-                          FleetSyncValues(*(c[eo] for c in s)))
-
-
-def _joined(parts: list[FleetResonance]) -> FleetResonance:
-    if len(parts) == 1:
-        return parts[0]
-    if not parts:
-        return _EMPTY
-    return FleetResonance(FleetWindowValues(*(np.concatenate(c) for c in zip(*(p.emissary for p in parts)))),
-                          FleetWindowValues(*(np.concatenate(c) for c in zip(*(p.master for p in parts)))),
-                          FleetSyncValues(*(np.concatenate(c) for c in zip(*(p.sync for p in parts)))))
-
-
-def _empty_window() -> FleetWindowValues:
-    return FleetWindowValues(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.complex128),
-                             np.empty(0, np.int64), np.empty(0, np.int64))
-
-
-_EMPTY = FleetResonance(_empty_window(), _empty_window(), FleetSyncValues(
-    np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.complex128), np.empty(0, np.complex128),
-    np.empty(0, np.complex128), np.empty(0), np.empty(0), np.empty(0, np.bool_), np.empty(0, np.bool_),
-    np.empty(0, np.int8), np.empty(0, np.int64)))

@@ -289,7 +289,7 @@ def test_archive_datasets_and_columns():
                                                      "coherence", "n_products"]
     assert DATASETS["coherence_history"].names == ["sensor", "t", "coherence_master", "coherence_emissary",
                                                    "coherence_sync", "delta_phase", "state"]
-    assert DATASETS["input"].names == ["sensor", "cell", "t", "phase"]
+    assert DATASETS["input"].names == ["sensor", "cell", "t", "phase", "value"]
     assert dataset_schema("events") is DATASETS["events"]
     with pytest.raises(KeyError, match="unknown archive dataset"):
         dataset_schema("nope")
