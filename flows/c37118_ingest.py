@@ -12,7 +12,6 @@ on.  SIGTERM or Ctrl-C stops it: what was received is sent and flushed, exit 0.
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import threading
 import time
@@ -38,14 +37,14 @@ from connectors.c37118 import (
 )
 from connectors.phase_files.columns import PHASE_TYPE, PhaseColumns
 from flows.arguments import config_or_report
+from flows.ingest_output import FLUSH_SECONDS
 
 if TYPE_CHECKING:
     from connectors.kafka import PhaseProducer
 
 __all__ = ["C37Ingest", "IngestState", "ingest_c37118", "phase_columns"]
 
-#: Data frames are sent at least this often (seconds), and in runs of at most this many frames.
-FLUSH_SECONDS = 0.2
+#: Data frames are sent in runs of at most this many frames (and at least every FLUSH_SECONDS).
 FLUSH_FRAMES = 1024
 
 
@@ -146,13 +145,7 @@ class C37Ingest:
 
 def ingest_c37118(args: argparse.Namespace) -> int:
     """Stream a PMU/PDC to the input topic until stopped, ``--limit`` data frames, or the peer closes."""
-    from confluent_kafka import KafkaException, Producer
-
-    from connectors.kafka import (
-        KafkaSetupError, KafkaUnreachable, PhaseProducer, TopicSetupError, admin_settings, connect_admin,
-        ensure_topics, producer_settings, settings_rejected,
-    )
-    from flows.produce_command import delivery_wait, message_limit, produce_topic
+    from flows.ingest_output import IngestSetupFailed, open_ingest_output, report_setup_failure, stop_on_signals
     from schemas.messages import DeadLetter, DeadLetterReason, to_json_bytes
 
     name = "becomingone ingest c37118"
@@ -161,35 +154,23 @@ def ingest_c37118(args: argparse.Namespace) -> int:
         return 2
     try:
         host, port = _address(args.address)
-        topic, dlq = produce_topic(config, None), config.sink.topics.dlq
-        client_id = f"{config.becomingone.name}-ingest"
-        settings = producer_settings(config.kafka, bootstrap=args.bootstrap, client_id=client_id)
-        admin = connect_admin(admin_settings(config.kafka, bootstrap=args.bootstrap, client_id=client_id),
-                              timeout=args.timeout)
-        ensure_topics(admin, [topic, dlq], 1, timeout=args.timeout)
-        producer = Producer(settings)
-    except (ValueError, KafkaSetupError) as exc:
+        output = open_ingest_output(config, args)
+    except ValueError as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         return 2
-    except KafkaException as exc:
-        print(f"{name}: {settings_rejected(exc, settings)}", file=sys.stderr)
-        return 2
-    except (KafkaUnreachable, TopicSetupError) as exc:
-        print(f"{name}: {exc}", file=sys.stderr)
-        return 1
+    except IngestSetupFailed as exc:
+        return report_setup_failure(name, exc)
     origin = f"c37118://{host}:{port}"
-    sender = PhaseProducer(producer, topic, wire="arrow", batch_rows=65536, max_message_bytes=message_limit(settings))
+    sender, producer, topic = output.sender, output.producer, output.topic
 
     def dead_letter(data: bytes, offset: int, problem: str) -> None:
         letter = DeadLetter.create(original=data, reason=DeadLetterReason.MALFORMED, error=problem, topic=origin,
                                    offset=offset, max_original_bytes=config.sink.dlq_max_original_bytes)
         # Keyed by the PMU's address: one partition, so its dead letters stay in stream order.
-        producer.produce(dlq, key=origin.encode("utf-8"), value=to_json_bytes(letter))
+        producer.produce(output.dlq, key=origin.encode("utf-8"), value=to_json_bytes(letter))
         print(f"{name}: dead letter at byte {offset:,}: {problem}", file=sys.stderr)
 
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
+    stop = stop_on_signals()
     try:
         connection = PdcConnection(host, port, idcode=args.idcode, connect_timeout=args.timeout)
     except OSError as exc:
@@ -199,15 +180,15 @@ def ingest_c37118(args: argparse.Namespace) -> int:
     status = _stream(connection, ingest, stop, args.timeout, name)
     connection.close()
     ingest.flush(force=True)
-    sender.finish(timeout=delivery_wait(settings))
-    producer.flush(delivery_wait(settings))
+    output.close()
     s = ingest.state
     print(f"ingested {s.data_frames:,} data frames ({sender.samples:,} samples, {sender.messages:,} messages) "
           f"from {host}:{port} to {topic} in {sender.seconds:.2f} s; {s.phasors - sender.samples:,} phasor "
           f"values not usable (STAT, NaN); dead letters {s.dead_letters:,}; "
           f"delivered {sender.delivered:,}, failed {sender.failed:,}")
-    if sender.failed:
-        print(f"{name}: {sender.failed:,} message(s) not delivered to {topic}: {sender.first_error}", file=sys.stderr)
+    problem = output.delivery_problem()
+    if problem:
+        print(f"{name}: {problem}", file=sys.stderr)
         return 1
     return status
 

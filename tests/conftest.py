@@ -125,6 +125,25 @@ def read_topic(bootstrap: str, topic: str, expected: int | None = None) -> list[
         consumer.close()
 
 
+def arrow_rows(messages: list[Message]) -> list[dict]:
+    """The rows of Arrow input messages, each with its message's ``partition``; checks each message's
+    content type and key (the sensor when the message holds one, else none)."""
+    import pyarrow as pa
+
+    from schemas.messages import ARROW_STREAM_CONTENT_TYPE
+
+    rows = []
+    for msg in messages:
+        assert dict(msg.headers())["content-type"] == ARROW_STREAM_CONTENT_TYPE.encode()
+        table = pa.ipc.open_stream(msg.value()).read_all()
+        names = set(table.column("sensor").to_pylist())
+        assert msg.key() == (names.pop().encode() if len(names) == 1 else None)
+        for row in table.to_pylist():
+            row["partition"] = msg.partition()
+            rows.append(row)
+    return rows
+
+
 # --------------------------------------------------------------------------
 # Shared by the end-to-end tests: samples, topics, archives.
 

@@ -36,9 +36,9 @@ from connectors.c37118 import (
     parse_config,
 )
 from connectors.kafka import sensor_partitions
-from schemas.messages import ARROW_STREAM_CONTENT_TYPE, DeadLetter
+from schemas.messages import DeadLetter
 
-from tests.conftest import BIN, WAIT, archive_rows, clean_env, free_port, read_topic, unique_topic
+from tests.conftest import BIN, WAIT, archive_rows, arrow_rows, clean_env, free_port, read_topic, unique_topic
 
 
 START_SOC = 1_764_115_200  # 2025-11-26T00:00:00Z
@@ -292,24 +292,11 @@ def ingest(bootstrap, tmp_path_factory) -> Ingest:
     return Ingest(done, sent, bytes(bad), stray, topic, dlq, config_path, root, bootstrap)
 
 
-def _rows(messages) -> list[dict]:
-    rows = []
-    for msg in messages:
-        assert dict(msg.headers())["content-type"] == ARROW_STREAM_CONTENT_TYPE.encode()
-        table = pa.ipc.open_stream(msg.value()).read_all()
-        names = set(table.column("sensor").to_pylist())
-        assert msg.key() == (names.pop().encode() if len(names) == 1 else None)
-        for row in table.to_pylist():
-            row["partition"] = msg.partition()
-            rows.append(row)
-    return rows
-
-
 @pytest.mark.slow
 def test_ingest_sends_every_angle_and_time_the_pmu_sent(ingest):
     assert ingest.proc.returncode == 0, ingest.proc.stderr
     assert f"ingested {FRAMES} data frames ({3 * FRAMES} samples" in ingest.proc.stdout
-    rows = _rows(read_topic(ingest.bootstrap, ingest.topic))
+    rows = arrow_rows(read_topic(ingest.bootstrap, ingest.topic))
     assert len(rows) == 3 * FRAMES
     got = {(r["sensor"], _us(r["t"])): r for r in rows}
     for s in ingest.sent:
@@ -390,12 +377,12 @@ def test_sigterm_stops_the_ingest_cleanly_after_sending_what_it_received(bootstr
         pmu.stop()
     assert proc.returncode == 0, err
     assert "ingested 40 data frames (120 samples" in out and "dead letters 0" in out
-    assert len(_rows(read_topic(bootstrap, topic))) == 120
+    assert len(arrow_rows(read_topic(bootstrap, topic))) == 120
 
 
 def _row_count(bootstrap: str, topic: str) -> int:
     try:
-        return len(_rows(read_topic(bootstrap, topic)))
+        return len(arrow_rows(read_topic(bootstrap, topic)))
     except Exception:  # the topic does not exist yet
         return 0
 
