@@ -1,7 +1,8 @@
 """The ``becomingone ingest`` commands: field protocols to the input topic.
 
 ``ingest c37118 HOST:PORT`` reads a PMU or PDC speaking IEEE C37.118.2 (the
-work is :mod:`flows.c37118_ingest`).  Heavy modules load only when a command
+work is :mod:`flows.c37118_ingest`); ``ingest lsl NAME`` a Lab Streaming
+Layer stream, such as an EEG amplifier's (:mod:`flows.lsl_ingest`).  Heavy modules load only when a command
 runs, so the command line starts fast.
 """
 
@@ -13,7 +14,7 @@ import math
 
 from flows.arguments import positive_int
 
-__all__ = ["add_parsers", "cmd_ingest_c37118"]
+__all__ = ["add_parsers", "cmd_ingest_c37118", "cmd_ingest_lsl"]
 
 
 def cmd_ingest_c37118(args: argparse.Namespace) -> int:
@@ -22,6 +23,14 @@ def cmd_ingest_c37118(args: argparse.Namespace) -> int:
 
     _log_to_stderr("becomingone ingest c37118")
     return ingest_c37118(args)
+
+
+def cmd_ingest_lsl(args: argparse.Namespace) -> int:
+    """An LSL stream to the input topic until stopped; exit 0, 1 (stream or Kafka failed) or 2 (usage, config)."""
+    from flows.lsl_ingest import ingest_lsl
+
+    _log_to_stderr("becomingone ingest lsl")
+    return ingest_lsl(args)
 
 
 def _log_to_stderr(name: str) -> None:
@@ -45,8 +54,8 @@ def _idcode(text: str) -> int:
 
 
 def add_parsers(sub, config_help: str) -> None:
-    """Register ``ingest c37118`` on the sub-command parser ``sub``."""
-    ingest = sub.add_parser("ingest", help="feed the input topic from a field protocol (IEEE C37.118.2)")
+    """Register ``ingest c37118`` and ``ingest lsl`` on the sub-command parser ``sub``."""
+    ingest = sub.add_parser("ingest", help="feed the input topic from a field protocol (IEEE C37.118.2, LSL)")
     isub = ingest.add_subparsers(dest="ingest_command", metavar="PROTOCOL", required=True)
     p = isub.add_parser(
         "c37118", help="a PMU or PDC over TCP: each phasor's angle as a phase sample",
@@ -66,3 +75,23 @@ def add_parsers(sub, config_help: str) -> None:
     p.add_argument("--bootstrap", default=None, metavar="HOST:PORT",
                    help="Kafka bootstrap servers (default: kafka.bootstrap.servers of the config)")
     p.set_defaults(func=cmd_ingest_c37118)
+
+    p = isub.add_parser(
+        "lsl", help="a Lab Streaming Layer stream: each channel's samples as raw value samples",
+        description="Resolve the Lab Streaming Layer stream named NAME (and of --type TYPE), and send every "
+        "sample of every channel to the input topic (source.topic) as a raw value sample of sensor "
+        "NAME/LABEL (channel labels from the stream's description, ch0, ch1 ... where missing), timed by the "
+        "LSL timestamp mapped to the epoch. String streams are refused. Stops on SIGTERM or Ctrl-C (exit 0), "
+        "after --limit samples, or when the stream's outlet goes away (exit 0); exit 1 when no such stream "
+        "is found within --timeout seconds.",
+    )
+    p.add_argument("name", metavar="NAME", help="the stream's name (its StreamInfo name)")
+    p.add_argument("--config", metavar="FILE", default=None, help=config_help)
+    p.add_argument("--type", default=None, metavar="TYPE", help="only a stream of this type (EEG, ECG ...)")
+    p.add_argument("--limit", type=positive_int, default=None, metavar="SAMPLES",
+                   help="stop after SAMPLES samples (each one value per channel)")
+    p.add_argument("--timeout", type=_seconds, default=10.0, metavar="S",
+                   help="seconds to wait for the stream to be found and answer, and for the cluster (default 10)")
+    p.add_argument("--bootstrap", default=None, metavar="HOST:PORT",
+                   help="Kafka bootstrap servers (default: kafka.bootstrap.servers of the config)")
+    p.set_defaults(func=cmd_ingest_lsl)
