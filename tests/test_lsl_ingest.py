@@ -146,7 +146,6 @@ def test_stream_names_are_quoted_for_the_resolver():
 # --------------------------------------------------------------------------
 # End to end: outlet, ingest subprocess, development broker.
 
-@pytest.mark.slow
 def test_every_sample_of_the_outlet_arrives_once_with_its_value_sensor_and_time(bootstrap, tmp_path):
     name = _stream_name()
     topic, config = _config_file(bootstrap, tmp_path)
@@ -182,7 +181,6 @@ def test_every_sample_of_the_outlet_arrives_once_with_its_value_sensor_and_time(
         assert np.abs(np.diff(times) - 4_000).max() <= 1
 
 
-@pytest.mark.slow
 def test_sigterm_stops_the_ingest_cleanly_with_nothing_lost(bootstrap, tmp_path):
     name = _stream_name()
     topic, config = _config_file(bootstrap, tmp_path)
@@ -197,7 +195,6 @@ def test_sigterm_stops_the_ingest_cleanly_with_nothing_lost(bootstrap, tmp_path)
     assert len(arrow_rows(read_topic(bootstrap, topic))) == 2000
 
 
-@pytest.mark.slow
 def test_an_irregular_unlabelled_stream_ends_when_its_outlet_goes_and_nan_values_are_left_out(bootstrap, tmp_path):
     name = _stream_name()
     topic, config = _config_file(bootstrap, tmp_path)
