@@ -27,7 +27,12 @@ if TYPE_CHECKING:
     from connectors.phase_files import PhaseColumns
 
 __all__ = [
-    "FLUSH_SECONDS", "IngestOutput", "IngestSetupFailed", "open_ingest_output", "report_setup_failure", "stop_on_signals",
+    "FLUSH_SECONDS",
+    "IngestOutput",
+    "IngestSetupFailed",
+    "open_ingest_output",
+    "report_setup_failure",
+    "stop_on_signals",
 ]
 
 #: Samples received are sent at least this often (seconds).

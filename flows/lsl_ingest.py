@@ -84,7 +84,8 @@ class LslIngest:
     def take(self, samples: np.ndarray, timestamps: np.ndarray) -> None:
         """One pulled chunk: (n, C) samples and their n LSL timestamps."""
         if self.limit is not None:
-            samples, timestamps = samples[: self.limit - self.state.samples], timestamps[: self.limit - self.state.samples]
+            room = self.limit - self.state.samples
+            samples, timestamps = samples[:room], timestamps[:room]
         if not len(timestamps):
             return
         self._refresh_clock()

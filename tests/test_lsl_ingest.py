@@ -225,3 +225,32 @@ def test_a_stream_not_found_is_a_failure_and_a_string_stream_is_refused(bootstra
     code, _, err = _finish(_ingest(name, config, "--timeout", "10"))
     del markers
     assert code == 1 and "carries strings (markers, events), not numbers" in err, err
+
+
+def test_a_refreshed_clock_offset_never_moves_a_sensor_back_in_time(monkeypatch):
+    import flows.lsl_ingest as lsl_ingest
+    from connectors.lsl import LslStream
+
+    class Output:
+        def __init__(self):
+            self.sent = []
+
+        def send(self, columns):
+            self.sent.append(columns)
+
+    monkeypatch.setattr(lsl_ingest, "CLOCK_REFRESH_SECONDS", 0.0)  # a new offset before every chunk
+    offsets = iter([1e9, 1e9 - 0.010, None, 1e9 + 0.002])  # same, 10 ms back, no answer (kept), 12 ms forward
+    stream = LslStream(None, "amp", "EEG", "s", "h", ("amp/Fz", "amp/Cz"), RATE, "float32")
+    output = Output()
+    ingest = lsl_ingest.LslIngest(stream, output, limit=10, offset_s=1e9, measure_offset=lambda: next(offsets))
+    for chunk in range(4):
+        k = np.arange(3 * chunk, 3 * chunk + 3)
+        ingest.take(_values(k, 2), 50.0 + k / RATE)
+    rows = PhaseColumns.concat(output.sent)
+    assert len(rows) == 2 * 10 and ingest.done  # the limit cut the last chunk to one sample
+    for c, sensor in enumerate(stream.sensors):
+        mine = rows.take(np.flatnonzero(np.array(rows.sensor.to_pylist()) == sensor))
+        assert (np.diff(mine.t_us) > 0).all()
+        assert mine.phase.to_pylist() == [[v] for v in _values(np.arange(10), 2)[:, c]]
+    # Chunk 2's first two samples (10 ms back) are stamped 1 us after chunk 1's last; chunk 4 follows the new offset.
+    assert ingest.state.clock.moved == 2 and rows.t_us[-1] == round((1e9 + 0.002 + 50.0 + 9 / RATE) * 1e6)
