@@ -90,11 +90,13 @@ def _values(k: np.ndarray, channels: int) -> np.ndarray:
     return 20.0 * np.sin(2 * np.pi * 10.0 * k[:, None] / RATE + np.arange(channels)) + 5.0 * np.arange(channels)
 
 
-def _push(outlet, first: int, count: int, t0: float, chunk: int = 50) -> None:
-    """Samples ``first`` .. ``first + count - 1``, timestamped ``t0 + k / RATE`` on the LSL clock."""
+def _push(outlet, first: int, count: int, t0: float, chunk: int = 50, jitter: float = 0.0) -> None:
+    """Samples ``first`` .. ``first + count - 1``, timestamped ``t0 + k / RATE`` on the LSL clock,
+    plus a uniform jitter of +-``jitter`` seconds (seeded)."""
+    noise = np.random.default_rng(7).uniform(-jitter, jitter, first + count)
     for start in range(first, first + count, chunk):
         k = np.arange(start, min(start + chunk, first + count))
-        outlet.push_chunk(_values(k, outlet.channel_count).tolist(), (t0 + k / RATE).tolist())
+        outlet.push_chunk(_values(k, outlet.channel_count).tolist(), (t0 + k / RATE + noise[k]).tolist())
 
 
 def _us(t) -> int:
@@ -155,7 +157,7 @@ def test_every_sample_of_the_outlet_arrives_once_with_its_value_sensor_and_time(
     t0 = pylsl.local_clock()
     # The test's own LSL-to-epoch offset; the ingest's must agree within a few ms (same host: time_correction ~ 0).
     offset = time.time() - pylsl.local_clock()
-    _push(outlet, 0, SAMPLES, t0)
+    _push(outlet, 0, SAMPLES, t0, jitter=0.001)  # an amplifier's timestamps jitter by +-1 ms
     code, out, err = _finish(proc)
     assert code == 0, err
     assert f"ingested {SAMPLES:,} samples of 4 channels ({4 * SAMPLES:,} values" in out
@@ -177,8 +179,8 @@ def test_every_sample_of_the_outlet_arrives_once_with_its_value_sensor_and_time(
         times = np.array([_us(r["t"]) for r in mine])
         assert (np.diff(times) > 0).all()
         assert np.abs(times - expected_us).max() < 5_000  # microseconds
-        # Spacing exact to the rounding: one offset for the whole run on this host.
-        assert np.abs(np.diff(times) - 4_000).max() <= 1
+        # Dejittered: once liblsl's fit has settled (a second), the 4 ms spacing holds to far below the jitter.
+        assert np.abs(np.diff(times[250:]) - 4_000).max() < 100
 
 
 def test_sigterm_stops_the_ingest_cleanly_with_nothing_lost(bootstrap, tmp_path):

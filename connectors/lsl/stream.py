@@ -6,6 +6,7 @@ liblsl's discovery (multicast and the ``KnownPeers`` of ``lsl_api.cfg``);
 description as a :class:`LslStream`: the sensor ids ``<stream>/<channel
 label>`` (labels from ``desc/channels/channel/label``, ``ch<i>`` counting
 from 0 where a label is missing), the nominal rate and the channel format.
+A regular stream's timestamps are dejittered by liblsl.
 String streams are refused: their samples are no numbers.
 """
 
@@ -27,7 +28,8 @@ class LslStream:
     """An open inlet and its stream's description.
 
     Attributes:
-        inlet: the open ``pylsl.StreamInlet`` (``recover=False``: a lost outlet raises ``pylsl.util.LostError``).
+        inlet: the open ``pylsl.StreamInlet`` (``recover=False``: a lost outlet raises ``pylsl.util.LostError``;
+            timestamps dejittered when the stream has a nominal rate).
         name / type / source_id / hostname: from the stream's header.
         sensors: ``<name>/<label>`` per channel, in channel order.
         nominal_rate: samples per second the outlet declares; 0 for an irregular stream.
@@ -79,7 +81,11 @@ def open_stream(info: pylsl.StreamInfo, timeout: float) -> LslStream:
         raise StreamRefused(f"LSL stream {info.name()!r} carries strings (markers, events), not numbers")
     if info.channel_count() < 1:
         raise StreamRefused(f"LSL stream {info.name()!r} has no channels")
-    inlet = pylsl.StreamInlet(info, max_buflen=360, recover=False, as_numpy=True)
+    # Dejittered timestamps (liblsl's recursive least-squares fit of timestamp on sample count) for a
+    # regular stream: phase extraction reads timestamp jitter as phase error. Still on the outlet's clock
+    # (no proc_clocksync): the epoch mapping adds the offsets itself.
+    flags = pylsl.proc_dejitter if info.nominal_srate() > 0 else pylsl.proc_none
+    inlet = pylsl.StreamInlet(info, max_buflen=360, recover=False, processing_flags=flags, as_numpy=True)
     full = inlet.info(timeout=timeout)
     inlet.open_stream(timeout=timeout)
     labels = channel_labels(full)
