@@ -12,6 +12,7 @@ import signal
 import subprocess
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ import yaml
 from connectors.kafka import sensor_partitions
 from connectors.lsl import EpochClock, channel_labels, epoch_micros, predicate
 from connectors.phase_files import PhaseColumns
-from tests.conftest import BIN, WAIT, arrow_rows, clean_env, read_topic, unique_topic
+from tests.conftest import BIN, WAIT, archive_rows, arrow_rows, clean_env, read_topic, unique_topic
 
 RATE = 250.0
 LABELS = ("Fz", "Cz", "Pz", "Oz")
@@ -56,6 +57,7 @@ def _config_file(bootstrap: str, tmp: Path) -> tuple[str, Path]:
         "kafka": {"bootstrap.servers": bootstrap},
         "sink": {"topics": {role: f"{prefix}.{role}" for role in ("collapse", "witness", "sync", "dlq")}},
         "memory": {"storage": {"path": str(tmp / "archive")}},
+        "kairos": {"phase_band": [8.0, 12.0]},  # the outlet's 10 Hz rhythm
         "metrics": {"enabled": False},
     }))
     return topic, path
@@ -148,9 +150,26 @@ def test_stream_names_are_quoted_for_the_resolver():
 # --------------------------------------------------------------------------
 # End to end: outlet, ingest subprocess, development broker.
 
-def test_every_sample_of_the_outlet_arrives_once_with_its_value_sensor_and_time(bootstrap, tmp_path):
+@dataclass
+class Ingested:
+    """The ingest of SAMPLES samples of a 4-channel 250 Hz outlet: what it printed and where it sent them."""
+
+    code: int
+    out: str
+    err: str
+    name: str
+    topic: str
+    config: Path
+    root: Path
+    expected_us: np.ndarray  # the true sample times mapped to the epoch with the test's own offset
+    bootstrap: str
+
+
+@pytest.fixture(scope="module")
+def ingested(bootstrap, tmp_path_factory) -> Ingested:
+    tmp = tmp_path_factory.mktemp("lsl")
     name = _stream_name()
-    topic, config = _config_file(bootstrap, tmp_path)
+    topic, config = _config_file(bootstrap, tmp)
     outlet = _outlet(name)
     proc = _ingest(name, config, "--limit", str(SAMPLES), "--timeout", "20")
     _connected(outlet, proc)
@@ -159,6 +178,13 @@ def test_every_sample_of_the_outlet_arrives_once_with_its_value_sensor_and_time(
     offset = time.time() - pylsl.local_clock()
     _push(outlet, 0, SAMPLES, t0, jitter=0.001)  # an amplifier's timestamps jitter by +-1 ms
     code, out, err = _finish(proc)
+    expected_us = (t0 + np.arange(SAMPLES) / RATE + offset) * 1e6
+    return Ingested(code, out, err, name, topic, config, tmp / "archive", expected_us, bootstrap)
+
+
+def test_every_sample_of_the_outlet_arrives_once_with_its_value_sensor_and_time(ingested):
+    name, topic, bootstrap, code, out, err = (ingested.name, ingested.topic, ingested.bootstrap, ingested.code,
+                                              ingested.out, ingested.err)
     assert code == 0, err
     assert f"ingested {SAMPLES:,} samples of 4 channels ({4 * SAMPLES:,} values" in out
     assert f"{name}/Fz, {name}/Cz, {name}/Pz, {name}/Oz" in err
@@ -169,8 +195,7 @@ def test_every_sample_of_the_outlet_arrives_once_with_its_value_sensor_and_time(
 
     partitions = len(AdminClient({"bootstrap.servers": bootstrap}).list_topics(topic, timeout=WAIT)
                      .topics[topic].partitions)
-    k = np.arange(SAMPLES)
-    expected_values, expected_us = _values(k, 4), (t0 + k / RATE + offset) * 1e6
+    expected_values = _values(np.arange(SAMPLES), 4)
     for c, label in enumerate(LABELS):
         sensor = f"{name}/{label}"
         mine = [r for r in rows if r["sensor"] == sensor]  # in partition order: the order they were sent
@@ -178,9 +203,31 @@ def test_every_sample_of_the_outlet_arrives_once_with_its_value_sensor_and_time(
         assert [r["value"] for r in mine] == [[v] for v in expected_values[:, c]]  # every sample once, exact
         times = np.array([_us(r["t"]) for r in mine])
         assert (np.diff(times) > 0).all()
-        assert np.abs(times - expected_us).max() < 5_000  # microseconds
+        assert np.abs(times - ingested.expected_us).max() < 5_000  # microseconds
         # Dejittered: once liblsl's fit has settled (a second), the 4 ms spacing holds to far below the jitter.
         assert np.abs(np.diff(times[250:]) - 4_000).max() < 100
+
+
+@pytest.mark.slow
+def test_the_flow_extracts_phases_from_the_ingested_samples_and_archives_both(ingested):
+    assert ingested.code == 0, ingested.err
+    proc = subprocess.run([str(BIN), "run", "--config", str(ingested.config)], capture_output=True, text=True,
+                          env=clean_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = archive_rows(ingested.root, {"input": ["sensor", "t"], "temporal_signatures": ["sensor", "transducer", "t"]})
+    sensors = [f"{ingested.name}/{label}" for label in LABELS]
+    raw = rows["input"]
+    assert len(raw) == 4 * SAMPLES and {r["phase"] for r in raw} == {None}
+    expected_values = _values(np.arange(SAMPLES), 4)
+    for c, sensor in enumerate(sensors):
+        assert [r["value"] for r in raw if r["sensor"] == sensor] == [[v] for v in expected_values[:, c]]
+    # Phases came out of the 8-12 Hz band at about the sample rate (the Emissary's 1 s window holds ~250
+    # products once the filter is warm), and a clean 10 Hz rhythm scores high.
+    signatures = [r for r in rows["temporal_signatures"] if r["transducer"] == "emissary"]
+    for sensor in sensors:
+        mine = [r for r in signatures if r["sensor"] == sensor and r["n_products"] > 0]
+        assert max(r["n_products"] for r in mine) >= 0.8 * RATE, sensor
+        assert min(r["coherence"] for r in mine) > 0.95, sensor
 
 
 def test_sigterm_stops_the_ingest_cleanly_with_nothing_lost(bootstrap, tmp_path):
