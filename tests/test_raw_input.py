@@ -322,3 +322,39 @@ def test_raw_sensors_join_the_mesh_with_their_extracted_phases(tmp_path):
     r = np.array([x["r"] for x in rows.to_pylist() if x["cell"] == "head" and x["n_sensors"] == 4])
     assert r.size >= 15                  # one row per sync.mesh.publish_interval (1 s) after the warm-up
     np.testing.assert_allclose(r, abs(np.exp(1j * offsets).mean()), atol=1e-3)
+
+
+@pytest.mark.parametrize("method", ["hilbert", "events"])
+def test_a_key_group_resumed_from_its_snapshot_mid_stream_ends_as_the_uninterrupted_one(method):
+    """A restart: the raw lanes' filters, rings and beat detectors are in the snapshot, so phases and grid
+    rows after the resume equal the uninterrupted run's, bit for bit."""
+    import pickle
+
+    t = T0 + np.arange(360 * 16, dtype=np.int64) * 2_778
+    beat = np.zeros(t.size)
+    beat[::290] = 1.0
+    x = np.convolve(beat, np.hanning(9), "same")[:, None]
+    batches = [SampleBatch("ecg", t, x, raw=True)]
+    settings = _settings((10.0, 30.0), method)
+    (_, _, whole), e_whole = _push_in_pieces(Fleet(settings, SensorCapacity(10)), batches, 1, seed=0)
+
+    first = Fleet(settings, SensorCapacity(10))
+    half = t.size // 2 + 17
+    s1 = first.push([b.take(np.arange(half)) for b in batches], now_us=T0 + 10**12)
+    resumed = Fleet(settings, SensorCapacity(10), pickle.loads(pickle.dumps(first.table)))
+    s2 = resumed.push([b.take(np.arange(half, t.size)) for b in batches], now_us=T0 + 10**12)
+    s3 = resumed.flush()
+    phases = np.concatenate([p[2] for s in (s1, s2, s3) for p in s.phases])
+    emissary = np.concatenate([s.resonance.emissary.T for s in (s1, s2, s3)])
+    assert np.array_equal(phases, whole) and np.array_equal(emissary, e_whole)
+
+
+def test_a_light_node_takes_raw_sensors_too():
+    t = T0 + np.arange(250 * 20, dtype=np.int64) * 4_000
+    x = np.cos(2 * np.pi * 10.0 * (t - T0) * 1e-6)[:, None]
+    settings = dataclasses.replace(_settings(), light=True)
+    runs = [_push_in_pieces(Fleet(settings, SensorCapacity(10)), [SampleBatch("a", t, x, raw=True)], k, seed=k)
+            for k in (1, 5)]
+    (_, _, phases), emissary = runs[0]
+    assert phases.shape[0] > 4000 and abs(emissary[-1]) > 0.999     # a pure rhythm: |T| near 1
+    assert np.array_equal(emissary, runs[1][1])
