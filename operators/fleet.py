@@ -253,7 +253,7 @@ class Fleet:
 
     def flush(self) -> FleetStep:
         """End of input: release every buffered sample and decide every pending grid point."""
-        return self._finish(np.flatnonzero(self.table.lane[:len(self.table.names)] > 0), release=False)
+        return self._finish(np.flatnonzero(self.table.lane[:len(self.table.names)] != 0), release=False)
 
     def sweep_due(self) -> bool:
         """True when :meth:`release_idle` would look at the sensors (every half horizon of event time)."""

@@ -358,3 +358,18 @@ def test_a_light_node_takes_raw_sensors_too():
     (_, _, phases), emissary = runs[0]
     assert phases.shape[0] > 4000 and abs(emissary[-1]) > 0.999     # a pure rhythm: |T| near 1
     assert np.array_equal(emissary, runs[1][1])
+
+
+def test_raw_samples_out_of_order_within_the_lateness_give_the_in_order_phases_in_any_split():
+    rng = np.random.default_rng(1)
+    t = T0 + np.arange(250 * 20, dtype=np.int64) * 4_000
+    x = np.cos(2 * np.pi * 10.0 * (t - T0) * 1e-6)[:, None] + 0.1 * rng.normal(size=(t.size, 1))
+    arrival = np.arange(t.size).reshape(-1, 5)       # shuffled within 20 ms; sync.lateness 50 ms
+    for block in arrival:
+        rng.shuffle(block)
+    arrival = arrival.ravel()
+    shuffled = [SampleBatch("a", t[arrival], x[arrival], raw=True)]
+    in_order = _push_in_pieces(Fleet(_settings(), SensorCapacity(10)), [SampleBatch("a", t, x, raw=True)], 1, 0)
+    for pieces in (1, 13, 200):
+        got = _push_in_pieces(Fleet(_settings(lateness_us=50_000), SensorCapacity(10)), shuffled, pieces, pieces)
+        assert np.array_equal(got[0][2], in_order[0][2]) and np.array_equal(got[1], in_order[1])
