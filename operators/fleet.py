@@ -125,6 +125,8 @@ class Fleet:
             held, wanted = ("light", "full") if not settings.light else ("full", "light")
             raise ValueError(f"this snapshot holds the key-group state of a {held} node, and becomingone.node is "
                              f"{wanted!r}: run it as a {held} node, or replay the input from its start instead")
+        if table is not None:
+            _check_raw_lanes(table, settings)
         self.table = table if table is not None else FleetTable()
         self.settings = settings
         self.capacity = capacity
@@ -424,6 +426,24 @@ class Fleet:
                 if lane.raw is not None:
                     lane.raw.forget(rows)
         return FleetStep(joined(parts), released, [], accepted, None, phases=phases, raw=raw)
+
+
+def _check_raw_lanes(table: FleetTable, settings: ResonatorSettings) -> None:
+    """A resumed key group's raw sensors must go on with the band and method they started with: their
+    filters' rings and detectors are of that band, and a phase from two bands is no one phase."""
+    for lane in table.lanes.values():
+        raw = getattr(lane, "raw", None)
+        if raw is None:
+            continue
+        held = ((raw.track.f_lo, raw.track.f_hi), raw.method)
+        wanted = (None if settings.phase_band is None else tuple(float(f) for f in settings.phase_band),
+                  settings.phase_method)
+        if held != wanted:
+            raise ValueError(
+                f"this snapshot's raw sensors extract their phase from {held[0][0]:g} to {held[0][1]:g} Hz "
+                f"({held[1]}), and the config asks for kairos.phase_band {settings.phase_band} "
+                f"({settings.phase_method}): run with the band and method of the snapshot, or replay the "
+                f"input from its start (without the recovery store) instead")
 
 
 def _lane_key(channels: int, raw: bool) -> int:

@@ -373,3 +373,16 @@ def test_raw_samples_out_of_order_within_the_lateness_give_the_in_order_phases_i
     for pieces in (1, 13, 200):
         got = _push_in_pieces(Fleet(_settings(lateness_us=50_000), SensorCapacity(10)), shuffled, pieces, pieces)
         assert np.array_equal(got[0][2], in_order[0][2]) and np.array_equal(got[1], in_order[1])
+
+
+def test_resuming_raw_sensors_with_another_band_or_method_is_refused_naming_both():
+    import pickle
+
+    t = T0 + np.arange(500, dtype=np.int64) * 4_000
+    fleet = Fleet(_settings(), SensorCapacity(10))
+    fleet.push([SampleBatch("a", t, np.cos(t * 1e-4)[:, None], raw=True)], now_us=T0)
+    table = pickle.loads(pickle.dumps(fleet.table))
+    for other in (_settings(band=(7.0, 13.0)), _settings(method="events"), _settings(band=None)):
+        with pytest.raises(ValueError, match=r"from 8 to 12 Hz \(hilbert\), and the config asks for kairos.phase_band"):
+            Fleet(other, SensorCapacity(10), pickle.loads(pickle.dumps(table)))
+    assert Fleet(_settings(), SensorCapacity(10), table).names == ["a"]
