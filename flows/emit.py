@@ -196,7 +196,6 @@ def _labels(names: Sequence[str | None], counts: Sequence[int]) -> pa.Array:
     return pa.array(list(names), pa.string()).take(pa.array(index, pa.int32()))
 
 
-#: One sensor's accepted samples: (sensor, cell, t_us (n,), phase (n, C)).
 #: (sensor, cell, t, values (n, C), raw): a run of one sensor's accepted samples; ``raw``: the values are raw
 #: ``value`` samples (SPEC section 9), else phases.
 InputPiece = tuple[str, "str | None", np.ndarray, np.ndarray, bool]

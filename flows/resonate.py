@@ -14,7 +14,6 @@ counts for the run summary are columns too (:class:`GroupLedger`).
 from __future__ import annotations
 
 import logging
-
 import math
 import pickle
 from collections.abc import Iterable
