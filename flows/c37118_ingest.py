@@ -3,7 +3,10 @@
 The client asks for the configuration frame (CFG-2), starts the data
 stream, and turns each run of data frames into phase samples, one sensor per
 phasor (``<station>/<phasor>``), sent as Arrow messages by partition with
-the stream's frequency and ROCOF as extra columns (SPEC section 9).  A frame
+the stream's frequency and ROCOF as extra columns (SPEC section 9).  With
+``--as value`` each angle goes out instead as a raw ``value`` sample in
+radians, unwrapped per sensor across frames (:mod:`connectors.c37118.unwrap`),
+for a flow that band-passes an oscillation mode out of it.  A frame
 that fails its CRC, FRAMESIZE or type, and bytes that are no frame, become
 dead letters (reason ``malformed``, the original bytes) and the stream goes
 on.  SIGTERM or Ctrl-C stops it: what was received is sent and flushed, exit 0.
@@ -23,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from connectors.c37118 import (
+    AngleUnwrap,
     Command,
     FrameError,
     FrameKind,
@@ -34,6 +38,7 @@ from connectors.c37118 import (
     data_frame_dtype,
     decode_data_frames,
     parse_config,
+    unwrap_angles,
 )
 from connectors.phase_files.columns import PHASE_TYPE, PhaseColumns
 from flows.arguments import config_or_report
@@ -48,13 +53,19 @@ __all__ = ["C37Ingest", "IngestState", "ingest_c37118", "phase_columns"]
 FLUSH_FRAMES = 1024
 
 
-def phase_columns(config: StreamConfig, frames: bytes, origin: str) -> PhaseColumns:
-    """Checked data frames of ``config`` as phase samples: per frame, one row per usable phasor in config order."""
+def phase_columns(config: StreamConfig, frames: bytes, origin: str, unwrap: AngleUnwrap | None = None) -> PhaseColumns:
+    """Checked data frames of ``config`` as phase samples: per frame, one row per usable phasor in config order.
+
+    With ``unwrap``, the angles are raw ``value`` samples instead (radians), unwrapped per sensor from
+    where ``unwrap`` stands (which the call moves on).
+    """
     rows = decode_data_frames(frames, config)
     keep = rows.usable.ravel()
     n_frames, n_phasors = rows.angle.shape
     which = np.tile(np.arange(n_phasors, dtype=np.int64), n_frames)[keep]
-    angle = rows.angle.ravel()[keep]
+    angles = rows.angle if unwrap is None else unwrap_angles(unwrap, config.sensors(), rows.t_us, rows.angle,
+                                                             rows.usable)
+    angle = angles.ravel()[keep]
     return PhaseColumns(
         sensor=pa.array(config.sensors(), pa.string()).take(pa.array(which)),
         t_us=np.repeat(rows.t_us, n_phasors)[keep],
@@ -62,6 +73,7 @@ def phase_columns(config: StreamConfig, frames: bytes, origin: str) -> PhaseColu
         cell=pa.nulls(len(angle), pa.string()),
         origin=origin,
         extra=(("frequency", rows.frequency.ravel()[keep]), ("rocof", rows.rocof.ravel()[keep])),
+        raw=unwrap is not None,
     )
 
 
@@ -70,6 +82,7 @@ class IngestState:
     """What the ingest knows and holds between reads."""
 
     config: StreamConfig | None = None
+    unwrap: AngleUnwrap | None = None  # with ``--as value``: each sensor's last angle
     frame_bytes: int = 0
     pending: list[bytes] = field(default_factory=list)
     started: bool = False
@@ -84,9 +97,9 @@ class C37Ingest:
     """Frames in, phase samples and dead letters out."""
 
     def __init__(self, sender: PhaseProducer, dead_letter: Callable[[bytes, int, str], None], origin: str,
-                 limit: int | None) -> None:
+                 limit: int | None, unwrap: AngleUnwrap | None = None) -> None:
         self.sender, self.dead_letter, self.origin, self.limit = sender, dead_letter, origin, limit
-        self.state = IngestState()
+        self.state = IngestState(unwrap=unwrap)
 
     @property
     def done(self) -> bool:
@@ -115,7 +128,7 @@ class C37Ingest:
         due = len(s.pending) >= FLUSH_FRAMES or time.monotonic() - s.last_flush >= FLUSH_SECONDS
         if s.pending and (force or due) and s.config is not None:
             s.phasors += len(s.pending) * len(s.config.sensors())
-            self.sender.send(phase_columns(s.config, b"".join(s.pending), self.origin))
+            self.sender.send(phase_columns(s.config, b"".join(s.pending), self.origin, s.unwrap))
             self.sender.send_held()
             s.pending.clear()
         if force or due:
@@ -176,14 +189,16 @@ def ingest_c37118(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"{name}: cannot connect to {host}:{port}: {exc}", file=sys.stderr)
         return 1
-    ingest = C37Ingest(sender, dead_letter, origin, args.limit)
+    unwrap = AngleUnwrap(config.kairos.max_gap_us) if args.send_as == "value" else None
+    ingest = C37Ingest(sender, dead_letter, origin, args.limit, unwrap)
     status = _stream(connection, ingest, stop, args.timeout, name)
     connection.close()
     ingest.flush(force=True)
     output.close()
     s = ingest.state
+    kind = "phase samples" if unwrap is None else "raw values, radians unwrapped"
     print(f"ingested {s.data_frames:,} data frames ({sender.samples:,} samples, {sender.messages:,} messages) "
-          f"from {host}:{port} to {topic} in {sender.seconds:.2f} s; {s.phasors - sender.samples:,} phasor "
+          f"from {host}:{port} to {topic} as {kind} in {sender.seconds:.2f} s; {s.phasors - sender.samples:,} phasor "
           f"values not usable (STAT, NaN); dead letters {s.dead_letters:,}; "
           f"delivered {sender.delivered:,}, failed {sender.failed:,}")
     problem = output.delivery_problem()

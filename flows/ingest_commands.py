@@ -58,15 +58,20 @@ def add_parsers(sub, config_help: str) -> None:
     ingest = sub.add_parser("ingest", help="feed the input topic from a field protocol (IEEE C37.118.2, LSL)")
     isub = ingest.add_subparsers(dest="ingest_command", metavar="PROTOCOL", required=True)
     p = isub.add_parser(
-        "c37118", help="a PMU or PDC over TCP: each phasor's angle as a phase sample",
+        "c37118", help="a PMU or PDC over TCP: each phasor's angle as a phase sample (or a raw value)",
         description="Connect to a PMU or PDC speaking IEEE C37.118.2 over TCP, take its configuration frame "
         "(CFG-2), start its data stream and send each phasor's angle to the input topic (source.topic) as "
-        "sensor STATION/PHASOR, with frequency and ROCOF as extra columns. Bad frames go to the dead-letter "
+        "sensor STATION/PHASOR, with frequency and ROCOF as extra columns: as a phase sample (--as phase, the "
+        "default), or as a raw value sample in radians unwrapped per sensor (--as value: for oscillation modes, "
+        "with a config that band-passes them such as config/pmu-modes.yaml). Bad frames go to the dead-letter "
         "topic. Stops on SIGTERM or Ctrl-C (exit 0), after --limit data frames, or when the PMU closes; exit 1 "
         "when the PMU cannot be reached or stays silent for --timeout seconds.",
     )
     p.add_argument("address", metavar="HOST:PORT", help="the PMU's or PDC's TCP address (often port 4712)")
     p.add_argument("--config", metavar="FILE", default=None, help=config_help)
+    p.add_argument("--as", dest="send_as", choices=("phase", "value"), default="phase",
+                   help="send each angle as a phase sample (default), or as a raw value: radians, unwrapped per "
+                   "sensor across frames (a jump over pi is a wrap; a gap over kairos.max_gap restarts it)")
     p.add_argument("--idcode", type=_idcode, default=1, metavar="N",
                    help="IDCODE of the data stream, sent in command frames (default 1)")
     p.add_argument("--limit", type=positive_int, default=None, metavar="FRAMES", help="stop after FRAMES data frames")

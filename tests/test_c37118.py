@@ -26,6 +26,7 @@ import pytest
 import yaml
 
 from connectors.c37118 import (
+    AngleUnwrap,
     Command,
     FrameError,
     FrameReader,
@@ -34,6 +35,7 @@ from connectors.c37118 import (
     crc_ccitt,
     decode_data_frames,
     parse_config,
+    unwrap_angles,
 )
 from connectors.kafka import sensor_partitions
 from schemas.messages import DeadLetter
@@ -215,6 +217,64 @@ def test_frame_reader_cuts_frames_from_any_split_and_returns_stray_bytes():
         assert [p.data for p in pieces if not p.junk] == frames
         assert b"".join(p.data for p in pieces) == stream  # nothing lost, nothing doubled
         assert reader.buffer == bytearray()
+
+
+# --------------------------------------------------------------------------
+# --as value: angles unwrapped per sensor across frames and calls.
+
+def _turning(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(times us at 30 frames/s, angles (n, 3) wrapped to (-pi, pi]) of three phasors turning at different
+    rates, both ways: each crosses +-pi many times."""
+    rng = np.random.default_rng(seed)
+    t = START_SOC * 1_000_000 + np.arange(n, dtype=np.int64) * 33_333
+    turn = np.cumsum(rng.normal([0.4, -0.9, 0.05], 0.3, (n, 3)), axis=0)
+    return t, np.angle(np.exp(1j * turn))
+
+
+def test_unwrapped_angles_are_numpys_unwrap_whatever_the_split():
+    t, angle = _turning(3000)
+    expected = np.unwrap(angle, axis=0)
+    assert (np.abs(np.diff(angle, axis=0)) > np.pi).sum(axis=0).min() > 20   # many wraps each
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        cuts = np.sort(rng.choice(np.arange(1, t.size), 40, replace=False))
+        state = AngleUnwrap(max_gap_us=1_000_000)
+        got = np.concatenate([unwrap_angles(state, ["a", "b", "c"], t[a:b], angle[a:b], np.ones((b - a, 3), bool))
+                              for a, b in zip(np.r_[0, cuts], np.r_[cuts, t.size])])
+        np.testing.assert_array_equal(got, expected)   # the same floats
+
+
+def test_a_gap_restarts_the_unwrapping_from_the_angle_received_and_unusable_angles_are_skipped():
+    t, angle = _turning(400)
+    t[200:] += 2_000_000                                           # two seconds of frames lost
+    usable = np.ones(angle.shape, bool)
+    usable[50:60, 0] = False                                       # 0.33 s of one phasor flagged by STAT
+    usable[100:140, 1] = False                                     # 1.3 s of another: a gap for it
+    got = unwrap_angles(AngleUnwrap(max_gap_us=1_000_000), ["a", "b", "c"], t, angle, usable)
+    a = np.flatnonzero(usable[:200, 0])
+    np.testing.assert_array_equal(got[a, 0], np.unwrap(angle[a, 0]))
+    np.testing.assert_array_equal(got[~usable], angle[~usable])    # left as they came, not sent
+    for column, runs in ((0, [(200, 400)]), (1, [(0, 100), (140, 200), (200, 400)]), (2, [(0, 200), (200, 400)])):
+        for a, b in runs:
+            assert got[a, column] == angle[a, column]
+            np.testing.assert_array_equal(got[a:b, column], np.unwrap(angle[a:b, column]))
+
+
+def test_value_columns_carry_the_unwrapped_angles_in_place_of_the_phase():
+    from connectors.kafka.producer import arrow_record_batch
+    from flows.c37118_ingest import phase_columns
+
+    cfg = _config_frame()
+    config = parse_config(cfg.convert2bytes())
+    frames = [_sent(k).frame(cfg) for k in range(60)]
+    state = AngleUnwrap(max_gap_us=1_000_000)
+    parts = [phase_columns(config, b"".join(frames[a:b]), "pmu", state) for a, b in ((0, 7), (7, 8), (8, 60))]
+    batch = arrow_record_batch(type(parts[0]).concat(parts))
+    assert batch.schema.names == ["sensor", "t", "value", "cell", "frequency", "rocof"]
+    rows = batch.to_pylist()
+    for sensor in config.sensors():
+        got = [r["value"][0] for r in rows if r["sensor"] == sensor]
+        assert got == np.unwrap([_sent(k).angles()[sensor] for k in range(60)]).tolist()
 
 
 # --------------------------------------------------------------------------

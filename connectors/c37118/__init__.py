@@ -1,4 +1,5 @@
-"""IEEE C37.118.2 synchrophasor streams: frames (:mod:`.frames`) and the PDC client side (:mod:`.client`)."""
+"""IEEE C37.118.2 synchrophasor streams: frames (:mod:`.frames`), the PDC client side (:mod:`.client`), and
+angles unwrapped across frames (:mod:`.unwrap`)."""
 
 from connectors.c37118.client import FrameReader, PdcConnection, ReadPiece
 from connectors.c37118.frames import (
@@ -15,8 +16,10 @@ from connectors.c37118.frames import (
     decode_data_frames,
     parse_config,
 )
+from connectors.c37118.unwrap import AngleUnwrap, UnwrapPoint, unwrap_angles
 
 __all__ = [
+    "AngleUnwrap",
     "Command",
     "FrameError",
     "FrameKind",
@@ -26,10 +29,12 @@ __all__ = [
     "ReadPiece",
     "StationConfig",
     "StreamConfig",
+    "UnwrapPoint",
     "check_frame",
     "command_frame",
     "crc_ccitt",
     "data_frame_dtype",
     "decode_data_frames",
     "parse_config",
+    "unwrap_angles",
 ]
