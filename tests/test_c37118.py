@@ -308,12 +308,14 @@ class Ingest:
     bootstrap: str
 
 
-def _running_pmu():
-    """pyc37's PMU simulator listening on a free loopback port with our configuration: (pmu, port, cfg)."""
+def _running_pmu(rate: int = 100):
+    """pyc37's PMU simulator listening on a free loopback port with our configuration: (pmu, port, cfg).
+
+    The simulator sends one data frame per 1/``rate`` s (DATA_RATE of the configuration frame)."""
     pyc37_pmu.Pmu.logger.setLevel(logging.WARNING)
     port = free_port()
-    pmu = pyc37_pmu.Pmu(pmu_id=7, data_rate=100, port=port, ip="127.0.0.1", set_timestamp=False)
-    cfg = _config_frame(rate=100)
+    pmu = pyc37_pmu.Pmu(pmu_id=7, data_rate=rate, port=port, ip="127.0.0.1", set_timestamp=False)
+    cfg = _config_frame(rate=rate)
     pmu.set_configuration(cfg)
     pmu.run()
     return pmu, port, cfg
@@ -322,8 +324,30 @@ def _running_pmu():
 @pytest.fixture(scope="module")
 def ingest(bootstrap, tmp_path_factory) -> Ingest:
     tmp = tmp_path_factory.mktemp("c37118")
+    return _ingest(bootstrap, *_config_file(bootstrap, tmp))
+
+
+@pytest.fixture(scope="module")
+def ingest_value(bootstrap, tmp_path_factory) -> Ingest:
+    """The same stream through ``--as value``, with a copy of config/pmu-modes.yaml reading the topic."""
+    tmp = tmp_path_factory.mktemp("c37118_value")
+    return _ingest(bootstrap, *_pmu_modes_config(bootstrap, tmp), "--as", "value")
+
+
+def _pmu_modes_config(bootstrap: str, tmp: Path) -> tuple[str, str, Path, Path]:
+    """:func:`_config_file` on a copy of config/pmu-modes.yaml: its source, topics, archive and broker."""
+    topic, dlq, root, path = _config_file(bootstrap, tmp)
+    settings = yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "pmu-modes.yaml").read_text())
+    for key, value in yaml.safe_load(path.read_text()).items():
+        settings[key] = {**settings[key], **value} if key in ("sink", "memory") else value
+    path.write_text(yaml.safe_dump(settings))
+    return topic, dlq, root, path
+
+
+def _ingest(bootstrap: str, topic: str, dlq: str, root: Path, config_path: Path, *options: str) -> Ingest:
+    """The frames of :func:`_sent` (one corrupted copy and stray bytes among them) from the pyc37 PMU through
+    ``becomingone ingest c37118 OPTIONS`` to ``topic``."""
     pmu, port, cfg = _running_pmu()
-    topic, dlq, root, config_path = _config_file(bootstrap, tmp)
     sent = [_sent(k) for k in range(FRAMES)]
     frames = [s.frame(cfg) for s in sent]
     bad = bytearray(frames[50])
@@ -331,7 +355,7 @@ def ingest(bootstrap, tmp_path_factory) -> Ingest:
     stray = b"\x13\x37\x00"
     proc = subprocess.Popen(
         [str(BIN), "ingest", "c37118", f"127.0.0.1:{port}", "--config", str(config_path), "--limit", str(FRAMES),
-         "--timeout", "20"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env())
+         "--timeout", "20", *options], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env())
     try:
         deadline = time.monotonic() + WAIT
         while not pmu.client_buffers and time.monotonic() < deadline and proc.poll() is None:
@@ -389,6 +413,41 @@ def _us(t) -> int:
 
 
 @pytest.mark.slow
+def test_as_value_sends_every_angle_unwrapped_as_a_raw_value(ingest_value):
+    assert ingest_value.proc.returncode == 0, ingest_value.proc.stderr
+    assert f"ingested {FRAMES} data frames ({3 * FRAMES} samples" in ingest_value.proc.stdout
+    assert "as raw values, radians unwrapped" in ingest_value.proc.stdout
+    assert "dead letters 2" in ingest_value.proc.stdout
+    messages = read_topic(ingest_value.bootstrap, ingest_value.topic)
+    for msg in messages:
+        names = pa.ipc.open_stream(msg.value()).schema.names
+        assert names == ["sensor", "t", "value", "cell", "frequency", "rocof"]
+    rows = arrow_rows(messages)
+    assert len(rows) == 3 * FRAMES
+    for sensor in ("North/VA", "North/VB", "South/IA"):
+        mine = [r for r in rows if r["sensor"] == sensor]
+        angles = [s.angles()[sensor] for s in ingest_value.sent]
+        assert (np.abs(np.diff(angles)) > np.pi).sum() >= 3           # the angle crosses +-pi again and again
+        assert [_us(r["t"]) for r in mine] == [s.t_us for s in ingest_value.sent]
+        assert [r["value"] for r in mine] == [[u] for u in np.unwrap(angles).tolist()]   # exact
+    north = [r for r in rows if r["sensor"] == "North/VA"]
+    assert [r["frequency"] for r in north] == [float(np.float32(s.north_freq)) for s in ingest_value.sent]
+
+
+@pytest.mark.slow
+def test_the_pmu_modes_config_archives_the_raw_values(ingest_value):
+    proc = subprocess.run([str(BIN), "run", "--config", str(ingest_value.config_path)], capture_output=True,
+                          text=True, env=clean_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = archive_rows(ingest_value.root, {"input": ["sensor", "t"]})["input"]
+    assert len(rows) == 3 * FRAMES
+    expected = sorted((sensor, s.t_us, u) for sensor in ("North/VA", "North/VB", "South/IA")
+                      for s, u in zip(ingest_value.sent, np.unwrap([s.angles()[sensor] for s in ingest_value.sent])))
+    assert sorted((r["sensor"], _us(r["t"]), r["value"][0]) for r in rows) == expected
+    assert all(r["phase"] is None for r in rows)
+
+
+@pytest.mark.slow
 def test_a_corrupted_frame_and_stray_bytes_are_dead_letters_and_the_ingest_goes_on(ingest):
     letters = [DeadLetter.model_validate_json(m.value()) for m in read_topic(ingest.bootstrap, ingest.dlq)]
     keys = {m.key() for m in read_topic(ingest.bootstrap, ingest.dlq)}
@@ -438,6 +497,63 @@ def test_sigterm_stops_the_ingest_cleanly_after_sending_what_it_received(bootstr
     assert proc.returncode == 0, err
     assert "ingested 40 data frames (120 samples" in out and "dead letters 0" in out
     assert len(arrow_rows(read_topic(bootstrap, topic))) == 120
+
+
+@pytest.mark.slow
+def test_an_oscillation_mode_sent_by_the_pmu_collapses_with_the_pmu_modes_config(bootstrap, tmp_path):
+    """60 s at 30 frames/s of a 0.5 Hz mode of 2 degrees on an angle drifting near 10 degrees (North/VA), and of
+    an angle that drifts and turns at 0.05 Hz with no mode, crossing +-180 degrees three times (North/VB; South/IA
+    the same in 16-bit rectangular), through ``--as value`` and config/pmu-modes.yaml: the mode collapses, the
+    turning angle does not, and the flow's events are those of the resonate engine on the unwrapped angles."""
+    from bench.raw_runs import raw_settings, raw_sync
+    from bench.raw_signals import RawRecord, pmu_mode
+    from connectors.archive import open_dataset
+
+    mode = pmu_mode(fs=30.0, duration_s=60.0, drift_deg=0.3, wander_hz=0.01, seed=1)
+    turning = pmu_mode(fs=30.0, mode_deg=0.0, duration_s=60.0, drift_deg=0.3, offset_hz=0.05, seed=3)
+    va, vb = np.deg2rad(mode.value), np.angle(np.exp(1j * np.deg2rad(turning.value)))
+    assert (np.abs(np.diff(va)) > np.pi).sum() == 0 and (np.abs(np.diff(vb)) > np.pi).sum() == 3
+    sent = [Sent(soc=int(t // 1_000_000), fraction=int(t % 1_000_000), leap_dir="+", quality=0,
+                 north=((230.0, float(a)), (229.5, float(b))),
+                 south=(int(round(9000 * math.cos(b))), int(round(9000 * math.sin(b)))),
+                 north_freq=0.0, north_dfreq=0.0, south_freq=0, south_dfreq=0) for t, a, b in zip(mode.t, va, vb)]
+    pmu, port, cfg = _running_pmu(rate=30)
+    topic, dlq, root, path = _pmu_modes_config(bootstrap, tmp_path)
+    proc = subprocess.Popen([str(BIN), "ingest", "c37118", f"127.0.0.1:{port}", "--config", str(path), "--as",
+                             "value", "--limit", str(len(sent)), "--timeout", "20"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env())
+    try:
+        deadline = time.monotonic() + WAIT
+        while not pmu.client_buffers and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert pmu.client_buffers, "the ingest never connected to the PMU"
+        # The simulator sends at most one queued item per 0.1 s: one second of frames per item.
+        for k in range(0, len(sent), 30):
+            pmu.send(b"".join(s.frame(cfg) for s in sent[k:k + 30]))
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        pmu.stop()
+    assert proc.returncode == 0, err
+    assert f"ingested {len(sent):,} data frames ({3 * len(sent):,} samples" in out
+    run = subprocess.run([str(BIN), "run", "--config", str(path)], capture_output=True, text=True, env=clean_env(),
+                         timeout=300)
+    assert run.returncode == 0, run.stderr
+    t = np.array([s.t_us for s in sent])
+    records = {sensor: RawRecord(t, np.unwrap([s.angles()[sensor] for s in sent]), t[0], t[-1] + 1)
+               for sensor in ("North/VA", "North/VB", "South/IA")}
+    assert all((np.abs(np.diff(r.value)) > 2).sum() == 0 for r in records.values())   # unwrapped: no jumps
+    traces = raw_sync(raw_settings(Path(path)), records)
+    expected = sorted((sensor, when, "collapse" if code == 1 else "dissipate")
+                      for sensor, trace in traces.items() for when, code in trace.events())
+    events = sorted((e["sensor"], _us(e["t"]), e["event"])
+                    for e in open_dataset(root / "events").to_table().to_pylist())
+    assert events == expected
+    collapses = [when for sensor, when, event in events if sensor == "North/VA" and event == "collapse"]
+    assert collapses and collapses[0] < t[0] + 40 * 1_000_000
+    assert not [e for e in events if e[0] != "North/VA"]
 
 
 def _row_count(bootstrap: str, topic: str) -> int:
