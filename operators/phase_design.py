@@ -16,7 +16,11 @@ Both halves are windowed by one Kaiser window (``scipy.signal.kaiserord`` for N 
 ``scipy.signal.firwin`` for the band-pass half, the same window times the ideal Hilbert half), so
 the pair has the same length and the same group delay M samples: the output of the sample
 n stands for the time of sample n - M, and stamping it there compensates the delay exactly
-(the centred filter is zero-phase: its response G(w) is real).
+(the centred filter is zero-phase: its response G(w) is real). Then a constant and a ramp are
+made to give exactly zero: sum_m h_bp[m] = 0 (the even half then ignores a ramp too) and
+sum_m m h_hilb[m] = 0 (the odd half ignores a constant already), by subtracting multiples of the
+window w[m] and of m w[m], whose spectra lie in the stop band near DC; raw signals often ride on
+a level or a drift far larger than their rhythm (an electrode offset, a PMU angle that turns).
 
 Accuracy. For x = A cos(w n + phi), z = A (B(w) cos phi + i Q(w) sin phi) with B, Q the
 windowed responses of h_bp and of i h_hilb; the phase error is at most about |B - Q| / (B + Q),
@@ -119,5 +123,14 @@ def _design(fs: float, f_lo: float, f_hi: float) -> AnalyticFilter:
     w1, w2 = 2.0 * np.pi * cut_lo / fs, 2.0 * np.pi * cut_hi / fs
     safe_m = np.where(m == 0, 1, m)
     h_hilb = np.where(m == 0, 0.0, (np.cos(w1 * m) - np.cos(w2 * m)) / (np.pi * safe_m))
-    h_hilb *= signal.get_window(window, numtaps, fftbins=False)
+    w = signal.get_window(window, numtaps, fftbins=False)
+    h_hilb *= w
+    # A level and a steady drift pass the windowed halves at about the stop band's 0.001, which is no
+    # small share of a rhythm riding on a large offset (an electrode's millivolts under microvolts of
+    # alpha, a PMU angle near 180 degrees under a 2 degree mode). Projected out exactly: the band-pass
+    # (even) loses its sum, which also kills its response to a ramp; the Hilbert half (odd, sum 0)
+    # loses its first moment. What is subtracted is the window and m times the window, whose spectra
+    # lie within the stop band near DC.
+    h_bp = h_bp - w * (h_bp.sum() / w.sum())
+    h_hilb = h_hilb - m * w * ((m * h_hilb).sum() / (m * m * w).sum())
     return AnalyticFilter(fs, f_lo, f_hi, tw, h_bp + 1j * h_hilb)
