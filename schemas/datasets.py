@@ -214,7 +214,7 @@ def readable_as(schema: pa.Schema, name: str) -> bool:
     earlier version did: the same columns and types, except columns a newer version added (nullable:
     read as null) and columns that were non-null before and may be null now.
 
-    >>> old = pa.schema([f.with_nullable(f.name != "value") for f in INPUT if f.name != "value"])
+    >>> old = pa.schema([f.with_nullable(f.name == "cell") for f in INPUT if f.name != "value"])  # phase non-null
     >>> readable_as(old, "input"), readable_as(INPUT, "input"), readable_as(EVENTS, "input")
     (True, True, False)
     """

@@ -294,7 +294,8 @@ class ArchiveWriter(_HighWaterMarks):
                                f"--archive {self.path.parent}`")
 
     def _conform(self, rows: pa.Table | pa.RecordBatch) -> pa.Table:
-        """Rows as a table of exactly the dataset schema, or ValueError naming the column."""
+        """Rows as a table of exactly the dataset schema (a nullable column they lack is null), or ValueError
+        naming the column."""
         if isinstance(rows, pa.RecordBatch):
             rows = pa.Table.from_batches([rows])
         elif not isinstance(rows, pa.Table):
@@ -311,7 +312,11 @@ class ArchiveWriter(_HighWaterMarks):
         columns = []
         for field in self.schema:
             if field.name not in names:
-                raise ValueError(f"{self.dataset}: column {field.name!r} is missing")
+                if not field.nullable:
+                    raise ValueError(f"{self.dataset}: column {field.name!r} is missing")
+                # A nullable column added to the schema since the caller's rows were shaped: null.
+                columns.append(pa.nulls(rows.num_rows, field.type))
+                continue
             column = rows.column(field.name)
             if not column.type.equals(field.type):
                 try:
