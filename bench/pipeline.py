@@ -41,9 +41,10 @@ past ten minutes.
 
 Plus the end-to-end latency (produce to collapse event, p50/p99) at a fixed
 offered rate of 100,000 samples/s, the Master's state bytes per sensor at
-10 Hz and 10 kHz, the kernel benchmark of :mod:`bench.kernels`, and the fleet
+10 Hz and 10 kHz, the kernel benchmark of :mod:`bench.kernels`, the fleet
 shapes of :mod:`bench.fleets` (the flow end to end over a file against the
-one-pass compute ceiling).
+one-pass compute ceiling), and the raw-sensor shapes of :mod:`bench.raw_lanes`
+(phase extraction in the flow against the same flow fed the extracted phases).
 
 How a consumer run (stages 1 to 3) works
     The measured consumer runs in its own child process (``python -m
@@ -110,6 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--skip-latency", action="store_true", help="leave the latency run out")
     parser.add_argument("--skip-kernels", action="store_true", help="leave the kernel benchmark out")
     parser.add_argument("--skip-fleets", action="store_true", help="leave the fleet shapes (bench.fleets) out")
+    parser.add_argument("--skip-raw", action="store_true",
+                        help="leave the raw-sensor shapes (bench.raw_lanes) out")
     parser.add_argument("--child", metavar="SPEC", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:

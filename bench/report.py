@@ -165,6 +165,7 @@ def render_stdout(res: BenchResult) -> str:
         table(["target", "measured", "result"], [[t.target, t.measured, t.verdict.upper() if t.ok is not True
                                                    else t.verdict] for t in target_rows(res)], text_columns=(0, 1, 2)),
         *([_fleets_text(res)] if res.fleets else []),
+        *([_raw_text(res)] if res.raw else []),
         *([_failures_text(res)] if res.failures else []),
     ])
 
@@ -173,6 +174,12 @@ def _fleets_text(res: BenchResult) -> str:
     from bench import fleet_report
 
     return fleet_report.text_table(res.fleets)
+
+
+def _raw_text(res: BenchResult) -> str:
+    from bench import raw_lane_report
+
+    return raw_lane_report.text_table(res.raw)
 
 
 def _failures_text(res: BenchResult) -> str:
@@ -448,6 +455,10 @@ def render_markdown(res: BenchResult, command: str) -> str:
         from bench import fleet_report
 
         out.append(fleet_report.markdown_section(res.fleets, level=2, machine=res.machine))  # ends with its blank line
+    if res.raw:
+        from bench import raw_lane_report
+
+        out.append(raw_lane_report.markdown_section(res.raw, level=2, machine=res.machine))  # ends with its blank line
     if res.kernel_cases:
         from bench import kernels
 

@@ -1,5 +1,5 @@
-"""The whole run: every workload, wire format and stage, the latency run, the kernels and the fleet shapes, with the
-measurements that gave no number kept as failures."""
+"""The whole run: every workload, wire format and stage, the latency run, the kernels, the fleet and raw-sensor
+shapes, with the measurements that gave no number kept as failures."""
 
 from __future__ import annotations
 
@@ -84,6 +84,7 @@ class BenchResult:
     failures: list[Failure] = field(default_factory=list)
     fleets: list[Any] = field(default_factory=list)
     engine: str = ""                  # what the flow's resonate step ran (bench.fleet_report.resonate_engine)
+    raw: list[Any] = field(default_factory=list)     # the raw-sensor shapes (bench.raw_lanes)
 
 
 def check_events(label: str, full: ConsumerRun, compute: ComputeRun) -> None:
@@ -226,10 +227,19 @@ def run_all(args: argparse.Namespace) -> BenchResult:
             fleet_results = fleet_runs.run_all()
         except RuntimeError as exc:
             failures.append(Failure("fleet shapes", str(exc)))
+    raw_results = []
+    if not args.skip_raw:
+        from bench import raw_lane_runs
+
+        progress("raw-sensor shapes (bench.raw_lanes)")
+        try:
+            raw_results = raw_lane_runs.run_all()
+        except RuntimeError as exc:
+            failures.append(Failure("raw-sensor shapes", str(exc)))
     defaults = {"tau_max_master_s": config.master.tau_max, "pane_s": config.master.witness_interval,
                 "tau_max_emissary_s": config.emissary.tau_max, "grid_emissary_s": config.emissary.witness_interval,
                 "min_span_s": config.master.min_span}
     from bench.fleet_report import resonate_engine
 
     return BenchResult(results, latency, master, cases, machine, time.perf_counter() - begin, args.json_seconds,
-                       defaults, failures, fleet_results, resonate_engine())
+                       defaults, failures, fleet_results, resonate_engine(), raw_results)
