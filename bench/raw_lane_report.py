@@ -140,11 +140,21 @@ def markdown_section(runs: Sequence[RawRun], level: int = 2, machine: str | None
     return "\n".join(out)
 
 
+#: Where ``make bench`` puts this section: before this one (at the report's end without it).
+NEXT_SECTION = "## KAIROS kernels\n"
+
+
 def update_report(path: Path, runs: Sequence[RawRun], machine: str | None = None) -> None:
-    """Put this section into an existing report in place of its previous one (or at its end)."""
+    """Put this section into an existing report in place of its previous one (or where ``make bench``
+    puts it: before :data:`NEXT_SECTION`, else at the end); the rest of the report is left as it is."""
     text = path.read_text(encoding="utf-8")
     section = markdown_section(runs, level=2, machine=machine, alone=True)
     pattern = re.compile(rf"^## {re.escape(SECTION_TITLE)}\n.*?(?=^## |\Z)", re.S | re.M)
-    text = pattern.sub(lambda _: section + "\n", text, count=1) if pattern.search(text) \
-        else text.rstrip() + "\n\n" + section
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section + "\n", text, count=1)
+    elif text.startswith(NEXT_SECTION) or "\n" + NEXT_SECTION in text:
+        at = 0 if text.startswith(NEXT_SECTION) else text.index("\n" + NEXT_SECTION) + 1
+        text = text[:at] + section + "\n" + text[at:]
+    else:
+        text = text.rstrip() + "\n\n" + section
     path.write_text(text, encoding="utf-8")
