@@ -96,8 +96,8 @@ def markdown_section(runs: Sequence[RawRun], level: int = 2, machine: str | None
         "",
         f"- **(a) the extraction kernel**: `extract_phases` over the whole run's rows in time order in one call "
         f"(and for events `beat_phases` over its output), the fastest of {REPEATS} runs, garbage collector "
-        "paused. Multiply-adds: taps x input samples (the filter's cost; the kernel folds the taps' symmetry, "
-        "so it does about half as many real multiplications per tap). Baseline: `np.convolve` of each sensor's "
+        "paused. Multiply-adds: taps x input samples (the filter's cost; a complex tap on a real sample is two "
+        "real multiplications, which the kernel halves by folding the taps' symmetry). Baseline: `np.convolve` of each sensor's "
         "whole record with the same complex taps (`mode='valid'`), then its angle and modulus; the kernel's "
         f"phases must equal the baseline's within {AGREEMENT_RAD:g} rad (worst difference). For events, "
         "`beat_phases` over the band-passed real part of those rows in one call, and again over the same rows in "
@@ -115,7 +115,7 @@ def markdown_section(runs: Sequence[RawRun], level: int = 2, machine: str | None
         f"{FILE_RECORD_BATCH:,} rows, `source.batch_rows` {', '.join(f'{b:,}' for b in batch)}), archive off, "
         "no Kafka, metrics endpoint off, `recovery=False`, one worker (`bytewax.testing.run_main`), timed "
         "around `run_main`; against the same flow over a file of (a)'s phases. A file source's default "
-        "`batch_rows` (1,048,576) would hand these runs over in one or a few calls.",
+        "`batch_rows` (1,048,576) would hand each run over in a few calls of about a million rows.",
         "- Checks (a shape fails if one does not hold): every sample accepted and none refused in (b) and (c); "
         "collapses and dissipations equal between the raw and the phase-fed runs of (b) and of (c), and "
         "between (b) and (c).",
@@ -128,7 +128,8 @@ def markdown_section(runs: Sequence[RawRun], level: int = 2, machine: str | None
         "the band's narrowest transition tw = min(f_lo, f_hi - f_lo, fs/2 - f_hi): about 3.6 fs / tw taps "
         "(229 for 8-12 Hz at 250 Hz, 545 for 0.2-1 Hz at 30 frames/s), so halving the band's width (or its "
         "lower edge, where that is the narrowest) doubles the cost per sample, and the same band at twice the "
-        "rate costs twice as much per sample, four times as much per second of signal. The kernel's inner "
+        "rate costs up to twice as much per sample (twice when tw is set by the band), four times as much per "
+        "second of signal. The kernel's inner "
         "loop keeps two running sums (real and imaginary) per channel and sample, added in a fixed order, "
         "which a compiler may not reorder into vector lanes; `np.convolve`'s inner product is vectorised, "
         "which is why the baseline can be faster per tap while it cannot stream (it needs each sensor's "

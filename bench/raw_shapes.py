@@ -12,8 +12,8 @@ from bench.ecg import ecg_record
 from bench.raw_signals import alpha_burst, pmu_mode
 
 FILE_RECORD_BATCH = 65_536                # rows per record batch of the written Arrow files
-#: ``source.batch_rows`` of the flow runs and the rows per call of the Fleet runs (see the module's docstring
-#: of :mod:`bench.raw_lanes`): a file source's default (1,048,576) would hand these runs over in one call.
+#: ``source.batch_rows`` of the flow runs and the rows per call of the Fleet runs: a file source's default
+#: (1,048,576) would give these runs a few calls of a million rows, where a stream's are smaller.
 BATCH_ROWS = 65_536
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
 
