@@ -40,10 +40,16 @@ def kernel_rows(runs: Sequence[RawRun]) -> list[list[str]]:
     return rows
 
 
+def _spread(samples: int, seconds: list[float]) -> str:
+    """The range of the runs' rates, when there are several."""
+    return f"; {si(samples / max(seconds))} to {si(samples / min(seconds))}" if len(seconds) > 1 else ""
+
+
 def _pair_row(r: RawRun, what: str, p: PairRun) -> list[str]:
     raw_s, phase_s = float(np.median(p.raw_s)), float(np.median(p.phase_s))
-    return [_label(r), what, f"{si(p.raw_rate)} ({raw_s:.2f} s)",
-            f"{si(p.phase_rate)} ({phase_s:.2f} s, {p.phase_samples:,} phases)",
+    return [_label(r), what, f"{si(p.raw_rate)} ({raw_s:.2f} s{_spread(p.raw_samples, p.raw_s)})",
+            f"{si(p.phase_rate)} ({phase_s:.2f} s{_spread(p.phase_samples, p.phase_s)}; "
+            f"{p.phase_samples:,} phases)",
             f"{p.raw_rate / p.phase_rate:.0%}", f"{max(raw_s - phase_s, 0.0) / raw_s:.0%}",
             f"{p.events[0]:,} / {p.events[1]:,}"]
 
@@ -108,7 +114,8 @@ def markdown_section(runs: Sequence[RawRun], level: int = 2, machine: str | None
         "over the same spans of event time. The difference is the extraction's share: 1 - (phase-fed seconds) / "
         "(raw seconds). Each rate counts that "
         f"run's own input (the phases are fewer: a filter's warm-up emits none); medians of {REPEATS} runs, "
-        "raw and phase alternated. The phase samples that entered the raw Fleet's estimator must equal (a)'s "
+        "raw and phase alternated (the range of the runs after the median: the machine is shared, and a "
+        "rate varied by up to half from one run to the next here). The phase samples that entered the raw Fleet's estimator must equal (a)'s "
         "bit for bit.",
         f"- **(c) the flow**: `flows.kairos.build_flow` over `source: {{kind: file}}` of an Arrow IPC file of the "
         "raw `value` samples (rows in time order, record batches of "
