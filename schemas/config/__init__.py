@@ -35,8 +35,16 @@ The modules, in the order they build on each other:
 """
 
 from schemas.config.errors import ConfigError
-from schemas.config.loading import CONFIG_ENV, ENV_PREFIX, MAX_CONFIG_NODES, default_config_text, load_config
-from schemas.config.model import Config
+from schemas.config.loading import (
+    CONFIG_ENV,
+    ENV_PREFIX,
+    MAX_CONFIG_NODES,
+    config_overrides,
+    config_path,
+    default_config_text,
+    load_config,
+)
+from schemas.config.model import Config, redact_settings
 from schemas.config.seed_sections import (
     BecomingOneSection,
     EmissarySection,
@@ -104,7 +112,10 @@ __all__ = [
     "SyntheticSource",
     "WitnessLayers",
     "WitnessingSection",
+    "config_overrides",
+    "config_path",
     "default_config_text",
     "load_config",
     "parse_config",
+    "redact_settings",
 ]

@@ -240,6 +240,22 @@ def _deep_copy(value: Any) -> Any:
 # The entry point.
 
 
+def config_path(path: str | os.PathLike[str] | None = None,
+                environ: Mapping[str, str] | None = None) -> str | None:
+    """The file :func:`load_config` reads for ``path`` and ``environ``: ``path``, else
+    ``$BECOMINGONE_CONFIG`` if set and not empty; None for the embedded default."""
+    env = os.environ if environ is None else environ
+    if path is None and env.get(CONFIG_ENV):
+        path = env[CONFIG_ENV]
+    return None if path is None else os.fspath(path)
+
+
+def config_overrides(environ: Mapping[str, str] | None = None) -> list[str]:
+    """The names (never the values) of the ``BECOMINGONE__...`` variables that override keys."""
+    env = os.environ if environ is None else environ
+    return sorted(name for name in env if name.upper().startswith(ENV_PREFIX))
+
+
 def load_config(
     path: str | os.PathLike[str] | None = None,
     environ: Mapping[str, str] | None = None,
@@ -260,8 +276,7 @@ def load_config(
         ConfigError: every problem found, one line each.
     """
     env = os.environ if environ is None else environ
-    if path is None and env.get(CONFIG_ENV):
-        path = env[CONFIG_ENV]
+    path = config_path(path, env)
     if path is None:
         source, text = "embedded default config", default_config_text()
     else:

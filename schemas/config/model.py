@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from typing import Any
 
 import yaml
 from pydantic import Field, model_validator
@@ -33,6 +35,15 @@ from schemas.config.values import _Section
 
 # Settings whose values must not be printed by `becomingone config`.
 _SECRET_KEY_RE = re.compile(r"password|secret|token|^ssl\.key\.pem$|^sasl\.oauthbearer\.config$")
+
+
+def redact_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Kafka client ``settings`` for display: passwords, secrets, tokens and private keys as ``<redacted>``.
+
+    >>> redact_settings({"bootstrap.servers": "k:9092", "sasl.password": "hunter2"})
+    {'bootstrap.servers': 'k:9092', 'sasl.password': '<redacted>'}
+    """
+    return {k: (REDACTED if _SECRET_KEY_RE.search(k) else v) for k, v in settings.items()}
 
 
 class Config(_Section):
@@ -88,6 +99,5 @@ class Config(_Section):
             holders += [(peer, "kafka") for peer in data["sync"]["mesh"]["peers"]]
             for holder, name in holders:
                 if holder.get(name):
-                    holder[name] = {k: (REDACTED if _SECRET_KEY_RE.search(k) else v)
-                                    for k, v in holder[name].items()}
+                    holder[name] = redact_settings(holder[name])
         return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True)
