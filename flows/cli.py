@@ -25,17 +25,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = config_or_report(args)
     if config is None:
         return 2
-    _log_to_stderr("becomingone run", level=logging.WARNING)
+    from flows.log_context import set_flow
+    from flows.logs import configure_logging, log_format
+    from flows.startup import ConfigOrigin
+
+    configure_logging(config.logging, "becomingone run",
+                      format=log_format(config.logging, sys.stderr, at_terminal_as_text=True))
+    set_flow(config.becomingone.name)
+    origin = ConfigOrigin.of(args.config)
+    if args.node:
+        origin = ConfigOrigin(origin.file, (*origin.overrides, "--node"))
     if config.becomingone.node == "relay":
         from flows.relay import relay_command
 
-        return relay_command(config, args)
+        return relay_command(config, args, origin)
     from connectors.kafka import KafkaSetupError
     from flows.run import RecoveryMismatch, Stopped, recovery_dir, run_flow
 
     try:
         run_flow(config, workers=args.workers, out=sys.stdout, progress=sys.stderr, kafka_timeout=args.timeout,
-                 recovery=None if args.no_recovery else recovery_dir(config), snapshot_interval=args.snapshot_interval)
+                 recovery=None if args.no_recovery else recovery_dir(config), snapshot_interval=args.snapshot_interval,
+                 origin=origin)
     except Stopped as stop:
         # SIGTERM (how Kubernetes stops a pod) after a complete drain is a clean exit.
         if stop.signum == signal.SIGTERM:

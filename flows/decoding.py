@@ -19,6 +19,7 @@ from bytewax.dataflow import Stream
 from confluent_kafka import Message as KafkaMessage
 
 from flows.emit import Emitted, TopicRecords, dead_letter_records, emitted_streams, witnessed
+from flows.log_context import stepped_call
 from flows.observer import FlowObserver
 from operators.decode import RawMessage, decode_messages
 from operators.params import dead_letter_limits
@@ -175,7 +176,7 @@ class DecodeOut:
 def decode(step_id: str, up: Stream[Any], config: Config, observer: FlowObserver, *,
            replay: bool = False) -> DecodeOut:
     """Decode ``up``'s raw messages and generated batches (:class:`Decode`), grouped by key group."""
-    out = emitted_streams(step_id, op.flat_map_batch(step_id, up, Decode(config, observer, replay=replay)))
+    out = emitted_streams(step_id, op.flat_map_batch(step_id, up, stepped_call(step_id, Decode(config, observer, replay=replay))))
     return DecodeOut(out.keyed, out.records, out.witness)
 
 

@@ -51,6 +51,7 @@ from bytewax.operators import StatefulBatchLogic
 from connectors.discard import Discard
 from connectors.stopping import StoppableSource
 from flows.decoding import decode
+from flows.log_context import SteppedSource
 from flows.mesh import heard_cells, mesh
 from flows.observer import FlowObserver
 from flows.outputs import to_archive, to_dead_letter_file, to_topics
@@ -169,7 +170,7 @@ def _source(config: Config, source: Any, observer: FlowObserver) -> Any:
             from connectors.flow_topics import kafka_source
 
             source = kafka_source(config)
-    return StoppableSource(source, observer.stop) if isinstance(source, FixedPartitionedSource) else source
+    return SteppedSource(StoppableSource(source, observer.stop)) if isinstance(source, FixedPartitionedSource) else source
 
 
 class _CountLogic(StatefulBatchLogic[list[SampleRuns], Any, None]):

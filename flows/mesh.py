@@ -30,6 +30,7 @@ from bytewax.dataflow import Stream
 from bytewax.operators import StatefulBatchLogic
 
 from flows.emit import ArchiveRows, Emitted, TopicBlock, _table, _times, emitted_streams, EmittedStreams
+from flows.log_context import stepped_call, stepped_logic
 from flows.observer import FlowObserver
 from operators.mesh_cells import CellSums, MeshCells, MeshFinal, MeshSettings
 from operators.mesh_global import MeshGlobal
@@ -239,7 +240,7 @@ def heard_cells(step_id: str, flow, config: Config) -> Stream[tuple[str, list[An
             log.warning("mesh: %d message(s) on a peer's mesh topic are not cell sums; left out", bad)
         return [(MESH_KEY, [sums])] if len(sums) else []
 
-    return op.flat_map_batch(f"{step_id}_parsed", merged, parsed)
+    return op.flat_map_batch(f"{step_id}_parsed", merged, stepped_call(f"{step_id}_parsed", parsed))
 
 
 def mesh(step_id: str, items: Stream[tuple[str, list[Any]]], config: Config, observer: FlowObserver, *,
@@ -250,5 +251,5 @@ def mesh(step_id: str, items: Stream[tuple[str, list[Any]]], config: Config, obs
     def logic(resume: bytes | None) -> MeshLogic:
         return MeshLogic(config, resume, observer, resumable)
 
-    decided = op.stateful_batch(step_id, items, logic)
+    decided = op.stateful_batch(step_id, items, stepped_logic(step_id, logic))
     return emitted_streams(step_id, op.map(f"{step_id}_out", decided, lambda kv: kv[1]))

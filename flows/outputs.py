@@ -13,6 +13,7 @@ from bytewax.dataflow import Stream
 from connectors.dead_letter_file import DeadLetterFile
 from connectors.flow_topics import OUTPUT_ROLES, kafka_sink
 from flows.emit import ArchiveRows, TopicBlock, TopicRecords
+from flows.log_context import stepped_sink
 from schemas.config import Config
 
 __all__ = ["to_archive", "to_dead_letter_file", "to_topics"]
@@ -26,7 +27,7 @@ def to_topics(step_id: str, records: Stream[TopicRecords], config: Config) -> No
     messages = op.flat_map("to_kafka", records, lambda records: [
         TopicMessages(names[r.role], r.keys, r.values, r.headers) if type(r) is TopicBlock else (names[r.role], r.key, r.value)
         for r in records])
-    op.output(step_id, messages, kafka_sink(config))
+    op.output(step_id, messages, stepped_sink(kafka_sink(config)))
 
 
 def to_dead_letter_file(step_id: str, records: Stream[TopicRecords], config: Config) -> None:
@@ -34,7 +35,7 @@ def to_dead_letter_file(step_id: str, records: Stream[TopicRecords], config: Con
     letters = op.flat_map("dead_letters", records, lambda records: [
         value for r in records if r.role == "dlq"
         for value in (r.values if type(r) is TopicBlock else (r.value,))])
-    op.output(step_id, letters, DeadLetterFile(config.memory.root))
+    op.output(step_id, letters, stepped_sink(DeadLetterFile(config.memory.root)))
 
 
 def to_archive(step_id: str, rows: Stream[ArchiveRows], config: Config, *, durable_snapshots: bool,
@@ -45,7 +46,7 @@ def to_archive(step_id: str, rows: Stream[ArchiveRows], config: Config, *, durab
 
     mem = config.memory
     items = op.map("archive_rows", rows, lambda r: (r.dataset, r.table))
-    op.output(step_id, items, ArchiveSink(mem.root, config.archived_datasets if datasets is None else datasets,
+    op.output(step_id, items, stepped_sink(ArchiveSink(mem.root, config.archived_datasets if datasets is None else datasets,
                                          flush_rows=mem.flush_rows,
                                          flush_seconds=mem.flush_interval, durable_snapshots=durable_snapshots,
-                                         signing_key=mem.signing_key_bytes))
+                                         signing_key=mem.signing_key_bytes)))

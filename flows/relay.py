@@ -30,6 +30,7 @@ from typing import Any, TextIO
 
 from connectors.kafka.relay import Relay
 from connectors.stopping import StopSignal
+from flows.startup import ConfigOrigin, log_startup
 from schemas.config import Config, KafkaSection
 
 __all__ = ["build_relay_flow", "check_relay_clusters", "relay_command", "relay_of", "relay_sides", "run_relay"]
@@ -117,12 +118,13 @@ def _observed_relay(config: Config, observer: Any) -> Relay:
 
 
 def run_relay(config: Config, *, out: TextIO, err: TextIO, timeout: float = 10.0,
-              stop: StopSignal | None = None) -> int:
+              stop: StopSignal | None = None, origin: ConfigOrigin | None = None) -> int:
     """Relay until SIGTERM or SIGINT (or ``stop``); the number of the signal that stopped it.
 
     The first signal ends the loop after the current round, which is delivered and
     committed (a drain); a second one aborts (KeyboardInterrupt).  A closing line on
-    ``out`` says what was copied.
+    ``out`` says what was copied.  With ``origin`` (where the config came from) the startup
+    line is logged once both clusters answered (:func:`flows.startup.log_startup`).
 
     Raises:
         OSError: the metrics port cannot be bound, or a cluster did not answer
@@ -154,6 +156,8 @@ def run_relay(config: Config, *, out: TextIO, err: TextIO, timeout: float = 10.0
         check_relay_clusters(config, timeout)  # first: a cluster out of reach is named before any topic
         relay.start(timeout)
         started = True
+        if origin is not None:
+            log_startup(config, origin)
         err.write(f"relay: copying {', '.join(relay.topics)} from {relay.health.bootstrap} to "
                   f"{relay.target.bootstrap} (consumer group {relay.group_id})\n")
         err.flush()
@@ -177,13 +181,13 @@ def _summary(relay: Relay, out: TextIO) -> None:
     out.flush()
 
 
-def relay_command(config: Config, args: argparse.Namespace) -> int:
+def relay_command(config: Config, args: argparse.Namespace, origin: ConfigOrigin | None = None) -> int:
     """``becomingone run`` of a relay node: exit 0 after SIGTERM, 130 after Ctrl-C, 1 when a cluster
     fails the relay, 2 when librdkafka refuses the settings."""
     from connectors.kafka import DeliveryFailed, KafkaSetupError, RelayError, TopicSetupError
 
     try:
-        signum = run_relay(config, out=sys.stdout, err=sys.stderr, timeout=args.timeout)
+        signum = run_relay(config, out=sys.stdout, err=sys.stderr, timeout=args.timeout, origin=origin)
     except KeyboardInterrupt:
         print("becomingone run: interrupted", file=sys.stderr)
         return 130

@@ -50,6 +50,7 @@ from flows.emit import (
     sync_messages,
     witnessed,
 )
+from flows.log_context import stepped_logic
 from flows.observer import FlowObserver
 from operators.dead_letters import DeadLetterBudget
 from operators.fleet import Fleet, FleetStep, FleetTable, refused_reasons
@@ -446,6 +447,6 @@ def resonate(step_id: str, samples: Stream[tuple[str, list[SampleRuns]]], config
         observer.start()
         return ResonateLogic(config, settings, limits, resume, capacity, resumable, observer)
 
-    resonance = op.stateful_batch(step_id, samples, logic)
+    resonance = op.stateful_batch(step_id, samples, stepped_logic(step_id, logic))
     out = emitted_streams(step_id, op.map(f"{step_id}_out", resonance, lambda kv: kv[1]))
     return ResonateOut(out.records, out.witness, out.archive, out.keyed)

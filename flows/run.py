@@ -27,7 +27,10 @@ from bytewax.run import cli_main
 
 from connectors.metrics import RunLedger, ledger, serve
 from flows.kairos import build_flow
+from flows.log_context import set_flow
+from flows.logs import configure_logging, log_uncaught_exceptions
 from flows.observer import FlowObserver
+from flows.startup import ConfigOrigin, input_partitions, log_startup
 from operators.fleet import state_layout
 from schemas.config import Config, KafkaSource, SyntheticSource
 from schemas.messages import format_utc
@@ -194,13 +197,16 @@ def _mesh_summary(book: RunLedger, config: Config, out: TextIO) -> None:
               f"threshold {threshold:g}\n")
 
 
-def check_kafka(config: Config, timeout: float = 10.0) -> None:
+def check_kafka(config: Config, timeout: float = 10.0) -> Any:
     """When ``config`` uses Kafka, wait up to ``timeout`` seconds for the cluster to answer
     (a witness node: its own cluster and the audited one; a relay node: both of its clusters; with the
     mesh on, the cluster of every ``sync.mesh.peers`` entry too).
 
     Before the flow starts, so that a cluster out of reach is one line naming
     the bootstrap address, not a failure inside a Bytewax worker.
+
+    Returns:
+        An AdminClient of the node's own cluster (``kafka``), or None (no Kafka, or a relay node).
 
     Raises:
         connectors.kafka.KafkaUnreachable: no broker answered (a ConnectionError).
@@ -209,7 +215,8 @@ def check_kafka(config: Config, timeout: float = 10.0) -> None:
     if config.becomingone.node == "relay":
         from flows.relay import check_relay_clusters
 
-        return check_relay_clusters(config, timeout)
+        check_relay_clusters(config, timeout)
+        return None
     from connectors.kafka import admin_settings, connect_admin
 
     clusters = [config.kafka] if config.kafka is not None else []
@@ -221,14 +228,15 @@ def check_kafka(config: Config, timeout: float = 10.0) -> None:
         from connectors.flow_topics import mesh_peer_cluster
 
         clusters.extend(mesh_peer_cluster(config, peer) for peer in config.sync.mesh.peers)
-    for kafka in clusters:
-        connect_admin(admin_settings(kafka, client_id=config.becomingone.name), timeout=timeout)
+    admins = [connect_admin(admin_settings(kafka, client_id=config.becomingone.name), timeout=timeout)
+              for kafka in clusters]
+    return admins[0] if config.kafka is not None else None
 
 
 def run_flow(config: Config, *, workers: int = 1, out: TextIO | None = None, progress: TextIO | None = None,
              replay: bool = False, source: Any = None, span: tuple[int, int] | None = None,
              kafka_timeout: float = 10.0, recovery: Path | None = None,
-             snapshot_interval: float | None = None) -> RunLedger:
+             snapshot_interval: float | None = None, origin: ConfigOrigin | None = None) -> RunLedger:
     """Run the dataflow of ``config`` here until its input ends (or a signal); print the summary.
 
     ``source`` replaces the config's source (see :func:`flows.kairos.build_flow`);
@@ -238,7 +246,9 @@ def run_flow(config: Config, *, workers: int = 1, out: TextIO | None = None, pro
     the flow keeps Bytewax recovery state there and resumes from it: a run killed
     at any moment and run again loses no accepted sample and adds no archive row
     twice.  ``snapshot_interval`` (seconds; None: Bytewax's 10 s) is how often
-    the state is snapshotted, so how much a resumed run reads again.  Once a file or synthetic input has been read to its end, the state is
+    the state is snapshotted, so how much a resumed run reads again.  With ``origin`` (where the
+    config came from) the startup line is logged once the Kafka cluster answered
+    (:func:`flows.startup.log_startup`).  Once a file or synthetic input has been read to its end, the state is
     removed (the next run starts over); a Kafka source's state stays, so the next
     run continues where this one stopped.
 
@@ -257,7 +267,9 @@ def run_flow(config: Config, *, workers: int = 1, out: TextIO | None = None, pro
     # The streams of the call, not of the import: a caller may have replaced them since.
     out = sys.stdout if out is None else out
     progress = sys.stderr if progress is None else progress
-    check_kafka(config, kafka_timeout)
+    admin = check_kafka(config, kafka_timeout)
+    if origin is not None:
+        log_startup(config, origin, input_partitions(config, admin, kafka_timeout))
     if config.metrics.enabled:
         serve(config.metrics.bind, config.metrics.port)
     book = ledger()
@@ -330,25 +342,51 @@ def bytewax_run_flow():
         # Each problem with its key path, as `becomingone` prints them; exit 2 as for a bad config there.
         print(f"becomingone: invalid config:\n{exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    _check_kafka_or_exit(config)
+    configure_logging(config.logging, "becomingone")
+    log_uncaught_exceptions()
+    set_flow(config.becomingone.name, _first_worker(sys.argv))
+    admin = _check_kafka_or_exit(config)
+    log_startup(config, ConfigOrigin.of(), input_partitions(config, admin))
     observer = FlowObserver.of(config)
     _drain_on_sigterm(observer)
     return build_flow(config, recovery=_bytewax_recovery(sys.argv), observer=observer)
 
 
-def _check_kafka_or_exit(config: Config) -> None:
+def _check_kafka_or_exit(config: Config) -> Any:
     """Under ``python -m bytewax.run``: a cluster out of reach, or settings librdkafka refuses, is one
-    line and exit 1 (2 for the settings), as in ``becomingone run``, not a failure inside a worker."""
+    line and exit 1 (2 for the settings), as in ``becomingone run``, not a failure inside a worker.
+    Returns what :func:`check_kafka` returns."""
     from connectors.kafka import KafkaSetupError
 
     try:
-        check_kafka(config)
+        return check_kafka(config)
     except KafkaSetupError as exc:
-        print(f"becomingone: {exc}", file=sys.stderr)
+        log.critical("%s", exc)
         raise SystemExit(2) from None
     except OSError as exc:  # KafkaUnreachable
-        print(f"becomingone: {exc}", file=sys.stderr)
+        log.critical("%s", exc)
         raise SystemExit(1) from None
+
+
+def _first_worker(argv: list[str]) -> int:
+    """The Bytewax index of this process's first worker under ``python -m bytewax.run``:
+    process id (``-i`` or ``BYTEWAX_PROCESS_ID``) times workers per process (``-w``).
+
+    >>> _first_worker(["flows.kairos", "-w", "2", "-i", "1", "-a", "a:1;b:2"]), _first_worker(["flows.kairos"])
+    (2, 0)
+    """
+    import argparse
+    import os
+
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("-w", "--workers-per-process", type=int, default=os.environ.get("BYTEWAX_WORKERS_PER_PROCESS"))
+    parser.add_argument("-i", "--process-id", type=int, default=os.environ.get("BYTEWAX_PROCESS_ID"))
+    try:
+        known, _ = parser.parse_known_args(argv[1:])
+        process, workers = int(known.process_id or 0), int(known.workers_per_process or 1)
+    except (SystemExit, ValueError):  # Bytewax's own parser has said what is wrong
+        return 0
+    return process * workers
 
 
 def _bytewax_recovery(argv: list[str]) -> bool:

@@ -32,6 +32,7 @@ from bytewax.operators import StatefulBatchLogic
 
 from connectors.stopping import StoppableSource
 from flows.emit import Emitted, TopicRecord, deferred, emitted_streams, witness_rows
+from flows.log_context import SteppedSource, stepped_call, stepped_logic, stepped_sink
 from flows.observer import FlowObserver
 from flows.outputs import to_archive
 from operators.witness_audit import AuditedMessage, AuditResult, LogAudit
@@ -67,15 +68,15 @@ def build_witness_flow(config: Config, *, flow_id: str = "becomingone", recovery
     node = config.witness_node.node
     flow = Dataflow(flow_id)
     source = witness_source(config) if source is None else source
-    raw = op.input("source", flow, StoppableSource(source, observer.stop))
+    raw = op.input("source", flow, SteppedSource(StoppableSource(source, observer.stop)))
     skipped: set[str] = set()
-    messages = op.flat_map("audited", raw, lambda msg: _of_node(msg, node, observer, skipped))
-    audited = op.stateful_batch("audit", messages,
-                                lambda resume: AuditLogic(config, node, resume, observer, resumable=recovery))
+    messages = op.flat_map("audited", raw, stepped_call("audited", lambda msg: _of_node(msg, node, observer, skipped)))
+    audited = op.stateful_batch("audit", messages, stepped_logic(
+        "audit", lambda resume: AuditLogic(config, node, resume, observer, resumable=recovery)))
     out = emitted_streams("audit", op.map("audit_out", audited, lambda kv: kv[1]))
     collapse = config.sink.topics.collapse
     events = op.flat_map("to_kafka", out.records, lambda records: [(collapse, r.key, r.value) for r in records])
-    op.output("kafka", events, kafka_sink(config, ("collapse",), config.kafka or audited_cluster(config)))
+    op.output("kafka", events, stepped_sink(kafka_sink(config, ("collapse",), config.kafka or audited_cluster(config))))
     if config.sink.archive and config.memory.witness_logs:
         to_archive("archive", out.archive, config, durable_snapshots=recovery, datasets=("witnessing_logs",))
     return flow

@@ -21,6 +21,7 @@ from bytewax.dataflow import Stream
 from bytewax.operators import StatefulBatchLogic
 
 from flows.emit import ArchiveRows, Emitted, TopicBlock, TopicRecords, deferred, emitted_streams, witness_rows
+from flows.log_context import stepped_logic
 from flows.observer import FlowObserver
 from operators.witness import LoggedRecords, WitnessEntries, WitnessLog
 from schemas.config import Config
@@ -101,6 +102,6 @@ class WitnessOut:
 def witness(step_id: str, entries: Stream[WitnessEntries], config: Config, observer: FlowObserver) -> WitnessOut:
     """Log every witness entry of ``entries`` (one log for the flow: :class:`WitnessLogic`)."""
     keyed = op.key_on(f"{step_id}_key", entries, lambda _: _WITNESS_KEY)
-    logged = op.stateful_batch(step_id, keyed, lambda resume: WitnessLogic(config, resume, observer))
+    logged = op.stateful_batch(step_id, keyed, stepped_logic(step_id, lambda resume: WitnessLogic(config, resume, observer)))
     out = emitted_streams(step_id, op.map(f"{step_id}_out", logged, lambda kv: kv[1]))
     return WitnessOut(out.records, out.archive)
