@@ -30,7 +30,7 @@ from bytewax.dataflow import Stream
 from bytewax.operators import StatefulBatchLogic
 
 from flows.emit import ArchiveRows, Emitted, TopicBlock, _table, _times, emitted_streams, EmittedStreams
-from flows.log_context import stepped_call, stepped_logic
+from flows.log_context import SteppedSource, stepped_call, stepped_logic
 from flows.observer import FlowObserver
 from operators.mesh_cells import CellSums, MeshCells, MeshFinal, MeshSettings
 from operators.mesh_global import MeshGlobal
@@ -229,7 +229,7 @@ def heard_cells(step_id: str, flow, config: Config) -> Stream[tuple[str, list[An
 
     streams = []
     for k, peer in enumerate(config.sync.mesh.peers):
-        raw = op.input(f"{step_id}_{k}", flow, mesh_peer_source(config, peer))
+        raw = op.input(f"{step_id}_{k}", flow, SteppedSource(mesh_peer_source(config, peer)))
         streams.append(raw)
     merged = op.merge(f"{step_id}_merged", *streams) if len(streams) > 1 else streams[0]
 
