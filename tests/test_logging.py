@@ -116,6 +116,33 @@ def test_a_structured_run_writes_one_json_object_per_log_line_with_flow_worker_a
     assert "alpha" in done.stdout  # the summary is no log line: it stays on stdout as it was
 
 
+def test_at_a_terminal_a_structured_config_is_read_as_text_lines(tmp_path):
+    """The default format is structured; a person who runs ``becomingone run`` at a terminal reads text."""
+    import os
+    import pty
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([str(BIN), "run", "--no-recovery", "--config", str(_config(tmp_path))],
+                            stdout=subprocess.DEVNULL, stderr=follower, env=clean_env())
+    os.close(follower)
+    shown = bytearray()
+    while True:  # read as it comes (a terminal's buffer is small); EIO once the run has closed it
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(leader)
+    assert proc.wait(timeout=3 * WAIT) == 0, shown
+    text = shown.decode()
+    # Each log line first clears the live progress line it would otherwise be appended to.
+    assert "\r\x1b[Kbecomingone run: starting node 'full' (config: " in text
+    assert "\r\x1b[Kbecomingone run: raw sensors sampled at 10 Hz give no phase" in text
+    assert '{"time"' not in text
+
+
 def test_level_warning_hides_the_info_lines(tmp_path):
     done = _run("--config", str(_config(tmp_path, logging={"format": "structured", "level": "warning"})))
     assert done.returncode == 0, done.stderr
