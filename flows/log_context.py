@@ -20,7 +20,9 @@ which the structured format writes as fields:
 
 from __future__ import annotations
 
+import argparse
 import logging
+import os
 import re
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -37,7 +39,7 @@ from bytewax.outputs import (
     StatelessSinkPartition,
 )
 
-__all__ = ["FlowContext", "SteppedSource", "in_step", "set_flow", "stepped_call", "stepped_logic", "stepped_sink",
+__all__ = ["FlowContext", "SteppedSource", "first_worker", "in_step", "set_flow", "stepped_call", "stepped_logic", "stepped_sink",
            "worker_index"]
 
 _WORKER_THREAD = re.compile(r"timely:work-(\d+)")
@@ -58,6 +60,29 @@ _flow: dict[str, Any] = {"name": None, "first_worker": 0}
 def set_flow(name: str | None, first_worker: int = 0) -> None:
     """Name the flow of this process in its log lines; ``first_worker`` = the Bytewax index of its first worker."""
     _flow["name"], _flow["first_worker"] = name, first_worker
+
+
+def first_worker(argv: list[str]) -> int:
+    """The Bytewax index of this process's first worker under ``python -m bytewax.run``:
+    process id (``-i``, ``BYTEWAX_PROCESS_ID``, or as Bytewax reads it from ``BYTEWAX_POD_NAME``
+    less ``BYTEWAX_STATEFULSET_NAME-``) times workers per process (``-w``).
+
+    >>> first_worker(["flows.kairos", "-w", "2", "-i", "1", "-a", "a:1;b:2"]), first_worker(["flows.kairos"])
+    (2, 0)
+    """
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("-w", "--workers-per-process", type=int, default=os.environ.get("BYTEWAX_WORKERS_PER_PROCESS"))
+    parser.add_argument("-i", "--process-id", type=int, default=os.environ.get("BYTEWAX_PROCESS_ID"))
+    env = os.environ
+    try:
+        known, _ = parser.parse_known_args(argv[1:])
+        process = known.process_id
+        if process is None and "BYTEWAX_POD_NAME" in env and "BYTEWAX_STATEFULSET_NAME" in env:
+            process = env["BYTEWAX_POD_NAME"].replace(env["BYTEWAX_STATEFULSET_NAME"] + "-", "")
+        process, workers = int(process or 0), int(known.workers_per_process or 1)
+    except (SystemExit, ValueError):  # Bytewax's own parser has said what is wrong
+        return 0
+    return process * workers
 
 
 def _thread_name() -> str:

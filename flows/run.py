@@ -27,7 +27,7 @@ from bytewax.run import cli_main
 
 from connectors.metrics import RunLedger, ledger, serve
 from flows.kairos import build_flow
-from flows.log_context import set_flow
+from flows.log_context import first_worker, set_flow
 from flows.logs import configure_logging, log_uncaught_exceptions
 from flows.observer import FlowObserver
 from flows.startup import ConfigOrigin, input_partitions, log_startup
@@ -344,7 +344,7 @@ def bytewax_run_flow():
         raise SystemExit(2) from None
     configure_logging(config.logging, "becomingone")
     log_uncaught_exceptions()
-    set_flow(config.becomingone.name, _first_worker(sys.argv))
+    set_flow(config.becomingone.name, first_worker(sys.argv))
     admin = _check_kafka_or_exit(config)
     log_startup(config, ConfigOrigin.of(), input_partitions(config, admin))
     observer = FlowObserver.of(config)
@@ -366,27 +366,6 @@ def _check_kafka_or_exit(config: Config) -> Any:
     except OSError as exc:  # KafkaUnreachable
         log.critical("%s", exc)
         raise SystemExit(1) from None
-
-
-def _first_worker(argv: list[str]) -> int:
-    """The Bytewax index of this process's first worker under ``python -m bytewax.run``:
-    process id (``-i`` or ``BYTEWAX_PROCESS_ID``) times workers per process (``-w``).
-
-    >>> _first_worker(["flows.kairos", "-w", "2", "-i", "1", "-a", "a:1;b:2"]), _first_worker(["flows.kairos"])
-    (2, 0)
-    """
-    import argparse
-    import os
-
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("-w", "--workers-per-process", type=int, default=os.environ.get("BYTEWAX_WORKERS_PER_PROCESS"))
-    parser.add_argument("-i", "--process-id", type=int, default=os.environ.get("BYTEWAX_PROCESS_ID"))
-    try:
-        known, _ = parser.parse_known_args(argv[1:])
-        process, workers = int(known.process_id or 0), int(known.workers_per_process or 1)
-    except (SystemExit, ValueError):  # Bytewax's own parser has said what is wrong
-        return 0
-    return process * workers
 
 
 def _bytewax_recovery(argv: list[str]) -> bool:
