@@ -38,6 +38,11 @@ name                                        type       labels
 ``becomingone_relay_messages_total``        counter    ``topic``: copied by a relay node
 ``becomingone_relay_duplicates_total``      counter    ``topic``: repeats it dropped
 ``becomingone_relay_lag_messages``          gauge      ``topic``, ``partition`` (relay source)
+``becomingone_archive_write_seconds``       histogram  ``dataset``: a writer thread's writes and
+                                                       flushes
+``becomingone_snapshot_seconds``            histogram  (the archive sink's epoch snapshots)
+``becomingone_snapshot_timestamp_seconds``  gauge      Unix time of the newest one (0: no
+                                                       archive in this process)
 ==========================================  =========  =====================================
 
 Every dataflow worker of a process updates the same metrics (they are
@@ -59,6 +64,7 @@ __all__ = ["PipelineMetrics", "RunLedger", "SensorLedger", "ledger", "metrics", 
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _BATCH_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_DISK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
 class PipelineMetrics:
@@ -118,6 +124,16 @@ class PipelineMetrics:
                                "Messages of a relayed source partition not yet confirmed by the target "
                                "(high watermark minus the committed offset)", ["topic", "partition"],
                                registry=registry)
+        self.archive_write = Histogram("becomingone_archive_write_seconds", "Wall-clock seconds of each write "
+                                       "(rows built, conformed, buffered, files written when due) and flush of a "
+                                       "dataset's archive writer thread", ["dataset"], buckets=_DISK_BUCKETS,
+                                       registry=registry)
+        self.snapshot_seconds = Histogram("becomingone_snapshot_seconds", "Wall-clock seconds the archive sink's "
+                                          "snapshot at the end of an epoch held the flow, per dataset",
+                                          buckets=_DISK_BUCKETS, registry=registry)
+        self.snapshot_timestamp = Gauge("becomingone_snapshot_timestamp_seconds", "Unix time of the archive "
+                                        "sink's newest epoch snapshot in this process (its start before the "
+                                        "first; 0: no archive sink)", registry=registry)
         self.per_sensor_labels = False
         # Pre-create the label values, so a scrape lists every series from the start.
         for result in ("accepted", "malformed", "schema", "nan", "duplicate", "late", "future", "too_large",

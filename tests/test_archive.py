@@ -1101,6 +1101,30 @@ def test_a_snapshot_makes_every_row_handed_over_durable_and_starts_the_other_dat
     assert verify_archive(tmp_path) == {"events": [], "input": []}
 
 
+def test_writes_and_snapshots_show_in_the_metrics(tmp_path):
+    """Each write and flush of a dataset's writer thread is observed per dataset; each snapshot
+    is observed, and its end is the newest snapshot time (set at the partition's start too)."""
+    from prometheus_client import REGISTRY
+
+    def value(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before = time.time()
+    writes = value("becomingone_archive_write_seconds_count", dataset="input")
+    snapshots = value("becomingone_snapshot_seconds_count")
+    part = ArchiveSink(tmp_path, ["input"], flush_rows=10**9, flush_seconds=1e9).build_part("archive", "input", None)
+    assert value("becomingone_snapshot_timestamp_seconds") >= before  # counted from the start
+    part.write_batch([rows("input", ["a"], [T0])])
+    part.snapshot()
+    assert value("becomingone_archive_write_seconds_count", dataset="input") == writes + 2  # the write, the flush
+    assert value("becomingone_snapshot_seconds_count") == snapshots + 1
+    started = value("becomingone_snapshot_timestamp_seconds")
+    part.snapshot()
+    assert value("becomingone_snapshot_timestamp_seconds") >= started
+    assert value("becomingone_snapshot_seconds_count") == snapshots + 2
+    part.close()
+
+
 def test_without_recovery_a_snapshot_starts_writing_and_returns_without_waiting(tmp_path, monkeypatch):
     """durable_snapshots=False: the snapshot hands the rows to the writer thread and
     returns while they are still being written; closing waits for all of them."""

@@ -17,6 +17,7 @@ import pyarrow as pa
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from connectors.archive.writer import ArchiveWriter
+from connectors.metrics import metrics
 from schemas.datasets import DATASETS
 
 __all__ = ["ArchiveSink", "PendingRows"]
@@ -96,6 +97,11 @@ class _ArchivePartition(StatefulSinkPartition[pa.Table, None]):
     over, and a writer error is raised in the flow at the next batch, snapshot
     or close: nothing is dropped silently.  Without ``durable`` a snapshot
     starts writing what is buffered and returns at once.
+
+    Metrics: each write and flush of the thread is observed in
+    ``becomingone_archive_write_seconds{dataset}``; each snapshot's time in
+    ``becomingone_snapshot_seconds`` and its end (and the partition's start)
+    in ``becomingone_snapshot_timestamp_seconds``.
     """
 
     _MAX_WAITING = 1024
@@ -121,6 +127,10 @@ class _ArchivePartition(StatefulSinkPartition[pa.Table, None]):
         self._handed = 0
         self._closed = False
         self._waiting_since: float | None = None
+        m = metrics()
+        self._write_seconds = m.archive_write.labels(writer.dataset)
+        self._snapshot_seconds, self._snapshot_time = m.snapshot_seconds, m.snapshot_timestamp
+        self._snapshot_time.set(time.time())  # "no snapshot for a while" counts from the start
 
     def _settle(self, keep: int) -> None:
         """Wait until at most ``keep`` calls are pending; raise the first failure."""
@@ -154,7 +164,9 @@ class _ArchivePartition(StatefulSinkPartition[pa.Table, None]):
         while self._inbox:
             values.append(self._inbox.popleft())
         if values:
+            started = time.perf_counter()
             self._write(values)
+            self._write_seconds.observe(time.perf_counter() - started)
 
     def _write(self, values: list[pa.Table | pa.RecordBatch | Callable[[], pa.Table]]) -> None:
         # On the writer thread: tables given as builders are built here.
@@ -171,7 +183,9 @@ class _ArchivePartition(StatefulSinkPartition[pa.Table, None]):
 
     def _drain_and_flush(self) -> None:
         self._drain()
+        started = time.perf_counter()
         self.writer.flush()
+        self._write_seconds.observe(time.perf_counter() - started)
 
     def start_flush(self) -> None:
         """Start writing everything handed over so far to disk, unless a flush that
@@ -183,6 +197,13 @@ class _ArchivePartition(StatefulSinkPartition[pa.Table, None]):
                 self._flush = (self._handed, self._thread.submit(self._drain_and_flush))
 
     def snapshot(self) -> None:
+        started = time.perf_counter()
+        self._snapshot()
+        self._snapshot_seconds.observe(time.perf_counter() - started)
+        self._snapshot_time.set(time.time())
+        return None
+
+    def _snapshot(self) -> None:
         # Bytewax snapshots at the end of every epoch (10 s by default, with or
         # without recovery); with recovery that epoch is never replayed, so
         # buffered rows go to disk now or a crash after it would lose them.
