@@ -43,6 +43,8 @@ name                                        type       labels
 ``becomingone_snapshot_seconds``            histogram  (the archive sink's epoch snapshots)
 ``becomingone_snapshot_timestamp_seconds``  gauge      Unix time of the newest one (0: no
                                                        archive in this process)
+``becomingone_snapshot_pending_seconds``    gauge      age of the oldest archive rows no
+                                                       snapshot covers yet (0: none)
 ==========================================  =========  =====================================
 
 Every dataflow worker of a process updates the same metrics (they are
@@ -134,6 +136,9 @@ class PipelineMetrics:
         self.snapshot_timestamp = Gauge("becomingone_snapshot_timestamp_seconds", "Unix time of the archive "
                                         "sink's newest epoch snapshot in this process (its start before the "
                                         "first; 0: no archive sink)", registry=registry)
+        self.snapshot_pending = Gauge("becomingone_snapshot_pending_seconds", "Seconds the oldest rows handed to "
+                                      "the archive sink since its last epoch snapshot have waited for one (0: none "
+                                      "waiting)", registry=registry)
         self.per_sensor_labels = False
         # Pre-create the label values, so a scrape lists every series from the start.
         for result in ("accepted", "malformed", "schema", "nan", "duplicate", "late", "future", "too_large",

@@ -1101,10 +1101,17 @@ def test_a_snapshot_makes_every_row_handed_over_durable_and_starts_the_other_dat
     assert verify_archive(tmp_path) == {"events": [], "input": []}
 
 
-def test_writes_and_snapshots_show_in_the_metrics(tmp_path):
+def test_writes_and_snapshots_show_in_the_metrics(tmp_path, monkeypatch):
     """Each write and flush of a dataset's writer thread is observed per dataset; each snapshot
-    is observed, and its end is the newest snapshot time (set at the partition's start too)."""
+    is observed, and its end is the newest snapshot time (set at the partition's start too).
+    Rows handed over show as waiting for a snapshot until one covers them."""
+    import weakref
+
     from prometheus_client import REGISTRY
+
+    import connectors.archive.sink as sink_module
+
+    monkeypatch.setattr(sink_module, "_partitions", weakref.WeakSet())  # only this test's partition
 
     def value(name: str, **labels: str) -> float:
         return REGISTRY.get_sample_value(name, labels) or 0.0
@@ -1114,8 +1121,11 @@ def test_writes_and_snapshots_show_in_the_metrics(tmp_path):
     snapshots = value("becomingone_snapshot_seconds_count")
     part = ArchiveSink(tmp_path, ["input"], flush_rows=10**9, flush_seconds=1e9).build_part("archive", "input", None)
     assert value("becomingone_snapshot_timestamp_seconds") >= before  # counted from the start
+    assert value("becomingone_snapshot_pending_seconds") == 0
     part.write_batch([rows("input", ["a"], [T0])])
+    assert value("becomingone_snapshot_pending_seconds") > 0
     part.snapshot()
+    assert value("becomingone_snapshot_pending_seconds") == 0
     assert value("becomingone_archive_write_seconds_count", dataset="input") == writes + 2  # the write, the flush
     assert value("becomingone_snapshot_seconds_count") == snapshots + 1
     started = value("becomingone_snapshot_timestamp_seconds")

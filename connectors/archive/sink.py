@@ -7,6 +7,7 @@ import collections
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -101,7 +102,10 @@ class _ArchivePartition(StatefulSinkPartition[pa.Table, None]):
     Metrics: each write and flush of the thread is observed in
     ``becomingone_archive_write_seconds{dataset}``; each snapshot's time in
     ``becomingone_snapshot_seconds`` and its end (and the partition's start)
-    in ``becomingone_snapshot_timestamp_seconds``.
+    in ``becomingone_snapshot_timestamp_seconds``.  Bytewax snapshots a sink
+    partition only at the end of an epoch in which it was handed rows, so
+    ``becomingone_snapshot_pending_seconds`` shows how long the oldest rows
+    handed over since the last snapshot have waited for one (0: none).
     """
 
     _MAX_WAITING = 1024
@@ -131,6 +135,8 @@ class _ArchivePartition(StatefulSinkPartition[pa.Table, None]):
         self._write_seconds = m.archive_write.labels(writer.dataset)
         self._snapshot_seconds, self._snapshot_time = m.snapshot_seconds, m.snapshot_timestamp
         self._snapshot_time.set(time.time())  # "no snapshot for a while" counts from the start
+        self._unsnapshotted_since: float | None = None  # monotonic time of the oldest rows no snapshot covers
+        _track(self)
 
     def _settle(self, keep: int) -> None:
         """Wait until at most ``keep`` calls are pending; raise the first failure."""
@@ -148,6 +154,8 @@ class _ArchivePartition(StatefulSinkPartition[pa.Table, None]):
         self._handed += 1
         self._settle(2)
         now = time.monotonic()
+        if self._unsnapshotted_since is None:
+            self._unsnapshotted_since = now
         if self._waiting_since is None:
             self._waiting_since = now
         if len(self._inbox) < self._DRAIN_BATCHES and now - self._waiting_since < self._DRAIN_SECONDS:
@@ -201,6 +209,8 @@ class _ArchivePartition(StatefulSinkPartition[pa.Table, None]):
         self._snapshot()
         self._snapshot_seconds.observe(time.perf_counter() - started)
         self._snapshot_time.set(time.time())
+        # Bytewax calls write_batch and snapshot on the same worker thread: nothing came in meanwhile.
+        self._unsnapshotted_since = None
         return None
 
     def _snapshot(self) -> None:
@@ -228,6 +238,7 @@ class _ArchivePartition(StatefulSinkPartition[pa.Table, None]):
         return None
 
     def close(self) -> None:
+        self._unsnapshotted_since = None
         with self._flush_lock:
             self._closed = True
             flush, self._flush = self._flush, None
@@ -239,6 +250,26 @@ class _ArchivePartition(StatefulSinkPartition[pa.Table, None]):
         finally:
             self._thread.shutdown(wait=True)
             self.writer.close()
+
+
+_partitions_lock = threading.Lock()
+_partitions: weakref.WeakSet[_ArchivePartition] = weakref.WeakSet()
+
+
+def _track(part: _ArchivePartition) -> None:
+    """Count ``part`` in ``becomingone_snapshot_pending_seconds`` (computed at each scrape)."""
+    with _partitions_lock:
+        if not _partitions:
+            metrics().snapshot_pending.set_function(_oldest_unsnapshotted)
+        _partitions.add(part)
+
+
+def _oldest_unsnapshotted() -> float:
+    """Seconds the oldest rows handed to a partition of this process have waited for a snapshot."""
+    now = time.monotonic()
+    with _partitions_lock:
+        since = [p._unsnapshotted_since for p in _partitions]
+    return max((now - t for t in since if t is not None), default=0.0)
 
 
 class ArchiveSink(FixedPartitionedSink[pa.Table, None]):
