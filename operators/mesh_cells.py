@@ -140,6 +140,10 @@ class MeshCells:
             t.pane_sum, t.pane_n = np.zeros((0, panes), np.complex128), np.zeros((0, panes), np.int64)
         self._sensor_index = {name: i for i, name in enumerate(t.sensors)}
         self._cell_index = {name: i for i, name in enumerate(t.cells)}
+        # Wall-clock times of the process that took the snapshot mean nothing here: a restart that took
+        # longer than idle_s would make every partition but the first to report look idle. A resumed
+        # partition's idle clock starts when this process first looks (``watermark``).
+        t.advanced.clear()
 
     # --- input -------------------------------------------------------------------------------------
 
@@ -175,7 +179,7 @@ class MeshCells:
         for (group, partition), newest in self.t.progress.items():
             by_partition.setdefault(partition, []).append(newest)
         if now is not None and math.isfinite(self.s.idle_s):
-            moving = {p: r for p, r in by_partition.items() if now - self.t.advanced.get(p, now) <= self.s.idle_s}
+            moving = {p: r for p, r in by_partition.items() if now - self.t.advanced.setdefault(p, now) <= self.s.idle_s}
             if moving:
                 by_partition = moving
         if not by_partition:

@@ -305,6 +305,22 @@ def test_a_partition_that_stood_still_past_the_idle_timeout_is_no_longer_waited_
     assert cells.watermark(now=171.0) == T0 + 3_000_000          # p0 moves again: waited for again
 
 
+def test_a_restart_later_than_the_idle_timeout_still_waits_for_every_partition():
+    """The wall-clock times of another process mean nothing after a restart: a resumed mesh waits for a
+    partition until it has stood still for the idle timeout in this process.  (A kill -9 loop whose
+    restarts took over 60 s decided grid points without half the sensors.)"""
+    import pickle
+
+    cells = MeshCells(settings(idle_s=60.0))
+    cells.progress(MeshProgress("group-0", "p0", T0 + 1_000_000), now=100.0)
+    cells.progress(MeshProgress("group-0", "p1", T0 + 2_000_000), now=100.0)
+    resumed = MeshCells(settings(idle_s=60.0), pickle.loads(pickle.dumps(cells.t)))
+    resumed.progress(MeshProgress("group-0", "p1", T0 + 9_000_000), now=500.0)    # restarted 400 s later
+    assert resumed.watermark(now=500.0) == T0 + 1_000_000                       # p0 is waited for
+    resumed.progress(MeshProgress("group-0", "p1", T0 + 12_000_000), now=560.0)
+    assert resumed.watermark(now=561.0) == T0 + 12_000_000                      # 61 s still here: not
+
+
 def test_a_sensor_that_moves_to_another_cell_counts_there_from_then_on():
     cells = MeshCells(settings())
     first = phasors(np.zeros((3, 2)), ["x", "x"])
