@@ -60,7 +60,11 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
+import socket
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
 
 __all__ = ["PipelineMetrics", "RunLedger", "SensorLedger", "ledger", "metrics", "serve"]
 
@@ -176,19 +180,43 @@ def metrics() -> PipelineMetrics:
 
 
 def serve(bind: str, port: int) -> bool:
-    """Serve the default registry at ``http://bind:port/metrics``; True if started now.
+    """Serve the default registry at ``http://bind:port/metrics``, and the flow's liveness and
+    readiness at ``/healthz`` and ``/readyz`` (:mod:`connectors.health`); True if started now.
 
-    Idempotent per (bind, port) within a process.  Raises OSError (port in
-    use) with the address named.
+    prometheus-client's exposition (``make_wsgi_app``) answers ``/metrics``
+    as its ``start_http_server`` would; the server is its threading WSGI
+    server, in a daemon thread.  Idempotent per (bind, port) within a
+    process.  Raises OSError (port in use) with the address named.
     """
+    from connectors.health import probe_app  # health reads the Kafka clients' state, which uses these metrics
+
     with _lock:
         if (bind, port) in _servers:
             return False
         try:
-            _servers[(bind, port)] = start_http_server(port, addr=bind)
+            server = _http_server(bind, port, probe_app(make_wsgi_app(REGISTRY)))
         except OSError as exc:
             raise OSError(exc.errno, f"cannot serve metrics on {bind}:{port}: {exc.strerror or exc}") from None
+        threading.Thread(target=server.serve_forever, name="metrics-endpoint", daemon=True).start()
+        _servers[(bind, port)] = server
         return True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """No line per request on stderr (a probe every few seconds would fill the log)."""
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def _http_server(bind: str, port: int, app) -> ThreadingWSGIServer:
+    """A threading WSGI server of ``app`` bound to ``bind:port`` (IPv4 or IPv6, as ``bind`` resolves)."""
+    family = socket.getaddrinfo(bind or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+
+    class Server(ThreadingWSGIServer):
+        address_family = family
+
+    return make_server(bind, port, app, Server, handler_class=_QuietHandler)
 
 
 @dataclass

@@ -14,6 +14,8 @@ from typing import Any
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
+from connectors.health import flow_health
+
 __all__ = ["StopSignal", "StoppableSource"]
 
 
@@ -82,4 +84,6 @@ class StoppableSource(FixedPartitionedSource[Any, Any]):
         return self.source.list_parts()
 
     def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _Stoppable:
-        return _Stoppable(self.source.build_part(step_id, for_part, resume_state), self.stop)
+        part = _Stoppable(self.source.build_part(step_id, for_part, resume_state), self.stop)
+        flow_health().partition_built()  # readiness: this process has input (connectors.health)
+        return part

@@ -25,6 +25,7 @@ from typing import Any, TextIO
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 
+from connectors.health import FlowHealth, flow_health
 from connectors.metrics import RunLedger, ledger, serve
 from flows.kairos import build_flow
 from flows.log_context import first_worker, set_flow
@@ -267,16 +268,18 @@ def run_flow(config: Config, *, workers: int = 1, out: TextIO | None = None, pro
     # The streams of the call, not of the import: a caller may have replaced them since.
     out = sys.stdout if out is None else out
     progress = sys.stderr if progress is None else progress
+    health = _begin_health(config)
+    if config.metrics.enabled:  # first: /healthz answers while the cluster is checked
+        serve(config.metrics.bind, config.metrics.port)
     admin = check_kafka(config, kafka_timeout)
     if origin is not None:
         log_startup(config, origin, input_partitions(config, admin, kafka_timeout))
-    if config.metrics.enabled:
-        serve(config.metrics.bind, config.metrics.port)
     book = ledger()
     book.reset()
     observer = FlowObserver.of(config)
     observer.stop.clear()  # an earlier run of this process may have been stopped: Kafka output waits again
     flow = build_flow(config, replay=replay, source=source, recovery=recovery is not None, observer=observer)
+    health.running(observer.stop.requested)
     recovery_config = _recovery_config(recovery, config) if recovery is not None else None
     bar = _Progress(progress, book, config, span)
     started = time.monotonic()
@@ -298,6 +301,11 @@ def run_flow(config: Config, *, workers: int = 1, out: TextIO | None = None, pro
     try:
         cli_main(flow, workers_per_process=workers, recovery_config=recovery_config,
                  epoch_interval=None if snapshot_interval is None else timedelta(seconds=snapshot_interval))
+    except BaseException:
+        health.finish("failed")
+        raise
+    else:
+        health.finish("stopped")
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
@@ -311,6 +319,13 @@ def run_flow(config: Config, *, workers: int = 1, out: TextIO | None = None, pro
         # The input was read to its end: nothing is left to resume.
         shutil.rmtree(recovery, ignore_errors=True)
     return book
+
+
+def _begin_health(config: Config) -> FlowHealth:
+    """The process's :class:`~connectors.health.FlowHealth`, begun for a flow of ``config``."""
+    health = flow_health()
+    health.begin(archive=config.memory.root if config.sink.archive else None, kafka=config.kafka is not None)
+    return health
 
 
 def _reads_topic(config: Config) -> bool:
@@ -345,11 +360,15 @@ def bytewax_run_flow():
     configure_logging(config.logging, "becomingone")
     log_uncaught_exceptions()
     set_flow(config.becomingone.name, first_worker(sys.argv))
+    health = _begin_health(config)
+    observer = FlowObserver.of(config)
+    observer.start()  # the endpoint from the start: /healthz while the cluster is checked, /readyz once ready
     admin = _check_kafka_or_exit(config)
     log_startup(config, ConfigOrigin.of(), input_partitions(config, admin))
-    observer = FlowObserver.of(config)
     _drain_on_sigterm(observer)
-    return build_flow(config, recovery=_bytewax_recovery(sys.argv), observer=observer)
+    flow = build_flow(config, recovery=_bytewax_recovery(sys.argv), observer=observer)
+    health.running(observer.stop.requested)
+    return flow
 
 
 def _check_kafka_or_exit(config: Config) -> Any:

@@ -55,6 +55,7 @@ __all__ = [
     "cluster_unreachable",
     "librdkafka_logger",
     "set_draining",
+    "unreachable_clients",
 ]
 
 #: Seconds a stopping flow still waits for output to reach an unreachable cluster.
@@ -172,6 +173,13 @@ def cluster_unreachable(bootstrap: str) -> bool:
     with _clients_lock:
         clients = list(_clients)
     return any(c.bootstrap == bootstrap and c.down_since is not None for c in clients)
+
+
+def unreachable_clients() -> list[str]:
+    """The ``client`` names of this process's Kafka clients that find no broker now (sorted)."""
+    with _clients_lock:
+        clients = list(_clients)
+    return sorted(c.client for c in clients if c.down_since is not None)
 
 
 #: Errors that say why a broker cannot be reached; the last one is named when the flow stops.
