@@ -133,9 +133,12 @@ def run_relay(config: Config, *, out: TextIO, err: TextIO, timeout: float = 10.0
         TopicSetupError: a relayed topic is missing on the source or cannot be created on the target.
         DeliveryFailed: the target refused messages.
     """
+    from connectors.health import flow_health
     from connectors.metrics import serve
 
     stop = StopSignal() if stop is None else stop
+    health = flow_health()
+    health.begin(archive=None, kafka=True)
     if config.metrics.enabled:
         serve(config.metrics.bind, config.metrics.port)
     relay = relay_of(config)
@@ -156,6 +159,8 @@ def run_relay(config: Config, *, out: TextIO, err: TextIO, timeout: float = 10.0
         check_relay_clusters(config, timeout)  # first: a cluster out of reach is named before any topic
         relay.start(timeout)
         started = True
+        health.running(stop.requested)
+        health.partition_built()  # /readyz: the relay's consumer has its topics
         if origin is not None:
             log_startup(config, origin)
         err.write(f"relay: copying {', '.join(relay.topics)} from {relay.health.bootstrap} to "
@@ -163,6 +168,11 @@ def run_relay(config: Config, *, out: TextIO, err: TextIO, timeout: float = 10.0
         err.flush()
         while not stop.requested():
             relay.step(ROUND_WAIT)
+    except BaseException:
+        health.finish("failed")
+        raise
+    else:
+        health.finish("stopped")
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)

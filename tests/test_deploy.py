@@ -42,3 +42,22 @@ def test_dockerfile_runs_the_flow_the_bytewax_way():
     assert 'ENTRYPOINT ["python", "-m", "bytewax.run", "flows.kairos"]' in text
     for package in ("flows", "operators", "connectors", "schemas"):
         assert f"COPY {package} ./{package}" in text
+
+
+def test_statefulset_probes_use_the_health_endpoints_on_the_metrics_port():
+    docs = _documents()
+    container = docs["StatefulSet/becomingone"]["spec"]["template"]["spec"]["containers"][0]
+    paths = {kind: container[kind]["httpGet"]["path"] for kind in ("startupProbe", "livenessProbe", "readinessProbe")}
+    assert paths == {"startupProbe": "/healthz", "livenessProbe": "/healthz", "readinessProbe": "/readyz"}
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    config = parse_config(yaml.safe_load(docs["ConfigMap/becomingone-config"]["data"]["config.yaml"]))
+    for kind in paths:
+        probe = container[kind]
+        assert ports[probe["httpGet"]["port"]] == config.metrics.port
+        assert probe["timeoutSeconds"] <= probe["periodSeconds"]
+    # A cold start (~7 s, plus up to 10 s of Kafka check) fits the startup probe's budget many times over.
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 60
+    # Peers find each other before they are ready; an unready pod's metrics stay scrapeable.
+    assert docs["Service/becomingone-peers"]["spec"]["publishNotReadyAddresses"] is True
+    assert docs["Service/becomingone-metrics"]["spec"]["publishNotReadyAddresses"] is True

@@ -165,6 +165,10 @@ def test_mesh_records_arrive_on_the_far_side_with_keys_values_headers_timestamps
         assert metrics[("becomingone_relay_duplicates_total", (("topic", topic),))] == 0
         assert metrics[("becomingone_kafka_connected", (("client", "relay:target"),))] == 1
         assert metrics[("becomingone_kafka_connected", (("client", "relay:source"),))] == 1
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as response:
+            assert json.loads(response.read())["checks"] == {
+                "flow": {"ok": True, "state": "running"}, "sources": {"ok": True, "state": "assigned: 1 partition"},
+                "broker": {"ok": True, "state": "reachable"}}
     finally:
         code = stop_process(relay)
     text = log.read_text()
