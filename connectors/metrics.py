@@ -47,6 +47,8 @@ name                                        type       labels
                                                        snapshot covers yet (0: none)
 ==========================================  =========  =====================================
 
+The same endpoint answers ``/healthz`` and ``/readyz`` (:mod:`connectors.health`).
+
 Every dataflow worker of a process updates the same metrics (they are
 thread-safe), so a scrape sees the process.  With several processes, each
 serves its own endpoint (see :func:`serve`).
