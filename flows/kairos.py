@@ -107,7 +107,8 @@ def build_flow(config: Config, *, replay: bool = False, source: Any = None, flow
     # Before the flow runs, not at its first batch: the full collection it starts with is a pause.
     tune_garbage_collector()
     flow = Dataflow(flow_id)
-    raw = op.input("source", flow, _source(config, source, observer))
+    source = _source(config, source, observer)
+    raw = op.input("source", flow, source)
     decoded = decode("decode", raw, config, observer, replay=replay)
     resonated = resonate("resonate", decoded.samples, config, observer, replay=replay, resumable=recovery)
     archive_rows = [resonated.archive]
@@ -116,7 +117,10 @@ def build_flow(config: Config, *, replay: bool = False, source: Any = None, flow
         mesh_in = resonated.mesh
         if config.sync.mesh.peers:
             mesh_in = op.merge("mesh_in", mesh_in, heard_cells("mesh_peers", flow, config))
-        meshed = mesh("mesh", mesh_in, config, observer, resumable=recovery)
+        # Every partition of the input is heard from before a grid point is decided: at start one
+        # partition's samples may come before another has said anything.
+        partitions = len(source.list_parts()) if isinstance(source, FixedPartitionedSource) else None
+        meshed = mesh("mesh", mesh_in, config, observer, resumable=recovery, partitions=partitions)
         archive_rows.append(meshed.archive)
         records.append(meshed.records)
     logged = witness("witness", op.merge("witness_entries", decoded.witness, resonated.witness), config, observer)

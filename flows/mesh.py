@@ -48,25 +48,27 @@ log = logging.getLogger("becomingone.mesh")
 _RECHECK_SECONDS = 1.0
 
 
-def mesh_settings(config: Config, *, from_peers: bool) -> MeshSettings:
-    """The mesh parameters of ``config`` in microseconds."""
+def mesh_settings(config: Config, *, from_peers: bool, partitions: int | None = None) -> MeshSettings:
+    """The mesh parameters of ``config`` in microseconds; ``partitions``: the input's partitions, each of
+    which the mesh hears from before it decides a grid point (None: those that have reported)."""
     m, sync = config.sync.mesh, config.sync
     threshold = m.threshold if m.threshold is not None else config.kairos.coherence_threshold
     return MeshSettings(m.interval_us, m.window_us, m.publish_interval_us, sync.lateness_us + m.lateness_us,
                         float(threshold), float(sync.hysteresis), float(m.lock_threshold),
                         config.becomingone.key_groups, global_from_cells=not from_peers,
-                        idle_s=float(m.idle_timeout))
+                        idle_s=float(m.idle_timeout), partitions=partitions)
 
 
 class MeshLogic(StatefulBatchLogic[list[Any], Emitted, bytes | None]):
     """The flow's cells and global mesh (state: :class:`MeshTable` and :class:`HeardCells`)."""
 
-    def __init__(self, config: Config, resume: bytes | None, observer: FlowObserver, resumable: bool = True) -> None:
+    def __init__(self, config: Config, resume: bytes | None, observer: FlowObserver, resumable: bool = True,
+                 partitions: int | None = None) -> None:
         self.observer = observer
         self.resumable = resumable
         resume = pickle.loads(resume) if isinstance(resume, bytes) else resume
         peers = bool(config.sync.mesh.peers)
-        self.settings = mesh_settings(config, from_peers=peers)
+        self.settings = mesh_settings(config, from_peers=peers, partitions=partitions)
         table, heard = resume if resume is not None else (None, None)
         self.cells = MeshCells(self.settings, table)
         self.heard = MeshGlobal(self.settings, config.sync.mesh.cells, config.sync.mesh.cell_timeout,
@@ -244,12 +246,13 @@ def heard_cells(step_id: str, flow, config: Config) -> Stream[tuple[str, list[An
 
 
 def mesh(step_id: str, items: Stream[tuple[str, list[Any]]], config: Config, observer: FlowObserver, *,
-         resumable: bool = True) -> EmittedStreams:
+         resumable: bool = True, partitions: int | None = None) -> EmittedStreams:
     """The mesh step (:class:`MeshLogic`) over the resonate step's phasors and progress (and heard cells);
-    ``resumable``: the flow runs with recovery (else no snapshot is built)."""
+    ``resumable``: the flow runs with recovery (else no snapshot is built); ``partitions``: the input's
+    partitions (the mesh waits to hear from each)."""
 
     def logic(resume: bytes | None) -> MeshLogic:
-        return MeshLogic(config, resume, observer, resumable)
+        return MeshLogic(config, resume, observer, resumable, partitions)
 
     decided = op.stateful_batch(step_id, items, stepped_logic(step_id, logic))
     return emitted_streams(step_id, op.map(f"{step_id}_out", decided, lambda kv: kv[1]))

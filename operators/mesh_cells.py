@@ -52,6 +52,7 @@ class MeshSettings:
     groups: int               # key groups that report progress
     global_from_cells: bool = True   # False: T_global comes from the cells heard on the mesh topic
     idle_s: float = math.inf  # a partition whose progress stood still this long (wall clock) waits no more
+    partitions: int | None = None  # the input's partitions: until each has reported, nothing is decided
 
 
 @dataclass
@@ -144,6 +145,7 @@ class MeshCells:
         # longer than idle_s would make every partition but the first to report look idle. A resumed
         # partition's idle clock starts when this process first looks (``watermark``).
         t.advanced.clear()
+        self._first_look: float | None = None     # wall clock of this process's first watermark
 
     # --- input -------------------------------------------------------------------------------------
 
@@ -178,6 +180,15 @@ class MeshCells:
         by_partition: dict[str, list[int]] = {}
         for (group, partition), newest in self.t.progress.items():
             by_partition.setdefault(partition, []).append(newest)
+        if self.s.partitions is not None and len(by_partition) < self.s.partitions:
+            # A partition that has not reported yet may hold the earliest samples: it is waited for, as
+            # one that stands still is, until idle_s after this process first looked (an empty partition).
+            if now is None or not math.isfinite(self.s.idle_s):
+                return _NONE
+            if self._first_look is None:
+                self._first_look = now
+            if now - self._first_look <= self.s.idle_s:
+                return _NONE
         if now is not None and math.isfinite(self.s.idle_s):
             moving = {p: r for p, r in by_partition.items() if now - self.t.advanced.setdefault(p, now) <= self.s.idle_s}
             if moving:

@@ -321,6 +321,22 @@ def test_a_restart_later_than_the_idle_timeout_still_waits_for_every_partition()
     assert resumed.watermark(now=561.0) == T0 + 12_000_000                      # 61 s still here: not
 
 
+def test_a_partition_that_has_not_reported_yet_is_waited_for_until_the_idle_timeout():
+    """At start one partition's samples may reach the mesh before another partition has said anything:
+    the grid points must wait for it (a fresh clone's uninterrupted run decided its first point with 2
+    of 4 sensors), unless it stays silent for the idle timeout (an empty partition)."""
+    cells = MeshCells(settings(idle_s=60.0, partitions=2))
+    cells.progress(MeshProgress("group-0", "p0", T0 + 5_000_000), now=100.0)
+    assert cells.watermark(now=100.0) == cells.watermark() == np.iinfo(np.int64).min    # p1 not heard yet
+    assert cells.watermark(now=150.0) == np.iinfo(np.int64).min
+    cells.progress(MeshProgress("group-0", "p1", T0 + 2_000_000), now=151.0)
+    assert cells.watermark(now=151.0) == T0 + 2_000_000
+    silent = MeshCells(settings(idle_s=60.0, partitions=2))
+    silent.progress(MeshProgress("group-0", "p0", T0 + 5_000_000), now=100.0)
+    silent.watermark(now=100.0)
+    assert silent.watermark(now=161.0) == T0 + 5_000_000       # p1 silent 61 s since the first look
+
+
 def test_a_sensor_that_moves_to_another_cell_counts_there_from_then_on():
     cells = MeshCells(settings())
     first = phasors(np.zeros((3, 2)), ["x", "x"])
