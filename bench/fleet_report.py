@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as _dt
-import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,7 +11,7 @@ import numpy as np
 
 from bench.fleet_runs import FLOW_REPEATS, FLOW_REPEAT_BELOW_S, KERNEL_REPEATS, SNAPSHOT_REPEATS
 from bench.fleet_shapes import FILE_RECORD_BATCH, FleetRun, FlowRun
-from bench.markdown import si, table
+from bench.markdown import replace_section, si, table
 
 
 SECTION_TITLE = "Fleets: the flow end to end against the one-pass compute ceiling"
@@ -279,13 +278,9 @@ def markdown_section(runs: Sequence[FleetRun], level: int = 2, machine: str | No
 
 def update_report(path: Path, runs: Sequence[FleetRun], machine: str | None = None) -> None:
     """Put this section into an existing report in place of its previous one (or at its end)."""
-    text = path.read_text(encoding="utf-8")
     section = markdown_section(runs, level=2, machine=machine, alone=True)
-    titles = "|".join(re.escape(t) for t in (SECTION_TITLE, *OLD_TITLES))
-    pattern = re.compile(rf"^## (?:{titles})\n.*?(?=^## |\Z)", re.S | re.M)
-    text = pattern.sub(lambda _: section + "\n", text, count=1) if pattern.search(text) \
-        else text.rstrip() + "\n\n" + section
-    path.write_text(text, encoding="utf-8")
+    path.write_text(replace_section(path.read_text(encoding="utf-8"), section, (SECTION_TITLE, *OLD_TITLES)),
+                    encoding="utf-8")
 
 
 def machine_description() -> str:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 
-__all__ = ["mib", "ms", "pct", "rate_text", "ratio", "si", "table"]
+__all__ = ["mib", "ms", "pct", "rate_text", "ratio", "replace_section", "si", "table"]
 
 
 def si(x: float, unit: str = "") -> str:
@@ -48,3 +49,21 @@ def pct(x: float) -> str:
 
 def rate_text(hz: int) -> str:
     return f"{hz // 1000} kHz" if hz >= 1000 else f"{hz} Hz"
+
+
+def replace_section(text: str, section: str, titles: Sequence[str], before: str | None = None) -> str:
+    r"""``text`` (a report) with its level-2 section titled one of ``titles`` replaced by ``section``;
+    without one, ``section`` goes before the line ``before`` (when the report has it), else at the end.
+
+    >>> replace_section("# R\n## A\nold\n## B\nb\n", "## A\nnew\n", ["A"])
+    '# R\n## A\nnew\n\n## B\nb\n'
+    >>> replace_section("# R\n## B\nb\n", "## A\nnew\n", ["A"], before="## B")
+    '# R\n## A\nnew\n\n## B\nb\n'
+    """
+    pattern = re.compile(rf"^## (?:{'|'.join(re.escape(t) for t in titles)})\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        return pattern.sub(lambda _: section + "\n", text, count=1)
+    if before is not None and (text.startswith(before) or "\n" + before in text):
+        at = 0 if text.startswith(before) else text.index("\n" + before) + 1
+        return text[:at] + section + "\n" + text[at:]
+    return text.rstrip() + "\n\n" + section

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import datetime as _dt
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from bench.markdown import si, table
+from bench.markdown import replace_section, si, table
 from bench.raw_lane_runs import AGREEMENT_RAD, REPEATS
 from bench.raw_shapes import FILE_RECORD_BATCH, PairRun, RawRun
 
@@ -155,14 +154,6 @@ NEXT_SECTION = "## KAIROS kernels\n"
 def update_report(path: Path, runs: Sequence[RawRun], machine: str | None = None) -> None:
     """Put this section into an existing report in place of its previous one (or where ``make bench``
     puts it: before :data:`NEXT_SECTION`, else at the end); the rest of the report is left as it is."""
-    text = path.read_text(encoding="utf-8")
     section = markdown_section(runs, level=2, machine=machine, alone=True)
-    pattern = re.compile(rf"^## {re.escape(SECTION_TITLE)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1)
-    elif text.startswith(NEXT_SECTION) or "\n" + NEXT_SECTION in text:
-        at = 0 if text.startswith(NEXT_SECTION) else text.index("\n" + NEXT_SECTION) + 1
-        text = text[:at] + section + "\n" + text[at:]
-    else:
-        text = text.rstrip() + "\n\n" + section
-    path.write_text(text, encoding="utf-8")
+    path.write_text(replace_section(path.read_text(encoding="utf-8"), section, (SECTION_TITLE,), NEXT_SECTION),
+                    encoding="utf-8")

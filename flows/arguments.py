@@ -8,10 +8,11 @@ the value, so bad usage also exits with 2.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
-__all__ = ["config_or_report", "positive_int"]
+__all__ = ["config_or_report", "positive_int", "positive_seconds"]
 
 
 def config_or_report(args: argparse.Namespace):
@@ -37,4 +38,12 @@ def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    """An argument that must be a finite number of seconds > 0."""
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
     return value

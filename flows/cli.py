@@ -15,7 +15,7 @@ import sys
 import threading
 from typing import Sequence
 
-from flows.arguments import config_or_report, positive_int
+from flows.arguments import config_or_report, positive_int, positive_seconds
 
 __all__ = ["main"]
 
@@ -223,13 +223,6 @@ def _port(text: str) -> int:
     return value
 
 
-def _seconds(text: str) -> float:
-    value = float(text)
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
-    return value
-
-
 def _rate(text: str) -> float:
     value = float(text)
     if not (math.isfinite(value) and value >= 0):
@@ -261,9 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="FILE", default=None, help=config_help)
     p.add_argument("--workers", type=positive_int, default=1, metavar="N",
                    help="Bytewax worker threads (default 1); the results do not depend on it")
-    p.add_argument("--timeout", type=_seconds, default=10.0, metavar="SECONDS",
+    p.add_argument("--timeout", type=positive_seconds, default=10.0, metavar="SECONDS",
                    help="with Kafka in the config: how long to wait for the cluster to answer at start (default 10)")
-    p.add_argument("--snapshot-interval", type=_seconds, default=10.0, metavar="SECONDS",
+    p.add_argument("--snapshot-interval", type=positive_seconds, default=10.0, metavar="SECONDS",
                    help="how often the state is snapshotted for recovery (default 10); a resumed run reads "
                    "again at most about this much of its input")
     p.add_argument("--no-recovery", action="store_true",
@@ -340,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="send everything to partition P (default: by key)",
     )
     g.add_argument(
-        "--timeout", type=_seconds, default=10.0, metavar="SECONDS",
+        "--timeout", type=positive_seconds, default=10.0, metavar="SECONDS",
         help="how long to wait for the cluster to answer at start (default 10)",
     )
     p.set_defaults(func=cmd_produce)

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 
-from flows.arguments import positive_int
+from flows.arguments import positive_int, positive_seconds
 
 __all__ = ["add_parsers", "cmd_ingest_c37118", "cmd_ingest_lsl"]
 
@@ -37,13 +36,6 @@ def _log_to_stderr(name: str) -> None:
     from flows.cli import _log_to_stderr as log_to_stderr
 
     log_to_stderr(name, level=logging.WARNING)
-
-
-def _seconds(text: str) -> float:
-    value = float(text)
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
-    return value
 
 
 def _idcode(text: str) -> int:
@@ -75,7 +67,7 @@ def add_parsers(sub, config_help: str) -> None:
     p.add_argument("--idcode", type=_idcode, default=1, metavar="N",
                    help="IDCODE of the data stream, sent in command frames (default 1)")
     p.add_argument("--limit", type=positive_int, default=None, metavar="FRAMES", help="stop after FRAMES data frames")
-    p.add_argument("--timeout", type=_seconds, default=10.0, metavar="S",
+    p.add_argument("--timeout", type=positive_seconds, default=10.0, metavar="S",
                    help="seconds to wait for the connection, the cluster, and between frames (default 10)")
     p.add_argument("--bootstrap", default=None, metavar="HOST:PORT",
                    help="Kafka bootstrap servers (default: kafka.bootstrap.servers of the config)")
@@ -95,7 +87,7 @@ def add_parsers(sub, config_help: str) -> None:
     p.add_argument("--type", default=None, metavar="TYPE", help="only a stream of this type (EEG, ECG ...)")
     p.add_argument("--limit", type=positive_int, default=None, metavar="SAMPLES",
                    help="stop after SAMPLES samples (each one value per channel)")
-    p.add_argument("--timeout", type=_seconds, default=10.0, metavar="S",
+    p.add_argument("--timeout", type=positive_seconds, default=10.0, metavar="S",
                    help="seconds to wait for the stream to be found and answer, and for the cluster (default 10)")
     p.add_argument("--bootstrap", default=None, metavar="HOST:PORT",
                    help="Kafka bootstrap servers (default: kafka.bootstrap.servers of the config)")

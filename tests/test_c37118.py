@@ -344,6 +344,23 @@ def _pmu_modes_config(bootstrap: str, tmp: Path) -> tuple[str, str, Path, Path]:
     return topic, dlq, root, path
 
 
+def _feed(pmu, proc: subprocess.Popen, send) -> tuple[str, str]:
+    """Once the ingest ``proc`` has connected to ``pmu``, ``send()`` its frames; the ingest's (stdout, stderr).
+    The ingest is killed and the PMU stopped whatever happens."""
+    try:
+        deadline = time.monotonic() + WAIT
+        while not pmu.client_buffers and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert pmu.client_buffers, "the ingest never connected to the PMU"
+        send()
+        return proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        pmu.stop()
+
+
 def _ingest(bootstrap: str, topic: str, dlq: str, root: Path, config_path: Path, *options: str) -> Ingest:
     """The frames of :func:`_sent` (one corrupted copy and stray bytes among them) from the pyc37 PMU through
     ``becomingone ingest c37118 OPTIONS`` to ``topic``."""
@@ -356,22 +373,14 @@ def _ingest(bootstrap: str, topic: str, dlq: str, root: Path, config_path: Path,
     proc = subprocess.Popen(
         [str(BIN), "ingest", "c37118", f"127.0.0.1:{port}", "--config", str(config_path), "--limit", str(FRAMES),
          "--timeout", "20", *options], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env())
-    try:
-        deadline = time.monotonic() + WAIT
-        while not pmu.client_buffers and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.05)
-        assert pmu.client_buffers, "the ingest never connected to the PMU"
+    def send() -> None:
         for k, frame in enumerate(frames):
             if k == 50:
                 pmu.send(bytes(bad))
                 pmu.send(stray)
             pmu.send(frame)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-        pmu.stop()
+
+    out, err = _feed(pmu, proc, send)
     done = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
     return Ingest(done, sent, bytes(bad), stray, topic, dlq, config_path, root, bootstrap)
 
@@ -522,20 +531,12 @@ def test_an_oscillation_mode_sent_by_the_pmu_collapses_with_the_pmu_modes_config
     proc = subprocess.Popen([str(BIN), "ingest", "c37118", f"127.0.0.1:{port}", "--config", str(path), "--as",
                              "value", "--limit", str(len(sent)), "--timeout", "20"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env())
-    try:
-        deadline = time.monotonic() + WAIT
-        while not pmu.client_buffers and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.05)
-        assert pmu.client_buffers, "the ingest never connected to the PMU"
+    def send() -> None:
         # The simulator sends at most one queued item per 0.1 s: one second of frames per item.
         for k in range(0, len(sent), 30):
             pmu.send(b"".join(s.frame(cfg) for s in sent[k:k + 30]))
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-        pmu.stop()
+
+    out, err = _feed(pmu, proc, send)
     assert proc.returncode == 0, err
     assert f"ingested {len(sent):,} data frames ({3 * len(sent):,} samples" in out
     run = subprocess.run([str(BIN), "run", "--config", str(path)], capture_output=True, text=True, env=clean_env(),
