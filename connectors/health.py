@@ -1,6 +1,6 @@
 """Liveness and readiness of this process's flow: what ``/healthz`` and ``/readyz`` answer.
 
-Both are served beside ``/metrics`` on the metrics endpoint (:func:`connectors.metrics.serve`),
+Both are served beside ``/metrics`` on the metrics endpoint (:func:`connectors.endpoint.serve`),
 each as ``200`` or ``503`` with a small JSON body naming every check and its state::
 
     {"ok": false, "checks": {"flow": {"ok": true, "state": "running"},

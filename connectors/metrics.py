@@ -1,4 +1,4 @@
-"""Prometheus metrics of the pipeline, its HTTP endpoint, and the per-sensor run ledger.
+"""Prometheus metrics of the pipeline and the per-sensor run ledger.
 
 Metrics live in prometheus-client's process-wide default registry, beside
 the Python process metrics and the Kafka clients' gauges
@@ -47,11 +47,12 @@ name                                        type       labels
                                                        snapshot covers yet (0: none)
 ==========================================  =========  =====================================
 
-The same endpoint answers ``/healthz`` and ``/readyz`` (:mod:`connectors.health`).
+:func:`connectors.endpoint.serve` serves them (HTTP or HTTPS), with ``/healthz`` and ``/readyz``
+(:mod:`connectors.health`).
 
 Every dataflow worker of a process updates the same metrics (they are
 thread-safe), so a scrape sees the process.  With several processes, each
-serves its own endpoint (see :func:`serve`).
+serves its own endpoint.
 
 :class:`RunLedger` is what ``becomingone run`` shows: a live progress line
 and the closing table per sensor.
@@ -62,13 +63,10 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
-import socket
-from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram, make_wsgi_app
-from prometheus_client.exposition import ThreadingWSGIServer
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 
-__all__ = ["PipelineMetrics", "RunLedger", "SensorLedger", "ledger", "metrics", "serve"]
+__all__ = ["PipelineMetrics", "RunLedger", "SensorLedger", "ledger", "metrics"]
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _BATCH_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -169,7 +167,6 @@ class PipelineMetrics:
 
 _lock = threading.Lock()
 _metrics: PipelineMetrics | None = None
-_servers: dict[tuple[str, int], object] = {}
 
 
 def metrics() -> PipelineMetrics:
@@ -179,46 +176,6 @@ def metrics() -> PipelineMetrics:
         if _metrics is None:
             _metrics = PipelineMetrics()
         return _metrics
-
-
-def serve(bind: str, port: int) -> bool:
-    """Serve the default registry at ``http://bind:port/metrics``, and the flow's liveness and
-    readiness at ``/healthz`` and ``/readyz`` (:mod:`connectors.health`); True if started now.
-
-    prometheus-client's exposition (``make_wsgi_app``) answers ``/metrics``
-    as its ``start_http_server`` would; the server is its threading WSGI
-    server, in a daemon thread.  Idempotent per (bind, port) within a
-    process.  Raises OSError (port in use) with the address named.
-    """
-    from connectors.health import probe_app  # health reads the Kafka clients' state, which uses these metrics
-
-    with _lock:
-        if (bind, port) in _servers:
-            return False
-        try:
-            server = _http_server(bind, port, probe_app(make_wsgi_app(REGISTRY)))
-        except OSError as exc:
-            raise OSError(exc.errno, f"cannot serve metrics on {bind}:{port}: {exc.strerror or exc}") from None
-        threading.Thread(target=server.serve_forever, name="metrics-endpoint", daemon=True).start()
-        _servers[(bind, port)] = server
-        return True
-
-
-class _QuietHandler(WSGIRequestHandler):
-    """No line per request on stderr (a probe every few seconds would fill the log)."""
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-def _http_server(bind: str, port: int, app) -> ThreadingWSGIServer:
-    """A threading WSGI server of ``app`` bound to ``bind:port`` (IPv4 or IPv6, as ``bind`` resolves)."""
-    family = socket.getaddrinfo(bind or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
-
-    class Server(ThreadingWSGIServer):
-        address_family = family
-
-    return make_server(bind, port, app, Server, handler_class=_QuietHandler)
 
 
 @dataclass

@@ -14,7 +14,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from connectors.metrics import PipelineMetrics, RunLedger, ledger, metrics, serve
+from connectors.endpoint import ServerTLS, serve
+from connectors.metrics import PipelineMetrics, RunLedger, ledger, metrics
 from connectors.stopping import StopSignal
 from schemas.config import Config
 
@@ -48,14 +49,14 @@ class FlowObserver:
         ledger: the run summary's counts (the process's :class:`~connectors.metrics.RunLedger` by default).
         stop: ends the flow's input when requested (graceful stop).
         clock: the times the steps read.
-        endpoint: ``(bind, port)`` of the metrics endpoint the first step starts, or None.
+        endpoint: ``(bind, port, tls)`` of the metrics endpoint the first step starts, or None.
     """
 
     metrics: PipelineMetrics = field(default_factory=metrics)
     ledger: RunLedger = field(default_factory=ledger)
     stop: StopSignal = field(default_factory=StopSignal)
     clock: Clock = field(default_factory=Clock)
-    endpoint: tuple[str, int] | None = None
+    endpoint: tuple[str, int, ServerTLS | None] | None = None
     _workers: dict[int, int] = field(default_factory=dict, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _started: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
@@ -64,7 +65,7 @@ class FlowObserver:
     def of(cls, config: Config) -> FlowObserver:
         """The observer of a flow of ``config``: the process's metrics and ledger, a new stop signal."""
         m = config.metrics
-        return cls(endpoint=(m.bind, m.port) if m.enabled else None)
+        return cls(endpoint=(m.bind, m.port, ServerTLS.of(config.security)) if m.enabled else None)
 
     def worker(self) -> int:
         """This worker thread's index within the process, in order of first activity."""

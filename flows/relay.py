@@ -134,13 +134,13 @@ def run_relay(config: Config, *, out: TextIO, err: TextIO, timeout: float = 10.0
         DeliveryFailed: the target refused messages.
     """
     from connectors.health import flow_health
-    from connectors.metrics import serve
+    from connectors.endpoint import ServerTLS, serve
 
     stop = StopSignal() if stop is None else stop
     health = flow_health()
     health.begin(archive=None, kafka=True)
     if config.metrics.enabled:
-        serve(config.metrics.bind, config.metrics.port)
+        serve(config.metrics.bind, config.metrics.port, ServerTLS.of(config.security))
     relay = relay_of(config)
     stopped_by: list[int] = []
 

@@ -30,7 +30,7 @@ from schemas.config import (
 )
 from schemas.printable import printable
 
-__all__ = ["ConfigOrigin", "input_partitions", "log_startup", "startup_facts", "startup_message"]
+__all__ = ["ConfigOrigin", "input_partitions", "log_startup", "plaintext_traffic", "startup_facts", "startup_message"]
 
 log = logging.getLogger("becomingone.flow")
 
@@ -91,9 +91,52 @@ def startup_message(facts: dict[str, Any]) -> str:
 
 
 def log_startup(config: Config, origin: ConfigOrigin, partitions: int | None = None) -> None:
-    """Log the startup line (INFO, ``becomingone.flow``) with its facts as fields."""
+    """Log the startup line (INFO, ``becomingone.flow``) with its facts as fields, and a warning
+    naming the plaintext traffic if there is any (:func:`plaintext_traffic`)."""
     facts = startup_facts(config, origin, partitions)
     log.info("%s", startup_message(facts), extra={"fields": {"startup": facts}})
+    plain = plaintext_traffic(config)
+    if plain:
+        log.warning("plaintext traffic: %s; security.transport: tls with security.cert_file and "
+                    "security.key_file encrypts it (docs/security.md)", "; ".join(plain),
+                    extra={"fields": {"plaintext": plain}})
+
+
+def plaintext_traffic(config: Config) -> list[str]:
+    """What this node sends or serves without TLS, one phrase each (empty when everything is TLS).
+
+    >>> from schemas.config import parse_config
+    >>> plaintext_traffic(parse_config({}))
+    ['metrics and health endpoint http://127.0.0.1:9108']
+    """
+    plain: list[str] = []
+    if config.metrics.enabled and not config.security.tls:
+        plain.append(f"metrics and health endpoint http://{config.metrics.bind}:{config.metrics.port}")
+    for name, settings in _kafka_clusters(config):
+        protocol = str(settings.get("security.protocol", "PLAINTEXT")).upper()
+        if protocol == "SASL_PLAINTEXT":
+            plain.append(f"{name} at {settings.get('bootstrap.servers', '?')} (SASL_PLAINTEXT: the SASL "
+                         "credentials too, unless the mechanism hides them)")
+        elif protocol == "PLAINTEXT":
+            plain.append(f"{name} at {settings.get('bootstrap.servers', '?')}")
+    return plain
+
+
+def _kafka_clusters(config: Config) -> list[tuple[str, Mapping[str, Any]]]:
+    """(name, librdkafka settings) of each Kafka cluster this node talks to."""
+    base = dict(config.kafka.root) if config.kafka is not None else {}
+    clusters: list[tuple[str, Mapping[str, Any]]] = [("Kafka", base)] if config.kafka is not None else []
+    node = config.becomingone.node
+    if node == "witness" and config.witness_node.kafka is not None:
+        clusters.append(("audited Kafka", config.witness_node.kafka))
+    if node == "relay":
+        if config.relay.source is not None:
+            clusters.append(("relay source Kafka", config.relay.source.root))
+        clusters.append(("relay target Kafka", config.relay.target.root))
+    if config.sync.mesh_enabled:
+        for peer in config.sync.mesh.peers:
+            clusters.append(("mesh peer Kafka", {**base, **peer.kafka, "bootstrap.servers": peer.bootstrap_servers}))
+    return clusters
 
 
 def input_partitions(config: Config, admin: Any = None, timeout: float = 5.0) -> int | None:

@@ -23,7 +23,8 @@ from confluent_kafka import Producer
 
 from connectors.health import FlowHealth, flow_health, liveness, probe_app, readiness
 from connectors.kafka import PhaseProducer, producer_settings
-from connectors.metrics import metrics, serve
+from connectors.endpoint import serve
+from connectors.metrics import metrics
 from connectors.phase_files import PhaseColumns
 from connectors.synthetic import SyntheticSensor, synthetic_batches
 from tests.conftest import (BIN, WAIT, clean_env, free_port, partitioned_topic, start_broker, stop_process,

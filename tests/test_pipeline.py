@@ -149,7 +149,8 @@ def run(bootstrap, tmp_path_factory) -> Run:
     })
     samples = {**json_sensors, **arrow_sensors}
     result = Run(bootstrap, config, root, samples, bad)
-    from connectors.metrics import metrics, serve
+    from connectors.endpoint import serve
+    from connectors.metrics import metrics
 
     metrics()
     serve("127.0.0.1", port)

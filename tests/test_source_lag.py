@@ -15,7 +15,7 @@ import uuid
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from connectors.metrics import serve
+from connectors.endpoint import serve
 from connectors.kafka import TopicSource
 from tests.conftest import WAIT, free_port, unique_topic
 

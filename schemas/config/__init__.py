@@ -45,6 +45,7 @@ from schemas.config.loading import (
     load_config,
 )
 from schemas.config.model import Config, redact_settings
+from schemas.config.security import SecuritySection
 from schemas.config.seed_sections import (
     BecomingOneSection,
     EmissarySection,
@@ -54,7 +55,6 @@ from schemas.config.seed_sections import (
     MemorySection,
     MeshPeer,
     MeshSection,
-    SecuritySection,
     StorageSection,
     SyncSection,
     WitnessingSection,

@@ -18,10 +18,10 @@ from schemas.config.seed_sections import (
     LoggingSection,
     MasterSection,
     MemorySection,
-    SecuritySection,
     SyncSection,
     WitnessingSection,
 )
+from schemas.config.security import SecuritySection
 from schemas.config.stream_sections import (
     KafkaSection,
     MetricsSection,
@@ -70,6 +70,25 @@ class Config(_Section):
         problems = _rule_problems({name: getattr(self, name) for name in type(self).model_fields})
         if problems:
             raise _RuleViolations(problems)
+        return self._secured() if self.security.tls else self
+
+    def _secured(self) -> Config:
+        """This config with ``security``'s TLS settings in every Kafka client side (their own keys win),
+        so each client made from it speaks TLS; applying it twice changes nothing."""
+        sec = self.security
+
+        def side(kafka: KafkaSection | None) -> KafkaSection | None:
+            return None if kafka is None else KafkaSection(sec.kafka_settings(kafka.root))
+
+        witness = self.witness_node
+        if witness.kafka is not None:
+            witness = witness.model_copy(update={"kafka": sec.kafka_settings(witness.kafka)})
+        relay = self.relay.model_copy(update={"source": side(self.relay.source), "target": side(self.relay.target)})
+        peers = tuple(p.model_copy(update={"kafka": sec.kafka_settings(p.kafka)}) for p in self.sync.mesh.peers)
+        mesh = self.sync.mesh.model_copy(update={"peers": peers})
+        for name, value in (("kafka", side(self.kafka)), ("witness_node", witness), ("relay", relay),
+                            ("sync", self.sync.model_copy(update={"mesh": mesh}))):
+            object.__setattr__(self, name, value)  # frozen: set once, while validating
         return self
 
     @property
@@ -87,7 +106,7 @@ class Config(_Section):
         Args:
             redact_secrets: replace Kafka passwords, secrets, tokens and private
                 keys (``kafka``, ``relay.source``, ``relay.target``, ``witness_node.kafka``,
-                ``sync.mesh.peers[i].kafka``) by ``<redacted>`` (for display; the result no longer
+                ``sync.mesh.peers[i].kafka``, ``security.key_password``) by ``<redacted>`` (for display; the result no longer
                 round-trips those values).
         """
         data = self.model_dump(mode="json")
@@ -100,4 +119,6 @@ class Config(_Section):
             for holder, name in holders:
                 if holder.get(name):
                     holder[name] = redact_settings(holder[name])
+            if data["security"].get("key_password") is not None:
+                data["security"]["key_password"] = REDACTED
         return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True)

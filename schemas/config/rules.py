@@ -265,6 +265,35 @@ def _mutual_tls_needs_tls(c: Any) -> Iterator[tuple[str, str]]:
         )
 
 
+@_rule("security")
+def _tls_files(c: Any) -> Iterator[tuple[str, str]]:
+    if c.security.node_auth == "mutual_tls" and c.security.transport != "tls":
+        return  # said above; the files would only repeat it
+    yield from c.security.file_problems()
+
+
+@_rule("security.transport", "kafka", "witness_node.kafka", "relay.source", "relay.target", "sync.mesh.peers")
+def _kafka_keeps_tls(c: Any) -> Iterator[tuple[str, str]]:
+    # security.transport: tls is every Kafka client's; a side that says plaintext contradicts it.
+    for prefix, settings in _kafka_sides(c):
+        why = c.security.kafka_conflict(settings)
+        if why is not None:
+            yield f"{prefix}.security.protocol", f"{prefix}.{why}"
+
+
+def _kafka_sides(c: Any) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """(key path, librdkafka settings) of every Kafka client side the config names."""
+    if c.kafka is not None:
+        yield "kafka", c.kafka.root
+    if c.witness_node.kafka is not None:
+        yield "witness_node.kafka", c.witness_node.kafka
+    if c.relay.source is not None:
+        yield "relay.source", c.relay.source.root
+    yield "relay.target", c.relay.target.root
+    for i, peer in enumerate(c.sync.mesh.peers):
+        yield f"sync.mesh.peers[{i}].kafka", peer.kafka
+
+
 @_rule("kafka")
 def _kafka_settings(c: Any) -> Iterator[tuple[str, str]]:
     if c.kafka is not None:

@@ -373,18 +373,6 @@ class WitnessingSection(_Section):
         return self.enabled and bool(getattr(self.layers, layer))
 
 
-class SecuritySection(_Section):
-    """``security``: transport security of mesh peer connections.
-
-    Kafka's own TLS/SASL settings live in the ``kafka`` section.
-    """
-
-    intrinsic: bool = True
-    """The seed's 'thermodynamic security' flag; recorded, no effect on the pipeline."""
-    transport: Literal["tls", "plaintext"] = "tls"
-    node_auth: Literal["mutual_tls", "none"] = "mutual_tls"
-
-
 class LoggingSection(_Section):
     """``logging``."""
 
