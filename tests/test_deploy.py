@@ -15,6 +15,7 @@ from pathlib import Path
 
 import kubernetes_validate
 import pytest
+import trustme
 import yaml
 
 from schemas.config import parse_config
@@ -30,10 +31,36 @@ def _documents() -> dict[str, dict]:
     return docs
 
 
-def test_configmap_holds_a_valid_config():
-    config = parse_config(yaml.safe_load(_documents()["ConfigMap/becomingone-config"]["data"]["config.yaml"]))
+def _raw_config(docs: dict | None = None) -> dict:
+    return yaml.safe_load((docs or _documents())["ConfigMap/becomingone-config"]["data"]["config.yaml"])
+
+
+@pytest.fixture(scope="module")
+def pod_files(tmp_path_factory) -> dict[str, str]:
+    """The TLS files the pod mounts, made here: their path in the pod -> a real file of that kind."""
+    root = tmp_path_factory.mktemp("pod-tls")
+    ca = trustme.CA()
+    issued = ca.issue_cert("becomingone-metrics.becomingone.svc")
+    ca.cert_pem.write_to_path(str(root / "ca.crt"))
+    issued.cert_chain_pems[0].write_to_path(str(root / "tls.crt"))
+    issued.private_key_pem.write_to_path(str(root / "tls.key"))
+    security = _raw_config()["security"]
+    return {security[key]: str(root / Path(security[key]).name) for key in ("ca_file", "cert_file", "key_file")}
+
+
+def _config(pod_files: dict[str, str], docs: dict | None = None):
+    """The ConfigMap's config, validated with its TLS files where this machine has them."""
+    raw = _raw_config(docs)
+    raw["security"] = {k: pod_files.get(v, v) if isinstance(v, str) else v for k, v in raw["security"].items()}
+    return parse_config(raw)
+
+
+def test_configmap_holds_a_valid_config(pod_files):
+    config = _config(pod_files)
     assert config.source.kind == "kafka"
     assert config.metrics.bind == "0.0.0.0"  # reachable by the metrics service
+    assert config.security.mutual  # Kafka and the endpoint: TLS both ways
+    assert config.kafka.root["security.protocol"] == "SASL_SSL"
 
 
 def test_dockerfile_runs_the_flow_the_bytewax_way():
@@ -43,16 +70,17 @@ def test_dockerfile_runs_the_flow_the_bytewax_way():
         assert f"COPY {package} ./{package}" in text
 
 
-def test_statefulset_probes_use_the_health_endpoints_on_the_metrics_port():
+def test_statefulset_probes_use_the_health_endpoints_on_the_metrics_port(pod_files):
     docs = _documents()
     container = docs["StatefulSet/becomingone"]["spec"]["template"]["spec"]["containers"][0]
     paths = {kind: container[kind]["httpGet"]["path"] for kind in ("startupProbe", "livenessProbe", "readinessProbe")}
     assert paths == {"startupProbe": "/healthz", "livenessProbe": "/healthz", "readinessProbe": "/readyz"}
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    config = parse_config(yaml.safe_load(docs["ConfigMap/becomingone-config"]["data"]["config.yaml"]))
+    config = _config(pod_files, docs)
     for kind in paths:
         probe = container[kind]
         assert ports[probe["httpGet"]["port"]] == config.metrics.port
+        assert probe["httpGet"]["scheme"] == ("HTTPS" if config.security.tls else "HTTP")
         assert probe["timeoutSeconds"] <= probe["periodSeconds"]
     # A cold start (~7 s, plus up to 10 s of Kafka check) fits the startup probe's budget many times over.
     startup = container["startupProbe"]
@@ -164,7 +192,7 @@ def test_the_namespace_enforces_the_restricted_profile():
     assert {d["metadata"]["namespace"] for d in namespaced} == {"becomingone"}
 
 
-def test_the_container_runs_as_the_image_user_on_a_read_only_root_with_its_writable_paths_mounted():
+def test_the_container_runs_as_the_image_user_on_a_read_only_root_with_its_writable_paths_mounted(pod_files):
     container, pod = _container(), _statefulset()["spec"]["template"]["spec"]
     dockerfile = (DEPLOY / "Dockerfile").read_text()
     assert "--uid 10001" in dockerfile and container["securityContext"]["runAsUser"] == 10001
@@ -172,7 +200,7 @@ def test_the_container_runs_as_the_image_user_on_a_read_only_root_with_its_writa
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     writable = {path for path, m in mounts.items() if not m.get("readOnly")}
-    config = parse_config(yaml.safe_load(_documents()["ConfigMap/becomingone-config"]["data"]["config.yaml"]))
+    config = _config(pod_files)
     env = _env(container)
     workdir = [line.split()[1] for line in dockerfile.splitlines() if line.startswith("WORKDIR")][-1]
     numba_cache = dockerfile.split("NUMBA_CACHE_DIR=")[1].split()[0]
@@ -236,23 +264,28 @@ def test_the_disruption_budget_covers_the_flow_s_pods_one_at_a_time():
     assert budget["maxUnavailable"] == 1
 
 
-def test_the_kafka_secret_is_mounted_read_only_and_named_in_the_config():
+def test_the_tls_secret_is_mounted_read_only_and_named_in_the_config():
     docs, container = _documents(), _container()
-    secret = docs["Secret/becomingone-kafka"]
+    secret = docs["Secret/becomingone-tls"]
     pod = _statefulset()["spec"]["template"]["spec"]
-    volume = next(v for v in pod["volumes"] if v.get("secret", {}).get("secretName") == "becomingone-kafka")
+    volume = next(v for v in pod["volumes"] if v.get("secret", {}).get("secretName") == "becomingone-tls")
     mount = next(m for m in container["volumeMounts"] if m["name"] == volume["name"])
     assert mount["readOnly"] is True
     files = {f"{mount['mountPath']}/{item['path']}" for item in volume["secret"]["items"]}
     assert {item["key"] for item in volume["secret"]["items"]} <= set(secret["stringData"])
-    kafka = parse_config(yaml.safe_load(docs["ConfigMap/becomingone-config"]["data"]["config.yaml"])).kafka.root
-    assert {kafka[k] for k in ("ssl.ca.location", "ssl.certificate.location", "ssl.key.location")} == files
+    security = _raw_config(docs)["security"]
+    assert {security[k] for k in ("ca_file", "cert_file", "key_file")} == files
+
+
+def test_the_sasl_secret_reaches_the_config_through_the_environment():
+    docs, container = _documents(), _container()
     refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e
             and "secretKeyRef" in e["valueFrom"]}
     # BECOMINGONE__KAFKA__SASL_PASSWORD sets kafka's sasl.password (schemas/config/loading.py).
     assert {name: ref["key"] for name, ref in refs.items()} == {
         "BECOMINGONE__KAFKA__SASL_USERNAME": "sasl.username", "BECOMINGONE__KAFKA__SASL_PASSWORD": "sasl.password"}
     assert {ref["name"] for ref in refs.values()} == {"becomingone-kafka"}
+    assert {ref["key"] for ref in refs.values()} <= set(docs["Secret/becomingone-kafka"]["stringData"])
 
 
 def test_the_service_monitor_scrapes_the_metrics_service_port():
@@ -265,7 +298,11 @@ def test_the_service_monitor_scrapes_the_metrics_service_port():
     assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics"]
     assert "metrics" in ports
     annotations = _statefulset()["spec"]["template"]["metadata"]["annotations"]
-    assert annotations["prometheus.io/path"] == monitor["spec"]["endpoints"][0]["path"]
+    endpoint = monitor["spec"]["endpoints"][0]
+    assert annotations["prometheus.io/path"] == endpoint["path"]
+    # The endpoint speaks HTTPS and asks for a client certificate (the config's security section).
+    assert endpoint["scheme"] == annotations["prometheus.io/scheme"] == "https"
+    assert {"ca", "cert", "keySecret"} <= set(endpoint["tlsConfig"])
 
 
 # --- checkov ---------------------------------------------------------------------------------------------
