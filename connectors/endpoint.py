@@ -13,16 +13,19 @@
   the probes stay open because the kubelet has no certificate to show.
 - A failed handshake is one warning line naming the peer and the reason,
   repeats held back.
+- New files (a rotated certificate) are served without a restart: their
+  modification times are looked at every :data:`RECHECK_SECONDS`.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
@@ -35,6 +38,8 @@ __all__ = ["HANDSHAKE_TIMEOUT", "OPEN_PATHS", "ServerTLS", "serve"]
 
 #: Seconds a client has to finish the TLS handshake (and then each read of its request).
 HANDSHAKE_TIMEOUT = 10.0
+#: Seconds between looks at the TLS files' modification times.
+RECHECK_SECONDS = 30.0
 #: Paths answered under mutual TLS without a client certificate: the kubelet's probes.
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 #: The WSGI environ key that tells whether the client showed a verified certificate.
@@ -47,24 +52,57 @@ _lock = threading.Lock()
 _servers: dict[tuple[str, int], ThreadingWSGIServer] = {}
 
 
-@dataclass(frozen=True)
 class ServerTLS:
-    """How the endpoint speaks TLS.
+    """How the endpoint speaks TLS: the context of a config's ``security`` section, renewed when its files
+    change (a certificate rotated by cert-manager is served without a restart).
 
     Attributes:
-        context: the server's context (``SecuritySection.server_context``).
         client_certificate: paths other than :data:`OPEN_PATHS` need a verified client certificate.
     """
 
-    context: ssl.SSLContext
-    client_certificate: bool = False
+    def __init__(self, security: Any, *, recheck: float = RECHECK_SECONDS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._security, self._recheck, self._clock = security, recheck, clock
+        self.client_certificate = bool(security.mutual)
+        self._lock = threading.Lock()
+        self._files = _file_stamps(security)
+        self._context = security.server_context()
+        self._checked = clock()
 
     @classmethod
     def of(cls, security: Any) -> ServerTLS | None:
         """The TLS of a config's ``security`` section, or None under ``transport: plaintext``."""
-        if not security.tls:
-            return None
-        return cls(security.server_context(), client_certificate=security.mutual)
+        return cls(security) if security.tls else None
+
+    def context(self) -> ssl.SSLContext:
+        """The current context: rebuilt when a file changed (checked at most every ``recheck`` seconds);
+        a rebuild that fails (files half written) keeps the old one and says why."""
+        with self._lock:
+            now = self._clock()
+            if now - self._checked < self._recheck:
+                return self._context
+            self._checked = now
+            files = _file_stamps(self._security)
+            if files != self._files:
+                try:
+                    self._context = self._security.server_context()
+                    self._files = files
+                    log.info("metrics endpoint: TLS files changed; new connections get the new certificate")
+                except ValueError as exc:
+                    log.warning("metrics endpoint: TLS files changed but cannot be loaded (%s); "
+                                "still serving the previous certificate", exc)
+            return self._context
+
+
+def _file_stamps(security: Any) -> tuple:
+    stamps = []
+    for path in (security.ca_file, security.cert_file, security.key_file):
+        try:
+            st = os.stat(path) if path else None
+        except OSError:
+            st = None
+        stamps.append(None if st is None else (st.st_mtime_ns, st.st_size, st.st_ino))
+    return tuple(stamps)
 
 
 def serve(bind: str, port: int, tls: ServerTLS | None = None) -> bool:
@@ -151,7 +189,7 @@ def _http_server(bind: str, port: int, app: Callable[..., Iterable[bytes]],
             if tls is None:
                 return sock, address
             # The handshake waits for the connection's own thread (_TLSHandler.setup).
-            return tls.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), address
+            return tls.context().wrap_socket(sock, server_side=True, do_handshake_on_connect=False), address
 
         def handle_error(self, request: Any, client_address: Any) -> None:
             # A failed handshake is logged already; a client gone mid-answer is not the server's problem.

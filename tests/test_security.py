@@ -251,6 +251,31 @@ def test_a_stalled_client_blocks_nobody(certs):
             s.close()
 
 
+def _served_serial(port: int, ca: Path) -> int:
+    with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as raw:
+        with _client(ca).wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            return int(tls.getpeercert()["serialNumber"], 16)
+
+
+def test_a_rotated_certificate_is_served_without_a_restart(tmp_path, caplog):
+    certs = Certs(tmp_path / "rotating")
+    security = parse_config({"security": certs.security()}).security
+    port = free_port()
+    assert serve("127.0.0.1", port, ServerTLS(security, recheck=0.0))
+    first = _served_serial(port, certs.ca_file)
+    # cert-manager renews: new files at the same paths.
+    renewed = certs.ca.issue_cert("127.0.0.1", "localhost")
+    certs.cert_file.write_bytes(b"".join(blob.bytes() for blob in renewed.cert_chain_pems))
+    renewed.private_key_pem.write_to_path(str(certs.key_file))
+    second = _served_serial(port, certs.ca_file)
+    assert second != first
+    # Half-written files: the previous certificate stays, and the log says so.
+    caplog.set_level(logging.WARNING, logger="becomingone.metrics")
+    certs.key_file.write_text("-----BEGIN PRIVATE KEY-----\n")
+    assert _served_serial(port, certs.ca_file) == second
+    assert any("TLS files changed but cannot be loaded" in r.getMessage() for r in caplog.records)
+
+
 # --------------------------------------------------------------------------
 # Through `becomingone run`.
 
