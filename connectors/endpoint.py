@@ -211,6 +211,8 @@ def _handshake_reason(exc: BaseException) -> str:
     reason = getattr(exc, "reason", None)
     if reason == "HTTP_REQUEST":
         return "the client sent plain HTTP to this HTTPS endpoint (scrape https://)"
+    if reason in ("TLSV1_ALERT_UNKNOWN_CA", "SSLV3_ALERT_BAD_CERTIFICATE"):
+        return f"the client does not trust security.cert_file ({reason}: it checks against another CA)"
     if isinstance(exc, TimeoutError) or isinstance(exc, socket.timeout):
         return f"no handshake within {HANDSHAKE_TIMEOUT:g} s"
     return str(reason or exc)
