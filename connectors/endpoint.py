@@ -8,6 +8,7 @@
 - The TLS handshake runs in the connection's own thread with a time limit, so
   a client that connects and stalls holds one thread for a while, never the
   accept loop (prometheus-client's own server shakes hands in that loop).
+  At most :data:`MAX_CONNECTIONS` are served at once; more are closed.
 - Under mutual TLS a client certificate is asked for and, when shown, must be
   signed by ``security.ca_file``; ``/metrics`` answers 403 without one, while
   the probes stay open because the kubelet has no certificate to show.
@@ -34,10 +35,12 @@ from prometheus_client.exposition import ThreadingWSGIServer
 
 from connectors.kafka.health import RepeatFilter
 
-__all__ = ["HANDSHAKE_TIMEOUT", "OPEN_PATHS", "ServerTLS", "serve"]
+__all__ = ["HANDSHAKE_TIMEOUT", "MAX_CONNECTIONS", "OPEN_PATHS", "ServerTLS", "serve"]
 
-#: Seconds a client has to finish the TLS handshake (and then each read of its request).
+#: Seconds a client has to finish the TLS handshake, and then each read of its request.
 HANDSHAKE_TIMEOUT = 10.0
+#: Connections served at once; more are closed at once (each holds a thread until answered or timed out).
+MAX_CONNECTIONS = 64
 #: Seconds between looks at the TLS files' modification times.
 RECHECK_SECONDS = 30.0
 #: Paths answered under mutual TLS without a client certificate: the kubelet's probes.
@@ -144,7 +147,10 @@ def _client_certificate_gate(app: Callable[..., Iterable[bytes]]) -> Callable[..
 
 
 class _QuietHandler(WSGIRequestHandler):
-    """No line per request on stderr (a probe every few seconds would fill the log)."""
+    """No line per request on stderr (a probe every few seconds would fill the log); a client that
+    stops sending is dropped after :data:`HANDSHAKE_TIMEOUT` seconds instead of holding its thread."""
+
+    timeout = HANDSHAKE_TIMEOUT
 
     def log_message(self, format: str, *args: object) -> None:
         pass
@@ -156,8 +162,6 @@ class _HandshakeFailed(Exception):
 
 class _TLSHandler(_QuietHandler):
     """Shakes hands in the connection's thread, within :data:`HANDSHAKE_TIMEOUT`."""
-
-    timeout = HANDSHAKE_TIMEOUT
 
     def setup(self) -> None:
         self.request.settimeout(self.timeout)
@@ -181,8 +185,28 @@ def _http_server(bind: str, port: int, app: Callable[..., Iterable[bytes]],
     """A threading WSGI server of ``app`` bound to ``bind:port`` (IPv4 or IPv6, as ``bind`` resolves)."""
     family = socket.getaddrinfo(bind or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
 
+    slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
     class Server(ThreadingWSGIServer):
         address_family = family
+
+        def process_request(self, request: Any, client_address: Any) -> None:
+            if not slots.acquire(blocking=False):
+                log.warning("metrics endpoint: %d connections open already; closed the one from %s",
+                            MAX_CONNECTIONS, _peer(client_address))
+                self.shutdown_request(request)
+                return
+            try:
+                super().process_request(request, client_address)
+            except BaseException:
+                slots.release()
+                raise
+
+        def process_request_thread(self, request: Any, client_address: Any) -> None:
+            try:
+                super().process_request_thread(request, client_address)
+            finally:
+                slots.release()
 
         def get_request(self) -> tuple[socket.socket, Any]:
             sock, address = super().get_request()

@@ -20,7 +20,7 @@ import pytest
 import trustme
 import yaml
 
-from connectors.endpoint import ServerTLS, serve
+from connectors.endpoint import MAX_CONNECTIONS, ServerTLS, serve
 from connectors.metrics import metrics
 from flows.startup import ConfigOrigin, log_startup, plaintext_traffic
 from schemas.config import ConfigError, parse_config
@@ -249,6 +249,28 @@ def test_a_stalled_client_blocks_nobody(certs):
     finally:
         for s in stalled:
             s.close()
+
+
+def test_connections_beyond_the_bound_are_closed_not_queued(certs, caplog):
+    caplog.set_level(logging.WARNING, logger="becomingone.metrics")
+    port = _serve(certs.security())
+    stalled = [socket.create_connection(("127.0.0.1", port)) for _ in range(MAX_CONNECTIONS)]
+    try:
+        one_more = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+        assert one_more.recv(1) == b""  # closed by the server, not left waiting
+        one_more.close()
+        assert any(f"{MAX_CONNECTIONS} connections open already" in r.getMessage() for r in caplog.records)
+    finally:
+        for s in stalled:
+            s.close()
+    deadline = time.monotonic() + WAIT  # the stalled ones' threads see the close and free their slots
+    while True:
+        try:
+            assert _fetch(port, "/metrics", _client(certs.ca_file))[0] == 200
+            break
+        except (urllib.error.URLError, ConnectionError):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
 
 
 def _served_serial(port: int, ca: Path) -> int:
