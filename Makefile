@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-fast promtool bench figures config clean clean-kernels
+.PHONY: run test test-fast promtool bench figures config lock clean clean-kernels
 
 # The virtualenv is rebuilt whenever the declared dependencies change.
 $(STAMP): pyproject.toml
@@ -58,6 +58,20 @@ figures: $(STAMP)
 config: $(STAMP)
 	$(BIN)/becomingone config
 	@for f in config/*.yaml; do printf '%s: ' $$f; $(BIN)/becomingone config --check --config $$f || exit 1; done
+
+# The container's runtime dependencies, pinned with their hashes (deploy/Dockerfile installs them with
+# --require-hashes). pip-tools runs in a throwaway virtualenv, not in .venv: it is no dependency of ours.
+# Only PyPI is asked (no local wheel directories or extra indexes from the pip config), so every hash is
+# one of PyPI's files. Refresh after changing [project] dependencies in pyproject.toml.
+LOCK       := deploy/requirements.lock
+LOCK_INDEX ?= https://pypi.org/simple
+lock:
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	$(PYTHON) -m venv "$$tmp" && \
+	PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= "$$tmp/bin/python" -m pip install --quiet --index-url $(LOCK_INDEX) pip-tools && \
+	PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= CUSTOM_COMPILE_COMMAND="make lock" "$$tmp/bin/pip-compile" --quiet \
+	  --generate-hashes --strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links \
+	  --index-url $(LOCK_INDEX) --output-file $(LOCK) pyproject.toml
 
 # Numba's on-disk cache of a kernel is keyed to its own module: it is not rebuilt when a helper it
 # inlines from another module (operators/columnar_panes.py, operators/lag.py, ...) changes.
