@@ -290,7 +290,9 @@ def _outputs(cap: int):
 
 def _emit(state: FleetState, rows: np.ndarray, watermarks: np.ndarray, out) -> None:
     head, cfg_i, cfg_f = _kernel_args(state)
-    _emit_kernel(np.ascontiguousarray(rows, np.int64), np.ascontiguousarray(watermarks, np.int64), state.ids,
+    # A copy of the watermarks, always writable: a broadcast view is read-only, another argument type to
+    # Numba, so the kernel would be compiled twice, once only when a process first meets that case.
+    _emit_kernel(np.ascontiguousarray(rows, np.int64), np.array(watermarks, np.int64), state.ids,
                  *head[:3], *head[8:], cfg_i, cfg_f, *out)
 
 
