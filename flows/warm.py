@@ -10,9 +10,10 @@ What it runs is the real flow (:func:`flows.run.run_flow`), in this process, ove
 of generated input in a scratch directory (archive included), removed afterwards.  The variants
 of :data:`WARM_RUNS` reach every kernel a deployment can reach, with the argument types it will
 see: phase sensors of one and two channels and raw ``value`` sensors, through both decoders
-(JSON lines, Arrow IPC), the mesh on, lateness (the reordering gate), the analytic phase
-(``hilbert``) and the beat phase (``events``) of raw sensors, a full and a light node, Kafka
-outputs (the JSON encoders) and recovery snapshots.  Compilations are counted through Numba's
+(JSON lines, Arrow IPC), the mesh on, lateness (the reordering gate), the
+analytic phase (``hilbert``) and the beat phase (``events``) of raw sensors, a full and a light
+node, input and outputs through Kafka topics of an in-process mock cluster (the output topics'
+JSON encoders) and recovery snapshots.  Compilations are counted through Numba's
 ``numba:compile`` events (only a real compilation fires one; a kernel loaded from the cache does
 not).  Kernels the flow never calls stay out: the per-sensor chain (``operators/resonator.py``
 and the windows it drives) and the one-call estimator of ``operators/columnar.py``, which the
@@ -58,14 +59,15 @@ class WarmRun:
     phase: bool                       # phase sensors (one and two channels; Arrow: one)
     raw: bool                         # raw `value` sensors
     config: dict[str, Any] = field(default_factory=dict)
-    kafka: bool = False               # outputs to Kafka topics (an in-process mock cluster): the JSON encoders
+    kafka: bool = False               # input and outputs through Kafka topics of an in-process mock cluster
     recovery: bool = False            # Bytewax recovery: the state is snapshotted (pickled) as it runs
 
 
 #: The runs of ``becomingone warm``: together they reach every kernel of the flow.
 WARM_RUNS: tuple[WarmRun, ...] = (
-    # Enough sync and meso rows per batch for the columnar JSON encoders (64 rows and more).
-    WarmRun("json, phase and raw, mesh, Kafka outputs, recovery", ".jsonl", phase=True, raw=True,
+    # The production path: JSON messages from a topic (four partitions); enough sync and meso rows per
+    # call for the columnar JSON encoders of the output topics (64 rows and more).
+    WarmRun("kafka, phase and raw, mesh, recovery", ".jsonl", phase=True, raw=True,
             config={"sync": {"publish_interval": 0.1}, "witnessing": {"meso_interval": 0.1}},
             kafka=True, recovery=True),
     # With lateness the event-time gate reorders (another kernel than the in-order one).
@@ -135,15 +137,31 @@ def _run_once(run: WarmRun, root: Path) -> None:
     data = root / f"input{run.suffix}"
     _write_input(data, run)
     config = _merged(_base_config(data, root / "archive"), run.config)
-    with _kafka_outputs(run.kafka) as kafka:
+    with _mock_cluster(run.kafka) as kafka:
         if kafka is not None:
             config["kafka"] = kafka
+            config["source"] = {"kind": "kafka", "topic": _produced(kafka, data), "from_beginning": True,
+                                "stop_at_end": True}
         run_flow(parse_config(config), out=io.StringIO(), progress=io.StringIO(),
                  recovery=root / "recovery" if run.recovery else None, snapshot_interval=0.2)
 
 
+def _produced(kafka: dict[str, str], data: Path) -> str:
+    """The topic the JSON lines of ``data`` were sent to, one message per line keyed by its sensor."""
+    from confluent_kafka import Producer
+
+    topic = "warm.input"
+    producer = Producer(dict(kafka))
+    for line in data.read_text().splitlines():
+        producer.produce(topic, key=json.loads(line)["sensor"].encode(), value=line.encode())
+        producer.poll(0)
+    if producer.flush(30.0):
+        raise RuntimeError(f"the mock cluster did not take the warm-up input within 30 s ({topic})")
+    return topic
+
+
 @contextmanager
-def _kafka_outputs(wanted: bool) -> Iterator[dict[str, str] | None]:
+def _mock_cluster(wanted: bool) -> Iterator[dict[str, str] | None]:
     """The ``kafka`` section of an in-process mock cluster (librdkafka's), closed afterwards; None if not ``wanted``."""
     if not wanted:
         yield None

@@ -207,29 +207,55 @@ def warmed(tmp_path_factory) -> Path:
     return cache
 
 
-def _small_input(path: Path) -> Path:
-    """Three seconds of a phase sensor and a raw sensor in two cells, as JSON lines."""
-    with open(path, "w") as f:
+def _inputs(tmp_path: Path) -> tuple[Path, Path]:
+    """Three seconds of two phase sensors and of two raw sensors in two cells, as JSON-lines files
+    (a file holds phase samples or raw values, not both)."""
+    phase, raw = tmp_path / "phase.jsonl", tmp_path / "raw.jsonl"
+    with open(phase, "w") as p, open(raw, "w") as r:
         for k in range(300):
             t = 1_764_115_200 + k / 100
-            f.write(json.dumps({"sensor": "p", "cell": "a", "t": t, "phase": (0.6 * k) % 6.28 - 3.14}) + "\n")
-            f.write(json.dumps({"sensor": "r", "cell": "b", "t": t, "value": [1.0, -1.0][k % 2] * (k % 10)}) + "\n")
-    return path
+            for j in range(2):
+                p.write(json.dumps({"sensor": f"p{j}", "cell": "a", "t": t, "phase": (0.6 * k + j) % 6.28 - 3.14}) + "\n")
+                r.write(json.dumps({"sensor": f"r{j}", "cell": "b", "t": t, "value": (k % 10) - 4.5 + j}) + "\n")
+    return phase, raw
+
+
+def _produce(bootstrap: str, topic: str, path: Path, wire: str) -> None:
+    done = subprocess.run([str(BIN), "produce", str(path), "--bootstrap", bootstrap, "--topic", topic,
+                           "--format", wire, "--partitions", "4", "--batch-rows", "256"],
+                          env=clean_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
 
 
 @pytest.mark.slow
-def test_after_warming_a_run_of_the_flow_compiles_nothing(warmed, tmp_path):
+@pytest.mark.parametrize("wire, lateness", [("json", 0.0), ("arrow", 0.5)])
+def test_after_warming_a_run_of_the_flow_from_kafka_compiles_nothing(warmed, bootstrap, tmp_path, wire, lateness):
+    """What a pod does: the flow reads a topic (JSON or Arrow messages, four partitions), the mesh on, with
+    raw sensors, and writes its output topics, from the kernel cache the image was built with."""
+    from tests.conftest import unique_topic
+
+    topic = unique_topic()
+    for path in _inputs(tmp_path):
+        _produce(bootstrap, topic, path, wire)
     before = _cache_files(warmed)
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({
-        "source": {"kind": "file", "path": str(_small_input(tmp_path / "in.jsonl"))},
+        "source": {"kind": "kafka", "topic": topic, "from_beginning": True, "stop_at_end": True},
+        "kafka": {"bootstrap.servers": bootstrap},
+        "sink": {"topics": {role: unique_topic(f"test.{role}") for role in ("collapse", "witness", "sync", "dlq")}},
         "kairos": {"tau_scale": 0.1, "velocity_span": 0.02, "phase_band": [8.0, 12.0]},
-        "sync": {"mesh_enabled": True}, "metrics": {"enabled": False},
+        "sync": {"mesh_enabled": True, "lateness": lateness}, "metrics": {"enabled": False},
         "memory": {"storage": {"path": str(tmp_path / "archive")}}}))
-    run = subprocess.run([str(BIN), "run", "--config", str(config), "--no-recovery"], env=_env(warmed),
-                         capture_output=True, text=True, timeout=300)
+    run = subprocess.run([str(BIN), "run", "--config", str(config), "--no-recovery", "--workers", "2"],
+                         env=_env(warmed), capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
+    assert "1,200 samples accepted, 0 rejected" in run.stdout, run.stdout      # every sample went through
     assert _cache_files(warmed) == before          # nothing compiled, so nothing added to the cache or rewritten
+
+
+@pytest.mark.slow
+def test_the_check_finds_every_kernel_in_a_warmed_cache(warmed):
+    before = _cache_files(warmed)
     check = subprocess.run([str(BIN), "warm", "--check"], env=_env(warmed), capture_output=True, text=True,
                            timeout=300)
     assert check.returncode == 0, check.stderr
