@@ -358,8 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "warm", help="compile the flow's Numba kernels into the kernel cache ($NUMBA_CACHE_DIR)",
         description="Run the flow over a few seconds of generated input (phase and raw sensors, JSON and Arrow, "
-        "the mesh, both phase methods, a light node, Kafka outputs to an in-process mock cluster) in a scratch "
-        "directory, so every kernel it uses is compiled and written to Numba's cache: a later process loads "
+        "the mesh, both phase methods, a light node, input and outputs through topics of an in-process mock "
+        "cluster) in a scratch directory, so every kernel it uses is compiled and written to Numba's cache: a later process loads "
         "them instead of compiling. The container image runs it at build time. A cache is used on another "
         "machine only if both set NUMBA_CPU_NAME=generic. Exit 0 when done; with --check, 1 if anything had "
         "to be compiled (the cache was incomplete or made for another CPU).",
