@@ -11,13 +11,10 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import ssl
 import subprocess
 import sys
-import threading
 import tomllib
 from pathlib import Path
-from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import pytest
 import yaml
@@ -313,30 +310,15 @@ def test_numba_passes_over_a_kernel_cache_it_cannot_write(warmed):
 
 # --- the health check ------------------------------------------------------------------------------------
 
-class _Quiet(WSGIRequestHandler):
-    def log_message(self, *args) -> None:
-        pass
+def _endpoint(security: dict | None = None) -> int:
+    """This process's real metrics and health endpoint (connectors.endpoint) on a free loopback port."""
+    from connectors.endpoint import ServerTLS, serve
+    from schemas.config import parse_config
+    from tests.conftest import free_port
 
-
-@pytest.fixture
-def health_server():
-    """This process's real /healthz (connectors.health) on a free loopback port; yields (port, wrap) where
-    ``wrap(context)`` switches the server to TLS before it serves."""
-    from connectors.health import probe_app
-
-    server = make_server("127.0.0.1", 0, probe_app(lambda environ, start: []), handler_class=_Quiet)
-    thread: list[threading.Thread] = []
-
-    def start(context: ssl.SSLContext | None = None) -> int:
-        if context is not None:
-            server.socket = context.wrap_socket(server.socket, server_side=True)
-        thread.append(threading.Thread(target=server.serve_forever, daemon=True))
-        thread[0].start()
-        return server.server_port
-
-    yield start
-    server.shutdown()
-    server.server_close()
+    port = free_port()
+    assert serve("127.0.0.1", port, ServerTLS.of(parse_config({"security": security or {}}).security))
+    return port
 
 
 def _probe(*args: str, **env: str) -> subprocess.CompletedProcess:
@@ -344,22 +326,30 @@ def _probe(*args: str, **env: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=60, cwd=ROOT)
 
 
-def test_the_health_check_passes_while_the_flow_lives_and_fails_once_it_stopped(health_server):
+@pytest.fixture
+def flow_phase():
+    """Sets this process's flow phase (what /healthz reports) for a test, and puts it back after."""
     from connectors.health import flow_health
 
-    port = health_server()
     health = flow_health()
     phase = health.phase
-    try:
-        health.phase = "running"
-        ok = _probe(BECOMINGONE__METRICS__PORT=str(port))
-        assert ok.returncode == 0, ok.stderr
-        assert ok.stdout.startswith("health: 200 ") and '"flow": {"ok": true, "state": "running"}' in ok.stdout
-        health.phase = "failed"
-        failed = _probe(f"http://127.0.0.1:{port}/healthz")
-        assert failed.returncode == 1 and failed.stderr.startswith("health: 503 ")
-    finally:
-        health.phase = phase
+
+    def set_phase(value: str) -> None:
+        health.phase = value
+
+    yield set_phase
+    health.phase = phase
+
+
+def test_the_health_check_passes_while_the_flow_lives_and_fails_once_it_failed(flow_phase):
+    port = _endpoint()
+    flow_phase("running")
+    ok = _probe(BECOMINGONE__METRICS__PORT=str(port))
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.startswith("health: 200 ") and '"flow": {"ok": true, "state": "running"}' in ok.stdout
+    flow_phase("failed")
+    failed = _probe(f"http://127.0.0.1:{port}/healthz")
+    assert failed.returncode == 1 and failed.stderr.startswith("health: 503 ")
 
 
 def test_the_health_check_fails_when_nothing_answers_or_the_scheme_is_wrong():
@@ -371,19 +361,26 @@ def test_the_health_check_fails_when_nothing_answers_or_the_scheme_is_wrong():
     assert wrong.returncode == 1 and "http or https" in wrong.stderr
 
 
-def test_the_health_check_speaks_tls_without_verifying_its_own_server(health_server, tmp_path):
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl not installed (needed to make the test's certificate)")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=pod",
-                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True, timeout=60)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
-    port = health_server(context)
+def test_the_health_check_passes_over_mutual_tls_without_a_client_certificate(tmp_path, flow_phase):
+    """security.transport: tls with node_auth: mutual_tls: /healthz answers without a client certificate,
+    and the probe does not verify the endpoint's certificate (its own process, over loopback)."""
+    import trustme
+    ca = trustme.CA()
+    issued = ca.issue_cert("127.0.0.1")
+    cert, key, ca_file = tmp_path / "node.crt", tmp_path / "node.key", tmp_path / "ca.pem"
+    cert.write_bytes(b"".join(blob.bytes() for blob in issued.cert_chain_pems))
+    issued.private_key_pem.write_to_path(str(key))
+    ca.cert_pem.write_to_path(str(ca_file))
+    port = _endpoint({"transport": "tls", "node_auth": "mutual_tls", "ca_file": str(ca_file),
+                      "cert_file": str(cert), "key_file": str(key)})
+    flow_phase("running")
     ok = _probe(BECOMINGONE_HEALTH_SCHEME="https", BECOMINGONE__METRICS__PORT=str(port))
     assert ok.returncode == 0, ok.stderr
-    plain = _probe(BECOMINGONE__METRICS__PORT=str(port))      # http to a TLS server: not healthy
+    assert ok.stdout.startswith("health: 200 ")
+    plain = _probe(BECOMINGONE__METRICS__PORT=str(port))      # http to the HTTPS endpoint: not healthy
     assert plain.returncode == 1
+    metrics = _probe(f"https://127.0.0.1:{port}/metrics")      # the metrics themselves still need a certificate
+    assert metrics.returncode == 1 and metrics.stderr.startswith("health: 403 ")
 
 
 def test_the_image_s_health_check_is_the_probe_on_the_metrics_port():
