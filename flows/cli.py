@@ -12,10 +12,10 @@ import logging
 import math
 import signal
 import sys
-import threading
 from typing import Sequence
 
 from flows.arguments import config_or_report, positive_int, positive_seconds
+from flows.broker_command import add_parser as add_broker_parser
 
 __all__ = ["main"]
 
@@ -72,39 +72,6 @@ def cmd_config(args: argparse.Namespace) -> int:
         print("config ok")
     else:
         sys.stdout.write(config.to_yaml(redact_secrets=True))
-    return 0
-
-
-def cmd_broker(args: argparse.Namespace) -> int:
-    """A local mock Kafka cluster until SIGINT/SIGTERM; prints ``bootstrap=HOST:PORT`` when ready."""
-    from connectors.kafka import MOCK_PARTITIONS, MockBroker
-
-    _log_to_stderr("becomingone broker")
-    stop = threading.Event()
-    # Both signals end the broker cleanly (exit 0), whoever sends them.
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
-    broker = MockBroker(args.brokers, port=args.port)
-    try:
-        broker.start()
-    except OSError as exc:
-        print(f"becomingone broker: cannot listen on 127.0.0.1:{args.port}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
-    except RuntimeError as exc:
-        print(f"becomingone broker: {exc}", file=sys.stderr)
-        return 1
-    try:
-        print(f"bootstrap={broker.bootstrap}", flush=True)
-        logging.getLogger("becomingone.broker").info(
-            "%d mock broker(s) up (%s); topics are created on first use with %d partitions; "
-            "data lives in memory until this process stops",
-            args.brokers, ", ".join(broker.broker_addresses), MOCK_PARTITIONS,
-        )
-        while not stop.wait(0.5):
-            pass
-    finally:
-        broker.close()
-    logging.getLogger("becomingone.broker").info("stopped")
     return 0
 
 
@@ -233,13 +200,6 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
-def _port(text: str) -> int:
-    value = int(text)
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be a port number in 1..65535, got {value}")
-    return value
-
-
 def _rate(text: str) -> float:
     value = float(text)
     if not (math.isfinite(value) and value >= 0):
@@ -288,19 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="only validate; print 'config ok'")
     p.set_defaults(func=cmd_config)
 
-    p = sub.add_parser(
-        "broker",
-        help="a local Kafka-protocol broker for development and tests (librdkafka's mock cluster)",
-        description="Start librdkafka's mock Kafka cluster on 127.0.0.1, print one line "
-        "'bootstrap=HOST:PORT' on stdout when it is ready, and run until SIGINT or SIGTERM. "
-        "Topics are created on first use; data is kept in memory only.",
-    )
-    p.add_argument("--brokers", type=positive_int, default=1, metavar="N", help="number of brokers (default 1)")
-    p.add_argument(
-        "--port", type=_port, default=None, metavar="PORT",
-        help="fixed bootstrap port on 127.0.0.1 (default: the first broker's own, chosen by the system)",
-    )
-    p.set_defaults(func=cmd_broker)
+    add_broker_parser(sub)
 
     p = sub.add_parser(
         "produce",

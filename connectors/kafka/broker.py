@@ -3,7 +3,9 @@
 :class:`MockBroker` hosts librdkafka's mock cluster (the documented
 ``test.mock.num.brokers`` client property) in this process: real Kafka
 protocol over TCP on loopback.  A fixed bootstrap port is a relay to the
-first broker (:class:`_BootstrapRelay`).
+first broker (:class:`_BootstrapRelay`); with TLS files, a TLS front
+(:class:`~connectors.kafka.tls_front.TlsFront`) stands before every broker
+instead.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import socket
 import threading
 
 from confluent_kafka import KafkaException, Producer
+
+from connectors.kafka.tls_front import TlsFiles, TlsFront
 
 __all__ = ["MOCK_PARTITIONS", "MockBroker"]
 
@@ -38,16 +42,25 @@ class MockBroker:
     bootstrap through it; the cluster metadata then sends them to the brokers'
     own ports, also on loopback.
 
+    ``tls`` puts a TLS front before the cluster: one TLS listener on
+    127.0.0.1 per broker (``port`` is the first one's, the bootstrap), and
+    the broker addresses in the cluster's answers rewritten to those
+    listeners, so clients only ever connect with TLS (and, with a client CA,
+    with a client certificate).  The brokers' own plaintext ports stay open
+    on loopback.
+
     Args:
         brokers: number of brokers (1 or more).
-        port: fixed loopback bootstrap port, or None for the first broker's own.
+        port: fixed loopback bootstrap port, or None for one the system chooses.
         timeout: seconds to wait for the cluster to answer at start.
+        tls: the TLS front's certificate, key and optional client CA; None: plaintext.
 
     >>> with MockBroker(brokers=3) as broker:                    # doctest: +SKIP
     ...     print(broker.bootstrap)                              # 127.0.0.1:41729
     """
 
-    def __init__(self, brokers: int = 1, *, port: int | None = None, timeout: float = 10.0) -> None:
+    def __init__(self, brokers: int = 1, *, port: int | None = None, timeout: float = 10.0,
+                 tls: TlsFiles | None = None) -> None:
         if brokers < 1:
             raise ValueError(f"brokers must be at least 1, got {brokers}")
         if port is not None and not 1 <= port <= 65535:
@@ -55,8 +68,10 @@ class MockBroker:
         self.brokers = brokers
         self.port = port
         self.timeout = timeout
+        self.tls = tls
         self._host: Producer | None = None
         self._relay: _BootstrapRelay | None = None
+        self._front: TlsFront | None = None
         self._bootstrap = ""
         self._addresses: tuple[str, ...] = ()
 
@@ -69,14 +84,20 @@ class MockBroker:
 
     @property
     def broker_addresses(self) -> tuple[str, ...]:
-        """``HOST:PORT`` of every mock broker, by broker id."""
+        """``HOST:PORT`` of every mock broker, by broker id (plaintext, the brokers' own)."""
         return self._addresses
+
+    @property
+    def tls_front(self) -> TlsFront | None:
+        """The TLS front while started with ``tls``: its listeners and counters."""
+        return self._front
 
     def start(self) -> MockBroker:
         """Create the cluster and wait until it answers.
 
         Raises:
-            OSError: ``port`` cannot be bound (e.g. in use).
+            OSError: ``port`` cannot be bound (e.g. in use), or a TLS file cannot be read.
+            ssl.SSLError: a TLS file is not a usable certificate, key or CA (an OSError).
             RuntimeError: the cluster did not come up within ``timeout``.
         """
         if self._host is not None:
@@ -95,7 +116,10 @@ class MockBroker:
             if len(found) != self.brokers:
                 raise RuntimeError(f"the mock cluster reports {len(found)} of {self.brokers} brokers")
             self._addresses = tuple(f"{b.host}:{b.port}" for b in found)
-            if self.port is not None:
+            if self.tls is not None:
+                self._front = TlsFront(self.tls, {b.id: (b.host, b.port) for b in found}, port=self.port)
+                self._bootstrap = self._front.bootstrap
+            elif self.port is not None:
                 self._relay = _BootstrapRelay(self.port, (found[0].host, found[0].port))
                 self._bootstrap = f"127.0.0.1:{self.port}"
             else:
@@ -109,7 +133,10 @@ class MockBroker:
         return self
 
     def close(self) -> None:
-        """Stop the relay and destroy the cluster (its data is gone). Idempotent."""
+        """Stop the relay or TLS front and destroy the cluster (its data is gone). Idempotent."""
+        if self._front is not None:
+            self._front.close()
+            self._front = None
         if self._relay is not None:
             self._relay.close()
             self._relay = None
