@@ -51,13 +51,14 @@ def cmd_broker(args: argparse.Namespace) -> int:
         return 1
     log = logging.getLogger("becomingone.broker")
     try:
-        print(f"bootstrap={broker.bootstrap}", flush=True)
-        front = broker.tls_front
+        # The line on stderr first: whoever reads the bootstrap line finds it there already.
         log.info(
             "%d mock broker(s) up (%s)%s; topics are created on first use with %d partitions; "
             "data lives in memory until this process stops",
             args.brokers, ", ".join(broker.broker_addresses), _tls_summary(broker), MOCK_PARTITIONS,
         )
+        print(f"bootstrap={broker.bootstrap}", flush=True)
+        front = broker.tls_front
         while not stop.wait(0.5):
             pass
         if front is not None:

@@ -14,7 +14,8 @@ the front and the cluster go on.  A failed TLS handshake is logged as one
 warning naming the peer, at most one line per second (the next line says
 how many were left out).
 
-The connections run on an asyncio event loop in one background thread.
+The connections run on an asyncio event loop in one background thread; TLS
+is an :class:`ssl.SSLObject` per connection over memory buffers.
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ __all__ = ["FrontCounters", "TlsFiles", "TlsFront"]
 log = logging.getLogger("becomingone.kafka.tls_front")
 
 _HOST = "127.0.0.1"
+
+#: Seconds a client has to complete its TLS handshake.
+HANDSHAKE_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -170,16 +174,13 @@ class TlsFront:
 
     async def _main(self) -> None:
         self._state.loop, self._state.stop = asyncio.get_running_loop(), asyncio.Event()
-        servers = []
         try:
             for node, listener in self._listeners.items():
-                servers.append(await asyncio.start_server(
-                    lambda r, w, node=node: self._track(self._serve(node, r, w)), sock=listener))
+                listener.setblocking(False)
+                self._track(self._accept(node, listener))
         finally:
             self._state.ready.set()
         await self._state.stop.wait()
-        for server in servers:
-            server.close()
         for task in list(self._state.tasks):
             task.cancel()
         await asyncio.gather(*self._state.tasks, return_exceptions=True)
@@ -190,57 +191,77 @@ class TlsFront:
         task.add_done_callback(self._state.tasks.discard)
         return task
 
-    async def _serve(self, node: int, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        peer = _peer_name(client_w.get_extra_info("peername"))
+    async def _accept(self, node: int, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                client, peer = await loop.sock_accept(listener)
+            except OSError as exc:  # e.g. out of file descriptors: wait, do not spin
+                log.warning("TLS front: accepting a connection for broker %d failed: %s", node, exc)
+                await asyncio.sleep(0.5)
+                continue
+            self._track(self._serve(node, client, _peer_name(peer)))
+
+    async def _serve(self, node: int, client: socket.socket, peer: str) -> None:
+        stream = _TlsStream(client, self._context)
         try:
-            await client_w.start_tls(self._context)
-        except (ssl.SSLError, OSError, asyncio.IncompleteReadError) as exc:
-            self._handshake_failed(peer, exc)
-            client_w.close()
-            return
-        self.counters.connections += 1
-        try:
-            broker_r, broker_w = await asyncio.open_connection(*self._targets[node])
-        except OSError as exc:
-            log.warning("TLS front: cannot reach broker %d at %s:%d for %s: %s", node, *self._targets[node], peer, exc)
-            client_w.close()
-            return
+            try:
+                await asyncio.wait_for(stream.handshake(), HANDSHAKE_TIMEOUT)
+            except (ssl.SSLError, OSError, asyncio.TimeoutError) as exc:
+                self._handshake_failed(peer, exc)
+                return
+            self.counters.connections += 1
+            try:
+                broker_r, broker_w = await asyncio.open_connection(*self._targets[node])
+            except OSError as exc:
+                log.warning("TLS front: cannot reach broker %d at %s:%d for %s: %s", node, *self._targets[node], peer, exc)
+                return
+            try:
+                await self._relay(node, peer, stream, broker_r, broker_w)
+            finally:
+                broker_w.close()
+        finally:
+            client.close()
+
+    async def _relay(self, node: int, peer: str, client: _TlsStream,
+                     broker_r: asyncio.StreamReader, broker_w: asyncio.StreamWriter) -> None:
+        """Both directions until either side ends or sends what cannot be relayed."""
         pending: dict[int, RequestHeader] = {}
-        legs = [asyncio.ensure_future(self._requests(client_r, broker_w, pending)),
-                asyncio.ensure_future(self._responses(broker_r, client_w, pending))]
+        legs = [asyncio.ensure_future(self._requests(client, broker_w, pending)),
+                asyncio.ensure_future(self._responses(broker_r, client, pending))]
         try:
             done, _ = await asyncio.wait(legs, return_when=asyncio.FIRST_COMPLETED)
             for leg in done:
-                if isinstance(leg.exception(), FrameError):
+                exc = leg.exception()
+                if isinstance(exc, FrameError):
                     self.counters.connections_refused += 1
-                    log.warning("TLS front: closing the connection of %s to broker %d: %s", peer, node, leg.exception())
+                    log.warning("TLS front: closing the connection of %s to broker %d: %s", peer, node, exc)
+                elif isinstance(exc, ssl.SSLError):
+                    log.warning("TLS front: closing the connection of %s to broker %d: %s", peer, node, _reason(exc))
         finally:
             for leg in legs:
                 leg.cancel()
             await asyncio.gather(*legs, return_exceptions=True)
-            for writer in (client_w, broker_w):
-                writer.close()
 
-    async def _requests(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter,
+    async def _requests(self, client: _TlsStream, broker: asyncio.StreamWriter,
                         pending: dict[int, RequestHeader]) -> None:
         """Client to broker: frames verbatim; the headers of requests whose responses are rewritten kept."""
-        while (frame := await _read_frame(source, minimum=8)) is not None:
+        while (frame := await _read_frame(client.read_exactly, minimum=8)) is not None:
             header = request_header(frame)
             if header.api_key in TRACKED_APIS:
                 pending[header.correlation_id] = header
-            sink.write(len(frame).to_bytes(4, "big") + frame)
-            await sink.drain()
+            broker.write(len(frame).to_bytes(4, "big") + frame)
+            await broker.drain()
 
-    async def _responses(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter,
+    async def _responses(self, broker: asyncio.StreamReader, client: _TlsStream,
                          pending: dict[int, RequestHeader]) -> None:
         """Broker to client: frames verbatim, but those answering a tracked request rewritten."""
-        while (frame := await _read_frame(source, minimum=4)) is not None:
+        while (frame := await _read_frame(_stream_read(broker), minimum=4)) is not None:
             request = pending.pop(int.from_bytes(frame[:4], "big", signed=True), None)
             if request is not None:
                 frame = rewrite_response(frame, request, self._advertised)
                 self.counters.responses_rewritten += 1
-            sink.write(len(frame).to_bytes(4, "big") + frame)
-            await sink.drain()
+            await client.write(len(frame).to_bytes(4, "big") + frame)
 
     def _handshake_failed(self, peer: str, exc: BaseException) -> None:
         self.counters.handshakes_failed += 1
@@ -250,29 +271,106 @@ class TlsFront:
             log.warning("TLS front: TLS handshake with %s failed: %s%s", peer, _reason(exc), more)
 
 
-async def _read_frame(reader: asyncio.StreamReader, *, minimum: int) -> bytes | None:
-    """The next size-prefixed frame's bytes, or None at a clean end of stream (or a reset).
+class _TlsStream:
+    """The server side of a TLS connection on a socket, driven from the event loop.
+
+    An :class:`ssl.SSLObject` over memory buffers: unlike asyncio's own TLS
+    transport, a failed handshake still sends the peer its alert (e.g.
+    "certificate required"), so the client can say why it was turned away.
+    Reads and writes run on the loop's one thread; a lock keeps the records
+    of concurrent writers in order on the socket.
+    """
+
+    def __init__(self, sock: socket.socket, context: ssl.SSLContext) -> None:
+        sock.setblocking(False)
+        self._sock = sock
+        self._incoming, self._outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self._tls = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
+        self._buffer = bytearray()
+        self._send_lock = asyncio.Lock()
+
+    async def handshake(self) -> None:
+        """Raises: ssl.SSLError (after sending the alert) or ConnectionError."""
+        while True:
+            try:
+                self._tls.do_handshake()
+            except ssl.SSLWantReadError:
+                await self._flush()
+                if not await self._receive():
+                    raise ConnectionResetError("the peer closed the connection during the handshake") from None
+            except ssl.SSLError:
+                await self._flush()
+                raise
+            else:
+                await self._flush()
+                return
+
+    async def read_exactly(self, n: int) -> bytes:
+        """``n`` bytes, fewer only when the peer ended the connection."""
+        while len(self._buffer) < n:
+            try:
+                chunk = self._tls.read(65536)
+            except ssl.SSLWantReadError:
+                await self._flush()
+                if await self._receive():
+                    continue
+                chunk = b""
+            except ssl.SSLZeroReturnError:
+                chunk = b""
+            if not chunk:
+                break
+            self._buffer += chunk
+        out = bytes(self._buffer[:n])
+        del self._buffer[:n]
+        return out
+
+    async def write(self, data: bytes) -> None:
+        self._tls.write(data)
+        await self._flush()
+
+    async def _flush(self) -> None:
+        async with self._send_lock:
+            if data := self._outgoing.read():
+                await asyncio.get_running_loop().sock_sendall(self._sock, data)
+
+    async def _receive(self) -> bool:
+        data = await asyncio.get_running_loop().sock_recv(self._sock, 65536)
+        if not data:
+            self._incoming.write_eof()
+            return False
+        self._incoming.write(data)
+        return True
+
+
+def _stream_read(reader: asyncio.StreamReader):
+    async def read_exactly(n: int) -> bytes:
+        try:
+            return await reader.readexactly(n)
+        except asyncio.IncompleteReadError as exc:
+            return exc.partial
+    return read_exactly
+
+
+async def _read_frame(read_exactly, *, minimum: int) -> bytes | None:
+    """The next size-prefixed frame's bytes, or None when the stream ends between frames.
+
+    ``read_exactly(n)`` returns n bytes, fewer only at the end of the stream.
 
     Raises:
         FrameError: the size is below ``minimum`` or above MAX_FRAME, or the stream ends inside a frame.
     """
-    try:
-        prefix = await reader.readexactly(4)
-    except asyncio.IncompleteReadError as exc:
-        if exc.partial:
-            raise FrameError(f"stream ended inside a size prefix ({len(exc.partial)} of 4 bytes)") from None
+    prefix = await read_exactly(4)
+    if not prefix:
         return None
-    except ConnectionError:
-        return None
+    if len(prefix) < 4:
+        raise FrameError(f"stream ended inside a size prefix ({len(prefix)} of 4 bytes)")
     size = int.from_bytes(prefix, "big", signed=True)
     if not minimum <= size <= MAX_FRAME:
         raise FrameError(f"frame size {size} outside {minimum}..{MAX_FRAME} bytes")
-    try:
-        return await reader.readexactly(size)
-    except asyncio.IncompleteReadError as exc:
-        raise FrameError(f"stream ended after {len(exc.partial)} of a frame's {size} bytes") from None
-    except ConnectionError:
-        return None
+    frame = await read_exactly(size)
+    if len(frame) < size:
+        raise FrameError(f"stream ended after {len(frame)} of a frame's {size} bytes")
+    return frame
 
 
 def _peer_name(peer: object) -> str:
@@ -283,5 +381,10 @@ def _peer_name(peer: object) -> str:
 
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, ssl.SSLError) and exc.reason:
-        return f"{exc.reason} ({exc.library or 'SSL'})"
+        if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+            return f"{exc.reason}: {exc.verify_message} (a client certificate from another CA?)"
+        hint = " (the peer does not speak TLS?)" if exc.reason in ("WRONG_VERSION_NUMBER", "HTTP_REQUEST") else ""
+        return f"{exc.reason}{hint}"
+    if isinstance(exc, asyncio.TimeoutError):
+        return f"no handshake within {HANDSHAKE_TIMEOUT:g} s"
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
