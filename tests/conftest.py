@@ -1,4 +1,4 @@
-"""Shared test fixtures: the `becomingone broker` subprocess and reading topics back.
+"""Shared test fixtures: the `becomingone broker` subprocess (plaintext or behind TLS) and reading topics back.
 
 Every wait is bounded by :data:`WAIT`; nothing is left running.
 """
@@ -6,6 +6,7 @@ Every wait is bounded by :data:`WAIT`; nothing is left running.
 from __future__ import annotations
 
 import os
+import re
 import selectors
 import signal
 import socket
@@ -14,6 +15,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -90,6 +92,90 @@ def bootstrap(tmp_path_factory) -> Iterator[str]:
 def far(tmp_path_factory) -> Iterator[str]:
     """A second `becomingone broker` for the module (the far side of a relay); its bootstrap address."""
     yield from _broker_for_module(tmp_path_factory, "far")
+
+
+@dataclass(frozen=True)
+class TlsBroker:
+    """A `becomingone broker --tls-cert ...` subprocess: its TLS bootstrap address and PEM files.
+
+    ``ca_file`` signed the broker's certificate (SAN 127.0.0.1 and localhost)
+    and the client certificate ``cert_file``/``key_file``. ``plaintext`` are
+    the mock brokers' own addresses, which clients must never see.
+    """
+
+    bootstrap: str
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    plaintext: tuple[str, ...]
+    tls: tuple[str, ...]
+    mutual: bool
+    log: Path
+    pid: int
+
+    def client_settings(self, *, certificate: bool | None = None, **extra) -> dict:
+        """librdkafka settings for this broker over TLS (with the client certificate when ``certificate``;
+        default: when the broker requires one), plus ``extra``."""
+        settings = {
+            "bootstrap.servers": self.bootstrap,
+            "security.protocol": "SSL",
+            "ssl.ca.location": str(self.ca_file),
+            "ssl.endpoint.identification.algorithm": "https",
+        }
+        if self.mutual if certificate is None else certificate:
+            settings |= {"ssl.certificate.location": str(self.cert_file), "ssl.key.location": str(self.key_file)}
+        return settings | extra
+
+
+def write_tls_files(directory: Path, *, name: str = "") -> dict[str, Path]:
+    """A new test CA (trustme) and two certificates it signed, as PEM files in ``directory``:
+    ``ca``, ``server_cert``/``server_key`` (SAN 127.0.0.1, localhost), ``client_cert``/``client_key``."""
+    import trustme
+
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1", "localhost")
+    client = ca.issue_cert("client.becomingone.test")
+    files = {kind: directory / f"{name}{kind}.pem" for kind in
+             ("ca", "server_cert", "server_key", "client_cert", "client_key")}
+    ca.cert_pem.write_to_path(files["ca"])
+    server.cert_chain_pems[0].write_to_path(files["server_cert"])
+    server.private_key_pem.write_to_path(files["server_key"])
+    client.cert_chain_pems[0].write_to_path(files["client_cert"])
+    client.private_key_pem.write_to_path(files["client_key"])
+    return files
+
+
+def start_tls_broker(directory: Path, *, mutual: bool = True, brokers: int = 1) -> tuple[subprocess.Popen, TlsBroker]:
+    """Certificates in ``directory`` and a `becomingone broker` behind TLS (mutual TLS when ``mutual``)."""
+    files = write_tls_files(directory)
+    args = ["--brokers", str(brokers), "--tls-cert", str(files["server_cert"]), "--tls-key", str(files["server_key"])]
+    if mutual:
+        args += ["--tls-client-ca", str(files["ca"])]
+    log = directory / "broker-stderr.txt"
+    proc, address = start_broker(*args, stderr_path=log)
+    found = re.search(r"mock broker\(s\) up \(([^)]*)\), each behind a TLS listener \(([^;]*);", log.read_text())
+    if found is None:
+        stop_process(proc)
+        pytest.fail(f"the broker did not say where its brokers and TLS listeners are: {log.read_text()}")
+    return proc, TlsBroker(
+        bootstrap=address, ca_file=files["ca"], cert_file=files["client_cert"], key_file=files["client_key"],
+        plaintext=tuple(found[1].split(", ")), tls=tuple(found[2].split(", ")), mutual=mutual, log=log, pid=proc.pid,
+    )
+
+
+@pytest.fixture(scope="module")
+def tls_broker(tmp_path_factory) -> Iterator[TlsBroker]:
+    """A `becomingone broker` behind TLS that requires client certificates (mutual TLS), for the test module.
+
+    ``tls_broker.client_settings()`` are the librdkafka settings of a client
+    with the CA and the client certificate; ``ca_file``, ``cert_file`` and
+    ``key_file`` are the PEM files themselves.
+    """
+    proc, broker = start_tls_broker(tmp_path_factory.mktemp("tls-broker"))
+    try:
+        yield broker
+    finally:
+        assert stop_process(proc) == 0, broker.log.read_text()
 
 
 def unique_topic(prefix: str = "test.phases") -> str:

@@ -106,8 +106,8 @@ def rewrite_response(frame: bytes, request: RequestHeader, addresses: Mapping[in
     """
     try:
         return _rewrite(frame, request, addresses)
-    except (struct.error, IndexError, UnicodeDecodeError) as exc:
-        raise FrameError(f"malformed response to api key {request.api_key} v{request.api_version}: {exc}") from None
+    except (FrameError, struct.error, IndexError, UnicodeDecodeError) as exc:
+        raise FrameError(f"bad response to api key {request.api_key} v{request.api_version}: {exc}") from None
 
 
 def _rewrite(frame: bytes, request: RequestHeader, addresses: Mapping[int, tuple[str, int]]) -> bytes:
