@@ -131,6 +131,15 @@ def test_a_plaintext_client_gets_nothing_from_a_tls_port(cluster):
     assert "closed by peer" in log
 
 
+def test_the_tls_broker_fixture_serves_mutual_tls(tls_broker):
+    producer = Producer(tls_broker.client_settings())
+    producer.produce(f"test.tls.{uuid.uuid4().hex[:12]}", b"over mutual TLS")
+    assert producer.flush(WAIT) == 0
+    brokers = producer.list_topics(timeout=WAIT).brokers
+    assert [f"{b.host}:{b.port}" for b in brokers.values()] == [tls_broker.bootstrap]
+    assert tls_broker.mutual and "client certificates required" in tls_broker.log.read_text()
+
+
 def test_tls_without_client_certificates(tmp_path):
     proc, broker = start_tls_broker(tmp_path, mutual=False)
     try:
