@@ -32,9 +32,10 @@ def cmd_broker(args: argparse.Namespace) -> int:
     from flows.cli import _log_to_stderr
 
     _log_to_stderr("becomingone broker")
-    tls = _broker_tls(args)
-    if isinstance(tls, str):
-        print(f"becomingone broker: {tls}", file=sys.stderr)
+    try:
+        tls = _broker_tls(args)
+    except ValueError as exc:
+        print(f"becomingone broker: {exc}", file=sys.stderr)
         return 2
     stop = threading.Event()
     # Both signals end the broker cleanly (exit 0), whoever sends them.
@@ -79,20 +80,26 @@ def _tls_summary(broker: MockBroker) -> str:
     return f", each behind a TLS listener ({', '.join(broker.tls_front.addresses.values())}; {auth})"
 
 
-def _broker_tls(args: argparse.Namespace) -> TlsFiles | str | None:
-    """The broker's TLS files (None: plaintext), or what is wrong with them."""
+def _broker_tls(args: argparse.Namespace) -> TlsFiles | None:
+    """The broker's TLS files, checked by loading them (None: plaintext).
+
+    Raises:
+        ValueError: the flags do not go together, or the files are unusable.
+    """
     from connectors.kafka.tls_front import TlsFiles
 
     if args.tls_cert is None and args.tls_key is None:
-        return "--tls-client-ca needs --tls-cert and --tls-key" if args.tls_client_ca else None
+        if args.tls_client_ca is not None:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+        return None
     if args.tls_cert is None or args.tls_key is None:
-        return "--tls-cert and --tls-key go together"
+        raise ValueError("--tls-cert and --tls-key go together")
     tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca)
     try:
         tls.server_context()
     except OSError as exc:  # ssl.SSLError included
         files = ", ".join(str(f) for f in (tls.cert_file, tls.key_file, tls.client_ca_file) if f is not None)
-        return f"cannot use the TLS files ({files}): {exc.strerror or exc}"
+        raise ValueError(f"cannot use the TLS files ({files}): {exc.strerror or exc}") from None
     return tls
 
 

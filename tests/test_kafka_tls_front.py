@@ -228,18 +228,29 @@ def _wait_for_log(caplog, text: str) -> str:
     pytest.fail(f"no log line with {text!r}: {caplog.text}")
 
 
+#: A Metadata v1 response (correlation id 3): broker 1 at 127.0.0.1:40001, no rack, no controller, no topics.
+METADATA_REPLY = struct.pack(">iiih", 3, 1, 1, 9) + b"127.0.0.1" + struct.pack(">ihii", 40001, -1, -1, 0)
+
+
+def _reply(sock: ssl.SSLSocket) -> bytes:
+    size = struct.unpack(">i", sock.recv(4))[0]
+    data = b""
+    while len(data) < size:
+        data += sock.recv(size - len(data))
+    return data
+
+
+def _port(address: str) -> int:
+    return int(address.rsplit(":", 1)[1])
+
+
 def test_a_relayed_metadata_response_names_the_front(tls_files):
-    reply_body = struct.pack(">iiih", 3, 1, 1, 9) + b"127.0.0.1" + struct.pack(">i", 40001) + b"\xff\xff"
-    front = _front(tls_files, struct.pack(">i", len(reply_body) + 4) + reply_body + struct.pack(">i", 0))
+    front = _front(tls_files, struct.pack(">i", len(METADATA_REPLY)) + METADATA_REPLY)
     try:
         with _client(tls_files, front) as client:
             client.sendall(_metadata_request())
-            size = struct.unpack(">i", client.recv(4))[0]
-            data = b""
-            while len(data) < size:
-                data += client.recv(size - len(data))
-        port = int(front.bootstrap.rsplit(":", 1)[1])
-        assert data == reply_body.replace(struct.pack(">i", 40001), struct.pack(">i", port)) + struct.pack(">i", 0)
+            answer = _reply(client)
+        assert answer == METADATA_REPLY.replace(struct.pack(">i", 40001), struct.pack(">i", _port(front.bootstrap)))
     finally:
         front.close()
 
@@ -251,15 +262,14 @@ def test_a_relayed_metadata_response_names_the_front(tls_files):
 ])
 def test_a_bad_request_closes_that_connection_only(tls_files, caplog, sent, reason):
     caplog.set_level(logging.WARNING, "becomingone.kafka.tls_front")
-    front = _front(tls_files, b"")
+    front = _front(tls_files, struct.pack(">i", len(METADATA_REPLY)) + METADATA_REPLY)
     try:
         with _client(tls_files, front) as bad, _client(tls_files, front) as good:
             bad.sendall(sent)
             assert _closed(bad)
             assert reason in _wait_for_log(caplog, "closing the connection of")
-            good.sendall(_metadata_request())  # the stand-in answers nothing; the front still relays
-        with _client(tls_files, front):
-            pass
+            good.sendall(_metadata_request())
+            assert _reply(good)[:4] == struct.pack(">i", 3)
         assert front.counters.connections_refused == 1
     finally:
         front.close()

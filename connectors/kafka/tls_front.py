@@ -174,12 +174,10 @@ class TlsFront:
 
     async def _main(self) -> None:
         self._state.loop, self._state.stop = asyncio.get_running_loop(), asyncio.Event()
-        try:
-            for node, listener in self._listeners.items():
-                listener.setblocking(False)
-                self._track(self._accept(node, listener))
-        finally:
-            self._state.ready.set()
+        for node, listener in self._listeners.items():
+            listener.setblocking(False)
+            self._track(self._accept(node, listener))
+        self._state.ready.set()
         await self._state.stop.wait()
         for task in list(self._state.tasks):
             task.cancel()
