@@ -182,15 +182,15 @@ def unique_topic(prefix: str = "test.phases") -> str:
     return f"{prefix}.{uuid.uuid4().hex[:12]}"
 
 
-def read_topic(bootstrap: str, topic: str, expected: int | None = None) -> list[Message]:
+def read_topic(bootstrap: str, topic: str, expected: int | None = None, settings: dict | None = None) -> list[Message]:
     """Every message of ``topic`` (all partitions, from the start), in (partition, offset) order.
 
     ``expected``: the number of messages the topic must hold (None: whatever
-    its end offsets say).
+    its end offsets say). ``settings``: more client settings, e.g.
+    ``tls_broker.client_settings()`` to read over TLS.
     """
-    consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": f"test-{uuid.uuid4().hex}", "enable.auto.commit": False}
-    )
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"test-{uuid.uuid4().hex}",
+                         "enable.auto.commit": False, **(settings or {})})
     try:
         metadata = consumer.list_topics(topic, timeout=WAIT)
         partitions = sorted(metadata.topics[topic].partitions)

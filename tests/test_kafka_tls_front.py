@@ -24,7 +24,8 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from connectors.kafka.tls_front import TlsFiles, TlsFront, _WarningGate
-from tests.conftest import BIN, WAIT, TlsBroker, clean_env, start_tls_broker, stop_process, write_tls_files
+from tests.conftest import (BIN, WAIT, TlsBroker, clean_env, read_topic, start_tls_broker, stop_process,
+                            write_tls_files)
 
 MESSAGES = 1_000
 
@@ -132,11 +133,14 @@ def test_a_plaintext_client_gets_nothing_from_a_tls_port(cluster):
 
 
 def test_the_tls_broker_fixture_serves_mutual_tls(tls_broker):
+    topic = f"test.tls.{uuid.uuid4().hex[:12]}"
     producer = Producer(tls_broker.client_settings())
-    producer.produce(f"test.tls.{uuid.uuid4().hex[:12]}", b"over mutual TLS")
+    producer.produce(topic, b"over mutual TLS")
     assert producer.flush(WAIT) == 0
     brokers = producer.list_topics(timeout=WAIT).brokers
     assert [f"{b.host}:{b.port}" for b in brokers.values()] == [tls_broker.bootstrap]
+    messages = read_topic(tls_broker.bootstrap, topic, expected=1, settings=tls_broker.client_settings())
+    assert [m.value() for m in messages] == [b"over mutual TLS"]
     assert tls_broker.mutual and "client certificates required" in tls_broker.log.read_text()
 
 

@@ -231,11 +231,11 @@ class TlsFront:
             done, _ = await asyncio.wait(legs, return_when=asyncio.FIRST_COMPLETED)
             for leg in done:
                 exc = leg.exception()
+                if exc is None or isinstance(exc, ConnectionError):  # an end like any other
+                    continue
                 if isinstance(exc, FrameError):
                     self.counters.connections_refused += 1
-                    log.warning("TLS front: closing the connection of %s to broker %d: %s", peer, node, exc)
-                elif isinstance(exc, ssl.SSLError):
-                    log.warning("TLS front: closing the connection of %s to broker %d: %s", peer, node, _reason(exc))
+                log.warning("TLS front: closing the connection of %s to broker %d: %s", peer, node, _reason(exc))
         finally:
             for leg in legs:
                 leg.cancel()
@@ -385,4 +385,6 @@ def _reason(exc: BaseException) -> str:
         return f"{exc.reason}{hint}"
     if isinstance(exc, asyncio.TimeoutError):
         return f"no handshake within {HANDSHAKE_TIMEOUT:g} s"
+    if isinstance(exc, FrameError):
+        return str(exc)
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
