@@ -14,7 +14,10 @@ Reaching the cluster (:mod:`connectors.kafka.topics`)
 
 A local cluster (:mod:`connectors.kafka.broker`, ``becomingone broker``)
     :class:`MockBroker` hosts librdkafka's mock cluster in this process:
-    real Kafka protocol over TCP on loopback, for development and tests.
+    real Kafka protocol over TCP on loopback, for development and tests;
+    with :class:`TlsFiles` only over TLS or mutual TLS
+    (:mod:`connectors.kafka.tls_front`, addresses rewritten by
+    :mod:`connectors.kafka.advertised`).
 
 Producing samples (:mod:`connectors.kafka.producer`, ``becomingone produce``)
     :class:`PhaseProducer` sends :class:`~connectors.phase_files.PhaseColumns`
@@ -63,6 +66,7 @@ from connectors.kafka.relay_source import RelaySource
 from connectors.kafka.relay_target import RelayTarget, target_partition
 from connectors.kafka.sink import DeliveryFailed, TopicMessages, TopicSink
 from connectors.kafka.source import TopicSource
+from connectors.kafka.tls_front import TlsFiles
 from connectors.kafka.topics import KafkaUnreachable, TopicSetupError, connect_admin, ensure_topics
 
 __all__ = [
@@ -82,6 +86,7 @@ __all__ = [
     "RelayError",
     "RelaySource",
     "RelayTarget",
+    "TlsFiles",
     "TopicMessages",
     "TopicSetupError",
     "TopicSink",

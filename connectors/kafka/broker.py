@@ -51,7 +51,7 @@ class MockBroker:
 
     Args:
         brokers: number of brokers (1 or more).
-        port: fixed loopback bootstrap port, or None for one the system chooses.
+        port: fixed loopback bootstrap port, or None: the first broker's own (with ``tls``, one the system chooses).
         timeout: seconds to wait for the cluster to answer at start.
         tls: the TLS front's certificate, key and optional client CA; None: plaintext.
 
