@@ -129,12 +129,15 @@ class TlsBroker:
 
 def write_tls_files(directory: Path, *, name: str = "") -> dict[str, Path]:
     """A new test CA (trustme) and two certificates it signed, as PEM files in ``directory``:
-    ``ca``, ``server_cert``/``server_key`` (SAN 127.0.0.1, localhost), ``client_cert``/``client_key``."""
+    ``ca``, ``server_cert``/``server_key`` (SAN 127.0.0.1, localhost), ``client_cert``/``client_key``
+    (SAN 127.0.0.1, localhost, client.becomingone.test)."""
     import trustme
 
     ca = trustme.CA()
     server = ca.issue_cert("127.0.0.1", "localhost")
-    client = ca.issue_cert("client.becomingone.test")
+    # The client's certificate also names 127.0.0.1 and localhost, so a node under test can serve its
+    # metrics endpoint with the same files it shows Kafka (as docs/security.md's tls.crt).
+    client = ca.issue_cert("127.0.0.1", "localhost", "client.becomingone.test")
     files = {kind: directory / f"{name}{kind}.pem" for kind in
              ("ca", "server_cert", "server_key", "client_cert", "client_key")}
     ca.cert_pem.write_to_path(files["ca"])
