@@ -12,7 +12,16 @@
   a time t: the newest Master and Emissary signatures and coherence-history
   row at or before t, and whether the sensor was collapsed (from the
   newest collapse/dissipate event at or before t);
-* :meth:`TemporalMemory.verify` walks every manifest's hash chain.
+* :meth:`TemporalMemory.verify` walks every manifest's hash chain;
+* :meth:`TemporalMemory.last_states` returns each sensor's newest
+  coherence-history row (a file's answer is kept, so a repeated call
+  opens only the files committed since);
+* :meth:`TemporalMemory.rows_to_scan` says, from the manifests alone, how
+  many rows a range query would read, and :meth:`TemporalMemory.consistently`
+  runs a query again when a compaction swapped the files it was reading.
+
+:func:`rows_as_json` is the JSON form of rows shared by ``memory retrieve
+--format json`` and the HTTP API.
 
 Times are epoch seconds (int or float), ISO-8601 text with a zone,
 ``datetime`` objects or ``numpy.datetime64``; they become exact microseconds
@@ -25,9 +34,11 @@ as everywhere in BecomingONE.  Ranges are inclusive at both ends.
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import os
 import re
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,13 +47,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from connectors.archive import listed_files, read_archive_file, verify_archive
+from connectors.archive import ArchiveError, ListedFile, listed_entries, read_archive_file, verify_archive
 from schemas.datasets import DATASETS
 from schemas.timebase import to_micros
 
-__all__ = ["Reconstruction", "SignatureState", "SyncSnapshot", "TemporalMemory", "as_micros"]
+__all__ = ["Reconstruction", "SignatureState", "SyncSnapshot", "TemporalMemory", "as_micros", "iso_time",
+           "rows_as_json"]
 
 _HOUR_US = 3_600_000_000
+_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
 _PARTITION = re.compile(r"date=(\d{4})-(\d{2})-(\d{2})/hour=(\d{2})/")
 
 
@@ -63,6 +76,35 @@ def as_micros(t: Any) -> int:
         except ValueError:
             t = text
     return int(np.asarray(to_micros(t)).reshape(-1)[0])
+
+
+def iso_time(value: int | _dt.datetime) -> str:
+    """Microseconds since the epoch (or an aware datetime) as ISO-8601 UTC text ending in ``Z``.
+
+    >>> iso_time(1735689601500000)
+    '2025-01-01T00:00:01.500000Z'
+    """
+    if not isinstance(value, _dt.datetime):
+        value = _EPOCH + _dt.timedelta(microseconds=int(value))
+    return value.astimezone(_dt.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, _dt.datetime):
+        return iso_time(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN or infinity
+    return value
+
+
+def rows_as_json(table: pa.Table) -> list[dict[str, Any]]:
+    """The rows of ``table`` as JSON-ready dicts: times as ISO-8601 UTC text, NaN as null, lists as lists.
+
+    >>> rows_as_json(pa.table({"t": pa.array([0], pa.timestamp("us", tz="UTC")), "x": [float("nan")]}))
+    [{'t': '1970-01-01T00:00:00Z', 'x': None}]
+    """
+    return [{k: ([_json_value(x) for x in v] if isinstance(v, list) else _json_value(v)) for k, v in row.items()}
+            for row in table.to_pylist()]
 
 
 def _hour_start(relative: str) -> int | None:
@@ -119,6 +161,34 @@ class Reconstruction:
     collapsed: bool
     last_event: dict[str, Any] | None
 
+    @property
+    def found(self) -> bool:
+        """True when anything of the sensor was archived at or before ``at_us``."""
+        return not (self.master is None and self.emissary is None and self.sync is None)
+
+    def as_json(self) -> dict[str, Any]:
+        """This state as a JSON-ready dict (times ISO-8601 UTC; complex values as ``_re``/``_im``)."""
+        def signature(sig: SignatureState | None) -> dict[str, Any] | None:
+            return None if sig is None else {"t": iso_time(sig.t_us), "t_re": sig.T.real, "t_im": sig.T.imag,
+                                             "coherence": sig.coherence, "n_products": sig.n_products}
+
+        s = self.sync
+        sync = None if s is None else {
+            "t": iso_time(s.t_us), "coherence_master": s.coherence_master, "coherence_emissary": s.coherence_emissary,
+            "coherence_sync": s.coherence_sync, "delta_phase": s.delta_phase, "state": s.state}
+        event = None if self.last_event is None else rows_as_json(pa.Table.from_pylist([self.last_event]))[0]
+        return _finite({"sensor": self.sensor, "at": iso_time(self.at_us), "master": signature(self.master),
+                        "emissary": signature(self.emissary), "sync": sync,
+                        "t_sync": None if self.T_sync is None else {"re": self.T_sync.real, "im": self.T_sync.imag},
+                        "collapsed": self.collapsed, "last_event": event})
+
+
+def _finite(value: Any) -> Any:
+    """``value`` (nested dicts) with NaN and infinities as None, as JSON has them."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    return _json_value(value)
+
 
 class TemporalMemory:
     """Read access to an archive root.
@@ -128,13 +198,17 @@ class TemporalMemory:
 
     Attributes:
         files_opened: files read so far (to show a query reads only what it needs).
+        file_states: per dataset file (by its manifest name), its sensors' newest
+            rows, kept by :meth:`last_states`; share one dict between instances
+            to keep it across queries.
     """
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], file_states: dict[str, pa.Table] | None = None) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"no archive at {self.root}: not a directory")
         self.files_opened = 0
+        self.file_states = {} if file_states is None else file_states
 
     def datasets(self) -> list[str]:
         """The dataset directories present (possibly still without files), in schema order."""
@@ -142,20 +216,24 @@ class TemporalMemory:
 
     def files(self, dataset: str, start_us: int | None = None, end_us: int | None = None) -> list[Path]:
         """The dataset's committed files (manifest order) whose hour overlaps [start_us, end_us]."""
-        return [path for _, path in self._hours(dataset, start_us, end_us)]
+        return [entry.path for _, entry in self._hours(dataset, start_us, end_us)]
 
-    def _hours(self, dataset: str, start_us: int | None, end_us: int | None) -> list[tuple[int | None, Path]]:
-        """(hour start or None, path) of :meth:`files`; the hour comes from the manifest's
+    def rows_to_scan(self, dataset: str, start_us: int | None = None, end_us: int | None = None) -> int:
+        """Rows in the files a query of [start_us, end_us] opens (from the manifest, no file read)."""
+        return sum(entry.rows for _, entry in self._hours(dataset, start_us, end_us))
+
+    def _hours(self, dataset: str, start_us: int | None, end_us: int | None) -> list[tuple[int | None, ListedFile]]:
+        """(hour start or None, listed file) of :meth:`files`; the hour comes from the manifest's
         name of the file, since the path may be a temp file outside the partition."""
         if dataset not in DATASETS:
             raise ValueError(f"unknown dataset {dataset!r}; the archive has {', '.join(DATASETS)}")
         out = []
-        for name, path in listed_files(self.root / dataset):
-            hour = _hour_start(name)
+        for entry in listed_entries(self.root / dataset):
+            hour = _hour_start(entry.name)
             overlaps = hour is None or ((end_us is None or hour <= end_us)
                                         and (start_us is None or hour + _HOUR_US > start_us))
             if overlaps:
-                out.append((hour, path))
+                out.append((hour, entry))
         return out
 
     def read_file(self, path: Path) -> pa.Table:
@@ -223,8 +301,8 @@ class TemporalMemory:
         recent answer opens only the files of a recent hour.
         """
         by_hour: dict[int | None, list[Path]] = {}
-        for hour, path in self._hours(dataset, None, at_us):
-            by_hour.setdefault(hour, []).append(path)
+        for hour, entry in self._hours(dataset, None, at_us):
+            by_hour.setdefault(hour, []).append(entry.path)
         for hour in sorted(by_hour, key=lambda h: -1 if h is None else h, reverse=True):
             best = None
             for path in by_hour[hour]:
@@ -269,6 +347,71 @@ class TemporalMemory:
             T_sync = (master.T + emissary.T) / 2
         return Reconstruction(sensor, at_us, master, emissary, sync, T_sync, collapsed=collapsed, last_event=event)
 
-    def verify(self) -> dict[str, list[str]]:
+    def last_states(self) -> pa.Table:
+        """Each sensor's newest ``coherence_history`` row (the latest t; of equal times the later
+        one in archive order), sorted by sensor.
+
+        A file's newest rows per sensor are kept in :attr:`file_states` under its
+        manifest name (names are never reused, and a compaction's merged file has
+        a new one), so only files not seen before are opened.
+        """
+        dataset = "coherence_history"
+        parts, keys = [], set()
+        for _, entry in self._hours(dataset, None, None):
+            key = f"{dataset}/{entry.name}"
+            if key not in self.file_states:
+                self.file_states[key] = _newest_per_sensor(self.read_file(entry.path))
+            parts.append(self.file_states[key])
+            keys.add(key)
+        for gone in [key for key in list(self.file_states) if key not in keys]:
+            self.file_states.pop(gone, None)  # merged away by a compaction
+        if not parts:
+            return DATASETS[dataset].empty_table()
+        return _newest_per_sensor(pa.concat_tables(parts))
+
+    def consistently(self, query: Callable[[], Any], attempts: int = 5) -> Any:
+        """``query()``, run again (up to ``attempts`` times) when it failed on a file that a
+        compaction replaced meanwhile: the answer is that of one manifest state.
+
+        A compaction commits by replacing a manifest and then deletes the merged
+        files; a query that listed the old manifest may find one gone.  When the
+        manifests did not change while the query ran, the error is the archive's
+        and is raised.
+        """
+        for attempt in range(attempts):
+            before = self._manifest_marks()
+            try:
+                return query()
+            except (ArchiveError, FileNotFoundError):
+                if attempt + 1 == attempts or self._manifest_marks() == before:
+                    raise
+                time.sleep(0.01 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    def _manifest_marks(self) -> tuple:
+        """(name, inode, size, mtime) of every manifest and journal under ``_meta``: what a compaction changes."""
+        marks = []
+        for path in sorted((self.root / "_meta").glob("*/*")):
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                continue
+            marks.append((path.as_posix(), st.st_ino, st.st_size, st.st_mtime_ns))
+        return tuple(marks)
+
+    def verify(self, key: bytes | None = None) -> dict[str, list[str]]:
         """Problems per dataset (empty lists: intact); see :func:`connectors.archive.verify_archive`."""
-        return verify_archive(self.root)
+        return verify_archive(self.root, key=key)
+
+
+def _newest_per_sensor(table: pa.Table) -> pa.Table:
+    """Per sensor, its row of the largest t (the last of equal ones), sorted by sensor."""
+    if table.num_rows == 0:
+        return table
+    order = pc.sort_indices(pa.table({"sensor": table["sensor"], "t": table["t"].cast(pa.int64()),
+                                      "i": pa.array(np.arange(table.num_rows))}),
+                            [("sensor", "ascending"), ("t", "ascending"), ("i", "ascending")])
+    ordered = table.take(order)
+    sensors = ordered["sensor"].to_numpy(zero_copy_only=False)
+    last = np.flatnonzero(np.append(sensors[1:] != sensors[:-1], True))
+    return ordered.take(pa.array(last))

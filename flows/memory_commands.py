@@ -83,7 +83,8 @@ def cmd_memory_retrieve(args: argparse.Namespace) -> int:
         return code
     try:
         _time(args.start, "--start"), _time(args.end, "--end")  # named errors for bad times
-        table = memory.retrieve(args.start, args.end, sensors=args.sensor, dataset=args.dataset, cells=args.cell)
+        table = memory.consistently(lambda: memory.retrieve(args.start, args.end, sensors=args.sensor,
+                                                            dataset=args.dataset, cells=args.cell))
     except ArchiveError as exc:  # before ValueError: pyarrow's read errors are ValueErrors too
         return _fail("memory retrieve", str(exc), code=1)
     except ValueError as exc:
@@ -101,18 +102,14 @@ def cmd_memory_retrieve(args: argparse.Namespace) -> int:
         pcsv.write_csv(_csv_ready(table), sink)
         sys.stdout.write(sink.getvalue().to_pybytes().decode("utf-8"))
     elif args.format == "json":
-        for row in table.to_pylist():
-            print(json.dumps(row, default=_json_value))
+        from connectors.memory import rows_as_json
+
+        for row in rows_as_json(table):
+            print(json.dumps(row))
     else:
         _print_table(table)
     print(f"{table.num_rows:,} rows of {args.dataset} from {memory.files_opened} file(s)", file=sys.stderr)
     return 0
-
-
-def _json_value(value: Any) -> Any:
-    if hasattr(value, "isoformat"):
-        return value.isoformat().replace("+00:00", "Z")
-    raise TypeError(f"not JSON: {value!r}")
 
 
 def _print_table(table) -> None:
@@ -147,14 +144,17 @@ def cmd_memory_reconstruct(args: argparse.Namespace) -> int:
         return code
     try:
         at = _time(args.at, "--at")
-        state = memory.reconstruct_coherence(args.at, args.sensor)
+        state = memory.consistently(lambda: memory.reconstruct_coherence(args.at, args.sensor))
     except ArchiveError as exc:
         return _fail("memory reconstruct", str(exc), code=1)
     except ValueError as exc:
         return _fail("memory reconstruct", str(exc))
-    if state.master is None and state.emissary is None and state.sync is None:
+    if not state.found:
         return _fail("memory reconstruct", f"no archived state of sensor {args.sensor!r} at or before "
                      f"{format_utc(at)}", code=1)
+    if args.format == "json":
+        print(json.dumps(state.as_json()))
+        return 0
     print(f"sensor {_cell(state.sensor)} at {format_utc(state.at_us)}")
     for name, sig in (("master", state.master), ("emissary", state.emissary)):
         if sig is None:
@@ -385,6 +385,8 @@ def add_parsers(sub, config_help: str) -> None:
                         "SENSOR at or before TIME.")
     p.add_argument("--at", required=True, metavar="TIME", help=time_help)
     p.add_argument("--sensor", required=True, metavar="ID")
+    p.add_argument("--format", choices=("text", "json"), default="text",
+                   help="text (default) or json (one object, as the HTTP API's state endpoint)")
     p.add_argument("--archive", metavar="DIR", default=None, help=archive_help)
     p.add_argument("--config", metavar="FILE", default=None, help=config_help)
     p.set_defaults(func=cmd_memory_reconstruct)

@@ -39,7 +39,9 @@ from connectors.archive.high_water import ROW_KEYS
 from connectors.archive.layout import JOURNAL, LOCK, MANIFEST, META, ArchiveError, meta_dir
 from connectors.archive.manifest_lines import GENESIS
 from connectors.archive.reading import (
+    ListedFile,
     last_witness_record,
+    listed_entries,
     listed_files,
     manifest_files,
     open_dataset,
@@ -52,6 +54,7 @@ from connectors.archive.writer import ArchiveWriter
 __all__ = [
     "COMPACTION_STEPS",
     "GENESIS",
+    "ListedFile",
     "JOURNAL",
     "LOCK",
     "MANIFEST",
@@ -65,6 +68,7 @@ __all__ = [
     "compact_archive",
     "compact_dataset",
     "last_witness_record",
+    "listed_entries",
     "listed_files",
     "manifest_files",
     "meta_dir",

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,19 @@ from connectors.archive.layout import MANIFEST, ArchiveError, _committed_file, _
 from connectors.archive.manifest_lines import parse_line as _parse_line
 from schemas.datasets import DATASETS, PARTITION_SCHEMA, readable_as
 
-__all__ = ["last_witness_record", "listed_files", "manifest_files", "open_dataset", "read_archive_file"]
+__all__ = ["ListedFile", "last_witness_record", "listed_entries", "listed_files", "manifest_files", "open_dataset",
+           "read_archive_file"]
+
+
+@dataclass(frozen=True)
+class ListedFile:
+    """A committed file of a dataset: the manifest's name for it (relative to the dataset
+    directory), the path holding its rows, and the row count its manifest line states."""
+
+    name: str
+    path: Path
+    rows: int
+
 
 def read_archive_file(path: str | os.PathLike[str], root: str | os.PathLike[str],
                       columns: list[str] | None = None) -> pa.Table:
@@ -62,6 +75,12 @@ def listed_files(dataset_dir: str | os.PathLike[str]) -> list[tuple[str, Path]]:
         ArchiveError: a manifest line is unreadable, or a listed file is
             missing with no complete temp file.
     """
+    return [(entry.name, entry.path) for entry in listed_entries(dataset_dir)]
+
+
+def listed_entries(dataset_dir: str | os.PathLike[str]) -> list[ListedFile]:
+    """:func:`listed_files` with each line's row count (what a query of the file would scan,
+    known before the file is opened)."""
     layout = _layout(dataset_dir)
     if not layout.manifest.exists():
         return []
@@ -78,7 +97,7 @@ def listed_files(dataset_dir: str | os.PathLike[str]) -> list[tuple[str, Path]]:
             found = final  # renamed between the two looks
         if found is None:
             raise _damaged(layout.data, f"{entry['file']} is listed in {MANIFEST} but missing")
-        files.append((entry["file"], found))
+        files.append(ListedFile(entry["file"], found, int(entry["rows"])))
     return files
 
 
