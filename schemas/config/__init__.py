@@ -61,6 +61,7 @@ from schemas.config.seed_sections import (
     WitnessLayers,
 )
 from schemas.config.stream_sections import (
+    ApiSection,
     DEFAULT_UNAVAILABLE_TIMEOUT,
     FILE_BATCH_ROWS,
     FileSource,
@@ -99,6 +100,7 @@ __all__ = [
     "MemorySection",
     "MeshPeer",
     "MeshSection",
+    "ApiSection",
     "MetricsSection",
     "RelaySection",
     "WitnessNodeSection",

@@ -23,6 +23,7 @@ from schemas.config.seed_sections import (
 )
 from schemas.config.security import SecuritySection
 from schemas.config.stream_sections import (
+    ApiSection,
     KafkaSection,
     MetricsSection,
     RelaySection,
@@ -62,6 +63,7 @@ class Config(_Section):
     sink: SinkSection = Field(default_factory=SinkSection)
     kafka: KafkaSection | None = None
     metrics: MetricsSection = Field(default_factory=MetricsSection)
+    api: ApiSection = Field(default_factory=ApiSection)
     witness_node: WitnessNodeSection = Field(default_factory=WitnessNodeSection)
     relay: RelaySection = Field(default_factory=RelaySection)
 

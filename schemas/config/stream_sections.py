@@ -274,3 +274,13 @@ class MetricsSection(_Section):
     port: Port = 9108
     per_sensor_labels: bool = False
     """Label series per sensor id; off by default because series grow with sensors."""
+
+
+class ApiSection(_Section):
+    """``api``: ``becomingone serve``, the read-only HTTP API over the archive."""
+
+    bind: NonEmptyStr = "127.0.0.1"
+    """Listen address (loopback by default; 0.0.0.0 to serve outside the host or pod)."""
+    port: Port = 9110
+    max_scan_rows: Annotated[int, BeforeValidator(_reject_bool), Field(ge=1)] = 5_000_000
+    """A range query whose files hold more rows than this is refused (413) before a file is read."""
