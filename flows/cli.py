@@ -318,9 +318,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from flows.ingest_commands import add_parsers as add_ingest_parsers
     from flows.memory_commands import add_parsers
+    from flows.serve_command import add_parser as add_serve_parser
 
     add_ingest_parsers(sub, config_help)
     add_parsers(sub, config_help)
+    add_serve_parser(sub, config_help)
     _add_debug(parser)
     return parser
 

@@ -1,0 +1,113 @@
+"""``becomingone serve``: the read-only HTTP API over the archive (SPEC section 6).
+
+The application is :mod:`connectors.api.server` (Starlette), served by
+uvicorn on one socket bound here, so the line announcing the address is
+printed once the port is taken (``--port 0`` asks the system for a free one).
+With ``security.transport: tls`` it serves HTTPS with the context of
+:meth:`~schemas.config.SecuritySection.server_context`; under
+``node_auth: mutual_tls`` every client must show a certificate signed by
+``ca_file``.  Exit codes: 0 after SIGINT or SIGTERM, 1 the address cannot be
+bound, 2 bad usage or config, or the ``api`` extra is not installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import ssl
+import sys
+from pathlib import Path
+
+from flows.arguments import config_or_report, positive_int
+
+__all__ = ["add_parser", "cmd_serve"]
+
+_EXTRA = "pip install 'becomingone[api]'"
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"becomingone serve: {message}", file=sys.stderr)
+    return code
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 0 (any free port) to 65535, got {value}")
+    return value
+
+
+def _listen(bind: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``bind``:``port`` (IPv6 when the address is)."""
+    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+    return socket.create_server((bind, port), family=family, backlog=2048)
+
+
+def _tls_context(security) -> ssl.SSLContext | None:
+    """The server's TLS context (None: plaintext); under mutual_tls a client certificate is required."""
+    if not security.tls:
+        return None
+    context = security.server_context()
+    if security.mutual:
+        context.verify_mode = ssl.CERT_REQUIRED  # no open path on the API: every client shows one
+    return context
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from connectors.api.server import create_app
+    except ImportError as exc:
+        return _fail(f"needs the api extra ({exc.name} is not installed): {_EXTRA}", 2)
+    config = config_or_report(args)
+    if config is None:
+        return 2
+    root = Path(args.archive if args.archive is not None else config.memory.storage.path)
+    if not root.is_dir():
+        return _fail(f"no archive directory at {root}", 2)
+    bind = args.bind if args.bind is not None else config.api.bind
+    port = args.port if args.port is not None else config.api.port
+    max_rows = args.max_scan_rows if args.max_scan_rows is not None else config.api.max_scan_rows
+    try:
+        context = _tls_context(config.security)
+    except ValueError as exc:
+        return _fail(str(exc), 2)
+    try:
+        sock = _listen(bind, port)
+    except OSError as exc:
+        return _fail(f"cannot listen on {bind}:{port}: {exc.strerror or exc}", 1)
+    app = create_app(root, signing_key=config.memory.signing_key_bytes, max_scan_rows=max_rows)
+    server = uvicorn.Server(uvicorn.Config(
+        app, log_level="warning", access_log=False, server_header=False,
+        ssl_context_factory=None if context is None else (lambda _config, _default: context)))
+    host, bound = sock.getsockname()[:2]
+    scheme = "http" if context is None else "https"
+    if context is None:
+        print(f"becomingone serve: plaintext HTTP on {host}:{bound} (set security.transport: tls for HTTPS)",
+              file=sys.stderr)
+    print(f"serving {root} on {scheme}://{host if ':' not in host else f'[{host}]'}:{bound}", flush=True)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+    return 0
+
+
+def add_parser(sub, config_help: str) -> None:
+    """Register ``serve`` on the sub-command parser ``sub``."""
+    p = sub.add_parser(
+        "serve", help="a read-only HTTP API over the archive (JSON or Arrow)",
+        description="Serve the archive over HTTP: /v1/sensors, /v1/sensors/{sensor}/state, "
+        "/v1/datasets/{dataset}, /v1/events, /v1/mesh, /v1/verify and /openapi.json (docs/api.md). "
+        "Loopback by default; HTTPS with security.transport tls. Prints 'serving ROOT on URL' once "
+        "listening; runs until SIGINT or SIGTERM. Needs the api extra (" + _EXTRA + ").")
+    p.add_argument("--config", metavar="FILE", default=None, help=config_help)
+    p.add_argument("--archive", metavar="DIR", default=None,
+                   help="archive root (default: memory.storage.path of the config)")
+    p.add_argument("--bind", metavar="ADDR", default=None, help="listen address (default api.bind, 127.0.0.1)")
+    p.add_argument("--port", type=_port, metavar="N", default=None,
+                   help="TCP port (default api.port, 9110; 0: any free port, printed)")
+    p.add_argument("--max-scan-rows", type=positive_int, metavar="N", default=None,
+                   help="refuse (413) a query whose files hold more rows (default api.max_scan_rows, 5000000)")
+    p.set_defaults(func=cmd_serve)
