@@ -13,6 +13,7 @@ bound, 2 bad usage or config, or the ``api`` extra is not installed.
 from __future__ import annotations
 
 import argparse
+import signal
 import socket
 import ssl
 import sys
@@ -87,10 +88,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"becomingone serve: plaintext HTTP on {host}:{bound} (set security.transport: tls for HTTPS)",
               file=sys.stderr)
     print(f"serving {root} on {scheme}://{host if ':' not in host else f'[{host}]'}:{bound}", flush=True)
+    # uvicorn stops on SIGINT or SIGTERM, then raises the signal again for the handler it found: this
+    # one, so a stop is the normal end of the command (exit 0), not a death by the signal.
+    stops = {signum: signal.signal(signum, lambda *_: None) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         server.run(sockets=[sock])
     finally:
         sock.close()
+        for signum, handler in stops.items():
+            signal.signal(signum, handler)
     return 0
 
 
