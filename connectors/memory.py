@@ -20,8 +20,8 @@
   many rows a range query would read, and :meth:`TemporalMemory.consistently`
   runs a query again when a compaction swapped the files it was reading.
 
-:func:`rows_as_json` is the JSON form of rows shared by ``memory retrieve
---format json`` and the HTTP API.
+The JSON form of rows and of a state (``memory retrieve --format json``,
+``memory reconstruct --format json``, the HTTP API) is :mod:`connectors.row_json`.
 
 Times are epoch seconds (int or float), ISO-8601 text with a zone,
 ``datetime`` objects or ``numpy.datetime64``; they become exact microseconds
@@ -34,7 +34,6 @@ as everywhere in BecomingONE.  Ranges are inclusive at both ends.
 from __future__ import annotations
 
 import datetime as _dt
-import math
 import os
 import re
 import time
@@ -48,14 +47,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from connectors.archive import ArchiveError, ListedFile, listed_entries, read_archive_file, verify_archive
+from connectors.row_json import finite, iso_time, rows_as_json
 from schemas.datasets import DATASETS
 from schemas.timebase import to_micros
 
-__all__ = ["Reconstruction", "SignatureState", "SyncSnapshot", "TemporalMemory", "as_micros", "iso_time",
-           "rows_as_json"]
+__all__ = ["Reconstruction", "SignatureState", "SyncSnapshot", "TemporalMemory", "as_micros"]
 
 _HOUR_US = 3_600_000_000
-_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
 _PARTITION = re.compile(r"date=(\d{4})-(\d{2})-(\d{2})/hour=(\d{2})/")
 
 
@@ -76,35 +74,6 @@ def as_micros(t: Any) -> int:
         except ValueError:
             t = text
     return int(np.asarray(to_micros(t)).reshape(-1)[0])
-
-
-def iso_time(value: int | _dt.datetime) -> str:
-    """Microseconds since the epoch (or an aware datetime) as ISO-8601 UTC text ending in ``Z``.
-
-    >>> iso_time(1735689601500000)
-    '2025-01-01T00:00:01.500000Z'
-    """
-    if not isinstance(value, _dt.datetime):
-        value = _EPOCH + _dt.timedelta(microseconds=int(value))
-    return value.astimezone(_dt.timezone.utc).isoformat().replace("+00:00", "Z")
-
-
-def _json_value(value: Any) -> Any:
-    if isinstance(value, _dt.datetime):
-        return iso_time(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return None  # JSON has no NaN or infinity
-    return value
-
-
-def rows_as_json(table: pa.Table) -> list[dict[str, Any]]:
-    """The rows of ``table`` as JSON-ready dicts: times as ISO-8601 UTC text, NaN as null, lists as lists.
-
-    >>> rows_as_json(pa.table({"t": pa.array([0], pa.timestamp("us", tz="UTC")), "x": [float("nan")]}))
-    [{'t': '1970-01-01T00:00:00Z', 'x': None}]
-    """
-    return [{k: ([_json_value(x) for x in v] if isinstance(v, list) else _json_value(v)) for k, v in row.items()}
-            for row in table.to_pylist()]
 
 
 def _hour_start(relative: str) -> int | None:
@@ -177,17 +146,11 @@ class Reconstruction:
             "t": iso_time(s.t_us), "coherence_master": s.coherence_master, "coherence_emissary": s.coherence_emissary,
             "coherence_sync": s.coherence_sync, "delta_phase": s.delta_phase, "state": s.state}
         event = None if self.last_event is None else rows_as_json(pa.Table.from_pylist([self.last_event]))[0]
-        return _finite({"sensor": self.sensor, "at": iso_time(self.at_us), "master": signature(self.master),
+        return finite({"sensor": self.sensor, "at": iso_time(self.at_us), "master": signature(self.master),
                         "emissary": signature(self.emissary), "sync": sync,
                         "t_sync": None if self.T_sync is None else {"re": self.T_sync.real, "im": self.T_sync.imag},
                         "collapsed": self.collapsed, "last_event": event})
 
-
-def _finite(value: Any) -> Any:
-    """``value`` (nested dicts) with NaN and infinities as None, as JSON has them."""
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    return _json_value(value)
 
 
 class TemporalMemory:

@@ -102,7 +102,7 @@ def cmd_memory_retrieve(args: argparse.Namespace) -> int:
         pcsv.write_csv(_csv_ready(table), sink)
         sys.stdout.write(sink.getvalue().to_pybytes().decode("utf-8"))
     elif args.format == "json":
-        from connectors.memory import rows_as_json
+        from connectors.row_json import rows_as_json
 
         for row in rows_as_json(table):
             print(json.dumps(row))

@@ -13,6 +13,7 @@ import subprocess
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 import yaml
 
@@ -123,6 +124,45 @@ def test_reconstruct_knows_the_collapse_state_from_the_events(hours):
     after = memory.reconstruct_coherence("2025-01-01T03:00:00Z", "a")
     assert not after.collapsed and after.last_event["event"] == "dissipate"
     assert after.sync.state == "dissipated"
+
+
+def test_rows_to_scan_counts_the_rows_of_the_range_hours_files_from_the_manifest(hours):
+    memory = TemporalMemory(hours)
+    assert memory.rows_to_scan("coherence_history", T0 + 7800 * SECOND, T0 + 7860 * SECOND) == 360 * 3
+    assert memory.rows_to_scan("coherence_history") == HOURS * 360 * 3
+    assert memory.files_opened == 0  # nothing read
+
+
+def test_last_states_are_each_sensors_newest_row_and_a_second_call_opens_no_file(hours):
+    cache: dict = {}
+    memory = TemporalMemory(hours, file_states=cache)
+    table = memory.last_states()
+    assert memory.files_opened == HOURS * 12
+    assert table["sensor"].to_pylist() == list(SENSORS)
+    assert table["t"].cast(pa.int64()).to_pylist() == [T0 + (HOURS * 3600 - 10) * SECOND] * 3
+    everything = memory.retrieve(T0 / 1e6, T0 / 1e6 + HOURS * 3600)
+    own = [everything.filter(pc.equal(everything["sensor"], s)) for s in SENSORS]
+    assert table.equals(pa.concat_tables([rows.slice(rows.num_rows - 1) for rows in own]))
+    again = TemporalMemory(hours, file_states=cache)
+    assert again.last_states().equals(table) and again.files_opened == 0
+
+
+def test_consistently_raises_a_damage_the_manifests_did_not_change_for(hours, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(hours, root)
+    memory = TemporalMemory(root)
+    memory.files("events")[0].unlink()
+    calls = []
+
+    def query():
+        calls.append(1)
+        return memory.retrieve(T0 / 1e6, T0 / 1e6 + 60, dataset="events")
+
+    from connectors.archive import ArchiveError
+
+    with pytest.raises(ArchiveError, match="listed in MANIFEST.jsonl but missing"):
+        memory.consistently(query)
+    assert len(calls) == 1  # no retry: nothing was compacted meanwhile
 
 
 def test_as_micros_rejects_a_naive_datetime():

@@ -33,7 +33,8 @@ from connectors.api.openapi import openapi_document
 from connectors.api.queries import ParameterError, RangeQuery, range_query, state_query
 from connectors.archive import ArchiveError
 from connectors.archive.manifest_lines import manifest_notes
-from connectors.memory import TemporalMemory, iso_time, rows_as_json
+from connectors.memory import TemporalMemory
+from connectors.row_json import iso_time, rows_as_json
 from schemas.datasets import DATASETS
 
 __all__ = ["ARROW_STREAM", "ApiSettings", "create_app"]
