@@ -38,7 +38,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,7 @@ from connectors.row_json import finite, iso_time, rows_as_json
 from schemas.datasets import DATASETS
 from schemas.timebase import to_micros
 
-__all__ = ["Reconstruction", "SignatureState", "SyncSnapshot", "TemporalMemory", "as_micros"]
+__all__ = ["Reconstruction", "SensorStates", "SignatureState", "SyncSnapshot", "TemporalMemory", "as_micros"]
 
 _HOUR_US = 3_600_000_000
 _PARTITION = re.compile(r"date=(\d{4})-(\d{2})-(\d{2})/hour=(\d{2})/")
@@ -153,6 +153,19 @@ class Reconstruction:
 
 
 
+@dataclass
+class SensorStates:
+    """What :meth:`TemporalMemory.last_states` keeps between calls.
+
+    Attributes:
+        files: per ``coherence_history`` file (its manifest name), its sensors' newest rows.
+        answer: (the manifest names of the files, the answer over them).
+    """
+
+    files: dict[str, pa.Table] = field(default_factory=dict)
+    answer: tuple[tuple[str, ...], pa.Table | None] = ((), None)
+
+
 class TemporalMemory:
     """Read access to an archive root.
 
@@ -161,17 +174,16 @@ class TemporalMemory:
 
     Attributes:
         files_opened: files read so far (to show a query reads only what it needs).
-        file_states: per dataset file (by its manifest name), its sensors' newest
-            rows, kept by :meth:`last_states`; share one dict between instances
-            to keep it across queries.
+        sensor_states: what :meth:`last_states` keeps; share one between
+            instances to keep it across queries.
     """
 
-    def __init__(self, root: str | os.PathLike[str], file_states: dict[str, pa.Table] | None = None) -> None:
+    def __init__(self, root: str | os.PathLike[str], sensor_states: SensorStates | None = None) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"no archive at {self.root}: not a directory")
         self.files_opened = 0
-        self.file_states = {} if file_states is None else file_states
+        self.sensor_states = SensorStates() if sensor_states is None else sensor_states
 
     def datasets(self) -> list[str]:
         """The dataset directories present (possibly still without files), in schema order."""
@@ -314,23 +326,30 @@ class TemporalMemory:
         """Each sensor's newest ``coherence_history`` row (the latest t; of equal times the later
         one in archive order), sorted by sensor.
 
-        A file's newest rows per sensor are kept in :attr:`file_states` under its
+        A file's newest rows per sensor are kept in :attr:`sensor_states` under its
         manifest name (names are never reused, and a compaction's merged file has
-        a new one), so only files not seen before are opened.
+        a new one), and so is the answer: a call opens only the files committed
+        since the last, and merges their rows into the last answer.
         """
         dataset = "coherence_history"
-        parts, keys = [], set()
-        for _, entry in self._hours(dataset, None, None):
-            key = f"{dataset}/{entry.name}"
-            if key not in self.file_states:
-                self.file_states[key] = _newest_per_sensor(self.read_file(entry.path))
-            parts.append(self.file_states[key])
-            keys.add(key)
-        for gone in [key for key in list(self.file_states) if key not in keys]:
-            self.file_states.pop(gone, None)  # merged away by a compaction
-        if not parts:
-            return DATASETS[dataset].empty_table()
-        return _newest_per_sensor(pa.concat_tables(parts))
+        cache = self.sensor_states
+        entries = [entry for _, entry in self._hours(dataset, None, None)]
+        keys = tuple(entry.name for entry in entries)
+        known_keys, known = cache.answer
+        if known is not None and keys == known_keys:
+            return known
+        for entry in entries:
+            if entry.name not in cache.files:
+                cache.files[entry.name] = _newest_per_sensor(self.read_file(entry.path))
+        if known is not None and keys[:len(known_keys)] == known_keys:  # files appended since
+            parts = [known] + [cache.files[k] for k in keys[len(known_keys):]]
+        else:
+            parts = [cache.files[k] for k in keys]
+        answer = _newest_per_sensor(pa.concat_tables(parts)) if parts else DATASETS[dataset].empty_table()
+        for gone in [key for key in list(cache.files) if key not in set(keys)]:
+            cache.files.pop(gone, None)  # merged away by a compaction
+        cache.answer = (keys, answer)
+        return answer
 
     def consistently(self, query: Callable[[], Any], attempts: int = 5) -> Any:
         """``query()``, run again (up to ``attempts`` times) when it failed on a file that a

@@ -17,8 +17,8 @@ import pyarrow.compute as pc
 import pytest
 import yaml
 
-from connectors.archive import MANIFEST, ArchiveWriter, meta_dir, open_dataset
-from connectors.memory import TemporalMemory, as_micros
+from connectors.archive import MANIFEST, ArchiveWriter, compact_archive, listed_entries, meta_dir, open_dataset
+from connectors.memory import SensorStates, TemporalMemory, as_micros
 from flows.run import run_flow
 from schemas.datasets import DATASETS, TIMESTAMP
 from schemas.config import parse_config
@@ -134,8 +134,8 @@ def test_rows_to_scan_counts_the_rows_of_the_range_hours_files_from_the_manifest
 
 
 def test_last_states_are_each_sensors_newest_row_and_a_second_call_opens_no_file(hours):
-    cache: dict = {}
-    memory = TemporalMemory(hours, file_states=cache)
+    cache = SensorStates()
+    memory = TemporalMemory(hours, sensor_states=cache)
     table = memory.last_states()
     assert memory.files_opened == HOURS * 12
     assert table["sensor"].to_pylist() == list(SENSORS)
@@ -143,8 +143,29 @@ def test_last_states_are_each_sensors_newest_row_and_a_second_call_opens_no_file
     everything = memory.retrieve(T0 / 1e6, T0 / 1e6 + HOURS * 3600)
     own = [everything.filter(pc.equal(everything["sensor"], s)) for s in SENSORS]
     assert table.equals(pa.concat_tables([rows.slice(rows.num_rows - 1) for rows in own]))
-    again = TemporalMemory(hours, file_states=cache)
+    again = TemporalMemory(hours, sensor_states=cache)
     assert again.last_states().equals(table) and again.files_opened == 0
+
+
+def test_last_states_after_new_files_and_a_compaction(hours, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(hours, root)
+    cache = SensorStates()
+    first = TemporalMemory(root, sensor_states=cache).last_states()
+    later = T0 + HOURS * 3600 * SECOND  # the next hour: a new file
+    with ArchiveWriter(root, "coherence_history") as writer:
+        writer.write(_table("coherence_history", {
+            "sensor": ["b"], "t": [later], "coherence_master": [0.5], "coherence_emissary": [0.5],
+            "coherence_sync": [0.25], "delta_phase": [0.0], "state": ["dissipated"]}))
+    memory = TemporalMemory(root, sensor_states=cache)
+    second = memory.last_states()
+    assert memory.files_opened == 1  # only the new file
+    assert second["coherence_sync"].to_pylist() == [first["coherence_sync"][0].as_py(), 0.25,
+                                                    first["coherence_sync"][2].as_py()]
+    compact_archive(root)  # every file merged into new ones: the answer is the same, from them
+    memory = TemporalMemory(root, sensor_states=cache)
+    assert memory.last_states().equals(second) and memory.files_opened == HOURS  # the new hour kept its one file
+    assert set(cache.files) == {entry.name for entry in listed_entries(root / "coherence_history")}
 
 
 def test_consistently_raises_a_damage_the_manifests_did_not_change_for(hours, tmp_path):

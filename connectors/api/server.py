@@ -33,7 +33,7 @@ from connectors.api.openapi import openapi_document
 from connectors.api.queries import ParameterError, RangeQuery, range_query, state_query
 from connectors.archive import ArchiveError
 from connectors.archive.manifest_lines import manifest_notes
-from connectors.memory import TemporalMemory
+from connectors.memory import SensorStates, TemporalMemory
 from connectors.row_json import iso_time, rows_as_json
 from schemas.datasets import DATASETS
 
@@ -46,12 +46,12 @@ ARROW_STREAM = "application/vnd.apache.arrow.stream"
 @dataclass
 class ApiSettings:
     """What the application serves: the archive ``root``, the manifests' ``signing_key``
-    (for ``/v1/verify``) and the scan bound; ``file_states`` is the sensors' cache."""
+    (for ``/v1/verify``) and the scan bound; ``sensor_states`` is ``/v1/sensors``' cache."""
 
     root: Path
     signing_key: bytes | None = None
     max_scan_rows: int = 5_000_000
-    file_states: dict[str, pa.Table] = field(default_factory=dict)
+    sensor_states: SensorStates = field(default_factory=SensorStates)
 
 
 class _Refused(Exception):
@@ -88,7 +88,7 @@ def _no_parameters(request: Request) -> None:
 
 def _memory(settings: ApiSettings) -> TemporalMemory:
     try:
-        return TemporalMemory(settings.root, file_states=settings.file_states)
+        return TemporalMemory(settings.root, sensor_states=settings.sensor_states)
     except FileNotFoundError as exc:
         raise _Refused(500, str(exc)) from None
 
@@ -161,6 +161,10 @@ def _sensor_state(request: Request) -> Response:
     settings: ApiSettings = request.app.state.settings
     query = state_query(request.path_params["sensor"], _params(request))
     memory = _memory(settings)
+    known = memory.consistently(memory.last_states)
+    if known.num_rows and query.sensor not in set(known["sensor"].to_pylist()):
+        # Never in the archive: answered from the cached sensors, not by a search through every hour.
+        raise _Refused(404, f"no archived state of sensor {query.sensor!r}", "sensor")
     at = query.at if query.at is not None else iso_time(_now_us())
     state = memory.consistently(lambda: memory.reconstruct_coherence(at, query.sensor))
     if not state.found:
