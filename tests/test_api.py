@@ -184,6 +184,16 @@ def test_bad_input_gets_a_clear_4xx(url, path, status, parameter):
     assert answer["parameter"] == parameter and answer["error"]
 
 
+def test_unknown_paths_and_other_methods_are_json_errors(url):
+    status, headers, body = _get(url, "/v2/sensors")
+    assert status == 404 and json.loads(body)["error"] == "Not Found"
+    request = urllib.request.Request(url + "/v1/sensors", method="DELETE")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=30)
+    assert refused.value.code == 405 and "GET" in refused.value.headers["allow"]
+    assert json.loads(refused.value.read())["error"] == "Method Not Allowed"
+
+
 def test_serve_without_the_api_extra_says_how_to_install_it(archive):
     blocked = ("import sys; sys.modules['uvicorn'] = None; from flows.cli import main; "
                f"sys.exit(main(['serve', '--archive', {str(archive)!r}, '--port', '0']))")

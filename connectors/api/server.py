@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -174,8 +176,6 @@ def _sensor_state(request: Request) -> Response:
 
 
 def _now_us() -> int:
-    import time
-
     return time.time_ns() // 1000
 
 
@@ -198,6 +198,8 @@ def _refused(request: Request, exc: Exception) -> Response:
         return _json({"error": str(exc), "parameter": exc.parameter}, 400)
     if isinstance(exc, ArchiveError):
         return _json({"error": str(exc), "parameter": None}, 500)
+    if isinstance(exc, HTTPException):  # an unknown path (404) or a method other than GET (405)
+        return _json({"error": exc.detail, "parameter": None}, exc.status_code, exc.headers)
     assert isinstance(exc, _Refused)
     body = {"error": exc.message, "parameter": exc.parameter}
     if exc.hint:
@@ -222,6 +224,7 @@ def create_app(root: str | os.PathLike[str], *, signing_key: bytes | None = None
     if max_scan_rows < 1:
         raise ValueError(f"max_scan_rows must be at least 1, got {max_scan_rows}")
     app = Starlette(routes=[Route(path, endpoint, methods=["GET"], name=name) for path, endpoint, name in ROUTES],
-                    exception_handlers={ParameterError: _refused, _Refused: _refused, ArchiveError: _refused})
+                    exception_handlers={ParameterError: _refused, _Refused: _refused, ArchiveError: _refused,
+                                        HTTPException: _refused})
     app.state.settings = ApiSettings(Path(root), signing_key, max_scan_rows)
     return app
