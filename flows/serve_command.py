@@ -13,6 +13,7 @@ bound, 2 bad usage or config, or the ``api`` extra is not installed.
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import socket
 import ssl
@@ -24,6 +25,8 @@ from flows.arguments import config_or_report, positive_int
 __all__ = ["add_parser", "cmd_serve"]
 
 _EXTRA = "pip install 'becomingone[api]'"
+
+log = logging.getLogger("becomingone.api")
 
 
 def _fail(message: str, code: int) -> int:
@@ -64,6 +67,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = config_or_report(args)
     if config is None:
         return 2
+    from flows.logs import configure_logging, log_format
+
+    configure_logging(config.logging, "becomingone serve",
+                      format=log_format(config.logging, sys.stderr, at_terminal_as_text=True))
     root = Path(args.archive if args.archive is not None else config.memory.storage.path)
     if not root.is_dir():
         return _fail(f"no archive directory at {root}", 2)
@@ -79,14 +86,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         return _fail(f"cannot listen on {bind}:{port}: {exc.strerror or exc}", 1)
     app = create_app(root, signing_key=config.memory.signing_key_bytes, max_scan_rows=max_rows)
-    server = uvicorn.Server(uvicorn.Config(
-        app, log_level="warning", access_log=False, server_header=False,
+    server = uvicorn.Server(uvicorn.Config(  # its log lines go through the logging section's handler
+        app, log_config=None, log_level="warning", access_log=False, server_header=False,
         ssl_context_factory=None if context is None else (lambda _config, _default: context)))
     host, bound = sock.getsockname()[:2]
     scheme = "http" if context is None else "https"
     if context is None:
-        print(f"becomingone serve: plaintext HTTP on {host}:{bound} (set security.transport: tls for HTTPS)",
-              file=sys.stderr)
+        log.warning("the API is served in plaintext: http://%s:%s (security.transport: tls serves HTTPS)",
+                    host, bound)
     print(f"serving {root} on {scheme}://{host if ':' not in host else f'[{host}]'}:{bound}", flush=True)
     # uvicorn stops on SIGINT or SIGTERM, then raises the signal again for the handler it found: this
     # one, so a stop is the normal end of the command (exit 0), not a death by the signal.

@@ -253,6 +253,7 @@ def test_a_minute_of_a_multi_hour_archive_opens_only_its_hours_files(hours, tmp_
     with serving("--archive", str(hours), stderr_path=tmp_path / "stderr") as address:
         table, body = _api_rows(address, f"/v1/datasets/coherence_history?start={start}&end={end}&sensor=b")
         _, headers, _ = _get(address, f"/v1/datasets/coherence_history?start={start}&end={end}&sensor=b")
+    assert f"the API is served in plaintext: {address}" in (tmp_path / "stderr").read_text()
     assert table.equals(cli_table) and body["rows"] == cli_rows and len(cli_rows) == 7
     assert body["files_opened"] == 12 and headers["x-files-opened"] == "12"  # of 48
     assert body["rows_scanned"] == 12 * 30 * 2  # the rows of that hour's files, nothing else
