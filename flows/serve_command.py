@@ -3,26 +3,26 @@
 The application is :mod:`connectors.api.server` (Starlette), served by
 uvicorn on one socket bound here, so the line announcing the address is
 printed once the port is taken (``--port 0`` asks the system for a free one).
-With ``security.transport: tls`` it serves HTTPS with the context of
-:meth:`~schemas.config.SecuritySection.server_context`; under
-``node_auth: mutual_tls`` every client must show a certificate signed by
-``ca_file``.  Exit codes: 0 after SIGINT or SIGTERM, 1 the address cannot be
-bound, 2 bad usage or config, or the ``api`` extra is not installed.
+With ``security.transport: tls`` it serves HTTPS (:mod:`connectors.api.tls`:
+the metrics endpoint's context, a client certificate required under
+``node_auth: mutual_tls``, renewed files loaded without a restart).  Exit
+codes: 0 after SIGINT or SIGTERM, 1 the address cannot be bound, 2 bad usage
+or config, or the ``api`` extra is not installed.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import signal
 import socket
-import ssl
 import sys
 from pathlib import Path
 
 from flows.arguments import config_or_report, positive_int
 
-__all__ = ["add_parser", "cmd_serve"]
+__all__ = ["add_parser", "cmd_serve", "run_server"]
 
 _EXTRA = "pip install 'becomingone[api]'"
 
@@ -47,14 +47,20 @@ def _listen(bind: str, port: int) -> socket.socket:
     return socket.create_server((bind, port), family=family, backlog=2048)
 
 
-def _tls_context(security) -> ssl.SSLContext | None:
-    """The server's TLS context (None: plaintext); under mutual_tls a client certificate is required."""
-    if not security.tls:
-        return None
-    context = security.server_context()
-    if security.mutual:
-        context.verify_mode = ssl.CERT_REQUIRED  # no open path on the API: every client shows one
-    return context
+async def run_server(server, sock: socket.socket, tls, recheck: float) -> None:
+    """uvicorn's ``server`` on ``sock``; with ``tls``, its files looked at every ``recheck`` seconds on the
+    server's own event loop (the thread that makes the connections' TLS objects from the context)."""
+    async def renew() -> None:
+        while True:
+            await asyncio.sleep(recheck)
+            tls.renew()
+
+    task = None if tls is None else asyncio.get_running_loop().create_task(renew())
+    try:
+        await server.serve(sockets=[sock])
+    finally:
+        if task is not None:
+            task.cancel()
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -77,10 +83,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     bind = args.bind if args.bind is not None else config.api.bind
     port = args.port if args.port is not None else config.api.port
     max_rows = args.max_scan_rows if args.max_scan_rows is not None else config.api.max_scan_rows
+    from connectors.api.tls import RECHECK_SECONDS, ApiTLS
+
     try:
-        context = _tls_context(config.security)
+        tls = ApiTLS.of(config.security)
     except ValueError as exc:
         return _fail(str(exc), 2)
+    context = None if tls is None else tls.context
     try:
         sock = _listen(bind, port)
     except OSError as exc:
@@ -99,7 +108,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # one, so a stop is the normal end of the command (exit 0), not a death by the signal.
     stops = {signum: signal.signal(signum, lambda *_: None) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
-        server.run(sockets=[sock])
+        asyncio.run(run_server(server, sock, tls, RECHECK_SECONDS))
     finally:
         sock.close()
         for signum, handler in stops.items():

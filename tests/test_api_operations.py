@@ -4,13 +4,16 @@ readers during a ``memory compact`` getting the answer of one manifest state.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
+import os
 import shutil
 import socket
 import ssl
 import subprocess
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -21,12 +24,14 @@ import yaml
 
 from connectors.api.client import ApiError, ArchiveClient
 from connectors.api.server import create_app
+from connectors.api.tls import ApiTLS
 from connectors.archive import compact_archive
 from connectors.memory import TemporalMemory
 from flows.run import run_flow
+from flows.serve_command import run_server
 from schemas.config import parse_config
 from tests.api_server import serving
-from tests.conftest import BIN, clean_env
+from tests.conftest import BIN, WAIT, clean_env
 from tests.test_security import Certs
 
 ALL = ("2025-01-01T00:00:00Z", "2025-01-01T01:00:00Z")
@@ -95,6 +100,61 @@ def test_mutual_tls_requires_a_client_certificate_on_every_path(archive, certs, 
                 pytest.fail(f"{path} answered a client without a certificate")
             except (urllib.error.URLError, ssl.SSLError, ConnectionError):
                 pass
+
+
+def _served_certificate(port: int, certs: Certs) -> bytes:
+    context = ssl.create_default_context(cafile=str(certs.ca_file))
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
+        with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            return tls.getpeercert(binary_form=True)
+
+
+def _der(pem_file) -> bytes:
+    return ssl.PEM_cert_to_DER_cert(pem_file.read_text().split("-----END CERTIFICATE-----")[0]
+                                    + "-----END CERTIFICATE-----\n")
+
+
+def test_a_renewed_certificate_is_served_without_a_restart(archive, certs, tmp_path, caplog):
+    import uvicorn
+
+    live_cert, live_key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    shutil.copy(certs.cert_file, live_cert)
+    shutil.copy(certs.key_file, live_key)
+    security = parse_config({"security": {**certs.security(), "cert_file": str(live_cert),
+                                          "key_file": str(live_key)}}).security
+    tls = ApiTLS(security)
+    sock = socket.create_server(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(archive), log_config=None, log_level="warning",
+                                           ssl_context_factory=lambda _config, _default: tls.context))
+    thread = threading.Thread(target=asyncio.run, args=(run_server(server, sock, tls, 0.05),), daemon=True)
+    thread.start()
+    try:
+        assert _wait_for(lambda: _served_certificate(port, certs) == _der(certs.cert_file))
+        renewed = certs.ca.issue_cert("127.0.0.1", "localhost")  # what cert-manager writes at renewal
+        staged_key, staged_cert = tmp_path / "key.new", tmp_path / "crt.new"
+        renewed.private_key_pem.write_to_path(str(staged_key))
+        staged_cert.write_bytes(b"".join(blob.bytes() for blob in renewed.cert_chain_pems))
+        os.replace(staged_key, live_key)
+        os.replace(staged_cert, live_cert)
+        assert _wait_for(lambda: _served_certificate(port, certs) == _der(live_cert))
+        live_cert.write_text("half written\n")  # cannot be loaded: the renewed certificate stays
+        assert _wait_for(lambda: "cannot be loaded" in caplog.text)
+        assert _served_certificate(port, certs) == ssl.PEM_cert_to_DER_cert(renewed.cert_chain_pems[0].bytes().decode())
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+
+
+def _wait_for(condition) -> bool:
+    """True once ``condition()`` holds, polled for at most WAIT seconds."""
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return False
 
 
 # --------------------------------------------------------------------------

@@ -6,6 +6,7 @@
   asked); the queries themselves are :class:`connectors.memory.TemporalMemory`'s,
   the ones ``becomingone memory`` runs;
 * :mod:`.openapi`: the OpenAPI description served at ``/openapi.json``;
+* :mod:`.tls`: HTTPS with the ``security`` section's files, renewed files loaded;
 * :mod:`.client`: :class:`ArchiveClient`, the Python client (standard library only).
 
 The server needs the ``api`` extra (Starlette and uvicorn); the client does not.
