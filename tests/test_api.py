@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -201,6 +202,15 @@ def test_serve_without_the_api_extra_says_how_to_install_it(archive):
                             timeout=60)
     assert result.returncode == 2
     assert "pip install 'becomingone[api]'" in result.stderr
+
+
+def test_serve_names_a_missing_archive_and_a_taken_port(archive, tmp_path):
+    missing = _cli("serve", "--archive", str(tmp_path / "nothing"), "--port", "0")
+    assert missing.returncode == 2 and b"no archive directory at" in missing.stderr
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        busy = _cli("serve", "--archive", str(archive), "--port", str(port))
+    assert busy.returncode == 1 and f"cannot listen on 127.0.0.1:{port}".encode() in busy.stderr
 
 
 def test_the_client_round_trips(archive, url):
