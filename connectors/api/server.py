@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ import pyarrow as pa
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from connectors.api.openapi import openapi_document
@@ -43,6 +44,7 @@ __all__ = ["ARROW_STREAM", "ApiSettings", "create_app"]
 
 #: The media type of an Arrow IPC stream.
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
+_CHUNK_ROWS = 4096  # rows turned into JSON at a time
 
 
 @dataclass
@@ -66,6 +68,21 @@ class _Refused(Exception):
 
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(json.dumps(body, allow_nan=False), status, headers, media_type="application/json")
+
+
+def _json_chunks(head: dict[str, Any], key: str, table: pa.Table) -> Iterator[bytes]:
+    """``{**head, key: rows_as_json(table)}`` as JSON text, a few thousand rows at a time (the rows
+    never all exist as Python objects at once)."""
+    text = json.dumps(head, allow_nan=False)
+    yield f'{text[:-1]}{", " if head else ""}"{key}": ['.encode()
+    for lo in range(0, table.num_rows, _CHUNK_ROWS):
+        rows = ", ".join(json.dumps(row, allow_nan=False) for row in rows_as_json(table.slice(lo, _CHUNK_ROWS)))
+        yield f'{", " if lo else ""}{rows}'.encode()
+    yield b"]}"
+
+
+def _json_rows(head: dict[str, Any], key: str, table: pa.Table, headers: dict[str, str] | None = None) -> Response:
+    return StreamingResponse(_json_chunks(head, key, table), 200, headers, media_type="application/json")
 
 
 def _arrow(table: pa.Table, headers: dict[str, str] | None = None) -> Response:
@@ -130,7 +147,7 @@ def _table_answer(request: Request, settings: ApiSettings, query: RangeQuery) ->
     table, stats = _range_rows(settings, query)
     if _wants_arrow(request):
         return _arrow(table, _stat_headers(stats))
-    return _json({**stats, "rows": rows_as_json(table)}, headers=_stat_headers(stats))
+    return _json_rows(stats, "rows", table, _stat_headers(stats))
 
 
 def _dataset(request: Request) -> Response:
@@ -156,7 +173,7 @@ def _sensors(request: Request) -> Response:
     table = memory.consistently(memory.last_states)
     if _wants_arrow(request):
         return _arrow(table)
-    return _json({"count": table.num_rows, "sensors": rows_as_json(table)})
+    return _json_rows({"count": table.num_rows}, "sensors", table)
 
 
 def _sensor_state(request: Request) -> Response:
