@@ -17,6 +17,7 @@ damaged archive (named, as the commands name it).
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import time
@@ -85,11 +86,20 @@ def _json_rows(head: dict[str, Any], key: str, table: pa.Table, headers: dict[st
     return StreamingResponse(_json_chunks(head, key, table), 200, headers, media_type="application/json")
 
 
+def _arrow_chunks(table: pa.Table) -> Iterator[bytes]:
+    """``table`` as an Arrow IPC stream, a record batch of at most 64 Ki rows at a time."""
+    buffer = io.BytesIO()
+    with pa.ipc.new_stream(pa.PythonFile(buffer, mode="w"), table.schema) as writer:
+        for batch in table.to_batches(max_chunksize=1 << 16):
+            writer.write_batch(batch)
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+    yield buffer.getvalue()  # the schema of an empty table, and the end-of-stream marker
+
+
 def _arrow(table: pa.Table, headers: dict[str, str] | None = None) -> Response:
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return Response(sink.getvalue().to_pybytes(), 200, headers, media_type=ARROW_STREAM)
+    return StreamingResponse(_arrow_chunks(table), 200, headers, media_type=ARROW_STREAM)
 
 
 def _wants_arrow(request: Request) -> bool:
