@@ -167,6 +167,10 @@ class _TLSHandler(_QuietHandler):
         self.request.settimeout(self.timeout)
         try:
             self.request.do_handshake()
+        except (ssl.SSLEOFError, ConnectionResetError) as exc:
+            # Closed before saying anything: a TCP port check (a load balancer's, kube-proxy's), not a TLS client.
+            log.debug("metrics endpoint: %s closed before the TLS handshake: %s", _peer(self.client_address), exc)
+            raise _HandshakeFailed from None
         except (ssl.SSLError, OSError) as exc:
             log.warning("metrics endpoint: TLS handshake with %s failed: %s", _peer(self.client_address),
                         _handshake_reason(exc))
@@ -189,6 +193,7 @@ def _http_server(bind: str, port: int, app: Callable[..., Iterable[bytes]],
 
     class Server(ThreadingWSGIServer):
         address_family = family
+        request_queue_size = 2 * MAX_CONNECTIONS  # socketserver's 5 drops connections arriving together
 
         def process_request(self, request: Any, client_address: Any) -> None:
             if not slots.acquire(blocking=False):

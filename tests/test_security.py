@@ -20,6 +20,7 @@ import pytest
 import trustme
 import yaml
 
+from connectors import endpoint
 from connectors.endpoint import MAX_CONNECTIONS, ServerTLS, serve
 from connectors.metrics import metrics
 from flows.startup import ConfigOrigin, log_startup, plaintext_traffic
@@ -251,7 +252,16 @@ def test_a_stalled_client_blocks_nobody(certs):
             s.close()
 
 
-def test_connections_beyond_the_bound_are_closed_not_queued(certs, caplog):
+def test_a_burst_of_connections_fits_the_listen_queue(certs):
+    # socketserver listens with a queue of 5: connections beyond it waited for TCP's SYN retries
+    # (64 connections opened together took 8 s to get through, here).
+    port = _serve(certs.security())
+    assert endpoint._servers[("127.0.0.1", port)].request_queue_size >= MAX_CONNECTIONS
+
+
+def test_connections_beyond_the_bound_are_closed_not_queued(certs, caplog, monkeypatch):
+    # The stalled connections must keep their slots while the test looks, however slow the machine.
+    monkeypatch.setattr(endpoint._QuietHandler, "timeout", 10 * WAIT)
     caplog.set_level(logging.WARNING, logger="becomingone.metrics")
     port = _serve(certs.security())
     stalled = [socket.create_connection(("127.0.0.1", port)) for _ in range(MAX_CONNECTIONS)]
