@@ -21,7 +21,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import ssl
 import threading
@@ -68,7 +67,7 @@ class ServerTLS:
         self._security, self._recheck, self._clock = security, recheck, clock
         self.client_certificate = bool(security.mutual)
         self._lock = threading.Lock()
-        self._files = _file_stamps(security)
+        self._files = security.files_stamp()
         self._context = security.server_context()
         self._checked = clock()
 
@@ -85,7 +84,7 @@ class ServerTLS:
             if now - self._checked < self._recheck:
                 return self._context
             self._checked = now
-            files = _file_stamps(self._security)
+            files = self._security.files_stamp()
             if files != self._files:
                 try:
                     self._context = self._security.server_context()
@@ -95,17 +94,6 @@ class ServerTLS:
                     log.warning("metrics endpoint: TLS files changed but cannot be loaded (%s); "
                                 "still serving the previous certificate", exc)
             return self._context
-
-
-def _file_stamps(security: Any) -> tuple:
-    stamps = []
-    for path in (security.ca_file, security.cert_file, security.key_file):
-        try:
-            st = os.stat(path) if path else None
-        except OSError:
-            st = None
-        stamps.append(None if st is None else (st.st_mtime_ns, st.st_size, st.st_ino))
-    return tuple(stamps)
 
 
 def serve(bind: str, port: int, tls: ServerTLS | None = None) -> bool:

@@ -12,7 +12,7 @@ import math
 import os
 import sys
 
-__all__ = ["config_or_report", "positive_int", "positive_seconds"]
+__all__ = ["config_or_report", "port_number", "port_or_zero", "positive_int", "positive_seconds"]
 
 
 def config_or_report(args: argparse.Namespace):
@@ -46,4 +46,21 @@ def positive_seconds(text: str) -> float:
     value = float(text)
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
+
+
+def port_number(text: str) -> int:
+    """An argument that must be a TCP port, 1 to 65535."""
+    return _port(text, 1, "a port number in 1..65535")
+
+
+def port_or_zero(text: str) -> int:
+    """A TCP port to listen on, or 0 for any free one."""
+    return _port(text, 0, "0 (any free port) to 65535")
+
+
+def _port(text: str, lowest: int, what: str) -> int:
+    value = int(text)
+    if not lowest <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be {what}, got {value}")
     return value

@@ -16,13 +16,13 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from flows.arguments import positive_int
+from flows.arguments import port_number, positive_int
 
 if TYPE_CHECKING:
     from connectors.kafka import MockBroker
     from connectors.kafka.tls_front import TlsFiles
 
-__all__ = ["add_parser", "cmd_broker", "port_number"]
+__all__ = ["add_parser", "cmd_broker"]
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
@@ -101,13 +101,6 @@ def _broker_tls(args: argparse.Namespace) -> TlsFiles | None:
         files = ", ".join(str(f) for f in (tls.cert_file, tls.key_file, tls.client_ca_file) if f is not None)
         raise ValueError(f"cannot use the TLS files ({files}): {exc.strerror or exc}") from None
     return tls
-
-
-def port_number(text: str) -> int:
-    value = int(text)
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be a port number in 1..65535, got {value}")
-    return value
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -20,7 +20,7 @@ import socket
 import sys
 from pathlib import Path
 
-from flows.arguments import config_or_report, positive_int
+from flows.arguments import config_or_report, port_or_zero, positive_int
 
 __all__ = ["add_parser", "cmd_serve", "run_server"]
 
@@ -32,13 +32,6 @@ log = logging.getLogger("becomingone.api")
 def _fail(message: str, code: int) -> int:
     print(f"becomingone serve: {message}", file=sys.stderr)
     return code
-
-
-def _port(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be 0 (any free port) to 65535, got {value}")
-    return value
 
 
 def _listen(bind: str, port: int) -> socket.socket:
@@ -128,7 +121,7 @@ def add_parser(sub, config_help: str) -> None:
     p.add_argument("--archive", metavar="DIR", default=None,
                    help="archive root (default: memory.storage.path of the config)")
     p.add_argument("--bind", metavar="ADDR", default=None, help="listen address (default api.bind, 127.0.0.1)")
-    p.add_argument("--port", type=_port, metavar="N", default=None,
+    p.add_argument("--port", type=port_or_zero, metavar="N", default=None,
                    help="TCP port (default api.port, 9110; 0: any free port, printed)")
     p.add_argument("--max-scan-rows", type=positive_int, metavar="N", default=None,
                    help="refuse (413) a query whose files hold more rows (default api.max_scan_rows, 5000000)")

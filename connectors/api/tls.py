@@ -15,7 +15,6 @@ tried again at the next look.
 from __future__ import annotations
 
 import logging
-import os
 import ssl
 from typing import Any
 
@@ -27,18 +26,6 @@ RECHECK_SECONDS = 30.0
 log = logging.getLogger("becomingone.api")
 
 
-def _stamps(security: Any) -> tuple:
-    """(mtime, size, inode) of the CA, certificate and key files (None for one that is absent)."""
-    stamps = []
-    for path in (security.ca_file, security.cert_file, security.key_file):
-        try:
-            st = os.stat(path) if path else None
-        except OSError:
-            st = None
-        stamps.append(None if st is None else (st.st_mtime_ns, st.st_size, st.st_ino))
-    return tuple(stamps)
-
-
 class ApiTLS:
     """The TLS of ``security`` (a :class:`~schemas.config.SecuritySection` with ``transport: tls``).
 
@@ -48,7 +35,7 @@ class ApiTLS:
 
     def __init__(self, security: Any) -> None:
         self._security = security
-        self._stamps = _stamps(security)
+        self._stamps = security.files_stamp()
         self.context = security.server_context()  # ValueError naming the key when a file cannot be loaded
         if security.mutual:
             self.context.verify_mode = ssl.CERT_REQUIRED
@@ -60,7 +47,7 @@ class ApiTLS:
 
     def renew(self) -> bool:
         """Load the files into :attr:`context` if they changed since the last look; True if they were."""
-        stamps = _stamps(self._security)
+        stamps = self._security.files_stamp()
         if stamps == self._stamps:
             return False
         sec = self._security

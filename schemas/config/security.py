@@ -106,6 +106,18 @@ class SecuritySection(_Section):
             context.verify_mode = ssl.CERT_OPTIONAL
         return context
 
+    def files_stamp(self) -> tuple:
+        """(mtime, size, inode) of the CA, certificate and key files, None for one absent or unnamed:
+        it changes when a file is renewed (Kubernetes swaps a Secret's files by a symlink, hence the inode)."""
+        stamps = []
+        for path in (self.ca_file, self.cert_file, self.key_file):
+            try:
+                st = os.stat(path) if path else None
+            except OSError:
+                st = None
+            stamps.append(None if st is None else (st.st_mtime_ns, st.st_size, st.st_ino))
+        return tuple(stamps)
+
     def kafka_settings(self, settings: Mapping[str, Any]) -> dict[str, Any]:
         """librdkafka ``settings`` with what this section implies added; the settings' own keys win.
 
