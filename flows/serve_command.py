@@ -20,6 +20,7 @@ import socket
 import sys
 from pathlib import Path
 
+from connectors.endpoint import MAX_CONNECTIONS
 from flows.arguments import config_or_report, port_or_zero, positive_int
 
 __all__ = ["add_parser", "cmd_serve", "run_server"]
@@ -90,6 +91,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = create_app(root, signing_key=config.memory.signing_key_bytes, max_scan_rows=max_rows)
     server = uvicorn.Server(uvicorn.Config(  # its log lines go through the logging section's handler
         app, log_config=None, log_level="warning", access_log=False, server_header=False,
+        limit_concurrency=MAX_CONNECTIONS,  # beyond: 503 at once, as the metrics endpoint closes them
         ssl_context_factory=None if context is None else (lambda _config, _default: context)))
     host, bound = sock.getsockname()[:2]
     scheme = "http" if context is None else "https"

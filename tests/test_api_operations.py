@@ -263,3 +263,28 @@ def test_a_damaged_archive_is_a_500_naming_the_file_not_a_retry_loop(archive, tm
         answer = client.verify()
         assert not answer["ok"] and answer["datasets"]["coherence_history"]["problems"]
         assert answer["datasets"]["events"]["ok"]
+
+
+def test_connections_beyond_the_bound_get_503_at_once(archive, tmp_path):
+    from connectors.endpoint import MAX_CONNECTIONS
+
+    config = tmp_path / "plain.yaml"
+    config.write_text(yaml.safe_dump({"memory": {"storage": {"path": str(archive)}}}))
+    with serving("--config", str(config), stderr_path=tmp_path / "stderr") as url:
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        idle = [socket.create_connection((host, int(port)), timeout=WAIT) for _ in range(MAX_CONNECTIONS)]
+        try:
+            _wait_for(lambda: _status(url) == 503)  # once the server has taken the idle ones in
+            assert _status(url) == 503
+        finally:
+            for s in idle:
+                s.close()
+        assert _wait_for(lambda: _status(url) == 200)
+
+
+def _status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(f"{url}/v1/sensors", timeout=WAIT) as answer:
+            return answer.status
+    except urllib.error.HTTPError as error:
+        return error.code
