@@ -35,7 +35,7 @@ promtool:
 
 # pytest exits 5 when it collected nothing; that is a broken suite, not a pass.
 test: $(STAMP) promtool
-	@$(BIN)/python -m pytest; rc=$$?; \
+	@$(BIN)/python -m pytest --durations=15; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 # The quick loop while editing: everything but the tests marked `slow` (kill -9 loops, whole
