@@ -17,6 +17,7 @@ are more specific and win over those derived here.
 from __future__ import annotations
 
 import os
+import re
 import ssl
 from collections.abc import Iterator, Mapping
 from typing import Any, Literal
@@ -173,7 +174,9 @@ def _why_unreadable(path: str) -> str:
 
 
 def _ssl_reason(exc: BaseException) -> str:
-    return getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    """OpenSSL's reason without Python's decoration: 'PEM lib', not '[SSL] PEM lib (_ssl.c:3926)'."""
+    text = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    return re.sub(r"\s*\(_ssl\.c:\d+\)$", "", re.sub(r"^\[\w+\]\s*", "", str(text)))
 
 
 def _password_hint(section: SecuritySection, exc: BaseException) -> str:
