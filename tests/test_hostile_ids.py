@@ -112,3 +112,73 @@ def test_plot_texts_are_plain_text():
 
     assert _plain("$\\frac{1}{$") == "$\\frac{1}{$"
     assert _plain("a\x1bb\nc") == "a\\x1bb\\nc"
+
+
+# --------------------------------------------------------------------------
+# Bounded ids: a sensor id or cell name longer than 256 bytes, and a cell named as the global mesh.
+
+
+def _bounded_rows() -> list[dict]:
+    ok_id = "é" * 128  # 256 bytes of UTF-8: the most an id may have
+    rows = []
+    for k in range(20):
+        t = T0 + k * 0.1
+        rows += [{"sensor": ok_id, "t": t, "phase": 0.1, "cell": "c" * 256},
+                 {"sensor": "x" * 257, "t": t, "phase": 0.1},
+                 {"sensor": "good", "t": t, "phase": 0.1, "cell": "*"},
+                 {"sensor": "other", "t": t, "phase": 0.1, "cell": "c" * 300}]
+    return rows
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "jsonl-with-a-bad-line", "arrow"])
+def test_ids_are_bounded_and_no_cell_takes_the_global_name(tmp_path, fmt):
+    # JSON lines are read as columns in one parse; one line that is not a plain sample (a time that does not
+    # parse) makes the decoder read them one by one.
+    rows = _bounded_rows()
+    data = tmp_path / f"samples.{fmt.split('-')[0]}"
+    if fmt.startswith("jsonl"):
+        bad = '{"sensor": "z", "t": "not a time", "phase": 0.0}\n' if fmt != "jsonl" else ""
+        data.write_text(bad + "".join(json.dumps(r) + "\n" for r in rows))
+    else:
+        table = pa.table({"sensor": [r["sensor"] for r in rows], "t": [float(r["t"]) for r in rows],
+                          "phase": [r["phase"] for r in rows], "cell": [r.get("cell") for r in rows]})
+        with pa.ipc.new_file(data, table.schema) as writer:
+            writer.write_table(table)
+    config = tmp_path / "c.yaml"
+    config.write_text(f"source: {{kind: file, path: '{data}'}}\nmetrics: {{enabled: false}}\n"
+                      f"memory: {{storage: {{path: '{tmp_path / 'archive'}'}}}}\n")
+    proc = subprocess.run([str(BIN), "run", "--config", str(config)], capture_output=True, text=True,
+                          env=clean_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    letters = [json.loads(line) for line in
+               (tmp_path / "archive" / "dead-letters" / "worker-0.jsonl").read_text().splitlines()]
+    errors = [letter["error"] for letter in letters]
+    assert {letter["reason"] for letter in letters} == {"schema"}
+    assert sum("sensor id of 257 bytes; at most 256 bytes of UTF-8" in e for e in errors) == 20
+    assert sum("cell '*' is the name of the global mesh (T_global)" in e for e in errors) == 20
+    assert sum("cell name of 300 bytes; at most 256 bytes of UTF-8" in e for e in errors) == 20
+    got = subprocess.run([str(BIN), "memory", "retrieve", "--start", str(T0 - 1), "--end", str(T0 + 10),
+                          "--dataset", "input", "--format", "json", "--config", str(config)],
+                         capture_output=True, text=True, env=clean_env(), timeout=300)
+    assert got.returncode == 0, got.stderr
+    kept = {json.loads(line)["sensor"] for line in got.stdout.splitlines() if line.strip()}
+    assert kept == {"é" * 128}  # the 256-byte id with its 256-byte cell: the only rows within the bounds
+
+
+def test_bounds_hold_on_json_read_as_columns():
+    """Plain ASCII JSON messages take the columnar parse (a path of its own); the same bounds hold there."""
+    from operators.decode import decode_messages
+    from schemas.raw_messages import RawMessage
+
+    values = [{"sensor": "a", "t": T0, "phase": 0.1, "cell": "north"},
+              {"sensor": "b", "t": T0, "phase": 0.1, "cell": "*"},
+              {"sensor": "c", "t": T0, "phase": 0.1, "cell": "c" * 257},
+              {"sensor": "d" * 300, "t": T0, "phase": 0.1}]
+    messages = [RawMessage(None, json.dumps(v).encode(), None, "in", 0, k) for k, v in enumerate(values)]
+    out = decode_messages(messages)
+    assert [b.sensor for b in out.batches] == ["a"]
+    assert out.counts == {"schema": 3}
+    assert sorted(d.error for d in out.dead) == [
+        "cell '*' is the name of the global mesh (T_global)",
+        "cell name of 257 bytes; at most 256 bytes of UTF-8",
+        "sensor id of 300 bytes; at most 256 bytes of UTF-8"]

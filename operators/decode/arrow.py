@@ -190,6 +190,12 @@ def _sensor_codes(column: pa.ChunkedArray) -> tuple[pa.StringArray, np.ndarray]:
     return dictionary.fill_null(""), lookup[raw]
 
 
+def _strings(column: pa.ChunkedArray) -> pa.StringArray:
+    """A text column (utf8, large, view or dictionary) as one utf8 array."""
+    chunks = [c.dictionary_decode() if pa.types.is_dictionary(c.type) else c for c in column.chunks]
+    return pa.chunked_array([c.cast(pa.string()) for c in chunks], pa.string()).combine_chunks()
+
+
 def _times(arr: pa.Array, status: np.ndarray, why: dict[int, str]) -> np.ndarray:
     """int64 microseconds of the t column; rows with a bad time get a status."""
     valid = _valid(arr)
@@ -305,9 +311,11 @@ def arrow_part(message: RawMessage, value: bytes | bytearray | memoryview,
         cell_column = table.column("cell")
         cell_valid = np.concatenate([_valid(c) for c in cell_column.chunks]) if cell_column.num_chunks else np.zeros(0, bool)
         cell_at: Callable[[int], str] = lambda i: cell_column[i].as_py()  # noqa: E731
+        cells = _strings(cell_column) if cell_valid.any() else None
     else:
         cell_valid = np.zeros(n, dtype=bool)
         cell_at = lambda i: ""  # noqa: E731  # never called: no valid cell
+        cells = None
 
     dead: list[DeadLetter] = []
     rejected = np.flatnonzero(status)
@@ -331,6 +339,7 @@ def arrow_part(message: RawMessage, value: bytes | bytearray | memoryview,
         dense=dense,
         cell_valid=cell_valid,
         cell_at=cell_at,
+        cells=cells,
         partition=np.full(n, partition, np.int32),
         offset=np.full(n, offset, np.int64),
         row=np.arange(n, dtype=np.int32),

@@ -20,6 +20,8 @@ from operators.decode.parts import Part, origin
 from schemas.provenance import Provenance
 from schemas.samples import SampleBatch, SampleRuns
 from schemas.messages import DeadLetterReason
+from schemas.messages.input_samples import MAX_ID_BYTES
+from schemas.messages.mesh_records import GLOBAL_CELL
 
 __all__ = ["group_by_sensor"]
 
@@ -105,6 +107,24 @@ def group_by_sensor(parts: list[Part], out: Decoded, ingested: float, budget: De
                 text = f"row {row}: {text}"
             add(out, dead_letter(message, part.original_at(r), reason, text, budget.limits, row=row))
         code[wrong] = -1
+
+    # Ids are bounded (an id is kept per sensor and written into every output row), and no cell may take
+    # the global mesh's name: both are `schema`.
+    long_name = pc.greater(pc.binary_length(names), MAX_ID_BYTES).fill_null(False).to_numpy(zero_copy_only=False)
+    if long_name.any():
+        wrong = np.flatnonzero((code >= 0) & long_name[np.maximum(code, 0)])
+        refuse(wrong, DeadLetterReason.SCHEMA, lambda i: (
+            f"sensor id of {len(names_list[code[i]].encode())} bytes; at most {MAX_ID_BYTES} bytes of UTF-8"))
+    if any(p.cells is not None for p in parts):
+        cells = pa.concat_arrays([p.cells if p.cells is not None else pa.nulls(p.code.shape[0], pa.string())
+                                  for p in parts])
+        too_long = pc.greater(pc.binary_length(cells), MAX_ID_BYTES).fill_null(False).to_numpy(zero_copy_only=False)
+        global_name = pc.equal(cells, GLOBAL_CELL).fill_null(False).to_numpy(zero_copy_only=False)
+        wrong = np.flatnonzero((code >= 0) & (too_long | global_name))
+        if wrong.size:
+            refuse(wrong, DeadLetterReason.SCHEMA, lambda i: (
+                f"cell {GLOBAL_CELL!r} is the name of the global mesh (T_global)" if global_name[i] else
+                f"cell name of {len(cells[i].as_py().encode())} bytes; at most {MAX_ID_BYTES} bytes of UTF-8"))
 
     # A sensor is a phase sensor or a raw one (SPEC section 9): rows of the kind the fewer of the
     # sensor's rows in this call have are rejected as `schema` (ties: the kind of its first row).

@@ -35,6 +35,7 @@ class Part:
     original_at: Callable[[int], bytes]
     message_at: Callable[[int], RawMessage]
     raw_values: bool = False  # flat holds raw values (``value`` samples, SPEC section 9), not phases
+    cells: pa.Array | None = None  # utf8 cell per row (null where none); None when no row names a cell
 
     def starts(self) -> np.ndarray:
         if self.start is not None:

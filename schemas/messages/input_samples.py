@@ -32,6 +32,9 @@ from schemas.timebase import MAX_ABS_SECONDS, MAX_ABS_WHOLE_SECONDS, MICROS_PER_
 
 
 #: Kafka header naming a message value's encoding (SPEC section 4); no header means JSON.
+#: Longest sensor id or cell name, in bytes of UTF-8: a longer one is a ``schema`` dead letter (an id is
+#: kept per sensor in memory and written into every output row; a megabyte id would be a megabyte each time).
+MAX_ID_BYTES = 256
 CONTENT_TYPE_HEADER = "content-type"
 JSON_CONTENT_TYPE = "application/json"
 ARROW_STREAM_CONTENT_TYPE = "application/vnd.apache.arrow.stream"
