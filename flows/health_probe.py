@@ -4,8 +4,10 @@ Exit 0 when it answers 200, 1 otherwise (503, refused, timed out, a bad setting)
 or the error on one line (Docker keeps the last lines of each check: ``docker inspect``).  Standard library only, so each check costs little more than the interpreter's start.
 
 The URL, unless given: ``BECOMINGONE_HEALTH_URL``, else
-``{BECOMINGONE_HEALTH_SCHEME}://127.0.0.1:{port}/healthz`` with the scheme ``http`` by default and
-the port of ``BECOMINGONE__METRICS__PORT`` (the config's override of ``metrics.port``), else 9108.
+``{BECOMINGONE_HEALTH_SCHEME}://127.0.0.1:{port}/healthz`` with the port of
+``BECOMINGONE__METRICS__PORT`` (the config's override of ``metrics.port``), else 9108.  Without a
+scheme the probe asks over https and, if the server answers plain HTTP there, over http: the same
+image serves either, as the config's ``security.transport`` says.
 The check runs inside the container, so loopback reaches the metrics server whether it binds
 ``127.0.0.1`` or ``0.0.0.0``.  With ``https`` (the metrics server under ``security.transport: tls``)
 the server's certificate is not verified: the probe asks its own process over loopback, and
@@ -32,21 +34,28 @@ def health_url(env: Mapping[str, str]) -> str:
     """The ``/healthz`` URL the environment names (see the module's docstring).
 
     >>> health_url({})
-    'http://127.0.0.1:9108/healthz'
+    'auto://127.0.0.1:9108/healthz'
     >>> health_url({"BECOMINGONE_HEALTH_SCHEME": "https", "BECOMINGONE__METRICS__PORT": "9200"})
     'https://127.0.0.1:9200/healthz'
     """
     if env.get("BECOMINGONE_HEALTH_URL"):
         return env["BECOMINGONE_HEALTH_URL"]
-    scheme = env.get("BECOMINGONE_HEALTH_SCHEME", "http").strip().lower() or "http"
-    if scheme not in ("http", "https"):
-        raise ValueError(f"BECOMINGONE_HEALTH_SCHEME must be http or https, got {scheme!r}")
+    scheme = env.get("BECOMINGONE_HEALTH_SCHEME", "auto").strip().lower() or "auto"
+    if scheme not in ("http", "https", "auto"):
+        raise ValueError(f"BECOMINGONE_HEALTH_SCHEME must be http, https or auto, got {scheme!r}")
     port = int(env.get("BECOMINGONE__METRICS__PORT") or DEFAULT_PORT)
     return f"{scheme}://127.0.0.1:{port}/healthz"
 
 
 def probe(url: str, timeout: float = TIMEOUT_S) -> tuple[bool, str]:
-    """Whether ``url`` answers 200, and the answer (status and body) or the error, on one line."""
+    """Whether ``url`` answers 200, and the answer (status and body) or the error, on one line.
+    An ``auto://`` URL is asked over https, then over http if the server speaks plain HTTP."""
+    if url.startswith("auto:"):
+        secure = "https:" + url[len("auto:"):]
+        ok, text = probe(secure, timeout)
+        if not ok and "WRONG_VERSION_NUMBER" in text:  # a plain-HTTP server answered the TLS hello
+            return probe("http:" + url[len("auto:"):], timeout)
+        return ok, text
     context = None
     if url.startswith("https:"):
         context = ssl.create_default_context()

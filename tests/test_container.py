@@ -361,7 +361,7 @@ def flow_phase():
 def test_the_health_check_passes_while_the_flow_lives_and_fails_once_it_failed(flow_phase):
     port = _endpoint()
     flow_phase("running")
-    ok = _probe(BECOMINGONE__METRICS__PORT=str(port))
+    ok = _probe(BECOMINGONE__METRICS__PORT=str(port))  # no scheme: https is tried, then this plain endpoint
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.startswith("health: 200 ") and '"flow": {"ok": true, "state": "running"}' in ok.stdout
     flow_phase("failed")
@@ -375,7 +375,7 @@ def test_the_health_check_fails_when_nothing_answers_or_the_scheme_is_wrong():
     refused = _probe(BECOMINGONE__METRICS__PORT=str(free_port()))
     assert refused.returncode == 1 and "refused" in refused.stderr.lower()
     wrong = _probe(BECOMINGONE_HEALTH_SCHEME="ftp")
-    assert wrong.returncode == 1 and "http or https" in wrong.stderr
+    assert wrong.returncode == 1 and "http, https or auto" in wrong.stderr
 
 
 def test_the_health_check_passes_over_mutual_tls_without_a_client_certificate(tmp_path, flow_phase):
@@ -394,8 +394,10 @@ def test_the_health_check_passes_over_mutual_tls_without_a_client_certificate(tm
     ok = _probe(BECOMINGONE_HEALTH_SCHEME="https", BECOMINGONE__METRICS__PORT=str(port))
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.startswith("health: 200 ")
-    plain = _probe(BECOMINGONE__METRICS__PORT=str(port))      # http to the HTTPS endpoint: not healthy
+    plain = _probe(BECOMINGONE_HEALTH_SCHEME="http", BECOMINGONE__METRICS__PORT=str(port))  # http to HTTPS
     assert plain.returncode == 1
+    found = _probe(BECOMINGONE__METRICS__PORT=str(port))  # no scheme: https first, as this endpoint speaks
+    assert found.returncode == 0 and found.stdout.startswith("health: 200 "), found.stderr
     metrics = _probe(f"https://127.0.0.1:{port}/metrics")      # the metrics themselves still need a certificate
     assert metrics.returncode == 1 and metrics.stderr.startswith("health: 403 ")
 
