@@ -31,7 +31,7 @@ from tests.conftest import BIN, WAIT, clean_env, free_port, stop_process, unique
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 DASHBOARD = DEPLOY / "grafana" / "becomingone.json"
-RULES = DEPLOY / "prometheus" / "becomingone-rules.yaml"
+RULES = DEPLOY / "prometheus" / "rules.yml"
 # A metric name: not the tail of a longer identifier (nor of a recording rule's name:with:colons).
 _NAME = re.compile(r"(?<![\w:])becomingone_[A-Za-z0-9_:]*")
 # What prometheus-client exposes for a metric family of each type (the family name has no _total).
