@@ -14,8 +14,8 @@
   the probes stay open because the kubelet has no certificate to show.
 - A failed handshake is one warning line naming the peer and the reason,
   repeats held back.
-- New files (a rotated certificate) are served without a restart: their
-  modification times are looked at every :data:`RECHECK_SECONDS`.
+- New files (a rotated certificate) are served without a restart
+  (:class:`connectors.server_tls.ServerTLS`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import logging
 import socket
 import ssl
 import threading
-import time
 from collections.abc import Callable, Iterable
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
@@ -33,15 +32,14 @@ from prometheus_client import REGISTRY, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
 
 from connectors.kafka.health import RepeatFilter
+from connectors.server_tls import ServerTLS
 
-__all__ = ["HANDSHAKE_TIMEOUT", "MAX_CONNECTIONS", "OPEN_PATHS", "ServerTLS", "serve"]
+__all__ = ["HANDSHAKE_TIMEOUT", "MAX_CONNECTIONS", "OPEN_PATHS", "endpoint_tls", "serve"]
 
 #: Seconds a client has to finish the TLS handshake, and then each read of its request.
 HANDSHAKE_TIMEOUT = 10.0
 #: Connections served at once; more are closed at once (each holds a thread until answered or timed out).
 MAX_CONNECTIONS = 64
-#: Seconds between looks at the TLS files' modification times.
-RECHECK_SECONDS = 30.0
 #: Paths answered under mutual TLS without a client certificate: the kubelet's probes.
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 #: The WSGI environ key that tells whether the client showed a verified certificate.
@@ -54,46 +52,10 @@ _lock = threading.Lock()
 _servers: dict[tuple[str, int], ThreadingWSGIServer] = {}
 
 
-class ServerTLS:
-    """How the endpoint speaks TLS: the context of a config's ``security`` section, renewed when its files
-    change (a certificate rotated by cert-manager is served without a restart).
-
-    Attributes:
-        client_certificate: paths other than :data:`OPEN_PATHS` need a verified client certificate.
-    """
-
-    def __init__(self, security: Any, *, recheck: float = RECHECK_SECONDS,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self._security, self._recheck, self._clock = security, recheck, clock
-        self.client_certificate = bool(security.mutual)
-        self._lock = threading.Lock()
-        self._files = security.files_stamp()
-        self._context = security.server_context()
-        self._checked = clock()
-
-    @classmethod
-    def of(cls, security: Any) -> ServerTLS | None:
-        """The TLS of a config's ``security`` section, or None under ``transport: plaintext``."""
-        return cls(security) if security.tls else None
-
-    def context(self) -> ssl.SSLContext:
-        """The current context: rebuilt when a file changed (checked at most every ``recheck`` seconds);
-        a rebuild that fails (files half written) keeps the old one and says why."""
-        with self._lock:
-            now = self._clock()
-            if now - self._checked < self._recheck:
-                return self._context
-            self._checked = now
-            files = self._security.files_stamp()
-            if files != self._files:
-                try:
-                    self._context = self._security.server_context()
-                    self._files = files
-                    log.info("metrics endpoint: TLS files changed; new connections get the new certificate")
-                except ValueError as exc:
-                    log.warning("metrics endpoint: TLS files changed but cannot be loaded (%s); "
-                                "still serving the previous certificate", exc)
-            return self._context
+def endpoint_tls(security: Any) -> ServerTLS | None:
+    """The endpoint's TLS from a config's ``security`` section (None under ``transport: plaintext``):
+    client certificates asked for, and required per path (:data:`OPEN_PATHS` excepted)."""
+    return ServerTLS.of(security, name="metrics endpoint", log=log)
 
 
 def serve(bind: str, port: int, tls: ServerTLS | None = None) -> bool:
@@ -205,8 +167,9 @@ def _http_server(bind: str, port: int, app: Callable[..., Iterable[bytes]],
             sock, address = super().get_request()
             if tls is None:
                 return sock, address
+            tls.renew()  # at most every RECHECK_SECONDS it looks at the files
             # The handshake waits for the connection's own thread (_TLSHandler.setup).
-            return tls.context().wrap_socket(sock, server_side=True, do_handshake_on_connect=False), address
+            return tls.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), address
 
         def handle_error(self, request: Any, client_address: Any) -> None:
             # A failed handshake is logged already; a client gone mid-answer is not the server's problem.

@@ -14,8 +14,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from connectors.endpoint import ServerTLS, serve
+from connectors.endpoint import endpoint_tls, serve
 from connectors.metrics import PipelineMetrics, RunLedger, ledger, metrics
+from connectors.server_tls import ServerTLS
 from connectors.stopping import StopSignal
 from schemas.config import Config
 
@@ -65,7 +66,7 @@ class FlowObserver:
     def of(cls, config: Config) -> FlowObserver:
         """The observer of a flow of ``config``: the process's metrics and ledger, a new stop signal."""
         m = config.metrics
-        return cls(endpoint=(m.bind, m.port, ServerTLS.of(config.security)) if m.enabled else None)
+        return cls(endpoint=(m.bind, m.port, endpoint_tls(config.security)) if m.enabled else None)
 
     def worker(self) -> int:
         """This worker thread's index within the process, in order of first activity."""

@@ -134,13 +134,13 @@ def run_relay(config: Config, *, out: TextIO, err: TextIO, timeout: float = 10.0
         DeliveryFailed: the target refused messages.
     """
     from connectors.health import flow_health
-    from connectors.endpoint import ServerTLS, serve
+    from connectors.endpoint import endpoint_tls, serve
 
     stop = StopSignal() if stop is None else stop
     health = flow_health()
     health.begin(archive=None, kafka=True)
     if config.metrics.enabled:
-        serve(config.metrics.bind, config.metrics.port, ServerTLS.of(config.security))
+        serve(config.metrics.bind, config.metrics.port, endpoint_tls(config.security))
     relay = relay_of(config)
     stopped_by: list[int] = []
 

@@ -26,7 +26,7 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 
 from connectors.health import FlowHealth, flow_health
-from connectors.endpoint import ServerTLS, serve
+from connectors.endpoint import endpoint_tls, serve
 from connectors.metrics import RunLedger, ledger
 from flows.kairos import build_flow
 from flows.log_context import first_worker, set_flow
@@ -271,7 +271,7 @@ def run_flow(config: Config, *, workers: int = 1, out: TextIO | None = None, pro
     progress = sys.stderr if progress is None else progress
     health = _begin_health(config)
     if config.metrics.enabled:  # first: /healthz answers while the cluster is checked
-        serve(config.metrics.bind, config.metrics.port, ServerTLS.of(config.security))
+        serve(config.metrics.bind, config.metrics.port, endpoint_tls(config.security))
     admin = check_kafka(config, kafka_timeout)
     if origin is not None:
         log_startup(config, origin, input_partitions(config, admin, kafka_timeout))

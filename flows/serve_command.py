@@ -47,7 +47,7 @@ async def run_server(server, sock: socket.socket, tls, recheck: float) -> None:
     async def renew() -> None:
         while True:
             await asyncio.sleep(recheck)
-            tls.renew()
+            tls.renew(force=True)
 
     task = None if tls is None else asyncio.get_running_loop().create_task(renew())
     try:
@@ -77,10 +77,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     bind = args.bind if args.bind is not None else config.api.bind
     port = args.port if args.port is not None else config.api.port
     max_rows = args.max_scan_rows if args.max_scan_rows is not None else config.api.max_scan_rows
-    from connectors.api.tls import RECHECK_SECONDS, ApiTLS
+    from connectors.api.tls import RECHECK_SECONDS, api_tls
 
     try:
-        tls = ApiTLS.of(config.security)
+        tls = api_tls(config.security)
     except ValueError as exc:
         return _fail(str(exc), 2)
     context = None if tls is None else tls.context

@@ -261,6 +261,24 @@ def fleet_samples(duration_us: int, seed: int) -> dict:
     return {n: (np.concatenate([t for t, _ in p]), np.concatenate([ph for _, ph in p])) for n, p in parts.items()}
 
 
+def produce_steady_and_noise(bootstrap: str, topic: str, *, seconds: float, seed: int, cell: str | None = None) -> None:
+    """A steady and a noise sensor at 100 Hz from :data:`START_US` for ``seconds``, sent to ``topic`` (all
+    delivered, or the test fails)."""
+    from confluent_kafka import Producer
+
+    from connectors.kafka import PhaseProducer, producer_settings
+    from connectors.phase_files import PhaseColumns
+    from connectors.synthetic import SyntheticSensor, synthetic_batches
+
+    sender = PhaseProducer(Producer(producer_settings(None, bootstrap=bootstrap)), topic)
+    sensors = [SyntheticSensor("steady-1", "steady"), SyntheticSensor("noise-1", "noise")]
+    for name, t, phase in synthetic_batches(sensors, period_us=10_000, duration_us=int(seconds * 1_000_000),
+                                            start_us=START_US, seed=seed):
+        sender.send(PhaseColumns.from_numpy(name, t, phase, cell))
+    sender.finish(WAIT)
+    assert sender.failed == 0
+
+
 def partitioned_topic(bootstrap: str, partitions: int = 4) -> str:
     """A new topic with ``partitions`` partitions."""
     from confluent_kafka.admin import AdminClient

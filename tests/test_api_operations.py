@@ -24,7 +24,7 @@ import yaml
 
 from connectors.api.client import ApiError, ArchiveClient
 from connectors.api.server import create_app
-from connectors.api.tls import ApiTLS
+from connectors.api.tls import api_tls
 from connectors.archive import compact_archive
 from connectors.memory import TemporalMemory
 from flows.run import run_flow
@@ -122,7 +122,7 @@ def test_a_renewed_certificate_is_served_without_a_restart(archive, certs, tmp_p
     shutil.copy(certs.key_file, live_key)
     security = parse_config({"security": {**certs.security(), "cert_file": str(live_cert),
                                           "key_file": str(live_key)}}).security
-    tls = ApiTLS(security)
+    tls = api_tls(security)
     sock = socket.create_server(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(create_app(archive), log_config=None, log_level="warning",

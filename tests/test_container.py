@@ -329,12 +329,12 @@ def test_numba_passes_over_a_kernel_cache_it_cannot_write(warmed):
 
 def _endpoint(security: dict | None = None) -> int:
     """This process's real metrics and health endpoint (connectors.endpoint) on a free loopback port."""
-    from connectors.endpoint import ServerTLS, serve
+    from connectors.endpoint import endpoint_tls, serve
     from schemas.config import parse_config
     from tests.conftest import free_port
 
     port = free_port()
-    assert serve("127.0.0.1", port, ServerTLS.of(parse_config({"security": security or {}}).security))
+    assert serve("127.0.0.1", port, endpoint_tls(parse_config({"security": security or {}}).security))
     return port
 
 

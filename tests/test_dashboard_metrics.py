@@ -21,13 +21,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from confluent_kafka import Producer
 from prometheus_client.parser import text_string_to_metric_families
 
-from connectors.kafka import PhaseProducer, producer_settings
-from connectors.phase_files import PhaseColumns
-from connectors.synthetic import SyntheticSensor, synthetic_batches
-from tests.conftest import BIN, WAIT, clean_env, free_port, stop_process, unique_topic
+from tests.conftest import BIN, WAIT, clean_env, free_port, produce_steady_and_noise, stop_process, unique_topic
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 DASHBOARD = DEPLOY / "grafana" / "becomingone.json"
@@ -124,17 +120,6 @@ def test_dashboard_queries_are_valid_promql(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def _produce(bootstrap: str, topic: str) -> None:
-    producer = Producer(producer_settings(None, bootstrap=bootstrap))
-    sender = PhaseProducer(producer, topic)
-    sensors = [SyntheticSensor("steady-1", "steady"), SyntheticSensor("noise-1", "noise")]
-    for name, t, phase in synthetic_batches(sensors, period_us=10_000, duration_us=3_000_000,
-                                            start_us=1_735_689_600_000_000, seed=7):
-        sender.send(PhaseColumns.from_numpy(name, t, phase, "cell-a"))
-    sender.finish(WAIT)
-    assert sender.failed == 0
-
-
 def _scrape(port: int) -> str:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
@@ -151,7 +136,7 @@ def _value(text: str, name: str, **labels: str) -> float:
 @pytest.mark.slow  # a broker and a whole flow
 def test_every_metric_of_the_dashboard_and_rules_is_exported_by_a_running_flow(bootstrap, tmp_path):
     topic, port = unique_topic("test.dashboard"), free_port()
-    _produce(bootstrap, topic)
+    produce_steady_and_noise(bootstrap, topic, seconds=3.0, seed=7, cell="cell-a")
     config = tmp_path / "config.yaml"
     config.write_text(
         f"source: {{kind: kafka, topic: {topic}, from_beginning: true, stop_at_end: false}}\n"

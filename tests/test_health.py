@@ -19,15 +19,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Producer
 
 from connectors.health import FlowHealth, flow_health, liveness, probe_app, readiness
-from connectors.kafka import PhaseProducer, producer_settings
 from connectors.endpoint import serve
 from connectors.metrics import metrics
-from connectors.phase_files import PhaseColumns
-from connectors.synthetic import SyntheticSensor, synthetic_batches
-from tests.conftest import (BIN, WAIT, clean_env, free_port, partitioned_topic, start_broker, stop_process,
+from tests.conftest import (BIN, WAIT, clean_env, free_port, partitioned_topic, produce_steady_and_noise,
+                            start_broker, stop_process,
                             unique_topic)
 
 ROOT = Path(__file__).resolve().parent.parent  # `python -m bytewax.run flows.kairos` imports from here
@@ -67,23 +64,13 @@ def _poll(what: str, probe, proc: subprocess.Popen, err: Path):
         time.sleep(0.2)
 
 
-def _produce(bootstrap: str, topic: str) -> None:
-    sender = PhaseProducer(Producer(producer_settings(None, bootstrap=bootstrap)), topic)
-    sensors = [SyntheticSensor("steady-1", "steady"), SyntheticSensor("noise-1", "noise")]
-    for name, t, phase in synthetic_batches(sensors, period_us=10_000, duration_us=2_000_000,
-                                            start_us=1_735_689_600_000_000, seed=3):
-        sender.send(PhaseColumns.from_numpy(name, t, phase))
-    sender.finish(WAIT)
-    assert sender.failed == 0
-
-
 @pytest.mark.slow
 def test_health_through_a_flows_life_starting_ready_broker_lost_and_back_stopped(tmp_path):
     broker, bootstrap = start_broker(stderr_path=tmp_path / "broker.txt")
     flow = None
     try:
         topic = unique_topic("test.health")
-        _produce(bootstrap, topic)
+        produce_steady_and_noise(bootstrap, topic, seconds=2.0, seed=3)
         port = free_port()
         config = tmp_path / "config.yaml"
         config.write_text(

@@ -17,31 +17,17 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Producer
 from prometheus_client.parser import text_string_to_metric_families
 
-from connectors.kafka import PhaseProducer, producer_settings
 from connectors.kafka.health import RepeatFilter
-from connectors.phase_files import PhaseColumns
-from connectors.synthetic import SyntheticSensor, synthetic_batches
 from schemas.config import ConfigError, parse_config
-from tests.conftest import BIN, WAIT, clean_env, free_port, start_broker, stop_process, unique_topic
+from tests.conftest import (BIN, WAIT, clean_env, free_port, produce_steady_and_noise, start_broker, stop_process,
+                            unique_topic)
 
 pytestmark = pytest.mark.slow  # brokers and whole flows: out of `make test-fast`
 
 PARTITIONS = 4  # the development broker's partitions per topic
 MAX_LINES = 50  # stderr lines a whole run with an outage may take (it took ~2,600 in 30 s before)
-
-
-def _produce(bootstrap: str, topic: str) -> None:
-    producer = Producer(producer_settings(None, bootstrap=bootstrap))
-    sender = PhaseProducer(producer, topic)
-    sensors = [SyntheticSensor("steady-1", "steady"), SyntheticSensor("noise-1", "noise")]
-    for name, t, phase in synthetic_batches(sensors, period_us=10_000, duration_us=3_000_000,
-                                            start_us=1_735_689_600_000_000, seed=5):
-        sender.send(PhaseColumns.from_numpy(name, t, phase))
-    sender.finish(WAIT)
-    assert sender.failed == 0
 
 
 def _scrape(port: int) -> dict[tuple[str, tuple], float]:
@@ -70,7 +56,7 @@ class Outage:
     def __init__(self, tmp_path: Path, unavailable_timeout: float) -> None:
         self.broker, self.bootstrap = start_broker(stderr_path=tmp_path / "broker.txt")
         self.topic = unique_topic("test.outage")
-        _produce(self.bootstrap, self.topic)
+        produce_steady_and_noise(self.bootstrap, self.topic, seconds=3.0, seed=5)
         self.port = free_port()
         config = tmp_path / "config.yaml"
         config.write_text(

@@ -21,7 +21,8 @@ import trustme
 import yaml
 
 from connectors import endpoint
-from connectors.endpoint import MAX_CONNECTIONS, ServerTLS, serve
+from connectors.endpoint import MAX_CONNECTIONS, endpoint_tls, serve
+from connectors.server_tls import ServerTLS
 from connectors.metrics import metrics
 from flows.startup import ConfigOrigin, log_startup, plaintext_traffic
 from schemas.config import ConfigError, parse_config
@@ -192,7 +193,7 @@ def _fetch(port: int, path: str, context: ssl.SSLContext) -> tuple[int, str]:
 def _serve(security: dict) -> int:
     metrics()  # the pipeline's metrics registered, as in a flow
     port = free_port()
-    assert serve("127.0.0.1", port, ServerTLS.of(parse_config({"security": security}).security))
+    assert serve("127.0.0.1", port, endpoint_tls(parse_config({"security": security}).security))
     return port
 
 
@@ -306,6 +307,21 @@ def test_a_rotated_certificate_is_served_without_a_restart(tmp_path, caplog):
     certs.key_file.write_text("-----BEGIN PRIVATE KEY-----\n")
     assert _served_serial(port, certs.ca_file) == second
     assert any("TLS files changed but cannot be loaded" in r.getMessage() for r in caplog.records)
+
+
+def test_a_ca_taken_out_is_no_longer_trusted(tmp_path, other_certs):
+    certs = Certs(tmp_path / "ca-rotation")
+    security = parse_config({"security": certs.security(mutual=True)}).security
+    port = free_port()
+    assert serve("127.0.0.1", port, ServerTLS(security, recheck=0.0))
+    old_client = _client(certs.ca_file, certs.client_cert, certs.client_key)
+    new_client = _client(certs.ca_file, other_certs.client_cert, other_certs.client_key)
+    assert _fetch(port, "/metrics", old_client)[0] == 200
+    # The scrapers move to another CA: ca_file now holds only that one.
+    certs.ca_file.write_bytes(other_certs.ca_file.read_bytes())
+    assert _fetch(port, "/metrics", new_client)[0] == 200
+    with pytest.raises((urllib.error.URLError, ssl.SSLError, ConnectionError)):
+        _fetch(port, "/metrics", old_client)
 
 
 # --------------------------------------------------------------------------
