@@ -124,8 +124,7 @@ def plaintext_traffic(config: Config) -> list[str]:
 
 def _kafka_clusters(config: Config) -> list[tuple[str, Mapping[str, Any]]]:
     """(name, librdkafka settings) of each Kafka cluster this node talks to."""
-    base = dict(config.kafka.root) if config.kafka is not None else {}
-    clusters: list[tuple[str, Mapping[str, Any]]] = [("Kafka", base)] if config.kafka is not None else []
+    clusters: list[tuple[str, Mapping[str, Any]]] = [("Kafka", config.kafka.root)] if config.kafka is not None else []
     node = config.becomingone.node
     if node == "witness" and config.witness_node.kafka is not None:
         clusters.append(("audited Kafka", config.witness_node.kafka))
@@ -134,8 +133,9 @@ def _kafka_clusters(config: Config) -> list[tuple[str, Mapping[str, Any]]]:
             clusters.append(("relay source Kafka", config.relay.source.root))
         clusters.append(("relay target Kafka", config.relay.target.root))
     if config.sync.mesh_enabled:
-        for peer in config.sync.mesh.peers:
-            clusters.append(("mesh peer Kafka", {**base, **peer.kafka, "bootstrap.servers": peer.bootstrap_servers}))
+        from connectors.flow_topics import mesh_peer_cluster
+
+        clusters.extend(("mesh peer Kafka", mesh_peer_cluster(config, peer).root) for peer in config.sync.mesh.peers)
     return clusters
 
 

@@ -157,6 +157,9 @@ def test_plaintext_is_the_default_and_is_named():
                          "metrics": {"enabled": False}})
     assert plaintext_traffic(sasl) == ["Kafka at k:9092 (SASL_PLAINTEXT: the SASL credentials too, unless the "
                                        "mechanism hides them)"]
+    peers = parse_config({"metrics": {"enabled": False}, "sync": {"mesh_enabled": True, "mesh": {"peers": [
+        {"bootstrap": "far:9093", "kafka": {"security.protocol": "SSL"}}, {"host": "near", "port": 9092}]}}})
+    assert plaintext_traffic(peers) == ["mesh peer Kafka at near:9092"]  # the TLS peer is not named
 
 
 def test_startup_warns_about_plaintext_only(certs, caplog):
